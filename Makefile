@@ -1,0 +1,47 @@
+# volley: `make demo` (a real distributed run against a local CPU Triton) and `make test`.
+PY ?= python3
+VENV := .venv
+TVENV := .venv-triton
+PYTHON := $(VENV)/bin/python
+VOLLEY := $(VENV)/bin/volley
+# nvidia-pytriton ships the real tritonserver binary; it pins numpy<2, so it gets its own env.
+PYTRITON := nvidia-pytriton==0.7.0
+DEMO_RATE ?= 200
+DEMO_DURATION ?= 20s
+
+.PHONY: install demo test test-fast lint typecheck proto bench clean
+
+install: $(VENV)/.installed $(TVENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q -e '.[dev]'
+	touch $@
+
+$(TVENV)/.installed:
+	$(PY) -m venv $(TVENV)
+	$(TVENV)/bin/pip install -q $(PYTRITON)
+	touch $@
+
+proto: $(VENV)/.installed
+	$(PYTHON) scripts/gen_proto.py
+
+demo: install
+	VOLLEY_PY=$(PYTHON) DEMO_RATE=$(DEMO_RATE) DEMO_DURATION=$(DEMO_DURATION) bash scripts/demo.sh
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: install lint
+	$(PYTHON) -m pytest -q -ra tests
+
+test-fast: $(VENV)/.installed
+	$(PYTHON) -m pytest -q -ra tests/unit
+
+bench: install
+	$(PYTHON) bench/run.py
+
+clean:
+	rm -rf $(VENV) $(TVENV) .volley .pytest_cache .mypy_cache .ruff_cache

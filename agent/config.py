@@ -1,0 +1,29 @@
+"""Typed agent configuration (built by the CLI, consumed by serve())."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class AgentLimits:
+    """Limits the agent enforces on every plan, whatever the coordinator asks."""
+
+    max_rate: float = 0.0  #: requests/s for this agent's share; 0 = unlimited
+    max_in_flight: int = 0  #: 0 = unlimited
+    max_duration_s: float = 0.0  #: 0 = unlimited
+    allowed_targets: tuple[str, ...] = ()  #: empty = any
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    listen: str = "127.0.0.1:7070"
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    agent_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    limits: AgentLimits = AgentLimits()
+    #: Where the bound port is written once listening (for port 0 and tests).
+    port_file: str = ""
+    #: Seconds between heartbeats / batch flushes on the Run stream.
+    heartbeat_s: float = 0.25

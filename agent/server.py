@@ -1,0 +1,73 @@
+"""`volley agent`: startup, serve until a signal, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import grpc
+
+from agent.config import AgentConfig
+from agent.service import AgentService
+from volley.v1 import control_pb2_grpc as pb_grpc
+
+log = logging.getLogger("volley.agent")
+
+SERVER_OPTIONS = [
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 512 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 1_000),
+]
+
+
+class AgentServer:
+    """An agent's gRPC server; `async with AgentServer(cfg) as s:` serves on s.port."""
+
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.service = AgentService(cfg)
+        pb_grpc.add_AgentControlServicer_to_server(self.service, self.server)
+        self.port = 0
+
+    async def start(self) -> int:
+        self.port = self.server.add_insecure_port(self.cfg.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.cfg.listen}")
+        await self.server.start()
+        if self.cfg.port_file:
+            Path(self.cfg.port_file).write_text(str(self.port))
+        log.info(
+            "agent %s listening on port %d with %d workers",
+            self.cfg.agent_id,
+            self.port,
+            self.cfg.workers,
+        )
+        return self.port
+
+    async def stop(self, grace: float = 2.0) -> None:
+        if self.service.session is not None:
+            self.service.session.stop("agent shutting down")
+        await self.server.stop(grace)
+
+    async def __aenter__(self) -> AgentServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def serve(cfg: AgentConfig) -> None:
+    """Run an agent until SIGINT/SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with AgentServer(cfg):
+        await stop.wait()
+    log.info("agent stopped")

@@ -1,0 +1,122 @@
+"""The coordinator's side of the control plane: talk to one agent.
+
+`AgentClient` wraps the generated stub with typed methods; errors come out as
+`AgentError` with a one-line message naming the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator
+from urllib.parse import urlparse
+
+import grpc
+
+from coordinator.clock import ClockEstimate, estimate_offset
+from volley.plan import PlanError, parse_address
+from volley.v1 import control_pb2 as pb
+from volley.v1 import control_pb2_grpc as pb_grpc
+from volley.version import PROTOCOL_VERSION, __version__
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 512 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 3_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+class AgentError(Exception):
+    """An agent cannot be used; the message says which and why."""
+
+
+def resolve_agents(specs: list[str]) -> list[str]:
+    """Expand agent addresses. `dns:///name:port` resolves to every address of name
+    (a Kubernetes headless Service); plain HOST:PORT is kept as given."""
+    out: list[str] = []
+    for spec in specs:
+        if spec.startswith("dns:"):
+            parsed = urlparse(spec)
+            target = parsed.path.lstrip("/") or parsed.netloc
+            host, port = parse_address(target, f"agent {spec}")
+            try:
+                infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except socket.gaierror as exc:
+                raise PlanError(f"agent {spec}: cannot resolve {host}: {exc.strerror}") from None
+            addrs = sorted({str(i[4][0]) for i in infos})
+            out += [f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in addrs]
+        else:
+            parse_address(spec, f"agent {spec}")
+            out.append(spec)
+    if len(set(out)) != len(out):
+        raise PlanError("the same agent address is given twice")
+    return out
+
+
+def _describe(exc: grpc.aio.AioRpcError) -> str:
+    details = exc.details() or ""
+    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+        return f"unreachable ({details.splitlines()[0] if details else 'no answer'})"
+    return f"{exc.code().name}: {details}"
+
+
+class AgentClient:
+    def __init__(self, address: str, connect_timeout_s: float = 5.0) -> None:
+        self.address = address
+        self.connect_timeout_s = connect_timeout_s
+        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.stub = pb_grpc.AgentControlStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def hello(self) -> pb.HelloReply:
+        try:
+            reply: pb.HelloReply = await self.stub.Hello(
+                pb.HelloRequest(protocol_version=PROTOCOL_VERSION, coordinator_version=__version__),
+                timeout=self.connect_timeout_s,
+                wait_for_ready=True,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise AgentError(
+                    f"agent {self.address}: unreachable (no answer within "
+                    f"{self.connect_timeout_s:g}s)"
+                ) from None
+            raise AgentError(f"agent {self.address}: {_describe(exc)}") from None
+        if reply.busy:
+            raise AgentError(f"agent {self.address}: busy with another run")
+        return reply
+
+    async def probe_clock(self, samples: int = 16) -> ClockEstimate:
+        got: list[tuple[int, int, int]] = []
+        for _ in range(samples):
+            t0 = time.monotonic_ns()
+            try:
+                reply: pb.PingReply = await self.stub.Ping(
+                    pb.PingRequest(coordinator_send_ns=t0), timeout=2.0
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise AgentError(
+                    f"agent {self.address}: clock probe failed: {_describe(exc)}"
+                ) from None
+            t1 = time.monotonic_ns()
+            got.append((t0, reply.agent_ns, t1))
+            await asyncio.sleep(0.002)
+        return estimate_offset(got)
+
+    def run(self, request: pb.RunRequest) -> AsyncIterator[pb.RunEvent]:
+        call: AsyncIterator[pb.RunEvent] = self.stub.Run(request)
+        return call
+
+    async def stop(self, run_id: str, reason: str) -> bool:
+        try:
+            reply: pb.StopReply = await self.stub.Stop(
+                pb.StopRequest(run_id=run_id, reason=reason), timeout=2.0
+            )
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(reply.stopped)

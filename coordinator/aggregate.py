@@ -1,0 +1,183 @@
+"""Merge agents' columnar timing batches into mergeable histograms (no I/O).
+
+Kept per agent and per 1 s window (by intended time): latency (done - intended),
+service time (done - sent) and send lateness (sent - intended) histograms, plus
+counts and error codes. Percentiles always come from merged histograms, never
+from averaged percentiles. Warm-up records are counted apart and excluded.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from volley import records as rc
+from volley.histogram import LogHistogram
+from volley.records import RecordBlock
+
+WINDOW_NS = 1_000_000_000
+LATE_NS = 1_000_000  #: a send more than 1 ms after its intended time is "late"
+
+
+@dataclass
+class Stats:
+    """Counts and histograms for one slice of records (run, agent, window, bucket...)."""
+
+    records: int = 0
+    sent: int = 0
+    ok: int = 0
+    errors: int = 0
+    dropped: int = 0
+    not_sent: int = 0
+    late: int = 0
+    req_bytes: int = 0
+    resp_bytes: int = 0
+    latency: LogHistogram = field(default_factory=LogHistogram)
+    service: LogHistogram = field(default_factory=LogHistogram)
+    lateness: LogHistogram = field(default_factory=LogHistogram)
+    error_codes: Counter[int] = field(default_factory=Counter)
+
+    def add(
+        self, cols: dict[str, npt.NDArray[np.generic]], mask: npt.NDArray[np.bool_] | None = None
+    ) -> None:
+        def sel(name: str) -> npt.NDArray[np.int64]:
+            c: npt.NDArray[np.int64] = cols[name]  # type: ignore[assignment]
+            return c if mask is None else c[mask]
+
+        status = sel("status")
+        if status.size == 0:
+            return
+        intended, sent, done = sel("intended_ns"), sel("sent_ns"), sel("done_ns")
+        is_sent = sent >= 0
+        ok = status == rc.OK
+        dropped = status == rc.DROPPED
+        not_sent = status == rc.NOT_SENT
+        err = ~ok & ~dropped & ~not_sent
+        self.records += int(status.size)
+        self.sent += int(is_sent.sum())
+        self.ok += int(ok.sum())
+        self.errors += int(err.sum())
+        self.dropped += int(dropped.sum())
+        self.not_sent += int(not_sent.sum())
+        if err.any():
+            codes, counts = np.unique(status[err], return_counts=True)
+            for c, n in zip(codes.tolist(), counts.tolist(), strict=True):
+                self.error_codes[int(c)] += int(n)
+        lat = sent[is_sent] - intended[is_sent]
+        self.lateness.record_many(lat)
+        self.late += int((lat > LATE_NS).sum())
+        self.latency.record_many(done[ok] - intended[ok])
+        self.service.record_many(done[ok] - sent[ok])
+        self.req_bytes += int(sel("req_bytes")[is_sent].sum(dtype=np.int64))
+        self.resp_bytes += int(sel("resp_bytes")[ok].sum(dtype=np.int64))
+
+    def merge(self, other: Stats) -> None:
+        for name in (
+            "records",
+            "sent",
+            "ok",
+            "errors",
+            "dropped",
+            "not_sent",
+            "late",
+            "req_bytes",
+            "resp_bytes",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.latency.merge(other.latency)
+        self.service.merge(other.service)
+        self.lateness.merge(other.lateness)
+        self.error_codes.update(other.error_codes)
+
+
+@dataclass
+class AgentTally:
+    measured: Stats = field(default_factory=Stats)
+    warmup: Stats = field(default_factory=Stats)
+    first_intended_ns: int = 2**62
+    first_skew_ns: int = 0
+    last_done_ns: int = 0
+
+
+def size_bucket(req_bytes: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Payload-size bucket: powers of two of the request size (bucket b holds [2^b, 2^(b+1)))."""
+    out: npt.NDArray[np.int64] = np.floor(np.log2(np.maximum(req_bytes, 1))).astype(np.int64)
+    return out
+
+
+class Aggregator:
+    def __init__(self, n_agents: int, warmup_ns: int, window_ns: int = WINDOW_NS) -> None:
+        self.n_agents = n_agents
+        self.warmup_ns = warmup_ns
+        self.window_ns = window_ns
+        self.agents = [AgentTally() for _ in range(n_agents)]
+        #: (window, agent) -> Stats, windows by intended time
+        self.windows: dict[tuple[int, int], Stats] = {}
+        #: (window, agent) -> OK completions by done time (achieved throughput)
+        self.completions: Counter[tuple[int, int]] = Counter()
+        #: payload-size bucket -> Stats (measured records)
+        self.by_size: dict[int, Stats] = {}
+        #: model id -> Stats (measured records)
+        self.by_model: dict[int, Stats] = {}
+        self.shapes: set[str] = set()
+
+    def ingest(self, agent: int, block: RecordBlock) -> None:
+        if len(block) == 0:
+            return
+        cols = block.columns
+        self.shapes.update(block.input_shapes)
+        tally = self.agents[agent]
+        intended = block.col("intended_ns")
+        sent = block.col("sent_ns")
+        done = block.col("done_ns")
+        measured = intended >= self.warmup_ns
+        tally.measured.add(cols, measured)
+        if not measured.all():
+            tally.warmup.add(cols, ~measured)
+        # start skew: lateness of the agent's earliest sent arrival
+        sent_mask = sent >= 0
+        if sent_mask.any():
+            i = int(np.argmin(np.where(sent_mask, intended, np.iinfo(np.int64).max)))
+            if int(intended[i]) < tally.first_intended_ns:
+                tally.first_intended_ns = int(intended[i])
+                tally.first_skew_ns = int(sent[i] - intended[i])
+            tally.last_done_ns = max(tally.last_done_ns, int(done.max()))
+        win = intended // self.window_ns
+        for w in np.unique(win).tolist():
+            key = (int(w), agent)
+            st = self.windows.get(key)
+            if st is None:
+                st = self.windows[key] = Stats()
+            st.add(cols, win == w)
+        ok = block.col("status") == rc.OK
+        if ok.any():
+            dwin, counts = np.unique(done[ok] // self.window_ns, return_counts=True)
+            for w, n in zip(dwin.tolist(), counts.tolist(), strict=True):
+                self.completions[(int(w), agent)] += int(n)
+        if measured.any():
+            sizes = size_bucket(block.col("req_bytes"))
+            for b in np.unique(sizes[measured & (sent >= 0)]).tolist():
+                st = self.by_size.setdefault(int(b), Stats())
+                st.add(cols, measured & (sizes == b))
+            models = block.col("model_id")
+            for m in np.unique(models[measured]).tolist():
+                st = self.by_model.setdefault(int(m), Stats())
+                st.add(cols, measured & (models == m))
+
+    def total(self) -> Stats:
+        out = Stats()
+        for a in self.agents:
+            out.merge(a.measured)
+        return out
+
+    def total_warmup(self) -> Stats:
+        out = Stats()
+        for a in self.agents:
+            out.merge(a.warmup)
+        return out
+
+    def window_keys(self) -> list[int]:
+        return sorted({w for w, _ in self.windows} | {w for w, _ in self.completions})

@@ -1,0 +1,80 @@
+"""`--local-agents N`: agents spawned on this machine as separate processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+from coordinator.agents import AgentError
+
+
+class LocalAgents:
+    """Context manager: starts N `volley agent` processes on loopback, yields their addresses."""
+
+    def __init__(self, count: int, workers: int = 0, startup_timeout_s: float = 30.0) -> None:
+        self.count = count
+        cores = os.cpu_count() or 1
+        self.workers = workers or max(1, cores // max(count, 1))
+        self.startup_timeout_s = startup_timeout_s
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._tmp = tempfile.TemporaryDirectory(prefix="volley-agents-")
+        self.addresses: list[str] = []
+
+    def __enter__(self) -> list[str]:
+        tmp = Path(self._tmp.name)
+        files = []
+        for i in range(self.count):
+            port_file = tmp / f"agent{i}.port"
+            log = open(tmp / f"agent{i}.log", "wb")
+            argv = [
+                sys.executable,
+                "-m",
+                "volley",
+                "agent",
+                "--listen",
+                "127.0.0.1:0",
+                "--workers",
+                str(self.workers),
+                "--port-file",
+                str(port_file),
+                "--agent-id",
+                f"local-{i}",
+            ]
+            self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
+            files.append(port_file)
+        deadline = time.monotonic() + self.startup_timeout_s
+        for i, f in enumerate(files):
+            while not (f.exists() and f.read_text().strip()):
+                if self.procs[i].poll() is not None:
+                    log_text = (tmp / f"agent{i}.log").read_text(errors="replace")[-500:]
+                    self.__exit__(None, None, None)
+                    raise AgentError(f"local agent {i} exited at startup: {log_text.strip()}")
+                if time.monotonic() > deadline:
+                    self.__exit__(None, None, None)
+                    raise AgentError(
+                        f"local agent {i} did not start in {self.startup_timeout_s:g}s"
+                    )
+                time.sleep(0.05)
+            self.addresses.append(f"127.0.0.1:{f.read_text().strip()}")
+        return self.addresses
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+        self.procs = []
+        self._tmp.cleanup()

@@ -1,0 +1,252 @@
+"""The coordinator's run: preflight, handshake, clocks, one synchronized start, merge, write.
+
+`execute()` is the async core of `volley run`: startup (preflight, agents'
+Hello and clock probes, run directory), main loop (one event stream per agent,
+merged as batches arrive; heartbeats watched), shutdown (summary and files).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from coordinator.agents import AgentClient, AgentError
+from coordinator.aggregate import Aggregator
+from coordinator.preflight import preflight
+from coordinator.rundir import (
+    RequestWriter,
+    new_run_dir,
+    timeseries_rows,
+    write_json,
+    write_plan,
+    write_timeseries,
+)
+from coordinator.summary import AgentInfo, build_summary
+from volley.arrivals import global_schedule, schedule_span_s
+from volley.plan import AgentSpec, Plan
+from volley.records import RecordBlock
+from volley.v1 import control_pb2 as pb
+
+log = logging.getLogger("volley.coordinator")
+
+
+@dataclass
+class RunOptions:
+    out_dir: Path = Path("runs")
+    #: Seconds between the start command and the agreed start instant.
+    start_lead_s: float = 2.0
+    connect_timeout_s: float = 5.0
+    #: An agent silent for this long is declared missing.
+    heartbeat_timeout_s: float = 3.0
+    clock_samples: int = 16
+    #: Workers per agent for this run (0 = each agent's own default).
+    workers: int = 0
+    #: Weigh each agent's slice by its worker count (else equal).
+    weight_by_workers: bool = True
+    progress: Callable[[Progress], None] | None = None
+    stop_event: asyncio.Event | None = None
+
+
+@dataclass
+class Progress:
+    elapsed_s: float
+    total_s: float
+    agents: list[AgentInfo]
+    agg: Aggregator
+    window: int
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+    plan: Plan
+    agents: list[AgentInfo] = field(default_factory=list)
+
+
+class _AgentStream:
+    def __init__(self, index: int, client: AgentClient, info: AgentInfo) -> None:
+        self.index = index
+        self.client = client
+        self.info = info
+        self.task: asyncio.Task[None] | None = None
+        self.start_at_agent_ns = 0
+
+
+async def _handshake(addresses: list[str], opts: RunOptions) -> list[_AgentStream]:
+    clients = [AgentClient(a, opts.connect_timeout_s) for a in addresses]
+
+    async def one(i: int, c: AgentClient) -> _AgentStream:
+        reply = await c.hello()
+        clock = await c.probe_clock(opts.clock_samples)
+        info = AgentInfo(
+            index=i,
+            address=c.address,
+            id=reply.agent_id,
+            host=reply.host,
+            workers=min(opts.workers or reply.workers, reply.workers),
+            cores=reply.cores,
+            clock=clock,
+        )
+        return _AgentStream(i, c, info)
+
+    results = await asyncio.gather(
+        *(one(i, c) for i, c in enumerate(clients)), return_exceptions=True
+    )
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        for c in clients:
+            await c.close()
+        first = errors[0]
+        raise first if isinstance(first, AgentError) else AgentError(str(first))
+    return [r for r in results if isinstance(r, _AgentStream)]
+
+
+def scheduled_total(plan: Plan) -> int | None:
+    if plan.load.mode != "open":
+        return None
+    return sum(int(idx.size) for idx, _ in global_schedule(plan).chunks())
+
+
+async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResult:
+    # ---- startup ------------------------------------------------------------
+    plan = await preflight(plan)
+    streams = await _handshake(addresses, opts)
+    weights = [s.info.workers if opts.weight_by_workers else 1 for s in streams]
+    plan = plan.with_agents(
+        [AgentSpec(s.info.address, w) for s, w in zip(streams, weights, strict=True)]
+    )
+    run_id = uuid.uuid4().hex[:12]
+    run_dir = new_run_dir(opts.out_dir, plan.name)
+    write_plan(run_dir / "plan.yaml", plan)
+    expected = scheduled_total(plan)
+    agg = Aggregator(len(streams), int(plan.load.warmup_s * 1e9))
+    writer = RequestWriter(run_dir / "requests.parquet") if plan.raw_records else None
+    agent_cpu: dict[tuple[int, int], float] = {}
+    span_s = schedule_span_s(plan)
+    plan_json = plan.to_json()
+    stopped = ""
+
+    max_rtt = max((s.info.clock.rtt_ns if s.info.clock else 0) for s in streams)
+    start_coord_ns = time.monotonic_ns() + int(opts.start_lead_s * 1e9) + max_rtt
+    for s in streams:
+        assert s.info.clock is not None
+        s.start_at_agent_ns = s.info.clock.to_agent(start_coord_ns)
+
+    def ingest(s: _AgentStream, batch: pb.TimingBatch) -> None:
+        block = RecordBlock.from_proto(batch)
+        agg.ingest(s.index, block)
+        if writer is not None:
+            writer.write(s.index, block)
+
+    async def consume(s: _AgentStream) -> None:
+        req = pb.RunRequest(
+            run_id=run_id,
+            plan_json=plan_json,
+            agent_index=s.index,
+            start_at_agent_ns=s.start_at_agent_ns,
+            clock_offset_ns=s.info.clock.offset_ns if s.info.clock else 0,
+            workers=s.info.workers,
+        )
+        s.info.state = "running"
+        s.info.last_seen_ns = time.monotonic_ns()
+        try:
+            async for ev in s.client.run(req):
+                s.info.last_seen_ns = time.monotonic_ns()
+                kind = ev.WhichOneof("event")
+                if kind == "timings":
+                    ingest(s, ev.timings)
+                elif kind == "status":
+                    st = ev.status
+                    s.info.cpu_seconds = st.cpu_seconds
+                    s.info.cpu_percent_peak = max(s.info.cpu_percent_peak, st.cpu_percent)
+                    w = (st.agent_ns - s.start_at_agent_ns) // 1_000_000_000
+                    if w >= 0:
+                        agent_cpu[(int(w), s.index)] = st.cpu_percent
+                elif kind == "finished":
+                    f = ev.finished
+                    s.info.cpu_seconds = f.final_status.cpu_seconds or s.info.cpu_seconds
+                    s.info.state = "done" if f.ok else "failed"
+                    s.info.error = f.error
+                    return
+            if s.info.state == "running":
+                s.info.state = "failed"
+                s.info.error = "stream ended without a finish"
+        except grpc.aio.AioRpcError as exc:
+            s.info.state = "failed" if s.info.state != "missing" else "missing"
+            s.info.error = s.info.error or f"{exc.code().name}: {exc.details()}"
+        except asyncio.CancelledError:
+            if s.info.state == "running":
+                s.info.state = "missing"
+            raise
+
+    # ---- main loop ------------------------------------------------------------
+    for s in streams:
+        s.task = asyncio.create_task(consume(s))
+    deadline = start_coord_ns + int((span_s + plan.timeout_s + 15.0) * 1e9)
+    stop_event = opts.stop_event or asyncio.Event()
+    try:
+        while any(s.task is not None and not s.task.done() for s in streams):
+            await asyncio.sleep(0.1)
+            now = time.monotonic_ns()
+            for s in streams:
+                if s.task is None or s.task.done():
+                    continue
+                silent = (now - s.info.last_seen_ns) / 1e9
+                if silent > opts.heartbeat_timeout_s:
+                    s.info.state = "missing"
+                    s.info.error = f"no heartbeat for {silent:.1f}s"
+                    log.warning("agent %s missing: %s", s.info.address, s.info.error)
+                    s.task.cancel()
+            if stop_event.is_set() and not stopped:
+                stopped = "interrupted by the user"
+                await asyncio.gather(*(s.client.stop(run_id, stopped) for s in streams))
+            if now > deadline and not stopped:
+                stopped = "run overran its deadline"
+                await asyncio.gather(*(s.client.stop(run_id, stopped) for s in streams))
+                deadline = now + int(5e9)
+            elif now > deadline:
+                for s in streams:
+                    if s.task is not None:
+                        s.task.cancel()
+            if opts.progress is not None:
+                opts.progress(
+                    Progress(
+                        (now - start_coord_ns) / 1e9,
+                        span_s,
+                        [s.info for s in streams],
+                        agg,
+                        int((now - start_coord_ns) // 1_000_000_000),
+                    )
+                )
+    finally:
+        for s in streams:
+            if s.task is not None and not s.task.done():
+                s.task.cancel()
+        await asyncio.gather(
+            *(s.task for s in streams if s.task is not None), return_exceptions=True
+        )
+        for s in streams:
+            with contextlib.suppress(Exception):
+                await s.client.close()
+        if writer is not None:
+            writer.close()
+
+    # ---- shutdown: results ------------------------------------------------
+    infos = [s.info for s in streams]
+    measured_s = max(span_s - plan.load.warmup_s, 0.0)
+    summary = build_summary(plan, run_id, agg, infos, measured_s, expected, stopped=stopped)
+    names = [i.id or i.address for i in infos]
+    write_timeseries(run_dir / "timeseries.parquet", timeseries_rows(agg, names, agent_cpu))
+    write_json(run_dir / "summary.json", summary)
+    return RunResult(run_dir, summary, dataclasses.replace(plan), infos)

@@ -1,0 +1,161 @@
+"""The run directory: plan.yaml, summary.json, requests.parquet, timeseries.parquet, server.json.
+
+Raw records are streamed to Parquet as batches arrive (never held in memory).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from coordinator.aggregate import Aggregator, Stats
+from volley.plan import Plan
+from volley.records import COLUMNS, RecordBlock
+
+REQUEST_SCHEMA = pa.schema(
+    [pa.field("agent", pa.uint16())]
+    + [pa.field(name, pa.from_numpy_dtype(dt)) for name, dt in COLUMNS.items()]
+    + [pa.field("input_shape", pa.dictionary(pa.int32(), pa.string()))]
+)
+
+
+def new_run_dir(base: Path, name: str, now: float | None = None) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now if now is not None else time.time()))
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "run"
+    path = base / f"{stamp}-{safe}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = base / f"{stamp}-{safe}-{n}"
+    path.mkdir(parents=True)
+    return path
+
+
+class RequestWriter:
+    """Streams raw records to requests.parquet (zstd, row groups as batches come)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer = pq.ParquetWriter(
+            str(path),
+            REQUEST_SCHEMA,
+            compression="zstd",
+            compression_level=3,
+            use_dictionary=[
+                "input_shape",
+                "agent",
+                "worker",
+                "status",
+                "batch_size",
+                "shape_id",
+                "model_id",
+            ],
+        )
+        self._pending: list[pa.Table] = []
+        self._rows = 0
+        self.records = 0
+
+    def write(self, agent: int, block: RecordBlock) -> None:
+        n = len(block)
+        if n == 0:
+            return
+        arrays: list[pa.Array] = [pa.array(np.full(n, agent, np.uint16))]
+        arrays += [pa.array(block.columns[k]) for k in COLUMNS]
+        shapes = block.input_shapes or [""]
+        idx = block.columns["shape_id"].astype(np.int32)
+        idx = np.minimum(idx, len(shapes) - 1)
+        arrays.append(pa.DictionaryArray.from_arrays(pa.array(idx), pa.array(shapes)))
+        self._pending.append(pa.Table.from_arrays(arrays, schema=REQUEST_SCHEMA))
+        self._rows += n
+        self.records += n
+        if self._rows >= 256_000:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            self._writer.write_table(pa.concat_tables(self._pending, promote_options="default"))
+            self._pending = []
+            self._rows = 0
+
+    def close(self) -> None:
+        self.flush()
+        self._writer.close()
+
+
+def _stats_row(
+    window: int, agent: str, st: Stats, achieved: int, window_s: float
+) -> dict[str, Any]:
+    lat = st.latency
+    late = st.lateness
+    return {
+        "window": window,
+        "t_s": float(window * window_s),
+        "agent": agent,
+        "offered": st.records,
+        "sent": st.sent,
+        "ok": st.ok,
+        "errors": st.errors,
+        "dropped": st.dropped,
+        "offered_rps": st.records / window_s,
+        "achieved_rps": achieved / window_s,
+        "latency_p50_ms": lat.percentile(50) / 1e6 if lat.count else None,
+        "latency_p90_ms": lat.percentile(90) / 1e6 if lat.count else None,
+        "latency_p99_ms": lat.percentile(99) / 1e6 if lat.count else None,
+        "latency_max_ms": lat.max_ns / 1e6 if lat.count else None,
+        "service_p50_ms": st.service.percentile(50) / 1e6 if st.service.count else None,
+        "service_p99_ms": st.service.percentile(99) / 1e6 if st.service.count else None,
+        "lateness_p99_ms": late.percentile(99) / 1e6 if late.count else None,
+        "late_fraction": st.late / late.count if late.count else 0.0,
+    }
+
+
+def timeseries_rows(
+    agg: Aggregator, agent_names: list[str], agent_cpu: dict[tuple[int, int], float] | None = None
+) -> list[dict[str, Any]]:
+    """One row per (1 s window, agent) plus an 'all' row per window."""
+    window_s = agg.window_ns / 1e9
+    rows: list[dict[str, Any]] = []
+    for w in agg.window_keys():
+        merged = Stats()
+        achieved_all = 0
+        for a, name in enumerate(agent_names):
+            st = agg.windows.get((w, a))
+            achieved = agg.completions.get((w, a), 0)
+            achieved_all += achieved
+            if st is None and not achieved:
+                continue
+            st = st or Stats()
+            merged.merge(st)
+            row = _stats_row(w, name, st, achieved, window_s)
+            row["agent_cpu_percent"] = (agent_cpu or {}).get((w, a))
+            rows.append(row)
+        row = _stats_row(w, "all", merged, achieved_all, window_s)
+        cpus = [(agent_cpu or {}).get((w, a)) for a in range(len(agent_names))]
+        row["agent_cpu_percent"] = (
+            sum(c for c in cpus if c is not None) if any(c is not None for c in cpus) else None
+        )
+        rows.append(row)
+    return rows
+
+
+def write_timeseries(path: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        table = pa.table({"window": pa.array([], pa.int64())})
+    else:
+        table = pa.Table.from_pylist(rows)
+    pq.write_table(table, str(path), compression="zstd")
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_plan(path: Path, plan: Plan) -> None:
+    path.write_text(plan.to_yaml())

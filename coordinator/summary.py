@@ -1,0 +1,224 @@
+"""Build summary.json from the aggregated run: figures, per-agent health, verdict (pure)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from coordinator.aggregate import Aggregator, Stats
+from coordinator.clock import ClockEstimate
+from coordinator.slo import parse_slo
+from volley import records as rc
+from volley.histogram import LogHistogram
+from volley.plan import Plan
+
+PCTS = {"p50": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0, "p999": 99.9}
+
+
+@dataclass
+class AgentInfo:
+    """What the coordinator knows of one agent (filled from Hello, clock probes, its stream)."""
+
+    index: int
+    address: str
+    id: str = ""
+    host: str = ""
+    workers: int = 0
+    cores: int = 0
+    clock: ClockEstimate | None = None
+    state: str = "ready"  #: ready | running | done | failed | missing
+    error: str = ""
+    cpu_seconds: float = 0.0
+    cpu_percent_peak: float = 0.0
+    cpu_samples: list[float] = field(default_factory=list)
+    last_seen_ns: int = 0
+
+
+def hist_ms(h: LogHistogram) -> dict[str, float]:
+    if h.count == 0:
+        return {k: 0.0 for k in (*PCTS, "max", "mean")}
+    ps = h.percentiles(list(PCTS.values()))
+    out = {k: round(ps[q] / 1e6, 4) for k, q in PCTS.items()}
+    out["max"] = round(h.max_ns / 1e6, 4)
+    out["mean"] = round(h.mean_ns / 1e6, 4)
+    return out
+
+
+def lateness_ms(st: Stats) -> dict[str, float]:
+    h = st.lateness
+    if h.count == 0:
+        return {"p50": 0.0, "p99": 0.0, "max": 0.0, "late_fraction": 0.0}
+    return {
+        "p50": round(h.percentile(50) / 1e6, 4),
+        "p99": round(h.percentile(99) / 1e6, 4),
+        "max": round(h.max_ns / 1e6, 4),
+        "late_fraction": round(st.late / h.count, 6),
+    }
+
+
+def requests_block(st: Stats) -> dict[str, Any]:
+    return {
+        "scheduled": st.records,
+        "sent": st.sent,
+        "ok": st.ok,
+        "errors": st.errors,
+        "dropped": st.dropped,
+        "not_sent": st.not_sent,
+        "error_codes": {rc.status_name(c): n for c, n in sorted(st.error_codes.items())},
+    }
+
+
+def _saturation(plan: Plan, st: Stats, info: AgentInfo, span_s: float) -> tuple[bool, str]:
+    v = plan.validity
+    late = lateness_ms(st)
+    cpu_avg = (info.cpu_seconds / span_s * 100.0) if span_s > 0 else 0.0
+    util = cpu_avg / (100.0 * max(info.workers, 1))
+    why: list[str] = []
+    if plan.load.mode == "open" and st.sent:
+        if late["late_fraction"] > v.max_late_fraction:
+            why.append(f"{late['late_fraction']:.1%} of sends >1 ms late")
+        if late["p99"] > v.max_lateness_p99_ms:
+            why.append(f"send lateness p99 {late['p99']:.1f} ms")
+    if st.dropped:
+        why.append(f"{st.dropped} arrivals dropped at the in-flight cap")
+    if util > 0.95:
+        why.append(f"CPU {util:.0%} of {info.workers} workers")
+    if not why:
+        return False, ""
+    workers = max(info.workers, 1)
+    need = max(workers + 1, math.ceil(workers * max(util, 0.9) / 0.7))
+    return True, (
+        f"agent {info.id or info.address} was the bottleneck ({', '.join(why)}): "
+        f"give it ~{need - workers} more worker(s) (or add an agent) to keep up"
+    )
+
+
+def build_summary(
+    plan: Plan,
+    run_id: str,
+    agg: Aggregator,
+    agents: list[AgentInfo],
+    span_s: float,
+    scheduled_total: int | None,
+    server: dict[str, Any] | None = None,
+    stopped: str = "",
+) -> dict[str, Any]:
+    """span_s: seconds of the measured period (schedule span minus warm-up)."""
+    total = agg.total()
+    measured_s = max(span_s, 1e-9)
+    offered = total.records / measured_s
+    throughput = total.ok / measured_s
+    summary: dict[str, Any] = {
+        "run_id": run_id,
+        "name": plan.name,
+        "target": plan.target,
+        "model": plan.model,
+        "protocol": plan.protocol,
+        "mode": plan.load.mode,
+        "arrival": plan.load.arrival if plan.load.mode == "open" else "closed",
+        "seed": plan.seed,
+        "duration_s": round(span_s, 3),
+        "warmup_s": plan.load.warmup_s,
+        "requests": requests_block(total),
+        "warmup_requests": requests_block(agg.total_warmup()),
+        "offered_rps": round(offered, 3),
+        "throughput_rps": round(throughput, 3),
+        "error_rate": round(total.errors / total.sent, 6) if total.sent else 0.0,
+        "latency_ms": hist_ms(total.latency),
+        "service_time_ms": hist_ms(total.service),
+        "send_lateness_ms": lateness_ms(total),
+        "bytes": {"request": total.req_bytes, "response": total.resp_bytes},
+    }
+    rows: list[dict[str, Any]] = []
+    reasons: list[str] = []
+    for info, tally in zip(agents, agg.agents, strict=True):
+        st = tally.measured
+        saturated, why = _saturation(plan, st, info, span_s + plan.load.warmup_s)
+        if saturated:
+            reasons.append(why)
+        rows.append(
+            {
+                "id": info.id or info.address,
+                "address": info.address,
+                "host": info.host,
+                "workers": info.workers,
+                "state": info.state,
+                "error": info.error,
+                "scheduled": st.records,
+                "sent": st.sent,
+                "ok": st.ok,
+                "errors": st.errors,
+                "dropped": st.dropped,
+                "throughput_rps": round(st.ok / measured_s, 3),
+                "latency_ms": hist_ms(st.latency),
+                "service_time_ms": hist_ms(st.service),
+                "send_lateness_ms": lateness_ms(st),
+                "clock_offset_ms": round(info.clock.offset_ns / 1e6, 4) if info.clock else None,
+                "clock_uncertainty_ms": (
+                    round(info.clock.uncertainty_ns / 1e6, 4) if info.clock else None
+                ),
+                "start_skew_ms": (
+                    round(tally.first_skew_ns / 1e6, 4) if tally.first_intended_ns < 2**62 else None
+                ),
+                "cpu_seconds": round(info.cpu_seconds, 3),
+                "cpu_percent_avg": round(
+                    info.cpu_seconds / max(span_s + plan.load.warmup_s, 1e-9) * 100.0, 1
+                ),
+                "cpu_percent_peak": round(info.cpu_percent_peak, 1),
+                "cpu_us_per_request": (
+                    round(info.cpu_seconds / (st.sent + tally.warmup.sent) * 1e6, 1)
+                    if st.sent + tally.warmup.sent
+                    else None
+                ),
+                "saturated": saturated,
+                "saturation": why,
+            }
+        )
+    summary["agents"] = rows
+    summary["server"] = server or {}
+    summary["latency_by_payload"] = [
+        {"bucket_bytes": [2**b, 2 ** (b + 1)], "count": st.ok, "latency_ms": hist_ms(st.latency)}
+        for b, st in sorted(agg.by_size.items())
+        if st.ok
+    ]
+    # ---- verdict ---------------------------------------------------------
+    v = plan.validity
+    partial = [a for a in agents if a.state in ("failed", "missing")]
+    if partial:
+        summary["partial"] = True
+        for a in partial:
+            reasons.append(f"agent {a.id or a.address} {a.state}: {a.error or 'no details'}")
+    else:
+        summary["partial"] = False
+    if stopped:
+        reasons.append(f"run stopped early: {stopped}")
+    if span_s < v.min_duration_s:
+        reasons.append(f"measured for {span_s:.1f}s, less than the {v.min_duration_s:g}s minimum")
+    if total.ok < v.min_requests:
+        reasons.append(f"{total.ok} successful requests, fewer than the {v.min_requests} minimum")
+    if summary["error_rate"] > v.max_error_rate:
+        reasons.append(f"error rate {summary['error_rate']:.2%} above {v.max_error_rate:.2%}")
+    if scheduled_total is not None and plan.load.mode == "open" and not stopped:
+        got = total.records + agg.total_warmup().records
+        if got != scheduled_total:
+            reasons.append(
+                f"{scheduled_total - got} of {scheduled_total} scheduled requests "
+                "have no record (lost with an agent)"
+            )
+        summary["requests"]["schedule_total"] = scheduled_total
+    slo_results = [parse_slo(s).evaluate(summary) for s in plan.slos]
+    warnings = [
+        f"agent {r['id']}: {r['send_lateness_ms']['late_fraction']:.1%} of sends were >1 ms "
+        "late (timer wake-up); latency from intended time includes it"
+        for r in rows
+        if r["send_lateness_ms"]["late_fraction"] > v.warn_late_fraction and not r["saturated"]
+    ]
+    summary["verdict"] = {
+        "valid": not reasons,
+        "reasons": reasons,
+        "warnings": warnings,
+        "slo": slo_results,
+        "slo_passed": all(r["passed"] for r in slo_results),
+    }
+    return summary

@@ -1,0 +1,3 @@
+from volley.cli import main
+
+main()

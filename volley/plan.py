@@ -1,0 +1,468 @@
+"""The run plan: one typed, validated, fully resolved description of a run.
+
+A plan is what `plan.yaml` holds and what every agent receives (as JSON). It is
+pure data: parsing and validation here do no I/O beyond what the caller hands in.
+Re-running a resolved plan (seed included) repeats the same global schedule.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal, cast
+
+import yaml
+
+Mode = Literal["open", "closed"]
+Arrival = Literal["constant", "poisson", "trace"]
+Protocol = Literal["grpc", "http"]
+
+#: Hard bounds so no plan can make an agent allocate without limit.
+MAX_DURATION_S = 7 * 24 * 3600.0
+MAX_RATE = 5_000_000.0
+MAX_CONCURRENCY = 100_000
+MAX_TRACE_ENTRIES = 20_000_000
+MAX_INPUT_BYTES = 256 * 1024 * 1024
+MAX_POOL_BYTES = 1024 * 1024 * 1024
+
+
+class PlanError(ValueError):
+    """A plan (or a command-line option that feeds it) is invalid; the message names what."""
+
+
+_DURATION_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ns|us|µs|ms|s|m|h)?\s*$")
+_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: object, what: str = "duration") -> float:
+    """'30s', '500ms', '2m', '1h' or a bare number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise PlanError(f"{what}: expected a duration like 30s, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if not m:
+            raise PlanError(f"{what}: expected a duration like 30s, 500ms or 2m, got {value!r}")
+        seconds = float(m.group(1)) * _UNIT_S[m.group(2) or "s"]
+    else:
+        raise PlanError(f"{what}: expected a duration like 30s, got {value!r}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise PlanError(f"{what}: must be a non-negative duration, got {value!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    return f"{seconds * 1000:g}ms"
+
+
+def parse_address(value: str, what: str = "address") -> tuple[str, int]:
+    """'host:port' or '[v6]:port' -> (host, port)."""
+    text = value.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_s = rest.removeprefix(":")
+    else:
+        host, sep, port_s = text.rpartition(":")
+        if not sep:
+            raise PlanError(f"{what}: expected HOST:PORT, got {value!r}")
+    if not host:
+        raise PlanError(f"{what}: missing host in {value!r}")
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise PlanError(f"{what}: port must be a number in {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise PlanError(f"{what}: port out of range in {value!r}")
+    return host, port
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    duration_s: float
+    target: float
+
+
+@dataclass(frozen=True)
+class TraceSpec:
+    file: str = ""
+    format: Literal["timestamps", "gaps"] = "timestamps"
+    unit: Literal["s", "ms", "us", "ns"] = "s"
+    speed: float = 1.0
+    #: Filled in by the coordinator when it resolves the plan (agents never read files).
+    times_ns: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    mode: Mode = "open"
+    arrival: Arrival = "constant"
+    rate: float = 0.0
+    concurrency: int = 0
+    stages: tuple[StageSpec, ...] = ()
+    duration_s: float = 30.0
+    warmup_s: float = 0.0
+    #: Open loop: per-agent cap on requests in flight; 0 = no cap (bounded by backlog).
+    max_in_flight: int = 1024
+    #: Open loop: arrivals waiting for a free in-flight slot before they are dropped.
+    max_backlog: int = 10_000
+    #: Open loop: the last microseconds before a send are waited by yielding to the event
+    #: loop instead of a timer (timers wake up to ~1-2 ms late). 0 = timers only.
+    spin_us: float = 0.0
+    trace: TraceSpec | None = None
+
+    @property
+    def total_s(self) -> float:
+        if self.stages:
+            return sum(s.duration_s for s in self.stages)
+        return self.duration_s
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How to fill one model input. Resolved against the model's metadata in preflight."""
+
+    name: str
+    datatype: str = ""
+    shape: tuple[int, ...] = ()
+    source: Literal["random", "zeros", "constant"] = "random"
+    value: float | str | None = None
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    address: str
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class ValiditySpec:
+    min_duration_s: float = 5.0
+    min_requests: int = 100
+    max_error_rate: float = 0.01
+    #: An agent whose sends are > 1 ms late more often than this could not keep up.
+    #: (Below it, late sends only warn: on VMs, timers wake ~1-2 ms late even when idle.)
+    max_late_fraction: float = 0.5
+    #: Above this share of > 1 ms late sends, the verdict warns.
+    warn_late_fraction: float = 0.05
+    max_lateness_p99_ms: float = 10.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    target: str
+    model: str
+    name: str = "run"
+    model_version: str = ""
+    protocol: Protocol = "grpc"
+    seed: int = 0
+    load: LoadSpec = field(default_factory=LoadSpec)
+    inputs: tuple[InputSpec, ...] = ()
+    outputs: tuple[str, ...] = ()
+    #: Resolved from the model config in preflight (0: the model does not batch).
+    max_batch_size: int = 0
+    agents: tuple[AgentSpec, ...] = ()
+    timeout_s: float = 30.0
+    raw_records: bool = True
+    slos: tuple[str, ...] = ()
+    validity: ValiditySpec = field(default_factory=ValiditySpec)
+
+    # ---- serialisation -------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = _plain(asdict(self))
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    def to_yaml(self) -> str:
+        data = self.to_dict()
+        trace = data["load"].get("trace")
+        if trace and trace.get("times_ns") and trace.get("file"):
+            trace["times_ns"] = []  # re-read from the file; keeps plan.yaml readable
+        return yaml.safe_dump(data, sort_keys=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PlanError(f"plan JSON: {exc}") from None
+        return plan_from_dict(data)
+
+    def with_agents(self, agents: list[AgentSpec]) -> Plan:
+        return replace(self, agents=tuple(agents))
+
+    @property
+    def agent_weights(self) -> list[int]:
+        return [a.weight for a in self.agents] or [1]
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+# ---- parsing and validation -----------------------------------------------
+
+
+def _check_keys(data: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise PlanError(f"{where}: unknown key(s) {', '.join(unknown)}")
+
+
+def _num(data: dict[str, Any], key: str, where: str, default: float) -> float:
+    v = data.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(float(v)):
+        raise PlanError(f"{where}.{key}: expected a number, got {v!r}")
+    return float(v)
+
+
+def _int(data: dict[str, Any], key: str, where: str, default: int) -> int:
+    v = data.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        raise PlanError(f"{where}.{key}: expected an integer, got {v!r}")
+    return v
+
+
+def _str(data: dict[str, Any], key: str, where: str, default: str) -> str:
+    v = data.get(key, default)
+    if not isinstance(v, str):
+        raise PlanError(f"{where}.{key}: expected a string, got {v!r}")
+    return v
+
+
+def _choice(
+    data: dict[str, Any], key: str, where: str, default: str, options: tuple[str, ...]
+) -> str:
+    v = _str(data, key, where, default)
+    if v not in options:
+        raise PlanError(f"{where}.{key}: must be one of {', '.join(options)}, got {v!r}")
+    return v
+
+
+def _dict(v: object, where: str) -> dict[str, Any]:
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise PlanError(f"{where}: expected a mapping, got {type(v).__name__}")
+    return cast(dict[str, Any], v)
+
+
+def _list(v: object, where: str) -> list[Any]:
+    if v is None:
+        return []
+    if not isinstance(v, list | tuple):
+        raise PlanError(f"{where}: expected a list, got {type(v).__name__}")
+    return list(v)
+
+
+def _stage(raw: object, i: int, key: str) -> StageSpec:
+    where = f"load.stages[{i}]"
+    d = _dict(raw, where)
+    _check_keys(d, {"duration", "duration_s", key, "target"}, where)
+    dur = parse_duration(d.get("duration", d.get("duration_s", 0)), f"{where}.duration")
+    if key in d:
+        target = _num(d, key, where, 0.0)
+    elif "target" in d:
+        target = _num(d, "target", where, 0.0)
+    else:
+        raise PlanError(f"{where}: needs '{key}'")
+    if target < 0:
+        raise PlanError(f"{where}.{key}: must be >= 0")
+    return StageSpec(dur, target)
+
+
+def _load(raw: object) -> LoadSpec:
+    d = _dict(raw, "load")
+    allowed = {f.name for f in fields(LoadSpec)} | {"duration", "warmup"}
+    _check_keys(d, allowed, "load")
+    mode = cast(Mode, _choice(d, "mode", "load", "open", ("open", "closed")))
+    arrival = cast(
+        Arrival, _choice(d, "arrival", "load", "constant", ("constant", "poisson", "trace"))
+    )
+    stage_key = "rate" if mode == "open" else "concurrency"
+    stages = tuple(
+        _stage(s, i, stage_key) for i, s in enumerate(_list(d.get("stages"), "load.stages"))
+    )
+    duration_s = parse_duration(d.get("duration", d.get("duration_s", 30.0)), "load.duration")
+    warmup_s = parse_duration(d.get("warmup", d.get("warmup_s", 0.0)), "load.warmup")
+    trace: TraceSpec | None = None
+    if d.get("trace") is not None:
+        t = _dict(d["trace"], "load.trace")
+        _check_keys(t, {f.name for f in fields(TraceSpec)}, "load.trace")
+        times = _list(t.get("times_ns"), "load.trace.times_ns")
+        if len(times) > MAX_TRACE_ENTRIES:
+            raise PlanError(f"load.trace: more than {MAX_TRACE_ENTRIES} entries")
+        trace = TraceSpec(
+            file=_str(t, "file", "load.trace", ""),
+            format=cast(
+                Any, _choice(t, "format", "load.trace", "timestamps", ("timestamps", "gaps"))
+            ),
+            unit=cast(Any, _choice(t, "unit", "load.trace", "s", ("s", "ms", "us", "ns"))),
+            speed=_num(t, "speed", "load.trace", 1.0),
+            times_ns=tuple(int(x) for x in times),
+        )
+        if trace.speed <= 0:
+            raise PlanError("load.trace.speed: must be > 0")
+    spec = LoadSpec(
+        mode=mode,
+        arrival=arrival,
+        rate=_num(d, "rate", "load", 0.0),
+        concurrency=_int(d, "concurrency", "load", 0),
+        stages=stages,
+        duration_s=duration_s,
+        warmup_s=warmup_s,
+        max_in_flight=_int(d, "max_in_flight", "load", 1024),
+        max_backlog=_int(d, "max_backlog", "load", 10_000),
+        spin_us=_num(d, "spin_us", "load", 0.0),
+        trace=trace,
+    )
+    _validate_load(spec)
+    return spec
+
+
+def _validate_load(s: LoadSpec) -> None:
+    if s.mode == "open":
+        if s.arrival == "trace":
+            if s.trace is None:
+                raise PlanError("load.trace: arrival 'trace' needs a trace file")
+        elif not s.stages and s.rate <= 0:
+            raise PlanError("load.rate: open-loop load needs a rate > 0 (or stages)")
+        if s.rate > MAX_RATE or any(st.target > MAX_RATE for st in s.stages):
+            raise PlanError(f"load.rate: above the hard limit of {MAX_RATE:g}/s")
+    else:
+        if not s.stages and s.concurrency <= 0:
+            raise PlanError(
+                "load.concurrency: closed-loop load needs a concurrency > 0 (or stages)"
+            )
+        if s.concurrency > MAX_CONCURRENCY or any(st.target > MAX_CONCURRENCY for st in s.stages):
+            raise PlanError(f"load.concurrency: above the hard limit of {MAX_CONCURRENCY}")
+    if s.arrival != "trace" and s.total_s <= 0:
+        raise PlanError("load.duration: must be > 0")
+    if s.total_s > MAX_DURATION_S:
+        raise PlanError(f"load.duration: above the hard limit of {MAX_DURATION_S:g}s")
+    if s.warmup_s >= s.total_s > 0:
+        raise PlanError("load.warmup: must be shorter than the duration")
+    if s.max_in_flight < 0 or s.max_in_flight > 1_000_000:
+        raise PlanError("load.max_in_flight: must be between 0 and 1000000")
+    if not 0 <= s.spin_us <= 100_000:
+        raise PlanError("load.spin_us: must be between 0 and 100000")
+    if s.max_backlog < 0 or s.max_backlog > 10_000_000:
+        raise PlanError("load.max_backlog: must be between 0 and 10000000")
+
+
+def _input(raw: object, i: int) -> InputSpec:
+    where = f"inputs[{i}]"
+    d = _dict(raw, where)
+    _check_keys(d, {"name", "datatype", "shape", "source", "value"}, where)
+    name = _str(d, "name", where, "")
+    if not name:
+        raise PlanError(f"{where}.name: required")
+    shape_raw = _list(d.get("shape"), f"{where}.shape")
+    shape: list[int] = []
+    for j, dim in enumerate(shape_raw):
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
+            raise PlanError(f"{where}.shape[{j}]: expected a non-negative integer, got {dim!r}")
+        shape.append(dim)
+    value = d.get("value")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float | str)):
+        raise PlanError(f"{where}.value: expected a number or string, got {value!r}")
+    return InputSpec(
+        name=name,
+        datatype=_str(d, "datatype", where, ""),
+        shape=tuple(shape),
+        source=cast(Any, _choice(d, "source", where, "random", ("random", "zeros", "constant"))),
+        value=value,
+    )
+
+
+def plan_from_dict(data: object) -> Plan:
+    """Validate a plan document (from YAML/JSON) into a Plan; PlanError names the bad field."""
+    d = _dict(data, "plan")
+    allowed = {f.name for f in fields(Plan)}
+    _check_keys(d, allowed, "plan")
+    target = _str(d, "target", "plan", "")
+    if not target:
+        raise PlanError("plan.target: required (HOST:PORT of the inference server)")
+    parse_address(target, "plan.target")
+    model = _str(d, "model", "plan", "")
+    if not model:
+        raise PlanError("plan.model: required (the model name on the server)")
+    agents: list[AgentSpec] = []
+    for i, a in enumerate(_list(d.get("agents"), "plan.agents")):
+        if isinstance(a, str):
+            agents.append(AgentSpec(a))
+            continue
+        ad = _dict(a, f"plan.agents[{i}]")
+        _check_keys(ad, {"address", "weight"}, f"plan.agents[{i}]")
+        w = _int(ad, "weight", f"plan.agents[{i}]", 1)
+        if w < 1 or w > 10_000:
+            raise PlanError(f"plan.agents[{i}].weight: must be between 1 and 10000")
+        agents.append(AgentSpec(_str(ad, "address", f"plan.agents[{i}]", ""), w))
+    vd = _dict(d.get("validity"), "plan.validity")
+    _check_keys(vd, {f.name for f in fields(ValiditySpec)}, "plan.validity")
+    default_v = ValiditySpec()
+    validity = ValiditySpec(
+        min_duration_s=_num(vd, "min_duration_s", "plan.validity", default_v.min_duration_s),
+        min_requests=_int(vd, "min_requests", "plan.validity", default_v.min_requests),
+        max_error_rate=_num(vd, "max_error_rate", "plan.validity", default_v.max_error_rate),
+        max_late_fraction=_num(
+            vd, "max_late_fraction", "plan.validity", default_v.max_late_fraction
+        ),
+        warn_late_fraction=_num(
+            vd, "warn_late_fraction", "plan.validity", default_v.warn_late_fraction
+        ),
+        max_lateness_p99_ms=_num(
+            vd, "max_lateness_p99_ms", "plan.validity", default_v.max_lateness_p99_ms
+        ),
+    )
+    seed = _int(d, "seed", "plan", 0)
+    if not 0 <= seed < 2**63:
+        raise PlanError("plan.seed: must be a non-negative 63-bit integer")
+    timeout_s = parse_duration(d.get("timeout_s", 30.0), "plan.timeout_s")
+    if timeout_s <= 0:
+        raise PlanError("plan.timeout_s: must be > 0")
+    raw = d.get("raw_records", True)
+    if not isinstance(raw, bool):
+        raise PlanError("plan.raw_records: expected true or false")
+    return Plan(
+        target=target,
+        model=model,
+        name=_str(d, "name", "plan", "run"),
+        model_version=_str(d, "model_version", "plan", ""),
+        protocol=cast(Protocol, _choice(d, "protocol", "plan", "grpc", ("grpc", "http"))),
+        seed=seed,
+        load=_load(d.get("load")),
+        inputs=tuple(_input(x, i) for i, x in enumerate(_list(d.get("inputs"), "plan.inputs"))),
+        outputs=tuple(str(x) for x in _list(d.get("outputs"), "plan.outputs")),
+        max_batch_size=_int(d, "max_batch_size", "plan", 0),
+        agents=tuple(agents),
+        timeout_s=timeout_s,
+        raw_records=raw,
+        slos=tuple(str(x) for x in _list(d.get("slos"), "plan.slos")),
+        validity=validity,
+    )
+
+
+def load_plan_yaml(text: str) -> dict[str, Any]:
+    """Parse YAML text to a plan mapping (not yet validated)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PlanError(f"plan file is not valid YAML: {exc}".splitlines()[0]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise PlanError("plan file: expected a mapping at the top level")
+    return cast(dict[str, Any], data)

@@ -1,0 +1,197 @@
+"""Columnar timing records: the one format agents ship and the coordinator ingests.
+
+A `RecordBlock` is a set of equal-length numpy arrays (one per column). It maps
+to `volley.v1.TimingBatch` (packed little-endian bytes per column) without any
+per-record Python objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from volley.v1 import control_pb2 as pb
+
+# volley status codes (uint16). 0..16 mirror gRPC status codes.
+OK = 0
+CANCELLED = 1
+UNKNOWN = 2
+INVALID_ARGUMENT = 3
+DEADLINE_EXCEEDED = 4
+NOT_FOUND = 5
+RESOURCE_EXHAUSTED = 8
+FAILED_PRECONDITION = 9
+INTERNAL = 13
+UNAVAILABLE = 14
+#: volley's own codes, above gRPC's range.
+DROPPED = 100  #: never sent: the in-flight cap and backlog were full
+BAD_RESPONSE = 101  #: the server answered, but the response failed our check
+NOT_SENT = 102  #: the run stopped before this arrival's time came
+HTTP_ERROR_BASE = 1000  #: HTTP status s is recorded as 1000 + s
+
+STATUS_NAMES: dict[int, str] = {
+    OK: "OK",
+    CANCELLED: "CANCELLED",
+    UNKNOWN: "UNKNOWN",
+    INVALID_ARGUMENT: "INVALID_ARGUMENT",
+    DEADLINE_EXCEEDED: "DEADLINE_EXCEEDED",
+    NOT_FOUND: "NOT_FOUND",
+    6: "ALREADY_EXISTS",
+    7: "PERMISSION_DENIED",
+    RESOURCE_EXHAUSTED: "RESOURCE_EXHAUSTED",
+    FAILED_PRECONDITION: "FAILED_PRECONDITION",
+    10: "ABORTED",
+    11: "OUT_OF_RANGE",
+    12: "UNIMPLEMENTED",
+    INTERNAL: "INTERNAL",
+    UNAVAILABLE: "UNAVAILABLE",
+    15: "DATA_LOSS",
+    16: "UNAUTHENTICATED",
+    DROPPED: "DROPPED",
+    BAD_RESPONSE: "BAD_RESPONSE",
+    NOT_SENT: "NOT_SENT",
+}
+
+
+def status_name(code: int) -> str:
+    if code >= HTTP_ERROR_BASE:
+        return f"HTTP_{code - HTTP_ERROR_BASE}"
+    return STATUS_NAMES.get(code, f"STATUS_{code}")
+
+
+#: Column name -> dtype (little-endian). The order is the wire and file order.
+COLUMNS: dict[str, np.dtype[np.generic]] = {
+    "index": np.dtype("<i8"),
+    "intended_ns": np.dtype("<i8"),
+    "sent_ns": np.dtype("<i8"),
+    "done_ns": np.dtype("<i8"),
+    "status": np.dtype("<u2"),
+    "worker": np.dtype("<u2"),
+    "req_bytes": np.dtype("<u4"),
+    "resp_bytes": np.dtype("<u4"),
+    "batch_size": np.dtype("<u2"),
+    "shape_id": np.dtype("<u2"),
+    "model_id": np.dtype("<u2"),
+}
+
+
+@dataclass
+class RecordBlock:
+    """Equal-length columns of timing records (see COLUMNS)."""
+
+    columns: dict[str, npt.NDArray[np.generic]]
+    input_shapes: list[str]
+
+    def __len__(self) -> int:
+        return int(self.columns["index"].shape[0])
+
+    @classmethod
+    def empty(cls) -> RecordBlock:
+        return cls({k: np.empty(0, dt) for k, dt in COLUMNS.items()}, [])
+
+    def col(self, name: str) -> npt.NDArray[np.int64]:
+        return self.columns[name]  # type: ignore[return-value]
+
+    def to_proto(self) -> pb.TimingBatch:
+        msg = pb.TimingBatch(count=len(self), input_shapes=self.input_shapes)
+        for name, dt in COLUMNS.items():
+            getattr(msg, name)  # field exists
+            setattr(msg, name, np.ascontiguousarray(self.columns[name], dtype=dt).tobytes())
+        return msg
+
+    @classmethod
+    def from_proto(cls, msg: pb.TimingBatch) -> RecordBlock:
+        n = int(msg.count)
+        cols: dict[str, npt.NDArray[np.generic]] = {}
+        for name, dt in COLUMNS.items():
+            raw: bytes = getattr(msg, name)
+            if len(raw) != n * dt.itemsize:
+                raise ValueError(f"timing batch column {name}: {len(raw)} bytes for {n} records")
+            cols[name] = np.frombuffer(raw, dtype=dt)
+        return cls(cols, list(msg.input_shapes))
+
+
+class RecordBuffer:
+    """Preallocated columns a worker appends to; `take()` hands over what is filled.
+
+    One `append` per completed request writes scalars into numpy arrays: no
+    per-record Python objects survive the call.
+    """
+
+    def __init__(self, capacity: int = 8192) -> None:
+        self.capacity = capacity
+        self._cols = {k: np.empty(capacity, dt) for k, dt in COLUMNS.items()}
+        self._index = self._cols["index"]
+        self._intended = self._cols["intended_ns"]
+        self._sent = self._cols["sent_ns"]
+        self._done = self._cols["done_ns"]
+        self._status = self._cols["status"]
+        self._req = self._cols["req_bytes"]
+        self._resp = self._cols["resp_bytes"]
+        self._batch = self._cols["batch_size"]
+        self._shape = self._cols["shape_id"]
+        self._model = self._cols["model_id"]
+        self._cols["worker"].fill(0)
+        self.n = 0
+        self.worker = 0
+
+    def append(
+        self,
+        index: int,
+        intended: int,
+        sent: int,
+        done: int,
+        status: int,
+        req_bytes: int,
+        resp_bytes: int,
+        batch_size: int,
+        shape_id: int,
+        model_id: int = 0,
+    ) -> bool:
+        """Append one record; returns True when the buffer is full and must be taken."""
+        n = self.n
+        self._index[n] = index
+        self._intended[n] = intended
+        self._sent[n] = sent
+        self._done[n] = done
+        self._status[n] = status
+        self._req[n] = req_bytes
+        self._resp[n] = resp_bytes
+        self._batch[n] = batch_size
+        self._shape[n] = shape_id
+        self._model[n] = model_id
+        self.n = n + 1
+        return self.n >= self.capacity
+
+    def take(self, input_shapes: list[str]) -> RecordBlock | None:
+        if self.n == 0:
+            return None
+        n = self.n
+        cols = {k: v[:n].copy() for k, v in self._cols.items()}
+        cols["worker"].fill(self.worker)
+        self.n = 0
+        return RecordBlock(cols, input_shapes)
+
+
+def concat(blocks: list[RecordBlock]) -> RecordBlock:
+    """Concatenate blocks; shape ids are remapped onto one merged shape table."""
+    if not blocks:
+        return RecordBlock.empty()
+    shapes: list[str] = []
+    lookup: dict[str, int] = {}
+    parts: dict[str, list[npt.NDArray[np.generic]]] = {k: [] for k in COLUMNS}
+    for b in blocks:
+        remap = np.empty(max(len(b.input_shapes), 1), np.uint16)
+        for i, s in enumerate(b.input_shapes):
+            if s not in lookup:
+                lookup[s] = len(shapes)
+                shapes.append(s)
+            remap[i] = lookup[s]
+        for k in COLUMNS:
+            col = b.columns[k]
+            if k == "shape_id" and b.input_shapes and len(col):
+                col = remap[col.astype(np.intp)]
+            parts[k].append(col)
+    return RecordBlock({k: np.concatenate(v).astype(COLUMNS[k]) for k, v in parts.items()}, shapes)
