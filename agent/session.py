@@ -93,6 +93,13 @@ class RunSession:
         self, loop: asyncio.AbstractEventLoop, aq: asyncio.Queue[Any], finished: threading.Event
     ) -> None:
         """Thread: move messages from the multiprocessing queue into asyncio."""
+        # RuntimeError: the event loop closed under us, so the session is over.
+        with contextlib.suppress(RuntimeError):
+            self._pump_loop(loop, aq, finished)
+
+    def _pump_loop(
+        self, loop: asyncio.AbstractEventLoop, aq: asyncio.Queue[Any], finished: threading.Event
+    ) -> None:
         while not finished.is_set():
             try:
                 msg = self._queue.get(timeout=0.1)

@@ -140,6 +140,8 @@ class Worker:
         p = self.pool.payloads[pidx]
         c = self.counters
         sent = self.clock() - self.start
+        if intended < 0:  # closed loop: no schedule, intended = sent
+            intended = sent
         if c.first_send_lateness_ns is None:
             c.first_send_lateness_ns = sent - intended
         c.sent += 1
@@ -226,7 +228,7 @@ class Worker:
             now = self.clock() - self.start
             if now >= end_ns:
                 return
-            await self._call(method, -1, now, (uid + n) % npay)
+            await self._call(method, -1, -1, (uid + n) % npay)
             n += 1
 
     async def _closed_loop(self, method: Any) -> None:

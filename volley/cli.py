@@ -146,6 +146,47 @@ def _number(text: str) -> float | str:
         return text
 
 
+def parse_stages(text: str, key: str) -> list[dict[str, Any]]:
+    """'10s:100,20s:400' -> [{duration: 10s, rate: 100}, ...]."""
+    out: list[dict[str, Any]] = []
+    for part in text.split(","):
+        dur, sep, target = part.strip().partition(":")
+        if not sep:
+            raise PlanError(f"--stages: expected DURATION:TARGET items, got {part.strip()!r}")
+        try:
+            value = float(target)
+        except ValueError:
+            raise PlanError(f"--stages: {target!r} is not a number") from None
+        out.append({"duration": parse_duration(dur, "--stages duration"), key: value})
+    return out
+
+
+def resolve_trace(data: dict[str, Any]) -> None:
+    """Read a plan's trace file into load.trace.times_ns (agents never read files)."""
+    from volley.schedule import parse_trace
+
+    trace = (data.get("load") or {}).get("trace")
+    if not isinstance(trace, dict) or not trace.get("file") or trace.get("times_ns"):
+        return
+    path = Path(str(trace["file"]))
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise PlanError(f"trace file {path}: {exc.strerror}") from None
+    try:
+        times = parse_trace(
+            text,
+            trace.get("format", "timestamps"),
+            trace.get("unit", "s"),
+            float(trace.get("speed", 1.0)),
+        )
+    except ValueError as exc:
+        raise PlanError(f"trace file {path}: {exc}") from None
+    if times.size == 0:
+        raise PlanError(f"trace file {path}: no arrivals")
+    trace["times_ns"] = times.tolist()
+
+
 def build_plan(
     plan_file: Path | None,
     overrides: dict[str, Any],
@@ -192,6 +233,7 @@ def build_plan(
             raise PlanError(f"--shape {name}={shape}: expected dims like 1x224x224x3") from None
     if specs:
         data["inputs"] = list(specs.values())
+    resolve_trace(data)
     return plan_from_dict(data)
 
 
@@ -214,6 +256,19 @@ def run(
     arrival: Annotated[str | None, typer.Option(help="constant | poisson | trace.")] = None,
     duration: Annotated[str | None, typer.Option(help="Load duration, e.g. 30s, 2m.")] = None,
     warmup: Annotated[str | None, typer.Option(help="Sent but excluded from results.")] = None,
+    stages: Annotated[
+        str | None,
+        typer.Option(
+            help="Ramps, e.g. '10s:100,20s:400' (rate, or concurrency with --concurrency)."
+        ),
+    ] = None,
+    trace: Annotated[
+        Path | None,
+        typer.Option(help="Replay arrivals from a file (one timestamp or gap per line)."),
+    ] = None,
+    trace_format: Annotated[str, typer.Option(help="timestamps | gaps.")] = "timestamps",
+    trace_unit: Annotated[str, typer.Option(help="s | ms | us | ns.")] = "s",
+    trace_speed: Annotated[float, typer.Option(help="Replay speed factor.")] = 1.0,
     max_in_flight: Annotated[
         int | None,
         typer.Option(
@@ -284,6 +339,20 @@ def run(
         }
         if rate is not None and concurrency is not None:
             raise PlanError("give either --rate (open loop) or --concurrency (closed loop)")
+        if stages is not None:
+            key = "concurrency" if concurrency is not None else "rate"
+            load_over["stages"] = parse_stages(stages, key)
+            if concurrency is None and rate is None:
+                load_over["mode"] = "open"
+        if trace is not None:
+            load_over["arrival"] = "trace"
+            load_over["mode"] = "open"
+            load_over["trace"] = {
+                "file": str(trace),
+                "format": trace_format,
+                "unit": trace_unit,
+                "speed": trace_speed,
+            }
         plan = build_plan(
             plan_file, overrides, load_over, _kv(input_, "--input"), _kv(shape, "--shape")
         )

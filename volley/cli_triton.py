@@ -138,6 +138,10 @@ def start_cmd(
     timeout: Annotated[
         float, typer.Option("--timeout", help="Seconds to wait for the server to be ready.")
     ] = 60.0,
+    bind: Annotated[
+        str,
+        typer.Option("--bind", help="Address the server listens on (default loopback only)."),
+    ] = "127.0.0.1",
     json_out: JsonOpt = False,
 ) -> None:
     """Start tritonserver in the background and wait until it is ready."""
@@ -164,6 +168,7 @@ def start_cmd(
         models=list(model) if model else None,
         state_dir=state_dir,
         triton_home=triton_home,
+        bind_address=bind,
     )
     try:
         state = start_daemon(cfg, timeout_s=timeout)
