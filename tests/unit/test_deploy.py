@@ -449,3 +449,29 @@ def test_readme_has_commands_for_every_target() -> None:
         "dockerignore",
     ):
         assert needle in text, needle
+
+
+def test_image_entrypoint_runs_volley_help() -> None:
+    """The image's ENTRYPOINT is the `volley` console script; run the same entry point
+    (docker itself is not available here) and check --help for every command."""
+    import re
+    import subprocess
+    import sys
+
+    text = (DEPLOY / "Dockerfile").read_text()
+    entry = re.search(r'^ENTRYPOINT \["([^"]+)"\]', text, re.M)
+    assert entry and entry.group(1) == "volley"
+    for args in ([], ["agent"], ["run"], ["triton"], ["report"]):
+        res = subprocess.run([sys.executable, "-m", "volley", *args, "--help"],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, (args, res.stderr)
+        assert "Usage" in res.stdout
+
+
+def test_agents_by_dns_name_and_headless_service_name() -> None:
+    from coordinator.agents import resolve_agents
+
+    assert resolve_agents(["localhost:7070"]) == ["localhost:7070"]
+    many = resolve_agents(["dns:///localhost:7070"])
+    assert many and all(a.endswith(":7070") for a in many)
+    assert "127.0.0.1:7070" in many
