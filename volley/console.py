@@ -56,40 +56,46 @@ def print_summary(summary: dict[str, Any], run_dir: Path, console: Console | Non
     )
 
     agents = Table(title="agents")
-    for col in (
+    cols = (
         "agent",
-        "host",
-        "workers",
+        "wk",
         "state",
-        "sent",
         "ok",
-        "errors",
+        "err",
         "req/s",
         "p99 ms",
-        "late p99 ms",
-        "offset ms",
+        "late p99",
+        "offset ±ms",
         "skew ms",
         "CPU µs/req",
-        "saturated",
-    ):
-        agents.add_column(col, justify="right" if col not in ("agent", "host", "state") else "left")
+        "sat.",
+    )
+    for col in cols:
+        agents.add_column(
+            col,
+            justify="left" if col in ("agent", "state") else "right",
+            no_wrap=col in ("agent", "offset ±ms"),
+        )
     for a in summary["agents"]:
+        offset = (
+            "-"
+            if a["clock_offset_ms"] is None
+            else f"{a['clock_offset_ms']:.2f}±{a['clock_uncertainty_ms']:.2f}"
+        )
+        skew = "-" if a["start_skew_ms"] is None else f"{a['start_skew_ms']:.2f}"
+        cpu = "-" if a.get("cpu_us_per_request") is None else f"{a['cpu_us_per_request']:.0f}"
         agents.add_row(
             str(a["id"]),
-            str(a["host"]),
             str(a["workers"]),
             str(a["state"]),
-            str(a["sent"]),
             str(a["ok"]),
             str(a["errors"]),
             f"{a['throughput_rps']:.1f}",
-            f"{a['latency_ms']['p99']:.3f}",
-            f"{a['send_lateness_ms']['p99']:.3f}",
-            "-"
-            if a["clock_offset_ms"] is None
-            else f"{a['clock_offset_ms']:.2f}±{a['clock_uncertainty_ms']:.2f}",
-            "-" if a["start_skew_ms"] is None else f"{a['start_skew_ms']:.3f}",
-            "-" if a.get("cpu_us_per_request") is None else f"{a['cpu_us_per_request']:.0f}",
+            f"{a['latency_ms']['p99']:.2f}",
+            f"{a['send_lateness_ms']['p99']:.2f}",
+            offset,
+            skew,
+            cpu,
             "yes" if a["saturated"] else "no",
         )
     con.print(agents)
