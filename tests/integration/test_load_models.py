@@ -43,7 +43,8 @@ async def test_closed_loop_split_over_agents(
     assert s["send_lateness_ms"]["max"] == 0.0  # closed loop: intended == sent
     oks = [a["ok"] for a in s["agents"]]
     assert min(oks) > 50, oks
-    assert max(oks) / min(oks) < 1.5, oks  # 2 users each
+    # 2 users each; their throughput also depends on each agent's CPU share on 2 cores
+    assert max(oks) / min(oks) < 3, oks
 
 
 async def test_stages_follow_the_ramp(
