@@ -35,6 +35,8 @@ Kind = Literal["fixed", "uniform", "choice", "normal", "lognormal"]
 _NUM_RE = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([kM]?)\s*$")
 _FUNC_RE = re.compile(r"^\s*(uniform|normal|lognormal|choice)\s*\((.*)\)\s*$", re.S)
 _STD_NORMAL = NormalDist()
+#: An integer uniform over at most this many values counts as a discrete choice.
+MAX_DISCRETE = 1024
 #: A truncated normal/lognormal with less than this mass inside [min, max] is refused.
 _MIN_MASS = 1e-12
 
@@ -108,6 +110,9 @@ class Dist:
     # ---- properties ---------------------------------------------------------
     @property
     def is_discrete(self) -> bool:
+        """Fixed, choice, or a uniform over at most MAX_DISCRETE integers."""
+        if self.kind == "uniform" and self.integer:
+            return self.b - self.a < MAX_DISCRETE
         return self.kind in ("fixed", "choice")
 
     @property
@@ -115,16 +120,19 @@ class Dist:
         return self.kind == "fixed" or (self.kind == "choice" and len(self.support()) == 1)
 
     def support(self) -> list[tuple[float, float]]:
-        """Discrete distributions: [(value, probability)] with positive probability."""
+        """Discrete distributions: [(value, probability)], by value, probabilities > 0."""
         if self.kind == "fixed":
             return [(self.a, 1.0)]
+        if self.kind == "uniform" and self.is_discrete:
+            n = int(self.b) - int(self.a) + 1
+            return [(float(v), 1.0 / n) for v in range(int(self.a), int(self.b) + 1)]
         if self.kind == "choice":
             total = sum(self.weights)
             merged: dict[float, float] = {}
             for v, w in zip(self.values, self.weights, strict=True):
                 if w > 0:
                     merged[v] = merged.get(v, 0.0) + w / total
-            return list(merged.items())
+            return sorted(merged.items())
         raise DistError(f"{self} is not discrete")
 
     def max(self) -> float:

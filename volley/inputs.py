@@ -989,6 +989,10 @@ def _tensor_data(
         per = batch if batched else 1
         ks = [(d.item + b) % n_items for b in range(per)]
         if spec.datatype == "BYTES":
+            shapes_b = {cache.info(k).shape for k in ks}
+            if len(shapes_b) > 1:
+                names = ", ".join(f"{cache.where(k)} {shape_text(cache.info(k).shape)}" for k in ks)
+                raise _err(spec.name, f"items of different shapes cannot share a batch ({names})")
             return b"".join(cache.element(k) for k in ks)
         arrays = [cache.array(k, d.resize) for k in ks]
         shapes = {a.shape for a in arrays}
