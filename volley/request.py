@@ -9,6 +9,7 @@ one and hands its bytes to gRPC.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ __all__ = [
     "build_pool",
     "check_response",
     "element_count",
+    "grpc_body",
     "make_tensor",
     "pick_index",
     "shape_text",
@@ -229,19 +231,33 @@ def build_infer_request(
 
 
 def _framing_bound(plan: Plan) -> int:
-    """Upper bound of a ModelInferRequest's bytes beyond its tensor data."""
-    n = 32 + len(plan.model) + len(plan.model_version)
+    """Upper bound of a request's bytes beyond its tensor data (gRPC protobuf framing, or
+    an HTTP/JSON header with binary data: both stay well under this)."""
+    n = 96 + len(plan.model) + len(plan.model_version)
     for s in plan.inputs:
-        n += 48 + len(s.name) + len(s.datatype) + 11 * max(len(s.model_dims), len(s.shape), 4)
-    return n + sum(16 + len(o) for o in plan.outputs)
+        n += 128 + len(s.name) + len(s.datatype) + 21 * max(len(s.model_dims), len(s.shape), 4)
+    return n + sum(48 + len(o) for o in plan.outputs)
 
 
-def build_plan_pool(plan: Plan, limit: int | None = None) -> RequestPool:
+def grpc_body(plan: Plan, tensors: list[Tensor]) -> bytes:
+    """A serialized ModelInferRequest (the body gRPC sends as it is)."""
+    req = build_infer_request(plan.model, plan.model_version, tensors, plan.outputs)
+    body: bytes = req.SerializeToString()
+    return body
+
+
+def build_plan_pool(
+    plan: Plan,
+    limit: int | None = None,
+    serialize: Callable[[Plan, list[Tensor]], bytes] = grpc_body,
+) -> RequestPool:
     """Draw and serialize the plan's payload pool (every worker builds the same one).
 
     The pool holds `input_pool.payloads` draws (or the exact weighted combinations of
     discrete choices), shrunk to fit `input_pool.max_bytes`; `limit` builds only the
-    first payloads (for probes). Raises PlanError naming the input when it cannot fit.
+    first payloads (for probes). `serialize` turns one payload's tensors into the bytes
+    a transport sends (gRPC by default). Raises PlanError naming the input when it
+    cannot fit.
     """
     for spec in plan.inputs:
         if not spec.datatype:
@@ -281,9 +297,7 @@ def build_plan_pool(plan: Plan, limit: int | None = None) -> RequestPool:
     weights: list[float] = []
     draws = draws[:limit] if limit is not None else draws
     for p, d in enumerate(draws):
-        tensors = vin.make_tensors(plan, d, p, caches)
-        body = build_infer_request(plan.model, plan.model_version, tensors, plan.outputs)
-        raw = body.SerializeToString()
+        raw = serialize(plan, vin.make_tensors(plan, d, p, caches))
         text = d.text()
         if text not in lookup:
             lookup[text] = len(shapes)

@@ -545,3 +545,30 @@ def test_json_errors(tmp_path: Path, doc: object, message: str) -> None:
         vin.embed_sources(
             resolved([{"name": "INPUT0", "source": "json", "path": path}], ADD_MODEL[:1])
         )
+
+
+@pytest.mark.parametrize(
+    ("inputs", "model", "max_batch", "extra"),
+    [
+        ([{"name": "INPUT", "shape": [4]}], IRIS_MODEL, 64, {"batch_size": "1|8"}),
+        ([{"name": "INPUT", "shape": [8, 4]}], IRIS_MODEL, 64, {}),
+        ([{"name": "IMAGE", "pixels": "1k..9k", "aspect": "0.5..2"}], IMAGE_MODEL, 0, {}),
+        ([{"name": "IMAGE", "shape": [5, 6, 3]}], IMAGE_MODEL, 0, {}),
+    ],
+)
+def test_resolved_plan_yaml_re_resolves_to_the_same_pool(
+    inputs: list[dict[str, Any]],
+    model: list[tuple[str, str, tuple[int, ...]]],
+    max_batch: int,
+    extra: dict[str, Any],
+) -> None:
+    import yaml
+
+    first = resolved(inputs, model, max_batch, **extra)
+    again = vin.resolve_specs(
+        plan_from_dict(yaml.safe_load(first.to_yaml())), model, max_batch, "m"
+    )
+    assert again == first
+    assert [p.body for p in build_plan_pool(again).payloads] == [
+        p.body for p in build_plan_pool(first).payloads
+    ]
