@@ -223,6 +223,8 @@ def resolve_specs(
                 raise _err(name, f"pixels {spec.pixels} can be below 1 (give min=1)")
             if spec.aspect and _dist(spec, "aspect", spec.aspect).min() <= 0:
                 raise _err(name, f"aspect {spec.aspect} must be > 0")
+        elif spec.source == "files" and all(d >= 0 for d in model_item):
+            fixed = tuple(model_item)  # images are resized to the model's fixed size
         elif spec.source in ("files", "json"):
             pass  # shapes come with the data
         elif any(d < 0 for d in model_item):
@@ -247,6 +249,14 @@ def resolve_specs(
                 raise _err(name, f"constant {spec.value!r} is not a valid {datatype}") from None
         if spec.source == "json" and spec.varies:
             raise _err(name, "a JSON input-data file gives its own shapes")
+        if fixed is not None and spec.source == "files":
+            # Files take the shape as the size to resize images to (a drawn shape).
+            spec = dataclasses.replace(spec, shape=(), dims=tuple(str(d) for d in fixed))
+            fixed = None
+        elif fixed is not None and spec.source == "json":
+            # JSON entries without a "shape" take this one (as perf_analyzer's --shape).
+            spec = dataclasses.replace(spec, shape=fixed)
+            fixed = None
         staged.append((spec, fixed))
 
     if len(full_batches) > 1:
@@ -458,6 +468,8 @@ def _json_tensor(
     model_item = list(item_dims(spec, batched))
     if shape is None:
         shape = nested_shape if nested_shape and len(nested_shape) == len(model_item) else None
+    if shape is None and spec.shape:
+        shape = list(spec.shape)  # the plan's shape is the default (perf_analyzer's --shape)
     if shape is None:
         dyn = [i for i, d in enumerate(model_item) if d < 0]
         if spec.datatype == "BYTES":
@@ -821,7 +833,7 @@ def _input_draw(
     batched = plan.max_batch_size > 0
     model_item = item_dims(spec, batched)
     item_shape: tuple[int, ...] | None = None
-    if spec.shape:
+    if spec.shape and not spec.items:
         return InputDraw(shape=spec.shape, length=_length(spec, values, j))
     if spec.dims:
         item_shape = tuple(
@@ -859,7 +871,14 @@ def _input_draw(
         ha, wa, _ = hw_axes(spec, item_shape)
         resize = (item_shape[ha], item_shape[wa])
     elif spec.items:
-        raise _err(spec.name, "only image files can take a drawn shape (dims, shapes, pixels)")
+        assert cache is not None
+        own = cache.info(item).shape
+        if own != item_shape:
+            raise _err(
+                spec.name,
+                f"{cache.where(item)} has shape {shape_text(own)}, not {shape_text(item_shape)}:"
+                " only images can be resized to a given shape",
+            )
     shape = (batch, *item_shape) if batched else item_shape
     return InputDraw(shape=shape, item=item, length=_length(spec, values, j), resize=resize)
 

@@ -572,3 +572,32 @@ def test_resolved_plan_yaml_re_resolves_to_the_same_pool(
     assert [p.body for p in build_plan_pool(again).payloads] == [
         p.body for p in build_plan_pool(first).payloads
     ]
+
+
+def test_files_take_a_fixed_shape_or_the_models_as_the_size(tmp_path: Path) -> None:
+    _images(tmp_path)
+    spec = [{"name": "IMAGE", "source": "files", "path": str(tmp_path), "shape": [16, 24, 3]}]
+    pool = build_plan_pool(vin.embed_sources(resolved(spec)))
+    assert pool.shapes == ["16x24x3"] and len(pool.payloads) == 5
+    req = decode(pool.payloads[0].body)
+    assert len(req.raw_input_contents[0]) == 16 * 24 * 3
+    fixed_model = [("IMAGE", "UINT8", (8, 8, 3))]
+    spec = [{"name": "IMAGE", "source": "files", "path": str(tmp_path)}]
+    assert build_plan_pool(vin.embed_sources(resolved(spec, fixed_model))).shapes == ["8x8x3"]
+    np.save(tmp_path / "x.npy", np.zeros((2, 2, 3), np.uint8))
+    spec = [
+        {"name": "IMAGE", "source": "files", "path": str(tmp_path / "x.npy"), "shape": [4, 4, 3]}
+    ]
+    with pytest.raises(PlanError, match="only images can be resized"):
+        build_plan_pool(vin.embed_sources(resolved(spec)))
+
+
+def test_json_entries_default_to_the_plan_shape(tmp_path: Path) -> None:
+    path = _write(tmp_path, {"data": [{"X": [1, 2, 3, 4, 5, 6]}]})
+    model = [("X", "INT32", (-1, -1))]
+    with pytest.raises(PlanError, match="give a"):
+        vin.embed_sources(resolved([{"name": "X", "source": "json", "path": path}], model))
+    p = vin.embed_sources(
+        resolved([{"name": "X", "source": "json", "path": path, "shape": [3, 2]}], model)
+    )
+    assert build_plan_pool(p).shapes == ["3x2"]
