@@ -32,7 +32,7 @@ from volley import records as rc
 from volley.arrivals import concurrency_profile, global_schedule
 from volley.plan import Plan
 from volley.records import RecordBuffer
-from volley.request import RequestPool, build_pool, check_response
+from volley.request import RequestPool, build_plan_pool, check_response
 from volley.schedule import split_count, worker_slice
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -167,7 +167,7 @@ class Worker:
         if self.backlog and not self.stopping:
             # A slot freed: the oldest waiting arrival goes out now (late, and counted so).
             i, t = self.backlog.popleft()
-            self._spawn(self._call(method, i, t, i % len(self.pool.payloads)))
+            self._spawn(self._call(method, i, t, self.pool.pick(i)))
 
     def _spawn(self, coro: Any) -> None:
         t: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
@@ -188,7 +188,7 @@ class Worker:
             else max(1, split_count(cap_total, [1] * self.task.workers)[self.task.worker_index])
         )
         max_backlog = plan.load.max_backlog
-        npay = len(self.pool.payloads)
+        pool = self.pool
         clock, start = self.clock, self.start
         sched = global_schedule(plan)
         weights = plan.agent_weights
@@ -199,7 +199,9 @@ class Worker:
             idx, tns = worker_slice(
                 idx, tns, weights, self.task.agent_index, wweights, self.task.worker_index
             )
-            for i, t in zip(idx.tolist(), tns.tolist(), strict=True):
+            # Each request's payload: a hash of the seed and its global index (weighted).
+            pids = pool.pick_many(idx)
+            for i, t, pid in zip(idx.tolist(), tns.tolist(), pids.tolist(), strict=True):
                 if self.stopping:
                     return
                 now = clock() - start
@@ -212,7 +214,7 @@ class Worker:
                         return
                     now = clock() - start
                 if cap == 0 or len(self.tasks) < cap:
-                    self._spawn(self._call(method, i, t, i % npay))
+                    self._spawn(self._call(method, i, t, pid))
                 elif len(self.backlog) < max_backlog:
                     self.backlog.append((i, t))  # goes out late when a slot frees
                 else:
@@ -222,13 +224,15 @@ class Worker:
     # ---- closed loop ---------------------------------------------------
     async def _user(self, method: Any, uid: int, level: list[int], end_ns: int) -> None:
         assert self.pool is not None
-        npay = len(self.pool.payloads)
+        pool = self.pool
+        # Closed loop has no global index: payloads follow a per-(agent, worker, user) sequence.
+        key = ((self.task.agent_index * 4096 + self.task.worker_index) * 1_000_003 + uid) << 32
         n = 0
         while not self.stopping and uid < level[0]:
             now = self.clock() - self.start
             if now >= end_ns:
                 return
-            await self._call(method, -1, -1, (uid + n) % npay)
+            await self._call(method, -1, -1, pool.pick(key + n))
             n += 1
 
     async def _closed_loop(self, method: Any) -> None:
@@ -258,14 +262,9 @@ class Worker:
     # ---- main ----------------------------------------------------------
     async def run(self) -> None:
         plan = self.plan
-        self.pool = build_pool(
-            plan.model,
-            plan.model_version,
-            plan.inputs,
-            plan.outputs,
-            seed=plan.seed + 7919 * (self.task.worker_index + 1) + 104729 * self.task.agent_index,
-            batched=plan.max_batch_size > 0,
-        )
+        # Every worker builds the same pool from the plan (seed included): request i's
+        # payload does not depend on how the schedule is split.
+        self.pool = build_plan_pool(plan)
         options = [
             ("grpc.max_send_message_length", -1),
             ("grpc.max_receive_message_length", -1),

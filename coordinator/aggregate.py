@@ -122,6 +122,8 @@ class Aggregator:
         self.by_size: dict[int, Stats] = {}
         #: model id -> Stats (measured records)
         self.by_model: dict[int, Stats] = {}
+        #: input shape text -> Stats (measured, sent records)
+        self.by_shape: dict[str, Stats] = {}
         self.shapes: set[str] = set()
 
     def ingest(self, agent: int, block: RecordBlock) -> None:
@@ -158,10 +160,19 @@ class Aggregator:
             for w, n in zip(dwin.tolist(), counts.tolist(), strict=True):
                 self.completions[(int(w), agent)] += int(n)
         if measured.any():
+            # Per payload size and per input shape: requests that were sent (never-sent
+            # ones carry no payload and are counted in the totals).
+            was_sent = measured & (sent >= 0)
             sizes = size_bucket(block.col("req_bytes"))
-            for b in np.unique(sizes[measured & (sent >= 0)]).tolist():
+            for b in np.unique(sizes[was_sent]).tolist():
                 st = self.by_size.setdefault(int(b), Stats())
-                st.add(cols, measured & (sizes == b))
+                st.add(cols, was_sent & (sizes == b))
+            if block.input_shapes:
+                sid = block.col("shape_id")
+                for k in np.unique(sid[was_sent]).tolist():
+                    name = block.input_shapes[k] if k < len(block.input_shapes) else f"#{k}"
+                    st = self.by_shape.setdefault(name, Stats())
+                    st.add(cols, was_sent & (sid == k))
             models = block.col("model_id")
             for m in np.unique(models[measured]).tolist():
                 st = self.by_model.setdefault(int(m), Stats())

@@ -15,8 +15,11 @@ import grpc
 from tritonclient.grpc import service_pb2
 from tritonclient.grpc import service_pb2_grpc as triton_grpc
 
-from volley.plan import InputSpec, Plan, PlanError
-from volley.request import DTYPES, build_pool, check_response
+from volley import inputs as vin
+from volley.dist import fmt_bytes
+from volley.inputs import resolve_specs
+from volley.plan import Plan, PlanError
+from volley.request import RequestPool, build_plan_pool, check_response
 
 
 class PreflightError(Exception):
@@ -89,60 +92,85 @@ async def fetch_model(
 
 
 def resolve_inputs(plan: Plan, info: ModelInfo, batch_size: int = 1) -> Plan:
-    """Fill datatypes and shapes from the model; user specs only say what to vary."""
-    given = {s.name: s for s in plan.inputs}
-    names = {n for n, _, _ in info.inputs}
-    unknown = sorted(set(given) - names)
-    if unknown:
-        raise PreflightError(
-            f"input {unknown[0]!r} is not an input of model {info.name!r} "
-            f"(its inputs: {', '.join(sorted(names))})"
+    """Fill datatypes and dims from the model; user specs only say what to vary."""
+    try:
+        resolved = resolve_specs(
+            plan, info.inputs, info.max_batch_size, info.name, default_batch=batch_size
         )
-    resolved: list[InputSpec] = []
-    for name, datatype, mshape in info.inputs:
-        spec = given.get(name, InputSpec(name=name))
-        if spec.datatype and spec.datatype != datatype:
-            raise PreflightError(
-                f"input {name!r}: plan says {spec.datatype}, model expects {datatype}"
-            )
-        if datatype not in DTYPES and datatype != "BYTES":
-            raise PreflightError(f"input {name!r}: datatype {datatype} is not supported")
-        dims = list(mshape)
-        if info.max_batch_size > 0 and dims and dims[0] == -1:
-            dims[0] = batch_size
-        if spec.shape:
-            if len(spec.shape) != len(dims):
-                raise PreflightError(
-                    f"input {name!r}: shape {list(spec.shape)} has rank {len(spec.shape)}, "
-                    f"model expects rank {len(dims)} {list(mshape)}"
-                )
-            for i, (want, have) in enumerate(zip(spec.shape, dims, strict=True)):
-                if have != -1 and want != have and not (i == 0 and info.max_batch_size > 0):
-                    raise PreflightError(
-                        f"input {name!r}: dim {i} is {want}, model expects "
-                        f"{have} (model shape {list(mshape)})"
-                    )
-            if info.max_batch_size > 0 and spec.shape[0] > info.max_batch_size:
-                raise PreflightError(
-                    f"input {name!r}: batch {spec.shape[0]} is over the "
-                    f"model's max_batch_size {info.max_batch_size}"
-                )
-            dims = list(spec.shape)
-        elif any(d < 0 for d in dims):
-            raise PreflightError(
-                f"input {name!r} has dynamic dims {list(mshape)}: give a shape, e.g. "
-                f"--shape {name}={'x'.join('224' if d < 0 else str(d) for d in dims)}"
-            )
-        resolved.append(dataclasses.replace(spec, datatype=datatype, shape=tuple(dims)))
+    except PlanError as exc:
+        raise PreflightError(str(exc)) from None
     outputs = plan.outputs or info.outputs
-    return dataclasses.replace(
-        plan, inputs=tuple(resolved), outputs=tuple(outputs), max_batch_size=info.max_batch_size
-    )
+    return dataclasses.replace(resolved, outputs=tuple(outputs))
+
+
+def model_parameter(info: ModelInfo, key: str) -> str | None:
+    """A `parameters { key: ... value: { string_value: ... } }` entry of the model config."""
+    params = info.config.get("parameters") or {}
+    value = params.get(key)
+    if isinstance(value, dict) and isinstance(value.get("string_value"), str):
+        return str(value["string_value"])
+    return None
+
+
+def check_limits(plan: Plan, draws: list[vin.Draw], info: ModelInfo) -> None:
+    """What the plan can send must fit the server: the model's max_pixels parameter, the
+    gRPC message limit (input_pool.max_request_bytes). PreflightError names the input.
+    Bounds come from the distributions where they are finite, else from the draws."""
+    batched = plan.max_batch_size > 0
+    raw_limit = model_parameter(info, "max_pixels")
+    if raw_limit is not None and draws:
+        try:
+            limit = int(raw_limit)
+        except ValueError:
+            limit = 0
+        for j, spec in enumerate(plan.inputs):
+            if limit <= 0 or not vin.is_image_like(spec, batched):
+                continue
+            px, text = vin.max_pixels(plan, j, draws)
+            if px > limit:
+                size = text if text.endswith("pixels") else f"{text} = {px:.0f} pixels"
+                raise PreflightError(
+                    f"input {spec.name!r}: images reach {size}, over max_pixels {limit} "
+                    f"of model {info.name!r} (config parameter); use smaller sizes"
+                )
+    max_req = plan.input_pool.max_request_bytes
+    for j, spec in enumerate(plan.inputs):
+        bound, text = vin.input_bytes_bound(plan, j, draws)
+        if bound > max_req:
+            raise PreflightError(
+                f"input {spec.name!r}: requests reach {text} ({fmt_bytes(bound)}), over the "
+                f"{fmt_bytes(max_req)} request limit (input_pool.max_request_bytes, the "
+                "server's gRPC message size)"
+            )
+
+
+def check_pool(plan: Plan, pool: RequestPool) -> None:
+    """The serialized requests themselves fit the request limit."""
+    max_req = plan.input_pool.max_request_bytes
+    if pool.payloads:
+        big = max(pool.payloads, key=lambda p: p.req_bytes)
+        if big.req_bytes > max_req:
+            raise PreflightError(
+                f"request {pool.shapes[big.shape_id]} is {fmt_bytes(big.req_bytes)}, over the "
+                f"{fmt_bytes(max_req)} request limit (input_pool.max_request_bytes)"
+            )
+
+
+@dataclasses.dataclass
+class PreflightResult:
+    plan: Plan  #: resolved: inputs from the model, sources embedded
+    pool: dict[str, Any]  #: RequestPool.describe() of the pool every worker builds
+    model: ModelInfo
 
 
 async def preflight(plan: Plan, timeout: float = 5.0) -> Plan:
     """Check the target and model, resolve inputs, send one probe request. Returns the
     resolved plan."""
+    return (await preflight_check(plan, timeout)).plan
+
+
+async def preflight_check(plan: Plan, timeout: float = 5.0) -> PreflightResult:
+    """Preflight, also describing the payload pool (built once here, as every worker will)."""
     if plan.protocol != "grpc":
         raise PreflightError(f"protocol {plan.protocol!r} is not supported by this build")
     async with grpc.aio.insecure_channel(plan.target) as channel:
@@ -156,24 +184,26 @@ async def preflight(plan: Plan, timeout: float = 5.0) -> Plan:
         info = await fetch_model(stub, plan, timeout)
         resolved = resolve_inputs(plan, info)
         try:
-            pool = build_pool(
-                resolved.model,
-                resolved.model_version,
-                resolved.inputs,
-                resolved.outputs,
-                seed=resolved.seed,
-                variants=1,
-                batched=resolved.max_batch_size > 0,
-            )
+            resolved = vin.embed_sources(resolved)
+            draws, _ = vin.draw_payloads(resolved, resolved.input_pool.payloads)
+            check_limits(resolved, draws, info)
+            pool = build_plan_pool(resolved)
         except PlanError as exc:
             raise PreflightError(str(exc)) from None
+        check_pool(resolved, pool)
+        # Probe with the largest payload: the one most likely to be refused.
+        probe = max(pool.payloads, key=lambda p: p.req_bytes)
+        probe_text = f"{pool.shapes[probe.shape_id]}, {fmt_bytes(probe.req_bytes)}"
+        described = pool.describe()
+        del pool
         method = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
         try:
-            body = await method(pool.payloads[0].body, timeout=max(timeout, plan.timeout_s))
+            body = await method(probe.body, timeout=max(timeout, plan.timeout_s))
         except grpc.aio.AioRpcError as exc:
             raise PreflightError(
-                f"model {plan.model!r} rejected the probe request: {_first_line(exc)}"
+                f"model {plan.model!r} rejected the probe request (the largest payload: "
+                f"{probe_text}): {_first_line(exc)}"
             ) from None
         if not check_response(body, len(resolved.outputs)):
             raise PreflightError(f"model {plan.model!r}: probe response lacks its outputs")
-        return resolved
+        return PreflightResult(resolved, described, info)

@@ -22,7 +22,7 @@ import grpc
 
 from coordinator.agents import AgentClient, AgentError
 from coordinator.aggregate import Aggregator
-from coordinator.preflight import preflight
+from coordinator.preflight import preflight_check
 from coordinator.rundir import (
     RequestWriter,
     new_run_dir,
@@ -118,9 +118,22 @@ def scheduled_total(plan: Plan) -> int | None:
     return sum(int(idx.size) for idx, _ in global_schedule(plan).chunks())
 
 
+def add_input_pool(summary: dict[str, Any], pool: dict[str, Any], infos: list[AgentInfo]) -> None:
+    """summary.input_pool: the payload pool every worker built (preflight built the same)."""
+    workers = sum(i.workers for i in infos)
+    summary["input_pool"] = {
+        **pool,
+        "workers": workers,
+        "bytes_all_workers": pool["bytes_per_worker"] * workers,
+    }
+    for row, info in zip(summary.get("agents", []), infos, strict=False):
+        row["input_pool_bytes"] = pool["bytes_per_worker"] * info.workers
+
+
 async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResult:
     # ---- startup ------------------------------------------------------------
-    plan = await preflight(plan)
+    pre = await preflight_check(plan)
+    plan = pre.plan
     streams = await _handshake(addresses, opts)
     weights = [s.info.workers if opts.weight_by_workers else 1 for s in streams]
     plan = plan.with_agents(
@@ -246,6 +259,7 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
     infos = [s.info for s in streams]
     measured_s = max(span_s - plan.load.warmup_s, 0.0)
     summary = build_summary(plan, run_id, agg, infos, measured_s, expected, stopped=stopped)
+    add_input_pool(summary, pre.pool, infos)
     names = [i.id or i.address for i in infos]
     write_timeseries(run_dir / "timeseries.parquet", timeseries_rows(agg, names, agent_cpu))
     write_json(run_dir / "summary.json", summary)

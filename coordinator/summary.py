@@ -94,6 +94,27 @@ def _saturation(plan: Plan, st: Stats, info: AgentInfo, span_s: float) -> tuple[
     )
 
 
+#: latency_by_shape lists at most this many shapes (the most sent).
+MAX_SHAPES_LISTED = 100
+
+
+def latency_by_shape(agg: Aggregator) -> list[dict[str, Any]]:
+    """Per input shape (payloads with varied sizes): counts and latency, by request size."""
+    top = sorted(agg.by_shape.items(), key=lambda kv: -kv[1].sent)[:MAX_SHAPES_LISTED]
+    rows = [
+        {
+            "shape": shape,
+            "count": st.ok,
+            "sent": st.sent,
+            "errors": st.errors,
+            "request_bytes_mean": round(st.req_bytes / st.sent, 1) if st.sent else 0.0,
+            "latency_ms": hist_ms(st.latency),
+        }
+        for shape, st in top
+    ]
+    return sorted(rows, key=lambda r: r["request_bytes_mean"])
+
+
 def build_summary(
     plan: Plan,
     run_id: str,
@@ -178,10 +199,19 @@ def build_summary(
     summary["agents"] = rows
     summary["server"] = server or {}
     summary["latency_by_payload"] = [
-        {"bucket_bytes": [2**b, 2 ** (b + 1)], "count": st.ok, "latency_ms": hist_ms(st.latency)}
+        {
+            "bucket_bytes": [2**b, 2 ** (b + 1)],
+            "count": st.ok,
+            "sent": st.sent,
+            "errors": st.errors,
+            "request_bytes_mean": round(st.req_bytes / st.sent, 1) if st.sent else 0.0,
+            "latency_ms": hist_ms(st.latency),
+            "service_time_ms": hist_ms(st.service),
+        }
         for b, st in sorted(agg.by_size.items())
-        if st.ok
+        if st.sent
     ]
+    summary["latency_by_shape"] = latency_by_shape(agg)
     # ---- verdict ---------------------------------------------------------
     v = plan.validity
     partial = [a for a in agents if a.state in ("failed", "missing")]

@@ -187,12 +187,72 @@ def resolve_trace(data: dict[str, Any]) -> None:
     trace["times_ns"] = times.tolist()
 
 
+VARY_FIELDS = ("dims", "shapes", "pixels", "aspect", "layout", "length")
+
+
+def _apply_input_options(
+    specs: dict[str, dict[str, Any]],
+    inputs: dict[str, str],
+    shapes: dict[str, str],
+    vary: dict[str, str],
+    input_data: str | None,
+) -> None:
+    """--input, --shape, --vary and --input-data onto the plan's input specs (options win)."""
+    from volley.dist import DistError, parse_dims_pattern, parse_dist
+    from volley.inputs import json_input_names
+
+    if input_data:
+        for name in json_input_names(input_data):
+            spec = specs.setdefault(name, {"name": name})
+            spec.update(source="json", path=input_data)
+    for name, value in inputs.items():
+        spec = specs.setdefault(name, {"name": name})
+        if value in ("random", "zeros"):
+            spec["source"] = value
+        elif value.startswith("@"):
+            path = value[1:]
+            spec["source"] = "json" if path.lower().endswith(".json") else "files"
+            spec["path"] = path
+        else:
+            spec["source"] = "constant"
+            spec["value"] = _number(value)
+    for name, shape in shapes.items():
+        spec = specs.setdefault(name, {"name": name})
+        for k in ("dims", "shapes", "pixels", "aspect", "shape"):
+            spec.pop(k, None)
+        try:
+            dims = parse_dims_pattern(shape)
+        except DistError as exc:
+            raise PlanError(f"--shape {name}={shape}: {exc}") from None
+        if all(parse_dist(d).kind == "fixed" for d in dims):
+            try:
+                spec["shape"] = [int(d) for d in dims]
+            except ValueError:
+                raise PlanError(f"--shape {name}={shape}: dims must be integers") from None
+        else:
+            spec["dims"] = dims
+    for key, value in vary.items():
+        name, dot, what = key.rpartition(".")
+        if not dot or not name or what not in VARY_FIELDS:
+            raise PlanError(
+                f"--vary {key}={value}: expected NAME.KEY=VALUE with KEY one of "
+                f"{', '.join(VARY_FIELDS)}"
+            )
+        spec = specs.setdefault(name, {"name": name})
+        if what in ("dims", "shapes", "pixels"):
+            for k in ("dims", "shapes", "pixels", "aspect", "shape"):
+                spec.pop(k, None)
+        spec[what] = [v for v in value.split(",") if v] if what == "shapes" else value
+
+
 def build_plan(
     plan_file: Path | None,
     overrides: dict[str, Any],
     load_overrides: dict[str, Any],
     inputs: dict[str, str],
     shapes: dict[str, str],
+    vary: dict[str, str] | None = None,
+    input_data: str | None = None,
 ) -> Plan:
     """Merge a plan file with command-line options (options win) and validate."""
     data: dict[str, Any] = {}
@@ -218,19 +278,7 @@ def build_plan(
     for i in data.get("inputs") or []:
         if isinstance(i, dict) and isinstance(i.get("name"), str):
             specs[i["name"]] = dict(i)
-    for name, value in inputs.items():
-        spec = specs.setdefault(name, {"name": name})
-        if value in ("random", "zeros"):
-            spec["source"] = value
-        else:
-            spec["source"] = "constant"
-            spec["value"] = _number(value)
-    for name, shape in shapes.items():
-        spec = specs.setdefault(name, {"name": name})
-        try:
-            spec["shape"] = [int(d) for d in shape.lower().split("x")]
-        except ValueError:
-            raise PlanError(f"--shape {name}={shape}: expected dims like 1x224x224x3") from None
+    _apply_input_options(specs, inputs, shapes, vary or {}, input_data)
     if specs:
         data["inputs"] = list(specs.values())
     resolve_trace(data)
@@ -287,10 +335,31 @@ def run(
     ] = 0,
     input_: Annotated[
         list[str] | None,
-        typer.Option("--input", help="NAME=VALUE constant, or NAME=random|zeros (repeatable)."),
+        typer.Option(
+            "--input",
+            help="NAME=VALUE constant, NAME=random|zeros, or NAME=@DIR (files) / "
+            "NAME=@FILE.json (perf_analyzer data) (repeatable).",
+        ),
     ] = None,
     shape: Annotated[
-        list[str] | None, typer.Option(help="NAME=DIMS, e.g. IMAGE=1x224x224x3 (repeatable).")
+        list[str] | None,
+        typer.Option(
+            help="NAME=DIMS, e.g. IMAGE=224x224x3, or varying: IMAGE=200..800x200..800x3 "
+            "(repeatable)."
+        ),
+    ] = None,
+    vary: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME.KEY=VALUE, KEY: shapes (224x224x3:3,480x640x3:1), pixels (50k..2M), "
+            "aspect (0.5..2), dims, length, layout (repeatable; see README)."
+        ),
+    ] = None,
+    batch_size: Annotated[
+        str | None, typer.Option(help="Batch size per request: 8, 1..8 or 1:5|4:3|8:2.")
+    ] = None,
+    input_data: Annotated[
+        str | None, typer.Option(help="perf_analyzer-style JSON input data for its inputs.")
     ] = None,
     slo: Annotated[
         list[str] | None,
@@ -328,6 +397,7 @@ def run(
             "timeout_s": timeout,
             "slos": list(slo) if slo else None,
             "raw_records": None if raw else False,
+            "batch_size": batch_size,
         }
         load_over: dict[str, Any] = {
             "rate": rate,
@@ -354,7 +424,13 @@ def run(
                 "speed": trace_speed,
             }
         plan = build_plan(
-            plan_file, overrides, load_over, _kv(input_, "--input"), _kv(shape, "--shape")
+            plan_file,
+            overrides,
+            load_over,
+            _kv(input_, "--input"),
+            _kv(shape, "--shape"),
+            _kv(vary, "--vary"),
+            input_data,
         )
         for s in plan.slos:
             parse_slo(s)

@@ -9,6 +9,13 @@ from rich.console import Console
 from rich.table import Table
 
 
+def _size(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} B"
+
+
 def print_summary(summary: dict[str, Any], run_dir: Path, console: Console | None = None) -> None:
     con = console or Console()
     req = summary["requests"]
@@ -49,6 +56,29 @@ def print_summary(summary: dict[str, Any], run_dir: Path, console: Console | Non
             label, *(f"{row[k]:.3f}" for k in ("p50", "p90", "p95", "p99", "p999", "max", "mean"))
         )
     con.print(lat)
+    by_size = summary.get("latency_by_payload") or []
+    if len(by_size) > 1:
+        sizes = Table(title="latency by request size (ms)")
+        for col in ("request bytes", "sent", "errors", "p50", "p99", "max"):
+            sizes.add_column(col, justify="right")
+        for row in by_size:
+            lo, hi = row["bucket_bytes"]
+            lat_row = row["latency_ms"]
+            sizes.add_row(
+                f"{_size(lo)}-{_size(hi)}",
+                str(row.get("sent", row["count"])),
+                str(row.get("errors", 0)),
+                *(f"{lat_row[k]:.3f}" for k in ("p50", "p99", "max")),
+            )
+        con.print(sizes)
+    pool = summary.get("input_pool")
+    if pool and pool.get("distinct_shapes", 1) > 1:
+        rb = pool["request_bytes"]
+        con.print(
+            f"input pool: {pool['payloads']} payloads, {pool['distinct_shapes']} shapes, "
+            f"requests {_size(rb['min'])}-{_size(rb['max'])} (mean {_size(rb['mean'])}), "
+            f"{_size(pool['bytes_per_worker'])} per worker"
+        )
     late = summary["send_lateness_ms"]
     con.print(
         f"send lateness: p50 {late['p50']:.3f} ms  p99 {late['p99']:.3f} ms  "

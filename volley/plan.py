@@ -15,6 +15,8 @@ from typing import Any, Literal, cast
 
 import yaml
 
+from volley.dist import DistError, canonical, parse_bytes, parse_dims_pattern, parse_shapes
+
 Mode = Literal["open", "closed"]
 Arrival = Literal["constant", "poisson", "trace"]
 Protocol = Literal["grpc", "http"]
@@ -26,6 +28,13 @@ MAX_CONCURRENCY = 100_000
 MAX_TRACE_ENTRIES = 20_000_000
 MAX_INPUT_BYTES = 256 * 1024 * 1024
 MAX_POOL_BYTES = 1024 * 1024 * 1024
+#: Distinct pre-serialized payloads per worker: default and hard limit.
+DEFAULT_POOL_PAYLOADS = 64
+MAX_POOL_PAYLOADS = 4096
+#: Default memory bound of one worker's payload pool.
+DEFAULT_POOL_MAX_BYTES = 256 * 1024 * 1024
+#: gRPC/protobuf messages cannot exceed 2 GiB - 1 (Triton's default gRPC limit too).
+GRPC_MAX_MESSAGE_BYTES = 2**31 - 1
 
 
 class PlanError(ValueError):
@@ -122,15 +131,75 @@ class LoadSpec:
         return self.duration_s
 
 
+Source = Literal["random", "zeros", "constant", "files", "json"]
+SOURCES: tuple[str, ...] = ("random", "zeros", "constant", "files", "json")
+#: Input keys that make an input's shape vary from payload to payload.
+VARY_KEYS = ("dims", "shapes", "pixels")
+
+
+@dataclass(frozen=True)
+class DataItem:
+    """Data the coordinator read from a file for an input (agents never read files).
+
+    kind: "image" (encoded image file, decoded by the pool builder), "npy" (a .npy
+    file), "raw" (file bytes: one BYTES element, or raw little-endian tensor data),
+    "tensor" (raw little-endian tensor data with `shape`, from a JSON input-data file;
+    for BYTES: 4-byte-length-prefixed elements).
+    """
+
+    kind: Literal["image", "npy", "raw", "tensor"]
+    data: str  #: base64
+    shape: tuple[int, ...] = ()
+    name: str = ""  #: file name or "entry N", for messages
+
+
 @dataclass(frozen=True)
 class InputSpec:
-    """How to fill one model input. Resolved against the model's metadata in preflight."""
+    """How to fill one model input. Resolved against the model's metadata in preflight.
+
+    Data comes from `source`; the shape is `shape` (fixed), or varies per payload by
+    one of `dims` (a distribution per dim), `shapes` (weighted list) or `pixels` (+
+    `aspect`, `layout`) -- see volley/inputs.py and volley/dist.py for the syntax.
+    """
 
     name: str
     datatype: str = ""
     shape: tuple[int, ...] = ()
-    source: Literal["random", "zeros", "constant"] = "random"
+    source: Source = "random"
     value: float | str | None = None
+    #: Per-dim distributions (text form, one per dim of a batch item).
+    dims: tuple[str, ...] = ()
+    #: Weighted item shapes, e.g. "224x224x3:3".
+    shapes: tuple[str, ...] = ()
+    #: Image area H*W and aspect ratio W/H distributions.
+    pixels: str = ""
+    aspect: str = ""
+    #: Where H and W are: HWC, CHW, HW (default: guessed from the model's dims).
+    layout: str = ""
+    #: BYTES inputs: bytes per element (distribution).
+    length: str = ""
+    #: files: a directory (or one file); json: a perf_analyzer --input-data JSON file.
+    path: str = ""
+    #: Filled by the coordinator from `path`.
+    items: tuple[DataItem, ...] = ()
+    #: Filled in preflight: the model's dims for this input (-1 = dynamic, batch included).
+    model_dims: tuple[int, ...] = ()
+
+    @property
+    def varies(self) -> bool:
+        return bool(self.dims or self.shapes or self.pixels)
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """The pre-built payload pool of each worker."""
+
+    #: Distinct payloads drawn from the inputs' distributions.
+    payloads: int = DEFAULT_POOL_PAYLOADS
+    #: Memory bound of one worker's pool (payloads are dropped to fit, never exceeded).
+    max_bytes: int = DEFAULT_POOL_MAX_BYTES
+    #: Largest request the server accepts (gRPC message limit; lower it to your server's).
+    max_request_bytes: int = GRPC_MAX_MESSAGE_BYTES
 
 
 @dataclass(frozen=True)
@@ -165,6 +234,9 @@ class Plan:
     outputs: tuple[str, ...] = ()
     #: Resolved from the model config in preflight (0: the model does not batch).
     max_batch_size: int = 0
+    #: Batch size per request, a distribution (volley/dist.py); "" = from shapes, else 1.
+    batch_size: str = ""
+    input_pool: PoolSpec = field(default_factory=PoolSpec)
     agents: tuple[AgentSpec, ...] = ()
     timeout_s: float = 30.0
     raw_records: bool = True
@@ -184,6 +256,9 @@ class Plan:
         trace = data["load"].get("trace")
         if trace and trace.get("times_ns") and trace.get("file"):
             trace["times_ns"] = []  # re-read from the file; keeps plan.yaml readable
+        for spec in data.get("inputs") or []:
+            if spec.get("items") and spec.get("path"):
+                spec["items"] = []  # re-read from the path, like the trace
         return yaml.safe_dump(data, sort_keys=False)
 
     @classmethod
@@ -362,13 +437,39 @@ def _validate_load(s: LoadSpec) -> None:
         raise PlanError("load.max_backlog: must be between 0 and 10000000")
 
 
+def _dist_text(d: dict[str, Any], key: str, where: str) -> str:
+    v = d.get(key)
+    if v is None or v == "":
+        return ""
+    try:
+        return canonical(v)
+    except DistError as exc:
+        raise PlanError(f"{where}.{key}: {exc}") from None
+
+
+def _item(raw: object, where: str) -> DataItem:
+    d = _dict(raw, where)
+    _check_keys(d, {"kind", "data", "shape", "name"}, where)
+    kind = _choice(d, "kind", where, "raw", ("image", "npy", "raw", "tensor"))
+    shape = _list(d.get("shape"), f"{where}.shape")
+    if any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in shape):
+        raise PlanError(f"{where}.shape: expected non-negative integers")
+    return DataItem(
+        kind=cast(Any, kind),
+        data=_str(d, "data", where, ""),
+        shape=tuple(shape),
+        name=_str(d, "name", where, ""),
+    )
+
+
 def _input(raw: object, i: int) -> InputSpec:
     where = f"inputs[{i}]"
     d = _dict(raw, where)
-    _check_keys(d, {"name", "datatype", "shape", "source", "value"}, where)
+    _check_keys(d, {f.name for f in fields(InputSpec)}, where)
     name = _str(d, "name", where, "")
     if not name:
         raise PlanError(f"{where}.name: required")
+    where = f"input {name}"
     shape_raw = _list(d.get("shape"), f"{where}.shape")
     shape: list[int] = []
     for j, dim in enumerate(shape_raw):
@@ -378,13 +479,85 @@ def _input(raw: object, i: int) -> InputSpec:
     value = d.get("value")
     if value is not None and (isinstance(value, bool) or not isinstance(value, int | float | str)):
         raise PlanError(f"{where}.value: expected a number or string, got {value!r}")
-    return InputSpec(
+    source = _choice(d, "source", where, "random", SOURCES)
+    dims_raw = d.get("dims")
+    dims: list[str] = []
+    try:
+        if isinstance(dims_raw, str):
+            dims = parse_dims_pattern(dims_raw)
+        else:
+            dims = [canonical(x) for x in _list(dims_raw, f"{where}.dims")]
+        shapes = (
+            [str(s) for s in parse_shapes(_list(d.get("shapes"), f"{where}.shapes"))]
+            if d.get("shapes")
+            else []
+        )
+    except DistError as exc:
+        key = "dims" if not dims and dims_raw else "shapes"
+        raise PlanError(f"{where}.{key}: {exc}") from None
+    spec = InputSpec(
         name=name,
         datatype=_str(d, "datatype", where, ""),
         shape=tuple(shape),
-        source=cast(Any, _choice(d, "source", where, "random", ("random", "zeros", "constant"))),
+        source=cast(Any, source),
         value=value,
+        dims=tuple(dims),
+        shapes=tuple(shapes),
+        pixels=_dist_text(d, "pixels", where),
+        aspect=_dist_text(d, "aspect", where),
+        layout=_choice(d, "layout", where, "", ("", "HWC", "CHW", "HW")),
+        length=_dist_text(d, "length", where),
+        path=_str(d, "path", where, ""),
+        items=tuple(
+            _item(x, f"{where}.items[{j}]") for j, x in enumerate(_list(d.get("items"), where))
+        ),
+        model_dims=tuple(int(x) for x in _list(d.get("model_dims"), f"{where}.model_dims")),
     )
+    varying = [k for k in VARY_KEYS if getattr(spec, k)]
+    if len(varying) > 1:
+        raise PlanError(f"{where}: give one of dims, shapes, pixels (got {', '.join(varying)})")
+    if varying and spec.shape:
+        raise PlanError(f"{where}: give either a fixed shape or {varying[0]}, not both")
+    if spec.aspect and not spec.pixels:
+        raise PlanError(f"{where}.aspect: needs pixels (the image area) too")
+    if spec.source in ("files", "json") and not spec.path and not spec.items:
+        raise PlanError(f"{where}: source {spec.source} needs a path")
+    if spec.source == "json" and varying:
+        raise PlanError(f"{where}: a JSON input-data file gives its own shapes ({varying[0]})")
+    if spec.source == "constant" and spec.value is None:
+        raise PlanError(f"{where}: source constant needs a value")
+    return spec
+
+
+def _inputs(raw: object) -> tuple[InputSpec, ...]:
+    specs = tuple(_input(x, i) for i, x in enumerate(_list(raw, "plan.inputs")))
+    seen: set[str] = set()
+    for s in specs:
+        if s.name in seen:
+            raise PlanError(f"input {s.name}: given twice in plan.inputs")
+        seen.add(s.name)
+    return specs
+
+
+def _pool(raw: object) -> PoolSpec:
+    d = _dict(raw, "plan.input_pool")
+    _check_keys(d, {f.name for f in fields(PoolSpec)}, "plan.input_pool")
+    default = PoolSpec()
+    payloads = _int(d, "payloads", "plan.input_pool", default.payloads)
+    if not 1 <= payloads <= MAX_POOL_PAYLOADS:
+        raise PlanError(f"plan.input_pool.payloads: must be between 1 and {MAX_POOL_PAYLOADS}")
+    try:
+        max_bytes = parse_bytes(d.get("max_bytes", default.max_bytes))
+        max_req = parse_bytes(d.get("max_request_bytes", default.max_request_bytes))
+    except DistError as exc:
+        raise PlanError(f"plan.input_pool: {exc}") from None
+    if not 1024 <= max_bytes <= MAX_POOL_BYTES:
+        raise PlanError(f"plan.input_pool.max_bytes: must be between 1kB and {MAX_POOL_BYTES}")
+    if not 64 <= max_req <= GRPC_MAX_MESSAGE_BYTES:
+        raise PlanError(
+            f"plan.input_pool.max_request_bytes: must be between 64 and {GRPC_MAX_MESSAGE_BYTES}"
+        )
+    return PoolSpec(payloads=payloads, max_bytes=max_bytes, max_request_bytes=max_req)
 
 
 def plan_from_dict(data: object) -> Plan:
@@ -444,9 +617,11 @@ def plan_from_dict(data: object) -> Plan:
         protocol=cast(Protocol, _choice(d, "protocol", "plan", "grpc", ("grpc", "http"))),
         seed=seed,
         load=_load(d.get("load")),
-        inputs=tuple(_input(x, i) for i, x in enumerate(_list(d.get("inputs"), "plan.inputs"))),
+        inputs=_inputs(d.get("inputs")),
         outputs=tuple(str(x) for x in _list(d.get("outputs"), "plan.outputs")),
         max_batch_size=_int(d, "max_batch_size", "plan", 0),
+        batch_size=_dist_text(d, "batch_size", "plan"),
+        input_pool=_pool(d.get("input_pool")),
         agents=tuple(agents),
         timeout_s=timeout_s,
         raw_records=raw,

@@ -8,29 +8,37 @@ one and hands its bytes to gRPC.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from tritonclient.grpc import service_pb2
 
-from volley.plan import MAX_INPUT_BYTES, MAX_POOL_BYTES, InputSpec, PlanError
+from volley import inputs as vin
+from volley.dist import fmt_bytes
+from volley.inputs import DTYPES, Tensor, element_count, shape_text
+from volley.plan import MAX_INPUT_BYTES, MAX_POOL_BYTES, InputSpec, Plan, PlanError, PoolSpec
 
-#: KServe v2 datatype -> numpy dtype (little-endian on the wire).
-DTYPES: dict[str, np.dtype[np.generic]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-}
+__all__ = [
+    "DTYPES",
+    "Payload",
+    "RequestPool",
+    "build_infer_request",
+    "build_plan_pool",
+    "build_pool",
+    "check_response",
+    "element_count",
+    "grpc_body",
+    "make_tensor",
+    "pick_index",
+    "shape_text",
+    "tensor_bytes",
+]
+
+_M64 = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -43,31 +51,120 @@ class Payload:
     batch_size: int
 
 
+def _mix64(x: int) -> int:
+    """splitmix64's finaliser: a well-spread 64-bit hash of x."""
+    x = (x + 0x9E3779B97F4A7C15) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def _mix64_np(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    out: npt.NDArray[np.uint64] = x ^ (x >> np.uint64(31))
+    return out
+
+
+def pick_index(seed: int, index: int, cumulative: list[float]) -> int:
+    """The payload of request `index`: a hash of (seed, index) placed on the cumulative
+    weights. Pure; `RequestPool.pick_many` computes the same with numpy."""
+    u = (_mix64((index & _M64) ^ _mix64(seed & _M64)) >> 11) * (1.0 / (1 << 53))
+    lo, hi = 0, len(cumulative) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if u < cumulative[mid]:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
 @dataclass
 class RequestPool:
-    """Pre-built payloads; `shapes[p.shape_id]` is the text shape of a payload."""
+    """Pre-built payloads; `shapes[p.shape_id]` is the text shape of a payload.
+
+    Request `i` gets payload `pick(i)`: deterministic from the plan seed and the
+    request's global index (so the same request carries the same payload whatever the
+    number of agents and workers), chosen with the payloads' weights.
+    """
 
     payloads: list[Payload]
     shapes: list[str]
+    weights: list[float] = field(default_factory=list)
+    seed: int = 0
+    #: True when the weights reproduce the distributions exactly (discrete choices that
+    #: fit in the pool); False when the pool is a stratified sample of them.
+    exact: bool = True
+    #: The configured number of payloads (the pool may hold fewer to fit max_bytes).
+    requested: int = 0
+    max_bytes: int = 0
+    #: The draws behind the payloads (shapes per input), for preflight's checks.
+    draws: list[vin.Draw] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.payloads)
+        w = np.asarray(self.weights if len(self.weights) == n else [1.0] * n, dtype=np.float64)
+        w = w / w.sum() if n and w.sum() > 0 else np.full(n, 1.0 / max(n, 1))
+        self.weights = w.tolist()
+        cum = np.cumsum(w)
+        if n:
+            cum[-1] = 1.0
+        self._cum = cum
+        self._cum_list: list[float] = cum.tolist()
+        self._seed_mix = np.uint64(_mix64(self.seed & _M64))
 
     @property
     def total_bytes(self) -> int:
         return sum(len(p.body) for p in self.payloads)
 
+    def pick(self, index: int) -> int:
+        return pick_index(self.seed, index, self._cum_list)
 
-def element_count(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
+    def pick_many(self, index: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
+        h = _mix64_np(index.astype(np.int64).view(np.uint64) ^ self._seed_mix)
+        u = (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+        out: npt.NDArray[np.intp] = np.minimum(
+            np.searchsorted(self._cum, u, side="right"), len(self.payloads) - 1
+        )
+        return out
 
-
-def shape_text(shape: tuple[int, ...]) -> str:
-    return "x".join(str(d) for d in shape) if shape else "scalar"
+    def describe(self) -> dict[str, Any]:
+        """What summary.json says about the pool (per worker: every worker builds it)."""
+        sizes = np.asarray([p.req_bytes for p in self.payloads], dtype=np.float64)
+        w = np.asarray(self.weights)
+        share: Counter[int] = Counter()
+        size_by_shape: dict[int, list[int]] = {}
+        for p, wt in zip(self.payloads, self.weights, strict=True):
+            share[p.shape_id] += wt  # type: ignore[assignment]
+            size_by_shape.setdefault(p.shape_id, []).append(p.req_bytes)
+        top = sorted(share.items(), key=lambda kv: -kv[1])
+        return {
+            "payloads": len(self.payloads),
+            "payloads_requested": self.requested or len(self.payloads),
+            "distinct_shapes": len(self.shapes),
+            "bytes_per_worker": self.total_bytes,
+            "max_bytes_per_worker": self.max_bytes,
+            "exact_weights": self.exact,
+            "request_bytes": {
+                "min": int(sizes.min()) if sizes.size else 0,
+                "mean": round(float((sizes * w).sum()), 1) if sizes.size else 0.0,
+                "max": int(sizes.max()) if sizes.size else 0,
+            },
+            "shapes": [
+                {
+                    "shape": self.shapes[sid],
+                    "share": round(float(sh), 6),
+                    "request_bytes": int(np.mean(size_by_shape[sid])),
+                }
+                for sid, sh in top[:50]
+            ],
+        }
 
 
 def make_tensor(spec: InputSpec, rng: np.random.Generator) -> npt.NDArray[np.generic] | list[bytes]:
-    """Build one input tensor (numpy array, or a list of byte strings for BYTES)."""
+    """Build one input tensor of a fixed-shape spec (numpy array, or byte strings for BYTES)."""
     count = element_count(spec.shape)
     if spec.datatype == "BYTES":
         if spec.source == "constant":
@@ -111,12 +208,19 @@ def tensor_bytes(tensor: npt.NDArray[np.generic] | list[bytes]) -> bytes:
 def build_infer_request(
     model: str,
     version: str,
-    inputs: list[tuple[InputSpec, npt.NDArray[np.generic] | list[bytes]]],
+    inputs: list[tuple[InputSpec, npt.NDArray[np.generic] | list[bytes]]] | list[Tensor],
     outputs: tuple[str, ...] = (),
 ) -> service_pb2.ModelInferRequest:
+    """A ModelInferRequest from (spec, tensor) pairs or from `volley.inputs.Tensor`s."""
     req = service_pb2.ModelInferRequest(model_name=model, model_version=version)
-    for spec, tensor in inputs:
+    for item in inputs:
         t = req.inputs.add()
+        if isinstance(item, Tensor):
+            t.name, t.datatype = item.name, item.datatype
+            t.shape.extend(item.shape)
+            req.raw_input_contents.append(item.data)
+            continue
+        spec, tensor = item
         t.name = spec.name
         t.datatype = spec.datatype
         t.shape.extend(spec.shape)
@@ -124,6 +228,92 @@ def build_infer_request(
     for name in outputs:
         req.outputs.add().name = name
     return req
+
+
+def _framing_bound(plan: Plan) -> int:
+    """Upper bound of a request's bytes beyond its tensor data (gRPC protobuf framing, or
+    an HTTP/JSON header with binary data: both stay well under this)."""
+    n = 96 + len(plan.model) + len(plan.model_version)
+    for s in plan.inputs:
+        n += 128 + len(s.name) + len(s.datatype) + 21 * max(len(s.model_dims), len(s.shape), 4)
+    return n + sum(48 + len(o) for o in plan.outputs)
+
+
+def grpc_body(plan: Plan, tensors: list[Tensor]) -> bytes:
+    """A serialized ModelInferRequest (the body gRPC sends as it is)."""
+    req = build_infer_request(plan.model, plan.model_version, tensors, plan.outputs)
+    body: bytes = req.SerializeToString()
+    return body
+
+
+def build_plan_pool(
+    plan: Plan,
+    limit: int | None = None,
+    serialize: Callable[[Plan, list[Tensor]], bytes] = grpc_body,
+) -> RequestPool:
+    """Draw and serialize the plan's payload pool (every worker builds the same one).
+
+    The pool holds `input_pool.payloads` draws (or the exact weighted combinations of
+    discrete choices), shrunk to fit `input_pool.max_bytes`; `limit` builds only the
+    first payloads (for probes). `serialize` turns one payload's tensors into the bytes
+    a transport sends (gRPC by default). Raises PlanError naming the input when it
+    cannot fit.
+    """
+    for spec in plan.inputs:
+        if not spec.datatype:
+            raise PlanError(f"input {spec.name}: datatype not resolved (run preflight first)")
+    cfg = plan.input_pool
+    cap = min(cfg.max_bytes, MAX_POOL_BYTES)
+    caches = vin.make_caches(plan)
+    framing = _framing_bound(plan)
+    n = cfg.payloads
+    copies_n = n
+    while True:
+        draws, exact = vin.draw_payloads(plan, n, caches, copies_n=copies_n)
+        sizes = [vin.draw_nbytes(plan, d, caches) + framing for d in draws]
+        total = sum(sizes)
+        if total <= cap:
+            break
+        biggest = max(range(len(draws)), key=sizes.__getitem__)
+        if exact:
+            if copies_n <= 1:
+                raise PlanError(
+                    f"input pool: the {len(draws)} distinct shapes need {fmt_bytes(total)}, "
+                    f"over input_pool.max_bytes {fmt_bytes(cap)} (largest request "
+                    f"{draws[biggest].text()}, {fmt_bytes(sizes[biggest])}); raise it or "
+                    "use fewer/smaller shapes"
+                )
+            copies_n = max(1, min(copies_n - 1, int(copies_n * cap / total)))
+        else:
+            if n <= 1:
+                raise PlanError(
+                    f"input pool: one request ({draws[0].text()}) is "
+                    f"{fmt_bytes(total)}, over input_pool.max_bytes {fmt_bytes(cap)}"
+                )
+            n = max(1, min(n - 1, int(n * cap / total)))
+    shapes: list[str] = []
+    lookup: dict[str, int] = {}
+    payloads: list[Payload] = []
+    weights: list[float] = []
+    draws = draws[:limit] if limit is not None else draws
+    for p, d in enumerate(draws):
+        raw = serialize(plan, vin.make_tensors(plan, d, p, caches))
+        text = d.text()
+        if text not in lookup:
+            lookup[text] = len(shapes)
+            shapes.append(text)
+        payloads.append(Payload(raw, len(raw), lookup[text], max(1, d.batch)))
+        weights.append(d.weight)
+    return RequestPool(
+        payloads,
+        shapes,
+        weights,
+        seed=plan.seed,
+        exact=exact,
+        requested=cfg.payloads,
+        max_bytes=cap,
+        draws=draws,
+    )
 
 
 def build_pool(
@@ -135,28 +325,19 @@ def build_pool(
     variants: int = 8,
     batched: bool = False,
 ) -> RequestPool:
-    """Serialize `variants` distinct requests (1 when no input is random)."""
-    for spec in inputs:
-        if not spec.datatype:
-            raise PlanError(f"input {spec.name}: datatype not resolved (run preflight first)")
-    rng = np.random.default_rng(seed)
-    n = variants if any(s.source == "random" for s in inputs) else 1
-    shapes: list[str] = []
-    payloads: list[Payload] = []
-    total = 0
-    for _ in range(n):
-        built = [(s, make_tensor(s, rng)) for s in inputs]
-        req = build_infer_request(model, version, built, outputs)
-        body = req.SerializeToString()
-        total += len(body)
-        if total > MAX_POOL_BYTES:
-            raise PlanError(f"request pool would exceed {MAX_POOL_BYTES} bytes; use smaller inputs")
-        text = ";".join(shape_text(s.shape) for s in inputs)
-        if text not in shapes:
-            shapes.append(text)
-        batch = inputs[0].shape[0] if batched and inputs and inputs[0].shape else 1
-        payloads.append(Payload(body, len(body), shapes.index(text), max(1, batch)))
-    return RequestPool(payloads, shapes)
+    """Serialize `variants` distinct requests of fixed-shape specs (1 when no input is
+    random). Kept for callers without a plan; `build_plan_pool` is the full builder."""
+    plan = Plan(
+        target="-",
+        model=model,
+        model_version=version,
+        seed=seed,
+        inputs=inputs,
+        outputs=outputs,
+        max_batch_size=1 if batched else 0,
+        input_pool=PoolSpec(payloads=max(1, variants), max_bytes=MAX_POOL_BYTES),
+    )
+    return build_plan_pool(plan)
 
 
 def check_response(body: bytes, expected_outputs: int) -> bool:
