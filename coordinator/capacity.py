@@ -259,7 +259,7 @@ def rank_configs(entries: Sequence[dict[str, Any]]) -> list[RankedConfig]:
             r.note = "a lower bound: volley was the bottleneck"
         elif r.max_rps is None:
             r.note = "no step passed"
-        elif r.limited_by == "max-load":
-            r.note = "a lower bound: never failed up to --max-load"
+        elif r.limited_by in ("max-load", "max-steps"):
+            r.note = "a lower bound: no step failed"
     rows.sort(key=lambda r: (r.rank_by_rate is None, r.rank_by_rate or 0))
     return rows

@@ -323,7 +323,7 @@ def next_step(settings: SweepSettings, steps: Sequence[StepResult]) -> Decision:
         nxt = _round(settings, hi.load / settings.growth)
         if settings.mode == "concurrency" and nxt >= hi.load:
             nxt = hi.load - 1
-        if nxt < settings.floor or nxt in measured:
+        if nxt < settings.floor * 0.999 or nxt in measured:  # 0.999: rounding to 4 digits
             return Decision(None, "done", f"no step passed, down to {hi.load:g}")
         return Decision(nxt, "ramp-down")
     if _close_enough(settings, lo.load, hi.load):
@@ -399,10 +399,11 @@ def conclude(settings: SweepSettings, steps: Sequence[StepResult], stop: str) ->
         why = "; ".join(hi.reasons[:2]) if hi else ""
         message = f"no step passed (lowest tried {low:g} {unit}: {why})"
     elif hi is None:
-        limited = "max-load"
+        capped = lo.load >= settings.ceiling
+        limited = "max-load" if capped else "max-steps"
         message = (
             f"every step passed, up to {lo.load:g} {unit}: the server's limit is higher "
-            "(raise --max-load or --max-steps)"
+            f"(raise {'--max-load' if capped else '--max-steps'})"
         )
     else:
         bracket_text = f"between {lo.load:g} and {hi.load:g} {unit}"

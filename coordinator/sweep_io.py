@@ -336,7 +336,10 @@ def analyse(spec: SweepSpec, results: dict[str, TargetResult]) -> dict[str, Any]
                 m, inputs, checks.get(t.name), spec.plan.slos, measured_on=f"{t.name}"
             )
             res = results[t.name].outcome
-            if res is not None and res.limited_by in ("generator", "max-load"):
+            if res is not None and (
+                res.limited_by in ("generator", "max-load")
+                or (res.limited_by == "max-steps" and res.fail_load is None)
+            ):
                 cp.assumptions.insert(
                     0,
                     "the per-replica maximum is a LOWER BOUND ("
