@@ -75,6 +75,15 @@ except ImportError:  # pragma: no cover - the module ships with volley
     pass
 
 
+# ---------------------------------------------------------------- sweep
+try:
+    from volley.cli_sweep import sweep_cmd
+
+    app.command("sweep")(sweep_cmd)
+except ImportError:  # pragma: no cover - the module ships with volley
+    pass
+
+
 # ---------------------------------------------------------------- agent
 @app.command()
 def agent(
