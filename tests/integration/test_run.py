@@ -64,9 +64,9 @@ async def test_open_loop_run_two_agents(
     assert json.loads((d / "summary.json").read_text())["run_id"] == s["run_id"]
 
 
-def _reference_p50_ms(url: str, delay_ms: float, n: int = 30) -> float:
-    """p50 of sequential requests from tritonclient's own sync client: the same server
-    path, measured by an independent client."""
+def _reference_ms(url: str, delay_ms: float, n: int = 20) -> list[float]:
+    """Sequential requests timed by tritonclient's own sync client (send to response):
+    the same server path, measured by an independent client."""
     import time
 
     import tritonclient.grpc as tg
@@ -80,7 +80,7 @@ def _reference_p50_ms(url: str, delay_ms: float, n: int = 30) -> float:
         client.infer("sleep", [x])
         times.append((time.perf_counter() - t0) * 1000)
         time.sleep(0.1)  # the same idle gap as the 10/s run
-    return float(np.median(times))
+    return times
 
 
 async def test_sleep_model_latency_matches_delay(
@@ -90,26 +90,31 @@ async def test_sleep_model_latency_matches_delay(
 
     On this VM the python backend adds 1-3 ms to any request that sleeps (Triton's
     own compute_infer statistic shows it too), so the check is against an independent
-    client measuring the same requests: volley must agree with it within 1 ms and
-    never report less than the delay."""
+    client timing the same span (send to response) before and after the run: volley's
+    service time must agree with it within 1 ms, its latency from the intended time may
+    only add the send lateness (under 1 ms at p50), and nothing is below the delay."""
     delay_ms = 20.0
     doc = _plan(triton_server, arrival="constant", rate=10, duration="4s")
     doc.update(
         model="sleep", inputs=[{"name": "DELAY_MS", "source": "constant", "value": delay_ms}]
     )
+    before = _reference_ms(triton_server.grpc_url, delay_ms)
     result = await execute(
         plan_from_dict(doc), agent_pair[:1], RunOptions(out_dir=tmp_path, start_lead_s=1.0)
     )
+    after = _reference_ms(triton_server.grpc_url, delay_ms)
     s = result.summary
     assert s["requests"]["ok"] == 40
     p50 = s["latency_ms"]["p50"]
-    ref = _reference_p50_ms(triton_server.grpc_url, delay_ms)
+    service = s["service_time_ms"]["p50"]
+    ref = float(np.median(before + after))
     print(
         f"sleep {delay_ms} ms: volley p50 latency {p50:.3f} ms (service "
         f"{s['service_time_ms']['p50']:.3f} ms), reference client p50 {ref:.3f} ms"
     )
-    assert p50 >= delay_ms
-    assert abs(p50 - ref) <= 1.0
+    assert p50 >= service >= delay_ms
+    assert abs(service - ref) <= 1.0
+    assert p50 - service <= 1.0
 
 
 def test_cli_bad_inputs_are_one_line_exit_2(triton_server: TritonEndpoint, tmp_path: Path) -> None:
