@@ -25,7 +25,7 @@ def report_outputs(run_dir: Path, html: bool, csv_out: Path | None) -> list[str]
     done: list[str] = []
     try:
         if html:
-            done.append(f"report: {write_report(run_dir)}")
+            done.append(f"re-rendered: {write_report(run_dir)}")
         if csv_out is not None:
             done.append(f"csv: {write_csv([load_run(run_dir)], csv_out)}")
     except ReportError as exc:
