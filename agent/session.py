@@ -93,6 +93,12 @@ class RunSession:
         self, loop: asyncio.AbstractEventLoop, aq: asyncio.Queue[Any], finished: threading.Event
     ) -> None:
         """Thread: move messages from the multiprocessing queue into asyncio."""
+        with contextlib.suppress(RuntimeError):  # the loop closed under us: nobody listens
+            self._pump_until(loop, aq, finished)
+
+    def _pump_until(
+        self, loop: asyncio.AbstractEventLoop, aq: asyncio.Queue[Any], finished: threading.Event
+    ) -> None:
         while not finished.is_set():
             try:
                 msg = self._queue.get(timeout=0.1)

@@ -97,7 +97,9 @@ async def test_run_server_breakdown_report_in_chromium(
     assert server["available"] and server["source"].startswith("triton")
     assert server["queue_ms"] is not None and server["compute_infer_ms"] >= 2.0
     assert server["compute_input_ms"] is not None and server["compute_output_ms"] is not None
-    assert server["success"] >= s["requests"]["ok"] > 100 and server["fail"] == 0
+    # the measured period's edges are sampled, not exact: within a few requests
+    ok = s["requests"]["ok"]
+    assert ok > 100 and abs(server["success"] - ok) <= 0.05 * ok + 3 and server["fail"] == 0
     assert server["instances"] == 1 and server["avg_batch_size"] == 1.0
     assert server["batch_stats"][0]["batch_size"] == 1
     assert server["utilization"]["cpu_utilization_percent"] is not None
@@ -105,7 +107,8 @@ async def test_run_server_breakdown_report_in_chromium(
     assert server["request_ms"] <= s["service_time_ms"]["mean"]
     doc = json.loads((d / "server.json").read_text())
     assert doc["statistics"]["period"] == "measured"
-    assert doc["statistics"]["run"]["sleep"]["success"] >= s["requests"]["ok"] + 60
+    # before/after samples bracket the whole run: every response is in the delta
+    assert doc["statistics"]["run"]["sleep"]["success"] >= ok + s["warmup_requests"]["ok"]
     wins = doc["statistics"]["windows"]
     assert len(wins) >= 3 and all("sleep" in w["models"] for w in wins[:3])
     assert len(doc["metrics"]["samples"]) >= 3
