@@ -279,8 +279,8 @@ def over_time_html(run: RunData) -> str:
     )
     thr = svg.line_chart(
         [
-            svg.Series("offered", xs, _col(rows, "offered_rps"), dashed=True),
-            svg.Series("achieved", xs, _col(rows, "achieved_rps")),
+            svg.Series("achieved", xs, _col(rows, "achieved_rps"), color=svg.color(1)),
+            svg.Series("offered", xs, _col(rows, "offered_rps"), color=svg.color(0), dashed=True),
             svg.Series("errors/s", xs, [float(r.get("errors") or 0) for r in rows]),
         ],
         title="Throughput: offered (scheduled) vs achieved (successful responses)",

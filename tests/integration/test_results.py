@@ -26,7 +26,13 @@ from tests.triton_fixture import MODEL_REPOSITORY, TritonEndpoint, in_ci, requir
 from volley.cli import app
 from volley.plan import plan_from_dict
 
-RELAXED = {"min_duration_s": 1, "min_requests": 10}
+#: Short runs on a shared 2-core machine: the generator checks are not under test here.
+RELAXED = {
+    "min_duration_s": 1,
+    "min_requests": 10,
+    "max_late_fraction": 1.0,
+    "max_lateness_p99_ms": 1e6,
+}
 
 #: Charts every single-run report draws for a run against Triton.
 RUN_CHARTS = (
