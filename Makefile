@@ -9,7 +9,7 @@ PYTRITON := nvidia-pytriton==0.7.0
 DEMO_RATE ?= 200
 DEMO_DURATION ?= 20s
 
-.PHONY: install demo test test-fast lint typecheck proto bench clean
+.PHONY: install demo test test-fast lint typecheck proto bench clean browser
 
 install: $(VENV)/.installed $(TVENV)/.installed
 
@@ -34,7 +34,15 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test: install lint
+# Headless Chromium for the report tests (Debian's package; needs root to install).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null || \
+	      { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; \
+	  else echo "chromium not installed and not root: the report browser tests will skip"; fi; }
+
+test: install lint browser
 	$(PYTHON) -m pytest -q -ra tests
 
 test-fast: $(VENV)/.installed

@@ -23,14 +23,17 @@ import grpc
 from coordinator.agents import AgentClient, AgentError
 from coordinator.aggregate import Aggregator
 from coordinator.preflight import preflight_check
+from coordinator.report import write_report_safely
 from coordinator.rundir import (
     RequestWriter,
     new_run_dir,
     timeseries_rows,
+    write_histograms,
     write_json,
     write_plan,
     write_timeseries,
 )
+from coordinator.server_stats import ServerMonitor, summary_block, write_server_json
 from coordinator.summary import AgentInfo, build_summary
 from volley.arrivals import global_schedule, schedule_span_s
 from volley.plan import AgentSpec, Plan
@@ -54,6 +57,10 @@ class RunOptions:
     #: Weigh each agent's slice by its worker count (else equal).
     weight_by_workers: bool = True
     progress: Callable[[Progress], None] | None = None
+    #: Triton's Prometheus metrics: URL or HOST:PORT, "off", None = find it.
+    server_metrics: str | None = None
+    #: Sample the server's statistics and metrics (server.json).
+    server_stats: bool = True
     stop_event: asyncio.Event | None = None
 
 
@@ -155,6 +162,10 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
     for s in streams:
         assert s.info.clock is not None
         s.start_at_agent_ns = s.info.clock.to_agent(start_coord_ns)
+    monitor = ServerMonitor.for_target(
+        plan.target, plan.model, opts.server_metrics, opts.server_stats
+    )
+    monitor.begin(start_coord_ns, plan.load.warmup_s)
 
     def ingest(s: _AgentStream, batch: pb.TimingBatch) -> None:
         block = RecordBlock.from_proto(batch)
@@ -182,6 +193,7 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
                 elif kind == "status":
                     st = ev.status
                     s.info.cpu_seconds = st.cpu_seconds
+                    s.info.cpu_percent = st.cpu_percent
                     s.info.cpu_percent_peak = max(s.info.cpu_percent_peak, st.cpu_percent)
                     w = (st.agent_ns - s.start_at_agent_ns) // 1_000_000_000
                     if w >= 0:
@@ -242,6 +254,9 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
                         int((now - start_coord_ns) // 1_000_000_000),
                     )
                 )
+    except BaseException:
+        monitor.abort()
+        raise
     finally:
         for s in streams:
             if s.task is not None and not s.task.done():
@@ -258,9 +273,16 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
     # ---- shutdown: results ------------------------------------------------
     infos = [s.info for s in streams]
     measured_s = max(span_s - plan.load.warmup_s, 0.0)
-    summary = build_summary(plan, run_id, agg, infos, measured_s, expected, stopped=stopped)
+    server_doc = await monitor.stop()
+    server = summary_block(server_doc, agg.total().ok)
+    summary = build_summary(
+        plan, run_id, agg, infos, measured_s, expected, server=server, stopped=stopped
+    )
     add_input_pool(summary, pre.pool, infos)
     names = [i.id or i.address for i in infos]
     write_timeseries(run_dir / "timeseries.parquet", timeseries_rows(agg, names, agent_cpu))
+    write_server_json(run_dir / "server.json", server_doc)
+    write_histograms(run_dir / "histograms.json", agg, names)
     write_json(run_dir / "summary.json", summary)
+    write_report_safely(run_dir)
     return RunResult(run_dir, summary, dataclasses.replace(plan), infos)

@@ -107,10 +107,12 @@ def _stats_row(
         "achieved_rps": achieved / window_s,
         "latency_p50_ms": lat.percentile(50) / 1e6 if lat.count else None,
         "latency_p90_ms": lat.percentile(90) / 1e6 if lat.count else None,
+        "latency_p95_ms": lat.percentile(95) / 1e6 if lat.count else None,
         "latency_p99_ms": lat.percentile(99) / 1e6 if lat.count else None,
         "latency_max_ms": lat.max_ns / 1e6 if lat.count else None,
         "service_p50_ms": st.service.percentile(50) / 1e6 if st.service.count else None,
         "service_p99_ms": st.service.percentile(99) / 1e6 if st.service.count else None,
+        "lateness_p50_ms": late.percentile(50) / 1e6 if late.count else None,
         "lateness_p99_ms": late.percentile(99) / 1e6 if late.count else None,
         "late_fraction": st.late / late.count if late.count else 0.0,
     }
@@ -134,9 +136,11 @@ def timeseries_rows(
             st = st or Stats()
             merged.merge(st)
             row = _stats_row(w, name, st, achieved, window_s)
+            row["warmup"] = w * agg.window_ns < agg.warmup_ns
             row["agent_cpu_percent"] = (agent_cpu or {}).get((w, a))
             rows.append(row)
         row = _stats_row(w, "all", merged, achieved_all, window_s)
+        row["warmup"] = w * agg.window_ns < agg.warmup_ns
         cpus = [(agent_cpu or {}).get((w, a)) for a in range(len(agent_names))]
         row["agent_cpu_percent"] = (
             sum(c for c in cpus if c is not None) if any(c is not None for c in cpus) else None
@@ -151,6 +155,25 @@ def write_timeseries(path: Path, rows: list[dict[str, Any]]) -> None:
     else:
         table = pa.Table.from_pylist(rows)
     pq.write_table(table, str(path), compression="zstd")
+
+
+def write_histograms(path: Path, agg: Aggregator, agent_names: list[str]) -> None:
+    """histograms.json: the run's merged histograms (measured period), for the report's
+    histogram and percentile curves and for merging runs later."""
+    total = agg.total()
+    doc = {
+        "latency": total.latency.to_dict(),
+        "service_time": total.service.to_dict(),
+        "send_lateness": total.lateness.to_dict(),
+        "agents": {
+            name: {
+                "latency": t.measured.latency.to_dict(),
+                "send_lateness": t.measured.lateness.to_dict(),
+            }
+            for name, t in zip(agent_names, agg.agents, strict=True)
+        },
+    }
+    path.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
 
 
 def write_json(path: Path, data: Any) -> None:

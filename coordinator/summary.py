@@ -30,6 +30,7 @@ class AgentInfo:
     state: str = "ready"  #: ready | running | done | failed | missing
     error: str = ""
     cpu_seconds: float = 0.0
+    cpu_percent: float = 0.0  #: the last one reported
     cpu_percent_peak: float = 0.0
     cpu_samples: list[float] = field(default_factory=list)
     last_seen_ns: int = 0

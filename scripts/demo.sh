@@ -16,7 +16,8 @@ trap '"$PY" -m volley triton stop --state-dir "$STATE" >/dev/null || true' EXIT
 status=0
 "$PY" -m volley run --name demo --target "127.0.0.1:$GRPC" --model add \
     --rate "$RATE" --arrival poisson --duration "$DURATION" --warmup 2s \
-    --local-agents 2 --slo "p99<50ms" --slo "errors<0.1%" || status=$?
+    --local-agents 2 --slo "p99<50ms" --slo "errors<0.1%" \
+    --server-metrics "127.0.0.1:$METRICS" || status=$?
 echo
 echo "run directory: $(ls -td runs/*-demo | head -n 1)"
 exit $status

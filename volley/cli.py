@@ -385,13 +385,28 @@ def run(
     raw: Annotated[bool, typer.Option(help="Write every request to requests.parquet.")] = True,
     start_lead: Annotated[float, typer.Option(help="Seconds from start command to start.")] = 2.0,
     quiet: Annotated[bool, typer.Option(help="Print only the run directory.")] = False,
+    metrics_port: Annotated[
+        str | None,
+        typer.Option(help="Serve live figures for Prometheus on PORT or HOST:PORT (/metrics)."),
+    ] = None,
+    server_metrics: Annotated[
+        str | None,
+        typer.Option(
+            help="Triton's metrics URL or HOST:PORT to scrape, or 'off' (default: found)."
+        ),
+    ] = None,
+    server_stats: Annotated[
+        bool, typer.Option(help="Sample the server's statistics and metrics (server.json).")
+    ] = True,
 ) -> None:
     """Run one load test: plan, split over agents, start together, merge, report."""
     import uvloop
 
     from coordinator.agents import AgentError, resolve_agents
     from coordinator.local import LocalAgents
+    from coordinator.metrics import parse_listen
     from coordinator.preflight import PreflightError
+    from coordinator.progress import live_outputs
     from coordinator.run import RunOptions, execute
     from coordinator.slo import parse_slo
     from volley.console import print_summary
@@ -448,6 +463,8 @@ def run(
 
             plan = plan_from_dict({**plan.to_dict(), "seed": secrets.randbits(32)})
         addresses = resolve_agents(list(agent or []))
+        if metrics_port is not None:
+            parse_listen(metrics_port)
         if local_agents < 1 and not addresses:
             raise PlanError("--local-agents must be >= 1 when no --agent is given")
     except PlanError as exc:
@@ -462,9 +479,17 @@ def run(
         loop.add_signal_handler(signal.SIGINT, stop_event.set)
         loop.add_signal_handler(signal.SIGTERM, stop_event.set)
         opts = RunOptions(
-            out_dir=out, start_lead_s=start_lead, workers=workers, stop_event=stop_event
+            out_dir=out,
+            start_lead_s=start_lead,
+            workers=workers,
+            stop_event=stop_event,
+            server_metrics=server_metrics,
+            server_stats=server_stats,
         )
-        return await execute(plan, addrs, opts)
+        labels = {"name": plan.name, "model": plan.model, "target": plan.target}
+        with live_outputs(show=not quiet, metrics_listen=metrics_port, labels=labels) as cb:
+            opts.progress = cb
+            return await execute(plan, addrs, opts)
 
     try:
         if addresses:
@@ -489,8 +514,14 @@ def run(
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/<time>-<name>).")],
     json_: Annotated[bool, typer.Option("--json", help="Print summary.json instead.")] = False,
+    html: Annotated[bool, typer.Option(help="Re-render the run's report.html.")] = True,
+    csv_out: Annotated[
+        Path | None,
+        typer.Option("--csv", help="Write perf_analyzer-style CSV (microseconds) to this file."),
+    ] = None,
 ) -> None:
-    """Show a finished run's results again."""
+    """Show a finished run's results again (and re-render its report.html)."""
+    from volley.cli_results import report_outputs
     from volley.console import print_summary
 
     path = run_dir / "summary.json"
@@ -504,6 +535,13 @@ def report(
         typer.echo(json.dumps(summary, indent=2))
     else:
         print_summary(summary, run_dir)
+    for line in report_outputs(run_dir, html, csv_out):
+        typer.echo(line, err=json_)
+
+
+from volley.cli_results import compare  # noqa: E402
+
+app.command()(compare)
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -135,6 +136,8 @@ def print_summary(summary: dict[str, Any], run_dir: Path, console: Console | Non
             f"server: queue {server['queue_ms']:.3f} ms  compute infer "
             f"{server.get('compute_infer_ms', 0):.3f} ms (means per request)"
         )
+    for note in server.get("notes") or []:
+        con.print(f"[dim]server: {escape(note)}[/dim]")
     verdict = summary["verdict"]
     for r in verdict.get("slo", []):
         mark = "[green]PASS[/green]" if r["passed"] else "[red]FAIL[/red]"
@@ -147,4 +150,6 @@ def print_summary(summary: dict[str, Any], run_dir: Path, console: Console | Non
         con.print("[red]INVALID run:[/red]")
         for reason in verdict["reasons"]:
             con.print(f"  - {reason}")
+    if (run_dir / "report.html").is_file():
+        con.print(f"report: {run_dir / 'report.html'}")
     con.print(f"results: {run_dir}")

@@ -1,0 +1,272 @@
+"""Reports: SVG charts, report.html and compare pages, perf_analyzer CSV, live figures,
+the Prometheus exporter (no server needed)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
+
+from coordinator.aggregate import Aggregator
+from coordinator.metrics import MetricsExporter, parse_listen
+from coordinator.progress import live_figures, live_outputs, render
+from coordinator.report import ReportError, load_run, svg, write_compare, write_report
+from coordinator.report.compare import comparison
+from coordinator.report.export import COLUMNS_AFTER_LOAD, perf_analyzer_csv
+from coordinator.run import Progress
+from coordinator.rundir import timeseries_rows, write_histograms, write_json, write_timeseries
+from coordinator.summary import AgentInfo
+from volley import records as rc
+from volley.plan import PlanError
+from volley.records import RecordBuffer
+
+
+def _block(n: int, start_ns: int, step_ns: int, lat_ns: int, errors: int = 0) -> Any:
+    buf = RecordBuffer(n)
+    for i in range(n):
+        t = start_ns + i * step_ns
+        status = rc.OK if i >= errors else 14
+        buf.append(i, t, t + 50_000, t + lat_ns + i * 1000, status, 64 + 64 * (i % 2), 32, 1, 0)
+    return buf.take(["16"])
+
+
+def _agg() -> Aggregator:
+    agg = Aggregator(2, warmup_ns=1_000_000_000)
+    for a in range(2):
+        agg.ingest(a, _block(300, 0, 10_000_000, 2_000_000 * (a + 1), errors=3))
+    return agg
+
+
+def _summary(name: str, p99: float, queue: float | None, mode: str = "open") -> dict[str, Any]:
+    lat = {
+        "p50": p99 / 3,
+        "p90": p99 / 2,
+        "p95": p99 / 1.5,
+        "p99": p99,
+        "p999": p99 * 1.2,
+        "max": p99 * 1.5,
+        "mean": p99 / 2.5,
+    }
+    return {
+        "name": name,
+        "model": "m",
+        "target": "127.0.0.1:1",
+        "mode": mode,
+        "arrival": "constant",
+        "duration_s": 3.0,
+        "warmup_s": 1.0,
+        "seed": 1,
+        "run_id": "x",
+        "requests": {"scheduled": 300, "sent": 300, "ok": 297, "errors": 3, "dropped": 0},
+        "offered_rps": 100.0,
+        "throughput_rps": 99.0,
+        "error_rate": 0.01,
+        "latency_ms": lat,
+        "service_time_ms": {k: v * 0.9 for k, v in lat.items()},
+        "send_lateness_ms": {"p50": 0.1, "p99": 0.5, "max": 1.0, "late_fraction": 0.01},
+        "agents": [],
+        "server": {
+            "queue_ms": queue,
+            "compute_input_ms": 0.1,
+            "compute_infer_ms": 2.0,
+            "compute_output_ms": 0.2,
+            "request_ms": (queue or 0) + 2.4,
+            "overhead_ms": 0.1,
+            "instances": 1,
+        }
+        if queue is not None
+        else {"available": False, "queue_ms": None, "notes": ["no statistics"]},
+        "latency_by_payload": [
+            {"bucket_bytes": [64, 128], "count": 10, "latency_ms": lat},
+            {"bucket_bytes": [128, 256], "count": 10, "latency_ms": lat},
+        ],
+        "verdict": {
+            "valid": False,
+            "reasons": ["measured for 3.0s, less than the 5s minimum"],
+            "warnings": [],
+            "slo": [
+                {
+                    "slo": "p99<1ms",
+                    "metric": "latency_ms.p99",
+                    "op": "<",
+                    "threshold": 1.0,
+                    "actual": p99,
+                    "passed": False,
+                }
+            ],
+            "slo_passed": False,
+        },
+    }
+
+
+def _run_dir(tmp: Path, name: str, p99: float, queue: float | None, mode: str = "open") -> Path:
+    d = tmp / name
+    d.mkdir()
+    write_json(d / "summary.json", _summary(name, p99, queue, mode))
+    agg = _agg()
+    write_histograms(d / "histograms.json", agg, ["a0", "a1"])
+    write_timeseries(d / "timeseries.parquet", timeseries_rows(agg, ["a0", "a1"], {(0, 0): 5.0}))
+    load = "concurrency: 4" if mode == "closed" else "rate: 100"
+    (d / "plan.yaml").write_text(f"model: m\nmax_batch_size: 0\nload:\n  {load}\n")
+    return d
+
+
+def test_nice_and_log_ticks() -> None:
+    assert svg.nice_ticks(0, 88) == [0, 20, 40, 60, 80, 100]
+    t = svg.nice_ticks(0.0, 1.05)
+    assert t[0] == 0 and t[-1] >= 1.05
+    assert svg.log_ticks(1.0, 100.0) == [1, 2, 5, 10, 20, 50, 100]
+    assert svg.pct_x(99.0, 1000) == pytest.approx(2.0)
+    assert svg.pct_x(100.0, 1000) == pytest.approx(3.0)
+
+
+def test_line_chart_gaps_and_empty() -> None:
+    out = svg.line_chart(
+        [svg.Series("a", [0, 1, 2, 3], [1.0, None, 2.0, 3.0])],
+        title="t <x>",
+        chart_id="c",
+        x_label="x",
+        y_label="y",
+    )
+    assert out.startswith("<svg") and out.endswith("</svg>")
+    assert "t &lt;x&gt;" in out  # escaped
+    path = re.search(r'<path d="([^"]+)"', out)
+    assert path is not None and path.group(1).count("M") == 2  # the gap splits the line
+    empty = svg.line_chart(
+        [svg.Series("a", [0], [None])], title="t", chart_id="e", x_label="", y_label=""
+    )
+    assert 'class="na"' in empty
+
+
+def test_report_html_is_self_contained(tmp_path: Path) -> None:
+    d = _run_dir(tmp_path, "r1", 9.0, 1.5)
+    html = write_report(d).read_text()
+    assert "<script" not in html.lower()
+    external = set(re.findall(r"(?:src|href)=\"([^\"]+)\"", html))
+    assert not external, external
+    assert "@import" not in html and "url(" not in html
+    for chart in (
+        "latency-over-time",
+        "throughput-over-time",
+        "latency-histogram",
+        "percentile-curve",
+        "agent-lateness",
+        "server-breakdown",
+        "latency-by-payload",
+    ):
+        assert f'data-chart="{chart}"' in html, chart
+    assert "FAIL" in html and "p99&lt;1ms" in html and "INVALID" in html
+
+
+def test_report_without_server_stats_says_so(tmp_path: Path) -> None:
+    d = _run_dir(tmp_path, "r0", 9.0, None)
+    html = write_report(d).read_text()
+    assert "no statistics" in html
+    assert 'data-chart="server-breakdown"' not in html
+
+
+def test_load_run_errors(tmp_path: Path) -> None:
+    with pytest.raises(ReportError, match="not a run directory"):
+        load_run(tmp_path)
+    (tmp_path / "summary.json").write_text("{nope")
+    with pytest.raises(ReportError, match="not valid JSON"):
+        load_run(tmp_path)
+
+
+def test_compare_differences_and_page(tmp_path: Path) -> None:
+    a = _run_dir(tmp_path, "one", 30.0, 20.0)
+    b = _run_dir(tmp_path, "two", 15.0, 1.0)
+    path, runs = write_compare([a, b], tmp_path / "cmp.html")
+    rows = {r["figure"]: r for r in comparison(runs)}
+    assert rows["latency p99"]["values"] == [30.0, 15.0]
+    assert rows["latency p99"]["change_vs_first"] == [pytest.approx(-0.5)]
+    assert rows["server queue"]["change_vs_first"] == [pytest.approx(-0.95)]
+    html = path.read_text()
+    assert "<script" not in html
+    assert 'data-chart="compare-percentiles"' in html
+    assert 'class="better">-50.0%' in html
+
+
+def test_perf_analyzer_csv(tmp_path: Path) -> None:
+    runs = [
+        load_run(_run_dir(tmp_path, "a", 30.0, 20.0)),
+        load_run(_run_dir(tmp_path, "b", 9, None)),
+    ]
+    text = perf_analyzer_csv(runs)
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0] == ["Request Rate", *COLUMNS_AFTER_LOAD]
+    first = dict(zip(rows[0], rows[1], strict=True))
+    assert first["Request Rate"] == "100" and first["Inferences/Second"] == "99"
+    assert first["Server Queue"] == "20000" and first["Server Compute Infer"] == "2000"
+    assert first["p99 latency"] == "27000"  # service time p99 (30 ms * 0.9), microseconds
+    assert first["Client Send"] == first["Client Recv"] == first["response wait"] == ""
+    second = dict(zip(rows[0], rows[2], strict=True))
+    assert second["Server Queue"] == "" and second["Network+Server Send/Recv"] == ""
+    closed = load_run(_run_dir(tmp_path, "c", 5.0, 1.0, mode="closed"))
+    assert perf_analyzer_csv([closed]).startswith("Concurrency,")
+    assert perf_analyzer_csv([closed]).splitlines()[1].startswith("4,")
+    with pytest.raises(ReportError, match="mix open and closed"):
+        perf_analyzer_csv([runs[0], closed])
+
+
+def _progress() -> Progress:
+    agents = [AgentInfo(index=i, address=f"h:{i}", id=f"a{i}", state="running") for i in range(2)]
+    agents[1].cpu_percent = 42.0
+    return Progress(elapsed_s=2.5, total_s=3.0, agents=agents, agg=_agg(), window=2)
+
+
+def test_live_figures_and_view() -> None:
+    f = live_figures(_progress())
+    assert f.window == 1
+    assert f.offered_rps == 200.0  # 100 records per agent in window 1
+    assert f.p50_ms is not None and f.p99_ms is not None and f.p99_ms >= f.p50_ms
+    assert f.errors == 6 and f.sent == 600
+    assert f.agents[1].cpu_percent == 42.0 and f.remaining_s == pytest.approx(0.5)
+    con = Console(file=io.StringIO(), width=120)
+    con.print(render(f, "t "))
+    text = con.file.getvalue()  # type: ignore[attr-defined]
+    assert "achieved" in text and "a1" in text and "42%" in text
+
+
+def test_progress_quiet_when_not_a_terminal() -> None:
+    con = Console(file=io.StringIO())
+    with live_outputs(show=True, console=con) as cb:
+        assert cb is None
+
+
+def test_prometheus_exporter() -> None:
+    with pytest.raises(PlanError):
+        parse_listen("nonsense")
+    assert parse_listen("9100") == ("127.0.0.1", 9100)
+    with MetricsExporter("127.0.0.1:0", {"name": "t"}) as exp:
+        exp.update(live_figures(_progress()))
+        body = urllib.request.urlopen(f"http://127.0.0.1:{exp.port}/metrics", timeout=5).read()
+    fams = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    req = {
+        (s.labels["agent"], s.labels["outcome"]): s.value
+        for s in fams["volley_requests"].samples
+        if s.name == "volley_requests_total"
+    }
+    assert req[("a0", "sent")] == 300 and req[("a1", "error")] == 3
+    assert fams["volley_offered_rps"].samples[0].value == 200.0
+    assert {s.labels["quantile"] for s in fams["volley_latency_seconds"].samples} == {"0.5", "0.99"}
+    info = [s for f in fams.values() for s in f.samples if s.name == "volley_run_info"]
+    assert info and info[0].labels["name"] == "t"
+
+
+def test_histograms_file_round_trips(tmp_path: Path) -> None:
+    agg = _agg()
+    write_histograms(tmp_path / "h.json", agg, ["a0", "a1"])
+    doc = json.loads((tmp_path / "h.json").read_text())
+    assert doc["latency"]["count"] == agg.total().latency.count
+    assert set(doc["agents"]) == {"a0", "a1"}
+    assert np.sum(doc["latency"]["counts"]) == doc["latency"]["count"]

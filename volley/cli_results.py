@@ -1,0 +1,84 @@
+"""`volley report` outputs and `volley compare`: HTML reports and perf_analyzer CSV.
+
+Mounted by volley/cli.py. Errors are one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"volley: error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def report_outputs(run_dir: Path, html: bool, csv_out: Path | None) -> list[str]:
+    """Re-render report.html and/or write the CSV; returns lines saying what was written."""
+    from coordinator.report import ReportError, load_run, write_csv, write_report
+
+    done: list[str] = []
+    try:
+        if html:
+            done.append(f"re-rendered: {write_report(run_dir)}")
+        if csv_out is not None:
+            done.append(f"csv: {write_csv([load_run(run_dir)], csv_out)}")
+    except ReportError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot write {exc.filename}: {exc.strerror}")
+    return done
+
+
+def compare(
+    run_dirs: Annotated[
+        list[Path], typer.Argument(help="Two or more run directories (the first is the baseline).")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="HTML file to write (default: compare-<time>.html beside the runs)."),
+    ] = None,
+    csv_out: Annotated[
+        Path | None,
+        typer.Option("--csv", help="Also write one perf_analyzer-style CSV row per run."),
+    ] = None,
+) -> None:
+    """Compare runs side by side (e.g. 1 vs 2 model instances, CPU vs GPU Triton)."""
+    from coordinator.report import ReportError, write_compare, write_csv
+    from coordinator.report.compare import comparison, labels
+
+    if len(run_dirs) < 2:
+        _fail("compare needs at least two run directories")
+    try:
+        path, runs = write_compare(run_dirs, out)
+        if csv_out is not None:
+            write_csv(runs, csv_out)
+    except ReportError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot write {exc.filename}: {exc.strerror}")
+    names = labels(runs)
+    table = Table(title="volley compare (changes vs the first run)")
+    table.add_column("figure")
+    for n in names:
+        table.add_column(n, justify="right")
+    for n in names[1:]:
+        table.add_column(f"Δ {n}", justify="right")
+    for row in comparison(runs):
+        cells = [
+            "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+            for v in row["values"]
+        ]
+        changes = ["-" if d is None else f"{d:+.1%}" for d in row["change_vs_first"]]
+        unit = f" ({row['unit']})" if row["unit"] else ""
+        table.add_row(row["figure"] + unit, *cells, *changes)
+    con = Console()
+    con.print(table)
+    con.print(f"report: {path}")
+    if csv_out is not None:
+        con.print(f"csv: {csv_out}")
