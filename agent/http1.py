@@ -97,11 +97,11 @@ class H1Conn(asyncio.Protocol):
             if body is None:
                 self.buf = buf
                 return
-            if body is False:
+            if not isinstance(body, bytes):
                 self.fail(rc.BAD_RESPONSE)
                 return
             rest_at = len(buf)  # chunked bodies end the data we got (no pipelining)
-            payload: bytes = body
+            payload = body
         elif self.clen >= 0:
             rest_at = body_start + self.clen
             if len(buf) < rest_at:
@@ -180,7 +180,7 @@ class H1Conn(asyncio.Protocol):
 
 def _dechunk(buf: bytes, pos: int) -> bytes | bool | None:
     """The body of a complete chunked message from `pos`; None if incomplete, False if bad."""
-    parts = []
+    parts: list[bytes] = []
     n = len(buf)
     while True:
         eol = buf.find(b"\r\n", pos)

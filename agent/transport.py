@@ -384,9 +384,7 @@ class GrpcUnary(Transport):
         status = info.grpc_status
         if status < 0:
             status = (
-                h2.http_to_grpc_status(head.http_status)
-                if head.http_status != 200
-                else rc.UNKNOWN
+                h2.http_to_grpc_status(head.http_status) if head.http_status != 200 else rc.UNKNOWN
             )
         if status != 0:
             self._finish(st, status, 0)
@@ -428,8 +426,10 @@ class GrpcUnary(Transport):
         conn.streams.clear()
         for st in streams:
             self._finish(st, rc.UNAVAILABLE, 0)
-        if self.waiting and not self.closing and not any(
-            c is not None and c.usable for c in self.conns
+        if (
+            self.waiting
+            and not self.closing
+            and not any(c is not None and c.usable for c in self.conns)
         ):
             waiting, self.waiting = self.waiting, collections.deque()
             for key, intended, pidx in waiting:

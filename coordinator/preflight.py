@@ -7,7 +7,6 @@ by the shared request builder. Any failure is a PreflightError with one line.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from typing import Any
 
@@ -15,8 +14,9 @@ import grpc
 from tritonclient.grpc import service_pb2
 from tritonclient.grpc import service_pb2_grpc as triton_grpc
 
-from volley.plan import InputSpec, Plan, PlanError
-from volley.request import DTYPES, build_pool, check_response
+from coordinator.probe import Probe, ProbeError, make_probe
+from volley.plan import InputSpec, ModelSpec, Plan, PlanError, plan_models
+from volley.request import DTYPES
 
 
 class PreflightError(Exception):
@@ -140,40 +140,92 @@ def resolve_inputs(plan: Plan, info: ModelInfo, batch_size: int = 1) -> Plan:
     )
 
 
+async def fetch_model_info(probe: Probe, plan: Plan, name: str, version: str) -> ModelInfo:
+    """Model readiness, metadata and config through the plan's own protocol."""
+    target = plan.target
+    try:
+        ready = await probe.model_ready(name, version)
+    except ProbeError as exc:
+        raise PreflightError(f"model {name!r} on {target}: {exc}") from None
+    if not ready:
+        names = await probe.ready_models()
+        known = f" (ready models: {', '.join(names)})" if names else ""
+        raise PreflightError(f"model {name!r} is not ready on {target}{known}")
+    try:
+        mname, versions, inputs, outputs = await probe.metadata(name, version)
+        config = await probe.config(name, version)
+    except ProbeError as exc:
+        raise PreflightError(f"model {name!r} on {target}: {exc}") from None
+    try:
+        mbs = int(config.get("max_batch_size", 0) or 0)
+    except (TypeError, ValueError):
+        mbs = 0
+    return ModelInfo(mname, versions, inputs, outputs, mbs, config)
+
+
 async def preflight(plan: Plan, timeout: float = 5.0) -> Plan:
-    """Check the target and model, resolve inputs, send one probe request. Returns the
-    resolved plan."""
-    if plan.protocol != "grpc":
-        raise PreflightError(f"protocol {plan.protocol!r} is not supported by this build")
-    async with grpc.aio.insecure_channel(plan.target) as channel:
+    """Check the target and every model, resolve inputs, send one probe request per model
+    over the plan's protocol, TLS and headers. Returns the resolved plan."""
+    from agent.transport import build_payloads
+
+    try:
+        probe = make_probe(plan, timeout)
+    except PlanError as exc:
+        raise PreflightError(str(exc)) from None
+    try:
         try:
-            await asyncio.wait_for(channel.channel_ready(), timeout=timeout)
-        except TimeoutError:
+            await probe.open()
+            live = await probe.live()
+            if not live:
+                raise PreflightError(f"target {plan.target}: server is not live")
+            if not await probe.ready():
+                raise PreflightError(f"target {plan.target}: server is not ready")
+        except ProbeError as exc:
             raise PreflightError(
-                f"target {plan.target}: no gRPC server answers (waited {timeout:g}s)"
+                str(exc) if str(exc).startswith("target") else f"target {plan.target}: {exc}"
             ) from None
-        stub = triton_grpc.GRPCInferenceServiceStub(channel)
-        info = await fetch_model(stub, plan, timeout)
-        resolved = resolve_inputs(plan, info)
-        try:
-            pool = build_pool(
-                resolved.model,
-                resolved.model_version,
-                resolved.inputs,
-                resolved.outputs,
-                seed=resolved.seed,
-                variants=1,
-                batched=resolved.max_batch_size > 0,
+        resolved_models: list[ModelSpec] = []
+        for m in plan_models(plan):
+            info = await fetch_model_info(probe, plan, m.name, m.version)
+            one = dataclasses.replace(
+                plan,
+                model=m.name,
+                model_version=m.version,
+                inputs=m.inputs,
+                outputs=m.outputs,
+                models=(),
             )
-        except PlanError as exc:
-            raise PreflightError(str(exc)) from None
-        method = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
-        try:
-            body = await method(pool.payloads[0].body, timeout=max(timeout, plan.timeout_s))
-        except grpc.aio.AioRpcError as exc:
-            raise PreflightError(
-                f"model {plan.model!r} rejected the probe request: {_first_line(exc)}"
-            ) from None
-        if not check_response(body, len(resolved.outputs)):
-            raise PreflightError(f"model {plan.model!r}: probe response lacks its outputs")
-        return resolved
+            one = resolve_inputs(one, info)
+            try:
+                wires = build_payloads(one, one.seed).wires
+                wire = wires[0]
+            except PlanError as exc:
+                raise PreflightError(str(exc)) from None
+            try:
+                why = await probe.infer(wire)
+            except ProbeError as exc:
+                why = str(exc)
+            if why:
+                raise PreflightError(f"model {m.name!r} rejected the probe request: {why}")
+            resolved_models.append(
+                dataclasses.replace(
+                    m,
+                    inputs=one.inputs,
+                    outputs=one.outputs,
+                    max_batch_size=one.max_batch_size,
+                )
+            )
+    finally:
+        await probe.close()
+    if plan.models:
+        first = resolved_models[0]
+        return dataclasses.replace(
+            plan,
+            models=tuple(resolved_models),
+            model=first.name,
+            model_version=first.version,
+        )
+    only = resolved_models[0]
+    return dataclasses.replace(
+        plan, inputs=only.inputs, outputs=only.outputs, max_batch_size=only.max_batch_size
+    )

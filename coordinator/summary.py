@@ -94,6 +94,33 @@ def _saturation(plan: Plan, st: Stats, info: AgentInfo, span_s: float) -> tuple[
     )
 
 
+def model_rows(plan: Plan, agg: Aggregator, measured_s: float) -> list[dict[str, Any]]:
+    """Per-model figures (mixed traffic; one row for a single-model plan)."""
+    from volley.plan import plan_models
+
+    models = plan_models(plan)
+    total_w = sum(m.weight for m in models) or 1.0
+    rows: list[dict[str, Any]] = []
+    for i, m in enumerate(models):
+        st = agg.by_model.get(i, Stats())
+        rows.append(
+            {
+                "id": i,
+                "name": m.name,
+                "version": m.version,
+                "weight": m.weight,
+                "share": round(m.weight / total_w, 6),
+                "requests": requests_block(st),
+                "throughput_rps": round(st.ok / measured_s, 3),
+                "error_rate": round(st.errors / st.sent, 6) if st.sent else 0.0,
+                "latency_ms": hist_ms(st.latency),
+                "service_time_ms": hist_ms(st.service),
+                "bytes": {"request": st.req_bytes, "response": st.resp_bytes},
+            }
+        )
+    return rows
+
+
 def build_summary(
     plan: Plan,
     run_id: str,
@@ -182,6 +209,7 @@ def build_summary(
         for b, st in sorted(agg.by_size.items())
         if st.ok
     ]
+    summary["models"] = model_rows(plan, agg, measured_s)
     # ---- verdict ---------------------------------------------------------
     v = plan.validity
     partial = [a for a in agents if a.state in ("failed", "missing")]
