@@ -144,8 +144,9 @@ class GrpcProbe(Probe):
                 self.sink, self.host, self.port, self.ssl, self.server_name, self.timeout
             )
         except ConnectionError as exc:
+            hint = " (an HTTP port? use --protocol http)" if "closed by" in str(exc) else ""
             raise ProbeError(
-                f"target {self.plan.target}: not reachable over gRPC ({exc})"
+                f"target {self.plan.target}: not reachable over gRPC ({exc}){hint}"
             ) from None
 
     async def close(self) -> None:
@@ -330,7 +331,13 @@ class HttpProbe(Probe):
         except TimeoutError:
             self.writer.close()
             raise ProbeError(f"target {self.plan.target}: {method} {path} timed out") from None
-        except (OSError, asyncio.IncompleteReadError) as exc:
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            self.writer.close()
+            raise ProbeError(
+                f"target {self.plan.target}: no HTTP/1.1 answer to {method} {path or 'infer'} "
+                "(a gRPC port? use --protocol grpc)"
+            ) from None
+        except OSError as exc:
             self.writer.close()
             raise ProbeError(f"target {self.plan.target}: {method} {path}: {exc}") from None
 

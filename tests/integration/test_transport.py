@@ -182,3 +182,31 @@ async def test_unavailable_target_records_unavailable() -> None:
     assert [d[4] for d in done] == [rc.UNAVAILABLE] * 3
     assert tp.in_flight == 0
     await tp.close()
+
+
+def test_cli_protocol_and_target_errors_are_one_line(
+    triton_server: TritonEndpoint, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from volley.cli import app
+
+    g, h = triton_server.grpc_url, triton_server.http_url
+    cases = [
+        (["--protocol", "http", "--target", g], "--protocol grpc"),
+        (["--target", h], "--protocol http"),
+        (["--target", g, "--header-env", "x-a=VOLLEY_NOPE_VAR"], "VOLLEY_NOPE_VAR"),
+        (["--target", g, "--header-env", "bad"], "NAME=ENVVAR"),
+        (["--target", g, "--tls-ca", str(tmp_path / "none.pem")], "none.pem"),
+        (["--target", g, "--header-file", str(tmp_path / "none")], "--header-file"),
+        (["--target", g, "--transport", "stream", "--protocol", "http"], "stream"),
+        (["--target", g, "--compression", "lz4"], "compression"),
+    ]
+    runner = CliRunner()
+    for args, needle in cases:
+        res = runner.invoke(
+            app, ["run", *args, "--model", "add", "--rate", "5", "--out", str(tmp_path)]
+        )
+        assert res.exit_code == 2, (args, res.output)
+        assert needle in res.output, (args, res.output)
+        assert res.output.strip().count("\n") == 0 and "Traceback" not in res.output
