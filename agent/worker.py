@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.timer import LoopTimer, make_timer
 from agent.transport import Payloads, Transport, Wire, build_payloads, make_transport
 from volley import records as rc
 from volley.arrivals import concurrency_profile, global_schedule
@@ -93,6 +94,9 @@ class Worker:
         self.active: list[bool] = []
         self.end_ns = 0
         self.seq = 0
+        #: open loop: wake with a timerfd (ns-precise) where the clock is the system's
+        self._use_timerfd = clock is time.monotonic_ns
+        self._timer: LoopTimer | None = None
         #: CPU spent before the load (imports, pool build) is not the load's cost.
         self.cpu_base = time.process_time()
 
@@ -205,6 +209,7 @@ class Worker:
         )
         #: at least 0.1 ms: a timer can fire ~0.1 ms after its whole-ms delay
         self._spin_ns = max(int(plan.load.spin_us * 1000), 100_000)
+        self._spin_us_ns = int(plan.load.spin_us * 1000)
         self._chunks = global_schedule(plan).chunks()
         self._idx: list[int] = []
         self._ts: list[int] = []
@@ -212,8 +217,13 @@ class Worker:
         self._pos = 0
         self._loop = asyncio.get_running_loop()
         self._finished: asyncio.Future[None] = self._loop.create_future()
-        self._tick()
-        await self._finished
+        self._timer = make_timer(self._loop, self._tick) if self._use_timerfd else None
+        try:
+            self._tick()
+            await self._finished
+        finally:
+            if self._timer is not None:
+                self._timer.close()
 
     def _next_chunk(self) -> bool:
         assert self.payloads is not None
@@ -278,6 +288,10 @@ class Worker:
         # ~0.1 ms after them: ask for the whole ms that ends just before the arrival is
         # due, and yield to the loop (`call_soon`, a spin) only for the last `margin`.
         gap = self._ts[self._pos] - now
+        if self._timer is not None:
+            # nanosecond-precise wake-up at the arrival (spin_us: that much earlier)
+            self._timer.arm_at(self.start + self._ts[self._pos] - self._spin_us_ns)
+            return
         margin = self._spin_ns
         if gap > margin:
             self._loop.call_later(max(1, -(-(gap - margin) // 1_000_000)) / 1000, self._tick)
