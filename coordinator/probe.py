@@ -68,6 +68,11 @@ class Probe:
         """'' when the probe request succeeded and its response checks out, else why not."""
         raise NotImplementedError
 
+    async def statistics(self, name: str, version: str) -> dict[str, dict[str, int]]:
+        """Triton's cumulative per-model statistics: {stat: {"count", "ns"}} summed over
+        versions ({} where the server has none: not every KServe v2 server does)."""
+        return {}
+
 
 class _Sink:
     def __init__(self) -> None:
@@ -266,6 +271,34 @@ class GrpcProbe(Probe):
             return "probe response lacks its outputs"
         return ""
 
+    async def statistics(self, name: str, version: str) -> dict[str, dict[str, int]]:
+        from google.protobuf.json_format import MessageToDict
+
+        try:
+            r = await self._unary(
+                "ModelStatistics",
+                service_pb2.ModelStatisticsRequest(name=name, version=version),
+                service_pb2.ModelStatisticsResponse,
+            )
+        except ProbeError:
+            return {}
+        doc = MessageToDict(r, preserving_proto_field_name=True)
+        return _sum_stats(doc.get("model_stats", []))
+
+
+def _sum_stats(model_stats: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for ms in model_stats:
+        for key, val in (ms.get("inference_stats") or {}).items():
+            if not isinstance(val, dict):
+                continue
+            d = out.setdefault(key, {"count": 0, "ns": 0})
+            d["count"] += int(val.get("count", 0) or 0)
+            d["ns"] += int(val.get("ns", 0) or 0)
+        d = out.setdefault("inference_count", {"count": 0, "ns": 0})
+        d["count"] += int(ms.get("inference_count", 0) or 0)
+    return out
+
 
 class HttpProbe(Probe):
     """KServe v2 REST over one HTTP/1.1 keep-alive connection."""
@@ -441,6 +474,16 @@ class HttpProbe(Probe):
         if not check_http_response(body, int(ihcl) if ihcl else None, wire.expected_outputs):
             return "probe response lacks its outputs"
         return ""
+
+    async def statistics(self, name: str, version: str) -> dict[str, dict[str, int]]:
+        try:
+            status, _, body = await self.request("GET", self._model_path(name, version) + "/stats")
+            if status != 200:
+                return {}
+            doc = json.loads(body)
+        except (ProbeError, ValueError):
+            return {}
+        return _sum_stats(doc.get("model_stats", []) if isinstance(doc, dict) else [])
 
 
 def make_probe(plan: Plan, timeout: float) -> Probe:

@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 
+from coordinator import serverstats
 from coordinator.agents import AgentClient, AgentError
 from coordinator.aggregate import Aggregator
 from coordinator.preflight import preflight
@@ -121,6 +122,7 @@ def scheduled_total(plan: Plan) -> int | None:
 async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResult:
     # ---- startup ------------------------------------------------------------
     plan = await preflight(plan)
+    stats_before = await serverstats.snapshot(plan)
     streams = await _handshake(addresses, opts)
     weights = [s.info.workers if opts.weight_by_workers else 1 for s in streams]
     plan = plan.with_agents(
@@ -245,8 +247,13 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
     # ---- shutdown: results ------------------------------------------------
     infos = [s.info for s in streams]
     measured_s = max(span_s - plan.load.warmup_s, 0.0)
-    summary = build_summary(plan, run_id, agg, infos, measured_s, expected, stopped=stopped)
+    server = serverstats.server_block(stats_before, await serverstats.snapshot(plan))
+    summary = build_summary(
+        plan, run_id, agg, infos, measured_s, expected, server=server, stopped=stopped
+    )
     names = [i.id or i.address for i in infos]
     write_timeseries(run_dir / "timeseries.parquet", timeseries_rows(agg, names, agent_cpu))
     write_json(run_dir / "summary.json", summary)
+    if server:
+        write_json(run_dir / "server.json", {"statistics": server})
     return RunResult(run_dir, summary, dataclasses.replace(plan), infos)

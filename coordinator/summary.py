@@ -210,6 +210,9 @@ def build_summary(
         if st.ok
     ]
     summary["models"] = model_rows(plan, agg, measured_s)
+    server_models = {(m["name"], m["version"]): m for m in (server or {}).get("models", [])}
+    for row in summary["models"]:
+        row["server"] = server_models.get((row["name"], row["version"]), {})
     # ---- verdict ---------------------------------------------------------
     v = plan.validity
     partial = [a for a in agents if a.state in ("failed", "missing")]

@@ -71,3 +71,11 @@ async def test_mixed_two_model_plan_reports_per_model(
     raw = pq.read_table(result.run_dir / "requests.parquet")
     assert set(np.unique(raw.column("model_id").to_numpy()).tolist()) == {0, 1}
     assert "iris" in (result.run_dir / "plan.yaml").read_text()
+    # Triton's own statistics, per model, over the run
+    server = {m["name"]: m for m in s["server"]["models"]}
+    assert set(server) == {"add", "iris"}
+    for name in ("add", "iris"):
+        assert server[name]["requests"] == rows[name]["requests"]["ok"]
+        assert server[name]["compute_infer_ms"] > 0
+        assert rows[name]["server"]["requests"] == server[name]["requests"]
+    assert s["server"]["queue_ms"] is not None and (result.run_dir / "server.json").exists()
