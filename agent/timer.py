@@ -46,6 +46,7 @@ class LoopTimer:
         self._settime = libc.timerfd_settime
         self._spec = _Itimerspec()
         self._ref = ctypes.byref(self._spec)
+        self.armed = False
         loop.add_reader(fd, self._fired)
 
     def arm_at(self, deadline_ns: int) -> None:
@@ -53,13 +54,17 @@ class LoopTimer:
         v = self._spec.it_value
         v.tv_sec, v.tv_nsec = divmod(max(deadline_ns, 1), 1_000_000_000)
         self._settime(self.fd, TFD_TIMER_ABSTIME, self._ref, None)
+        self.armed = True
 
     def _fired(self) -> None:
-        try:
-            os.read(self.fd, 8)
-        except BlockingIOError:  # disarmed or re-armed since it became readable
-            return
+        # Re-arming (timerfd_settime) resets the expiry count, which makes the fd
+        # unreadable again: no read() needed when the callback re-arms; otherwise disarm.
+        self.armed = False
         self.callback()
+        if not self.armed:
+            v = self._spec.it_value
+            v.tv_sec = v.tv_nsec = 0
+            self._settime(self.fd, 0, self._ref, None)
 
     def close(self) -> None:
         self.loop.remove_reader(self.fd)

@@ -217,7 +217,8 @@ class Worker:
         self._pos = 0
         self._loop = asyncio.get_running_loop()
         self._finished: asyncio.Future[None] = self._loop.create_future()
-        self._timer = make_timer(self._loop, self._tick) if self._use_timerfd else None
+        precise = self._use_timerfd and plan.load.timer == "precise"
+        self._timer = make_timer(self._loop, self._tick) if precise else None
         try:
             self._tick()
             await self._finished

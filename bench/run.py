@@ -213,6 +213,10 @@ def main() -> None:
             v = rate[name]["worker_cpu_us_per_request"]
             rate[name]["ratio_to_plain_aio"] = round(v / plain_us, 3) if plain_us and v else None
         results["add_2000rps_poisson"] = rate
+        two = volley_run(doc(), tmp / "runs", workers=2)
+        two["note"] = "2 worker processes on a 2-core machine shared with the server"
+        print("two workers", two, flush=True)
+        results["add_2000rps_2_workers"] = two
 
         if not a.quick:
             closed: dict[str, Any] = {}
@@ -288,6 +292,9 @@ def print_table(r: dict[str, Any]) -> None:
             f"   lateness p99 {x['lateness_p99_ms']} ms"
         )
     print(f"  plain tritonclient aio {plain if plain is None else round(plain, 1)}")
+    two = r.get("add_2000rps_2_workers")
+    if two:
+        print(f"  volley grpc_unary, 2 workers: {two['worker_cpu_us_per_request']} µs per request")
     if "add_closed_c32" in r:
         c = r["add_closed_c32"]
         print(

@@ -116,6 +116,10 @@ class LoadSpec:
     #: loop instead of a timer (timers wake up to ~1-2 ms late). 0 = timers only.
     spin_us: float = 0.0
     trace: TraceSpec | None = None
+    #: Open loop: how a worker waits for the next arrival. "precise": a timerfd wakes it
+    #: at the arrival's nanosecond (Linux); "loop": the event loop's whole-ms timers
+    #: (~15% less CPU per request, sends ~0.5 ms late on average).
+    timer: Literal["precise", "loop"] = "precise"
 
     @property
     def total_s(self) -> float:
@@ -376,6 +380,7 @@ def _load(raw: object) -> LoadSpec:
         max_backlog=_int(d, "max_backlog", "load", 10_000),
         spin_us=_num(d, "spin_us", "load", 0.0),
         trace=trace,
+        timer=cast(Any, _choice(d, "timer", "load", "precise", ("precise", "loop"))),
     )
     _validate_load(spec)
     return spec

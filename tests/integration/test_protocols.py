@@ -29,12 +29,15 @@ def _doc(triton: TritonEndpoint, kind: str, **extra: Any) -> dict[str, Any]:
     return doc
 
 
-@pytest.mark.parametrize("kind", ["unary", "stream", "http"])
+@pytest.mark.parametrize("kind", ["unary", "stream", "http", "unary-loop-timer"])
 async def test_same_plan_over_each_transport(
     triton_server: TritonEndpoint, agent_pair: list[str], tmp_path: Path, kind: str
 ) -> None:
+    doc = _doc(triton_server, kind.removesuffix("-loop-timer"))
+    if kind.endswith("loop-timer"):
+        doc["load"]["timer"] = "loop"
     result = await execute(
-        plan_from_dict(_doc(triton_server, kind)),
+        plan_from_dict(doc),
         agent_pair,
         RunOptions(out_dir=tmp_path, start_lead_s=1.0),
     )
