@@ -290,8 +290,12 @@ class Worker:
         # due, and yield to the loop (`call_soon`, a spin) only for the last `margin`.
         gap = self._ts[self._pos] - now
         if self._timer is not None:
-            # nanosecond-precise wake-up at the arrival (spin_us: that much earlier)
-            self._timer.arm_at(self.start + self._ts[self._pos] - self._spin_us_ns)
+            # nanosecond-precise wake-up at the arrival; with spin_us, that much earlier,
+            # then yield to the loop until it is due
+            if gap > self._spin_us_ns:
+                self._timer.arm_at(self.start + self._ts[self._pos] - self._spin_us_ns)
+            else:
+                self._loop.call_soon(self._tick)
             return
         margin = self._spin_ns
         if gap > margin:
