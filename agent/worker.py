@@ -1,10 +1,10 @@
-"""One agent worker process: its own uvloop loop and gRPC channel, one schedule slice.
+"""One agent worker process: its own uvloop loop and connections, one schedule slice.
 
 The worker regenerates the global schedule from the plan's seed, keeps its own
-slice (agent slice, then worker slice), and fires pre-serialized ModelInfer
-requests at each intended time. Completed requests are appended to a
-preallocated `RecordBuffer`; blocks go to the agent process through a
-multiprocessing queue every `flush_s`.
+slice (agent slice, then worker slice), and fires pre-serialized requests through
+the plan's transport (agent/transport.py) at each intended time. Completed
+requests are appended to a preallocated `RecordBuffer`; blocks go to the agent
+process through a multiprocessing queue every `flush_s`.
 
 Messages put on the queue (tuples, picklable):
   ("ready", worker)                        pool built, channel up
@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,17 +26,15 @@ from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 from typing import Any
 
-import grpc
 import numpy as np
 
+from agent.timer import LoopTimer, make_timer
+from agent.transport import Payloads, Transport, Wire, build_payloads, make_transport
 from volley import records as rc
 from volley.arrivals import concurrency_profile, global_schedule
 from volley.plan import Plan
 from volley.records import RecordBuffer
-from volley.request import RequestPool, build_plan_pool, check_response
 from volley.schedule import split_count, worker_slice
-
-MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
 @dataclass(frozen=True)
@@ -61,14 +60,13 @@ class WorkerCounters:
     first_send_lateness_ns: int | None = None
 
 
-def _grpc_code(exc: grpc.aio.AioRpcError) -> int:
-    code = exc.code()
-    value = code.value[0] if isinstance(code.value, tuple) else rc.UNKNOWN
-    return int(value)
-
-
 class Worker:
-    """The hot loop. All state is local to one process and one event loop."""
+    """The hot loop. All state is local to one process and one event loop.
+
+    Requests go out through a transport (agent/transport.py) built from the plan; its
+    completions call `_complete` from the event loop. Nothing per request is created
+    here beyond what the transport keeps while the request is in flight.
+    """
 
     def __init__(
         self,
@@ -87,21 +85,32 @@ class Worker:
         self.buf.worker = task.worker_index
         self.counters = WorkerCounters()
         self.stopping = False
-        self.pool: RequestPool | None = None
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.backlog: collections.deque[tuple[int, int]] = collections.deque()
+        self.payloads: Payloads | None = None
+        self.wires: list[Wire] = []
+        self.tp: Transport | None = None
+        self.backlog: collections.deque[tuple[int, int, int]] = collections.deque()
+        #: closed loop: users (virtual clients) wanted now, which are running, and the end
+        self.level = 0
+        self.active: list[bool] = []
+        self.end_ns = 0
+        self.seq = 0
+        #: open loop: wake with a timerfd (ns-precise) where the clock is the system's
+        self._use_timerfd = clock is time.monotonic_ns
+        self._timer: LoopTimer | None = None
         #: CPU spent before the load (imports, pool build) is not the load's cost.
         self.cpu_base = time.process_time()
 
     # ---- plumbing ------------------------------------------------------
     def _flush(self) -> None:
-        assert self.pool is not None
-        block = self.buf.take(self.pool.shapes)
+        assert self.payloads is not None
+        block = self.buf.take(self.payloads.shapes)
         if block is not None:
             self.out.put(("records", self.task.worker_index, block.columns, block.input_shapes))
 
     def _send_status(self) -> None:
         self.counters.cpu_s = time.process_time() - self.cpu_base
+        if self.tp is not None:
+            self.counters.in_flight = self.tp.in_flight + len(self.backlog)
         self.out.put(("status", self.task.worker_index, self.counters))
 
     def _record(
@@ -115,6 +124,7 @@ class Worker:
         resp: int,
         batch: int,
         shape: int,
+        model: int = 0,
     ) -> None:
         c = self.counters
         c.completed += 1
@@ -123,7 +133,7 @@ class Worker:
                 c.dropped += 1
             else:
                 c.errors += 1
-        if self.buf.append(index, intended, sent, done, status, req, resp, batch, shape):
+        if self.buf.append(index, intended, sent, done, status, req, resp, batch, shape, model):
             self._flush()
 
     async def _ticker(self) -> None:
@@ -134,181 +144,257 @@ class Worker:
             self._flush()
             self._send_status()
 
-    # ---- one request ---------------------------------------------------
-    async def _call(self, method: Any, index: int, intended: int, pidx: int) -> None:
-        assert self.pool is not None
-        p = self.pool.payloads[pidx]
+    async def _sweeper(self) -> None:
+        """Finds requests past their timeout (precision: a fiftieth of the timeout)."""
+        period = min(max(self.plan.timeout_s / 50, 0.002), 0.1)
+        while True:
+            await asyncio.sleep(period)
+            if self.tp is not None:
+                self.tp.sweep()
+
+    # ---- completions ---------------------------------------------------
+    def _complete(
+        self, key: int, intended: int, sent: int, done: int, status: int, pidx: int, resp: int
+    ) -> None:
+        """A request is over (called by the transport from the event loop)."""
+        w = self.wires[pidx]
         c = self.counters
-        sent = self.clock() - self.start
-        if intended < 0:  # closed loop: no schedule, intended = sent
-            intended = sent
-        if c.first_send_lateness_ns is None:
-            c.first_send_lateness_ns = sent - intended
-        c.sent += 1
-        c.in_flight += 1
-        status = rc.OK
-        resp_len = 0
-        try:
-            resp: bytes = await method(p.body, timeout=self.plan.timeout_s)
-            resp_len = len(resp)
-            if not check_response(resp, self.task.expected_outputs):
-                status = rc.BAD_RESPONSE
-        except grpc.aio.AioRpcError as exc:
-            status = _grpc_code(exc)
-        except asyncio.CancelledError:
-            status = rc.CANCELLED
-        except Exception:
-            status = rc.UNKNOWN
-        done = self.clock() - self.start
-        c.in_flight -= 1
-        self._record(
-            index, intended, sent, done, status, p.req_bytes, resp_len, p.batch_size, p.shape_id
-        )
-        if self.backlog and not self.stopping:
+        c.completed += 1
+        if key < 0 and sent >= 0:
+            intended = sent  # closed loop: no schedule, intended = sent
+        if status:
+            if status == rc.DROPPED:
+                c.dropped += 1
+            else:
+                c.errors += 1
+        if self.buf.append(
+            key if key >= 0 else -1,
+            intended,
+            sent,
+            done,
+            status,
+            w.req_bytes if sent >= 0 else 0,
+            resp,
+            w.batch_size,
+            w.shape_id,
+            w.model_id,
+        ):
+            self._flush()
+        if key < 0:
+            self._user_next(-1 - key)
+        elif self.backlog and not self.stopping:
             # A slot freed: the oldest waiting arrival goes out now (late, and counted so).
-            i, t = self.backlog.popleft()
-            self._spawn(self._call(method, i, t, self.pool.pick(i)))
+            i, t, p = self.backlog.popleft()
+            self._send(i, t, p)
 
-    def _spawn(self, coro: Any) -> None:
-        t: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
-        self.tasks.add(t)
-        t.add_done_callback(self._task_done)
-
-    def _task_done(self, t: asyncio.Task[None]) -> None:
-        self.tasks.discard(t)
+    def _send(self, key: int, intended: int, pidx: int) -> None:
+        assert self.tp is not None
+        c = self.counters
+        if c.first_send_lateness_ns is None:
+            c.first_send_lateness_ns = self.clock() - self.start - intended
+        c.sent += 1
+        self.tp.send(key, intended, pidx)
 
     # ---- open loop -----------------------------------------------------
-    async def _open_loop(self, method: Any) -> None:
-        assert self.pool is not None
+    async def _open_loop(self) -> None:
+        """Fire this worker's slice of the schedule, each arrival at its intended time.
+
+        Driven by one timer callback (`_tick`) re-armed for the next arrival: no task,
+        future or coroutine step per request."""
+        assert self.payloads is not None and self.tp is not None
         plan = self.plan
         cap_total = plan.load.max_in_flight
-        cap = (
+        self._cap = (
             0
             if cap_total == 0
             else max(1, split_count(cap_total, [1] * self.task.workers)[self.task.worker_index])
         )
-        max_backlog = plan.load.max_backlog
-        pool = self.pool
-        clock, start = self.clock, self.start
-        sched = global_schedule(plan)
-        weights = plan.agent_weights
-        wweights = [1] * self.task.workers
-        spin_ns = int(plan.load.spin_us * 1000)
+        #: at least 0.1 ms: a timer can fire ~0.1 ms after its whole-ms delay
+        self._spin_ns = max(int(plan.load.spin_us * 1000), 100_000)
+        self._spin_us_ns = int(plan.load.spin_us * 1000)
+        self._chunks = global_schedule(plan).chunks()
+        self._idx: list[int] = []
+        self._ts: list[int] = []
+        self._pidx: list[int] = []
+        self._pos = 0
+        self._loop = asyncio.get_running_loop()
+        self._finished: asyncio.Future[None] = self._loop.create_future()
+        precise = self._use_timerfd and plan.load.timer == "precise"
+        self._timer = make_timer(self._loop, self._tick) if precise else None
+        try:
+            self._tick()
+            await self._finished
+        finally:
+            if self._timer is not None:
+                self._timer.close()
 
-        for idx, tns in sched.chunks():
+    def _next_chunk(self) -> bool:
+        assert self.payloads is not None
+        plan = self.plan
+        for idx, tns in self._chunks:
             idx, tns = worker_slice(
-                idx, tns, weights, self.task.agent_index, wweights, self.task.worker_index
+                idx,
+                tns,
+                plan.agent_weights,
+                self.task.agent_index,
+                [1] * self.task.workers,
+                self.task.worker_index,
             )
-            # Each request's payload: a hash of the seed and its global index (weighted).
-            pids = pool.pick_many(idx)
-            for i, t, pid in zip(idx.tolist(), tns.tolist(), pids.tolist(), strict=True):
-                if self.stopping:
-                    return
-                now = clock() - start
-                while t > now:
-                    # Timers wake late (libuv's are in ms; idle vCPUs wake slowly): sleep
-                    # until `spin_ns` before the send, then yield to the loop until it.
-                    gap = t - now
-                    await asyncio.sleep((gap - spin_ns) / 1e9 if gap > spin_ns else 0)
-                    if self.stopping:
-                        return
-                    now = clock() - start
-                if cap == 0 or len(self.tasks) < cap:
-                    self._spawn(self._call(method, i, t, pid))
-                elif len(self.backlog) < max_backlog:
-                    self.backlog.append((i, t))  # goes out late when a slot frees
+            if idx.size == 0:
+                continue
+            self._idx = idx.tolist()
+            self._ts = tns.tolist()
+            self._pidx = self.payloads.pick(idx).tolist()
+            self._pos = 0
+            return True
+        return False
+
+    def _tick(self) -> None:
+        """Send every arrival that is due, then re-arm the timer for the next one."""
+        if self._finished.done():
+            return
+        if self.stopping or self.stop_event.is_set():
+            self.stopping = True
+            self._finished.set_result(None)
+            return
+        tp = self.tp
+        assert tp is not None
+        clock, start = self.clock, self.start
+        cap = self._cap
+        backlog = self.backlog
+        now = clock() - start
+        while True:
+            idx, ts, pidx = self._idx, self._ts, self._pidx
+            pos, n = self._pos, len(ts)
+            while pos < n:
+                t = ts[pos]
+                if t > now:
+                    break
+                i, p = idx[pos], pidx[pos]
+                pos += 1
+                if cap == 0 or tp.in_flight < cap:
+                    self._send(i, t, p)
+                elif len(backlog) < self.plan.load.max_backlog:
+                    backlog.append((i, t, p))  # goes out late when a slot frees
                 else:
-                    self._record(i, t, -1, -1, rc.DROPPED, 0, 0, 0, 0)
-            await asyncio.sleep(0)
+                    w = self.wires[p]
+                    self._record(i, t, -1, -1, rc.DROPPED, 0, 0, 0, w.shape_id, w.model_id)
+                now = clock() - start
+            self._pos = pos
+            if pos < n:
+                break
+            if not self._next_chunk():
+                self._finished.set_result(None)
+                return
+            now = clock() - start
+        # uvloop's timers have whole-millisecond delays (rounded to the nearest) and fire
+        # ~0.1 ms after them: ask for the whole ms that ends just before the arrival is
+        # due, and yield to the loop (`call_soon`, a spin) only for the last `margin`.
+        gap = self._ts[self._pos] - now
+        if self._timer is not None:
+            # nanosecond-precise wake-up at the arrival; with spin_us, that much earlier,
+            # then yield to the loop until it is due
+            if gap > self._spin_us_ns:
+                self._timer.arm_at(self.start + self._ts[self._pos] - self._spin_us_ns)
+            else:
+                self._loop.call_soon(self._tick)
+            return
+        margin = self._spin_ns
+        if gap > margin:
+            self._loop.call_later(max(1, -(-(gap - margin) // 1_000_000)) / 1000, self._tick)
+        else:
+            self._loop.call_soon(self._tick)
 
     # ---- closed loop ---------------------------------------------------
-    async def _user(self, method: Any, uid: int, level: list[int], end_ns: int) -> None:
-        assert self.pool is not None
-        pool = self.pool
-        # Closed loop has no global index: payloads follow a per-(agent, worker, user) sequence.
-        key = ((self.task.agent_index * 4096 + self.task.worker_index) * 1_000_003 + uid) << 32
-        n = 0
-        while not self.stopping and uid < level[0]:
-            now = self.clock() - self.start
-            if now >= end_ns:
-                return
-            await self._call(method, -1, -1, pool.pick(key + n))
-            n += 1
+    def _user_next(self, uid: int) -> None:
+        """User `uid` sends its next request, or retires (ramp-down, end, stop)."""
+        assert self.payloads is not None
+        now = self.clock() - self.start
+        if self.stopping or uid >= self.level or now >= self.end_ns:
+            self.active[uid] = False
+            return
+        self.active[uid] = True
+        # Closed loop has no global index: a per-(agent, worker) sequence picks payloads.
+        key = ((self.task.agent_index * 4096 + self.task.worker_index) << 40) + self.seq
+        pidx = self.payloads.pick_one(key)
+        self.seq += 1
+        self._send(-1 - uid, now, pidx)
 
-    async def _closed_loop(self, method: Any) -> None:
+    async def _closed_loop(self) -> None:
         prof = concurrency_profile(self.plan)
-        end_ns = prof.duration_ns
-        level = [0]
-        users: dict[int, asyncio.Task[None]] = {}
-        loop = asyncio.get_running_loop()
+        self.end_ns = prof.duration_ns
         now = self.clock() - self.start
         if now < 0:
             await asyncio.sleep(-now / 1e9)
         while not self.stopping:
             now = self.clock() - self.start
-            if now >= end_ns:
+            if now >= self.end_ns:
                 break
             total = prof.level_at(now / 1e9)
             agent_share = split_count(total, self.plan.agent_weights)[self.task.agent_index]
-            level[0] = split_count(agent_share, [1] * self.task.workers)[self.task.worker_index]
-            for uid in range(level[0]):
-                if uid not in users or users[uid].done():
-                    users[uid] = loop.create_task(self._user(method, uid, level, end_ns))
-                    self.tasks.add(users[uid])
-                    users[uid].add_done_callback(self.tasks.discard)
+            self.level = split_count(agent_share, [1] * self.task.workers)[self.task.worker_index]
+            if len(self.active) < self.level:
+                self.active.extend([False] * (self.level - len(self.active)))
+            for uid in range(self.level):
+                if not self.active[uid]:
+                    self._user_next(uid)
             await asyncio.sleep(0.05)
-        level[0] = 0
+        self.level = 0
 
     # ---- main ----------------------------------------------------------
     async def run(self) -> None:
         plan = self.plan
-        # Every worker builds the same pool from the plan (seed included): request i's
+        # Every worker builds the same pools from the plan (seed included): request i's
         # payload does not depend on how the schedule is split.
-        self.pool = build_plan_pool(plan)
-        options = [
-            ("grpc.max_send_message_length", -1),
-            ("grpc.max_receive_message_length", -1),
-            ("grpc.enable_retries", 0),
-        ]
-        async with grpc.aio.insecure_channel(plan.target, options=options) as channel:
-            method = channel.unary_unary(MODEL_INFER)
+        self.payloads = build_payloads(plan)
+        self.wires = self.payloads.wires
+        self.tp = make_transport(plan, self.payloads, self._complete, self.clock, self.start)
+        await self.tp.open()
+        # Setup objects live for the whole run: keep the collector off them, and make
+        # young collections rare (the hot path makes no reference cycles).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 50, 1000)
+        self.cpu_base = time.process_time()
+        self.out.put(("ready", self.task.worker_index))
+        loop = asyncio.get_running_loop()
+        ticker = loop.create_task(self._ticker())
+        sweeper = loop.create_task(self._sweeper())
+        error = ""
+        try:
+            if plan.load.mode == "open":
+                await self._open_loop()
+            else:
+                await self._closed_loop()
+            await self._drain()
+        except Exception as exc:  # reported to the agent, never lost silently
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            ticker.cancel()
+            sweeper.cancel()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(channel.channel_ready(), timeout=5.0)
-            self.cpu_base = time.process_time()
-            self.out.put(("ready", self.task.worker_index))
-            ticker = asyncio.get_running_loop().create_task(self._ticker())
-            error = ""
-            try:
-                if plan.load.mode == "open":
-                    await self._open_loop(method)
-                else:
-                    await self._closed_loop(method)
-                await self._drain()
-            except Exception as exc:  # reported to the agent, never lost silently
-                error = f"{type(exc).__name__}: {exc}"
-            finally:
-                ticker.cancel()
-                self._flush()
-                self._send_status()
-                self.out.put(("done", self.task.worker_index, error))
+                await self.tp.close()
+            self._flush()
+            self._send_status()
+            self.out.put(("done", self.task.worker_index, error))
 
     async def _drain(self) -> None:
         """Wait for in-flight requests (bounded by the request timeout), then cancel."""
+        assert self.tp is not None
         deadline = self.plan.timeout_s + 1.0
         t0 = time.monotonic()
-        while (self.tasks or self.backlog) and time.monotonic() - t0 < deadline:
+        while (self.tp.in_flight or self.backlog) and time.monotonic() - t0 < deadline:
             if self.stopping and self.backlog:
-                while self.backlog:
-                    i, t = self.backlog.popleft()
-                    self._record(i, t, -1, -1, rc.NOT_SENT, 0, 0, 0, 0)
+                self._not_sent()
             await asyncio.sleep(0.01)
-        for task in list(self.tasks):
-            task.cancel()
-        if self.tasks:
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+        self._not_sent()
+        self.tp.abort_all(rc.CANCELLED)
+
+    def _not_sent(self) -> None:
         while self.backlog:
-            i, t = self.backlog.popleft()
-            self._record(i, t, -1, -1, rc.NOT_SENT, 0, 0, 0, 0)
+            i, t, p = self.backlog.popleft()
+            w = self.wires[p]
+            self._record(i, t, -1, -1, rc.NOT_SENT, 0, 0, 0, w.shape_id, w.model_id)
 
 
 def worker_main(task: WorkerTask, out: Queue[Any], stop: Event) -> None:

@@ -7,19 +7,15 @@ by the shared request builder. Any failure is a PreflightError with one line.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from typing import Any
 
-import grpc
-from tritonclient.grpc import service_pb2
-from tritonclient.grpc import service_pb2_grpc as triton_grpc
-
+from coordinator.probe import Probe, ProbeError, make_probe
 from volley import inputs as vin
 from volley.dist import fmt_bytes
 from volley.inputs import resolve_specs
-from volley.plan import Plan, PlanError
-from volley.request import RequestPool, build_plan_pool, check_response
+from volley.plan import ModelSpec, Plan, PlanError, plan_models
+from volley.request import RequestPool, build_plan_pool
 
 
 class PreflightError(Exception):
@@ -34,61 +30,6 @@ class ModelInfo:
     outputs: tuple[str, ...]
     max_batch_size: int
     config: dict[str, Any]
-
-
-def _first_line(exc: grpc.aio.AioRpcError) -> str:
-    text: str = exc.details() or exc.code().name
-    return text.splitlines()[0]
-
-
-async def fetch_model(
-    stub: triton_grpc.GRPCInferenceServiceStub, plan: Plan, timeout: float
-) -> ModelInfo:
-    target, model = plan.target, plan.model
-    try:
-        live = await stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=timeout)
-    except grpc.aio.AioRpcError as exc:
-        raise PreflightError(
-            f"target {target}: not reachable over gRPC ({_first_line(exc)})"
-        ) from None
-    if not live.live:
-        raise PreflightError(f"target {target}: server is not live")
-    ready = await stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=timeout)
-    if not ready.ready:
-        raise PreflightError(f"target {target}: server is not ready")
-    try:
-        mready = await stub.ModelReady(
-            service_pb2.ModelReadyRequest(name=model, version=plan.model_version), timeout=timeout
-        )
-    except grpc.aio.AioRpcError as exc:
-        raise PreflightError(f"model {model!r} on {target}: {_first_line(exc)}") from None
-    if not mready.ready:
-        try:
-            index = await stub.RepositoryIndex(
-                service_pb2.RepositoryIndexRequest(ready=True), timeout=timeout
-            )
-            names = sorted({m.name for m in index.models})
-        except grpc.aio.AioRpcError:
-            names = []
-        known = f" (ready models: {', '.join(names)})" if names else ""
-        raise PreflightError(f"model {model!r} is not ready on {target}{known}")
-    meta = await stub.ModelMetadata(
-        service_pb2.ModelMetadataRequest(name=model, version=plan.model_version), timeout=timeout
-    )
-    cfg = await stub.ModelConfig(
-        service_pb2.ModelConfigRequest(name=model, version=plan.model_version), timeout=timeout
-    )
-    from google.protobuf.json_format import MessageToDict
-
-    config = MessageToDict(cfg.config, preserving_proto_field_name=True)
-    return ModelInfo(
-        name=meta.name,
-        versions=tuple(meta.versions),
-        inputs=tuple((t.name, t.datatype, tuple(int(d) for d in t.shape)) for t in meta.inputs),
-        outputs=tuple(t.name for t in meta.outputs),
-        max_batch_size=int(cfg.config.max_batch_size),
-        config=config,
-    )
 
 
 def resolve_inputs(plan: Plan, info: ModelInfo, batch_size: int = 1) -> Plan:
@@ -163,47 +104,114 @@ class PreflightResult:
     model: ModelInfo
 
 
+async def fetch_model_info(probe: Probe, plan: Plan, name: str, version: str) -> ModelInfo:
+    """Model readiness, metadata and config through the plan's own protocol."""
+    target = plan.target
+    try:
+        ready = await probe.model_ready(name, version)
+    except ProbeError as exc:
+        raise PreflightError(f"model {name!r} on {target}: {exc}") from None
+    if not ready:
+        names = await probe.ready_models()
+        known = f" (ready models: {', '.join(names)})" if names else ""
+        raise PreflightError(f"model {name!r} is not ready on {target}{known}")
+    try:
+        mname, versions, inputs, outputs = await probe.metadata(name, version)
+        config = await probe.config(name, version)
+    except ProbeError as exc:
+        raise PreflightError(f"model {name!r} on {target}: {exc}") from None
+    try:
+        mbs = int(config.get("max_batch_size", 0) or 0)
+    except (TypeError, ValueError):
+        mbs = 0
+    return ModelInfo(mname, versions, inputs, outputs, mbs, config)
+
+
 async def preflight(plan: Plan, timeout: float = 5.0) -> Plan:
-    """Check the target and model, resolve inputs, send one probe request. Returns the
-    resolved plan."""
+    """Check the target and every model, resolve inputs, probe. Returns the resolved plan."""
     return (await preflight_check(plan, timeout)).plan
 
 
+async def _preflight_model(
+    probe: Probe, plan: Plan, m: ModelSpec
+) -> tuple[ModelSpec, dict[str, Any], ModelInfo]:
+    """One model: metadata and config, inputs resolved and checked against the server's
+    limits, its pool built as every worker will, and a probe with its largest payload."""
+    from agent.transport import build_payloads
+
+    info = await fetch_model_info(probe, plan, m.name, m.version)
+    one = dataclasses.replace(
+        plan,
+        model=m.name,
+        model_version=m.version,
+        inputs=m.inputs,
+        outputs=m.outputs,
+        models=(),
+    )
+    one = resolve_inputs(one, info)
+    try:
+        one = vin.embed_sources(one)
+        draws, _ = vin.draw_payloads(one, one.input_pool.payloads)
+        check_limits(one, draws, info)
+        pool = build_plan_pool(one)
+    except PlanError as exc:
+        raise PreflightError(str(exc)) from None
+    check_pool(one, pool)
+    described = pool.describe()
+    del pool
+    try:
+        wires = build_payloads(one).wires
+    except PlanError as exc:
+        raise PreflightError(str(exc)) from None
+    # Probe with the largest payload: the one most likely to be refused.
+    wire = max(wires, key=lambda w: w.req_bytes)
+    try:
+        why = await probe.infer(wire)
+    except ProbeError as exc:
+        why = str(exc)
+    if why:
+        raise PreflightError(
+            f"model {m.name!r} rejected the probe request (the largest payload, "
+            f"{fmt_bytes(wire.req_bytes)}): {why}"
+        )
+    resolved = dataclasses.replace(
+        m, inputs=one.inputs, outputs=one.outputs, max_batch_size=one.max_batch_size
+    )
+    return resolved, described, info
+
+
 async def preflight_check(plan: Plan, timeout: float = 5.0) -> PreflightResult:
-    """Preflight, also describing the payload pool (built once here, as every worker will)."""
-    if plan.protocol != "grpc":
-        raise PreflightError(f"protocol {plan.protocol!r} is not supported by this build")
-    async with grpc.aio.insecure_channel(plan.target) as channel:
+    """Preflight over the plan's protocol, TLS and headers, for every model of the plan;
+    also describes the payload pool of the (first) model."""
+    try:
+        probe = make_probe(plan, timeout)
+    except PlanError as exc:
+        raise PreflightError(str(exc)) from None
+    try:
         try:
-            await asyncio.wait_for(channel.channel_ready(), timeout=timeout)
-        except TimeoutError:
+            await probe.open()
+            if not await probe.live():
+                raise PreflightError(f"target {plan.target}: server is not live")
+            if not await probe.ready():
+                raise PreflightError(f"target {plan.target}: server is not ready")
+        except ProbeError as exc:
             raise PreflightError(
-                f"target {plan.target}: no gRPC server answers (waited {timeout:g}s)"
+                str(exc) if str(exc).startswith("target") else f"target {plan.target}: {exc}"
             ) from None
-        stub = triton_grpc.GRPCInferenceServiceStub(channel)
-        info = await fetch_model(stub, plan, timeout)
-        resolved = resolve_inputs(plan, info)
-        try:
-            resolved = vin.embed_sources(resolved)
-            draws, _ = vin.draw_payloads(resolved, resolved.input_pool.payloads)
-            check_limits(resolved, draws, info)
-            pool = build_plan_pool(resolved)
-        except PlanError as exc:
-            raise PreflightError(str(exc)) from None
-        check_pool(resolved, pool)
-        # Probe with the largest payload: the one most likely to be refused.
-        probe = max(pool.payloads, key=lambda p: p.req_bytes)
-        probe_text = f"{pool.shapes[probe.shape_id]}, {fmt_bytes(probe.req_bytes)}"
-        described = pool.describe()
-        del pool
-        method = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
-        try:
-            body = await method(probe.body, timeout=max(timeout, plan.timeout_s))
-        except grpc.aio.AioRpcError as exc:
-            raise PreflightError(
-                f"model {plan.model!r} rejected the probe request (the largest payload: "
-                f"{probe_text}): {_first_line(exc)}"
-            ) from None
-        if not check_response(body, len(resolved.outputs)):
-            raise PreflightError(f"model {plan.model!r}: probe response lacks its outputs")
-        return PreflightResult(resolved, described, info)
+        results = [await _preflight_model(probe, plan, m) for m in plan_models(plan)]
+    finally:
+        await probe.close()
+    models = tuple(r[0] for r in results)
+    first, described, info = results[0]
+    if plan.models:
+        resolved = dataclasses.replace(
+            plan, models=models, model=first.name, model_version=first.version
+        )
+    else:
+        resolved = dataclasses.replace(
+            plan,
+            inputs=first.inputs,
+            outputs=first.outputs,
+            max_batch_size=first.max_batch_size,
+        )
+    return PreflightResult(resolved, described, info)

@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 
+from coordinator import serverstats
 from coordinator.agents import AgentClient, AgentError
 from coordinator.aggregate import Aggregator
 from coordinator.preflight import preflight_check
@@ -141,6 +142,8 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
     # ---- startup ------------------------------------------------------------
     pre = await preflight_check(plan)
     plan = pre.plan
+    # per-model statistics over the plan's own protocol (mixed traffic, HTTP too)
+    stats_before = await serverstats.snapshot(plan)
     streams = await _handshake(addresses, opts)
     weights = [s.info.workers if opts.weight_by_workers else 1 for s in streams]
     plan = plan.with_agents(
@@ -275,6 +278,13 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
     measured_s = max(span_s - plan.load.warmup_s, 0.0)
     server_doc = await monitor.stop()
     server = summary_block(server_doc, agg.total().ok)
+    per_model = serverstats.server_block(stats_before, await serverstats.snapshot(plan))
+    server["models"] = per_model.get("models", [])
+    if not server.get("available") and per_model.get("models"):
+        # the monitor could not reach the statistics (e.g. an HTTP-only target): use
+        # the per-model figures taken over the plan's own protocol
+        server.update({k: v for k, v in per_model.items() if k != "models"})
+    server_doc["per_model"] = per_model
     summary = build_summary(
         plan, run_id, agg, infos, measured_s, expected, server=server, stopped=stopped
     )

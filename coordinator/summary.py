@@ -116,6 +116,33 @@ def latency_by_shape(agg: Aggregator) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["request_bytes_mean"])
 
 
+def model_rows(plan: Plan, agg: Aggregator, measured_s: float) -> list[dict[str, Any]]:
+    """Per-model figures (mixed traffic; one row for a single-model plan)."""
+    from volley.plan import plan_models
+
+    models = plan_models(plan)
+    total_w = sum(m.weight for m in models) or 1.0
+    rows: list[dict[str, Any]] = []
+    for i, m in enumerate(models):
+        st = agg.by_model.get(i, Stats())
+        rows.append(
+            {
+                "id": i,
+                "name": m.name,
+                "version": m.version,
+                "weight": m.weight,
+                "share": round(m.weight / total_w, 6),
+                "requests": requests_block(st),
+                "throughput_rps": round(st.ok / measured_s, 3),
+                "error_rate": round(st.errors / st.sent, 6) if st.sent else 0.0,
+                "latency_ms": hist_ms(st.latency),
+                "service_time_ms": hist_ms(st.service),
+                "bytes": {"request": st.req_bytes, "response": st.resp_bytes},
+            }
+        )
+    return rows
+
+
 def build_summary(
     plan: Plan,
     run_id: str,
@@ -213,6 +240,10 @@ def build_summary(
         if st.sent
     ]
     summary["latency_by_shape"] = latency_by_shape(agg)
+    summary["models"] = model_rows(plan, agg, measured_s)
+    server_models = {(m["name"], m["version"]): m for m in (server or {}).get("models", [])}
+    for row in summary["models"]:
+        row["server"] = server_models.get((row["name"], row["version"]), {})
     # ---- verdict ---------------------------------------------------------
     v = plan.validity
     partial = [a for a in agents if a.state in ("failed", "missing")]

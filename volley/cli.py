@@ -294,6 +294,43 @@ def build_plan(
     return plan_from_dict(data)
 
 
+def _target_options(
+    plan_file: Path | None,
+    overrides: dict[str, Any],
+    tls: bool,
+    tls_fields: dict[str, str | None],
+    header_files: list[str],
+    header_envs: list[str],
+) -> None:
+    """TLS and header options into plan overrides (the values of headers stay out of it)."""
+    from volley.target import parse_header_file, read_file_bytes
+
+    given = {k: v for k, v in tls_fields.items() if v is not None}
+    if tls or given:
+        base: dict[str, Any] = {}
+        if plan_file is not None:
+            raw = load_plan_yaml(plan_file.read_text()).get("tls")
+            base = dict(raw) if isinstance(raw, dict) else {}
+        overrides["tls"] = {**base, "enabled": True, **given}
+    headers: list[dict[str, str]] = []
+    for path in header_files:
+        text = read_file_bytes(path, "--header-file").decode("utf-8", "replace")
+        headers += [
+            {"name": h.name, "file": str(Path(path).resolve())}
+            for h in parse_header_file(text, path)
+        ]
+    for item in header_envs:
+        name, sep, env = item.partition("=")
+        if not sep or not name or not env:
+            raise PlanError(f"--header-env: expected NAME=ENVVAR, got {item!r}")
+        headers.append({"name": name, "env": env})
+    if headers:
+        if plan_file is not None:
+            raw_h = load_plan_yaml(plan_file.read_text()).get("headers")
+            headers = [*(raw_h if isinstance(raw_h, list) else []), *headers]
+        overrides["headers"] = headers
+
+
 @app.command()
 def run(
     plan_file: Annotated[
@@ -398,6 +435,34 @@ def run(
     server_stats: Annotated[
         bool, typer.Option(help="Sample the server's statistics and metrics (server.json).")
     ] = True,
+    protocol: Annotated[
+        str | None, typer.Option(help="grpc (default) or http (KServe v2 REST).")
+    ] = None,
+    transport: Annotated[
+        str | None,
+        typer.Option(help="gRPC: unary (one ModelInfer per request) or stream (ModelStreamInfer)."),
+    ] = None,
+    connections: Annotated[
+        int | None, typer.Option(help="Connections to the target per agent worker.")
+    ] = None,
+    compression: Annotated[
+        str | None, typer.Option(help="Request compression: none, gzip or deflate.")
+    ] = None,
+    tls: Annotated[bool, typer.Option("--tls", help="TLS to the target.")] = False,
+    tls_ca: Annotated[str | None, typer.Option(help="CA bundle (PEM) for the target.")] = None,
+    tls_cert: Annotated[str | None, typer.Option(help="Client certificate (PEM).")] = None,
+    tls_key: Annotated[str | None, typer.Option(help="Client key (PEM).")] = None,
+    tls_server_name: Annotated[
+        str | None, typer.Option(help="Server name to verify instead of the target host.")
+    ] = None,
+    header_file: Annotated[
+        list[str] | None,
+        typer.Option(help="File of 'Name: value' request headers, read where requests are sent."),
+    ] = None,
+    header_env: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=ENVVAR: header NAME from environment variable ENVVAR."),
+    ] = None,
 ) -> None:
     """Run one load test: plan, split over agents, start together, merge, report."""
     import uvloop
@@ -422,7 +487,19 @@ def run(
             "slos": list(slo) if slo else None,
             "raw_records": None if raw else False,
             "batch_size": batch_size,
+            "protocol": protocol,
+            "transport": transport,
+            "connections": connections,
+            "compression": compression,
         }
+        _target_options(
+            plan_file,
+            overrides,
+            tls,
+            {"ca": tls_ca, "cert": tls_cert, "key": tls_key, "server_name": tls_server_name},
+            header_file or [],
+            header_env or [],
+        )
         load_over: dict[str, Any] = {
             "rate": rate,
             "concurrency": concurrency,

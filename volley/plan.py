@@ -20,6 +20,8 @@ from volley.dist import DistError, canonical, parse_bytes, parse_dims_pattern, p
 Mode = Literal["open", "closed"]
 Arrival = Literal["constant", "poisson", "trace"]
 Protocol = Literal["grpc", "http"]
+Transport = Literal["unary", "stream"]
+Compression = Literal["none", "gzip", "deflate"]
 
 #: Hard bounds so no plan can make an agent allocate without limit.
 MAX_DURATION_S = 7 * 24 * 3600.0
@@ -123,6 +125,10 @@ class LoadSpec:
     #: loop instead of a timer (timers wake up to ~1-2 ms late). 0 = timers only.
     spin_us: float = 0.0
     trace: TraceSpec | None = None
+    #: Open loop: how a worker waits for the next arrival. "precise": a timerfd wakes it
+    #: at the arrival's nanosecond (Linux); "loop": the event loop's whole-ms timers
+    #: (~15% less CPU per request, sends ~0.5 ms late on average).
+    timer: Literal["precise", "loop"] = "precise"
 
     @property
     def total_s(self) -> float:
@@ -203,6 +209,43 @@ class PoolSpec:
 
 
 @dataclass(frozen=True)
+class TlsSpec:
+    """TLS to the target. Paths are read where requests are sent (coordinator for
+    preflight, every agent host for the load), so they must exist there."""
+
+    enabled: bool = False
+    ca: str = ""  #: PEM bundle to verify the server (default: the system's)
+    cert: str = ""  #: client certificate (PEM), for mutual TLS
+    key: str = ""  #: its private key (PEM)
+    server_name: str = ""  #: name to verify instead of the target's host
+    verify: bool = True  #: False: encrypt but do not verify the server (testing only)
+
+
+@dataclass(frozen=True)
+class HeaderSpec:
+    """One request header / gRPC metadata entry. Secrets come from `env` or `file` (read
+    where requests are sent), never from the command line; `value` is for plain values."""
+
+    name: str
+    value: str = ""
+    env: str = ""
+    file: str = ""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of a mixed-traffic plan: its share of the arrivals and its inputs."""
+
+    name: str
+    version: str = ""
+    weight: float = 1.0
+    inputs: tuple[InputSpec, ...] = ()
+    outputs: tuple[str, ...] = ()
+    #: Resolved from the model config in preflight.
+    max_batch_size: int = 0
+
+
+@dataclass(frozen=True)
 class AgentSpec:
     address: str
     weight: int = 1
@@ -242,6 +285,16 @@ class Plan:
     raw_records: bool = True
     slos: tuple[str, ...] = ()
     validity: ValiditySpec = field(default_factory=ValiditySpec)
+    #: gRPC: one ModelInfer call per request (unary) or ModelStreamInfer streams (stream).
+    transport: Transport = "unary"
+    #: Connections to the target per agent worker (HTTP/2 multiplexes streams on each).
+    connections: int = 1
+    compression: Compression = "none"
+    tls: TlsSpec | None = None
+    headers: tuple[HeaderSpec, ...] = ()
+    #: Mixed traffic: several models sharing the one arrival process by weight. Empty:
+    #: the plan's `model` with its `inputs` is the only one.
+    models: tuple[ModelSpec, ...] = ()
 
     # ---- serialisation -------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -402,6 +455,7 @@ def _load(raw: object) -> LoadSpec:
         max_backlog=_int(d, "max_backlog", "load", 10_000),
         spin_us=_num(d, "spin_us", "load", 0.0),
         trace=trace,
+        timer=cast(Any, _choice(d, "timer", "load", "precise", ("precise", "loop"))),
     )
     _validate_load(spec)
     return spec
@@ -560,6 +614,112 @@ def _pool(raw: object) -> PoolSpec:
     return PoolSpec(payloads=payloads, max_bytes=max_bytes, max_request_bytes=max_req)
 
 
+_HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+#: Set by volley itself; a plan may not override them.
+RESERVED_HEADERS = {
+    "host",
+    "content-type",
+    "content-length",
+    "te",
+    "connection",
+    "transfer-encoding",
+    "inference-header-content-length",
+    "grpc-timeout",
+    "grpc-encoding",
+    "grpc-accept-encoding",
+    "content-encoding",
+    "accept-encoding",
+}
+
+
+def _tls(raw: object) -> TlsSpec | None:
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        return TlsSpec(enabled=True)
+    d = _dict(raw, "plan.tls")
+    _check_keys(d, {f.name for f in fields(TlsSpec)}, "plan.tls")
+    enabled = d.get("enabled", True)
+    verify = d.get("verify", True)
+    if not isinstance(enabled, bool) or not isinstance(verify, bool):
+        raise PlanError("plan.tls.enabled / plan.tls.verify: expected true or false")
+    spec = TlsSpec(
+        enabled=enabled,
+        ca=_str(d, "ca", "plan.tls", ""),
+        cert=_str(d, "cert", "plan.tls", ""),
+        key=_str(d, "key", "plan.tls", ""),
+        server_name=_str(d, "server_name", "plan.tls", ""),
+        verify=verify,
+    )
+    if bool(spec.cert) != bool(spec.key):
+        raise PlanError("plan.tls: a client certificate needs its key (cert and key together)")
+    return spec if spec.enabled else None
+
+
+def _header(raw: object, i: int) -> HeaderSpec:
+    where = f"plan.headers[{i}]"
+    d = _dict(raw, where)
+    _check_keys(d, {"name", "value", "env", "file"}, where)
+    name = _str(d, "name", where, "")
+    if not _HEADER_NAME_RE.match(name):
+        raise PlanError(f"{where}.name: not a valid header name: {name!r}")
+    if name.lower() in RESERVED_HEADERS or name.lower().startswith("grpc-"):
+        raise PlanError(f"{where}.name: {name!r} is set by volley itself")
+    spec = HeaderSpec(
+        name=name,
+        value=_str(d, "value", where, ""),
+        env=_str(d, "env", where, ""),
+        file=_str(d, "file", where, ""),
+    )
+    if sum(bool(x) for x in (spec.value, spec.env, spec.file)) != 1:
+        raise PlanError(f"{where}: give exactly one of value, env or file")
+    if any(c in spec.value for c in "\r\n\0"):
+        raise PlanError(f"{where}.value: control characters are not allowed")
+    return spec
+
+
+def _model(raw: object, i: int) -> ModelSpec:
+    where = f"plan.models[{i}]"
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    d = _dict(raw, where)
+    _check_keys(
+        d, {"name", "version", "weight", "inputs", "outputs", "max_batch_size"}, where
+    )
+    name = _str(d, "name", where, "")
+    if not name:
+        raise PlanError(f"{where}.name: required")
+    weight = _num(d, "weight", where, 1.0)
+    if not 0 < weight <= 1e6:
+        raise PlanError(f"{where}.weight: must be > 0 and at most 1e6")
+    return ModelSpec(
+        name=name,
+        version=_str(d, "version", where, ""),
+        weight=weight,
+        inputs=tuple(
+            _input(x, j) for j, x in enumerate(_list(d.get("inputs"), f"{where}.inputs"))
+        ),
+        outputs=tuple(str(x) for x in _list(d.get("outputs"), f"{where}.outputs")),
+        max_batch_size=_int(d, "max_batch_size", where, 0),
+    )
+
+
+def plan_models(plan: Plan) -> tuple[ModelSpec, ...]:
+    """The models a plan sends to: its `models`, or the one `model` with its inputs."""
+    if plan.models:
+        return plan.models
+    return (
+        ModelSpec(
+            name=plan.model,
+            version=plan.model_version,
+            weight=1.0,
+            inputs=plan.inputs,
+            outputs=plan.outputs,
+            max_batch_size=plan.max_batch_size,
+        ),
+    )
+
+
 def plan_from_dict(data: object) -> Plan:
     """Validate a plan document (from YAML/JSON) into a Plan; PlanError names the bad field."""
     d = _dict(data, "plan")
@@ -570,6 +730,13 @@ def plan_from_dict(data: object) -> Plan:
         raise PlanError("plan.target: required (HOST:PORT of the inference server)")
     parse_address(target, "plan.target")
     model = _str(d, "model", "plan", "")
+    models = tuple(_model(x, i) for i, x in enumerate(_list(d.get("models"), "plan.models")))
+    if len(models) > 256:
+        raise PlanError("plan.models: at most 256 models")
+    if len({(m.name, m.version) for m in models}) != len(models):
+        raise PlanError("plan.models: a model (name and version) is listed twice")
+    if not model and models:
+        model = models[0].name
     if not model:
         raise PlanError("plan.model: required (the model name on the server)")
     agents: list[AgentSpec] = []
@@ -606,6 +773,17 @@ def plan_from_dict(data: object) -> Plan:
     timeout_s = parse_duration(d.get("timeout_s", 30.0), "plan.timeout_s")
     if timeout_s <= 0:
         raise PlanError("plan.timeout_s: must be > 0")
+    connections = _int(d, "connections", "plan", 1)
+    if not 1 <= connections <= 1024:
+        raise PlanError("plan.connections: must be between 1 and 1024")
+    compression = cast(
+        Compression,
+        _choice(d, "compression", "plan", "none", ("none", "gzip", "deflate")),
+    )
+    if compression != "none" and d.get("transport") == "stream":
+        raise PlanError("plan.compression: not supported with transport 'stream' (use unary)")
+    if d.get("transport") == "stream" and d.get("protocol", "grpc") != "grpc":
+        raise PlanError("plan.transport: 'stream' needs protocol grpc")
     raw = d.get("raw_records", True)
     if not isinstance(raw, bool):
         raise PlanError("plan.raw_records: expected true or false")
@@ -627,6 +805,14 @@ def plan_from_dict(data: object) -> Plan:
         raw_records=raw,
         slos=tuple(str(x) for x in _list(d.get("slos"), "plan.slos")),
         validity=validity,
+        transport=cast(
+            Transport, _choice(d, "transport", "plan", "unary", ("unary", "stream"))
+        ),
+        connections=connections,
+        compression=compression,
+        tls=_tls(d.get("tls")),
+        headers=tuple(_header(x, i) for i, x in enumerate(_list(d.get("headers"), "plan.headers"))),
+        models=models,
     )
 
 

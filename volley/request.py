@@ -347,3 +347,46 @@ def check_response(body: bytes, expected_outputs: int) -> bool:
     except Exception:
         return False
     return len(resp.outputs) >= expected_outputs
+
+
+def http_infer_body(grpc_body: bytes) -> tuple[bytes, int]:
+    """The KServe v2 HTTP body (binary tensor extension) of a serialized ModelInferRequest.
+
+    Derived from the gRPC payload the pool already built, so both protocols send the very
+    same tensors. Returns (body, JSON header length) — the length goes in the
+    `Inference-Header-Content-Length` header; outputs are asked for as binary data."""
+    import json
+
+    req = service_pb2.ModelInferRequest.FromString(grpc_body)
+    if len(req.raw_input_contents) != len(req.inputs):
+        raise PlanError("HTTP body: every input must carry raw contents")
+    header: dict[str, object] = {
+        "inputs": [
+            {
+                "name": t.name,
+                "shape": [int(d) for d in t.shape],
+                "datatype": t.datatype,
+                "parameters": {"binary_data_size": len(raw)},
+            }
+            for t, raw in zip(req.inputs, req.raw_input_contents, strict=True)
+        ],
+    }
+    if req.outputs:
+        header["outputs"] = [
+            {"name": o.name, "parameters": {"binary_data": True}} for o in req.outputs
+        ]
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return head + b"".join(req.raw_input_contents), len(head)
+
+
+def check_http_response(body: bytes, header_length: int | None, expected_outputs: int) -> bool:
+    """A KServe v2 HTTP response is good when its JSON header parses and lists the outputs."""
+    import json
+
+    head = body if header_length is None else body[:header_length]
+    try:
+        doc = json.loads(head)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    outputs = doc.get("outputs") if isinstance(doc, dict) else None
+    return isinstance(outputs, list) and len(outputs) >= expected_outputs

@@ -1,0 +1,350 @@
+"""KServe v2 REST over HTTP/1.1 keep-alive connections: the `--protocol http` transport.
+
+Each request is one prebuilt `POST /v2/models/NAME/infer` (binary tensor extension:
+JSON header, then raw tensor bytes, `Inference-Header-Content-Length`), written on an
+idle connection. HTTP/1.1 has one request at a time per connection, so the pool
+opens connections on demand (up to the in-flight cap of the worker) and keeps them;
+`connections` are opened up front. Responses are parsed in `data_received`
+(Content-Length or chunked bodies), and checked: status 200 and a JSON header that
+lists the model's outputs. A request past its timeout closes its connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import gzip
+import socket
+import ssl
+import zlib
+from typing import Any, cast
+
+from agent.transport import Clock, Complete, Payloads, Transport
+from volley import records as rc
+from volley.plan import Plan
+from volley.request import check_http_response
+
+#: Hard bound on connections per worker (each is a socket and a server slot).
+MAX_CONNECTIONS = 1024
+MAX_HEAD = 64 * 1024
+
+
+class H1Conn(asyncio.Protocol):
+    """One HTTP/1.1 connection; at most one request in flight."""
+
+    def __init__(self, owner: Http) -> None:
+        self.owner = owner
+        self.transport: asyncio.Transport | None = None
+        self.st: list[Any] | None = None  #: the request in flight
+        self.buf = b""
+        self.closed = False
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # response being parsed
+        self.status = 0
+        self.head_len = -1
+        self.clen = -1
+        self.chunked = False
+        self.ihcl: int | None = None
+        self.encoding = ""
+        self.keep = True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(str(exc) if exc else "closed"))
+            self.ready.exception()
+        self.owner.conn_lost(self, f"connection lost: {exc}" if exc else "closed by the server")
+
+    def send(self, st: list[Any], head: bytes, body: bytes) -> None:
+        assert self.transport is not None
+        self.st = st
+        self.head_len = -1
+        if len(body) < 16384:
+            self.transport.write(head + body)
+        else:
+            self.transport.writelines((head, body))
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        if self.st is None:  # nothing asked: a server talking out of turn
+            self.abort()
+            return
+        if self.head_len < 0:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_HEAD:
+                    self.fail(rc.BAD_RESPONSE)
+                    return
+                self.buf = buf
+                return
+            if not self._parse_head(buf[:end]):
+                self.fail(rc.BAD_RESPONSE)
+                return
+            self.head_len = end + 4
+        body_start = self.head_len
+        if self.chunked:
+            body = _dechunk(buf, body_start)
+            if body is None:
+                self.buf = buf
+                return
+            if not isinstance(body, bytes):
+                self.fail(rc.BAD_RESPONSE)
+                return
+            rest_at = len(buf)  # chunked bodies end the data we got (no pipelining)
+            payload = body
+        elif self.clen >= 0:
+            rest_at = body_start + self.clen
+            if len(buf) < rest_at:
+                self.buf = buf
+                return
+            payload = buf[body_start:rest_at]
+        else:  # body until the server closes
+            self.buf = buf
+            return
+        self.buf = b""
+        del rest_at
+        self._complete(payload)
+
+    def _parse_head(self, head: bytes) -> bool:
+        lines = head.split(b"\r\n")
+        parts = lines[0].split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+            return False
+        try:
+            self.status = int(parts[1])
+        except ValueError:
+            return False
+        self.clen, self.chunked, self.ihcl, self.encoding = -1, False, None, ""
+        self.keep = parts[0] != b"HTTP/1.0"
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            key = name.strip().lower()
+            v = value.strip()
+            if key == b"content-length":
+                try:
+                    self.clen = int(v)
+                except ValueError:
+                    return False
+            elif key == b"transfer-encoding":
+                self.chunked = b"chunked" in v.lower()
+            elif key == b"inference-header-content-length":
+                with contextlib.suppress(ValueError):
+                    self.ihcl = int(v)
+            elif key == b"content-encoding":
+                self.encoding = v.decode("latin-1").lower()
+            elif key == b"connection":
+                self.keep = v.lower() != b"close"
+        return True
+
+    def _complete(self, body: bytes) -> None:
+        st = self.st
+        assert st is not None
+        self.st = None
+        status = self.status
+        if status != 200:
+            code = rc.HTTP_ERROR_BASE + status if 0 < status < 1000 else rc.BAD_RESPONSE
+            self.owner.finish(self, st, code, len(body))
+            return
+        data: bytes | None = body
+        if self.encoding in ("gzip", "deflate"):
+            try:
+                data = gzip.decompress(body) if self.encoding == "gzip" else zlib.decompress(body)
+            except (OSError, zlib.error, EOFError):
+                data = None
+        ok = data is not None and check_http_response(
+            data, self.ihcl, self.owner.wires[st[3]].expected_outputs
+        )
+        self.owner.finish(self, st, rc.OK if ok else rc.BAD_RESPONSE, len(body))
+
+    def fail(self, status: int) -> None:
+        st, self.st = self.st, None
+        self.abort()
+        if st is not None:
+            self.owner.finish(self, st, status, 0)
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _dechunk(buf: bytes, pos: int) -> bytes | bool | None:
+    """The body of a complete chunked message from `pos`; None if incomplete, False if bad."""
+    parts: list[bytes] = []
+    n = len(buf)
+    while True:
+        eol = buf.find(b"\r\n", pos)
+        if eol < 0:
+            return None
+        try:
+            size = int(buf[pos:eol].split(b";")[0], 16)
+        except ValueError:
+            return False
+        pos = eol + 2
+        if size == 0:
+            end = buf.find(b"\r\n\r\n", pos - 2)
+            return b"".join(parts) if end >= 0 else None
+        if n < pos + size + 2:
+            return None
+        parts.append(buf[pos : pos + size])
+        pos += size + 2
+
+
+class Http(Transport):
+    """A pool of HTTP/1.1 connections to the target; one request per connection at a time."""
+
+    def __init__(
+        self, plan: Plan, payloads: Payloads, complete: Complete, clock: Clock, start_ns: int
+    ) -> None:
+        super().__init__(plan, payloads, complete, clock, start_ns)
+        self.heads = [w.head for w in self.wires]
+        self.idle: list[H1Conn] = []
+        self.busy: dict[H1Conn, None] = {}  #: in send order (for timeouts)
+        self.opening = 0
+        self.total = 0
+        cap = plan.load.max_in_flight if plan.load.mode == "open" else 0
+        self.limit = min(MAX_CONNECTIONS, max(plan.connections, cap or MAX_CONNECTIONS))
+        self.waiting: collections.deque[tuple[int, int, int]] = collections.deque()
+        self._fails = 0
+
+    def alpn(self) -> list[str] | None:
+        return ["http/1.1"]
+
+    async def connect_slot(self, slot: int) -> None:
+        conn = await self._open()
+        self._idle(conn)
+
+    async def _open(self) -> H1Conn:
+        loop = self.loop
+        self.opening += 1
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: H1Conn(self),
+                    self.host,
+                    self.port,
+                    ssl=self.ssl,
+                    server_hostname=(self.server_name or self.host) if self.ssl else None,
+                ),
+                5.0,
+            )
+        except TimeoutError:
+            raise ConnectionError(f"{self.plan.target}: connect timed out") from None
+        except OSError as exc:
+            raise ConnectionError(f"{self.plan.target}: {exc.strerror or exc}") from None
+        except ssl.SSLError as exc:
+            raise ConnectionError(f"{self.plan.target}: TLS failed: {exc.reason or exc}") from None
+        finally:
+            self.opening -= 1
+        self.total += 1
+        return conn
+
+    async def _grow(self) -> None:
+        try:
+            conn = await self._open()
+        except ConnectionError as exc:
+            self.last_error = str(exc)
+            self._fails += 1
+            # nothing can carry the waiting requests: they fail (no busy-loop retrying)
+            if not self.busy and not self.idle and not self.opening:
+                self._fail_waiting(rc.UNAVAILABLE)
+            return
+        if self.closing:
+            conn.abort()
+            return
+        self._fails = 0
+        self._idle(conn)
+
+    def _idle(self, conn: H1Conn) -> None:
+        if conn.closed:
+            return
+        if self.waiting and not self.closing:
+            key, intended, pidx = self.waiting.popleft()
+            self._start(conn, key, intended, pidx)
+        else:
+            self.idle.append(conn)
+
+    def _start(self, conn: H1Conn, key: int, intended: int, pidx: int) -> None:
+        sent = self.clock() - self.start
+        self.busy[conn] = None
+        st = [key, intended, sent, pidx, sent + self.timeout_ns]
+        conn.send(st, self.heads[pidx], self.wires[pidx].body)
+
+    def send(self, key: int, intended: int, pidx: int) -> None:
+        self.in_flight += 1
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                self._start(conn, key, intended, pidx)
+                return
+        self.waiting.append((key, intended, pidx))
+        if self.total + self.opening < self.limit and len(self.waiting) > self.opening:
+            if self._fails and self.loop.time() < self._next_try[0]:
+                return
+            self.loop.create_task(self._grow())
+
+    def finish(self, conn: H1Conn, st: list[Any], status: int, resp_bytes: int) -> None:
+        self.busy.pop(conn, None)
+        self.in_flight -= 1
+        self.complete(st[0], st[1], st[2], self.clock() - self.start, status, st[3], resp_bytes)
+        if conn.closed or not conn.keep:
+            if not conn.closed:
+                conn.abort()
+            return
+        self._idle(conn)
+
+    def conn_lost(self, conn: H1Conn, message: str) -> None:
+        self.total = max(0, self.total - 1)
+        with contextlib.suppress(ValueError):
+            self.idle.remove(conn)
+        st, conn.st = conn.st, None
+        if st is not None:
+            self.last_error = message
+            self.finish(conn, st, rc.UNAVAILABLE, 0)
+        if self.waiting and not self.closing and self.total + self.opening < self.limit:
+            self.loop.create_task(self._grow())
+
+    def _fail_waiting(self, status: int) -> None:
+        waiting, self.waiting = self.waiting, collections.deque()
+        for key, intended, pidx in waiting:
+            self.in_flight -= 1
+            self.fail_soon(key, intended, pidx, status)
+
+    def sweep(self) -> None:
+        now = self.clock() - self.start
+        expired = []
+        for conn in self.busy:
+            st = conn.st
+            if st is None:
+                continue
+            if st[4] > now:
+                break
+            expired.append(conn)
+        for conn in expired:
+            conn.fail(rc.DEADLINE_EXCEEDED)
+
+    def abort_all(self, status: int) -> None:
+        for conn in list(self.busy):
+            conn.fail(status)
+        waiting, self.waiting = self.waiting, collections.deque()
+        for key, intended, pidx in waiting:
+            self.in_flight -= 1
+            self.complete(key, intended, -1, -1, rc.NOT_SENT, pidx, 0)
+
+    async def close(self) -> None:
+        self.closing = True
+        for conn in [*self.idle, *self.busy]:
+            if conn.transport is not None:
+                conn.transport.close()
+        self.idle.clear()

@@ -1,0 +1,329 @@
+"""volley's generator benchmark (`make bench`): CPU per request, side by side, in one run.
+
+Starts its own CPU Triton (triton_models/), then measures against it:
+  1. agent CPU per request at 2,000 req/s Poisson on `add` for each transport (gRPC
+     unary, gRPC stream, HTTP), and a plain tritonclient grpc.aio loop doing the same
+     (bench/plain_aio.py): the ratio is the figure to trust on a shared machine;
+  2. closed loop at concurrency 32, volley vs the plain loop;
+  3. ~220 KB image requests (`image`, IMAGE 256x286x3 UINT8);
+  4. send lateness vs rate (gRPC unary);
+  5. coordinator ingest rate (records/s per core) and bytes per record on disk.
+Results: bench/results/bench-<UTC time>.json and a printed table.
+
+Caveat: on a small machine the server and the generator share the cores; timings are
+noisy, CPU per request (and its ratio to the reference) is what to compare.
+Run: `make bench` or `python bench/run.py [--duration 5] [--quick]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from coordinator.aggregate import Aggregator  # noqa: E402
+from coordinator.local import LocalAgents  # noqa: E402
+from coordinator.run import Progress, RunOptions, execute  # noqa: E402
+from coordinator.rundir import RequestWriter  # noqa: E402
+from coordinator.tritonserver import TritonConfig, TritonServer, locate_triton_home  # noqa: E402
+from volley.plan import plan_from_dict  # noqa: E402
+from volley.records import COLUMNS, RecordBlock  # noqa: E402
+
+#: The brief's reference figures on this machine kind (µs of generator CPU per request).
+REFERENCE_US = {
+    "k6 (gRPC, add)": "300-390",
+    "Locust + tritonclient": "~400",
+    "MLPerf LoadGen + tritonclient SUT": "330-410",
+    "tritonclient grpc.aio, concurrency 32": "130-160",
+    "h2load (C HTTP/2 client)": "~22",
+    "k6, ~220 KB image requests": "~7,700",
+}
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """utime + stime of one process (not its children), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def volley_run(doc: dict[str, Any], out: Path, workers: int = 1) -> dict[str, Any]:
+    """One real run (a local agent process with `workers` worker processes)."""
+    plan = plan_from_dict(doc)
+    local = LocalAgents(1, workers)
+    with local as addrs:
+        pid = local.procs[0].pid
+        marks: dict[str, float] = {}
+
+        def progress(p: Progress) -> None:
+            if p.elapsed_s >= 0 and "start" not in marks:
+                marks["start"] = _proc_cpu_s(pid)
+
+        result = asyncio.run(
+            execute(plan, addrs, RunOptions(out_dir=out, start_lead_s=1.5, progress=progress))
+        )
+        agent_cpu = _proc_cpu_s(pid) - marks.get("start", 0.0)
+    s = result.summary
+    a = s["agents"][0]
+    raw = result.run_dir / "requests.parquet"
+    import pyarrow.parquet as pq
+
+    rows = pq.read_metadata(raw).num_rows if raw.exists() else 0
+    return {
+        "transport": f"{plan.protocol}/{plan.transport if plan.protocol == 'grpc' else 'h1'}",
+        "offered_rps": s["offered_rps"],
+        "throughput_rps": s["throughput_rps"],
+        "ok": s["requests"]["ok"],
+        "errors": s["requests"]["errors"],
+        "worker_cpu_us_per_request": a["cpu_us_per_request"],
+        #: the agent's own process (merging worker blocks, streaming to the coordinator)
+        "agent_process_us_per_request": round(agent_cpu / max(s["requests"]["sent"], 1) * 1e6, 1),
+        "latency_p50_ms": s["latency_ms"]["p50"],
+        "latency_p99_ms": s["latency_ms"]["p99"],
+        "service_p50_ms": s["service_time_ms"]["p50"],
+        "lateness_p50_ms": s["send_lateness_ms"]["p50"],
+        "lateness_p99_ms": s["send_lateness_ms"]["p99"],
+        "late_fraction": s["send_lateness_ms"]["late_fraction"],
+        "bytes_per_record": raw.stat().st_size / rows if rows else None,
+        "run_dir": str(result.run_dir),
+    }
+
+
+def plain_run(url: str, duration: float, **kw: Any) -> dict[str, Any]:
+    args = [sys.executable, str(ROOT / "bench" / "plain_aio.py"), "--url", url]
+    args += ["--duration", str(duration)]
+    for k, v in kw.items():
+        args += [f"--{k}", str(v)]
+    res = subprocess.run(args, capture_output=True, text=True, timeout=duration + 60)
+    if res.returncode != 0:
+        return {"error": res.stderr.strip().splitlines()[-1:]}
+    out: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
+    return out
+
+
+def ingest_bench(n: int = 1_000_000) -> dict[str, Any]:
+    """Coordinator ingest (decode + histograms) and raw-record writing, synthetic records."""
+    rng = np.random.default_rng(1)
+    intended = np.cumsum(rng.exponential(1e9 / 2000, n)).astype(np.int64)
+    sent = intended + rng.exponential(2e5, n).astype(np.int64)
+    done = sent + rng.lognormal(np.log(1.5e6), 0.5, n).astype(np.int64)
+    cols = {k: np.zeros(n, dt) for k, dt in COLUMNS.items()}
+    cols["index"][:] = np.arange(n)
+    cols["intended_ns"][:] = intended
+    cols["sent_ns"][:] = sent
+    cols["done_ns"][:] = done
+    cols["worker"][:] = np.arange(n) % 2
+    cols["req_bytes"][:] = 150
+    cols["resp_bytes"][:] = 94
+    cols["batch_size"][:] = 1
+    cols["status"][rng.random(n) < 0.001] = 14
+    blocks = [
+        RecordBlock({k: v[i : i + 8192] for k, v in cols.items()}, ["16;16"])
+        for i in range(0, n, 8192)
+    ]
+    protos = [b.to_proto() for b in blocks]
+    agg = Aggregator(1, 0)
+    t0 = time.process_time()
+    for p in protos:
+        agg.ingest(0, RecordBlock.from_proto(p))
+    ingest_s = time.process_time() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "requests.parquet"
+        w = RequestWriter(path)
+        t0 = time.process_time()
+        for b in blocks:
+            w.write(0, b)
+        w.close()
+        write_s = time.process_time() - t0
+        size = path.stat().st_size
+    return {
+        "records": n,
+        "ingest_records_per_s_per_core": round(n / ingest_s),
+        "write_records_per_s_per_core": round(n / write_s),
+        "bytes_per_record_synthetic": round(size / n, 2),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    ap.add_argument("--quick", action="store_true", help="fewer scenarios (CI smoke)")
+    a = ap.parse_args()
+    dur = a.duration
+    results: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "note": "server and generator share the cores"},
+        "reference_us_per_request": REFERENCE_US,
+    }
+    tmp = Path(tempfile.mkdtemp(prefix="volley-bench-"))
+    server = TritonServer(
+        TritonConfig(
+            model_repository=ROOT / "triton_models",
+            http_port=0,
+            grpc_port=0,
+            metrics_port=0,
+            device="cpu",
+            state_dir=tmp / "triton",
+            triton_home=locate_triton_home(None),
+        )
+    )
+    server.start(timeout_s=90)
+    g, h = server.grpc_url, server.http_url
+    print(f"triton up: grpc {g}, http {h}", flush=True)
+
+    def doc(**kw: Any) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "target": g,
+            "model": "add",
+            "seed": 1,
+            "name": "bench",
+            "load": {"mode": "open", "arrival": "poisson", "rate": 2000, "duration": f"{dur}s"},
+            "validity": {"min_duration_s": 1, "min_requests": 10},
+        }
+        d.update(kw)
+        return d
+
+    try:
+        rate: dict[str, Any] = {}
+        for name, kw in [
+            ("grpc_unary", {}),
+            ("grpc_stream", {"transport": "stream"}),
+            ("http", {"protocol": "http", "target": h}),
+        ]:
+            rate[name] = volley_run(doc(**kw), tmp / "runs")
+            print(name, rate[name], flush=True)
+        rate["plain_tritonclient_aio"] = plain_run(g, dur, rate=2000)
+        print("plain", rate["plain_tritonclient_aio"], flush=True)
+        plain_us = rate["plain_tritonclient_aio"].get("cpu_us_per_request")
+        for name in ("grpc_unary", "grpc_stream", "http"):
+            v = rate[name]["worker_cpu_us_per_request"]
+            rate[name]["ratio_to_plain_aio"] = round(v / plain_us, 3) if plain_us and v else None
+        results["add_2000rps_poisson"] = rate
+        two = volley_run(doc(), tmp / "runs", workers=2)
+        two["note"] = "2 worker processes on a 2-core machine shared with the server"
+        print("two workers", two, flush=True)
+        results["add_2000rps_2_workers"] = two
+
+        if not a.quick:
+            closed: dict[str, Any] = {}
+            cdoc = doc()
+            cdoc["load"] = {"mode": "closed", "concurrency": 32, "duration": f"{dur}s"}
+            closed["grpc_unary"] = volley_run(cdoc, tmp / "runs")
+            closed["plain_tritonclient_aio"] = plain_run(g, dur, concurrency=32)
+            pu = closed["plain_tritonclient_aio"].get("cpu_us_per_request")
+            v = closed["grpc_unary"]["worker_cpu_us_per_request"]
+            closed["ratio_to_plain_aio"] = round(v / pu, 3) if pu and v else None
+            print("closed", closed, flush=True)
+            results["add_closed_c32"] = closed
+
+            image: dict[str, Any] = {}
+            idoc = doc(model="image", inputs=[{"name": "IMAGE", "shape": [256, 286, 3]}])
+            idoc["load"]["rate"] = 100
+            image["grpc_unary"] = volley_run(idoc, tmp / "runs")
+            image["plain_tritonclient_aio"] = plain_run(
+                g, dur, model="image", shape="256x286x3", rate=100
+            )
+            v = image["grpc_unary"]["worker_cpu_us_per_request"]
+            image["ratio_to_k6_7700us"] = round(v / 7700, 3) if v else None
+            print("image", image, flush=True)
+            results["image_220KB_100rps"] = image
+
+            late: list[dict[str, Any]] = []
+            for r in (200, 1000, 2000, 3000):
+                ldoc = doc()
+                ldoc["load"]["rate"] = r
+                ldoc["load"]["duration"] = f"{max(dur * 0.6, 3)}s"
+                res = volley_run(ldoc, tmp / "runs")
+                late.append(
+                    {
+                        "rate": r,
+                        **{
+                            k: res[k]
+                            for k in (
+                                "worker_cpu_us_per_request",
+                                "lateness_p50_ms",
+                                "lateness_p99_ms",
+                                "late_fraction",
+                                "throughput_rps",
+                                "service_p50_ms",
+                            )
+                        },
+                    }
+                )
+                print("lateness", late[-1], flush=True)
+            results["lateness_vs_rate"] = late
+
+        results["coordinator"] = ingest_bench()
+        print("coordinator", results["coordinator"], flush=True)
+    finally:
+        server.stop()
+
+    out_dir = ROOT / "bench" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"bench-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results)
+    print(f"\nresults: {path}")
+
+
+def print_table(r: dict[str, Any]) -> None:
+    print("\n== agent CPU per request (µs), add, 2,000 req/s Poisson ==")
+    rate = r["add_2000rps_poisson"]
+    plain = rate["plain_tritonclient_aio"].get("cpu_us_per_request")
+    for name in ("grpc_unary", "grpc_stream", "http"):
+        x = rate[name]
+        print(
+            f"  volley {name:12s} {x['worker_cpu_us_per_request']:8.1f}   ratio to plain aio "
+            f"{x.get('ratio_to_plain_aio')}   latency p50 {x['latency_p50_ms']} ms"
+            f"   lateness p99 {x['lateness_p99_ms']} ms"
+        )
+    print(f"  plain tritonclient aio {plain if plain is None else round(plain, 1)}")
+    two = r.get("add_2000rps_2_workers")
+    if two:
+        print(f"  volley grpc_unary, 2 workers: {two['worker_cpu_us_per_request']} µs per request")
+    if "add_closed_c32" in r:
+        c = r["add_closed_c32"]
+        print(
+            "\n== closed loop, concurrency 32: volley "
+            f"{c['grpc_unary']['worker_cpu_us_per_request']}"
+            f" µs, plain aio {round(c['plain_tritonclient_aio'].get('cpu_us_per_request', 0), 1)}"
+            f" µs (ratio {c['ratio_to_plain_aio']})"
+        )
+    if "image_220KB_100rps" in r:
+        im = r["image_220KB_100rps"]
+        print(
+            f"== image 256x286x3: volley {im['grpc_unary']['worker_cpu_us_per_request']} µs "
+            f"(ratio to k6's ~7,700: {im['ratio_to_k6_7700us']}), plain aio "
+            f"{round(im['plain_tritonclient_aio'].get('cpu_us_per_request', 0), 1)} µs"
+        )
+    if "lateness_vs_rate" in r:
+        print("== send lateness vs rate (gRPC unary, 1 worker) ==")
+        for x in r["lateness_vs_rate"]:
+            print(
+                f"  {x['rate']:5d}/s: p50 {x['lateness_p50_ms']} ms, p99 {x['lateness_p99_ms']}"
+                f" ms, >1 ms {x['late_fraction']:.1%}, CPU {x['worker_cpu_us_per_request']} µs"
+            )
+    c = r["coordinator"]
+    print(
+        f"== coordinator: ingest {c['ingest_records_per_s_per_core'] / 1e6:.2f} M records/s/core,"
+        f" parquet {c['bytes_per_record_synthetic']} bytes/record (synthetic), "
+        f"{rate['grpc_unary']['bytes_per_record']:.1f} (the 2,000/s run)"
+    )
+
+
+if __name__ == "__main__":
+    main()
