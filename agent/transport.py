@@ -647,6 +647,10 @@ def make_transport(
         return http
     if plan.transport == "stream":
         return GrpcStream(plan, payloads, complete, clock, start_ns)
+    if plan.transport == "grpcio":
+        from agent.grpcio_transport import GrpcioUnary
+
+        return GrpcioUnary(plan, payloads, complete, clock, start_ns)
     if plan.protocol != "grpc":
         raise PlanError(f"protocol {plan.protocol!r} is not supported")
     return GrpcUnary(plan, payloads, complete, clock, start_ns)

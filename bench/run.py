@@ -202,6 +202,7 @@ def main() -> None:
         for name, kw in [
             ("grpc_unary", {}),
             ("grpc_stream", {"transport": "stream"}),
+            ("grpcio", {"transport": "grpcio"}),
             ("http", {"protocol": "http", "target": h}),
         ]:
             rate[name] = volley_run(doc(**kw), tmp / "runs")
@@ -209,7 +210,7 @@ def main() -> None:
         rate["plain_tritonclient_aio"] = plain_run(g, dur, rate=2000)
         print("plain", rate["plain_tritonclient_aio"], flush=True)
         plain_us = rate["plain_tritonclient_aio"].get("cpu_us_per_request")
-        for name in ("grpc_unary", "grpc_stream", "http"):
+        for name in ("grpc_unary", "grpc_stream", "grpcio", "http"):
             v = rate[name]["worker_cpu_us_per_request"]
             rate[name]["ratio_to_plain_aio"] = round(v / plain_us, 3) if plain_us and v else None
         results["add_2000rps_poisson"] = rate
@@ -284,7 +285,9 @@ def print_table(r: dict[str, Any]) -> None:
     print("\n== agent CPU per request (µs), add, 2,000 req/s Poisson ==")
     rate = r["add_2000rps_poisson"]
     plain = rate["plain_tritonclient_aio"].get("cpu_us_per_request")
-    for name in ("grpc_unary", "grpc_stream", "http"):
+    for name in ("grpc_unary", "grpc_stream", "grpcio", "http"):
+        if name not in rate:
+            continue
         x = rate[name]
         print(
             f"  volley {name:12s} {x['worker_cpu_us_per_request']:8.1f}   ratio to plain aio "

@@ -440,7 +440,10 @@ def run(
     ] = None,
     transport: Annotated[
         str | None,
-        typer.Option(help="gRPC: unary (one ModelInfer per request) or stream (ModelStreamInfer)."),
+        typer.Option(
+            help="gRPC: unary (one ModelInfer per request, volley's HTTP/2 client), stream "
+            "(ModelStreamInfer) or grpcio (grpc.aio with tritonclient's service stubs)."
+        ),
     ] = None,
     connections: Annotated[
         int | None, typer.Option(help="Connections to the target per agent worker.")

@@ -20,7 +20,7 @@ from volley.dist import DistError, canonical, parse_bytes, parse_dims_pattern, p
 Mode = Literal["open", "closed"]
 Arrival = Literal["constant", "poisson", "trace"]
 Protocol = Literal["grpc", "http"]
-Transport = Literal["unary", "stream"]
+Transport = Literal["unary", "stream", "grpcio"]
 Compression = Literal["none", "gzip", "deflate"]
 
 #: Hard bounds so no plan can make an agent allocate without limit.
@@ -683,9 +683,7 @@ def _model(raw: object, i: int) -> ModelSpec:
     if isinstance(raw, str):
         raw = {"name": raw}
     d = _dict(raw, where)
-    _check_keys(
-        d, {"name", "version", "weight", "inputs", "outputs", "max_batch_size"}, where
-    )
+    _check_keys(d, {"name", "version", "weight", "inputs", "outputs", "max_batch_size"}, where)
     name = _str(d, "name", where, "")
     if not name:
         raise PlanError(f"{where}.name: required")
@@ -696,9 +694,7 @@ def _model(raw: object, i: int) -> ModelSpec:
         name=name,
         version=_str(d, "version", where, ""),
         weight=weight,
-        inputs=tuple(
-            _input(x, j) for j, x in enumerate(_list(d.get("inputs"), f"{where}.inputs"))
-        ),
+        inputs=tuple(_input(x, j) for j, x in enumerate(_list(d.get("inputs"), f"{where}.inputs"))),
         outputs=tuple(str(x) for x in _list(d.get("outputs"), f"{where}.outputs")),
         max_batch_size=_int(d, "max_batch_size", where, 0),
     )
@@ -782,8 +778,8 @@ def plan_from_dict(data: object) -> Plan:
     )
     if compression != "none" and d.get("transport") == "stream":
         raise PlanError("plan.compression: not supported with transport 'stream' (use unary)")
-    if d.get("transport") == "stream" and d.get("protocol", "grpc") != "grpc":
-        raise PlanError("plan.transport: 'stream' needs protocol grpc")
+    if d.get("transport") in ("stream", "grpcio") and d.get("protocol", "grpc") != "grpc":
+        raise PlanError(f"plan.transport: {d.get('transport')!r} needs protocol grpc")
     raw = d.get("raw_records", True)
     if not isinstance(raw, bool):
         raise PlanError("plan.raw_records: expected true or false")
@@ -806,7 +802,8 @@ def plan_from_dict(data: object) -> Plan:
         slos=tuple(str(x) for x in _list(d.get("slos"), "plan.slos")),
         validity=validity,
         transport=cast(
-            Transport, _choice(d, "transport", "plan", "unary", ("unary", "stream"))
+            Transport,
+            _choice(d, "transport", "plan", "unary", ("unary", "stream", "grpcio")),
         ),
         connections=connections,
         compression=compression,

@@ -21,7 +21,7 @@ def _doc(triton: TritonEndpoint, kind: str, **extra: Any) -> dict[str, Any]:
         "seed": 21,
         "name": f"proto-{kind}",
         "protocol": "http" if kind == "http" else "grpc",
-        "transport": "stream" if kind == "stream" else "unary",
+        "transport": kind if kind in ("stream", "grpcio") else "unary",
         "load": {"mode": "open", "arrival": "poisson", "rate": 120, "duration": "2s"},
         "validity": {"min_duration_s": 1, "min_requests": 10},
     }
@@ -29,7 +29,7 @@ def _doc(triton: TritonEndpoint, kind: str, **extra: Any) -> dict[str, Any]:
     return doc
 
 
-@pytest.mark.parametrize("kind", ["unary", "stream", "http", "unary-loop-timer"])
+@pytest.mark.parametrize("kind", ["unary", "stream", "grpcio", "http", "unary-loop-timer"])
 async def test_same_plan_over_each_transport(
     triton_server: TritonEndpoint, agent_pair: list[str], tmp_path: Path, kind: str
 ) -> None:

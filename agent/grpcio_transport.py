@@ -1,0 +1,133 @@
+"""`--transport grpcio`: ModelInfer through grpcio's asyncio stack and tritonclient's
+generated service description (the standard gRPC client, as tritonclient uses it).
+
+It costs more generator CPU per request than the default `unary` transport (volley's
+own HTTP/2 client, agent/h2.py), but it is the reference gRPC implementation: use it to
+cross-check figures, or when a proxy in front of the server needs what only grpcio
+does. Requests are the same pre-serialized ModelInferRequest bytes (identity
+serializers), so payloads, records and results are identical.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+from tritonclient.grpc import service_pb2
+
+from agent.transport import (
+    Clock,
+    Complete,
+    Payloads,
+    Transport,
+    check_infer_response,
+)
+from volley import records as rc
+from volley.plan import Plan
+from volley.target import resolve_headers
+
+#: "/inference.GRPCInferenceService/ModelInfer", from tritonclient's service descriptor.
+_SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+MODEL_INFER_METHOD = f"/{_SERVICE.full_name}/{_SERVICE.methods_by_name['ModelInfer'].name}"
+
+_COMPRESSION = {
+    "none": grpc.Compression.NoCompression,
+    "gzip": grpc.Compression.Gzip,
+    "deflate": grpc.Compression.Deflate,
+}
+
+
+def _read(path: str) -> bytes | None:
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class GrpcioUnary(Transport):
+    """One grpc.aio unary call per request, round-robin over `connections` channels."""
+
+    def __init__(
+        self, plan: Plan, payloads: Payloads, complete: Complete, clock: Clock, start_ns: int
+    ) -> None:
+        super().__init__(plan, payloads, complete, clock, start_ns)
+        self.channels: list[grpc.aio.Channel | None] = [None] * self.n_conns
+        self.calls: list[Any] = [None] * self.n_conns
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.metadata = tuple(resolve_headers(plan))
+        self.compression = _COMPRESSION.get(plan.compression, grpc.Compression.NoCompression)
+        self.rr = 0
+
+    async def connect_slot(self, slot: int) -> None:
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_send_message_length", -1),
+            ("grpc.max_receive_message_length", -1),
+            ("grpc.enable_retries", 0),
+            ("grpc.use_local_subchannel_pool", 1),  # one connection per channel
+        ]
+        tls = self.plan.tls
+        if tls is not None:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=_read(tls.ca),
+                private_key=_read(tls.key),
+                certificate_chain=_read(tls.cert),
+            )
+            if tls.server_name:
+                options.append(("grpc.ssl_target_name_override", tls.server_name))
+            channel = grpc.aio.secure_channel(self.plan.target, creds, options=options)
+        else:
+            channel = grpc.aio.insecure_channel(self.plan.target, options=options)
+        self.channels[slot] = channel
+        self.calls[slot] = channel.unary_unary(MODEL_INFER_METHOD)
+
+    def send(self, key: int, intended: int, pidx: int) -> None:
+        slot = self.rr
+        self.rr = (slot + 1) % self.n_conns
+        call = self.calls[slot]
+        if call is None:
+            self._want_connect(slot)
+            self.fail_soon(key, intended, pidx, rc.UNAVAILABLE)
+            return
+        self.in_flight += 1
+        task = self.loop.create_task(self._call(call, key, intended, pidx))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _call(self, call: Any, key: int, intended: int, pidx: int) -> None:
+        w = self.wires[pidx]
+        sent = self.clock() - self.start
+        status, nbytes = rc.OK, 0
+        try:
+            resp: bytes = await call(
+                w.msg,
+                timeout=self.plan.timeout_s,
+                metadata=self.metadata or None,
+                compression=self.compression,
+            )
+            nbytes = len(resp)
+            if not check_infer_response(resp, w.expected_outputs):
+                status = rc.BAD_RESPONSE
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code().value
+            status = int(code[0]) if isinstance(code, tuple) else rc.UNKNOWN
+        except asyncio.CancelledError:
+            status = rc.CANCELLED
+        self.in_flight -= 1
+        self.complete(key, intended, sent, self.clock() - self.start, status, pidx, nbytes)
+
+    def sweep(self) -> None:
+        """grpcio enforces each call's deadline itself."""
+
+    def abort_all(self, status: int) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+
+    async def close(self) -> None:
+        self.closing = True
+        self.abort_all(rc.CANCELLED)
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        for ch in self.channels:
+            if ch is not None:
+                await ch.close()
