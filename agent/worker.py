@@ -36,6 +36,17 @@ from volley.request import RequestPool, build_pool, check_response
 from volley.schedule import split_count, worker_slice
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+#: A dead target is retried with bounded backoff (0.1 s doubling up to 1 s): no
+#: connection storm, and a restarted server is found again within about a second.
+#: Meanwhile calls fail fast with UNAVAILABLE, so every arrival is still recorded.
+RECONNECT_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+#: Closed loop: a user whose request failed UNAVAILABLE waits (doubling up to this)
+#: before its next one, instead of spinning on a dead server.
+MAX_USER_BACKOFF_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -135,7 +146,7 @@ class Worker:
             self._send_status()
 
     # ---- one request ---------------------------------------------------
-    async def _call(self, method: Any, index: int, intended: int, pidx: int) -> None:
+    async def _call(self, method: Any, index: int, intended: int, pidx: int) -> int:
         assert self.pool is not None
         p = self.pool.payloads[pidx]
         c = self.counters
@@ -166,6 +177,7 @@ class Worker:
             # A slot freed: the oldest waiting arrival goes out now (late, and counted so).
             i, t = self.backlog.popleft()
             self._spawn(self._call(method, i, t, i % len(self.pool.payloads)))
+        return status
 
     def _spawn(self, coro: Any) -> None:
         t: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
@@ -222,12 +234,18 @@ class Worker:
         assert self.pool is not None
         npay = len(self.pool.payloads)
         n = 0
+        backoff = 0.0
         while not self.stopping and uid < level[0]:
             now = self.clock() - self.start
             if now >= end_ns:
                 return
-            await self._call(method, -1, now, (uid + n) % npay)
+            status = await self._call(method, -1, now, (uid + n) % npay)
             n += 1
+            if status == rc.UNAVAILABLE:
+                backoff = min(max(backoff * 2, 0.01), MAX_USER_BACKOFF_S)
+                await asyncio.sleep(backoff)
+            else:
+                backoff = 0.0
 
     async def _closed_loop(self, method: Any) -> None:
         prof = concurrency_profile(self.plan)
@@ -268,6 +286,7 @@ class Worker:
             ("grpc.max_send_message_length", -1),
             ("grpc.max_receive_message_length", -1),
             ("grpc.enable_retries", 0),
+            *RECONNECT_OPTIONS,
         ]
         async with grpc.aio.insecure_channel(plan.target, options=options) as channel:
             method = channel.unary_unary(MODEL_INFER)

@@ -11,14 +11,19 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from agent.lifeline import preexec_die_with_parent
 from coordinator.agents import AgentError
+from volley.security import TOKEN_ENV
 
 
 class LocalAgents:
     """Context manager: starts N `volley agent` processes on loopback, yields their addresses."""
 
-    def __init__(self, count: int, workers: int = 0, startup_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, count: int, workers: int = 0, startup_timeout_s: float = 30.0, token: str = ""
+    ) -> None:
         self.count = count
+        self.token = token
         cores = os.cpu_count() or 1
         self.workers = workers or max(1, cores // max(count, 1))
         self.startup_timeout_s = startup_timeout_s
@@ -45,8 +50,22 @@ class LocalAgents:
                 str(port_file),
                 "--agent-id",
                 f"local-{i}",
+                "--spool-dir",
+                str(tmp / "spool"),
             ]
-            self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
+            env = dict(os.environ)
+            if self.token:
+                env[TOKEN_ENV] = self.token  # through the environment, never argv
+            self.procs.append(
+                subprocess.Popen(
+                    argv,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    # a killed coordinator takes its local agents with it
+                    preexec_fn=preexec_die_with_parent,
+                )
+            )
             files.append(port_file)
         deadline = time.monotonic() + self.startup_timeout_s
         for i, f in enumerate(files):

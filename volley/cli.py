@@ -75,6 +75,14 @@ except ImportError:  # pragma: no cover - the module ships with volley
     pass
 
 
+# ---------------------------------------------------------------- certs, collect
+from volley.cli_ops import certs as _certs  # noqa: E402
+from volley.cli_ops import collect as _collect  # noqa: E402
+
+app.command("certs")(_certs)
+app.command("collect")(_collect)
+
+
 # ---------------------------------------------------------------- agent
 @app.command()
 def agent(
@@ -93,6 +101,28 @@ def agent(
     max_duration: Annotated[
         str, typer.Option(help="Refuse plans longer than this (e.g. 1h).")
     ] = "0",
+    token_file: Annotated[
+        str | None,
+        typer.Option(
+            help="File holding the shared token callers must present (or env "
+            "VOLLEY_TOKEN). Required to listen beyond loopback (or mTLS)."
+        ),
+    ] = None,
+    tls_cert: Annotated[str | None, typer.Option(help="TLS certificate (PEM).")] = None,
+    tls_key: Annotated[str | None, typer.Option(help="TLS private key (PEM).")] = None,
+    tls_client_ca: Annotated[
+        str | None, typer.Option(help="Require client certificates from this CA (mutual TLS).")
+    ] = None,
+    spool_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="Where runs' records wait until the coordinator has them "
+            "(default ~/.volley/spool, or env VOLLEY_SPOOL_DIR)."
+        ),
+    ] = None,
+    coordinator_grace: Annotated[
+        str, typer.Option(help="Stop a run whose coordinator is gone for this long.")
+    ] = "5s",
     port_file: Annotated[str, typer.Option(hidden=True)] = "",
 ) -> None:
     """Run an agent: receives plan slices from a coordinator and fires them at the target."""
@@ -102,28 +132,46 @@ def agent(
 
     from agent.config import AgentConfig, AgentLimits
     from agent.server import serve
+    from volley.security import SecurityError, load_server_tls, read_token
 
     try:
         parse_address(listen, "--listen")
         for t in allow_target or []:
             parse_address(t, "--allow-target")
+        if max_rate < 0 or max_in_flight < 0:
+            raise PlanError("--max-rate and --max-in-flight must be >= 0")
         limits = AgentLimits(
             max_rate=max_rate,
             max_in_flight=max_in_flight,
             max_duration_s=parse_duration(max_duration, "--max-duration"),
             allowed_targets=tuple(allow_target or ()),
         )
-    except PlanError as exc:
+        grace_s = parse_duration(coordinator_grace, "--coordinator-grace")
+        if grace_s <= 0:
+            raise PlanError("--coordinator-grace: must be > 0")
+        token = read_token(token_file)
+        tls = load_server_tls(tls_cert, tls_key, tls_client_ca)
+    except (PlanError, SecurityError) as exc:
         fail(str(exc))
     if workers < 0:
         fail("--workers must be >= 0")
     base = AgentConfig(
-        listen=listen, workers=workers or (os.cpu_count() or 1), limits=limits, port_file=port_file
+        listen=listen,
+        workers=workers or (os.cpu_count() or 1),
+        limits=limits,
+        port_file=port_file,
+        token=token,
+        tls=tls,
+        coordinator_grace_s=grace_s,
     )
+    if spool_dir:
+        base = dataclasses.replace(base, spool_dir=spool_dir)
     cfg = dataclasses.replace(base, agent_id=agent_id) if agent_id else base
     logging.getLogger("volley").setLevel(logging.INFO)
     try:
         uvloop.run(serve(cfg))
+    except SecurityError as exc:
+        fail(str(exc))
     except OSError as exc:
         fail(f"agent cannot start: {exc}")
 
@@ -252,6 +300,14 @@ def run(
     raw: Annotated[bool, typer.Option(help="Write every request to requests.parquet.")] = True,
     start_lead: Annotated[float, typer.Option(help="Seconds from start command to start.")] = 2.0,
     quiet: Annotated[bool, typer.Option(help="Print only the run directory.")] = False,
+    token_file: Annotated[
+        str | None, typer.Option(help="File holding the agents' token (or env VOLLEY_TOKEN).")
+    ] = None,
+    tls_ca: Annotated[
+        str | None, typer.Option(help="Talk TLS to agents, verifying them with this CA.")
+    ] = None,
+    tls_cert: Annotated[str | None, typer.Option(help="Client certificate (mTLS).")] = None,
+    tls_key: Annotated[str | None, typer.Option(help="Client key (mTLS).")] = None,
 ) -> None:
     """Run one load test: plan, split over agents, start together, merge, report."""
     import uvloop
@@ -262,7 +318,12 @@ def run(
     from coordinator.run import RunOptions, execute
     from coordinator.slo import parse_slo
     from volley.console import print_summary
+    from volley.security import ClientSecurity, SecurityError, load_client_security
 
+    try:
+        security = load_client_security(token_file, tls_ca, tls_cert, tls_key)
+    except SecurityError as exc:
+        fail(str(exc))
     try:
         overrides: dict[str, Any] = {
             "target": target,
@@ -301,14 +362,19 @@ def run(
 
     stop_event: asyncio.Event | None = None
 
-    async def main(addrs: list[str]) -> Any:
+    async def main(addrs: list[str], local: bool = False) -> Any:
         nonlocal stop_event
         stop_event = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, stop_event.set)
         loop.add_signal_handler(signal.SIGTERM, stop_event.set)
         opts = RunOptions(
-            out_dir=out, start_lead_s=start_lead, workers=workers, stop_event=stop_event
+            out_dir=out,
+            start_lead_s=start_lead,
+            workers=workers,
+            stop_event=stop_event,
+            # local agents listen on loopback in plaintext (with the token, if one is given)
+            security=ClientSecurity(token=security.token) if local else security,
         )
         return await execute(plan, addrs, opts)
 
@@ -316,8 +382,8 @@ def run(
         if addresses:
             result = uvloop.run(main(addresses))
         else:
-            with LocalAgents(local_agents, workers) as addrs:
-                result = uvloop.run(main(addrs))
+            with LocalAgents(local_agents, workers, token=security.token) as addrs:
+                result = uvloop.run(main(addrs, local=True))
     except (PreflightError, AgentError, PlanError) as exc:
         fail(str(exc))
     summary = result.summary
