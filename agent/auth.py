@@ -1,8 +1,10 @@
-"""Token authentication of every control-plane call (a grpc.aio server interceptor).
+"""Guards in front of every control-plane call (grpc.aio server interceptors).
 
-A call without the shared token, or with a wrong one, is refused with
-UNAUTHENTICATED before it reaches the servicer, and logged (rate-limited, so a
-scanner cannot flood the log).
+- Token authentication: a call without the shared token, or with a wrong one, is
+  refused with UNAUTHENTICATED before it reaches the servicer (nothing of it is
+  parsed), and logged (rate-limited, so a scanner cannot flood the log).
+- Malformed requests (bytes that are not the method's message) are refused with
+  INVALID_ARGUMENT instead of an exception inside gRPC.
 """
 
 from __future__ import annotations
@@ -69,3 +71,67 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(deny_stream)
         return grpc.unary_unary_rpc_method_handler(deny)
+
+
+class _Malformed:
+    """Stands for a request whose bytes are not the method's message."""
+
+
+MALFORMED = _Malformed()
+
+
+class MalformedRequestGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Answer a request that does not decode with INVALID_ARGUMENT (gRPC's own
+    handling logs a traceback and answers UNKNOWN)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        decode = handler.request_deserializer
+        method = handler_call_details.method
+
+        def safe_decode(data: bytes) -> Any:
+            try:
+                return decode(data)
+            except Exception:
+                return MALFORMED
+
+        async def refuse(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            log.warning("malformed %s request from %s", method, context.peer())
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {method} request")
+
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                if request is MALFORMED:
+                    await refuse(context)
+                return await inner(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary,
+                request_deserializer=safe_decode,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            async def stream(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                if request is MALFORMED:
+                    await refuse(context)
+                async for item in inner_stream(request, context):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream,
+                request_deserializer=safe_decode,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 
-from agent.auth import TokenAuthInterceptor
+from agent.auth import MalformedRequestGuard, TokenAuthInterceptor
 from agent.config import AgentConfig
 from agent.service import AgentService
 from volley.plan import parse_address
@@ -37,8 +37,9 @@ class AgentServer:
         host, _ = parse_address(cfg.listen, "--listen")
         check_listen(host, cfg.token, cfg.tls)
         self.auth = TokenAuthInterceptor(cfg.token) if cfg.token else None
+        guards = [self.auth] if self.auth else []
         self.server = grpc.aio.server(
-            options=SERVER_OPTIONS, interceptors=[self.auth] if self.auth else None
+            options=SERVER_OPTIONS, interceptors=[*guards, MalformedRequestGuard()]
         )
         self.service = AgentService(cfg)
         pb_grpc.add_AgentControlServicer_to_server(self.service, self.server)
