@@ -212,6 +212,10 @@ def build_plan(
     for k, v in overrides.items():
         if v is not None:
             data[k] = v
+    if not isinstance(data.get("load") or {}, dict):
+        raise PlanError("load: expected a mapping")
+    if not isinstance(data.get("inputs") or [], list):
+        raise PlanError("inputs: expected a list")
     load = dict(data.get("load") or {})
     for k, v in load_overrides.items():
         if v is not None:
