@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from coordinator.agents import AgentClient, AgentError, describe_error
+from coordinator.agents import AgentClient, AgentError
 from coordinator.aggregate import Aggregator
 from coordinator.preflight import preflight
 from coordinator.recovery import MANIFEST, find_outages, write_manifest
@@ -230,7 +230,7 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
                 s.info.state = "failed"
                 s.info.error = s.refused
             elif s.info.state == "running":
-                lost(s, f"connection lost ({describe_error(s.info.address, exc)})")
+                lost(s, f"connection lost: {exc.code().name}: {exc.details() or 'no details'}")
         except asyncio.CancelledError:
             if s.info.state == "running":
                 lost(s, "cancelled")

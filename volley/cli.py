@@ -123,6 +123,9 @@ def agent(
     coordinator_grace: Annotated[
         str, typer.Option(help="Stop a run whose coordinator is gone for this long.")
     ] = "5s",
+    spool_max_mb: Annotated[
+        int, typer.Option(help="Largest spool of one run, MiB (~18k records per MiB).")
+    ] = 2048,
     port_file: Annotated[str, typer.Option(hidden=True)] = "",
 ) -> None:
     """Run an agent: receives plan slices from a coordinator and fires them at the target."""
@@ -146,6 +149,8 @@ def agent(
             max_duration_s=parse_duration(max_duration, "--max-duration"),
             allowed_targets=tuple(allow_target or ()),
         )
+        if not 1 <= spool_max_mb <= 1024 * 1024:
+            raise PlanError("--spool-max-mb: must be between 1 and 1048576")
         grace_s = parse_duration(coordinator_grace, "--coordinator-grace")
         if grace_s <= 0:
             raise PlanError("--coordinator-grace: must be > 0")
@@ -163,6 +168,7 @@ def agent(
         token=token,
         tls=tls,
         coordinator_grace_s=grace_s,
+        spool_max_bytes=spool_max_mb * 1024 * 1024,
     )
     if spool_dir:
         base = dataclasses.replace(base, spool_dir=spool_dir)

@@ -99,6 +99,12 @@ def print_summary(summary: dict[str, Any], run_dir: Path, console: Console | Non
             f"server: queue {server['queue_ms']:.3f} ms  compute infer "
             f"{server.get('compute_infer_ms', 0):.3f} ms (means per request)"
         )
+    for o in summary.get("outages") or []:
+        codes = ", ".join(f"{k}: {v}" for k, v in o["error_codes"].items())
+        con.print(
+            f"[yellow]outage:[/yellow] {o['start_s']:g}-{o['end_s']:g} s, "
+            f"{o['errors']} of {o['records']} arrivals failed ({codes})"
+        )
     verdict = summary["verdict"]
     for r in verdict.get("slo", []):
         mark = "[green]PASS[/green]" if r["passed"] else "[red]FAIL[/red]"
@@ -111,4 +117,7 @@ def print_summary(summary: dict[str, Any], run_dir: Path, console: Console | Non
         con.print("[red]INVALID run:[/red]")
         for reason in verdict["reasons"]:
             con.print(f"  - {reason}")
+    recovery = summary.get("recovery")
+    if recovery:
+        con.print(f"[yellow]recover:[/yellow] {recovery['hint']}")
     con.print(f"results: {run_dir}")

@@ -50,9 +50,7 @@ def test_non_loopback_listen_needs_token_or_mtls(tmp_path: Path) -> None:
     server_only = load_server_tls(str(paths["agent.pem"]), str(paths["agent.key"]), None)
     with pytest.raises(SecurityError):  # TLS without client certs authenticates nobody
         check_listen("0.0.0.0", "", server_only)
-    mutual = load_server_tls(
-        str(paths["agent.pem"]), str(paths["agent.key"]), str(paths["ca.pem"])
-    )
+    mutual = load_server_tls(str(paths["agent.pem"]), str(paths["agent.key"]), str(paths["ca.pem"]))
     assert mutual is not None and mutual.mutual
     check_listen("0.0.0.0", "", mutual)
     with pytest.raises(SecurityError):

@@ -31,9 +31,7 @@ def test_round_trip_and_truncated_tail(tmp_path: Path) -> None:
     w.write(pb.RunEvent(finished=pb.Finished(run_id="run1", ok=True)))
     w.close()
     events = list(spool.read_events(tmp_path, "run1"))
-    assert [e.WhichOneof("event") for e in events] == ["started"] + ["timings"] * 5 + [
-        "finished"
-    ]
+    assert [e.WhichOneof("event") for e in events] == ["started"] + ["timings"] * 5 + ["finished"]
     assert events[0].started.agent_index == 2
     idx = np.concatenate([np.frombuffer(e.timings.index, "<i8") for e in events[1:6]])
     assert np.array_equal(idx, np.arange(500))
