@@ -230,19 +230,23 @@ class RunSession:
         self, loop: asyncio.AbstractEventLoop, aq: asyncio.Queue[Any], finished: threading.Event
     ) -> None:
         """Thread: move messages from the multiprocessing queue into asyncio."""
-        while not finished.is_set():
-            try:
-                msg = self._queue.get(timeout=0.1)
-            except queue.Empty:
-                if all(not p.is_alive() for p in self._procs):
-                    # drain what is left, then report dead workers
-                    with contextlib.suppress(queue.Empty):
-                        while True:
-                            loop.call_soon_threadsafe(aq.put_nowait, self._queue.get_nowait())
-                    loop.call_soon_threadsafe(aq.put_nowait, ("exited",))
-                    return
-                continue
-            loop.call_soon_threadsafe(aq.put_nowait, msg)
+        try:
+            while not finished.is_set():
+                try:
+                    msg = self._queue.get(timeout=0.1)
+                except queue.Empty:
+                    if all(not p.is_alive() for p in self._procs):
+                        # drain what is left, then report dead workers
+                        with contextlib.suppress(queue.Empty):
+                            while True:
+                                msg = self._queue.get_nowait()
+                                loop.call_soon_threadsafe(aq.put_nowait, msg)
+                        loop.call_soon_threadsafe(aq.put_nowait, ("exited",))
+                        return
+                    continue
+                loop.call_soon_threadsafe(aq.put_nowait, msg)
+        except RuntimeError:  # the event loop is closed: the session is gone
+            return
 
     async def events(self) -> AsyncIterator[pb.RunEvent]:
         s = self.spec
