@@ -17,6 +17,8 @@ from multiprocessing.synchronize import Event
 from typing import Any
 
 PR_SET_PDEATHSIG = 1
+#: Set by a parent that wants its `volley agent` child to exit with it (--local-agents).
+PARENT_ENV = "VOLLEY_EXIT_WITH_PARENT"
 
 
 def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> None:
@@ -30,10 +32,12 @@ def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> None:
         os._exit(1)
 
 
-def preexec_die_with_parent() -> None:
-    """subprocess `preexec_fn`: the child gets SIGTERM when the spawning process dies."""
-    parent = os.getppid()
-    die_with_parent(parent, signal.SIGTERM)
+def exit_with_parent_from_env() -> None:
+    """In a `volley agent` started with VOLLEY_EXIT_WITH_PARENT=<pid>: get SIGTERM (a clean
+    shutdown) when that parent dies."""
+    value = os.environ.pop(PARENT_ENV, "")
+    if value.isdigit():
+        die_with_parent(int(value), signal.SIGTERM)
 
 
 def worker_entry(task: Any, out: Queue[Any], stop: Event, parent_pid: int) -> None:

@@ -11,6 +11,7 @@ import grpc
 
 from agent.auth import MalformedRequestGuard, TokenAuthInterceptor
 from agent.config import AgentConfig
+from agent.lifeline import exit_with_parent_from_env
 from agent.service import AgentService
 from volley.plan import parse_address
 from volley.security import check_listen
@@ -86,6 +87,7 @@ class AgentServer:
 
 async def serve(cfg: AgentConfig) -> None:
     """Run an agent until SIGINT/SIGTERM."""
+    exit_with_parent_from_env()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

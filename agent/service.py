@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import socket
@@ -129,6 +130,7 @@ class AgentService(pb_grpc.AgentControlServicer):
         writer = spool.SpoolWriter(
             self.spool_root,
             request.run_id,
+            request.agent_index,
             {
                 "run_id": request.run_id,
                 "agent_id": self.cfg.agent_id,
@@ -199,15 +201,22 @@ class AgentService(pb_grpc.AgentControlServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"run {run_id} is still in progress on this agent; collect it once it ends",
             )
+        slot = request.slot if request.HasField("slot") else None
+        if slot is not None and slot > spool.MAX_SLOT:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid slot")
         if request.discard:
-            if spool.discard(self.spool_root, run_id):
+            if spool.discard(self.spool_root, run_id, slot):
                 log.info("run %s: spool discarded (the coordinator has the run)", run_id)
             return
-        if not spool.exists(self.spool_root, run_id):
+        wanted = [slot] if slot is not None else spool.slots(self.spool_root, run_id)
+        wanted = [k for k in wanted if spool.exists(self.spool_root, run_id, k)]
+        if not wanted:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no spool for run {run_id} here")
-        log.info("run %s: replaying the spool to %s", run_id, context.peer())
-        events = spool.read_events(self.spool_root, run_id)
+        log.info("run %s: replaying spool slot(s) %s to %s", run_id, wanted, context.peer())
         loop = asyncio.get_running_loop()
+        events = itertools.chain.from_iterable(
+            spool.read_events(self.spool_root, run_id, k) for k in wanted
+        )
 
         def chunk() -> list[pb.RunEvent]:
             out: list[pb.RunEvent] = []

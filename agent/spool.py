@@ -1,8 +1,9 @@
 """The agent's local spool: every event of a run, on disk, until the coordinator has it.
 
-One folder per run, `<spool dir>/<run_id>/`, holding `events.bin` (RunEvent
-messages, each preceded by its length as a 4-byte little-endian integer) and
-`meta.json`. The agent appends every event it produces (Started, timing batches,
+One folder per run, `<spool dir>/<run_id>/`, holding one file per slot of the run
+the agent served, `slot-<k>.bin` (RunEvent messages, each preceded by its length as
+a 4-byte little-endian integer), and its `slot-<k>.json` (so agents on one host may
+share a spool folder). The agent appends every event it produces (Started, timing batches,
 a status each second, Finished) as it produces it, before the event is offered
 to the Run stream. When the coordinator has stored the run it discards the
 spool (Collect with discard); if it died, or the agent was cut off, the spool
@@ -31,8 +32,7 @@ from volley.v1 import control_pb2 as pb
 log = logging.getLogger("volley.agent.spool")
 
 SPOOL_ENV = "VOLLEY_SPOOL_DIR"
-EVENTS = "events.bin"
-META = "meta.json"
+MAX_SLOT = 1_000_000
 #: A run id names a folder: letters, digits, '_' and '-', not starting with '-'.
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
 #: No single spooled event is larger (a reader treats a larger length as corruption).
@@ -57,6 +57,25 @@ def run_path(root: Path, run_id: str) -> Path:
     return root / run_id
 
 
+def slot_path(root: Path, run_id: str, slot: int) -> Path:
+    if not 0 <= slot <= MAX_SLOT:
+        raise ValueError(f"invalid slot {slot}")
+    return run_path(root, run_id) / f"slot-{slot}.bin"
+
+
+def slots(root: Path, run_id: str) -> list[int]:
+    """The slots spooled here for a run."""
+    if not valid_run_id(run_id):
+        return []
+    out = []
+    with contextlib.suppress(OSError):
+        for p in run_path(root, run_id).glob("slot-*.bin"):
+            num = p.stem.removeprefix("slot-")
+            if num.isdigit() and int(num) <= MAX_SLOT:
+                out.append(int(num))
+    return sorted(out)
+
+
 class SpoolWriter:
     """Appends a run's events to its spool. Never raises: a disk problem disables
     spooling for the run (logged once) and the run goes on."""
@@ -65,10 +84,11 @@ class SpoolWriter:
         self,
         root: Path,
         run_id: str,
+        slot: int,
         meta: dict[str, object],
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
-        self.path = run_path(root, run_id)
+        self.path = slot_path(root, run_id, slot)
         self.max_bytes = max_bytes
         self.bytes = 0
         self.events = 0
@@ -77,9 +97,10 @@ class SpoolWriter:
         self._fh = None
         try:
             root.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self.path.mkdir(mode=0o700, exist_ok=True)
-            (self.path / META).write_text(json.dumps({**meta, "created": time.time()}))
-            self._fh = open(self.path / EVENTS, "wb")  # noqa: SIM115 - closed in close()
+            self.path.parent.mkdir(mode=0o700, exist_ok=True)
+            meta_path = self.path.with_suffix(".json")
+            meta_path.write_text(json.dumps({**meta, "slot": slot, "created": time.time()}))
+            self._fh = open(self.path, "wb")  # noqa: SIM115 - closed in close()
         except OSError as exc:
             self._fail(exc)
 
@@ -134,10 +155,10 @@ class SpoolWriter:
             self._fh = None
 
 
-def read_events(root: Path, run_id: str) -> Iterator[pb.RunEvent]:
-    """The spooled events of a run, in order; stops quietly at a truncated or corrupt
-    tail. FileNotFoundError when there is no spool for the run."""
-    path = run_path(root, run_id) / EVENTS
+def read_events(root: Path, run_id: str, slot: int) -> Iterator[pb.RunEvent]:
+    """The spooled events of a run's slot, in order; stops quietly at a truncated or
+    corrupt tail. FileNotFoundError when there is no such spool."""
+    path = slot_path(root, run_id, slot)
     with open(path, "rb") as fh:
         while True:
             head = fh.read(_LEN.size)
@@ -159,16 +180,30 @@ def read_events(root: Path, run_id: str) -> Iterator[pb.RunEvent]:
             yield ev
 
 
-def exists(root: Path, run_id: str) -> bool:
-    return valid_run_id(run_id) and (run_path(root, run_id) / EVENTS).is_file()
+def exists(root: Path, run_id: str, slot: int | None = None) -> bool:
+    if slot is None:
+        return bool(slots(root, run_id))
+    return (
+        valid_run_id(run_id) and 0 <= slot <= MAX_SLOT and slot_path(root, run_id, slot).is_file()
+    )
 
 
-def discard(root: Path, run_id: str) -> bool:
-    """Delete a run's spool; False when there was none."""
+def discard(root: Path, run_id: str, slot: int | None = None) -> bool:
+    """Delete a run's spool (one slot, or all); False when there was none."""
     path = run_path(root, run_id)
     if not path.is_dir():
         return False
-    shutil.rmtree(path, ignore_errors=True)
+    if slot is None:
+        shutil.rmtree(path, ignore_errors=True)
+        return True
+    f = slot_path(root, run_id, slot)
+    if not f.exists():
+        return False
+    with contextlib.suppress(OSError):
+        f.unlink()
+        f.with_suffix(".json").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.rmdir()  # only when no other slot is left
     return True
 
 
@@ -180,9 +215,11 @@ def list_runs(root: Path) -> list[tuple[float, str]]:
     except OSError:
         return out
     for p in entries:
-        if p.is_dir() and valid_run_id(p.name) and (p / EVENTS).exists():
+        if p.is_dir() and valid_run_id(p.name):
             with contextlib.suppress(OSError):
-                out.append(((p / EVENTS).stat().st_mtime, p.name))
+                times = [f.stat().st_mtime for f in p.glob("slot-*.bin")]
+                if times:
+                    out.append((max(times), p.name))
     return sorted(out)
 
 

@@ -157,18 +157,22 @@ class AgentClient:
             return False
         return bool(reply.stopped)
 
-    def collect(self, run_id: str, timeout_s: float | None = None) -> AsyncIterator[pb.RunEvent]:
-        """Replay the agent's spool of a run (stream of RunEvents)."""
+    def collect(
+        self, run_id: str, slot: int | None = None, timeout_s: float | None = None
+    ) -> AsyncIterator[pb.RunEvent]:
+        """Replay the agent's spool of a run (one slot, or every slot it holds)."""
         call: AsyncIterator[pb.RunEvent] = self.stub.Collect(
-            pb.CollectRequest(run_id=run_id), timeout=timeout_s, metadata=self.md
+            pb.CollectRequest(run_id=run_id, slot=slot), timeout=timeout_s, metadata=self.md
         )
         return call
 
-    async def discard(self, run_id: str, timeout_s: float = 5.0) -> bool:
+    async def discard(self, run_id: str, slot: int | None = None, timeout_s: float = 5.0) -> bool:
         """Tell the agent to delete its spool of a run (the run is stored)."""
         try:
             call = self.stub.Collect(
-                pb.CollectRequest(run_id=run_id, discard=True), timeout=timeout_s, metadata=self.md
+                pb.CollectRequest(run_id=run_id, discard=True, slot=slot),
+                timeout=timeout_s,
+                metadata=self.md,
             )
             async for _ in call:
                 pass

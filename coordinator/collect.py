@@ -82,32 +82,45 @@ class CollectReport:
     discarded: list[str]
 
 
-async def fetch_spool(client: AgentClient, run_id: str, index_by_address: int) -> AgentSpool:
-    """Replay one agent's spool; raises grpc.aio.AioRpcError from the agent."""
-    got = AgentSpool(index=index_by_address, address=client.address)
-    async for ev in client.collect(run_id):
+async def fetch_spools(client: AgentClient, run_id: str, slot: int | None) -> list[AgentSpool]:
+    """Replay one agent's spool of the run (one slot, or all it holds); raises
+    grpc.aio.AioRpcError from the agent, CollectError for another run's spool."""
+    out: list[AgentSpool] = []
+    cur: AgentSpool | None = None
+    async for ev in client.collect(run_id, slot):
         kind = ev.WhichOneof("event")
         if kind == "started":
             if ev.started.run_id and ev.started.run_id != run_id:
                 raise CollectError(f"agent {client.address}: spool of another run")
-            got.index = int(ev.started.agent_index)
-            got.agent_id = ev.started.agent_id
-        elif kind == "timings":
+            cur = AgentSpool(
+                index=int(ev.started.agent_index),
+                address=client.address,
+                agent_id=ev.started.agent_id,
+            )
+            out.append(cur)
+            continue
+        if cur is None:  # events before any Started: a damaged spool
+            if slot is None:
+                continue
+            cur = AgentSpool(index=slot, address=client.address)
+            cur.notes.append("the spool lacks its start event")
+            out.append(cur)
+        if kind == "timings":
             try:
                 block = RecordBlock.from_proto(ev.timings)
             except ValueError as exc:
-                got.notes.append(f"skipped a malformed batch ({exc})")
+                cur.notes.append(f"skipped a malformed batch ({exc})")
                 continue
-            got.blocks.append(block)
-            got.records += len(block)
+            cur.blocks.append(block)
+            cur.records += len(block)
         elif kind == "status":
             if ev.status.state == "spool-full":
-                got.notes.append(ev.status.message)
+                cur.notes.append(ev.status.message)
             else:
-                got.last_status = ev.status
+                cur.last_status = ev.status
         elif kind == "finished":
-            got.finished = ev.finished
-    return got
+            cur.finished = ev.finished
+    return out
 
 
 def _read_existing(path: Path) -> tuple[pa.Table | None, str]:
@@ -201,7 +214,7 @@ async def collect_run(
     for addr in addresses:
         client = AgentClient(addr, connect_timeout_s, security)
         try:
-            spools.append(await fetch_spool(client, run_id, by_address.get(addr, -1)))
+            spools += await fetch_spools(client, run_id, by_address.get(addr))
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 failures[addr] = f"agent {addr}: has no spool for run {run_id}"
@@ -219,6 +232,15 @@ async def collect_run(
                 f"{len(infos)} agents"
             )
     spools = [sp for sp in spools if 0 <= sp.index < len(infos)]
+    # the same slot from two answers (agents sharing a spool folder): one spool
+    by_slot: dict[int, AgentSpool] = {}
+    for sp in spools:
+        if sp.index in by_slot:
+            by_slot[sp.index].blocks += sp.blocks
+            by_slot[sp.index].records += sp.records
+        else:
+            by_slot[sp.index] = sp
+    spools = [by_slot[k] for k in sorted(by_slot)]
     if not spools:
         raise CollectError("; ".join(failures.values()) or "no agent answered")
 
@@ -297,7 +319,7 @@ async def collect_run(
     write_timeseries(run_dir / "timeseries.parquet", timeseries_rows(agg, names))
     write_json(run_dir / "summary.json.tmp", summary)
     (run_dir / "summary.json.tmp").replace(run_dir / "summary.json")
-    discarded = [] if keep else await _discard(run_id, [sp.address for sp in spools], security)
+    discarded = [] if keep else await _discard(run_id, spools, security)
     return CollectReport(
         run_dir, run_id, spools, failures, before, after, after - before, True, discarded
     )
@@ -360,13 +382,15 @@ def _write_recovered_only(
     return CollectReport(run_dir, run_id, spools, failures, 0, n, n, False, [])
 
 
-async def _discard(run_id: str, addresses: list[str], security: ClientSecurity | None) -> list[str]:
+async def _discard(
+    run_id: str, spools: list[AgentSpool], security: ClientSecurity | None
+) -> list[str]:
     done: list[str] = []
-    for addr in addresses:
-        client = AgentClient(addr, 5.0, security)
+    for sp in spools:
+        client = AgentClient(sp.address, 5.0, security)
         try:
-            if await client.discard(run_id):
-                done.append(addr)
+            if await client.discard(run_id, sp.index):
+                done.append(f"{sp.address} (slot {sp.index})")
         finally:
             with contextlib.suppress(Exception):
                 await client.close()

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from agent.lifeline import preexec_die_with_parent
+from agent.lifeline import PARENT_ENV
 from coordinator.agents import AgentError
 from volley.security import TOKEN_ENV
 
@@ -51,21 +51,13 @@ class LocalAgents:
                 "--agent-id",
                 f"local-{i}",
                 "--spool-dir",
-                str(tmp / "spool"),
+                str(tmp / f"spool{i}"),
             ]
             env = dict(os.environ)
             if self.token:
                 env[TOKEN_ENV] = self.token  # through the environment, never argv
-            self.procs.append(
-                subprocess.Popen(
-                    argv,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    # a killed coordinator takes its local agents with it
-                    preexec_fn=preexec_die_with_parent,
-                )
-            )
+            env[PARENT_ENV] = str(os.getpid())  # a killed coordinator takes them with it
+            self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env))
             files.append(port_file)
         deadline = time.monotonic() + self.startup_timeout_s
         for i, f in enumerate(files):

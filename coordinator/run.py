@@ -328,7 +328,7 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
     # The run is stored: agents that delivered everything may drop their spools; the
     # others keep theirs for `volley collect`.
     await asyncio.gather(
-        *(s.client.discard(run_id) for s in streams if s.info.state == "done"),
+        *(s.client.discard(run_id, s.index) for s in streams if s.info.state == "done"),
         return_exceptions=True,
     )
     for s in streams:

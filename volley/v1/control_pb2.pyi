@@ -268,20 +268,28 @@ class CollectRequest(_message.Message):
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     DISCARD_FIELD_NUMBER: _builtins.int
+    SLOT_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     discard: _builtins.bool
     """Delete the spool instead of sending it (the coordinator has stored the run)."""
+    slot: _builtins.int
+    """The agent's slot in the run (RunRequest.agent_index); unset: every slot spooled
+    here for the run (agents sharing a spool folder keep one file per slot).
+    """
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
         discard: _builtins.bool = ...,
+        slot: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_slot", b"_slot", "slot", b"slot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["discard", b"discard", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_slot", b"_slot", "discard", b"discard", "run_id", b"run_id", "slot", b"slot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__slot: _TypeAlias = _typing.Literal["slot"]  # noqa: Y015
+    _WhichOneofArgType__slot: _TypeAlias = _typing.Literal["_slot", b"_slot"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__slot) -> _WhichOneofReturnType__slot | None: ...
 
 Global___CollectRequest: _TypeAlias = CollectRequest  # noqa: Y015
 

@@ -97,9 +97,9 @@ class AgentControlServicer:
 
     def Collect(self, request, context):
         """Replay what the agent spooled locally for a run (every event it produced:
-        Started, TimingBatch, AgentStatus, Finished), e.g. after the coordinator died
-        or the agent was cut off; or, with discard, delete that spool. NOT_FOUND when
-        the agent has no spool for the run.
+        Started, TimingBatch, AgentStatus, Finished; each slot's events begin with its
+        Started), e.g. after the coordinator died or the agent was cut off; or, with
+        discard, delete that spool. NOT_FOUND when the agent has no spool for the run.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -49,9 +49,9 @@ class AgentControlStub:
     """Stop a run early (the stream then ends with a Finished event)."""
     Collect: _grpc.UnaryStreamMultiCallable[_control_pb2.CollectRequest, _control_pb2.RunEvent]
     """Replay what the agent spooled locally for a run (every event it produced:
-    Started, TimingBatch, AgentStatus, Finished), e.g. after the coordinator died
-    or the agent was cut off; or, with discard, delete that spool. NOT_FOUND when
-    the agent has no spool for the run.
+    Started, TimingBatch, AgentStatus, Finished; each slot's events begin with its
+    Started), e.g. after the coordinator died or the agent was cut off; or, with
+    discard, delete that spool. NOT_FOUND when the agent has no spool for the run.
     """
 
 @_typing.type_check_only
@@ -73,9 +73,9 @@ class AgentControlAsyncStub(AgentControlStub):
     """Stop a run early (the stream then ends with a Finished event)."""
     Collect: _aio.UnaryStreamMultiCallable[_control_pb2.CollectRequest, _control_pb2.RunEvent]  # type: ignore[assignment]
     """Replay what the agent spooled locally for a run (every event it produced:
-    Started, TimingBatch, AgentStatus, Finished), e.g. after the coordinator died
-    or the agent was cut off; or, with discard, delete that spool. NOT_FOUND when
-    the agent has no spool for the run.
+    Started, TimingBatch, AgentStatus, Finished; each slot's events begin with its
+    Started), e.g. after the coordinator died or the agent was cut off; or, with
+    discard, delete that spool. NOT_FOUND when the agent has no spool for the run.
     """
 
 class AgentControlServicer(metaclass=_abc_1.ABCMeta):
@@ -124,9 +124,9 @@ class AgentControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_control_pb2.RunEvent], _abc.AsyncIterator[_control_pb2.RunEvent]]:
         """Replay what the agent spooled locally for a run (every event it produced:
-        Started, TimingBatch, AgentStatus, Finished), e.g. after the coordinator died
-        or the agent was cut off; or, with discard, delete that spool. NOT_FOUND when
-        the agent has no spool for the run.
+        Started, TimingBatch, AgentStatus, Finished; each slot's events begin with its
+        Started), e.g. after the coordinator died or the agent was cut off; or, with
+        discard, delete that spool. NOT_FOUND when the agent has no spool for the run.
         """
 
 def add_AgentControlServicer_to_server(servicer: AgentControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
