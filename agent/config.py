@@ -6,6 +6,9 @@ import os
 import socket
 from dataclasses import dataclass, field
 
+from agent.spool import DEFAULT_MAX_BYTES, default_spool_dir
+from volley.security import ServerTLS
+
 
 @dataclass(frozen=True)
 class AgentLimits:
@@ -27,3 +30,12 @@ class AgentConfig:
     port_file: str = ""
     #: Seconds between heartbeats / batch flushes on the Run stream.
     heartbeat_s: float = 0.25
+    #: Shared token every control-plane call must carry ("" = none; loopback only).
+    token: str = field(default="", repr=False)
+    #: TLS identity (and client CA for mutual TLS); None = plaintext.
+    tls: ServerTLS | None = None
+    #: Where runs' records are spooled until the coordinator has them.
+    spool_dir: str = field(default_factory=lambda: str(default_spool_dir()))
+    spool_max_bytes: int = DEFAULT_MAX_BYTES
+    #: A run whose coordinator is silent (no keepalive, or stream gone) this long stops.
+    coordinator_grace_s: float = 5.0

@@ -65,6 +65,10 @@ class GrpcioUnary(Transport):
             ("grpc.max_receive_message_length", -1),
             ("grpc.enable_retries", 0),
             ("grpc.use_local_subchannel_pool", 1),  # one connection per channel
+            # a dead target is retried with bounded backoff (no connection storm)
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
         ]
         tls = self.plan.tls
         if tls is not None:

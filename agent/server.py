@@ -9,15 +9,19 @@ from pathlib import Path
 
 import grpc
 
+from agent.auth import MalformedRequestGuard, TokenAuthInterceptor
 from agent.config import AgentConfig
+from agent.lifeline import exit_with_parent_from_env
 from agent.service import AgentService
+from volley.plan import parse_address
+from volley.security import check_listen
 from volley.v1 import control_pb2_grpc as pb_grpc
 
 log = logging.getLogger("volley.agent")
 
 SERVER_OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 512 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 160 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 1_000),
@@ -28,30 +32,49 @@ class AgentServer:
     """An agent's gRPC server; `async with AgentServer(cfg) as s:` serves on s.port."""
 
     def __init__(self, cfg: AgentConfig) -> None:
+        """Raises volley.security.SecurityError for a non-loopback listen address
+        without authentication."""
         self.cfg = cfg
-        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        host, _ = parse_address(cfg.listen, "--listen")
+        check_listen(host, cfg.token, cfg.tls)
+        self.auth = TokenAuthInterceptor(cfg.token) if cfg.token else None
+        guards = [self.auth] if self.auth else []
+        self.server = grpc.aio.server(
+            options=SERVER_OPTIONS, interceptors=[*guards, MalformedRequestGuard()]
+        )
         self.service = AgentService(cfg)
         pb_grpc.add_AgentControlServicer_to_server(self.service, self.server)
         self.port = 0
 
     async def start(self) -> int:
-        self.port = self.server.add_insecure_port(self.cfg.listen)
+        if self.cfg.tls is not None:
+            self.port = self.server.add_secure_port(self.cfg.listen, self.cfg.tls.credentials())
+        else:
+            self.port = self.server.add_insecure_port(self.cfg.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.cfg.listen}")
         await self.server.start()
         if self.cfg.port_file:
-            Path(self.cfg.port_file).write_text(str(self.port))
+            tmp = Path(self.cfg.port_file + ".tmp")
+            tmp.write_text(str(self.port))
+            tmp.replace(self.cfg.port_file)
+        tls = self.cfg.tls
         log.info(
-            "agent %s listening on port %d with %d workers",
+            "agent %s listening on port %d with %d workers (%s, %s)",
             self.cfg.agent_id,
             self.port,
             self.cfg.workers,
+            "mutual TLS" if tls and tls.mutual else "TLS" if tls else "plaintext",
+            "token required" if self.cfg.token else "no token",
         )
         return self.port
 
     async def stop(self, grace: float = 2.0) -> None:
-        if self.service.session is not None:
-            self.service.session.stop("agent shutting down")
+        session = self.service.session
+        if session is not None:
+            session.stop("agent shutting down")
+            # let the workers drain and the spool close (records are never dropped quietly)
+            await session.wait(timeout=max(grace, 5.0))
         await self.server.stop(grace)
 
     async def __aenter__(self) -> AgentServer:
@@ -64,6 +87,7 @@ class AgentServer:
 
 async def serve(cfg: AgentConfig) -> None:
     """Run an agent until SIGINT/SIGTERM."""
+    exit_with_parent_from_env()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

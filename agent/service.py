@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 import os
 import socket
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 
+from agent import spool
 from agent.config import AgentConfig
 from agent.limits import check_plan
 from agent.session import RunSession, SessionSpec
@@ -20,11 +24,29 @@ from volley.version import PROTOCOL_VERSION, __version__
 
 log = logging.getLogger("volley.agent")
 
+#: A start instant further ahead than this is refused (no session waits for days).
+MAX_START_LEAD_NS = 600 * 1_000_000_000
+#: The largest plan (JSON) an agent parses.
+MAX_PLAN_CHARS = 128 * 1024 * 1024
+#: Spooled events replayed per read from disk (Collect).
+COLLECT_CHUNK = 64
+
 
 class AgentService(pb_grpc.AgentControlServicer):
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
         self.session: RunSession | None = None
+        self.spool_root = Path(cfg.spool_dir)
+
+    def _session_done(self, session: RunSession) -> None:
+        if self.session is session:
+            self.session = None
+        log.info(
+            "run %s ended (%s%s)",
+            session.spec.run_id,
+            session.state,
+            f": {session.stop_reason}" if session.stop_reason else "",
+        )
 
     async def Hello(
         self,
@@ -61,6 +83,9 @@ class AgentService(pb_grpc.AgentControlServicer):
         request: pb.PingRequest,
         context: grpc.aio.ServicerContext[pb.PingRequest, pb.PingReply],
     ) -> pb.PingReply:
+        session = self.session
+        if request.run_id and session is not None and session.spec.run_id == request.run_id:
+            session.touch()
         return pb.PingReply(
             coordinator_send_ns=request.coordinator_send_ns, agent_ns=time.monotonic_ns()
         )
@@ -72,16 +97,48 @@ class AgentService(pb_grpc.AgentControlServicer):
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, "agent is busy with another run"
             )
+        if not spool.valid_run_id(request.run_id):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "invalid run id (1-64 letters, digits, '_' or '-')",
+            )
+        if len(request.plan_json) > MAX_PLAN_CHARS:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"plan larger than {MAX_PLAN_CHARS} characters"
+            )
+        if request.start_at_agent_ns - time.monotonic_ns() > MAX_START_LEAD_NS:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"start instant more than {MAX_START_LEAD_NS // 10**9}s ahead",
+            )
         try:
             plan = Plan.from_json(request.plan_json)
-        except PlanError as exc:
+        except (PlanError, RecursionError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid plan: {exc}")
             raise  # unreachable: abort raises
         refusal = check_plan(plan, request.agent_index, self.cfg.limits)
         if refusal:
-            log.warning("refused run %s: %s", request.run_id, refusal)
+            log.warning("refused run %s from %s: %s", request.run_id, context.peer(), refusal)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"agent refuses: {refusal}")
+        if self.session is not None:  # another Run won the race while this one was checked
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "agent is busy with another run"
+            )
         workers = min(request.workers or self.cfg.workers, self.cfg.workers)
+        keepalive_s = request.keepalive_ms / 1000.0
+        spool.prune(self.spool_root, active=request.run_id)
+        writer = spool.SpoolWriter(
+            self.spool_root,
+            request.run_id,
+            request.agent_index,
+            {
+                "run_id": request.run_id,
+                "agent_id": self.cfg.agent_id,
+                "agent_index": request.agent_index,
+                "plan_name": plan.name,
+            },
+            max_bytes=self.cfg.spool_max_bytes,
+        )
         session = RunSession(
             SessionSpec(
                 run_id=request.run_id,
@@ -92,17 +149,34 @@ class AgentService(pb_grpc.AgentControlServicer):
                 workers=workers,
                 expected_outputs=len(plan.outputs),
                 heartbeat_s=self.cfg.heartbeat_s,
-            )
+                agent_id=self.cfg.agent_id,
+                keepalive_s=keepalive_s,
+                grace_s=max(self.cfg.coordinator_grace_s, 4 * keepalive_s),
+                max_duration_s=self.cfg.limits.max_duration_s,
+            ),
+            writer,
         )
         self.session = session
-        log.info("run %s: slice %d, %d workers", request.run_id, request.agent_index, workers)
+        log.info(
+            "run %s from %s: slice %d, %d workers",
+            request.run_id,
+            context.peer(),
+            request.agent_index,
+            workers,
+        )
+        session.start(self._session_done)
         try:
-            async for event in session.events():
+            async for event in session.stream():
                 yield event
         finally:
-            session.stop("run stream closed")
-            self.session = None
-            log.info("run %s ended (%s)", request.run_id, session.state)
+            if not session.finished:
+                session.detach("the Run stream closed")
+        if not session.finished:
+            await context.abort(
+                grpc.StatusCode.ABORTED,
+                f"{session.detach_reason}; the agent keeps the run's records in its spool "
+                "(volley collect)",
+            )
 
     async def Stop(
         self,
@@ -113,3 +187,53 @@ class AgentService(pb_grpc.AgentControlServicer):
             return pb.StopReply(stopped=False)
         self.session.stop(request.reason or "stopped by coordinator")
         return pb.StopReply(stopped=True)
+
+    async def Collect(
+        self,
+        request: pb.CollectRequest,
+        context: grpc.aio.ServicerContext[pb.CollectRequest, pb.RunEvent],
+    ) -> AsyncIterator[pb.RunEvent]:
+        run_id = request.run_id
+        if not spool.valid_run_id(run_id):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid run id")
+        if self.session is not None and self.session.spec.run_id == run_id:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"run {run_id} is still in progress on this agent; collect it once it ends",
+            )
+        slot = request.slot if request.HasField("slot") else None
+        if slot is not None and slot > spool.MAX_SLOT:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid slot")
+        if request.discard:
+            if spool.discard(self.spool_root, run_id, slot):
+                log.info("run %s: spool discarded (the coordinator has the run)", run_id)
+            return
+        wanted = [slot] if slot is not None else spool.slots(self.spool_root, run_id)
+        wanted = [k for k in wanted if spool.exists(self.spool_root, run_id, k)]
+        if not wanted:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no spool for run {run_id} here")
+        log.info("run %s: replaying spool slot(s) %s to %s", run_id, wanted, context.peer())
+        loop = asyncio.get_running_loop()
+        events = itertools.chain.from_iterable(
+            spool.read_events(self.spool_root, run_id, k) for k in wanted
+        )
+
+        def chunk() -> list[pb.RunEvent]:
+            out: list[pb.RunEvent] = []
+            for ev in events:
+                out.append(ev)
+                if len(out) >= COLLECT_CHUNK:
+                    break
+            return out
+
+        while True:
+            try:
+                got = await loop.run_in_executor(None, chunk)
+            except OSError as exc:
+                await context.abort(
+                    grpc.StatusCode.INTERNAL, f"spool of run {run_id}: {exc.strerror or exc}"
+                )
+            if not got:
+                return
+            for ev in got:
+                yield ev

@@ -1,23 +1,34 @@
 """One run on one agent: spawn worker processes, merge their records, stream events.
 
-The session is transport-free: `events()` yields protobuf RunEvents that the
-servicer forwards as they come. Records from the workers are merged into one
-columnar batch per flush interval before they leave the agent.
+The session is transport-free: `events()` produces protobuf RunEvents. Records
+from the workers are merged into one columnar batch per flush interval before
+they leave the agent.
+
+The session runs on its own task (`start()`), not on the Run stream's: every
+event goes to the local spool first, then to a bounded outbox the servicer
+drains into the stream (`stream()`). If the stream closes or falls behind, the
+session carries on detached (events only spooled) and stops its workers once
+the coordinator has been silent past the grace period; it never holds an
+unbounded backlog in memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import multiprocessing as mp
+import os
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.worker import WorkerCounters, WorkerTask, worker_main
+from agent.lifeline import worker_entry
+from agent.spool import SpoolWriter
+from agent.worker import WorkerCounters, WorkerTask
 from volley.plan import Plan
 from volley.records import RecordBlock, concat
 from volley.v1 import control_pb2 as pb
@@ -34,10 +45,27 @@ class SessionSpec:
     expected_outputs: int
     flush_s: float = 0.1
     heartbeat_s: float = 0.25
+    agent_id: str = ""
+    #: The coordinator pings this often (0: it does not; only the stream tells).
+    keepalive_s: float = 0.0
+    #: Stop the workers once the coordinator has been silent (or the stream gone) this long.
+    grace_s: float = 5.0
+    #: The agent's own duration limit (0 = none): a hard stop past it, whatever happens.
+    max_duration_s: float = 0.0
+
+
+#: The outbox (events waiting for the Run stream) holds at most this many events /
+#: bytes; past either, the stream is deemed stalled and the session detaches from it.
+OUTBOX_EVENTS = 256
+OUTBOX_BYTES = 64 * 1024 * 1024
+#: A status event goes to the spool this often (the stream gets one every heartbeat).
+SPOOL_STATUS_S = 1.0
+
+log = logging.getLogger("volley.agent")
 
 
 class RunSession:
-    def __init__(self, spec: SessionSpec) -> None:
+    def __init__(self, spec: SessionSpec, spool: SpoolWriter | None = None) -> None:
         self.spec = spec
         self._ctx = mp.get_context("spawn")
         self._queue: Any = self._ctx.Queue()
@@ -46,11 +74,120 @@ class RunSession:
         self.state = "ready"
         self.counters: dict[int, WorkerCounters] = {}
         self.stop_reason = ""
+        self.spool = spool
+        #: Last sign of life of the coordinator (a keepalive ping), monotonic seconds.
+        self.last_contact = time.monotonic()
+        self.attached = True
+        self.detached_at = 0.0
+        self.detach_reason = ""
+        self.finished = False
+        self._outbox: asyncio.Queue[pb.RunEvent | None] = asyncio.Queue()
+        self._outbox_bytes = 0
+        self._task: asyncio.Task[None] | None = None
+        self._done = asyncio.Event()
+        self._last_spool_status = 0.0
 
     def stop(self, reason: str) -> None:
         if not self._stop.is_set():
             self.stop_reason = reason
             self._stop.set()
+
+    def touch(self) -> None:
+        """The coordinator is alive (a keepalive ping for this run arrived)."""
+        self.last_contact = time.monotonic()
+
+    def detach(self, reason: str) -> None:
+        """The Run stream is gone (or stalled): from now on events are only spooled."""
+        if self.attached:
+            self.attached = False
+            self.detached_at = time.monotonic()
+            self.detach_reason = reason
+            if not self.finished:
+                log.warning(
+                    "run %s: %s; carrying on detached (records spooled to %s)",
+                    self.spec.run_id,
+                    reason,
+                    self.spool.path if self.spool else "nowhere",
+                )
+            self._outbox.put_nowait(None)
+
+    # ---- the session's own task ------------------------------------------
+    def start(self, on_done: Callable[[RunSession], None] | None = None) -> None:
+        """Run the session on its own task (it outlives the Run stream)."""
+        self._task = asyncio.get_running_loop().create_task(self._drive(on_done))
+
+    async def _drive(self, on_done: Callable[[RunSession], None] | None) -> None:
+        try:
+            async for ev in self.events():
+                self._emit(ev)
+        except Exception as exc:  # never lost quietly: the last event says why
+            log.exception("run %s: session failed", self.spec.run_id)
+            self._emit(
+                pb.RunEvent(
+                    finished=pb.Finished(
+                        run_id=self.spec.run_id, ok=False, error=f"agent session failed: {exc}"
+                    )
+                )
+            )
+        finally:
+            self.finished = True
+            if self.spool is not None:
+                self.spool.close()
+            self._outbox.put_nowait(None)
+            self._done.set()
+            if on_done is not None:
+                on_done(self)
+
+    def _emit(self, ev: pb.RunEvent) -> None:
+        kind = ev.WhichOneof("event")
+        if self.spool is not None:
+            now = time.monotonic()
+            if kind != "status" or now - self._last_spool_status >= SPOOL_STATUS_S:
+                self.spool.write(ev)
+                if kind == "status":
+                    self._last_spool_status = now
+        if not self.attached:
+            return
+        size = ev.ByteSize() if kind == "timings" else 0
+        if self._outbox.qsize() >= OUTBOX_EVENTS or self._outbox_bytes + size > OUTBOX_BYTES:
+            self.detach("the Run stream fell behind (coordinator not reading)")
+            return
+        self._outbox_bytes += size
+        self._outbox.put_nowait(ev)
+
+    async def stream(self) -> AsyncIterator[pb.RunEvent]:
+        """The events for the Run stream, until the session ends or detaches."""
+        while True:
+            ev = await self._outbox.get()
+            if ev is None:
+                return
+            if ev.WhichOneof("event") == "timings":
+                self._outbox_bytes -= ev.ByteSize()
+            yield ev
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the session to end; False on timeout."""
+        try:
+            await asyncio.wait_for(self._done.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _watchdog(self, now: float) -> None:
+        """Stop the workers when the coordinator is gone, or past the agent's own limit."""
+        if self._stop.is_set():
+            return
+        s = self.spec
+        if s.keepalive_s > 0:
+            silent = now - self.last_contact
+            if silent > s.grace_s:
+                self.stop(f"coordinator gone (no keepalive for {silent:.1f}s)")
+        elif not self.attached and now - self.detached_at > s.grace_s:
+            self.stop(f"coordinator gone ({self.detach_reason} {now - self.detached_at:.1f}s ago)")
+        if s.max_duration_s > 0:
+            limit_ns = s.start_at_ns + int((s.max_duration_s + s.plan.timeout_s + 5.0) * 1e9)
+            if time.monotonic_ns() > limit_ns:
+                self.stop(f"the agent's duration limit of {s.max_duration_s:g}s was reached")
 
     def status(self, cpu_percent: float) -> pb.AgentStatus:
         cs = self.counters.values()
@@ -81,8 +218,8 @@ class RunSession:
                 expected_outputs=s.expected_outputs,
             )
             p = self._ctx.Process(
-                target=worker_main,
-                args=(task, self._queue, self._stop),
+                target=worker_entry,
+                args=(task, self._queue, self._stop, os.getpid()),
                 daemon=True,
                 name=f"volley-worker-{w}",
             )
@@ -123,7 +260,14 @@ class RunSession:
         pump = threading.Thread(target=self._pump, args=(loop, aq, finished), daemon=True)
         pump.start()
         self.state = "waiting"
-        yield pb.RunEvent(started=pb.Started(run_id=s.run_id, workers=s.workers))
+        yield pb.RunEvent(
+            started=pb.Started(
+                run_id=s.run_id,
+                workers=s.workers,
+                agent_index=s.agent_index,
+                agent_id=s.agent_id,
+            )
+        )
         pending: list[RecordBlock] = []
         done: dict[int, str] = {}
         last_flush = last_beat = time.monotonic()
@@ -162,6 +306,7 @@ class RunSession:
                 elif now - last_flush >= s.flush_s:
                     last_flush = now
                 if now - last_beat >= s.heartbeat_s:
+                    self._watchdog(now)
                     cpu = sum(c.cpu_s for c in self.counters.values())
                     dt = now - cpu_mark[0]
                     if dt > 0:

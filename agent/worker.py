@@ -36,6 +36,10 @@ from volley.plan import Plan
 from volley.records import RecordBuffer
 from volley.schedule import split_count, worker_slice
 
+#: Closed loop: a user whose request failed UNAVAILABLE waits (doubling up to this)
+#: before its next one, instead of spinning on a dead server.
+MAX_USER_BACKOFF_S = 1.0
+
 
 @dataclass(frozen=True)
 class WorkerTask:
@@ -92,6 +96,8 @@ class Worker:
         #: closed loop: users (virtual clients) wanted now, which are running, and the end
         self.level = 0
         self.active: list[bool] = []
+        #: closed loop: per-user backoff (s) after UNAVAILABLE
+        self.user_backoff: dict[int, float] = {}
         self.end_ns = 0
         self.seq = 0
         #: open loop: wake with a timerfd (ns-precise) where the clock is the system's
@@ -181,7 +187,16 @@ class Worker:
         ):
             self._flush()
         if key < 0:
-            self._user_next(-1 - key)
+            uid = -1 - key
+            if status == rc.UNAVAILABLE:
+                # A dead server: this user waits (doubling up to MAX_USER_BACKOFF_S)
+                # instead of spinning on it; its arrivals are closed-loop, so none is lost.
+                wait = min(max(self.user_backoff.get(uid, 0.0) * 2, 0.01), MAX_USER_BACKOFF_S)
+                self.user_backoff[uid] = wait
+                asyncio.get_running_loop().call_later(wait, self._user_next, uid)
+            else:
+                self.user_backoff.pop(uid, None)
+                self._user_next(uid)
         elif self.backlog and not self.stopping:
             # A slot freed: the oldest waiting arrival goes out now (late, and counted so).
             i, t, p = self.backlog.popleft()

@@ -16,6 +16,7 @@ import grpc
 
 from coordinator.clock import ClockEstimate, estimate_offset
 from volley.plan import PlanError, parse_address
+from volley.security import ClientSecurity
 from volley.v1 import control_pb2 as pb
 from volley.v1 import control_pb2_grpc as pb_grpc
 from volley.version import PROTOCOL_VERSION, __version__
@@ -57,17 +58,34 @@ def resolve_agents(specs: list[str]) -> list[str]:
 
 
 def _describe(exc: grpc.aio.AioRpcError) -> str:
-    details = exc.details() or ""
-    if exc.code() == grpc.StatusCode.UNAVAILABLE:
-        return f"unreachable ({details.splitlines()[0] if details else 'no answer'})"
-    return f"{exc.code().name}: {details}"
+    details = " ".join((exc.details() or "").split())
+    code = exc.code()
+    if code == grpc.StatusCode.UNAVAILABLE:
+        low = details.lower()
+        if any(k in low for k in ("ssl", "tls", "handshake", "certificate")):
+            return f"TLS handshake failed (check --tls-ca / --tls-cert / --tls-key): {details}"
+        return f"unreachable ({details or 'no answer'})"
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return f"authentication refused ({details}); check --token-file or env VOLLEY_TOKEN"
+    return f"{code.name}: {details}"
+
+
+def describe_error(address: str, exc: grpc.aio.AioRpcError) -> str:
+    return f"agent {address}: {_describe(exc)}"
 
 
 class AgentClient:
-    def __init__(self, address: str, connect_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        connect_timeout_s: float = 5.0,
+        security: ClientSecurity | None = None,
+    ) -> None:
         self.address = address
         self.connect_timeout_s = connect_timeout_s
-        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.security = security or ClientSecurity()
+        self.md = self.security.metadata
+        self.channel = self.security.channel(address, CHANNEL_OPTIONS)
         self.stub = pb_grpc.AgentControlStub(self.channel)
 
     async def close(self) -> None:
@@ -79,12 +97,18 @@ class AgentClient:
                 pb.HelloRequest(protocol_version=PROTOCOL_VERSION, coordinator_version=__version__),
                 timeout=self.connect_timeout_s,
                 wait_for_ready=True,
+                metadata=self.md,
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                hint = (
+                    " or the TLS handshake failed: check --tls-ca / --tls-cert / --tls-key"
+                    if self.security.tls
+                    else ""
+                )
                 raise AgentError(
                     f"agent {self.address}: unreachable (no answer within "
-                    f"{self.connect_timeout_s:g}s)"
+                    f"{self.connect_timeout_s:g}s{hint})"
                 ) from None
             raise AgentError(f"agent {self.address}: {_describe(exc)}") from None
         if reply.busy:
@@ -97,7 +121,7 @@ class AgentClient:
             t0 = time.monotonic_ns()
             try:
                 reply: pb.PingReply = await self.stub.Ping(
-                    pb.PingRequest(coordinator_send_ns=t0), timeout=2.0
+                    pb.PingRequest(coordinator_send_ns=t0), timeout=2.0, metadata=self.md
                 )
             except grpc.aio.AioRpcError as exc:
                 raise AgentError(
@@ -109,14 +133,49 @@ class AgentClient:
         return estimate_offset(got)
 
     def run(self, request: pb.RunRequest) -> AsyncIterator[pb.RunEvent]:
-        call: AsyncIterator[pb.RunEvent] = self.stub.Run(request)
+        call: AsyncIterator[pb.RunEvent] = self.stub.Run(request, metadata=self.md)
         return call
 
-    async def stop(self, run_id: str, reason: str) -> bool:
+    async def keepalive(self, run_id: str, timeout_s: float = 1.0) -> bool:
+        """One keepalive ping for a run; False when it got no answer."""
+        try:
+            await self.stub.Ping(
+                pb.PingRequest(coordinator_send_ns=time.monotonic_ns(), run_id=run_id),
+                timeout=timeout_s,
+                metadata=self.md,
+            )
+        except grpc.aio.AioRpcError:
+            return False
+        return True
+
+    async def stop(self, run_id: str, reason: str, timeout_s: float = 2.0) -> bool:
         try:
             reply: pb.StopReply = await self.stub.Stop(
-                pb.StopRequest(run_id=run_id, reason=reason), timeout=2.0
+                pb.StopRequest(run_id=run_id, reason=reason), timeout=timeout_s, metadata=self.md
             )
         except grpc.aio.AioRpcError:
             return False
         return bool(reply.stopped)
+
+    def collect(
+        self, run_id: str, slot: int | None = None, timeout_s: float | None = None
+    ) -> AsyncIterator[pb.RunEvent]:
+        """Replay the agent's spool of a run (one slot, or every slot it holds)."""
+        call: AsyncIterator[pb.RunEvent] = self.stub.Collect(
+            pb.CollectRequest(run_id=run_id, slot=slot), timeout=timeout_s, metadata=self.md
+        )
+        return call
+
+    async def discard(self, run_id: str, slot: int | None = None, timeout_s: float = 5.0) -> bool:
+        """Tell the agent to delete its spool of a run (the run is stored)."""
+        try:
+            call = self.stub.Collect(
+                pb.CollectRequest(run_id=run_id, discard=True, slot=slot),
+                timeout=timeout_s,
+                metadata=self.md,
+            )
+            async for _ in call:
+                pass
+        except grpc.aio.AioRpcError:
+            return False
+        return True

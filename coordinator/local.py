@@ -11,14 +11,19 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from agent.lifeline import PARENT_ENV
 from coordinator.agents import AgentError
+from volley.security import TOKEN_ENV
 
 
 class LocalAgents:
     """Context manager: starts N `volley agent` processes on loopback, yields their addresses."""
 
-    def __init__(self, count: int, workers: int = 0, startup_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, count: int, workers: int = 0, startup_timeout_s: float = 30.0, token: str = ""
+    ) -> None:
         self.count = count
+        self.token = token
         cores = os.cpu_count() or 1
         self.workers = workers or max(1, cores // max(count, 1))
         self.startup_timeout_s = startup_timeout_s
@@ -45,8 +50,14 @@ class LocalAgents:
                 str(port_file),
                 "--agent-id",
                 f"local-{i}",
+                "--spool-dir",
+                str(tmp / f"spool{i}"),
             ]
-            self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
+            env = dict(os.environ)
+            if self.token:
+                env[TOKEN_ENV] = self.token  # through the environment, never argv
+            env[PARENT_ENV] = str(os.getpid())  # a killed coordinator takes them with it
+            self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env))
             files.append(port_file)
         deadline = time.monotonic() + self.startup_timeout_s
         for i, f in enumerate(files):

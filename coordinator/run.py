@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import shutil
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -24,6 +26,7 @@ from coordinator import serverstats
 from coordinator.agents import AgentClient, AgentError
 from coordinator.aggregate import Aggregator
 from coordinator.preflight import preflight_check
+from coordinator.recovery import MANIFEST, find_outages, write_manifest
 from coordinator.report import write_report_safely
 from coordinator.rundir import (
     RequestWriter,
@@ -39,6 +42,7 @@ from coordinator.summary import AgentInfo, build_summary
 from volley.arrivals import global_schedule, schedule_span_s
 from volley.plan import AgentSpec, Plan
 from volley.records import RecordBlock
+from volley.security import ClientSecurity
 from volley.v1 import control_pb2 as pb
 
 log = logging.getLogger("volley.coordinator")
@@ -50,8 +54,14 @@ class RunOptions:
     #: Seconds between the start command and the agreed start instant.
     start_lead_s: float = 2.0
     connect_timeout_s: float = 5.0
-    #: An agent silent for this long is declared missing.
-    heartbeat_timeout_s: float = 3.0
+    #: An agent silent for this long is declared missing (agents send a heartbeat
+    #: every 0.25 s and the check runs every 0.1 s: detection within 3 s).
+    heartbeat_timeout_s: float = 2.5
+    #: The coordinator's keepalive to each agent during a run (agents stop a run whose
+    #: coordinator stays silent past their grace period).
+    keepalive_s: float = 0.5
+    #: Token / TLS for the control plane.
+    security: ClientSecurity | None = None
     clock_samples: int = 16
     #: Workers per agent for this run (0 = each agent's own default).
     workers: int = 0
@@ -89,10 +99,25 @@ class _AgentStream:
         self.info = info
         self.task: asyncio.Task[None] | None = None
         self.start_at_agent_ns = 0
+        self.started = False
+        #: Why the agent refused the run (before starting it), if it did.
+        self.refused = ""
+        #: When (coordinator monotonic ns) it was found missing or its stream broke.
+        self.lost_ns = 0
+
+
+#: Errors of a Run call that mean "the agent refuses this run", not "it was lost".
+REFUSALS = (
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+)
 
 
 async def _handshake(addresses: list[str], opts: RunOptions) -> list[_AgentStream]:
-    clients = [AgentClient(a, opts.connect_timeout_s) for a in addresses]
+    clients = [AgentClient(a, opts.connect_timeout_s, opts.security) for a in addresses]
 
     async def one(i: int, c: AgentClient) -> _AgentStream:
         reply = await c.hello()
@@ -169,12 +194,21 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
         plan.target, plan.model, opts.server_metrics, opts.server_stats
     )
     monitor.begin(start_coord_ns, plan.load.warmup_s)
+    write_manifest(run_dir, run_id, [s.info for s in streams], start_coord_ns, span_s, expected)
 
     def ingest(s: _AgentStream, batch: pb.TimingBatch) -> None:
         block = RecordBlock.from_proto(batch)
         agg.ingest(s.index, block)
         if writer is not None:
             writer.write(s.index, block)
+
+    def lost(s: _AgentStream, why: str) -> None:
+        """The agent's stream broke or went silent: keep what it sent, go on without it."""
+        if s.info.state in ("running", "ready"):
+            s.info.state = "missing"
+            s.info.error = why
+            s.lost_ns = time.monotonic_ns()
+            log.warning("agent %s missing: %s", s.info.address, why)
 
     async def consume(s: _AgentStream) -> None:
         req = pb.RunRequest(
@@ -184,6 +218,7 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
             start_at_agent_ns=s.start_at_agent_ns,
             clock_offset_ns=s.info.clock.offset_ns if s.info.clock else 0,
             workers=s.info.workers,
+            keepalive_ms=int(opts.keepalive_s * 1000),
         )
         s.info.state = "running"
         s.info.last_seen_ns = time.monotonic_ns()
@@ -192,7 +227,15 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
                 s.info.last_seen_ns = time.monotonic_ns()
                 kind = ev.WhichOneof("event")
                 if kind == "timings":
-                    ingest(s, ev.timings)
+                    try:
+                        ingest(s, ev.timings)
+                    except ValueError as exc:
+                        s.info.state = "failed"
+                        s.info.error = f"sent a malformed timing batch ({exc})"
+                        await s.client.stop(run_id, "malformed timing batch", timeout_s=1.0)
+                        return
+                elif kind == "started":
+                    s.started = True
                 elif kind == "status":
                     st = ev.status
                     s.info.cpu_seconds = st.cpu_seconds
@@ -208,34 +251,57 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
                     s.info.error = f.error
                     return
             if s.info.state == "running":
-                s.info.state = "failed"
-                s.info.error = "stream ended without a finish"
+                lost(s, "its stream ended without a finish")
         except grpc.aio.AioRpcError as exc:
-            s.info.state = "failed" if s.info.state != "missing" else "missing"
-            s.info.error = s.info.error or f"{exc.code().name}: {exc.details()}"
+            if not s.started and exc.code() in REFUSALS:
+                s.refused = (exc.details() or exc.code().name).removeprefix("agent refuses: ")
+                s.info.state = "failed"
+                s.info.error = s.refused
+            elif s.info.state == "running":
+                lost(s, f"connection lost: {exc.code().name}: {exc.details() or 'no details'}")
         except asyncio.CancelledError:
             if s.info.state == "running":
-                s.info.state = "missing"
+                lost(s, "cancelled")
             raise
+
+    async def keepalive(s: _AgentStream) -> None:
+        """Tell the agent the coordinator is still here (it stops the run otherwise)."""
+        while s.task is not None and not s.task.done():
+            await s.client.keepalive(run_id, timeout_s=max(opts.keepalive_s * 2, 1.0))
+            await asyncio.sleep(opts.keepalive_s)
+
+    def refusal() -> _AgentStream | None:
+        return next((s for s in streams if s.refused), None)
 
     # ---- main loop ------------------------------------------------------------
     for s in streams:
         s.task = asyncio.create_task(consume(s))
+    pingers = [asyncio.create_task(keepalive(s)) for s in streams] if opts.keepalive_s > 0 else []
+    background: set[asyncio.Task[Any]] = set()
     deadline = start_coord_ns + int((span_s + plan.timeout_s + 15.0) * 1e9)
     stop_event = opts.stop_event or asyncio.Event()
     try:
         while any(s.task is not None and not s.task.done() for s in streams):
             await asyncio.sleep(0.1)
             now = time.monotonic_ns()
+            bad = refusal()
+            if bad is not None:
+                await asyncio.gather(
+                    *(s.client.stop(run_id, "another agent refused the run") for s in streams)
+                )
+                break
             for s in streams:
                 if s.task is None or s.task.done():
                     continue
                 silent = (now - s.info.last_seen_ns) / 1e9
                 if silent > opts.heartbeat_timeout_s:
-                    s.info.state = "missing"
-                    s.info.error = f"no heartbeat for {silent:.1f}s"
-                    log.warning("agent %s missing: %s", s.info.address, s.info.error)
+                    lost(s, f"no heartbeat for {silent:.1f}s")
                     s.task.cancel()
+                    # best effort: a merely stalled agent stops firing now (a cut-off one
+                    # stops by itself once our keepalives stop reaching it)
+                    t = asyncio.create_task(s.client.stop(run_id, "declared missing", 1.0))
+                    background.add(t)
+                    t.add_done_callback(background.discard)
             if stop_event.is_set() and not stopped:
                 stopped = "interrupted by the user"
                 await asyncio.gather(*(s.client.stop(run_id, stopped) for s in streams))
@@ -265,13 +331,21 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
             if s.task is not None and not s.task.done():
                 s.task.cancel()
         await asyncio.gather(
-            *(s.task for s in streams if s.task is not None), return_exceptions=True
+            *(s.task for s in streams if s.task is not None),
+            *pingers,
+            *background,
+            return_exceptions=True,
         )
-        for s in streams:
-            with contextlib.suppress(Exception):
-                await s.client.close()
         if writer is not None:
             writer.close()
+        bad = refusal()
+        if bad is not None or sys.exc_info()[0] is not None:
+            for s in streams:
+                with contextlib.suppress(Exception):
+                    await s.client.close()
+    if bad is not None:
+        _remove_unused_run_dir(run_dir)
+        raise AgentError(f"agent {bad.info.address} refuses the run: {bad.refused}")
 
     # ---- shutdown: results ------------------------------------------------
     infos = [s.info for s in streams]
@@ -289,10 +363,46 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
         plan, run_id, agg, infos, measured_s, expected, server=server, stopped=stopped
     )
     add_input_pool(summary, pre.pool, infos)
+    _annotate(summary, streams, start_coord_ns, run_dir)
+    summary["outages"] = find_outages(agg)
     names = [i.id or i.address for i in infos]
     write_timeseries(run_dir / "timeseries.parquet", timeseries_rows(agg, names, agent_cpu))
     write_server_json(run_dir / "server.json", server_doc)
     write_histograms(run_dir / "histograms.json", agg, names)
     write_json(run_dir / "summary.json", summary)
     write_report_safely(run_dir)
+    # The run is stored: agents that delivered everything may drop their spools; the
+    # others keep theirs for `volley collect`.
+    await asyncio.gather(
+        *(s.client.discard(run_id, s.index) for s in streams if s.info.state == "done"),
+        return_exceptions=True,
+    )
+    for s in streams:
+        with contextlib.suppress(Exception):
+            await s.client.close()
     return RunResult(run_dir, summary, dataclasses.replace(plan), infos)
+
+
+def _annotate(
+    summary: dict[str, Any], streams: list[_AgentStream], start_ns: int, run_dir: Path
+) -> None:
+    """Per-agent failure detection figures, and how to recover what a lost agent kept."""
+    for s, row in zip(streams, summary["agents"], strict=True):
+        row["last_seen_s"] = round((s.info.last_seen_ns - start_ns) / 1e9, 3)
+        row["lost_detected_s"] = round((s.lost_ns - start_ns) / 1e9, 3) if s.lost_ns else None
+    lost = [s for s in streams if s.info.state in ("missing", "failed")]
+    summary["partial_agents"] = [s.info.id or s.info.address for s in lost]
+    if lost:
+        agents = " ".join(f"--agent {s.info.address}" for s in lost)
+        summary["recovery"] = {
+            "agents": [s.info.address for s in lost],
+            "hint": f"their spooled records: volley collect {run_dir} {agents}",
+        }
+
+
+def _remove_unused_run_dir(run_dir: Path) -> None:
+    """A run refused before any load leaves no run directory behind."""
+    ours = {"plan.yaml", "requests.parquet", MANIFEST}
+    with contextlib.suppress(OSError):
+        if {p.name for p in run_dir.iterdir()} <= ours:
+            shutil.rmtree(run_dir)

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from coordinator.aggregate import Aggregator, Stats
 from volley.plan import Plan
-from volley.records import COLUMNS, RecordBlock
+from volley.records import COLUMNS, RecordBlock, status_name
 
 REQUEST_SCHEMA = pa.schema(
     [pa.field("agent", pa.uint16())]
@@ -75,7 +75,7 @@ class RequestWriter:
         self._pending.append(pa.Table.from_arrays(arrays, schema=REQUEST_SCHEMA))
         self._rows += n
         self.records += n
-        if self._rows >= 256_000:
+        if self._rows >= 256_000 or len(self._pending) >= 64:  # bounded, few tiny tables
             self.flush()
 
     def flush(self) -> None:
@@ -102,6 +102,10 @@ def _stats_row(
         "sent": st.sent,
         "ok": st.ok,
         "errors": st.errors,
+        #: errors by status code in this window, e.g. {"UNAVAILABLE": 12} (JSON text)
+        "error_codes": json.dumps(
+            {status_name(c): n for c, n in sorted(st.error_codes.items())}, sort_keys=False
+        ),
         "dropped": st.dropped,
         "offered_rps": st.records / window_s,
         "achieved_rps": achieved / window_s,

@@ -82,6 +82,12 @@ try:
     app.command("sweep")(sweep_cmd)
 except ImportError:  # pragma: no cover - the module ships with volley
     pass
+# ---------------------------------------------------------------- certs, collect
+from volley.cli_ops import certs as _certs  # noqa: E402
+from volley.cli_ops import collect as _collect  # noqa: E402
+
+app.command("certs")(_certs)
+app.command("collect")(_collect)
 
 
 # ---------------------------------------------------------------- agent
@@ -102,6 +108,31 @@ def agent(
     max_duration: Annotated[
         str, typer.Option(help="Refuse plans longer than this (e.g. 1h).")
     ] = "0",
+    token_file: Annotated[
+        str | None,
+        typer.Option(
+            help="File holding the shared token callers must present (or env "
+            "VOLLEY_TOKEN). Required to listen beyond loopback (or mTLS)."
+        ),
+    ] = None,
+    tls_cert: Annotated[str | None, typer.Option(help="TLS certificate (PEM).")] = None,
+    tls_key: Annotated[str | None, typer.Option(help="TLS private key (PEM).")] = None,
+    tls_client_ca: Annotated[
+        str | None, typer.Option(help="Require client certificates from this CA (mutual TLS).")
+    ] = None,
+    spool_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="Where runs' records wait until the coordinator has them "
+            "(default ~/.volley/spool, or env VOLLEY_SPOOL_DIR)."
+        ),
+    ] = None,
+    coordinator_grace: Annotated[
+        str, typer.Option(help="Stop a run whose coordinator is gone for this long.")
+    ] = "5s",
+    spool_max_mb: Annotated[
+        int, typer.Option(help="Largest spool of one run, MiB (~18k records per MiB).")
+    ] = 2048,
     port_file: Annotated[str, typer.Option(hidden=True)] = "",
 ) -> None:
     """Run an agent: receives plan slices from a coordinator and fires them at the target."""
@@ -111,28 +142,49 @@ def agent(
 
     from agent.config import AgentConfig, AgentLimits
     from agent.server import serve
+    from volley.security import SecurityError, load_server_tls, read_token
 
     try:
         parse_address(listen, "--listen")
         for t in allow_target or []:
             parse_address(t, "--allow-target")
+        if max_rate < 0 or max_in_flight < 0:
+            raise PlanError("--max-rate and --max-in-flight must be >= 0")
         limits = AgentLimits(
             max_rate=max_rate,
             max_in_flight=max_in_flight,
             max_duration_s=parse_duration(max_duration, "--max-duration"),
             allowed_targets=tuple(allow_target or ()),
         )
-    except PlanError as exc:
+        if not 1 <= spool_max_mb <= 1024 * 1024:
+            raise PlanError("--spool-max-mb: must be between 1 and 1048576")
+        grace_s = parse_duration(coordinator_grace, "--coordinator-grace")
+        if grace_s <= 0:
+            raise PlanError("--coordinator-grace: must be > 0")
+        token = read_token(token_file)
+        tls = load_server_tls(tls_cert, tls_key, tls_client_ca)
+    except (PlanError, SecurityError) as exc:
         fail(str(exc))
     if workers < 0:
         fail("--workers must be >= 0")
     base = AgentConfig(
-        listen=listen, workers=workers or (os.cpu_count() or 1), limits=limits, port_file=port_file
+        listen=listen,
+        workers=workers or (os.cpu_count() or 1),
+        limits=limits,
+        port_file=port_file,
+        token=token,
+        tls=tls,
+        coordinator_grace_s=grace_s,
+        spool_max_bytes=spool_max_mb * 1024 * 1024,
     )
+    if spool_dir:
+        base = dataclasses.replace(base, spool_dir=spool_dir)
     cfg = dataclasses.replace(base, agent_id=agent_id) if agent_id else base
     logging.getLogger("volley").setLevel(logging.INFO)
     try:
         uvloop.run(serve(cfg))
+    except SecurityError as exc:
+        fail(str(exc))
     except OSError as exc:
         fail(f"agent cannot start: {exc}")
 
@@ -274,6 +326,10 @@ def build_plan(
     for k, v in overrides.items():
         if v is not None:
             data[k] = v
+    if not isinstance(data.get("load") or {}, dict):
+        raise PlanError("load: expected a mapping")
+    if not isinstance(data.get("inputs") or [], list):
+        raise PlanError("inputs: expected a list")
     load = dict(data.get("load") or {})
     for k, v in load_overrides.items():
         if v is not None:
@@ -466,6 +522,19 @@ def run(
         list[str] | None,
         typer.Option(help="NAME=ENVVAR: header NAME from environment variable ENVVAR."),
     ] = None,
+    token_file: Annotated[
+        str | None, typer.Option(help="File holding the agents' token (or env VOLLEY_TOKEN).")
+    ] = None,
+    agent_tls_ca: Annotated[
+        str | None,
+        typer.Option(help="Control plane: talk TLS to agents, verifying them with this CA."),
+    ] = None,
+    agent_tls_cert: Annotated[
+        str | None, typer.Option(help="Control plane: client certificate (mTLS to agents).")
+    ] = None,
+    agent_tls_key: Annotated[
+        str | None, typer.Option(help="Control plane: client key (mTLS to agents).")
+    ] = None,
 ) -> None:
     """Run one load test: plan, split over agents, start together, merge, report."""
     import uvloop
@@ -478,7 +547,12 @@ def run(
     from coordinator.run import RunOptions, execute
     from coordinator.slo import parse_slo
     from volley.console import print_summary
+    from volley.security import ClientSecurity, SecurityError, load_client_security
 
+    try:
+        security = load_client_security(token_file, agent_tls_ca, agent_tls_cert, agent_tls_key)
+    except SecurityError as exc:
+        fail(str(exc))
     try:
         overrides: dict[str, Any] = {
             "target": target,
@@ -552,7 +626,7 @@ def run(
 
     stop_event: asyncio.Event | None = None
 
-    async def main(addrs: list[str]) -> Any:
+    async def main(addrs: list[str], local: bool = False) -> Any:
         nonlocal stop_event
         stop_event = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -565,6 +639,8 @@ def run(
             stop_event=stop_event,
             server_metrics=server_metrics,
             server_stats=server_stats,
+            # local agents listen on loopback in plaintext (with the token, if one is given)
+            security=ClientSecurity(token=security.token) if local else security,
         )
         labels = {"name": plan.name, "model": plan.model, "target": plan.target}
         with live_outputs(show=not quiet, metrics_listen=metrics_port, labels=labels) as cb:
@@ -575,8 +651,8 @@ def run(
         if addresses:
             result = uvloop.run(main(addresses))
         else:
-            with LocalAgents(local_agents, workers) as addrs:
-                result = uvloop.run(main(addrs))
+            with LocalAgents(local_agents, workers, token=security.token) as addrs:
+                result = uvloop.run(main(addrs, local=True))
     except (PreflightError, AgentError, PlanError) as exc:
         fail(str(exc))
     summary = result.summary

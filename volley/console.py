@@ -138,6 +138,12 @@ def print_summary(summary: dict[str, Any], run_dir: Path, console: Console | Non
         )
     for note in server.get("notes") or []:
         con.print(f"[dim]server: {escape(note)}[/dim]")
+    for o in summary.get("outages") or []:
+        codes = ", ".join(f"{k}: {v}" for k, v in o["error_codes"].items())
+        con.print(
+            f"[yellow]outage:[/yellow] {o['start_s']:g}-{o['end_s']:g} s, "
+            f"{o['errors']} of {o['records']} arrivals failed ({codes})"
+        )
     verdict = summary["verdict"]
     for r in verdict.get("slo", []):
         mark = "[green]PASS[/green]" if r["passed"] else "[red]FAIL[/red]"
@@ -152,4 +158,7 @@ def print_summary(summary: dict[str, Any], run_dir: Path, console: Console | Non
             con.print(f"  - {reason}")
     if (run_dir / "report.html").is_file():
         con.print(f"report: {run_dir / 'report.html'}")
+    recovery = summary.get("recovery")
+    if recovery:
+        con.print(f"[yellow]recover:[/yellow] {recovery['hint']}")
     con.print(f"results: {run_dir}")

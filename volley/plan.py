@@ -27,7 +27,8 @@ Compression = Literal["none", "gzip", "deflate"]
 MAX_DURATION_S = 7 * 24 * 3600.0
 MAX_RATE = 5_000_000.0
 MAX_CONCURRENCY = 100_000
-MAX_TRACE_ENTRIES = 20_000_000
+#: A trace is held as Python ints by the agent and each worker (~50 bytes an entry).
+MAX_TRACE_ENTRIES = 5_000_000
 MAX_INPUT_BYTES = 256 * 1024 * 1024
 MAX_POOL_BYTES = 1024 * 1024 * 1024
 #: Distinct pre-serialized payloads per worker: default and hard limit.
@@ -37,6 +38,16 @@ MAX_POOL_PAYLOADS = 4096
 DEFAULT_POOL_MAX_BYTES = 256 * 1024 * 1024
 #: gRPC/protobuf messages cannot exceed 2 GiB - 1 (Triton's default gRPC limit too).
 GRPC_MAX_MESSAGE_BYTES = 2**31 - 1
+#: Per agent: each request in flight costs a task and a gRPC call (a few KB).
+MAX_IN_FLIGHT = 100_000
+#: Per worker: arrivals waiting for an in-flight slot.
+MAX_BACKLOG = 1_000_000
+MAX_STAGES = 10_000
+MAX_TIMEOUT_S = 3600.0
+MAX_INPUTS = 256
+MAX_DIMS = 16
+MAX_NAMES = 1024  #: outputs, SLOs
+MAX_NAME_CHARS = 200
 
 
 class PlanError(ValueError):
@@ -320,6 +331,8 @@ class Plan:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise PlanError(f"plan JSON: {exc}") from None
+        except RecursionError:
+            raise PlanError("plan JSON is nested too deeply") from None
         return plan_from_dict(data)
 
     def with_agents(self, agents: list[AgentSpec]) -> Plan:
@@ -342,9 +355,10 @@ def _plain(obj: Any) -> Any:
 
 
 def _check_keys(data: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(data) - allowed)
+    unknown = sorted(set(data) - allowed, key=repr)
     if unknown:
-        raise PlanError(f"{where}: unknown key(s) {', '.join(unknown)}")
+        shown = [k if isinstance(k, str) and k.isprintable() else repr(k) for k in unknown]
+        raise PlanError(f"{where}: unknown key(s) {', '.join(shown)}")
 
 
 def _num(data: dict[str, Any], key: str, where: str, default: float) -> float:
@@ -432,6 +446,7 @@ def _load(raw: object) -> LoadSpec:
         times = _list(t.get("times_ns"), "load.trace.times_ns")
         if len(times) > MAX_TRACE_ENTRIES:
             raise PlanError(f"load.trace: more than {MAX_TRACE_ENTRIES} entries")
+        times_ns = _trace_times(times)
         trace = TraceSpec(
             file=_str(t, "file", "load.trace", ""),
             format=cast(
@@ -439,7 +454,7 @@ def _load(raw: object) -> LoadSpec:
             ),
             unit=cast(Any, _choice(t, "unit", "load.trace", "s", ("s", "ms", "us", "ns"))),
             speed=_num(t, "speed", "load.trace", 1.0),
-            times_ns=tuple(int(x) for x in times),
+            times_ns=times_ns,
         )
         if trace.speed <= 0:
             raise PlanError("load.trace.speed: must be > 0")
@@ -459,6 +474,35 @@ def _load(raw: object) -> LoadSpec:
     )
     _validate_load(spec)
     return spec
+
+
+def _trace_times(raw: list[Any]) -> tuple[int, ...]:
+    """Trace arrival times: integer nanoseconds, >= 0, non-decreasing."""
+    out: list[int] = []
+    prev = 0
+    for i, x in enumerate(raw):
+        if isinstance(x, bool) or not isinstance(x, int | float):
+            raise PlanError(f"load.trace.times_ns[{i}]: expected integer nanoseconds, got {x!r}")
+        if isinstance(x, float) and not (math.isfinite(x) and x.is_integer()):
+            raise PlanError(f"load.trace.times_ns[{i}]: expected integer nanoseconds, got {x!r}")
+        v = int(x)
+        if v < prev or v > 2**62:
+            raise PlanError(
+                f"load.trace.times_ns[{i}]: times must be >= 0, non-decreasing and < 2^62"
+            )
+        out.append(v)
+        prev = v
+    return tuple(out)
+
+
+def _str_list(v: object, where: str, limit: int = MAX_NAMES) -> tuple[str, ...]:
+    items = _list(v, where)
+    if len(items) > limit:
+        raise PlanError(f"{where}: more than {limit} entries")
+    for i, x in enumerate(items):
+        if not isinstance(x, str):
+            raise PlanError(f"{where}[{i}]: expected a string, got {type(x).__name__}")
+    return tuple(items)
 
 
 def _validate_load(s: LoadSpec) -> None:
@@ -483,12 +527,14 @@ def _validate_load(s: LoadSpec) -> None:
         raise PlanError(f"load.duration: above the hard limit of {MAX_DURATION_S:g}s")
     if s.warmup_s >= s.total_s > 0:
         raise PlanError("load.warmup: must be shorter than the duration")
-    if s.max_in_flight < 0 or s.max_in_flight > 1_000_000:
-        raise PlanError("load.max_in_flight: must be between 0 and 1000000")
+    if len(s.stages) > MAX_STAGES:
+        raise PlanError(f"load.stages: more than {MAX_STAGES} stages")
+    if s.max_in_flight < 0 or s.max_in_flight > MAX_IN_FLIGHT:
+        raise PlanError(f"load.max_in_flight: must be between 0 and {MAX_IN_FLIGHT}")
     if not 0 <= s.spin_us <= 100_000:
         raise PlanError("load.spin_us: must be between 0 and 100000")
-    if s.max_backlog < 0 or s.max_backlog > 10_000_000:
-        raise PlanError("load.max_backlog: must be between 0 and 10000000")
+    if s.max_backlog < 0 or s.max_backlog > MAX_BACKLOG:
+        raise PlanError(f"load.max_backlog: must be between 0 and {MAX_BACKLOG}")
 
 
 def _dist_text(d: dict[str, Any], key: str, where: str) -> str:
@@ -525,6 +571,8 @@ def _input(raw: object, i: int) -> InputSpec:
         raise PlanError(f"{where}.name: required")
     where = f"input {name}"
     shape_raw = _list(d.get("shape"), f"{where}.shape")
+    if len(shape_raw) > MAX_DIMS:
+        raise PlanError(f"{where}.shape: more than {MAX_DIMS} dimensions")
     shape: list[int] = []
     for j, dim in enumerate(shape_raw):
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
@@ -767,8 +815,8 @@ def plan_from_dict(data: object) -> Plan:
     if not 0 <= seed < 2**63:
         raise PlanError("plan.seed: must be a non-negative 63-bit integer")
     timeout_s = parse_duration(d.get("timeout_s", 30.0), "plan.timeout_s")
-    if timeout_s <= 0:
-        raise PlanError("plan.timeout_s: must be > 0")
+    if not 0 < timeout_s <= MAX_TIMEOUT_S:
+        raise PlanError(f"plan.timeout_s: must be > 0 and at most {MAX_TIMEOUT_S:g}s")
     connections = _int(d, "connections", "plan", 1)
     if not 1 <= connections <= 1024:
         raise PlanError("plan.connections: must be between 1 and 1024")
@@ -780,26 +828,35 @@ def plan_from_dict(data: object) -> Plan:
         raise PlanError("plan.compression: not supported with transport 'stream' (use unary)")
     if d.get("transport") in ("stream", "grpcio") and d.get("protocol", "grpc") != "grpc":
         raise PlanError(f"plan.transport: {d.get('transport')!r} needs protocol grpc")
+    name = _str(d, "name", "plan", "run")
+    if len(name) > MAX_NAME_CHARS:
+        raise PlanError(f"plan.name: longer than {MAX_NAME_CHARS} characters")
+    inputs_raw = _list(d.get("inputs"), "plan.inputs")
+    if len(inputs_raw) > MAX_INPUTS:
+        raise PlanError(f"plan.inputs: more than {MAX_INPUTS} inputs")
+    max_batch = _int(d, "max_batch_size", "plan", 0)
+    if not 0 <= max_batch <= 2**31 - 1:
+        raise PlanError("plan.max_batch_size: must be between 0 and 2^31-1")
     raw = d.get("raw_records", True)
     if not isinstance(raw, bool):
         raise PlanError("plan.raw_records: expected true or false")
     return Plan(
         target=target,
         model=model,
-        name=_str(d, "name", "plan", "run"),
+        name=name,
         model_version=_str(d, "model_version", "plan", ""),
         protocol=cast(Protocol, _choice(d, "protocol", "plan", "grpc", ("grpc", "http"))),
         seed=seed,
         load=_load(d.get("load")),
         inputs=_inputs(d.get("inputs")),
-        outputs=tuple(str(x) for x in _list(d.get("outputs"), "plan.outputs")),
-        max_batch_size=_int(d, "max_batch_size", "plan", 0),
+        outputs=_str_list(d.get("outputs"), "plan.outputs"),
+        max_batch_size=max_batch,
         batch_size=_dist_text(d, "batch_size", "plan"),
         input_pool=_pool(d.get("input_pool")),
         agents=tuple(agents),
         timeout_s=timeout_s,
         raw_records=raw,
-        slos=tuple(str(x) for x in _list(d.get("slos"), "plan.slos")),
+        slos=_str_list(d.get("slos"), "plan.slos"),
         validity=validity,
         transport=cast(
             Transport,
@@ -819,6 +876,8 @@ def load_plan_yaml(text: str) -> dict[str, Any]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise PlanError(f"plan file is not valid YAML: {exc}".splitlines()[0]) from None
+    except RecursionError:
+        raise PlanError("plan file is nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -167,8 +167,14 @@ def make_tensor(spec: InputSpec, rng: np.random.Generator) -> npt.NDArray[np.gen
     """Build one input tensor of a fixed-shape spec (numpy array, or byte strings for BYTES)."""
     count = element_count(spec.shape)
     if spec.datatype == "BYTES":
+        value = str(spec.value if spec.value is not None else "").encode()
+        each = 4 + {"constant": len(value), "zeros": 0}.get(spec.source, 32)
+        if count * each > MAX_INPUT_BYTES:
+            raise PlanError(
+                f"input {spec.name}: shape {shape_text(spec.shape)} is about "
+                f"{count * each} bytes, over the {MAX_INPUT_BYTES}-byte limit"
+            )
         if spec.source == "constant":
-            value = str(spec.value if spec.value is not None else "").encode()
             return [value] * count
         if spec.source == "zeros":
             return [b""] * count

@@ -150,7 +150,7 @@ def test_dockerfile() -> None:
     (cmd,) = [rest for op, rest in ins if op == "CMD"]
     assert json.loads(cmd) == [
         "agent", "--listen", "0.0.0.0:7070", "--token-file", TOKEN_PATH,
-    ]  # fmt: skip
+    ]
     assert ops.index("USER") < ops.index("ENTRYPOINT")
     # everything COPY'd from the build context exists
     for op, rest in ins:
@@ -215,7 +215,7 @@ def test_compose_agents_coordinator_and_secrets() -> None:
         "run", "--target", "triton:8001", "--model", "add", "--rate", "500",
         "--duration", "30s", "--agent", "agent-1:7070", "--agent", "agent-2:7070",
         "--token-file", TOKEN_PATH, "--out", "/runs",
-    ]  # fmt: skip
+    ]
     assert "volley_token" in coord["secrets"]
     assert any(v.endswith(":/runs") for v in coord["volumes"])
     assert coord["build"]["dockerfile"] == "deploy/Dockerfile"

@@ -128,15 +128,21 @@ class PingRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     COORDINATOR_SEND_NS_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
     coordinator_send_ns: _builtins.int
+    run_id: _builtins.str
+    """Set during a run: the ping is also the coordinator's keepalive for that run
+    (an agent stops a run whose coordinator stays silent past its grace period).
+    """
     def __init__(
         self,
         *,
         coordinator_send_ns: _builtins.int = ...,
+        run_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_send_ns", b"coordinator_send_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_send_ns", b"coordinator_send_ns", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -175,6 +181,7 @@ class RunRequest(_message.Message):
     START_AT_AGENT_NS_FIELD_NUMBER: _builtins.int
     CLOCK_OFFSET_NS_FIELD_NUMBER: _builtins.int
     WORKERS_FIELD_NUMBER: _builtins.int
+    KEEPALIVE_MS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     plan_json: _builtins.str
     """The fully resolved plan as JSON (the same document as plan.yaml). Every agent
@@ -191,6 +198,10 @@ class RunRequest(_message.Message):
     """The measured offset (agent - coordinator), for the record."""
     workers: _builtins.int
     """Worker processes to use for this run (<= the agent's workers; 0 = all)."""
+    keepalive_ms: _builtins.int
+    """The coordinator pings (PingRequest.run_id) at this interval during the run;
+    0 = it does not, and only the Run stream tells the agent it is still there.
+    """
     def __init__(
         self,
         *,
@@ -200,10 +211,11 @@ class RunRequest(_message.Message):
         start_at_agent_ns: _builtins.int = ...,
         clock_offset_ns: _builtins.int = ...,
         workers: _builtins.int = ...,
+        keepalive_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_index", b"agent_index", "clock_offset_ns", b"clock_offset_ns", "plan_json", b"plan_json", "run_id", b"run_id", "start_at_agent_ns", b"start_at_agent_ns", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_index", b"agent_index", "clock_offset_ns", b"clock_offset_ns", "keepalive_ms", b"keepalive_ms", "plan_json", b"plan_json", "run_id", b"run_id", "start_at_agent_ns", b"start_at_agent_ns", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -251,6 +263,37 @@ class StopReply(_message.Message):
 Global___StopReply: _TypeAlias = StopReply  # noqa: Y015
 
 @_typing.final
+class CollectRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    DISCARD_FIELD_NUMBER: _builtins.int
+    SLOT_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    discard: _builtins.bool
+    """Delete the spool instead of sending it (the coordinator has stored the run)."""
+    slot: _builtins.int
+    """The agent's slot in the run (RunRequest.agent_index); unset: every slot spooled
+    here for the run (agents sharing a spool folder keep one file per slot).
+    """
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        discard: _builtins.bool = ...,
+        slot: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_slot", b"_slot", "slot", b"slot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_slot", b"_slot", "discard", b"discard", "run_id", b"run_id", "slot", b"slot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__slot: _TypeAlias = _typing.Literal["slot"]  # noqa: Y015
+    _WhichOneofArgType__slot: _TypeAlias = _typing.Literal["_slot", b"_slot"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__slot) -> _WhichOneofReturnType__slot | None: ...
+
+Global___CollectRequest: _TypeAlias = CollectRequest  # noqa: Y015
+
+@_typing.final
 class RunEvent(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -291,20 +334,27 @@ class Started(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     WORKERS_FIELD_NUMBER: _builtins.int
     SCHEDULED_FIELD_NUMBER: _builtins.int
+    AGENT_INDEX_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     workers: _builtins.int
     scheduled: _builtins.int
     """Arrivals in this agent's slice (open loop; 0 for closed loop)."""
+    agent_index: _builtins.int
+    """The agent's slot in the split (RunRequest.agent_index), and its id."""
+    agent_id: _builtins.str
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
         workers: _builtins.int = ...,
         scheduled: _builtins.int = ...,
+        agent_index: _builtins.int = ...,
+        agent_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id", "scheduled", b"scheduled", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "agent_index", b"agent_index", "run_id", b"run_id", "scheduled", b"scheduled", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -54,6 +54,11 @@ class AgentControlStub:
                 request_serializer=volley_dot_v1_dot_control__pb2.StopRequest.SerializeToString,
                 response_deserializer=volley_dot_v1_dot_control__pb2.StopReply.FromString,
                 _registered_method=True)
+        self.Collect = channel.unary_stream(
+                '/volley.v1.AgentControl/Collect',
+                request_serializer=volley_dot_v1_dot_control__pb2.CollectRequest.SerializeToString,
+                response_deserializer=volley_dot_v1_dot_control__pb2.RunEvent.FromString,
+                _registered_method=True)
 
 
 class AgentControlServicer:
@@ -90,6 +95,16 @@ class AgentControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Collect(self, request, context):
+        """Replay what the agent spooled locally for a run (every event it produced:
+        Started, TimingBatch, AgentStatus, Finished; each slot's events begin with its
+        Started), e.g. after the coordinator died or the agent was cut off; or, with
+        discard, delete that spool. NOT_FOUND when the agent has no spool for the run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +127,11 @@ def add_AgentControlServicer_to_server(servicer, server):
                     servicer.Stop,
                     request_deserializer=volley_dot_v1_dot_control__pb2.StopRequest.FromString,
                     response_serializer=volley_dot_v1_dot_control__pb2.StopReply.SerializeToString,
+            ),
+            'Collect': grpc.unary_stream_rpc_method_handler(
+                    servicer.Collect,
+                    request_deserializer=volley_dot_v1_dot_control__pb2.CollectRequest.FromString,
+                    response_serializer=volley_dot_v1_dot_control__pb2.RunEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +242,33 @@ class AgentControl:
             '/volley.v1.AgentControl/Stop',
             volley_dot_v1_dot_control__pb2.StopRequest.SerializeToString,
             volley_dot_v1_dot_control__pb2.StopReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Collect(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/volley.v1.AgentControl/Collect',
+            volley_dot_v1_dot_control__pb2.CollectRequest.SerializeToString,
+            volley_dot_v1_dot_control__pb2.RunEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,12 @@ class AgentControlStub:
     """
     Stop: _grpc.UnaryUnaryMultiCallable[_control_pb2.StopRequest, _control_pb2.StopReply]
     """Stop a run early (the stream then ends with a Finished event)."""
+    Collect: _grpc.UnaryStreamMultiCallable[_control_pb2.CollectRequest, _control_pb2.RunEvent]
+    """Replay what the agent spooled locally for a run (every event it produced:
+    Started, TimingBatch, AgentStatus, Finished; each slot's events begin with its
+    Started), e.g. after the coordinator died or the agent was cut off; or, with
+    discard, delete that spool. NOT_FOUND when the agent has no spool for the run.
+    """
 
 @_typing.type_check_only
 class AgentControlAsyncStub(AgentControlStub):
@@ -65,6 +71,12 @@ class AgentControlAsyncStub(AgentControlStub):
     """
     Stop: _aio.UnaryUnaryMultiCallable[_control_pb2.StopRequest, _control_pb2.StopReply]  # type: ignore[assignment]
     """Stop a run early (the stream then ends with a Finished event)."""
+    Collect: _aio.UnaryStreamMultiCallable[_control_pb2.CollectRequest, _control_pb2.RunEvent]  # type: ignore[assignment]
+    """Replay what the agent spooled locally for a run (every event it produced:
+    Started, TimingBatch, AgentStatus, Finished; each slot's events begin with its
+    Started), e.g. after the coordinator died or the agent was cut off; or, with
+    discard, delete that spool. NOT_FOUND when the agent has no spool for the run.
+    """
 
 class AgentControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -104,5 +116,17 @@ class AgentControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.StopReply, _abc.Awaitable[_control_pb2.StopReply]]:
         """Stop a run early (the stream then ends with a Finished event)."""
+
+    @_abc_1.abstractmethod
+    def Collect(
+        self,
+        request: _control_pb2.CollectRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_control_pb2.RunEvent], _abc.AsyncIterator[_control_pb2.RunEvent]]:
+        """Replay what the agent spooled locally for a run (every event it produced:
+        Started, TimingBatch, AgentStatus, Finished; each slot's events begin with its
+        Started), e.g. after the coordinator died or the agent was cut off; or, with
+        discard, delete that spool. NOT_FOUND when the agent has no spool for the run.
+        """
 
 def add_AgentControlServicer_to_server(servicer: AgentControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,233 @@
+"""The agent's local spool: every event of a run, on disk, until the coordinator has it.
+
+One folder per run, `<spool dir>/<run_id>/`, holding one file per slot of the run
+the agent served, `slot-<k>.bin` (RunEvent messages, each preceded by its length as
+a 4-byte little-endian integer), and its `slot-<k>.json` (so agents on one host may
+share a spool folder). The agent appends every event it produces (Started, timing batches,
+a status each second, Finished) as it produces it, before the event is offered
+to the Run stream. When the coordinator has stored the run it discards the
+spool (Collect with discard); if it died, or the agent was cut off, the spool
+stays and `volley collect` replays it (Collect). A reader stops at a truncated
+tail (an agent killed mid-write), keeping everything before it.
+
+Bounds: one run's spool stops taking timing batches past `max_bytes` (a status
+event says so); at most `keep` spools of past runs are kept, oldest removed first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from volley.v1 import control_pb2 as pb
+
+log = logging.getLogger("volley.agent.spool")
+
+SPOOL_ENV = "VOLLEY_SPOOL_DIR"
+MAX_SLOT = 1_000_000
+#: A run id names a folder: letters, digits, '_' and '-', not starting with '-'.
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
+#: No single spooled event is larger (a reader treats a larger length as corruption).
+MAX_EVENT_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_BYTES = 2 * 1024 * 1024 * 1024
+DEFAULT_KEEP = 20
+_LEN = struct.Struct("<I")
+
+
+def default_spool_dir() -> Path:
+    env = os.environ.get(SPOOL_ENV)
+    return Path(env) if env else Path.home() / ".volley" / "spool"
+
+
+def valid_run_id(run_id: str) -> bool:
+    return bool(RUN_ID_RE.match(run_id))
+
+
+def run_path(root: Path, run_id: str) -> Path:
+    if not valid_run_id(run_id):
+        raise ValueError(f"invalid run id {run_id!r}")
+    return root / run_id
+
+
+def slot_path(root: Path, run_id: str, slot: int) -> Path:
+    if not 0 <= slot <= MAX_SLOT:
+        raise ValueError(f"invalid slot {slot}")
+    return run_path(root, run_id) / f"slot-{slot}.bin"
+
+
+def slots(root: Path, run_id: str) -> list[int]:
+    """The slots spooled here for a run."""
+    if not valid_run_id(run_id):
+        return []
+    out = []
+    with contextlib.suppress(OSError):
+        for p in run_path(root, run_id).glob("slot-*.bin"):
+            num = p.stem.removeprefix("slot-")
+            if num.isdigit() and int(num) <= MAX_SLOT:
+                out.append(int(num))
+    return sorted(out)
+
+
+class SpoolWriter:
+    """Appends a run's events to its spool. Never raises: a disk problem disables
+    spooling for the run (logged once) and the run goes on."""
+
+    def __init__(
+        self,
+        root: Path,
+        run_id: str,
+        slot: int,
+        meta: dict[str, object],
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
+        self.path = slot_path(root, run_id, slot)
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.events = 0
+        self.full = False
+        self.error = ""
+        self._fh = None
+        try:
+            root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.path.parent.mkdir(mode=0o700, exist_ok=True)
+            meta_path = self.path.with_suffix(".json")
+            meta_path.write_text(json.dumps({**meta, "slot": slot, "created": time.time()}))
+            self._fh = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+        except OSError as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        self.error = f"spool {self.path}: {exc.strerror or exc}"
+        log.error("%s; records of this run are not spooled", self.error)
+        if self._fh is not None:
+            with contextlib.suppress(OSError):
+                self._fh.close()
+        self._fh = None
+
+    @property
+    def ok(self) -> bool:
+        return self._fh is not None
+
+    def write(self, event: pb.RunEvent) -> None:
+        if self._fh is None:
+            return
+        data = event.SerializeToString()
+        if len(data) > MAX_EVENT_BYTES:
+            return
+        if self.full and event.WhichOneof("event") == "timings":
+            return
+        if not self.full and self.bytes + len(data) > self.max_bytes:
+            self.full = True
+            note = pb.RunEvent(
+                status=pb.AgentStatus(
+                    state="spool-full",
+                    message=f"spool reached {self.max_bytes} bytes: later timing batches "
+                    "were not spooled",
+                    agent_ns=time.monotonic_ns(),
+                )
+            )
+            log.warning("%s: %s", self.path, note.status.message)
+            self.write(note)
+            if event.WhichOneof("event") == "timings":
+                return
+        try:
+            self._fh.write(_LEN.pack(len(data)))
+            self._fh.write(data)
+            self._fh.flush()
+        except OSError as exc:
+            self._fail(exc)
+            return
+        self.bytes += len(data) + _LEN.size
+        self.events += 1
+
+    def close(self) -> None:
+        if self._fh is not None:
+            with contextlib.suppress(OSError):
+                self._fh.close()
+            self._fh = None
+
+
+def read_events(root: Path, run_id: str, slot: int) -> Iterator[pb.RunEvent]:
+    """The spooled events of a run's slot, in order; stops quietly at a truncated or
+    corrupt tail. FileNotFoundError when there is no such spool."""
+    path = slot_path(root, run_id, slot)
+    with open(path, "rb") as fh:
+        while True:
+            head = fh.read(_LEN.size)
+            if len(head) < _LEN.size:
+                return
+            (n,) = _LEN.unpack(head)
+            if n > MAX_EVENT_BYTES:
+                log.warning("%s: corrupt length %d; stopping there", path, n)
+                return
+            data = fh.read(n)
+            if len(data) < n:
+                return
+            ev = pb.RunEvent()
+            try:
+                ev.ParseFromString(data)
+            except Exception:  # a DecodeError: corrupt tail
+                log.warning("%s: undecodable event; stopping there", path)
+                return
+            yield ev
+
+
+def exists(root: Path, run_id: str, slot: int | None = None) -> bool:
+    if slot is None:
+        return bool(slots(root, run_id))
+    return (
+        valid_run_id(run_id) and 0 <= slot <= MAX_SLOT and slot_path(root, run_id, slot).is_file()
+    )
+
+
+def discard(root: Path, run_id: str, slot: int | None = None) -> bool:
+    """Delete a run's spool (one slot, or all); False when there was none."""
+    path = run_path(root, run_id)
+    if not path.is_dir():
+        return False
+    if slot is None:
+        shutil.rmtree(path, ignore_errors=True)
+        return True
+    f = slot_path(root, run_id, slot)
+    if not f.exists():
+        return False
+    with contextlib.suppress(OSError):
+        f.unlink()
+        f.with_suffix(".json").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.rmdir()  # only when no other slot is left
+    return True
+
+
+def list_runs(root: Path) -> list[tuple[float, str]]:
+    """(modification time, run id) of the spools under root, oldest first."""
+    out: list[tuple[float, str]] = []
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return out
+    for p in entries:
+        if p.is_dir() and valid_run_id(p.name):
+            with contextlib.suppress(OSError):
+                times = [f.stat().st_mtime for f in p.glob("slot-*.bin")]
+                if times:
+                    out.append((max(times), p.name))
+    return sorted(out)
+
+
+def prune(root: Path, keep: int = DEFAULT_KEEP, active: str = "") -> list[str]:
+    """Remove the oldest spools beyond `keep` (never `active`); returns the run ids removed."""
+    runs = [r for r in list_runs(root) if r[1] != active]
+    removed = [rid for _, rid in runs[: max(len(runs) - keep, 0)]]
+    for rid in removed:
+        discard(root, rid)
+        log.warning("removed the old spool of run %s (more than %d kept)", rid, keep)
+    return removed

@@ -1,0 +1,556 @@
+"""Failures with real processes: an agent SIGKILLed mid-run, the coordinator SIGKILLed
+then `volley collect`, Triton killed and restarted mid-run, refusals (token, client
+certificate, allowlist, rate cap), and a coordinator fed garbage by a fake agent.
+
+Each prints the figures it measures (run pytest with -s to see them)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from coordinator.run import RunOptions, execute
+from coordinator.tritonserver import TritonConfig, TritonServer, find_free_ports
+from tests.agent_thread import REPO, spawn_agent, stop_process
+from tests.triton_fixture import MODEL_REPOSITORY, TritonEndpoint, require_triton_home
+from volley.plan import plan_from_dict
+from volley.v1 import control_pb2 as pb
+from volley.v1 import control_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.triton
+
+TOKEN = "integration-token-0123456789abcdef"
+
+
+# ---------------------------------------------------------------- helpers
+def _volley(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "volley", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _wait_manifest(out: Path, timeout: float = 30.0) -> tuple[Path, dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = list(out.glob("*/run.json"))
+        if found:
+            return found[0].parent, json.loads(found[0].read_text())
+        time.sleep(0.02)
+    raise AssertionError("the coordinator wrote no run.json")
+
+
+def _sleep_until(ns: int) -> None:
+    while time.monotonic_ns() < ns:
+        time.sleep(0.002)
+
+
+def _triton_count(url: str, model: str) -> int:
+    """Requests Triton executed for `model` (success + failure), from its statistics."""
+    import tritonclient.grpc as tg
+
+    stats = tg.InferenceServerClient(url).get_inference_statistics(model)
+    s = stats.model_stats[0].inference_stats
+    return int(s.success.count) + int(s.fail.count)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                out.append(int(p.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _busy(addr: str, token: str = "") -> bool:
+    md = (("authorization", f"Bearer {token}"),) if token else ()
+    with grpc.insecure_channel(addr) as ch:
+        reply = pb_grpc.AgentControlStub(ch).Hello(
+            pb.HelloRequest(protocol_version=1), metadata=md, timeout=5
+        )
+    return bool(reply.busy)
+
+
+def _wait_idle(addr: str, timeout: float = 30.0, token: str = "") -> float:
+    t0 = time.monotonic()
+    while _busy(addr, token):
+        assert time.monotonic() - t0 < timeout, f"agent {addr} still busy"
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
+@pytest.fixture
+def two_agents(tmp_path: Path) -> Iterator[list[tuple[subprocess.Popen[bytes], str, Path]]]:
+    agents = [spawn_agent(tmp_path, f"a{i}", args=["--coordinator-grace", "2s"]) for i in range(2)]
+    try:
+        yield agents
+    finally:
+        for proc, _, _ in agents:
+            stop_process(proc)
+
+
+# ---------------------------------------------------------------- agent killed
+def test_agent_sigkill_mid_run(
+    triton_server: TritonEndpoint,
+    two_agents: list[tuple[subprocess.Popen[bytes], str, Path]],
+    tmp_path: Path,
+) -> None:
+    rate, kill_at_s = 200.0, 2.5
+    (_, addr0, _), (victim, addr1, _) = two_agents
+    before = _triton_count(triton_server.grpc_url, "add")
+    out = tmp_path / "runs"
+    coord = _volley(
+        "run",
+        "--target",
+        triton_server.grpc_url,
+        "--model",
+        "add",
+        "--rate",
+        str(rate),
+        "--duration",
+        "5s",
+        "--agent",
+        addr0,
+        "--agent",
+        addr1,
+        "--out",
+        str(out),
+        "--quiet",
+        "--start-lead",
+        "1.5",
+        "--seed",
+        "5",
+    )
+    run_dir, manifest = _wait_manifest(out)
+    start_ns = manifest["start_monotonic_ns"]
+    _sleep_until(start_ns + int(kill_at_s * 1e9))
+    workers = _children(victim.pid)
+    kill_ns = time.monotonic_ns()
+    victim.send_signal(signal.SIGKILL)
+    _stdout, stderr = coord.communicate(timeout=60)
+    assert coord.returncode == 1, stderr  # a partial run is not a valid run
+    assert "Traceback" not in stderr
+    # the agent's workers died with it (no orphan keeps firing)
+    deadline = time.monotonic() + 5
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert workers and not any(_alive(w) for w in workers)
+
+    s = json.loads((run_dir / "summary.json").read_text())
+    lost_row = s["agents"][1]
+    assert s["partial"] is True and s["partial_agents"] == ["a1"]
+    assert lost_row["state"] == "missing" and s["agents"][0]["state"] == "done"
+    assert any("a1" in r and "missing" in r for r in s["verdict"]["reasons"])
+    detect_s = (start_ns + lost_row["lost_detected_s"] * 1e9 - kill_ns) / 1e9
+    assert detect_s < 3.0
+    # every batch the killed agent had sent is kept: its slice is complete up to a point
+    raw = pq.read_table(run_dir / "requests.parquet")
+    _assert_slices_are_prefixes(run_dir, raw)
+    agent = raw.column("agent").to_numpy()
+    intended1 = np.sort(raw.column("intended_ns").to_numpy()[agent == 1])
+    # records lost: requests Triton executed that never reached the coordinator
+    sent = int((raw.column("sent_ns").to_numpy() >= 0).sum())
+    lost = _triton_count(triton_server.grpc_url, "add") - before - sent
+    share_rate = rate / 2
+    print(
+        f"\nagent SIGKILL: detected {detect_s * 1000:.0f} ms after the kill; "
+        f"{lost} records lost ({lost / share_rate * 1000:.0f} ms of its {share_rate:g}/s); "
+        f"last record intended at {intended1[-1] / 1e9:.3f}s, kill at {kill_at_s}s"
+    )
+    assert 0 <= lost <= 0.5 * share_rate  # flushed every 100 ms: well under 0.5 s worth
+
+
+def _assert_slices_are_prefixes(run_dir: Path, raw: Any) -> None:
+    """Each agent's records are exactly the first k arrivals of its slice of the one
+    schedule: no batch missing in the middle, nothing counted twice."""
+    import yaml
+
+    from volley.arrivals import global_schedule
+    from volley.schedule import worker_slice
+
+    plan = plan_from_dict(yaml.safe_load((run_dir / "plan.yaml").read_text()))
+    weights = plan.agent_weights
+    agent = raw.column("agent").to_numpy()
+    index = raw.column("index").to_numpy()
+    for a in range(len(weights)):
+        got = np.sort(index[agent == a])
+        full: list[int] = []
+        for gi, gt in global_schedule(plan).chunks():
+            si, _ = worker_slice(gi, gt, weights, a, [1], 0)
+            full += si.tolist()
+        assert np.array_equal(got, np.array(full[: len(got)], dtype=np.int64)), a
+
+
+# ---------------------------------------------------------------- coordinator killed
+def test_coordinator_sigkill_then_collect(
+    triton_server: TritonEndpoint,
+    two_agents: list[tuple[subprocess.Popen[bytes], str, Path]],
+    tmp_path: Path,
+) -> None:
+    (_, addr0, _), (_, addr1, _) = two_agents
+    out = tmp_path / "runs"
+    coord = _volley(
+        "run",
+        "--target",
+        triton_server.grpc_url,
+        "--model",
+        "add",
+        "--rate",
+        "200",
+        "--duration",
+        "8s",
+        "--agent",
+        addr0,
+        "--agent",
+        addr1,
+        "--out",
+        str(out),
+        "--quiet",
+        "--start-lead",
+        "1.5",
+    )
+    run_dir, manifest = _wait_manifest(out)
+    _sleep_until(manifest["start_monotonic_ns"] + int(2.5e9))
+    coord.send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    coord.wait(10)
+    assert not (run_dir / "summary.json").exists()
+    # agents stop by themselves (grace 2 s), long before the plan's end (8 s)
+    _wait_idle(addr0)
+    _wait_idle(addr1)
+    stopped_after = time.monotonic() - killed
+    assert stopped_after < 5.5
+
+    res = _volley("collect", str(run_dir))
+    _stdout, stderr = res.communicate(timeout=60)
+    assert res.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    s = json.loads((run_dir / "summary.json").read_text())
+    rec = s["recovered"]
+    assert rec["requests_parquet_was"] in ("unreadable", "ok")
+    assert all(a["state"] == "stopped" for a in rec["agents"])
+    assert all("coordinator gone" in a["error"] for a in s["agents"])
+    raw = pq.read_table(run_dir / "requests.parquet")
+    idx = raw.column("index").to_numpy()
+    # every arrival up to where each agent stopped has its record: nothing lost
+    assert len(idx) == len(np.unique(idx)) == rec["records_after"] > 400
+    _assert_slices_are_prefixes(run_dir, raw)
+    assert s["requests"]["ok"] + s["warmup_requests"]["ok"] == len(idx)
+    assert "run stopped early" in " ".join(s["verdict"]["reasons"])
+    # spools were released
+    for i in range(2):
+        assert not any((tmp_path / f"a{i}-spool").iterdir())
+    print(
+        f"\ncoordinator SIGKILL at 2.5 s: agents idle {stopped_after:.1f} s later; "
+        f"volley collect recovered {rec['recovered']} records "
+        f"({rec['records_before']} readable in the run directory before); "
+        "each agent's slice complete up to where it stopped"
+    )
+
+
+# ---------------------------------------------------------------- Triton killed, restarted
+@pytest.fixture
+def own_triton(tmp_path: Path) -> Iterator[TritonConfig]:
+    home = require_triton_home()
+    http, grpc_port, metrics = find_free_ports(3)
+    cfg = TritonConfig(
+        model_repository=MODEL_REPOSITORY,
+        http_port=http,
+        grpc_port=grpc_port,
+        metrics_port=metrics,
+        models=["add"],
+        state_dir=tmp_path / "triton",
+        triton_home=home,
+    )
+    yield cfg
+
+
+async def test_triton_killed_and_restarted_mid_run(
+    own_triton: TritonConfig, agent_pair: list[str], tmp_path: Path
+) -> None:
+    server = TritonServer(own_triton)
+    await asyncio.to_thread(server.start, 90.0)
+    url = server.grpc_url
+    doc = {
+        "target": url,
+        "model": "add",
+        "seed": 4,
+        "name": "outage",
+        "timeout_s": "2s",
+        "load": {"mode": "open", "arrival": "constant", "rate": 100, "duration": "9s"},
+        "validity": {"min_duration_s": 1, "min_requests": 10},
+    }
+    opts = RunOptions(out_dir=tmp_path, start_lead_s=1.0)
+    run = asyncio.create_task(execute(plan_from_dict(doc), agent_pair[:1], opts))
+    restarted: dict[str, float] = {}
+    try:
+        _run_dir, manifest = await asyncio.to_thread(_wait_manifest, tmp_path)
+        start_ns = manifest["start_monotonic_ns"]
+        await asyncio.to_thread(_sleep_until, start_ns + int(2.0e9))
+        assert server.pid is not None
+        os.killpg(server.pid, signal.SIGKILL)  # the server and its python-backend stubs
+        killed_s = (time.monotonic_ns() - start_ns) / 1e9
+        await asyncio.to_thread(server.stop, 5.0)
+        await asyncio.sleep(1.0)
+        server = TritonServer(own_triton)  # same ports
+        await asyncio.to_thread(server.start, 90.0)
+        restarted["ready_s"] = (time.monotonic_ns() - start_ns) / 1e9
+        result = await run
+    finally:
+        if not run.done():
+            run.cancel()
+        await asyncio.to_thread(server.stop, 10.0)
+    s = result.summary
+    req = s["requests"]
+    # every arrival has a record: the outage is counted, never skipped
+    assert req["scheduled"] == req["schedule_total"] == 900
+    assert req["errors"] > 0 and "UNAVAILABLE" in req["error_codes"]
+    assert s["agents"][0]["state"] == "done"
+    assert s["outages"], "the report shows no outage"
+    outage = s["outages"][0]
+    assert "UNAVAILABLE" in outage["error_codes"]
+    assert killed_s - 1.0 <= outage["start_s"] <= killed_s + 1.0
+    raw = pq.read_table(result.run_dir / "requests.parquet")
+    status = raw.column("status").to_numpy()
+    intended = raw.column("intended_ns").to_numpy() / 1e9
+    assert (status[intended > restarted["ready_s"] + 1.5] == 0).all()  # it recovered
+    first_ok = float(intended[(status == 0) & (intended > killed_s)].min())
+    ts = pq.read_table(result.run_dir / "timeseries.parquet").to_pylist()
+    err_windows = [r["window"] for r in ts if r["agent"] == "all" and r["errors"]]
+    print(
+        f"\nTriton killed at {killed_s:.2f}s, ready again at {restarted['ready_s']:.2f}s; "
+        f"first OK arrival after the outage at {first_ok:.2f}s; "
+        f"{req['errors']} errors {req['error_codes']}; outage {outage['start_s']}-"
+        f"{outage['end_s']}s; error windows {err_windows}"
+    )
+
+
+# ---------------------------------------------------------------- refusals
+def _run_cli(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
+    p = _volley("run", *args, env=env)
+    out, err = p.communicate(timeout=120)
+    return p.returncode, err + out
+
+
+def test_refusals_are_one_line_exit_2(triton_server: TritonEndpoint, tmp_path: Path) -> None:
+    from volley.certs import generate_fleet
+
+    fleet = generate_fleet(tmp_path / "fleet", [])
+    other = generate_fleet(tmp_path / "other", [])
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    wrong_file = tmp_path / "wrong"
+    wrong_file.write_text("not-the-token-0000")
+    url = triton_server.grpc_url
+    guarded, a_guarded, log_guarded = spawn_agent(
+        tmp_path,
+        "guarded",
+        args=["--allow-target", url, "--max-rate", "50", "--max-in-flight", "64"],
+        env={"VOLLEY_TOKEN": TOKEN},
+    )
+    fenced, a_fenced, _ = spawn_agent(tmp_path, "fenced", args=["--allow-target", "127.0.0.1:1"])
+    mtls, a_mtls, _ = spawn_agent(
+        tmp_path,
+        "mtls",
+        args=[
+            "--tls-cert",
+            str(fleet["agent.pem"]),
+            "--tls-key",
+            str(fleet["agent.key"]),
+            "--tls-client-ca",
+            str(fleet["ca.pem"]),
+        ],
+    )
+    base = ["--target", url, "--model", "add", "--duration", "1s", "--out", str(tmp_path / "r")]
+    no_env = {"VOLLEY_TOKEN": ""}
+    try:
+        cases = [
+            ([*base, "--rate", "10", "--agent", a_guarded], no_env, "authentication refused"),
+            (
+                [*base, "--rate", "10", "--agent", a_guarded, "--token-file", str(wrong_file)],
+                no_env,
+                "wrong token",
+            ),
+            (
+                [*base, "--rate", "100", "--agent", a_guarded, "--token-file", str(token_file)],
+                no_env,
+                "above its limit of 50/s",
+            ),
+            (
+                [*base, "--rate", "10", "--max-in-flight", "1000", "--agent", a_guarded],
+                {"VOLLEY_TOKEN": TOKEN},
+                "in-flight cap 1000 is above this agent's limit of 64",
+            ),
+            ([*base, "--rate", "10", "--agent", a_fenced], no_env, "not on this agent's allowlist"),
+            (
+                [
+                    *base,
+                    "--rate",
+                    "10",
+                    "--agent",
+                    a_mtls,
+                    "--agent-tls-ca",
+                    str(fleet["ca.pem"]),
+                    "--agent-tls-cert",
+                    str(other["client.pem"]),
+                    "--agent-tls-key",
+                    str(other["client.key"]),
+                ],
+                no_env,
+                "TLS",
+            ),
+        ]
+        for args, env, needle in cases:
+            code, text = _run_cli(args, env)
+            assert code == 2, (args, text)
+            assert needle in text, (needle, text)
+            assert text.strip().count("\n") == 0, text
+            assert "Traceback" not in text
+        assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+        # with the right credentials and within the limits, the same agents run
+        code, text = _run_cli(
+            [
+                *base,
+                "--rate",
+                "20",
+                "--agent",
+                a_guarded,
+                "--token-file",
+                str(token_file),
+                "--max-in-flight",
+                "32",
+                "--quiet",
+            ],
+            no_env,
+        )
+        assert code in (0, 1), text  # 1: too short to be a valid run
+        assert json.loads((Path(text.strip()) / "summary.json").read_text())["requests"]["ok"]
+        code, text = _run_cli(
+            [
+                *base,
+                "--rate",
+                "20",
+                "--agent",
+                a_mtls,
+                "--agent-tls-ca",
+                str(fleet["ca.pem"]),
+                "--agent-tls-cert",
+                str(fleet["client.pem"]),
+                "--agent-tls-key",
+                str(fleet["client.key"]),
+                "--quiet",
+            ],
+            no_env,
+        )
+        assert code in (0, 1), text
+        log = log_guarded.read_text()
+        assert "refused unauthenticated call" in log and "refused run" in log
+        assert TOKEN not in log
+    finally:
+        for p in (guarded, fenced, mtls):
+            stop_process(p)
+
+
+# ---------------------------------------------------------------- a lying agent
+class _GarbageAgent(pb_grpc.AgentControlServicer):
+    """Answers the handshake, then streams malformed and absurd events."""
+
+    async def Hello(self, request: Any, context: Any) -> pb.HelloReply:
+        return pb.HelloReply(protocol_version=1, agent_id="liar", workers=1, cores=1)
+
+    async def Ping(self, request: pb.PingRequest, context: Any) -> pb.PingReply:
+        return pb.PingReply(
+            coordinator_send_ns=request.coordinator_send_ns, agent_ns=time.monotonic_ns()
+        )
+
+    async def Run(self, request: Any, context: Any) -> AsyncIterator[pb.RunEvent]:
+        rng = np.random.default_rng(1)
+        yield pb.RunEvent(started=pb.Started(run_id=request.run_id, workers=1))
+        for n in (3, 5, 1000):  # right lengths, absurd values
+            cols = {
+                "index": rng.integers(-(2**62), 2**62, n),
+                "intended_ns": rng.integers(-(2**62), 2**62, n),
+                "sent_ns": rng.integers(-(2**62), 2**62, n),
+                "done_ns": rng.integers(-(2**62), 2**62, n),
+                "status": rng.integers(0, 2**16, n),
+            }
+            msg = pb.TimingBatch(count=n, input_shapes=["x", "y"])
+            for name, dt in (
+                ("index", "<i8"),
+                ("intended_ns", "<i8"),
+                ("sent_ns", "<i8"),
+                ("done_ns", "<i8"),
+                ("status", "<u2"),
+            ):
+                setattr(msg, name, cols[name].astype(dt).tobytes())
+            for name, dt in (
+                ("worker", "<u2"),
+                ("req_bytes", "<u4"),
+                ("resp_bytes", "<u4"),
+                ("batch_size", "<u2"),
+                ("shape_id", "<u2"),
+                ("model_id", "<u2"),
+            ):
+                setattr(msg, name, rng.integers(0, 60000, n).astype(dt).tobytes())
+            yield pb.RunEvent(timings=msg)
+            yield pb.RunEvent(status=pb.AgentStatus(state="running", cpu_percent=-1e308))
+        yield pb.RunEvent(timings=pb.TimingBatch(count=7, index=b"short"))  # malformed
+        await asyncio.sleep(30)
+
+    async def Stop(self, request: Any, context: Any) -> pb.StopReply:
+        return pb.StopReply(stopped=True)
+
+
+async def test_coordinator_survives_a_garbage_agent(
+    triton_server: TritonEndpoint, tmp_path: Path
+) -> None:
+    server = grpc.aio.server()
+    pb_grpc.add_AgentControlServicer_to_server(_GarbageAgent(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        doc = {
+            "target": triton_server.grpc_url,
+            "model": "add",
+            "load": {"rate": 10, "duration": "1s"},
+        }
+        opts = RunOptions(out_dir=tmp_path, start_lead_s=0.5)
+        result = await asyncio.wait_for(
+            execute(plan_from_dict(doc), [f"127.0.0.1:{port}"], opts), 60
+        )
+    finally:
+        await server.stop(0)
+    row = result.summary["agents"][0]
+    assert row["state"] == "failed" and "malformed timing batch" in row["error"]
+    assert result.summary["partial"] is True
+    assert (result.run_dir / "summary.json").exists()
