@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from coordinator import serverstats
+from coordinator import model_stats
 from coordinator.agents import AgentClient, AgentError
 from coordinator.aggregate import Aggregator
 from coordinator.preflight import preflight_check
@@ -168,7 +168,7 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
     pre = await preflight_check(plan)
     plan = pre.plan
     # per-model statistics over the plan's own protocol (mixed traffic, HTTP too)
-    stats_before = await serverstats.snapshot(plan)
+    stats_before = await model_stats.snapshot(plan)
     streams = await _handshake(addresses, opts)
     weights = [s.info.workers if opts.weight_by_workers else 1 for s in streams]
     plan = plan.with_agents(
@@ -352,7 +352,7 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
     measured_s = max(span_s - plan.load.warmup_s, 0.0)
     server_doc = await monitor.stop()
     server = summary_block(server_doc, agg.total().ok)
-    per_model = serverstats.server_block(stats_before, await serverstats.snapshot(plan))
+    per_model = model_stats.server_block(stats_before, await model_stats.snapshot(plan))
     server["models"] = per_model.get("models", [])
     if not server.get("available") and per_model.get("models"):
         # the monitor could not reach the statistics (e.g. an HTTP-only target): use
