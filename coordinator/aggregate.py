@@ -214,5 +214,15 @@ class Aggregator:
             out.merge(a.warmup)
         return out
 
+    def release_windows(self, windows: set[int]) -> None:
+        """Free the histograms of finished windows (their timeseries rows are already
+        computed); counts and error codes stay, for outage detection. Keeps the
+        coordinator's memory flat on long runs."""
+        for (w, _a), st in self.windows.items():
+            if w in windows and st.latency.count + st.service.count + st.lateness.count:
+                st.latency = LogHistogram()
+                st.service = LogHistogram()
+                st.lateness = LogHistogram()
+
     def window_keys(self) -> list[int]:
         return sorted({w for w, _ in self.windows} | {w for w, _ in self.completions})

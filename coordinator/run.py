@@ -47,6 +47,9 @@ from volley.v1 import control_pb2 as pb
 
 log = logging.getLogger("volley.coordinator")
 
+#: How often finished windows are sealed (rows computed, histograms freed).
+SEAL_EVERY_NS = 5_000_000_000
+
 
 @dataclass
 class RunOptions:
@@ -280,10 +283,24 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
     background: set[asyncio.Task[Any]] = set()
     deadline = start_coord_ns + int((span_s + plan.timeout_s + 15.0) * 1e9)
     stop_event = opts.stop_event or asyncio.Event()
+    names = [s.info.id or s.info.address for s in streams]
+    # Windows older than the request timeout (+10 s) get no more records: their rows are
+    # computed and their histograms freed as the run goes, so memory stays flat.
+    sealed: set[int] = set()
+    sealed_rows: list[dict[str, Any]] = []
+    next_seal_ns = start_coord_ns + SEAL_EVERY_NS
     try:
         while any(s.task is not None and not s.task.done() for s in streams):
             await asyncio.sleep(0.1)
             now = time.monotonic_ns()
+            if now >= next_seal_ns:
+                next_seal_ns = now + SEAL_EVERY_NS
+                horizon = (now - start_coord_ns) // 1_000_000_000 - int(plan.timeout_s) - 10
+                old = [w for w in agg.window_keys() if w < horizon and w not in sealed]
+                if old:
+                    sealed_rows += timeseries_rows(agg, names, agent_cpu, old)
+                    sealed.update(old)
+                    agg.release_windows(set(old))
             bad = refusal()
             if bad is not None:
                 await asyncio.gather(
@@ -365,8 +382,11 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
     add_input_pool(summary, pre.pool, infos)
     _annotate(summary, streams, start_coord_ns, run_dir)
     summary["outages"] = find_outages(agg)
-    names = [i.id or i.address for i in infos]
-    write_timeseries(run_dir / "timeseries.parquet", timeseries_rows(agg, names, agent_cpu))
+    rest = [w for w in agg.window_keys() if w not in sealed]
+    write_timeseries(
+        run_dir / "timeseries.parquet",
+        sealed_rows + timeseries_rows(agg, names, agent_cpu, rest),
+    )
     write_server_json(run_dir / "server.json", server_doc)
     write_histograms(run_dir / "histograms.json", agg, names)
     write_json(run_dir / "summary.json", summary)

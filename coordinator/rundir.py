@@ -123,12 +123,16 @@ def _stats_row(
 
 
 def timeseries_rows(
-    agg: Aggregator, agent_names: list[str], agent_cpu: dict[tuple[int, int], float] | None = None
+    agg: Aggregator,
+    agent_names: list[str],
+    agent_cpu: dict[tuple[int, int], float] | None = None,
+    windows: list[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per (1 s window, agent) plus an 'all' row per window."""
+    """One row per (1 s window, agent) plus an 'all' row per window (all windows, or
+    the given ones)."""
     window_s = agg.window_ns / 1e9
     rows: list[dict[str, Any]] = []
-    for w in agg.window_keys():
+    for w in agg.window_keys() if windows is None else windows:
         merged = Stats()
         achieved_all = 0
         for a, name in enumerate(agent_names):
