@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
 import time
@@ -309,6 +308,10 @@ class ServerMonitor:
         self._warm: Snapshot | None = None
         self._warmup_s = 0.0
         self._ticks: list[_Tick] = []
+        #: per-window deltas, computed as ticks come (the older snapshot is then freed,
+        #: so a long run keeps one snapshot, not one per second)
+        self._window_rows: list[dict[str, Any]] = []
+        self._prev: _Tick | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._starting: asyncio.Task[None] | None = None
 
@@ -429,7 +432,13 @@ class ServerMonitor:
         k = 0
         while True:
             await self._sleep_until(k * self.interval_s)
-            self._ticks.append(await self._tick())
+            tick = await self._tick()
+            self._ticks.append(tick)
+            if tick.stats is not None:
+                if self._prev is not None:
+                    self._window_rows.append(self._window_row(self._prev, tick))
+                    self._prev.stats = None
+                self._prev = tick
             k = max(k + 1, int(self._t() / self.interval_s) + 1)
 
     async def _warmup_mark(self, warmup_s: float) -> None:
@@ -507,24 +516,22 @@ class ServerMonitor:
         return doc
 
     def _windows(self) -> list[dict[str, Any]]:
-        ticks = [t for t in self._ticks if t.stats is not None]
-        out: list[dict[str, Any]] = []
-        for a, b in itertools.pairwise(ticks):
-            assert a.stats is not None and b.stats is not None
-            models = {
-                m: _window_figures(c)
-                for m, c in snapshot_delta(b.stats, a.stats).items()
-                if _active(c)
-            }
-            out.append(
-                {
-                    "window": round(a.t_s / self.interval_s),
-                    "t_s": round(a.t_s, 3),
-                    "span_s": round(b.t_s - a.t_s, 3),
-                    "models": models,
-                }
-            )
-        return out
+        """Deltas between consecutive samples (computed as they came, see _poll)."""
+        return list(self._window_rows)
+
+    def _window_row(self, a: _Tick, b: _Tick) -> dict[str, Any]:
+        assert a.stats is not None and b.stats is not None
+        models = {
+            m: _window_figures(c)
+            for m, c in snapshot_delta(b.stats, a.stats).items()
+            if _active(c)
+        }
+        return {
+            "window": round(a.t_s / self.interval_s),
+            "t_s": round(a.t_s, 3),
+            "span_s": round(b.t_s - a.t_s, 3),
+            "models": models,
+        }
 
 
 def _window_figures(c: ModelCounters) -> dict[str, Any]:
