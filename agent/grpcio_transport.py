@@ -21,10 +21,10 @@ from agent.transport import (
     Complete,
     Payloads,
     Transport,
-    check_infer_response,
 )
 from volley import records as rc
 from volley.plan import Plan
+from volley.request import check_response
 from volley.target import resolve_headers
 
 #: "/inference.GRPCInferenceService/ModelInfer", from tritonclient's service descriptor.
@@ -110,7 +110,7 @@ class GrpcioUnary(Transport):
                 compression=self.compression,
             )
             nbytes = len(resp)
-            if not check_infer_response(resp, w.expected_outputs):
+            if not check_response(resp, w.expected_outputs):
                 status = rc.BAD_RESPONSE
         except grpc.aio.AioRpcError as exc:
             code = exc.code().value

@@ -37,7 +37,7 @@ from agent.h2 import H2Connection, HeaderInfo
 from volley import records as rc
 from volley.mix import ModelMix
 from volley.plan import Plan, PlanError, plan_models
-from volley.request import RequestPool, build_plan_pool, http_infer_body
+from volley.request import RequestPool, build_plan_pool, check_response, http_infer_body
 from volley.target import SENSITIVE, client_ssl_context, resolve_headers, target_host_port
 from volley.version import __version__
 
@@ -303,14 +303,6 @@ class Transport:
         raise NotImplementedError
 
 
-def check_infer_response(msg: bytes, expected_outputs: int) -> bool:
-    try:
-        resp = service_pb2.ModelInferResponse.FromString(msg)
-    except Exception:
-        return False
-    return len(resp.outputs) >= expected_outputs
-
-
 # ---- gRPC unary ------------------------------------------------------------------------
 class GrpcUnary(Transport):
     """ModelInfer calls, one HTTP/2 stream each, round-robin over the connections."""
@@ -408,7 +400,7 @@ class GrpcUnary(Transport):
             return
         msg = h2.grpc_unframe(st[5], head.encoding)
         w = self.wires[st[3]]
-        if msg is None or not check_infer_response(msg, w.expected_outputs):
+        if msg is None or not check_response(msg, w.expected_outputs):
             self._finish(st, rc.BAD_RESPONSE, len(st[5]))
         else:
             self._finish(st, rc.OK, len(msg))

@@ -21,9 +21,9 @@ from tritonclient.grpc import service_pb2
 from agent import h2
 from agent.h2 import H2Connection, HeaderInfo
 from agent.http1 import _dechunk
-from agent.transport import USER_AGENT, Wire, check_infer_response, grpc_timeout_header
+from agent.transport import USER_AGENT, Wire, grpc_timeout_header
 from volley.plan import Plan
-from volley.request import check_http_response
+from volley.request import check_http_response, check_response
 from volley.target import SENSITIVE, client_ssl_context, resolve_headers, target_host_port
 
 
@@ -267,7 +267,7 @@ class GrpcProbe(Probe):
             msg = await self._call("ModelInfer", wire.body, self.plan.compression)
         except ProbeError as exc:
             return str(exc)
-        if not check_infer_response(msg, wire.expected_outputs):
+        if not check_response(msg, wire.expected_outputs):
             return "probe response lacks its outputs"
         return ""
 
