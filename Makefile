@@ -33,6 +33,7 @@ demo: install
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # Headless Chromium for the report tests (Debian's package; needs root to install).
 browser:

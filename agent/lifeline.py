@@ -16,9 +16,9 @@ from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 from typing import Any
 
+from volley.security import PARENT_ENV
+
 PR_SET_PDEATHSIG = 1
-#: Set by a parent that wants its `volley agent` child to exit with it (--local-agents).
-PARENT_ENV = "VOLLEY_EXIT_WITH_PARENT"
 
 
 def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> None:

@@ -29,12 +29,13 @@ from typing import Any
 import numpy as np
 
 from agent.timer import LoopTimer, make_timer
-from agent.transport import Payloads, Transport, Wire, build_payloads, make_transport
+from agent.transports import Transport, make_transport
 from volley import records as rc
 from volley.arrivals import concurrency_profile, global_schedule
 from volley.plan import Plan
 from volley.records import RecordBuffer
 from volley.schedule import split_count, worker_slice
+from volley.wire.payloads import Payloads, Wire, build_payloads
 
 #: Closed loop: a user whose request failed UNAVAILABLE waits (doubling up to this)
 #: before its next one, instead of spinning on a dead server.

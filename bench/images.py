@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from coordinator.local import LocalAgents  # noqa: E402
 from coordinator.run import RunOptions, execute  # noqa: E402
-from coordinator.tritonserver import TritonConfig, TritonServer, locate_triton_home  # noqa: E402
+from coordinator.triton import TritonConfig, TritonServer, locate_triton_home  # noqa: E402
 from volley.plan import plan_from_dict  # noqa: E402
 
 K6_US_PER_IMAGE_REQUEST = 7700.0

@@ -37,7 +37,7 @@ from coordinator.aggregate import Aggregator  # noqa: E402
 from coordinator.local import LocalAgents  # noqa: E402
 from coordinator.run import Progress, RunOptions, execute  # noqa: E402
 from coordinator.rundir import RequestWriter  # noqa: E402
-from coordinator.tritonserver import TritonConfig, TritonServer, locate_triton_home  # noqa: E402
+from coordinator.triton import TritonConfig, TritonServer, locate_triton_home  # noqa: E402
 from volley.plan import plan_from_dict  # noqa: E402
 from volley.records import COLUMNS, RecordBlock  # noqa: E402
 

@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from agent.lifeline import PARENT_ENV
 from coordinator.agents import AgentError
-from volley.security import TOKEN_ENV
+from volley.security import PARENT_ENV, TOKEN_ENV
 
 
 class LocalAgents:

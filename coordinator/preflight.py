@@ -16,6 +16,7 @@ from volley.dist import fmt_bytes
 from volley.inputs import resolve_specs
 from volley.plan import ModelSpec, Plan, PlanError, plan_models
 from volley.request import RequestPool, build_plan_pool
+from volley.wire.payloads import build_payloads
 
 
 class PreflightError(Exception):
@@ -137,8 +138,6 @@ async def _preflight_model(
 ) -> tuple[ModelSpec, dict[str, Any], ModelInfo]:
     """One model: metadata and config, inputs resolved and checked against the server's
     limits, its pool built as every worker will, and a probe with its largest payload."""
-    from agent.transport import build_payloads
-
     info = await fetch_model_info(probe, plan, m.name, m.version)
     one = dataclasses.replace(
         plan,

@@ -1,6 +1,6 @@
 """Talking to the target before the load, over the plan's own protocol, TLS and headers.
 
-`GrpcProbe` uses the agents' HTTP/2 client (agent/h2.py), so preflight checks exactly
+`GrpcProbe` uses the agents' HTTP/2 client (volley/wire/h2.py), so preflight checks exactly
 the wire the load will use (TLS and ALPN, headers, compression). `HttpProbe` speaks
 KServe v2 REST over HTTP/1.1. Both answer the same questions: is the server live and
 ready, is the model ready, its metadata and (Triton's) config, and one probe infer.
@@ -18,13 +18,15 @@ from urllib.parse import quote
 
 from tritonclient.grpc import service_pb2
 
-from agent import h2
-from agent.h2 import H2Connection, HeaderInfo
-from agent.http1 import _dechunk
-from agent.transport import USER_AGENT, Wire, grpc_timeout_header
+from volley import records as rc
 from volley.plan import Plan
 from volley.request import check_http_response, check_response
 from volley.target import SENSITIVE, client_ssl_context, resolve_headers, target_host_port
+from volley.wire import h2
+from volley.wire.grpc import USER_AGENT, grpc_timeout_header, grpc_unframe
+from volley.wire.h2 import H2Connection, HeaderInfo
+from volley.wire.http1 import dechunk
+from volley.wire.payloads import Wire
 
 
 class ProbeError(Exception):
@@ -114,22 +116,6 @@ class _Sink:
         pass
 
 
-GRPC_NAMES = {
-    0: "OK",
-    1: "CANCELLED",
-    2: "UNKNOWN",
-    3: "INVALID_ARGUMENT",
-    4: "DEADLINE_EXCEEDED",
-    5: "NOT_FOUND",
-    7: "PERMISSION_DENIED",
-    8: "RESOURCE_EXHAUSTED",
-    12: "UNIMPLEMENTED",
-    13: "INTERNAL",
-    14: "UNAVAILABLE",
-    16: "UNAUTHENTICATED",
-}
-
-
 class GrpcProbe(Probe):
     def __init__(self, plan: Plan, timeout: float) -> None:
         self.plan = plan
@@ -188,11 +174,11 @@ class GrpcProbe(Probe):
             conn.reset_stream(sid)
             raise ProbeError(f"target {self.plan.target}: {method} timed out") from None
         if status != 0:
-            text = (message or GRPC_NAMES.get(status, str(status))).splitlines()[0]
+            text = (message or rc.status_name(status)).splitlines()[0]
             if status in (5, 12):
                 raise NotFound(text)
             raise ProbeError(text)
-        msg = h2.grpc_unframe(data, encoding)
+        msg = grpc_unframe(data, encoding)
         if msg is None:
             raise ProbeError(f"{method}: malformed gRPC response")
         return msg
@@ -390,7 +376,7 @@ class HttpProbe(Probe):
             buf = b""
             while True:
                 buf += await self.reader.readuntil(b"\r\n")
-                body = _dechunk(buf, 0)
+                body = dechunk(buf, 0)
                 if isinstance(body, bytes):
                     return status, headers, body
                 if body is False:

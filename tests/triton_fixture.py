@@ -5,7 +5,7 @@ Use from ``tests/conftest.py``::
     from tests.triton_fixture import triton_server  # noqa: F401
 
 The server binds 127.0.0.1 on free ports and is started once per test session
-(~2-3 s). Without a tritonserver (see ``coordinator.tritonserver.locate_triton_home``)
+(~2-3 s). Without a tritonserver (see ``coordinator.triton.locate_triton_home``)
 tests using it are skipped, unless env ``CI`` is set (``CI=true``), where that is a
 failure instead.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.tritonserver import (
+from coordinator.triton import (
     TritonConfig,
     TritonServer,
     TritonSetupError,

@@ -21,6 +21,8 @@ from typing import Any
 import grpc
 
 TOKEN_ENV = "VOLLEY_TOKEN"
+#: Set by a parent that wants its `volley agent` child to exit with it (--local-agents).
+PARENT_ENV = "VOLLEY_EXIT_WITH_PARENT"
 AUTH_KEY = "authorization"
 BEARER = "Bearer "
 MIN_TOKEN_CHARS = 8

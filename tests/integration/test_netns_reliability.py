@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from coordinator.tritonserver import TritonConfig, TritonServer, find_free_ports
+from coordinator.triton import TritonConfig, TritonServer, find_free_ports
 from tests.agent_thread import REPO, spawn_agent, stop_process
 from tests.integration.test_reliability import (
     _assert_slices_are_prefixes,

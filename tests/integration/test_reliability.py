@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from coordinator.run import RunOptions, execute
-from coordinator.tritonserver import TritonConfig, TritonServer, find_free_ports
+from coordinator.triton import TritonConfig, TritonServer, find_free_ports
 from tests.agent_thread import REPO, spawn_agent, stop_process
 from tests.triton_fixture import MODEL_REPOSITORY, TritonEndpoint, require_triton_home
 from volley.plan import plan_from_dict

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from coordinator.report import write_compare
 from coordinator.run import RunOptions, execute
-from coordinator.tritonserver import TritonConfig, TritonServer
+from coordinator.triton import TritonConfig, TritonServer
 from tests.browser import PageResult, find_chromium, render_page
 from tests.triton_fixture import MODEL_REPOSITORY, TritonEndpoint, in_ci, require_triton_home
 from volley.cli import app

@@ -20,9 +20,8 @@ import pytest
 import tritonclient.grpc as tg
 from typer.testing import CliRunner
 
-from coordinator.capacity import CapacityInputs
-from coordinator.sweep import Measure, SweepSettings
-from coordinator.sweep_io import (
+from coordinator.sweep.capacity import CapacityInputs
+from coordinator.sweep.runner import (
     REPORT_FILE,
     SWEEP_FILE,
     SweepSpec,
@@ -30,7 +29,8 @@ from coordinator.sweep_io import (
     real_measure,
     run_sweep,
 )
-from coordinator.tritonserver import TritonConfig, TritonServer
+from coordinator.sweep.search import Measure, SweepSettings
+from coordinator.triton import TritonConfig, TritonServer
 from tests.triton_fixture import MODEL_REPOSITORY, TritonEndpoint, require_triton_home
 from volley.cli import app
 from volley.plan import plan_from_dict

@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 
-from agent.transport import Transport, build_payloads, make_transport
+from agent.transports import Transport, make_transport
 from coordinator.preflight import PreflightError, preflight
 from tests.tls_proxy import TlsProxy, make_cert
 from tests.triton_fixture import TritonEndpoint
 from volley import records as rc
 from volley.plan import Plan, plan_from_dict
+from volley.wire.payloads import build_payloads
 
 KINDS = ["unary", "stream", "http"]
 

@@ -17,14 +17,14 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 from typer.testing import CliRunner
 
-from coordinator.tritonserver import stop_daemon
+from coordinator.triton import stop_daemon
 from tests.triton_fixture import (
     MODEL_REPOSITORY,
     TritonEndpoint,
     require_triton_home,
     triton_server,
 )
-from volley.cli_triton import triton_app
+from volley.cli.triton import triton_app
 
 # The fixture is imported so this module works with or without tests/conftest.py
 # importing it too; either way the test process starts only one server (refcounted).

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from coordinator.capacity import (
+from coordinator.sweep.capacity import (
     CapacityInputs,
     cost_per_1k,
     parse_fraction,

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from volley import plan as vp
-from volley.cli import app, build_plan
+from volley.cli import app
+from volley.cli.planning import build_plan
 from volley.plan import Plan, PlanError, load_plan_yaml, plan_from_dict
 
 BASE: dict[str, Any] = {

@@ -10,7 +10,7 @@ import grpc
 from tritonclient.grpc import service_pb2
 from tritonclient.grpc import service_pb2_grpc as triton_grpc
 
-from coordinator.server_stats import (
+from coordinator.stats.monitor import (
     ServerMonitor,
     breakdown,
     parse_metrics,

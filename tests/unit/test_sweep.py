@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.sweep import (
+from coordinator.sweep.search import (
     StepResult,
     SweepSettings,
     bracket,

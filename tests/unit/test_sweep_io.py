@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from coordinator.capacity import CapacityInputs
-from coordinator.sweep import Measure, StepResult, SweepSettings
-from coordinator.sweep_io import (
+from coordinator.sweep.capacity import CapacityInputs
+from coordinator.sweep.runner import (
     REPORT_FILE,
     SWEEP_FILE,
     SweepInterrupted,
@@ -21,8 +20,9 @@ from coordinator.sweep_io import (
     load_sweep,
     run_sweep,
 )
+from coordinator.sweep.search import Measure, StepResult, SweepSettings
 from volley.cli import app
-from volley.cli_sweep import build_spec
+from volley.cli.sweep import build_spec
 from volley.plan import PlanError, plan_from_dict
 
 CAPACITY = {"one": 47.0, "two": 120.0, "one-x2": 90.0}

@@ -1,4 +1,4 @@
-"""Pure tests of coordinator.tritonserver: repository rendering and tritonserver lookup."""
+"""Pure tests of coordinator.triton: repository rendering and tritonserver lookup."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from coordinator.tritonserver import (
+from coordinator.triton import (
     ENV_TRITON_HOME,
     TritonSetupError,
     locate_triton_home,

@@ -10,13 +10,14 @@ from hpack import Decoder, Encoder
 from hpack.hpack import decode_integer
 from tritonclient.grpc import service_pb2
 
-from agent import h2
-from agent.http1 import _dechunk
-from agent.transport import build_payloads, grpc_frame, grpc_timeout_header
 from volley.mix import ModelMix
 from volley.plan import PlanError, plan_from_dict
 from volley.request import check_http_response, http_infer_body
 from volley.schedule import worker_slice
+from volley.wire import h2
+from volley.wire.grpc import grpc_frame, grpc_timeout_header, grpc_unframe
+from volley.wire.http1 import dechunk
+from volley.wire.payloads import build_payloads
 
 
 def test_request_header_block_decodes_and_hides_secrets() -> None:
@@ -60,10 +61,10 @@ def test_header_info_and_status_mappings() -> None:
 
 def test_grpc_framing_round_trip() -> None:
     msg = b"hello" * 100
-    assert h2.grpc_unframe(grpc_frame(msg, "none"), "") == msg
-    assert h2.grpc_unframe(grpc_frame(msg, "gzip"), "gzip") == msg
-    assert h2.grpc_unframe(grpc_frame(msg, "deflate"), "deflate") == msg
-    assert h2.grpc_unframe(grpc_frame(msg, "none")[:-1], "") is None
+    assert grpc_unframe(grpc_frame(msg, "none"), "") == msg
+    assert grpc_unframe(grpc_frame(msg, "gzip"), "gzip") == msg
+    assert grpc_unframe(grpc_frame(msg, "deflate"), "deflate") == msg
+    assert grpc_unframe(grpc_frame(msg, "none")[:-1], "") is None
     assert grpc_timeout_header(30) == "30000m"
     assert grpc_timeout_header(0.0001) == "1m"
 
@@ -101,9 +102,9 @@ def test_http_body_carries_the_grpc_tensors() -> None:
 
 def test_dechunk() -> None:
     raw = b"4\r\nWiki\r\n5;x=1\r\npedia\r\n0\r\n\r\n"
-    assert _dechunk(raw, 0) == b"Wikipedia"
-    assert _dechunk(raw[:-3], 0) is None
-    assert _dechunk(b"zz\r\n", 0) is False
+    assert dechunk(raw, 0) == b"Wikipedia"
+    assert dechunk(raw[:-3], 0) is None
+    assert dechunk(b"zz\r\n", 0) is False
 
 
 def test_model_mix_is_seeded_weighted_and_split_independent() -> None:

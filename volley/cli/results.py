@@ -1,21 +1,19 @@
 """`volley report` outputs and `volley compare`: HTML reports and perf_analyzer CSV.
 
-Mounted by volley/cli.py. Errors are one line on stderr with exit code 2.
+Mounted by volley/cli/app.py. Errors are one line on stderr with exit code 2.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"volley: error: {message}", err=True)
-    raise typer.Exit(2)
+from volley.cli.common import fail
 
 
 def report_outputs(run_dir: Path, html: bool, csv_out: Path | None) -> list[str]:
@@ -29,9 +27,9 @@ def report_outputs(run_dir: Path, html: bool, csv_out: Path | None) -> list[str]
         if csv_out is not None:
             done.append(f"csv: {write_csv([load_run(run_dir)], csv_out)}")
     except ReportError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except OSError as exc:
-        _fail(f"cannot write {exc.filename}: {exc.strerror}")
+        fail(f"cannot write {exc.filename}: {exc.strerror}")
     return done
 
 
@@ -53,15 +51,15 @@ def compare(
     from coordinator.report.compare import comparison, labels
 
     if len(run_dirs) < 2:
-        _fail("compare needs at least two run directories")
+        fail("compare needs at least two run directories")
     try:
         path, runs = write_compare(run_dirs, out)
         if csv_out is not None:
             write_csv(runs, csv_out)
     except ReportError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except OSError as exc:
-        _fail(f"cannot write {exc.filename}: {exc.strerror}")
+        fail(f"cannot write {exc.filename}: {exc.strerror}")
     names = labels(runs)
     table = Table(title="volley compare (changes vs the first run)")
     table.add_column("figure")
@@ -82,3 +80,30 @@ def compare(
     con.print(f"report: {path}")
     if csv_out is not None:
         con.print(f"csv: {csv_out}")
+
+
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/<time>-<name>).")],
+    json_: Annotated[bool, typer.Option("--json", help="Print summary.json instead.")] = False,
+    html: Annotated[bool, typer.Option(help="Re-render the run's report.html.")] = True,
+    csv_out: Annotated[
+        Path | None,
+        typer.Option("--csv", help="Write perf_analyzer-style CSV (microseconds) to this file."),
+    ] = None,
+) -> None:
+    """Show a finished run's results again (and re-render its report.html)."""
+    from volley.cli.console import print_summary
+
+    path = run_dir / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except FileNotFoundError:
+        fail(f"{run_dir} is not a run directory (no summary.json)")
+    except (OSError, json.JSONDecodeError) as exc:
+        fail(f"{path}: {exc}")
+    if json_:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        print_summary(summary, run_dir)
+    for line in report_outputs(run_dir, html, csv_out):
+        typer.echo(line, err=json_)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
-from coordinator.tritonserver import (
+from coordinator.triton import (
     DEFAULT_STATE_DIR,
     ENV_TRITON_HOME,
     TritonConfig,
@@ -24,6 +24,7 @@ from coordinator.tritonserver import (
     status,
     stop_daemon,
 )
+from volley.cli.common import fail
 
 __all__ = ["triton_app"]
 
@@ -44,11 +45,6 @@ StateDirOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead.")]
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def _status_json(st: TritonStatus) -> dict[str, Any]:
@@ -147,16 +143,16 @@ def start_cmd(
     """Start tritonserver in the background and wait until it is ready."""
     device = device.lower()
     if device not in ("cpu", "gpu"):
-        _fail(f"--device must be cpu or gpu, not {device!r}")
+        fail(f"--device must be cpu or gpu, not {device!r}")
     if instances is not None and instances < 1:
-        _fail(f"--instances must be at least 1, not {instances}")
+        fail(f"--instances must be at least 1, not {instances}")
     for name, port in (("http", http_port), ("grpc", grpc_port), ("metrics", metrics_port)):
         if not 0 <= port <= 65535:
-            _fail(f"--{name}-port must be in 0..65535, not {port}")
+            fail(f"--{name}-port must be in 0..65535, not {port}")
     if timeout <= 0:
-        _fail(f"--timeout must be positive, not {timeout}")
+        fail(f"--timeout must be positive, not {timeout}")
     if not model_repository.is_dir():
-        _fail(f"--model-repository {model_repository} is not a directory")
+        fail(f"--model-repository {model_repository} is not a directory")
     cfg = TritonConfig(
         model_repository=model_repository,
         http_port=http_port,
@@ -174,9 +170,9 @@ def start_cmd(
         state = start_daemon(cfg, timeout_s=timeout)
         st = status(state_dir)
     except TritonSetupError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except KeyboardInterrupt:
-        _fail("interrupted; tritonserver was not started", code=130)
+        fail("interrupted; tritonserver was not started", code=130)
     if json_out:
         typer.echo(json.dumps(_status_json(st), indent=2))
         return
@@ -194,7 +190,7 @@ def status_cmd(state_dir: StateDirOpt = DEFAULT_STATE_DIR, json_out: JsonOpt = F
     try:
         st = status(state_dir)
     except TritonSetupError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if json_out:
         typer.echo(json.dumps(_status_json(st), indent=2))
     elif not st.running:
@@ -220,11 +216,11 @@ def stop_cmd(
     try:
         stopped = stop_daemon(state_dir, timeout_s=timeout)
     except TritonSetupError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo("tritonserver stopped" if stopped else "tritonserver: not running")
 
 
-def main() -> None:  # pragma: no cover - for `python -m volley.cli_triton`
+def main() -> None:  # pragma: no cover - for `python -m volley.cli.triton`
     triton_app(prog_name="volley triton")
 
 

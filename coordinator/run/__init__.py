@@ -22,7 +22,6 @@ from typing import Any
 
 import grpc
 
-from coordinator import model_stats
 from coordinator.agents import AgentClient, AgentError
 from coordinator.aggregate import Aggregator
 from coordinator.preflight import preflight_check
@@ -37,7 +36,8 @@ from coordinator.rundir import (
     write_plan,
     write_timeseries,
 )
-from coordinator.server_stats import ServerMonitor, summary_block, write_server_json
+from coordinator.stats import models as model_stats
+from coordinator.stats.monitor import ServerMonitor, summary_block, write_server_json
 from coordinator.summary import AgentInfo, build_summary
 from volley.arrivals import global_schedule, schedule_span_s
 from volley.plan import AgentSpec, Plan

@@ -7,10 +7,7 @@ from typing import Annotated
 
 import typer
 
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"volley: error: {message}", err=True)
-    return typer.Exit(code)
+from volley.cli.common import fail
 
 
 def certs(
@@ -28,7 +25,7 @@ def certs(
     try:
         paths = generate_fleet(out, list(host or []), days=days, force=force)
     except CertError as exc:
-        raise _fail(str(exc)) from None
+        fail(str(exc))
     d = out
     typer.echo(f"wrote {', '.join(p.name for p in paths.values())} to {d}")
     typer.echo(
@@ -77,7 +74,7 @@ def collect(
             collect_run(run_dir, list(agent) if agent else None, security, keep=keep)
         )
     except (SecurityError, ManifestError, CollectError, PlanError) as exc:
-        raise _fail(str(exc)) from None
+        fail(str(exc))
     for sp in report.agents:
         state, why = sp.state()
         typer.echo(

@@ -11,7 +11,7 @@ Layout of one sweep (``runs/<UTC time>-sweep-<name>/``)::
 
 ``volley sweep --resume DIR`` reloads sweep.json and replays the search: finished
 steps are reused, the rest are measured. The search itself lives in
-:mod:`coordinator.sweep` (pure); the planning maths in :mod:`coordinator.capacity`.
+:mod:`coordinator.sweep.search` (pure); the planning maths in :mod:`coordinator.sweep.capacity`.
 """
 
 from __future__ import annotations
@@ -27,15 +27,15 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from coordinator.capacity import (
+from coordinator.slo import parse_slo
+from coordinator.sweep.capacity import (
     CapacityInputs,
     ScaleCheck,
     plan_capacity,
     rank_configs,
     scale_check,
 )
-from coordinator.slo import parse_slo
-from coordinator.sweep import (
+from coordinator.sweep.search import (
     Measure,
     StepResult,
     SweepOutcome,
@@ -197,8 +197,7 @@ class SweepSpec:
                 plan=plan_from_dict(data["plan"]),
                 settings=SweepSettings.from_dict(data["settings"]),
                 targets=[
-                    SweepTarget.from_dict(t, f"targets[{i}]")
-                    for i, t in enumerate(data["targets"])
+                    SweepTarget.from_dict(t, f"targets[{i}]") for i, t in enumerate(data["targets"])
                 ],
                 capacity=(
                     CapacityInputs.from_dict(data["capacity"]) if data.get("capacity") else None
@@ -343,8 +342,11 @@ def analyse(spec: SweepSpec, results: dict[str, TargetResult]) -> dict[str, Any]
                 cp.assumptions.insert(
                     0,
                     "the per-replica maximum is a LOWER BOUND ("
-                    + ("volley was the bottleneck" if res.limited_by == "generator"
-                       else "no step failed")
+                    + (
+                        "volley was the bottleneck"
+                        if res.limited_by == "generator"
+                        else "no step failed"
+                    )
                     + "): this plan over-provisions",
                 )
             if t.replicas > 1:
@@ -543,7 +545,7 @@ async def run_sweep(
     """Sweep every target in turn, persisting sweep.json (and the report) after each
     step. Returns the final document. SweepInterrupted propagates after the file is
     saved with state ``interrupted``."""
-    from coordinator.sweep_html import render_report
+    from coordinator.sweep.html import render_report
 
     previous = previous or {}
     created = created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

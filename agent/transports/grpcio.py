@@ -16,16 +16,12 @@ from typing import Any
 import grpc
 from tritonclient.grpc import service_pb2
 
-from agent.transport import (
-    Clock,
-    Complete,
-    Payloads,
-    Transport,
-)
+from agent.transports.base import Clock, Complete, Transport
 from volley import records as rc
 from volley.plan import Plan
 from volley.request import check_response
 from volley.target import resolve_headers
+from volley.wire.payloads import Payloads
 
 #: "/inference.GRPCInferenceService/ModelInfer", from tritonclient's service descriptor.
 _SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]

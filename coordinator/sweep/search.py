@@ -75,9 +75,7 @@ class SweepSettings:
         if self.max_load < 0 or self.max_load > hard:
             raise PlanError(f"--max-load must be between 0 and {hard:g}, got {self.max_load:g}")
         if self.max_load and self.max_load < self.start:
-            raise PlanError(
-                f"--max-load {self.max_load:g} is below --start {self.start:g}"
-            )
+            raise PlanError(f"--max-load {self.max_load:g} is below --start {self.start:g}")
         if not 0 < self.step_duration_s <= 3600:
             raise PlanError(
                 f"--step-duration must be > 0 and at most 1h, got {self.step_duration_s:g}s"
@@ -88,8 +86,7 @@ class SweepSettings:
             raise PlanError(f"--retries must be between 0 and 5, got {self.retries}")
         if not 0.0 < self.min_throughput_ratio <= 1.0:
             raise PlanError(
-                "--min-throughput-ratio must be > 0 and <= 1, "
-                f"got {self.min_throughput_ratio:g}"
+                f"--min-throughput-ratio must be > 0 and <= 1, got {self.min_throughput_ratio:g}"
             )
 
     @property

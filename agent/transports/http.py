@@ -20,10 +20,12 @@ import ssl
 import zlib
 from typing import Any, cast
 
-from agent.transport import Clock, Complete, Payloads, Transport
+from agent.transports.base import Clock, Complete, Transport
 from volley import records as rc
 from volley.plan import Plan
 from volley.request import check_http_response
+from volley.wire.http1 import dechunk
+from volley.wire.payloads import Payloads
 
 #: Hard bound on connections per worker (each is a socket and a server slot).
 MAX_CONNECTIONS = 1024
@@ -93,7 +95,7 @@ class H1Conn(asyncio.Protocol):
             self.head_len = end + 4
         body_start = self.head_len
         if self.chunked:
-            body = _dechunk(buf, body_start)
+            body = dechunk(buf, body_start)
             if body is None:
                 self.buf = buf
                 return
@@ -176,28 +178,6 @@ class H1Conn(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
-
-
-def _dechunk(buf: bytes, pos: int) -> bytes | bool | None:
-    """The body of a complete chunked message from `pos`; None if incomplete, False if bad."""
-    parts: list[bytes] = []
-    n = len(buf)
-    while True:
-        eol = buf.find(b"\r\n", pos)
-        if eol < 0:
-            return None
-        try:
-            size = int(buf[pos:eol].split(b";")[0], 16)
-        except ValueError:
-            return False
-        pos = eol + 2
-        if size == 0:
-            end = buf.find(b"\r\n\r\n", pos - 2)
-            return b"".join(parts) if end >= 0 else None
-        if n < pos + size + 2:
-            return None
-        parts.append(buf[pos : pos + size])
-        pos += size + 2
 
 
 class Http(Transport):

@@ -29,12 +29,13 @@ import collections
 import contextlib
 import ssl
 import struct
-import zlib
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from hpack import Decoder
 from hpack.exceptions import HPACKError
+
+from volley import records as rc
 
 # frame types
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)
@@ -58,11 +59,6 @@ MAX_WINDOW = 2**31 - 1
 MAX_STREAM_ID = 2**31 - 1 - 2 * 65536
 #: The receive window we grant (per stream and, by WINDOW_UPDATE, per connection).
 RECV_WINDOW = 1 << 30
-
-# gRPC status codes used here
-GRPC_OK, GRPC_CANCELLED, GRPC_UNKNOWN, GRPC_INTERNAL, GRPC_UNAVAILABLE = 0, 1, 2, 13, 14
-GRPC_DEADLINE_EXCEEDED, GRPC_UNIMPLEMENTED, GRPC_UNAUTHENTICATED = 4, 12, 16
-GRPC_PERMISSION_DENIED, GRPC_RESOURCE_EXHAUSTED = 7, 8
 
 _FRAME = struct.Struct(">BHBBI")  # length (24 bits as 1+2 bytes), type, flags, stream id
 _U32 = struct.Struct(">I")
@@ -182,7 +178,7 @@ class HeaderInfo:
                 try:
                     self.grpc_status = int(value)
                 except ValueError:
-                    self.grpc_status = GRPC_UNKNOWN
+                    self.grpc_status = rc.UNKNOWN
             elif name == "grpc-message":
                 self.grpc_message = _percent_decode(value)
             elif name == "grpc-encoding":
@@ -202,46 +198,25 @@ def _percent_decode(text: str) -> str:
 def http_to_grpc_status(http_status: int) -> int:
     """gRPC's mapping of a non-200 HTTP status without grpc-status."""
     return {
-        400: GRPC_INTERNAL,
-        401: GRPC_UNAUTHENTICATED,
-        403: GRPC_PERMISSION_DENIED,
-        404: GRPC_UNIMPLEMENTED,
-        429: GRPC_UNAVAILABLE,
-        502: GRPC_UNAVAILABLE,
-        503: GRPC_UNAVAILABLE,
-        504: GRPC_UNAVAILABLE,
-    }.get(http_status, GRPC_UNKNOWN)
+        400: rc.INTERNAL,
+        401: rc.UNAUTHENTICATED,
+        403: rc.PERMISSION_DENIED,
+        404: rc.UNIMPLEMENTED,
+        429: rc.UNAVAILABLE,
+        502: rc.UNAVAILABLE,
+        503: rc.UNAVAILABLE,
+        504: rc.UNAVAILABLE,
+    }.get(http_status, rc.UNKNOWN)
 
 
 def rst_to_grpc_status(code: int) -> int:
     if code == REFUSED_STREAM:
-        return GRPC_UNAVAILABLE
+        return rc.UNAVAILABLE
     if code == CANCEL:
-        return GRPC_CANCELLED
+        return rc.CANCELLED
     if code == 11:  # ENHANCE_YOUR_CALM
-        return GRPC_RESOURCE_EXHAUSTED
-    return GRPC_INTERNAL
-
-
-def grpc_unframe(data: bytes, encoding: str) -> bytes | None:
-    """The one gRPC message in a unary response body, or None when the framing is wrong."""
-    if len(data) < 5:
-        return None
-    flag = data[0]
-    (n,) = _U32.unpack_from(data, 1)
-    if len(data) != 5 + n:
-        return None
-    msg = data[5:]
-    if flag == 0:
-        return msg
-    try:
-        if encoding == "gzip":
-            return zlib.decompress(msg, wbits=31)
-        if encoding == "deflate":
-            return zlib.decompress(msg)
-    except zlib.error:
-        return None
-    return None
+        return rc.RESOURCE_EXHAUSTED
+    return rc.INTERNAL
 
 
 class StreamSink(Protocol):
@@ -449,7 +424,7 @@ class H2Connection(asyncio.Protocol):
             # streams the server will not process fail now; others may still complete
             for s in sorted(s for s in self.open if s > last):
                 self.stream_closed(s)
-                self.sink.on_reset(self, s, GRPC_UNAVAILABLE, self.close_reason)
+                self.sink.on_reset(self, s, rc.UNAVAILABLE, self.close_reason)
             if not self.open and self.transport is not None:
                 self.transport.close()
         # PRIORITY, PUSH_PROMISE (disabled by our SETTINGS) and unknown types are ignored

@@ -151,15 +151,11 @@ def curve_svg(doc: dict[str, Any]) -> str:
         for idx, dash in ((1, "4,3"), (2, "")):
             d = "M" + "L".join(f"{px(p[0]):.1f},{py(p[idx]):.1f}" for p in pts)
             extra = f' stroke-dasharray="{dash}"' if dash else ""
-            parts.append(
-                f'<path d="{d}" fill="none" stroke="{color}" stroke-width="1.5"{extra}/>'
-            )
+            parts.append(f'<path d="{d}" fill="none" stroke="{color}" stroke-width="1.5"{extra}/>')
         for p in pts:
             s = p[3]
             parts.append(_marker(str(s.get("kind")), px(p[0]), py(p[2]), color))
-            parts.append(
-                f'<circle cx="{px(p[0]):.1f}" cy="{py(p[1]):.1f}" r="2" fill="{color}"/>'
-            )
+            parts.append(f'<circle cx="{px(p[0]):.1f}" cy="{py(p[1]):.1f}" r="2" fill="{color}"/>')
         out = t.get("outcome") or {}
         if out.get("max_throughput_rps"):
             x = px(float(out["max_throughput_rps"]))
@@ -248,8 +244,10 @@ def render_report(doc: dict[str, Any]) -> str:
         out.append(f"<p class=fail>error: {escape(str(doc['error']))}</p>")
     out.append("<h2>Latency–throughput curve</h2>")
     out.append(curve_svg(doc))
-    out.append("<h2>Results</h2><table><tr><th class=l>target</th><th class=l>endpoint</th>"
-               "<th>max sustainable</th><th>knee</th><th class=l>verdict</th></tr>")
+    out.append(
+        "<h2>Results</h2><table><tr><th class=l>target</th><th class=l>endpoint</th>"
+        "<th>max sustainable</th><th>knee</th><th class=l>verdict</th></tr>"
+    )
     for t in doc.get("targets") or []:
         o = t.get("outcome") or {}
         kn = o.get("knee") or {}

@@ -239,7 +239,7 @@ def resolve_metrics_url(
         if "/" not in rest:
             text = f"{scheme}://{rest}/metrics"
         return text, ""
-    from coordinator.tritonserver import DEFAULT_STATE_DIR, STATE_FILE
+    from coordinator.triton import DEFAULT_STATE_DIR, STATE_FILE
 
     host, _, port = target.rpartition(":")
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
@@ -522,9 +522,7 @@ class ServerMonitor:
     def _window_row(self, a: _Tick, b: _Tick) -> dict[str, Any]:
         assert a.stats is not None and b.stats is not None
         models = {
-            m: _window_figures(c)
-            for m, c in snapshot_delta(b.stats, a.stats).items()
-            if _active(c)
+            m: _window_figures(c) for m, c in snapshot_delta(b.stats, a.stats).items() if _active(c)
         }
         return {
             "window": round(a.t_s / self.interval_s),

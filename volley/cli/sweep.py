@@ -12,27 +12,22 @@ import json
 import re
 import signal
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
-from coordinator.capacity import CapacityInputs, parse_fraction
-from coordinator.sweep import StepResult, SweepSettings, load_label
-from coordinator.sweep_io import (
+from coordinator.sweep.capacity import CapacityInputs, parse_fraction
+from coordinator.sweep.runner import (
     REPORT_FILE,
     SWEEP_FILE,
     SweepSpec,
     SweepTarget,
 )
+from coordinator.sweep.search import StepResult, SweepSettings, load_label
+from volley.cli.common import EXIT_FAILED, fail, kv
 from volley.plan import PlanError, load_plan_yaml, parse_address, parse_duration
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 SWEEP_KEYS = {"name", "plan", "plan_file", "sweep", "targets", "capacity", "scale_check"}
-
-
-def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    typer.echo(f"volley: error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def _float(text: str, what: str) -> float:
@@ -98,8 +93,16 @@ def _mapping(v: object, where: str) -> dict[str, Any]:
 def settings_from(yaml_sweep: dict[str, Any], cli: dict[str, Any]) -> SweepSettings:
     d = _mapping(yaml_sweep, "sweep")
     allowed = {
-        "mode", "start", "growth", "tolerance", "max_steps", "max_load", "step_duration",
-        "warmup", "min_throughput_ratio", "retries",
+        "mode",
+        "start",
+        "growth",
+        "tolerance",
+        "max_steps",
+        "max_load",
+        "step_duration",
+        "warmup",
+        "min_throughput_ratio",
+        "retries",
     }
     unknown = sorted(set(d) - allowed)
     if unknown:
@@ -147,7 +150,11 @@ def settings_from(yaml_sweep: dict[str, Any], cli: dict[str, Any]) -> SweepSetti
 def capacity_from(yaml_cap: dict[str, Any], cli: dict[str, Any]) -> CapacityInputs | None:
     d = _mapping(yaml_cap, "capacity")
     allowed = {
-        "production_rate", "headroom", "gpus_per_replica", "cpus_per_replica", "cost_per_hour"
+        "production_rate",
+        "headroom",
+        "gpus_per_replica",
+        "cpus_per_replica",
+        "cost_per_hour",
     }
     unknown = sorted(set(d) - allowed)
     if unknown:
@@ -242,9 +249,7 @@ def print_result(doc: dict[str, Any], sweep_dir: Path) -> None:
         if "error" in cp:
             typer.echo(f"\ncapacity plan ({name}): {cp['error']}")
             continue
-        cost = (
-            f", {cp['cost_per_hour']:,.2f}/hour" if cp.get("cost_per_hour") is not None else ""
-        )
+        cost = f", {cp['cost_per_hour']:,.2f}/hour" if cp.get("cost_per_hour") is not None else ""
         typer.echo(
             f"\ncapacity plan ({name}): {cp['replicas']} replica(s) for "
             f"{cp['production_rps']:,.0f} req/s + {cp['headroom']:.0%} headroom "
@@ -332,9 +337,7 @@ def sweep_cmd(
         int | None, typer.Option(help="Without --agent: spawn this many local agents.")
     ] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes per agent.")] = None,
-    out: Annotated[Path, typer.Option(help="Parent folder of the sweep directory.")] = Path(
-        "runs"
-    ),
+    out: Annotated[Path, typer.Option(help="Parent folder of the sweep directory.")] = Path("runs"),
     raw: Annotated[
         bool | None, typer.Option("--raw/--no-raw", help="Write requests.parquet per step.")
     ] = None,
@@ -349,24 +352,42 @@ def sweep_cmd(
 ) -> None:
     """Find the highest rate (or concurrency) meeting the SLOs, the knee, and a capacity plan."""
     from coordinator.rundir import new_run_dir
-    from coordinator.sweep_io import load_sweep
+    from coordinator.sweep.runner import load_sweep
 
     previous: dict[str, list[StepResult]] = {}
     created = ""
     try:
         if resume is not None:
             given = {
-                "FILE": file, "--target": target, "--model": model, "--input": input_,
-                "--slo": slo, "--mode": mode, "--start": start, "--growth": growth,
-                "--tolerance": tolerance, "--max-steps": max_steps, "--max-load": max_load,
-                "--step-duration": step_duration, "--warmup": warmup, "--seed": seed,
-                "--production-rate": production_rate, "--headroom": headroom,
-                "--cost-per-hour": cost_per_hour, "--scale-check-target": scale_check_target,
-                "--shape": shape, "--arrival": arrival, "--name": name,
-                "--min-requests": min_requests, "--timeout": timeout,
-                "--max-in-flight": max_in_flight, "--model-version": model_version,
-                "--gpus-per-replica": gpus_per_replica, "--cpus-per-replica": cpus_per_replica,
-                "--min-throughput-ratio": min_throughput_ratio, "--raw": raw,
+                "FILE": file,
+                "--target": target,
+                "--model": model,
+                "--input": input_,
+                "--slo": slo,
+                "--mode": mode,
+                "--start": start,
+                "--growth": growth,
+                "--tolerance": tolerance,
+                "--max-steps": max_steps,
+                "--max-load": max_load,
+                "--step-duration": step_duration,
+                "--warmup": warmup,
+                "--seed": seed,
+                "--production-rate": production_rate,
+                "--headroom": headroom,
+                "--cost-per-hour": cost_per_hour,
+                "--scale-check-target": scale_check_target,
+                "--shape": shape,
+                "--arrival": arrival,
+                "--name": name,
+                "--min-requests": min_requests,
+                "--timeout": timeout,
+                "--max-in-flight": max_in_flight,
+                "--model-version": model_version,
+                "--gpus-per-replica": gpus_per_replica,
+                "--cpus-per-replica": cpus_per_replica,
+                "--min-throughput-ratio": min_throughput_ratio,
+                "--raw": raw,
                 "--retries": retries,
             }
             extra = [k for k, v in given.items() if v is not None and v != []]
@@ -388,22 +409,45 @@ def sweep_cmd(
             sweep_dir = resume
         else:
             spec = build_spec(
-                file=file, target=target, model=model, model_version=model_version,
-                input_=input_, shape=shape, slo=slo, arrival=arrival,
-                max_in_flight=max_in_flight, timeout=timeout, seed=seed, name=name, mode=mode,
-                start=start, growth=growth, tolerance=tolerance, max_steps=max_steps,
-                max_load=max_load, step_duration=step_duration, warmup=warmup,
-                min_throughput_ratio=min_throughput_ratio, min_requests=min_requests,
+                file=file,
+                target=target,
+                model=model,
+                model_version=model_version,
+                input_=input_,
+                shape=shape,
+                slo=slo,
+                arrival=arrival,
+                max_in_flight=max_in_flight,
+                timeout=timeout,
+                seed=seed,
+                name=name,
+                mode=mode,
+                start=start,
+                growth=growth,
+                tolerance=tolerance,
+                max_steps=max_steps,
+                max_load=max_load,
+                step_duration=step_duration,
+                warmup=warmup,
+                min_throughput_ratio=min_throughput_ratio,
+                min_requests=min_requests,
                 retries=retries,
-                production_rate=production_rate, headroom=headroom,
-                gpus_per_replica=gpus_per_replica, cpus_per_replica=cpus_per_replica,
-                cost_per_hour=cost_per_hour, scale_check_target=scale_check_target,
-                scale_check_replicas=scale_check_replicas, agent=agent,
-                local_agents=local_agents, workers=workers, raw=raw, start_lead=start_lead,
+                production_rate=production_rate,
+                headroom=headroom,
+                gpus_per_replica=gpus_per_replica,
+                cpus_per_replica=cpus_per_replica,
+                cost_per_hour=cost_per_hour,
+                scale_check_target=scale_check_target,
+                scale_check_replicas=scale_check_replicas,
+                agent=agent,
+                local_agents=local_agents,
+                workers=workers,
+                raw=raw,
+                start_lead=start_lead,
             )
             sweep_dir = new_run_dir(out, f"sweep-{spec.name}")
     except PlanError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
     doc = execute_sweep(spec, sweep_dir, previous, created, quiet)
     if quiet:
@@ -421,7 +465,7 @@ def build_spec(**o: Any) -> SweepSpec:
     """Command-line options (and an optional sweep or plan YAML) -> a validated SweepSpec."""
     import secrets
 
-    from volley.cli import _kv, build_plan
+    from volley.cli.planning import build_plan
     from volley.plan import plan_from_dict
 
     file: Path | None = o["file"]
@@ -510,7 +554,7 @@ def build_spec(**o: Any) -> SweepSpec:
         load["concurrency"] = int(settings.start)
     if base_load:
         overrides["load"] = base_load
-    inputs, shapes = _kv(o["input_"], "--input"), _kv(o["shape"], "--shape")
+    inputs, shapes = kv(o["input_"], "--input"), kv(o["shape"], "--shape")
     plan = build_plan(None, overrides, load, inputs, shapes)
     if o["seed"] is None and "seed" not in plan_doc:
         plan = plan_from_dict({**plan.to_dict(), "seed": secrets.randbits(32)})
@@ -591,7 +635,7 @@ def execute_sweep(
     from coordinator.agents import AgentError, resolve_agents
     from coordinator.local import LocalAgents
     from coordinator.preflight import PreflightError
-    from coordinator.sweep_io import SweepInterrupted, real_measure, run_sweep
+    from coordinator.sweep.runner import SweepInterrupted, real_measure, run_sweep
 
     several = len(spec.targets) > 1
 
@@ -621,10 +665,10 @@ def execute_sweep(
         with LocalAgents(spec.local_agents, spec.workers) as addrs:
             return uvloop.run(main(addrs))
     except SweepInterrupted:
-        _fail(
+        fail(
             f"sweep interrupted; finished steps are in {sweep_dir / SWEEP_FILE}: "
             f"continue with `volley sweep --resume {sweep_dir}`",
             EXIT_FAILED,
         )
     except (PreflightError, AgentError, PlanError) as exc:
-        _fail(f"{exc} (sweep saved in {sweep_dir}; fix and `volley sweep --resume {sweep_dir}`)")
+        fail(f"{exc} (sweep saved in {sweep_dir}; fix and `volley sweep --resume {sweep_dir}`)")

@@ -1,0 +1,34 @@
+"""The agent's transports, one per file, all built from the plan by `make_transport`.
+
+- `grpc_unary.GrpcUnary` (default): ModelInfer over our own HTTP/2 client.
+- `grpc_stream.GrpcStream`: ModelStreamInfer, many requests per stream.
+- `http.Http`: KServe v2 REST (binary tensor extension) over HTTP/1.1 keep-alive.
+- `grpcio.GrpcioUnary`: the reference path, grpc.aio with tritonclient's stubs.
+"""
+
+from __future__ import annotations
+
+from agent.transports.base import Clock, Complete, Transport
+from agent.transports.grpc_stream import GrpcStream
+from agent.transports.grpc_unary import GrpcUnary
+from agent.transports.grpcio import GrpcioUnary
+from agent.transports.http import Http
+from volley.plan import Plan, PlanError
+from volley.wire.payloads import Payloads
+
+__all__ = ["Clock", "Complete", "Transport", "make_transport"]
+
+
+def make_transport(
+    plan: Plan, payloads: Payloads, complete: Complete, clock: Clock, start_ns: int
+) -> Transport:
+    if plan.protocol == "http":
+        http: Transport = Http(plan, payloads, complete, clock, start_ns)
+        return http
+    if plan.transport == "stream":
+        return GrpcStream(plan, payloads, complete, clock, start_ns)
+    if plan.transport == "grpcio":
+        return GrpcioUnary(plan, payloads, complete, clock, start_ns)
+    if plan.protocol != "grpc":
+        raise PlanError(f"protocol {plan.protocol!r} is not supported")
+    return GrpcUnary(plan, payloads, complete, clock, start_ns)

@@ -1,0 +1,127 @@
+"""Transports: how one worker's requests reach the target, built from the plan.
+
+- `GrpcUnary`: one ModelInfer call (HTTP/2 stream) per request, on `connections`
+  HTTP/2 connections (volley/wire/h2.py).
+- `GrpcStream`: Triton's bidirectional ModelStreamInfer, one long-lived stream per
+  connection carrying many requests; responses are matched by the request `id`.
+- `Http`: KServe v2 REST with the binary tensor extension over HTTP/1.1 keep-alive
+  connections (agent/transports/http.py), one request at a time per connection.
+
+The worker calls `send(key, intended, pidx)` at each arrival; when the request is over
+(response checked, error, reset or timed out) the transport calls
+`complete(key, intended, sent, done, status, pidx, resp_bytes)` from the event loop.
+No task, future or timer is made per request: state is one small list per request in
+flight, and timeouts are found by a periodic `sweep()` over in-flight requests in
+send order (all have the same timeout, so the oldest are checked first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+
+from volley.plan import Plan
+from volley.target import client_ssl_context, target_host_port
+from volley.wire.payloads import Payloads
+
+log = logging.getLogger("volley.agent.transport")
+
+#: complete(key, intended, sent, done, status, pidx, resp_bytes)
+Complete = Callable[[int, int, int, int, int, int, int], None]
+Clock = Callable[[], int]
+
+
+# ---- base ------------------------------------------------------------------------------
+class Transport:
+    """Common plumbing: connections slots, reconnects with back-off, completions."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        payloads: Payloads,
+        complete: Complete,
+        clock: Clock,
+        start_ns: int,
+    ) -> None:
+        self.plan = plan
+        self.wires = payloads.wires
+        self.complete = complete
+        self.clock = clock
+        self.start = start_ns
+        self.timeout_ns = int(plan.timeout_s * 1e9)
+        self.host, self.port = target_host_port(plan)
+        self.ssl: ssl.SSLContext | None = None
+        if plan.tls is not None:
+            self.ssl = client_ssl_context(plan.tls, self.alpn())
+        self.server_name = (plan.tls.server_name if plan.tls else "") or None
+        self.n_conns = plan.connections
+        self.in_flight = 0
+        self.closing = False
+        self.loop = asyncio.get_running_loop()
+        self._connecting: set[int] = set()
+        self._next_try = [0.0] * self.n_conns
+        self._backoff = [0.05] * self.n_conns
+        #: short reason of the last connection failure (for the worker's report)
+        self.last_error = ""
+        self.errors_logged = 0
+
+    def alpn(self) -> list[str] | None:
+        return None
+
+    def now(self) -> int:
+        return self.clock() - self.start
+
+    def fail_soon(self, key: int, intended: int, pidx: int, status: int) -> None:
+        """A request that could not be sent: completed on the next loop turn (so a closed
+        loop never recurses), sent = done = now."""
+        t = self.clock() - self.start
+        self.in_flight += 1
+        self.loop.call_soon(self._fail_cb, key, intended, t, status, pidx)
+
+    def _fail_cb(self, key: int, intended: int, t: int, status: int, pidx: int) -> None:
+        self.in_flight -= 1
+        self.complete(key, intended, t, self.clock() - self.start, status, pidx, 0)
+
+    def _want_connect(self, slot: int) -> None:
+        if self.closing or slot in self._connecting:
+            return
+        if self.loop.time() < self._next_try[slot]:
+            return
+        self._connecting.add(slot)
+        self.loop.create_task(self._connect(slot))
+
+    async def _connect(self, slot: int) -> None:
+        try:
+            await self.connect_slot(slot)
+            self._backoff[slot] = 0.05
+        except (ConnectionError, OSError) as exc:
+            self.last_error = str(exc)
+            if self.errors_logged < 5:
+                self.errors_logged += 1
+                log.warning("connection to %s failed: %s", self.plan.target, exc)
+            self._next_try[slot] = self.loop.time() + self._backoff[slot]
+            self._backoff[slot] = min(self._backoff[slot] * 2, 1.0)
+        finally:
+            self._connecting.discard(slot)
+
+    async def open(self) -> None:
+        """Open every connection (failures are retried as requests come)."""
+        await asyncio.gather(*(self._connect(i) for i in range(self.n_conns)))
+
+    # overridden
+    async def connect_slot(self, slot: int) -> None:
+        raise NotImplementedError
+
+    def send(self, key: int, intended: int, pidx: int) -> None:
+        raise NotImplementedError
+
+    def sweep(self) -> None:
+        raise NotImplementedError
+
+    def abort_all(self, status: int) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError

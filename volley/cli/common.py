@@ -1,0 +1,29 @@
+"""What every command shares: the exit codes and the one `fail()`.
+
+Exit codes: 0 success, 1 an SLO or validity check failed, 2 bad usage or input.
+"""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import typer
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    """One line on stderr (`volley: error: ...`) and the exit code; never a traceback."""
+    typer.echo(f"volley: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def kv(items: list[str] | None, what: str) -> dict[str, str]:
+    """NAME=VALUE options into a dict; a malformed item is a usage error naming `what`."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"{what}: expected NAME=VALUE, got {item!r}")
+        out[key] = value
+    return out

@@ -1,0 +1,201 @@
+"""From `volley run` / `volley sweep` options to a Plan: stages, traces, inputs, target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from volley.plan import (
+    Plan,
+    PlanError,
+    load_plan_yaml,
+    parse_duration,
+    plan_from_dict,
+)
+
+
+def _number(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def parse_stages(text: str, key: str) -> list[dict[str, Any]]:
+    """'10s:100,20s:400' -> [{duration: 10s, rate: 100}, ...]."""
+    out: list[dict[str, Any]] = []
+    for part in text.split(","):
+        dur, sep, target = part.strip().partition(":")
+        if not sep:
+            raise PlanError(f"--stages: expected DURATION:TARGET items, got {part.strip()!r}")
+        try:
+            value = float(target)
+        except ValueError:
+            raise PlanError(f"--stages: {target!r} is not a number") from None
+        out.append({"duration": parse_duration(dur, "--stages duration"), key: value})
+    return out
+
+
+def resolve_trace(data: dict[str, Any]) -> None:
+    """Read a plan's trace file into load.trace.times_ns (agents never read files)."""
+    from volley.schedule import parse_trace
+
+    trace = (data.get("load") or {}).get("trace")
+    if not isinstance(trace, dict) or not trace.get("file") or trace.get("times_ns"):
+        return
+    path = Path(str(trace["file"]))
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise PlanError(f"trace file {path}: {exc.strerror}") from None
+    try:
+        times = parse_trace(
+            text,
+            trace.get("format", "timestamps"),
+            trace.get("unit", "s"),
+            float(trace.get("speed", 1.0)),
+        )
+    except ValueError as exc:
+        raise PlanError(f"trace file {path}: {exc}") from None
+    if times.size == 0:
+        raise PlanError(f"trace file {path}: no arrivals")
+    trace["times_ns"] = times.tolist()
+
+
+VARY_FIELDS = ("dims", "shapes", "pixels", "aspect", "layout", "length")
+
+
+def _apply_input_options(
+    specs: dict[str, dict[str, Any]],
+    inputs: dict[str, str],
+    shapes: dict[str, str],
+    vary: dict[str, str],
+    input_data: str | None,
+) -> None:
+    """--input, --shape, --vary and --input-data onto the plan's input specs (options win)."""
+    from volley.dist import DistError, parse_dims_pattern, parse_dist
+    from volley.inputs import json_input_names
+
+    if input_data:
+        for name in json_input_names(input_data):
+            spec = specs.setdefault(name, {"name": name})
+            spec.update(source="json", path=input_data)
+    for name, value in inputs.items():
+        spec = specs.setdefault(name, {"name": name})
+        if value in ("random", "zeros"):
+            spec["source"] = value
+        elif value.startswith("@"):
+            path = value[1:]
+            spec["source"] = "json" if path.lower().endswith(".json") else "files"
+            spec["path"] = path
+        else:
+            spec["source"] = "constant"
+            spec["value"] = _number(value)
+    for name, shape in shapes.items():
+        spec = specs.setdefault(name, {"name": name})
+        for k in ("dims", "shapes", "pixels", "aspect", "shape"):
+            spec.pop(k, None)
+        try:
+            dims = parse_dims_pattern(shape)
+        except DistError as exc:
+            raise PlanError(f"--shape {name}={shape}: {exc}") from None
+        if all(parse_dist(d).kind == "fixed" for d in dims):
+            try:
+                spec["shape"] = [int(d) for d in dims]
+            except ValueError:
+                raise PlanError(f"--shape {name}={shape}: dims must be integers") from None
+        else:
+            spec["dims"] = dims
+    for key, value in vary.items():
+        name, dot, what = key.rpartition(".")
+        if not dot or not name or what not in VARY_FIELDS:
+            raise PlanError(
+                f"--vary {key}={value}: expected NAME.KEY=VALUE with KEY one of "
+                f"{', '.join(VARY_FIELDS)}"
+            )
+        spec = specs.setdefault(name, {"name": name})
+        if what in ("dims", "shapes", "pixels"):
+            for k in ("dims", "shapes", "pixels", "aspect", "shape"):
+                spec.pop(k, None)
+        spec[what] = [v for v in value.split(",") if v] if what == "shapes" else value
+
+
+def build_plan(
+    plan_file: Path | None,
+    overrides: dict[str, Any],
+    load_overrides: dict[str, Any],
+    inputs: dict[str, str],
+    shapes: dict[str, str],
+    vary: dict[str, str] | None = None,
+    input_data: str | None = None,
+) -> Plan:
+    """Merge a plan file with command-line options (options win) and validate."""
+    data: dict[str, Any] = {}
+    if plan_file is not None:
+        try:
+            text = plan_file.read_text()
+        except OSError as exc:
+            raise PlanError(f"plan file {plan_file}: {exc.strerror}") from None
+        data = load_plan_yaml(text)
+    for k, v in overrides.items():
+        if v is not None:
+            data[k] = v
+    if not isinstance(data.get("load") or {}, dict):
+        raise PlanError("load: expected a mapping")
+    if not isinstance(data.get("inputs") or [], list):
+        raise PlanError("inputs: expected a list")
+    load = dict(data.get("load") or {})
+    for k, v in load_overrides.items():
+        if v is not None:
+            load[k] = v
+    if "concurrency" in load_overrides and load_overrides["concurrency"] is not None:
+        load["mode"] = "closed"
+    elif "rate" in load_overrides and load_overrides["rate"] is not None:
+        load["mode"] = "open"
+    data["load"] = load
+    specs: dict[str, dict[str, Any]] = {}
+    for i in data.get("inputs") or []:
+        if isinstance(i, dict) and isinstance(i.get("name"), str):
+            specs[i["name"]] = dict(i)
+    _apply_input_options(specs, inputs, shapes, vary or {}, input_data)
+    if specs:
+        data["inputs"] = list(specs.values())
+    resolve_trace(data)
+    return plan_from_dict(data)
+
+
+def _target_options(
+    plan_file: Path | None,
+    overrides: dict[str, Any],
+    tls: bool,
+    tls_fields: dict[str, str | None],
+    header_files: list[str],
+    header_envs: list[str],
+) -> None:
+    """TLS and header options into plan overrides (the values of headers stay out of it)."""
+    from volley.target import parse_header_file, read_file_bytes
+
+    given = {k: v for k, v in tls_fields.items() if v is not None}
+    if tls or given:
+        base: dict[str, Any] = {}
+        if plan_file is not None:
+            raw = load_plan_yaml(plan_file.read_text()).get("tls")
+            base = dict(raw) if isinstance(raw, dict) else {}
+        overrides["tls"] = {**base, "enabled": True, **given}
+    headers: list[dict[str, str]] = []
+    for path in header_files:
+        text = read_file_bytes(path, "--header-file").decode("utf-8", "replace")
+        headers += [
+            {"name": h.name, "file": str(Path(path).resolve())}
+            for h in parse_header_file(text, path)
+        ]
+    for item in header_envs:
+        name, sep, env = item.partition("=")
+        if not sep or not name or not env:
+            raise PlanError(f"--header-env: expected NAME=ENVVAR, got {item!r}")
+        headers.append({"name": name, "env": env})
+    if headers:
+        if plan_file is not None:
+            raw_h = load_plan_yaml(plan_file.read_text()).get("headers")
+            headers = [*(raw_h if isinstance(raw_h, list) else []), *headers]
+        overrides["headers"] = headers

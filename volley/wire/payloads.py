@@ -1,0 +1,162 @@
+"""Every distinct request of a worker, built once and framed for the plan's protocol.
+
+`build_payloads(plan)` draws each model's request pool (volley.request) and frames every
+payload for the wire: a gRPC message (5-byte prefix, optional compression) or an HTTP/1.1
+KServe v2 request (head without Content-Length per body, binary tensor extension body).
+`Payloads.pick` maps an arrival index of the global schedule to its payload.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from volley.mix import ModelMix
+from volley.plan import Plan, plan_models
+from volley.request import RequestPool, build_plan_pool, http_infer_body
+from volley.target import resolve_headers
+from volley.wire.grpc import USER_AGENT, grpc_frame
+
+
+@dataclass(frozen=True)
+class Wire:
+    """One distinct request, ready for the wire, and what the records say about it."""
+
+    msg: bytes  #: serialized ModelInferRequest
+    body: bytes  #: what goes on the wire: gRPC-framed message or HTTP request body
+    req_bytes: int
+    shape_id: int
+    batch_size: int
+    model_id: int
+    expected_outputs: int
+    #: HTTP: the request head (request line and headers) for this body
+    head: bytes = b""
+
+
+@dataclass
+class Payloads:
+    """Every distinct request of a worker, grouped by model."""
+
+    wires: list[Wire]
+    shapes: list[str]
+    #: model id -> (first index in wires, count)
+    ranges: list[tuple[int, int]]
+    mix: ModelMix
+    #: model id -> its pool: picks a payload, weighted, from the seed and the index
+    pools: list[RequestPool]
+
+    def pick(self, index: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """Payload index for each arrival index of the global schedule: the model from the
+        mix, then the payload from that model's pool (both depend only on the seed and
+        the index, so a request carries the same payload however the schedule is split)."""
+        if len(self.ranges) == 1:
+            first: np.ndarray[Any, Any] = self.ranges[0][0] + self.pools[0].pick_many(index)
+            return first
+        model = self.mix.pick(index)
+        out = np.empty(len(index), np.int64)
+        for m, (start, _count) in enumerate(self.ranges):
+            mask = model == m
+            if mask.any():
+                out[mask] = start + self.pools[m].pick_many(index[mask])
+        return out
+
+    def pick_one(self, index: int) -> int:
+        return int(self.pick(np.asarray([index], np.int64))[0])
+
+
+def build_payloads(plan: Plan, seed: int = 0) -> Payloads:
+    """Build and serialize every model's request pool once, framed for the plan's protocol.
+
+    Pools come from the plan alone (the plan's seed; `seed` is ignored and kept for
+    callers), so every worker of every agent builds the same ones."""
+    del seed
+    wires: list[Wire] = []
+    shapes: list[str] = []
+    ranges: list[tuple[int, int]] = []
+    pools: list[RequestPool] = []
+    models = plan_models(plan)
+    for model_id, m in enumerate(models):
+        one = dataclasses.replace(
+            plan,
+            model=m.name,
+            model_version=m.version,
+            inputs=m.inputs,
+            outputs=m.outputs,
+            max_batch_size=m.max_batch_size,
+            models=(),
+        )
+        pool = build_plan_pool(one)
+        pools.append(pool)
+        offset = len(shapes)
+        shapes.extend(pool.shapes)
+        first = len(wires)
+        for p in pool.payloads:
+            if plan.protocol == "http":
+                body, json_len = http_infer_body(p.body)
+                wire_body = _http_encode(body, plan.compression)
+                head = _http_head(plan, m.name, m.version, json_len)
+                head += b"Content-Length: %d\r\n\r\n" % len(wire_body)
+                wires.append(
+                    Wire(
+                        p.body,
+                        wire_body,
+                        len(body),
+                        offset + p.shape_id,
+                        p.batch_size,
+                        model_id,
+                        len(m.outputs),
+                        head,
+                    )
+                )
+            else:
+                framed = grpc_frame(p.body, plan.compression)
+                wires.append(
+                    Wire(
+                        p.body,
+                        framed,
+                        p.req_bytes,
+                        offset + p.shape_id,
+                        p.batch_size,
+                        model_id,
+                        len(m.outputs),
+                    )
+                )
+        ranges.append((first, len(wires) - first))
+    mix = ModelMix([m.weight for m in models], plan.seed)
+    return Payloads(wires, shapes, ranges, mix, pools)
+
+
+def _http_encode(body: bytes, compression: str) -> bytes:
+    if compression == "gzip":
+        return gzip.compress(body, compresslevel=6, mtime=0)
+    if compression == "deflate":
+        return zlib.compress(body, 6)
+    return body
+
+
+def _http_head(plan: Plan, model: str, version: str, json_len: int) -> bytes:
+    """Request line and headers without Content-Length (added per body)."""
+    from urllib.parse import quote
+
+    path = f"/v2/models/{quote(model, safe='')}"
+    if version:
+        path += f"/versions/{quote(version, safe='')}"
+    path += "/infer"
+    lines = [
+        f"POST {path} HTTP/1.1",
+        f"Host: {plan.target}",
+        f"User-Agent: {USER_AGENT}",
+        "Content-Type: application/octet-stream",
+        f"Inference-Header-Content-Length: {json_len}",
+    ]
+    if plan.compression != "none":
+        lines.append(f"Content-Encoding: {plan.compression}")
+        lines.append(f"Accept-Encoding: {plan.compression}")
+    for name, value in resolve_headers(plan):
+        lines.append(f"{name}: {value}")
+    return ("\r\n".join(lines) + "\r\n").encode("latin-1")
