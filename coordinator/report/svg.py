@@ -59,26 +59,34 @@ def fmt(v: float) -> str:
     return f"{v:.2g}"
 
 
-def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+def nice_ticks(lo: float, hi: float, n: int = 5, inside: bool = False) -> list[float]:
+    """About `n` round ticks (steps of 1, 2, 2.5 or 5 x 10^k) from lo to hi: the first
+    and last at or beyond the ends, or with `inside` only those within [lo, hi]."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return [0.0, 1.0]
     if hi <= lo:
+        if inside:
+            return [lo]
         hi = lo + (abs(lo) or 1.0)
     raw = (hi - lo) / max(n, 1)
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    start = math.floor(lo / step) * step
+    start = (math.ceil if inside else math.floor)(lo / step) * step
     ticks: list[float] = []
     t = start
     while len(ticks) < 60:
+        if inside and t > hi + 1e-9:
+            break
         ticks.append(round(t, 12))
-        if t >= hi - step * 1e-9:
+        if not inside and t >= hi - step * 1e-9:
             break
         t += step
     return ticks
 
 
-def log_ticks(lo: float, hi: float) -> list[float]:
+def log_ticks(lo: float, hi: float, thin: bool = True) -> list[float]:
+    """1, 2 and 5 x 10^k within [lo, hi]; with `thin`, only powers of ten when there are
+    more than 9, and [lo, hi] when there are fewer than 2."""
     lo, hi = max(lo, 1e-12), max(hi, lo * 1.0001)
     out: list[float] = []
     for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
@@ -86,9 +94,9 @@ def log_ticks(lo: float, hi: float) -> list[float]:
             v = m * 10.0**e
             if lo <= v <= hi:
                 out.append(v)
-    if len(out) > 9:
+    if thin and len(out) > 9:
         out = [v for v in out if str(f"{v:e}").startswith("1")]
-    if len(out) < 2:
+    if thin and len(out) < 2:
         out = [lo, hi]
     return out
 

@@ -6,6 +6,8 @@ import math
 from html import escape
 from typing import Any
 
+from coordinator.report.svg import log_ticks, nice_ticks
+
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
 W, H = 760, 400
 ML, MR, MT, MB = 64, 20, 20, 48
@@ -27,31 +29,6 @@ def _fmt(v: Any, digits: int = 1) -> str:
     if isinstance(v, float):
         return f"{v:,.{digits}f}"
     return escape(str(v))
-
-
-def _nice_ticks(lo: float, hi: float, n: int = 6) -> list[float]:
-    if hi <= lo:
-        return [lo]
-    raw = (hi - lo) / n
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    start = math.ceil(lo / step) * step
-    out = []
-    v = start
-    while v <= hi + 1e-9:
-        out.append(round(v, 10))
-        v += step
-    return out
-
-
-def _log_ticks(lo: float, hi: float) -> list[float]:
-    out = []
-    for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
-        for m in (1, 2, 5):
-            v = m * 10.0**e
-            if lo <= v <= hi:
-                out.append(v)
-    return out
 
 
 def _marker(kind: str, x: float, y: float, color: str) -> str:
@@ -122,13 +99,13 @@ def curve_svg(doc: dict[str, Any]) -> str:
         f'<rect x="{ML}" y="{MT}" width="{W - ML - MR}" height="{H - MT - MB}" '
         'fill="#fff" stroke="#999"/>',
     ]
-    for v in _nice_ticks(0, x_hi):
+    for v in nice_ticks(0, x_hi, 6, inside=True):
         x = px(v)
         parts.append(
             f'<line x1="{x:.1f}" y1="{MT}" x2="{x:.1f}" y2="{H - MB}" stroke="#eee"/>'
             f'<text x="{x:.1f}" y="{H - MB + 14}" text-anchor="middle">{v:g}</text>'
         )
-    for v in _log_ticks(y_lo, y_hi):
+    for v in log_ticks(y_lo, y_hi, thin=False):
         y = py(v)
         parts.append(
             f'<line x1="{ML}" y1="{y:.1f}" x2="{W - MR}" y2="{y:.1f}" stroke="#eee"/>'

@@ -214,7 +214,7 @@ def test_cli_bad_model_repository(tmp_path: Path) -> None:
     )
     assert res.exit_code == 2
     lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "nope" in lines[0] and lines[0].startswith("error:")
+    assert len(lines) == 1 and "nope" in lines[0] and lines[0].startswith("volley: error:")
     assert "Traceback" not in res.output
 
 

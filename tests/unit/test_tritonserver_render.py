@@ -1,4 +1,4 @@
-"""Pure tests of coordinator.triton: repository rendering and tritonserver lookup."""
+"""Pure tests of coordinator.triton: repository rendering, tritonserver lookup, addresses."""
 
 from __future__ import annotations
 
@@ -11,10 +11,14 @@ from tritonclient.grpc import model_config_pb2
 
 from coordinator.triton import (
     ENV_TRITON_HOME,
+    TritonConfig,
+    TritonServer,
     TritonSetupError,
+    TritonState,
     locate_triton_home,
     render_model_repository,
 )
+from coordinator.triton.home import _REPO_ROOT
 
 SRC = Path(__file__).resolve().parents[2] / "triton_models"
 MODELS = ["add", "image", "iris", "sleep"]
@@ -112,3 +116,32 @@ def test_locate_triton_home_glob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     (home / "backends").mkdir()
     monkeypatch.chdir(tmp_path)
     assert locate_triton_home(None) == home.resolve()
+
+
+def test_repo_root_holds_the_repository() -> None:
+    assert (_REPO_ROOT / "triton_models").is_dir() and (_REPO_ROOT / "pyproject.toml").is_file()
+
+
+def test_server_and_state_urls_agree() -> None:
+    server = TritonServer(
+        TritonConfig(http_port=18000, grpc_port=18001, metrics_port=18002, bind_address="0.0.0.0")
+    )
+    state = TritonState(
+        pid=1,
+        host=server.host,
+        http_port=18000,
+        grpc_port=18001,
+        metrics_port=18002,
+        model_repository="",
+        served_repository="",
+        models=[],
+        log_path="",
+        started_at="",
+        device="cpu",
+        instances=None,
+        dynamic_batching=None,
+        triton_home="",
+    )
+    assert server.grpc_url == state.grpc_url == "127.0.0.1:18001"
+    assert server.http_url == state.http_url == "127.0.0.1:18000"
+    assert server.metrics_url == state.metrics_url == "http://127.0.0.1:18002/metrics"
