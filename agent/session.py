@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import multiprocessing as mp
 import os
@@ -32,6 +33,16 @@ from agent.worker import WorkerCounters, WorkerTask
 from volley.plan import Plan
 from volley.records import RecordBlock, concat
 from volley.v1 import control_pb2 as pb
+
+
+class SessionState(enum.StrEnum):
+    """A session's state (the value goes to AgentStatus.state)."""
+
+    READY = "ready"  #: created, no worker yet
+    WAITING = "waiting"  #: workers started, before the start instant
+    RUNNING = "running"  #: past the start instant
+    DONE = "done"  #: every worker finished without error
+    FAILED = "failed"  #: a worker reported an error or exited unexpectedly
 
 
 @dataclass(frozen=True)
@@ -71,7 +82,7 @@ class RunSession:
         self._queue: Any = self._ctx.Queue()
         self._stop = self._ctx.Event()
         self._procs: list[Any] = []
-        self.state = "ready"
+        self.state: SessionState = SessionState.READY
         self.counters: dict[int, WorkerCounters] = {}
         self.stop_reason = ""
         self.spool = spool
@@ -192,7 +203,7 @@ class RunSession:
     def status(self, cpu_percent: float) -> pb.AgentStatus:
         cs = self.counters.values()
         return pb.AgentStatus(
-            state=self.state,
+            state=self.state.value,
             sent=sum(c.sent for c in cs),
             completed=sum(c.completed for c in cs),
             errors=sum(c.errors for c in cs),
@@ -259,7 +270,7 @@ class RunSession:
         self._start_workers()
         pump = threading.Thread(target=self._pump, args=(loop, aq, finished), daemon=True)
         pump.start()
-        self.state = "waiting"
+        self.state = SessionState.WAITING
         yield pb.RunEvent(
             started=pb.Started(
                 run_id=s.run_id,
@@ -290,14 +301,14 @@ class RunSession:
                         self.counters[msg[1]] = msg[2]
                     elif kind == "ready":
                         if time.monotonic_ns() < s.start_at_ns:
-                            self.state = "waiting"
+                            self.state = SessionState.WAITING
                     elif kind == "done":
                         done[msg[1]] = msg[2]
                     elif kind == "exited":
                         for w in range(s.workers):
                             done.setdefault(w, "worker process exited unexpectedly")
-                if self.state == "waiting" and time.monotonic_ns() >= s.start_at_ns:
-                    self.state = "running"
+                if self.state is SessionState.WAITING and time.monotonic_ns() >= s.start_at_ns:
+                    self.state = SessionState.RUNNING
                 now = time.monotonic()
                 if pending and (now - last_flush >= s.flush_s or sum(map(len, pending)) > 65536):
                     yield pb.RunEvent(timings=concat(pending).to_proto())
@@ -317,7 +328,7 @@ class RunSession:
             if pending:
                 yield pb.RunEvent(timings=concat(pending).to_proto())
             errors = "; ".join(f"worker {w}: {e}" for w, e in sorted(done.items()) if e)
-            self.state = "failed" if errors else "done"
+            self.state = SessionState.FAILED if errors else SessionState.DONE
             yield pb.RunEvent(
                 finished=pb.Finished(
                     run_id=s.run_id,

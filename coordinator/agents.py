@@ -1,12 +1,14 @@
 """The coordinator's side of the control plane: talk to one agent.
 
 `AgentClient` wraps the generated stub with typed methods; errors come out as
-`AgentError` with a one-line message naming the agent.
+`AgentError` with a one-line message naming the agent. `AgentState` is an agent's
+state in a run, as summary.json's `agents[].state` writes it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -28,6 +30,22 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 3_000),
     ("grpc.keepalive_permit_without_calls", 1),
 ]
+
+
+class AgentState(enum.StrEnum):
+    """One agent's state in a run (the value is what summary.json writes)."""
+
+    READY = "ready"  #: Hello and clock probes done, no Run yet
+    RUNNING = "running"  #: its Run stream is open
+    DONE = "done"  #: it finished its slice
+    FAILED = "failed"  #: it refused the run, failed, or sent a malformed batch
+    MISSING = "missing"  #: it went silent or its stream broke (its spool has the rest)
+    STOPPED = "stopped"  #: (volley collect) its spool ends with a stop
+
+    @property
+    def partial(self) -> bool:
+        """The coordinator may lack some of this agent's records."""
+        return self in (AgentState.MISSING, AgentState.FAILED)
 
 
 class AgentError(Exception):

@@ -19,6 +19,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from coordinator.agents import AgentState
 from coordinator.aggregate import Stats
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ def live_figures(p: Progress) -> LiveFigures:
         agents.append(
             AgentFigures(
                 name=info.id or info.address,
-                state=info.state,
+                state=str(info.state),
                 sent=st.sent,
                 ok=st.ok,
                 errors=st.errors,
@@ -136,7 +137,12 @@ def render(f: LiveFigures, title: str = "") -> Group:
     table = Table(box=None, pad_edge=False, show_edge=False)
     for col in ("agent", "state", "sent", "ok", "errors", "dropped", "CPU", "late p99"):
         table.add_column(col, justify="left" if col in ("agent", "state") else "right")
-    colors = {"running": "green", "done": "cyan", "failed": "red", "missing": "red"}
+    colors: dict[str, str] = {
+        AgentState.RUNNING: "green",
+        AgentState.DONE: "cyan",
+        AgentState.FAILED: "red",
+        AgentState.MISSING: "red",
+    }
     for a in f.agents:
         table.add_row(
             a.name,

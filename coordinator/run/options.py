@@ -1,0 +1,58 @@
+"""The run's typed inputs and outputs: options, live progress, result."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from coordinator.aggregate import Aggregator
+from coordinator.summary import AgentInfo
+from volley.plan import Plan
+from volley.security import ClientSecurity
+
+
+@dataclass
+class RunOptions:
+    out_dir: Path = Path("runs")
+    #: Seconds between the start command and the agreed start instant.
+    start_lead_s: float = 2.0
+    connect_timeout_s: float = 5.0
+    #: An agent silent for this long is declared missing (agents send a heartbeat
+    #: every 0.25 s and the check runs every 0.1 s: detection within 3 s).
+    heartbeat_timeout_s: float = 2.5
+    #: The coordinator's keepalive to each agent during a run (agents stop a run whose
+    #: coordinator stays silent past their grace period).
+    keepalive_s: float = 0.5
+    #: Token / TLS for the control plane.
+    security: ClientSecurity | None = None
+    clock_samples: int = 16
+    #: Workers per agent for this run (0 = each agent's own default).
+    workers: int = 0
+    #: Weigh each agent's slice by its worker count (else equal).
+    weight_by_workers: bool = True
+    progress: Callable[[Progress], None] | None = None
+    #: Triton's Prometheus metrics: URL or HOST:PORT, "off", None = find it.
+    server_metrics: str | None = None
+    #: Sample the server's statistics and metrics (server.json).
+    server_stats: bool = True
+    stop_event: asyncio.Event | None = None
+
+
+@dataclass
+class Progress:
+    elapsed_s: float
+    total_s: float
+    agents: list[AgentInfo]
+    agg: Aggregator
+    window: int
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+    plan: Plan
+    agents: list[AgentInfo] = field(default_factory=list)

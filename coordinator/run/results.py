@@ -1,0 +1,141 @@
+"""The end of a run: the server's figures, summary.json, the run directory's files."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Any
+
+from coordinator.agents import AgentState
+from coordinator.recovery import MANIFEST, find_outages
+from coordinator.report import write_report_safely
+from coordinator.run.loop import RunLoop
+from coordinator.run.options import RunResult
+from coordinator.run.stream import AgentStream
+from coordinator.rundir import (
+    timeseries_rows,
+    write_histograms,
+    write_json,
+    write_timeseries,
+)
+from coordinator.stats import models as model_stats
+from coordinator.stats.monitor import ServerMonitor, summary_block, write_server_json
+from coordinator.summary import AgentInfo, build_summary
+from volley.arrivals import global_schedule
+from volley.plan import Plan
+
+
+def scheduled_total(plan: Plan) -> int | None:
+    if plan.load.mode != "open":
+        return None
+    return sum(int(idx.size) for idx, _ in global_schedule(plan).chunks())
+
+
+def add_input_pool(summary: dict[str, Any], pool: dict[str, Any], infos: list[AgentInfo]) -> None:
+    """summary.input_pool: the payload pool every worker built (preflight built the same)."""
+    workers = sum(i.workers for i in infos)
+    summary["input_pool"] = {
+        **pool,
+        "workers": workers,
+        "bytes_all_workers": pool["bytes_per_worker"] * workers,
+    }
+    for row, info in zip(summary.get("agents", []), infos, strict=False):
+        row["input_pool_bytes"] = pool["bytes_per_worker"] * info.workers
+
+
+def annotate(
+    summary: dict[str, Any], streams: list[AgentStream], start_ns: int, run_dir: Path
+) -> None:
+    """Per-agent failure detection figures, and how to recover what a lost agent kept."""
+    for s, row in zip(streams, summary["agents"], strict=True):
+        row["last_seen_s"] = round((s.info.last_seen_ns - start_ns) / 1e9, 3)
+        row["lost_detected_s"] = round((s.lost_ns - start_ns) / 1e9, 3) if s.lost_ns else None
+    lost = [s for s in streams if s.state.partial]
+    summary["partial_agents"] = [s.name for s in lost]
+    if lost:
+        agents = " ".join(f"--agent {s.info.address}" for s in lost)
+        summary["recovery"] = {
+            "agents": [s.info.address for s in lost],
+            "hint": f"their spooled records: volley collect {run_dir} {agents}",
+        }
+
+
+def remove_unused_run_dir(run_dir: Path) -> None:
+    """A run refused before any load leaves no run directory behind."""
+    ours = {"plan.yaml", "requests.parquet", MANIFEST}
+    with contextlib.suppress(OSError):
+        if {p.name for p in run_dir.iterdir()} <= ours:
+            shutil.rmtree(run_dir)
+
+
+async def server_figures(
+    monitor: ServerMonitor, stats_before: model_stats.Snapshot, plan: Plan, client_ok: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """summary.server and server.json's document (the coordinator.stats call sites)."""
+    server_doc = await monitor.stop()
+    server = summary_block(server_doc, client_ok)
+    per_model = model_stats.server_block(stats_before, await model_stats.snapshot(plan))
+    server["models"] = per_model.get("models", [])
+    if not server.get("available") and per_model.get("models"):
+        # the monitor could not reach the statistics (e.g. an HTTP-only target): use
+        # the per-model figures taken over the plan's own protocol
+        server.update({k: v for k, v in per_model.items() if k != "models"})
+    server_doc["per_model"] = per_model
+    return server, server_doc
+
+
+def write_files(
+    run: RunLoop, run_dir: Path, summary: dict[str, Any], server_doc: dict[str, Any]
+) -> None:
+    """timeseries.parquet (sealed rows, then the rest), server.json, histograms.json,
+    summary.json, the report."""
+    rest = [w for w in run.agg.window_keys() if w not in run.sealed]
+    write_timeseries(
+        run_dir / "timeseries.parquet",
+        run.sealed_rows + timeseries_rows(run.agg, run.names, run.cpu, rest),
+    )
+    write_server_json(run_dir / "server.json", server_doc)
+    write_histograms(run_dir / "histograms.json", run.agg, run.names)
+    write_json(run_dir / "summary.json", summary)
+    write_report_safely(run_dir)
+
+
+async def finish(
+    run: RunLoop,
+    run_dir: Path,
+    pool: dict[str, Any],
+    monitor: ServerMonitor,
+    stats_before: model_stats.Snapshot,
+    expected: int | None,
+) -> RunResult:
+    """Summary and files of a run that ended (not refused); the agents' spools dropped
+    where they delivered everything; channels closed."""
+    plan = run.plan
+    infos = [s.info for s in run.streams]
+    measured_s = max(run.span_s - plan.load.warmup_s, 0.0)
+    server, server_doc = await server_figures(monitor, stats_before, plan, run.agg.total().ok)
+    summary = build_summary(
+        plan,
+        run.run_id,
+        run.agg,
+        infos,
+        measured_s,
+        expected,
+        server=server,
+        stopped=run.stop_reason.value,
+    )
+    add_input_pool(summary, pool, infos)
+    annotate(summary, run.streams, run.start_ns, run_dir)
+    summary["outages"] = find_outages(run.agg)
+    write_files(run, run_dir, summary, server_doc)
+    # The run is stored: agents that delivered everything may drop their spools; the
+    # others keep theirs for `volley collect`.
+    await asyncio.gather(
+        *(s.client.discard(run.run_id, s.index) for s in run.streams if s.state is AgentState.DONE),
+        return_exceptions=True,
+    )
+    await run.close_clients()
+    return RunResult(run_dir, summary, dataclasses.replace(plan), infos)

@@ -1,0 +1,206 @@
+"""One agent's Run stream: the handshake, its events, its state, its keepalive.
+
+`AgentStream.consume()` reads the agent's events and hands its records to a
+`RecordSink` (the run loop); liveness, stop and deadline are the loop's business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
+
+import grpc
+
+from coordinator.agents import AgentClient, AgentError, AgentState
+from coordinator.run.options import RunOptions
+from coordinator.summary import AgentInfo
+from volley.records import RecordBlock
+from volley.v1 import control_pb2 as pb
+
+log = logging.getLogger("volley.coordinator")
+
+#: Monotonic nanoseconds (time.monotonic_ns, or a fake one in tests).
+Clock = Callable[[], int]
+
+#: Errors of a Run call that mean "the agent refuses this run", not "it was lost".
+REFUSALS = (
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+)
+
+
+class RunClient(Protocol):
+    """What a stream needs of its agent (coordinator.agents.AgentClient)."""
+
+    address: str
+
+    def run(self, request: pb.RunRequest) -> AsyncIterator[pb.RunEvent]: ...
+
+    async def keepalive(self, run_id: str, timeout_s: float = 1.0) -> bool: ...
+
+    async def stop(self, run_id: str, reason: str, timeout_s: float = 2.0) -> bool: ...
+
+    async def discard(
+        self, run_id: str, slot: int | None = None, timeout_s: float = 5.0
+    ) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class RecordSink(Protocol):
+    """Where a stream's records and CPU figures go."""
+
+    def ingest(self, index: int, block: RecordBlock) -> None: ...
+
+    def agent_cpu(self, window: int, index: int, percent: float) -> None: ...
+
+
+class AgentStream:
+    """One agent in a run: its client, what is known of it (`info`), its Run task."""
+
+    def __init__(
+        self, index: int, client: RunClient, info: AgentInfo, clock: Clock = time.monotonic_ns
+    ) -> None:
+        self.index = index
+        self.client = client
+        self.info = info
+        self.clock = clock
+        self.task: asyncio.Task[None] | None = None
+        self.start_at_agent_ns = 0
+        self.started = False
+        #: Why the agent refused the run (before starting it), if it did.
+        self.refused = ""
+        #: When (coordinator monotonic ns) it was found missing or its stream broke.
+        self.lost_ns = 0
+
+    @property
+    def state(self) -> AgentState:
+        return AgentState(self.info.state)
+
+    @state.setter
+    def state(self, state: AgentState) -> None:
+        self.info.state = state
+
+    @property
+    def name(self) -> str:
+        return self.info.id or self.info.address
+
+    @property
+    def active(self) -> bool:
+        """Its Run task is still going."""
+        return self.task is not None and not self.task.done()
+
+    def mark_lost(self, why: str, now_ns: int) -> None:
+        """The stream broke or went silent: keep what it sent, go on without it."""
+        if self.state in (AgentState.RUNNING, AgentState.READY):
+            self.state = AgentState.MISSING
+            self.info.error = why
+            self.lost_ns = now_ns
+            log.warning("agent %s missing: %s", self.info.address, why)
+
+    def request(self, run_id: str, plan_json: str, keepalive_s: float) -> pb.RunRequest:
+        return pb.RunRequest(
+            run_id=run_id,
+            plan_json=plan_json,
+            agent_index=self.index,
+            start_at_agent_ns=self.start_at_agent_ns,
+            clock_offset_ns=self.info.clock.offset_ns if self.info.clock else 0,
+            workers=self.info.workers,
+            keepalive_ms=int(keepalive_s * 1000),
+        )
+
+    async def consume(self, req: pb.RunRequest, sink: RecordSink) -> None:
+        """Read the Run stream to its end; the state says how it ended."""
+        self.state = AgentState.RUNNING
+        self.info.last_seen_ns = self.clock()
+        try:
+            async for ev in self.client.run(req):
+                self.info.last_seen_ns = self.clock()
+                if await self._event(ev, req.run_id, sink):
+                    return
+            if self.state is AgentState.RUNNING:
+                self.mark_lost("its stream ended without a finish", self.clock())
+        except grpc.aio.AioRpcError as exc:
+            if not self.started and exc.code() in REFUSALS:
+                self.refused = (exc.details() or exc.code().name).removeprefix("agent refuses: ")
+                self.state = AgentState.FAILED
+                self.info.error = self.refused
+            elif self.state is AgentState.RUNNING:
+                why = f"connection lost: {exc.code().name}: {exc.details() or 'no details'}"
+                self.mark_lost(why, self.clock())
+        except asyncio.CancelledError:
+            if self.state is AgentState.RUNNING:
+                self.mark_lost("cancelled", self.clock())
+            raise
+
+    async def _event(self, ev: pb.RunEvent, run_id: str, sink: RecordSink) -> bool:
+        """Apply one event; True when it ends the stream."""
+        info = self.info
+        kind = ev.WhichOneof("event")
+        if kind == "timings":
+            try:
+                sink.ingest(self.index, RecordBlock.from_proto(ev.timings))
+            except ValueError as exc:
+                self.state = AgentState.FAILED
+                info.error = f"sent a malformed timing batch ({exc})"
+                await self.client.stop(run_id, "malformed timing batch", timeout_s=1.0)
+                return True
+        elif kind == "started":
+            self.started = True
+        elif kind == "status":
+            st = ev.status
+            info.cpu_seconds = st.cpu_seconds
+            info.cpu_percent = st.cpu_percent
+            info.cpu_percent_peak = max(info.cpu_percent_peak, st.cpu_percent)
+            w = (st.agent_ns - self.start_at_agent_ns) // 1_000_000_000
+            if w >= 0:
+                sink.agent_cpu(int(w), self.index, st.cpu_percent)
+        elif kind == "finished":
+            f = ev.finished
+            info.cpu_seconds = f.final_status.cpu_seconds or info.cpu_seconds
+            self.state = AgentState.DONE if f.ok else AgentState.FAILED
+            info.error = f.error
+            return True
+        return False
+
+    async def keepalive(self, run_id: str, period_s: float) -> None:
+        """Tell the agent the coordinator is still here (it stops the run otherwise)."""
+        while self.active:
+            await self.client.keepalive(run_id, timeout_s=max(period_s * 2, 1.0))
+            await asyncio.sleep(period_s)
+
+
+async def handshake(addresses: list[str], opts: RunOptions) -> list[AgentStream]:
+    """Hello and clock probes with every agent; AgentError (all closed) if one fails."""
+    clients = [AgentClient(a, opts.connect_timeout_s, opts.security) for a in addresses]
+
+    async def one(i: int, c: AgentClient) -> AgentStream:
+        reply = await c.hello()
+        clock = await c.probe_clock(opts.clock_samples)
+        info = AgentInfo(
+            index=i,
+            address=c.address,
+            id=reply.agent_id,
+            host=reply.host,
+            workers=min(opts.workers or reply.workers, reply.workers),
+            cores=reply.cores,
+            clock=clock,
+        )
+        return AgentStream(i, c, info)
+
+    results = await asyncio.gather(
+        *(one(i, c) for i, c in enumerate(clients)), return_exceptions=True
+    )
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        for c in clients:
+            await c.close()
+        first = errors[0]
+        raise first if isinstance(first, AgentError) else AgentError(str(first))
+    return [r for r in results if isinstance(r, AgentStream)]

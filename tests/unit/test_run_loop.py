@@ -1,0 +1,482 @@
+"""The run loop's tick steps, one by one, with a fake clock and fake agents (no process,
+no network, no sleep inside the logic)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import pytest
+
+from agent.session import SessionState
+from coordinator.agents import AgentState
+from coordinator.clock import ClockEstimate
+from coordinator.run import (
+    SEAL_EVERY_NS,
+    AgentStream,
+    Progress,
+    RunLoop,
+    RunOptions,
+    StopReason,
+)
+from coordinator.rundir import timeseries_rows
+from coordinator.summary import AgentInfo
+from volley.plan import Plan, plan_from_dict
+from volley.records import RecordBuffer
+from volley.v1 import control_pb2 as pb
+
+S = 1_000_000_000  # ns per second
+T0 = 1_000 * S  # the fake clock's reading at construction
+
+
+class FakeClock:
+    def __init__(self, now: int = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+    def at(self, start: int, seconds: float) -> int:
+        self.now = start + round(seconds * S)
+        return self.now
+
+
+@dataclass
+class FakeClient:
+    """An agent's Run stream fed from a queue; records every Stop it is sent."""
+
+    address: str
+    events: asyncio.Queue[pb.RunEvent | BaseException | None] = field(default_factory=asyncio.Queue)
+    stops: list[str] = field(default_factory=list)
+    requests: list[pb.RunRequest] = field(default_factory=list)
+    closed: bool = False
+
+    async def run(self, request: pb.RunRequest) -> AsyncIterator[pb.RunEvent]:
+        self.requests.append(request)
+        while True:
+            ev = await self.events.get()
+            if ev is None:
+                return
+            if isinstance(ev, BaseException):
+                raise ev
+            yield ev
+
+    async def keepalive(self, run_id: str, timeout_s: float = 1.0) -> bool:
+        return True
+
+    async def stop(self, run_id: str, reason: str, timeout_s: float = 2.0) -> bool:
+        self.stops.append(reason)
+        return True
+
+    async def discard(self, run_id: str, slot: int | None = None, timeout_s: float = 5.0) -> bool:
+        return True
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def _plan(duration_s: float = 10.0, timeout_s: float = 2.0) -> Plan:
+    return plan_from_dict(
+        {
+            "target": "127.0.0.1:8001",
+            "model": "add",
+            "load": {"mode": "open", "rate": 10, "duration": f"{duration_s}s"},
+            "timeout_s": timeout_s,
+        }
+    )
+
+
+def _loop(
+    n: int = 2,
+    plan: Plan | None = None,
+    clock: FakeClock | None = None,
+    **opts: Any,
+) -> tuple[RunLoop, list[FakeClient], FakeClock]:
+    clock = clock or FakeClock()
+    clients = [FakeClient(f"agent{i}:7070") for i in range(n)]
+    streams = [
+        AgentStream(
+            i,
+            c,
+            AgentInfo(index=i, address=c.address, clock=ClockEstimate(7 * i, 1, 1000 * i, 4)),
+            clock,
+        )
+        for i, c in enumerate(clients)
+    ]
+    options = RunOptions(start_lead_s=2.0, keepalive_s=0.0, **opts)
+    loop = RunLoop(plan or _plan(), streams, options, run_id="r1", clock=clock)
+    return loop, clients, clock
+
+
+async def _settle() -> None:
+    """Let the stream tasks take what is queued (the clock does not move)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def _status(agent_ns: int, cpu: float = 50.0) -> pb.RunEvent:
+    return pb.RunEvent(status=pb.AgentStatus(state="running", agent_ns=agent_ns, cpu_percent=cpu))
+
+
+def _finished(ok: bool = True, error: str = "") -> pb.RunEvent:
+    return pb.RunEvent(finished=pb.Finished(run_id="r1", ok=ok, error=error))
+
+
+# ---------------------------------------------------------------- start instant
+
+
+def test_agree_start_adds_lead_and_worst_rtt() -> None:
+    loop, _, _ = _loop()
+    start = loop.agree_start()
+    assert start == T0 + 2 * S + 1000  # lead 2 s + the largest RTT
+    assert [s.start_at_agent_ns for s in loop.streams] == [start, start + 7]
+    # deadline: the load's span + the request timeout + 15 s
+    assert loop.deadline_ns == start + (10 + 2 + 15) * S
+    assert loop.next_seal_ns == start + SEAL_EVERY_NS
+
+
+async def test_startup_sends_each_agent_its_request() -> None:
+    loop, clients, _ = _loop()
+    loop.agree_start()
+    loop.startup()
+    await _settle()
+    for i, c in enumerate(clients):
+        (req,) = c.requests
+        assert req.run_id == "r1" and req.agent_index == i
+        assert req.start_at_agent_ns == loop.streams[i].start_at_agent_ns
+        assert loop.streams[i].state is AgentState.RUNNING
+    await loop.shutdown()
+
+
+# ---------------------------------------------------------------- liveness
+
+
+async def test_silent_agent_is_missing_after_the_heartbeat_timeout() -> None:
+    loop, clients, clock = _loop(heartbeat_timeout_s=2.5)
+    start = loop.agree_start()
+    clock.at(start, 0.0)
+    loop.startup()
+    await _settle()
+    a, b = loop.streams
+    missing_at = None
+    for tick in range(1, 40):
+        now = clock.at(start, tick / 10)
+        if tick == 10:  # agent 1 sends a heartbeat at 1.0 s
+            clients[1].events.put_nowait(_status(now))
+            await _settle()
+        loop.check_liveness(now)
+        await _settle()
+        if a.state is AgentState.MISSING and missing_at is None:
+            missing_at = tick
+            assert b.state is AgentState.RUNNING
+    assert missing_at == 26  # silent 2.6 s > 2.5 s (2.5 s itself is not enough)
+    assert a.lost_ns == start + 26 * S // 10
+    assert a.info.error == "no heartbeat for 2.6s"
+    assert a.task is not None and a.task.cancelled()
+    assert clients[0].stops == ["declared missing"]
+    # agent 1 was heard at 1.0 s: missing at 3.6 s
+    assert b.state is AgentState.MISSING and b.lost_ns == start + 36 * S // 10
+    await loop.shutdown()
+
+
+async def test_on_tick_checks_liveness() -> None:
+    loop, clients, clock = _loop(n=1, heartbeat_timeout_s=2.5)
+    start = loop.agree_start()
+    clock.at(start, 0.0)
+    loop.startup()
+    await _settle()
+    assert await loop.on_tick(clock.at(start, 2.5))
+    assert [s.state for s in loop.streams] == [AgentState.RUNNING]
+    assert await loop.on_tick(clock.at(start, 2.6))
+    await _settle()
+    assert [s.state for s in loop.streams] == [AgentState.MISSING] and not loop.running
+    await loop.shutdown()
+    assert clients[0].stops == ["declared missing"] and not clients[0].closed
+
+
+async def test_liveness_skips_streams_that_ended() -> None:
+    loop, clients, clock = _loop(heartbeat_timeout_s=2.5)
+    start = loop.agree_start()
+    clock.at(start, 0.0)
+    loop.startup()
+    clients[0].events.put_nowait(_finished())
+    await _settle()
+    loop.check_liveness(clock.at(start, 10.0))
+    await _settle()
+    assert loop.streams[0].state is AgentState.DONE
+    assert loop.streams[1].state is AgentState.MISSING
+    assert clients[0].stops == []
+    await loop.shutdown()
+
+
+# ---------------------------------------------------------------- stop and deadline
+
+
+async def test_stop_event_tells_every_agent_once() -> None:
+    stop = asyncio.Event()
+    loop, clients, clock = _loop(stop_event=stop)
+    start = loop.agree_start()
+    await loop.check_stop()
+    assert loop.stopped is None and loop.stop_reason is StopReason.COMPLETED
+    stop.set()
+    await loop.check_stop()
+    await loop.check_stop()
+    assert loop.stopped is StopReason.INTERRUPTED
+    assert loop.stop_reason.value == "interrupted by the user"
+    assert all(c.stops == ["interrupted by the user"] for c in clients)
+    # already stopped when the deadline passes: the streams are cut at once
+    loop.startup()
+    await _settle()
+    await loop.check_deadline(clock.at(start, 28.0))
+    await _settle()
+    assert all(s.task is not None and s.task.cancelled() for s in loop.streams)
+    assert all(c.stops == ["interrupted by the user"] for c in clients)
+    await loop.shutdown()
+
+
+async def test_deadline_stops_then_cuts_after_the_grace() -> None:
+    loop, clients, _ = _loop()
+    start = loop.agree_start()
+    loop.startup()
+    await _settle()
+    deadline = start + 27 * S
+    await loop.check_deadline(deadline)  # not past it yet
+    assert loop.stopped is None and all(c.stops == [] for c in clients)
+    await loop.check_deadline(deadline + 1)
+    assert loop.stopped is StopReason.DEADLINE
+    assert all(c.stops == ["run overran its deadline"] for c in clients)
+    assert loop.deadline_ns == deadline + 1 + 5 * S
+    await loop.check_deadline(deadline + 1 + 5 * S)  # the agents still have time
+    await _settle()
+    assert all(s.active for s in loop.streams)
+    await loop.check_deadline(deadline + 2 + 5 * S)
+    await _settle()
+    assert not any(s.active for s in loop.streams)
+    assert all(c.stops == ["run overran its deadline"] for c in clients)
+    # cut while running: missing, "cancelled"
+    assert all(s.state is AgentState.MISSING and s.info.error == "cancelled" for s in loop.streams)
+    await loop.shutdown()
+
+
+async def test_on_tick_checks_stop_then_deadline() -> None:
+    stop = asyncio.Event()
+    loop, clients, clock = _loop(stop_event=stop, heartbeat_timeout_s=1e9)
+    start = loop.agree_start()
+    loop.startup()
+    await _settle()
+    assert await loop.on_tick(clock.at(start, 27.5))  # past the deadline (27 s)
+    assert loop.stopped is StopReason.DEADLINE
+    await _settle()
+    assert all(s.active for s in loop.streams)
+    stop.set()  # a stop after the deadline's: no second Stop, no new reason
+    assert await loop.on_tick(clock.at(start, 28.0))
+    assert loop.stopped is StopReason.DEADLINE
+    assert all(c.stops == ["run overran its deadline"] for c in clients)
+    assert await loop.on_tick(clock.at(start, 32.6))  # past the 5 s grace: cut
+    await _settle()
+    assert not loop.running
+    await loop.shutdown()
+
+
+async def test_on_tick_a_stop_before_the_deadline_cuts_at_once_past_it() -> None:
+    stop = asyncio.Event()
+    loop, clients, clock = _loop(stop_event=stop, heartbeat_timeout_s=1e9)
+    start = loop.agree_start()
+    loop.startup()
+    await _settle()
+    stop.set()
+    assert await loop.on_tick(clock.at(start, 27.5))  # stop, then the deadline: cut
+    await _settle()
+    assert loop.stopped is StopReason.INTERRUPTED and not loop.running
+    assert all(c.stops == ["interrupted by the user"] for c in clients)
+    await loop.shutdown()
+
+
+# ---------------------------------------------------------------- refusal
+
+
+def _refusal(details: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.PERMISSION_DENIED, grpc.aio.Metadata(), grpc.aio.Metadata(), details
+    )
+
+
+async def test_a_refusal_stops_the_others_and_ends_the_loop() -> None:
+    loop, clients, clock = _loop()
+    start = loop.agree_start()
+    loop.startup()
+    await _settle()
+    assert await loop.on_tick(clock.at(start, 0.1))
+    clients[1].events.put_nowait(_refusal("agent refuses: rate over its limit"))
+    await _settle()
+    bad = loop.refusal()
+    assert bad is loop.streams[1] and bad.refused == "rate over its limit"
+    assert bad.state is AgentState.FAILED and bad.info.error == "rate over its limit"
+    assert not await loop.on_tick(clock.at(start, 0.2))
+    assert loop.stopped is StopReason.REFUSED
+    assert all(c.stops == ["another agent refused the run"] for c in clients)
+    await loop.shutdown()
+    assert all(c.closed for c in clients)  # a refused run closes the channels
+
+
+async def test_an_error_after_the_start_is_a_lost_agent_not_a_refusal() -> None:
+    loop, clients, clock = _loop(n=1)
+    start = loop.agree_start()
+    loop.startup()
+    clients[0].events.put_nowait(pb.RunEvent(started=pb.Started(run_id="r1")))
+    clock.at(start, 1.5)
+    clients[0].events.put_nowait(_refusal("late"))
+    await _settle()
+    s = loop.streams[0]
+    assert loop.refusal() is None
+    assert s.state is AgentState.MISSING and s.lost_ns == start + 3 * S // 2
+    assert s.info.error == "connection lost: PERMISSION_DENIED: late"
+    await loop.shutdown()
+    assert not clients[0].closed  # results still to be written
+
+
+# ---------------------------------------------------------------- the stream's events
+
+
+async def test_stream_events_set_state_and_cpu() -> None:
+    loop, clients, _ = _loop()
+    loop.agree_start()
+    loop.startup()
+    a0 = loop.streams[0].start_at_agent_ns
+    clients[0].events.put_nowait(_status(a0 - 1, 10.0))  # before the start: no window
+    clients[0].events.put_nowait(_status(a0 + 3 * S + 5, 80.0))
+    clients[0].events.put_nowait(_status(a0 + 4 * S, 20.0))
+    clients[0].events.put_nowait(_finished())
+    clients[1].events.put_nowait(_finished(ok=False, error="worker 0: boom"))
+    await _settle()
+    a, b = loop.streams
+    assert loop.cpu == {(3, 0): 80.0, (4, 0): 20.0}
+    assert a.info.cpu_percent == 20.0 and a.info.cpu_percent_peak == 80.0
+    assert a.state is AgentState.DONE and not a.active
+    assert b.state is AgentState.FAILED and b.info.error == "worker 0: boom"
+    assert not loop.running
+    await loop.main_loop()  # returns at once: no stream left
+    await loop.shutdown()
+
+
+async def test_stream_end_without_finish_is_missing() -> None:
+    loop, clients, clock = _loop(n=1)
+    start = loop.agree_start()
+    loop.startup()
+    clock.at(start, 4.0)
+    clients[0].events.put_nowait(None)
+    await _settle()
+    s = loop.streams[0]
+    assert s.state is AgentState.MISSING and s.lost_ns == start + 4 * S
+    assert s.info.error == "its stream ended without a finish"
+    await loop.shutdown()
+
+
+async def test_malformed_batch_fails_the_agent() -> None:
+    loop, clients, _ = _loop(n=1)
+    loop.agree_start()
+    loop.startup()
+    bad = pb.TimingBatch(count=3, index=b"\x00")  # columns shorter than the count
+    clients[0].events.put_nowait(pb.RunEvent(timings=bad))
+    await _settle()
+    s = loop.streams[0]
+    assert s.state is AgentState.FAILED and "malformed timing batch" in s.info.error
+    assert clients[0].stops == ["malformed timing batch"]
+    await loop.shutdown()
+
+
+# ---------------------------------------------------------------- window sealing
+
+
+def _records(loop: RunLoop, seconds: int) -> None:
+    """Records of both agents in windows 0 .. seconds-1 (by intended time)."""
+    for agent in range(len(loop.streams)):
+        buf = RecordBuffer(4 * seconds)
+        for i in range(2 * seconds):
+            intended = i * S // 2 + agent
+            buf.append(i, intended, intended + 1000, intended + 2_000_000, 0, 10, 10, 1, 0)
+        block = buf.take(["4"])
+        assert block is not None
+        loop.ingest(agent, block)
+
+
+async def test_sealing_every_5s_with_the_timeout_cutoff() -> None:
+    plan = _plan(duration_s=60.0, timeout_s=2.5)  # int(2.5) + 10: 12 windows behind
+    loop, _, _ = _loop(plan=plan)
+    start = loop.agree_start()
+    _records(loop, 30)
+    assert loop.seal_windows(start + 4 * S) == []  # first seal 5 s after the start
+    assert loop.seal_windows(start + 5 * S) == []  # horizon 5 - 12 < 0
+    assert loop.next_seal_ns == start + 10 * S
+    expected_rows = timeseries_rows(loop.agg, loop.names, loop.cpu, [0, 1, 2, 3])
+    assert loop.seal_horizon(start + 16 * S + S // 2) == 4
+    assert loop.seal_windows(start + 16 * S + S // 2) == [0, 1, 2, 3]
+    assert loop.sealed == {0, 1, 2, 3} and loop.sealed_rows == expected_rows
+    assert all(loop.agg.windows[(w, a)].latency.count == 0 for w in range(4) for a in (0, 1))
+    assert loop.agg.windows[(4, 0)].latency.count == 2
+    assert loop.seal_windows(start + 20 * S) == []  # next one due at 21.5 s
+    assert loop.seal_windows(start + 22 * S) == [4, 5, 6, 7, 8, 9]
+    # through on_tick too
+    loop.next_seal_ns = start + 25 * S
+    assert await loop.on_tick(start + 25 * S)
+    assert max(loop.sealed) == 12
+    assert len(loop.sealed_rows) == 13 * 3  # a row per agent and one 'all' per window
+
+
+# ---------------------------------------------------------------- progress
+
+
+async def test_progress_reports_elapsed_and_window() -> None:
+    got: list[Progress] = []
+    loop, _, _ = _loop(progress=got.append)
+    start = loop.agree_start()
+    loop.report_progress(start - S // 2)
+    assert await loop.on_tick(start + 3 * S + S // 4)
+    (before, during) = got
+    assert before.elapsed_s == -0.5 and before.total_s == 10.0
+    assert during.elapsed_s == 3.25 and during.window == 3
+    assert during.agg is loop.agg and during.agents == [s.info for s in loop.streams]
+
+
+# ---------------------------------------------------------------- shutdown
+
+
+async def test_shutdown_on_failure_closes_the_channels() -> None:
+    loop, clients, _ = _loop()
+    loop.agree_start()
+    loop.startup()
+    await _settle()
+    await loop.shutdown(failed=True)
+    assert all(c.closed for c in clients)
+    assert all(s.task is not None and s.task.done() for s in loop.streams)
+
+
+# ---------------------------------------------------------------- the strings files keep
+
+
+def test_enum_values_are_the_strings_written_today() -> None:
+    assert [r.value for r in StopReason] == [
+        "",
+        "interrupted by the user",
+        "run overran its deadline",
+        "another agent refused the run",
+    ]
+    assert [s.value for s in AgentState] == [
+        "ready",
+        "running",
+        "done",
+        "failed",
+        "missing",
+        "stopped",
+    ]
+    assert [s.value for s in SessionState] == ["ready", "waiting", "running", "done", "failed"]
+    assert [s for s in AgentState if s.partial] == [AgentState.FAILED, AgentState.MISSING]
+    assert AgentInfo(0, "a").state == AgentState.READY
+
+
+@pytest.mark.parametrize("reason", list(StopReason))
+def test_stop_reason_is_falsy_only_when_completed(reason: StopReason) -> None:
+    assert bool(reason.value) is (reason is not StopReason.COMPLETED)
