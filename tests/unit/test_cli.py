@@ -1,10 +1,13 @@
 """The command line as a person meets it: --help on every command, the terminal summary at
-80 columns and in a log."""
+80 columns and in a log, and where a run's seed comes from."""
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import io
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,9 @@ from coordinator.summary import AgentInfo, build_summary
 from volley import records as rc
 from volley.cli import app
 from volley.cli.console import print_summary
-from volley.plan import plan_from_dict
+from volley.cli.planning import build_plan
+from volley.cli.sweep import build_spec, sweep_cmd
+from volley.plan import PlanError, plan_from_dict
 from volley.records import RecordBuffer
 
 ANSI = re.compile(r"\x1b\[")
@@ -189,3 +194,93 @@ def test_report_piped_is_plain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert not ANSI.search(res.output) and not BOX_DRAWING.search(res.output), res.output
     assert "…" not in res.output
     assert max(len(line) for line in res.output.splitlines()) <= 80
+
+
+# ---- the seed -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def randbits(monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr("secrets.randbits", lambda bits: 4242)
+    return 4242
+
+
+PLAN_WITHOUT_SEED = """\
+# reseeded nightly: no seed here on purpose
+target: 127.0.0.1:8001
+model: seed_classifier
+load: {rate: 10}
+inputs: [{name: SEED, source: constant, value: 1}]
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "option", "expected"),
+    [
+        (PLAN_WITHOUT_SEED, None, "random"),
+        (PLAN_WITHOUT_SEED + "seed: 0\n", None, 0),  # an explicit 0 is kept
+        (PLAN_WITHOUT_SEED + "seed: 17\n", None, 17),
+        (PLAN_WITHOUT_SEED + "seed: 17\n", 0, 0),  # the option wins
+        (PLAN_WITHOUT_SEED, 5, 5),
+    ],
+)
+def test_seed_given_is_read_from_the_plan(
+    tmp_path: Path, randbits: int, text: str, option: int | None, expected: Any
+) -> None:
+    f = tmp_path / "plan.yaml"
+    f.write_text(text)
+    plan = build_plan(f, {"seed": option}, {}, {}, {})
+    assert plan.seed == (randbits if expected == "random" else expected)
+
+
+def test_no_plan_file_no_seed_is_random(randbits: int) -> None:
+    plan = build_plan(None, {"target": "127.0.0.1:1", "model": "m"}, {"rate": 1}, {}, {})
+    assert plan.seed == randbits
+
+
+def test_run_command_plans_a_random_seed(
+    tmp_path: Path, randbits: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`volley run` itself: the plan that reaches the agents carries the random seed."""
+    import coordinator.local
+    import coordinator.run
+
+    seen: list[Any] = []
+
+    async def fake_execute(plan: Any, addrs: list[str], opts: Any) -> Any:
+        seen.append(plan)
+        raise PlanError("stopped by the test")
+
+    @contextlib.contextmanager
+    def fake_local(*args: Any, **kwargs: Any) -> Iterator[list[str]]:
+        yield ["127.0.0.1:1"]
+
+    monkeypatch.setattr(coordinator.run, "execute", fake_execute)
+    monkeypatch.setattr(coordinator.local, "LocalAgents", fake_local)
+    f = tmp_path / "plan.yaml"
+    f.write_text(PLAN_WITHOUT_SEED)
+    res = CliRunner().invoke(app, ["run", str(f), "--quiet", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "stopped by the test" in res.output, res.output
+    assert [p.seed for p in seen] == [randbits]
+    seen.clear()
+    f.write_text(PLAN_WITHOUT_SEED + "seed: 0\n")
+    CliRunner().invoke(app, ["run", str(f), "--quiet", "--out", str(tmp_path)])
+    assert [p.seed for p in seen] == [0]
+
+
+def _sweep_args(**kw: Any) -> dict[str, Any]:
+    skip = {"resume", "out", "json_", "quiet"}
+    args = {
+        n: p.default for n, p in inspect.signature(sweep_cmd).parameters.items() if n not in skip
+    }
+    return {**args, **kw}
+
+
+@pytest.mark.parametrize(("extra", "expected"), [("", "random"), ("seed: 0\n", 0)])
+def test_sweep_seed_given_is_read_from_the_plan(
+    tmp_path: Path, randbits: int, extra: str, expected: Any
+) -> None:
+    f = tmp_path / "plan.yaml"
+    f.write_text(PLAN_WITHOUT_SEED + extra)
+    spec = build_spec(**_sweep_args(file=f, slo=["p99<50ms"]))
+    assert spec.plan.seed == (randbits if expected == "random" else expected)

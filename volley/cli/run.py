@@ -23,7 +23,7 @@ from volley.cli.common import (
     option,
 )
 from volley.cli.planning import _target_options, build_plan, parse_stages
-from volley.plan import PlanError, plan_from_dict
+from volley.plan import PlanError
 
 # The options, one alias each, grouped by panel as `volley run --help` shows them.
 
@@ -315,10 +315,6 @@ def run(
         )
         for s in plan.slos:
             parse_slo(s)
-        if plan.seed == 0 and seed is None and not (plan_file and "seed" in plan_file.read_text()):
-            import secrets
-
-            plan = plan_from_dict({**plan.to_dict(), "seed": secrets.randbits(32)})
         addresses = resolve_agents(list(agent or []))
         if metrics_port is not None:
             parse_listen(metrics_port)

@@ -528,10 +528,7 @@ def sweep_cmd(
 
 def build_spec(**o: Any) -> SweepSpec:
     """Command-line options (and an optional sweep or plan YAML) -> a validated SweepSpec."""
-    import secrets
-
     from volley.cli.planning import build_plan
-    from volley.plan import plan_from_dict
 
     file: Path | None = o["file"]
     sweep_doc: dict[str, Any] = {}
@@ -621,8 +618,6 @@ def build_spec(**o: Any) -> SweepSpec:
         overrides["load"] = base_load
     inputs, shapes = kv(o["input_"], "--input"), kv(o["shape"], "--shape")
     plan = build_plan(None, overrides, load, inputs, shapes)
-    if o["seed"] is None and "seed" not in plan_doc:
-        plan = plan_from_dict({**plan.to_dict(), "seed": secrets.randbits(32)})
     if len(targets) == 1 and targets[0].name == "target" and not targets[0].model:
         safe = re.sub(r"[^A-Za-z0-9._-]+", "-", plan.model).strip("-") or "target"
         targets[0] = SweepTarget(**{**targets[0].to_dict(), "name": safe})
