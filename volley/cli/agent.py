@@ -8,55 +8,58 @@ from typing import Annotated
 
 import typer
 
-from volley.cli.common import fail
+from volley.cli.common import PANEL_SECURITY, fail, option
 from volley.plan import (
     PlanError,
     parse_address,
     parse_duration,
 )
 
+SERVE = "Serving"
+LIMITS = "Limits"
+SPOOL = "Spool"
+
 
 def agent(
     listen: Annotated[
-        str, typer.Option(help="HOST:PORT to serve the control plane on (loopback by default).")
+        str, option(SERVE, "HOST:PORT to serve the control plane on (loopback by default).")
     ] = "127.0.0.1:7070",
-    workers: Annotated[int, typer.Option(help="Worker processes (default: one per core).")] = 0,
-    agent_id: Annotated[str, typer.Option(help="Name shown in results (default host-pid).")] = "",
+    workers: Annotated[int, option(SERVE, "Worker processes (default: one per core).")] = 0,
+    agent_id: Annotated[str, option(SERVE, "Name shown in results (default host-pid).")] = "",
+    coordinator_grace: Annotated[
+        str, option(SERVE, "Stop a run whose coordinator is gone for this long.")
+    ] = "5s",
     allow_target: Annotated[
-        list[str] | None, typer.Option(help="Only fire at these HOST:PORT targets (repeatable).")
+        list[str] | None, option(LIMITS, "Only fire at these HOST:PORT targets (repeatable).")
     ] = None,
-    max_rate: Annotated[
-        float, typer.Option(help="Refuse plans giving this agent more req/s.")
-    ] = 0.0,
-    max_in_flight: Annotated[int, typer.Option(help="Refuse plans above this in-flight cap.")] = 0,
-    max_duration: Annotated[
-        str, typer.Option(help="Refuse plans longer than this (e.g. 1h).")
-    ] = "0",
-    token_file: Annotated[
-        str | None,
-        typer.Option(
-            help="File holding the shared token callers must present (or env "
-            "VOLLEY_TOKEN). Required to listen beyond loopback (or mTLS)."
-        ),
-    ] = None,
-    tls_cert: Annotated[str | None, typer.Option(help="TLS certificate (PEM).")] = None,
-    tls_key: Annotated[str | None, typer.Option(help="TLS private key (PEM).")] = None,
-    tls_client_ca: Annotated[
-        str | None, typer.Option(help="Require client certificates from this CA (mutual TLS).")
-    ] = None,
+    max_rate: Annotated[float, option(LIMITS, "Refuse plans giving this agent more req/s.")] = 0.0,
+    max_in_flight: Annotated[int, option(LIMITS, "Refuse plans above this in-flight cap.")] = 0,
+    max_duration: Annotated[str, option(LIMITS, "Refuse plans longer than this (e.g. 1h).")] = "0",
     spool_dir: Annotated[
         str | None,
-        typer.Option(
-            help="Where runs' records wait until the coordinator has them "
-            "(default ~/.volley/spool, or env VOLLEY_SPOOL_DIR)."
+        option(
+            SPOOL,
+            "Where runs' records wait until the coordinator has them "
+            "(default ~/.volley/spool, or env VOLLEY_SPOOL_DIR).",
         ),
     ] = None,
-    coordinator_grace: Annotated[
-        str, typer.Option(help="Stop a run whose coordinator is gone for this long.")
-    ] = "5s",
     spool_max_mb: Annotated[
-        int, typer.Option(help="Largest spool of one run, MiB (~18k records per MiB).")
+        int, option(SPOOL, "Largest spool of one run, MiB (~18k records per MiB).")
     ] = 2048,
+    token_file: Annotated[
+        str | None,
+        option(
+            PANEL_SECURITY,
+            "File holding the shared token callers must present (or env "
+            "VOLLEY_TOKEN). Required to listen beyond loopback (or mTLS).",
+        ),
+    ] = None,
+    tls_cert: Annotated[str | None, option(PANEL_SECURITY, "TLS certificate (PEM).")] = None,
+    tls_key: Annotated[str | None, option(PANEL_SECURITY, "TLS private key (PEM).")] = None,
+    tls_client_ca: Annotated[
+        str | None,
+        option(PANEL_SECURITY, "Require client certificates from this CA (mutual TLS)."),
+    ] = None,
     port_file: Annotated[str, typer.Option(hidden=True)] = "",
 ) -> None:
     """Run an agent: receives plan slices from a coordinator and fires them at the target."""

@@ -5,7 +5,7 @@ Exit codes: 0 success, 1 an SLO or validity check failed, 2 bad usage or input.
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 
@@ -27,3 +27,18 @@ def kv(items: list[str] | None, what: str) -> dict[str, str]:
             fail(f"{what}: expected NAME=VALUE, got {item!r}")
         out[key] = value
     return out
+
+
+# --help panels (Typer's rich_help_panel), shared so commands group alike
+PANEL_TARGET = "Target and protocol"
+PANEL_LOAD = "Load"
+PANEL_INPUTS = "Inputs"
+PANEL_AGENTS = "Agents"
+PANEL_OUTPUT = "Output"
+PANEL_MONITOR = "Monitoring"
+PANEL_SECURITY = "Security"
+
+
+def option(panel: str, help: str, *decls: str) -> Any:
+    """A typer.Option shown under `panel` in --help (decls: explicit names, e.g. "--input")."""
+    return typer.Option(*decls, help=help, rich_help_panel=panel)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,11 @@ def build_plan(
     vary: dict[str, str] | None = None,
     input_data: str | None = None,
 ) -> Plan:
-    """Merge a plan file with command-line options (options win) and validate."""
+    """Merge a plan file with command-line options (options win) and validate.
+
+    A plan that names no seed, in the file or the options, gets a random one; it is in the
+    resolved plan, so the run can be repeated. An explicit seed (0 included) is kept.
+    """
     data: dict[str, Any] = {}
     if plan_file is not None:
         try:
@@ -140,6 +145,8 @@ def build_plan(
     for k, v in overrides.items():
         if v is not None:
             data[k] = v
+    if "seed" not in data:
+        data["seed"] = secrets.randbits(32)
     if not isinstance(data.get("load") or {}, dict):
         raise PlanError("load: expected a mapping")
     if not isinstance(data.get("inputs") or [], list):

@@ -9,161 +9,235 @@ from typing import Annotated, Any
 
 import typer
 
-from volley.cli.common import EXIT_FAILED, fail, kv
-from volley.cli.planning import _target_options, build_plan, parse_stages
-from volley.plan import (
-    PlanError,
-    plan_from_dict,
+from volley.cli.common import (
+    EXIT_FAILED,
+    PANEL_AGENTS,
+    PANEL_INPUTS,
+    PANEL_LOAD,
+    PANEL_MONITOR,
+    PANEL_OUTPUT,
+    PANEL_SECURITY,
+    PANEL_TARGET,
+    fail,
+    kv,
+    option,
 )
+from volley.cli.planning import _target_options, build_plan, parse_stages
+from volley.plan import PlanError
+
+# The options, one alias each, grouped by panel as `volley run --help` shows them.
+
+RUN_OUTPUT = f"{PANEL_OUTPUT} and SLOs"
+
+PlanFile = Annotated[Path | None, typer.Argument(help="Plan YAML (options below override it).")]
+
+# ---- Target and protocol
+Target = Annotated[str | None, option(PANEL_TARGET, "Inference server HOST:PORT (gRPC).")]
+Model = Annotated[str | None, option(PANEL_TARGET, "Model name on the server.")]
+ModelVersion = Annotated[str | None, option(PANEL_TARGET, "Model version (default: latest).")]
+Protocol = Annotated[str | None, option(PANEL_TARGET, "grpc (default) or http (KServe v2 REST).")]
+Transport = Annotated[
+    str | None,
+    option(
+        PANEL_TARGET,
+        "gRPC: unary (one ModelInfer per request, volley's HTTP/2 client), stream "
+        "(ModelStreamInfer) or grpcio (grpc.aio with tritonclient's service stubs).",
+    ),
+]
+Connections = Annotated[
+    int | None, option(PANEL_TARGET, "Connections to the target per agent worker.")
+]
+Compression = Annotated[
+    str | None, option(PANEL_TARGET, "Request compression: none, gzip or deflate.")
+]
+Timeout = Annotated[str | None, option(PANEL_TARGET, "Per-request timeout, e.g. 10s.")]
+HeaderFile = Annotated[
+    list[str] | None,
+    option(PANEL_TARGET, "File of 'Name: value' request headers, read where requests are sent."),
+]
+HeaderEnv = Annotated[
+    list[str] | None,
+    option(PANEL_TARGET, "NAME=ENVVAR: header NAME from environment variable ENVVAR."),
+]
+
+# ---- Load
+Rate = Annotated[float | None, option(PANEL_LOAD, "Open loop: requests per second (total).")]
+Concurrency = Annotated[int | None, option(PANEL_LOAD, "Closed loop: requests in flight (total).")]
+Arrival = Annotated[str | None, option(PANEL_LOAD, "constant | poisson | trace.")]
+Duration = Annotated[str | None, option(PANEL_LOAD, "Load duration, e.g. 30s, 2m.")]
+Warmup = Annotated[str | None, option(PANEL_LOAD, "Sent but excluded from results.")]
+Stages = Annotated[
+    str | None,
+    option(PANEL_LOAD, "Ramps, e.g. '10s:100,20s:400' (rate, or concurrency with --concurrency)."),
+]
+Trace = Annotated[
+    Path | None,
+    option(PANEL_LOAD, "Replay arrivals from a file (one timestamp or gap per line)."),
+]
+TraceFormat = Annotated[str, option(PANEL_LOAD, "timestamps | gaps.")]
+TraceUnit = Annotated[str, option(PANEL_LOAD, "s | ms | us | ns.")]
+TraceSpeed = Annotated[float, option(PANEL_LOAD, "Replay speed factor.")]
+MaxInFlight = Annotated[
+    int | None,
+    option(
+        PANEL_LOAD, "Open loop: per-agent in-flight cap (late past it, dropped past the backlog)."
+    ),
+]
+Seed = Annotated[
+    int | None, option(PANEL_LOAD, "Seed of the schedule and inputs (default: random, recorded).")
+]
+
+# ---- Inputs
+Input = Annotated[
+    list[str] | None,
+    option(
+        PANEL_INPUTS,
+        "NAME=VALUE constant, NAME=random|zeros, or NAME=@DIR (files) / "
+        "NAME=@FILE.json (perf_analyzer data) (repeatable).",
+        "--input",
+    ),
+]
+Shape = Annotated[
+    list[str] | None,
+    option(
+        PANEL_INPUTS,
+        "NAME=DIMS, e.g. IMAGE=224x224x3, or varying: IMAGE=200..800x200..800x3 (repeatable).",
+    ),
+]
+Vary = Annotated[
+    list[str] | None,
+    option(
+        PANEL_INPUTS,
+        "NAME.KEY=VALUE, KEY: shapes (224x224x3:3,480x640x3:1), pixels (50k..2M), "
+        "aspect (0.5..2), dims, length, layout (repeatable; see README).",
+    ),
+]
+BatchSize = Annotated[
+    str | None, option(PANEL_INPUTS, "Batch size per request: 8, 1..8 or 1:5|4:3|8:2.")
+]
+InputData = Annotated[
+    str | None, option(PANEL_INPUTS, "perf_analyzer-style JSON input data for its inputs.")
+]
+
+# ---- Agents
+Agent = Annotated[
+    list[str] | None,
+    option(PANEL_AGENTS, "Agent HOST:PORT or dns:///NAME:PORT (repeatable).", "--agent"),
+]
+LocalAgents = Annotated[
+    int, option(PANEL_AGENTS, "Without --agent: spawn this many agents on this machine.")
+]
+Workers = Annotated[int, option(PANEL_AGENTS, "Worker processes per agent (0: agent default).")]
+StartLead = Annotated[float, option(PANEL_AGENTS, "Seconds from start command to start.")]
+
+# ---- Output and SLOs
+Slo = Annotated[
+    list[str] | None,
+    option(
+        RUN_OUTPUT,
+        "Pass/fail rule (repeatable): e.g. 'p99<50ms', 'errors<0.1%' or "
+        "'throughput>=0.98*offered'.",
+    ),
+]
+Name = Annotated[str | None, option(RUN_OUTPUT, "Run name (in the run directory's name).")]
+Out = Annotated[Path, option(RUN_OUTPUT, "Parent folder of run directories.")]
+Raw = Annotated[bool, option(RUN_OUTPUT, "Write every request to requests.parquet.")]
+Quiet = Annotated[bool, option(RUN_OUTPUT, "Print only the run directory.")]
+# ---- Monitoring
+MetricsPort = Annotated[
+    str | None,
+    option(PANEL_MONITOR, "Serve live figures for Prometheus on PORT or HOST:PORT (/metrics)."),
+]
+ServerMetrics = Annotated[
+    str | None,
+    option(
+        PANEL_MONITOR, "Triton's metrics URL or HOST:PORT to scrape, or 'off' (default: found)."
+    ),
+]
+ServerStats = Annotated[
+    bool, option(PANEL_MONITOR, "Sample the server's statistics and metrics (server.json).")
+]
+
+# ---- Security
+Tls = Annotated[bool, option(PANEL_SECURITY, "TLS to the target.", "--tls")]
+TlsCa = Annotated[str | None, option(PANEL_SECURITY, "CA bundle (PEM) for the target.")]
+TlsCert = Annotated[str | None, option(PANEL_SECURITY, "Client certificate (PEM).")]
+TlsKey = Annotated[str | None, option(PANEL_SECURITY, "Client key (PEM).")]
+TlsServerName = Annotated[
+    str | None, option(PANEL_SECURITY, "Server name to verify instead of the target host.")
+]
+TokenFile = Annotated[
+    str | None, option(PANEL_SECURITY, "File holding the agents' token (or env VOLLEY_TOKEN).")
+]
+AgentTlsCa = Annotated[
+    str | None,
+    option(PANEL_SECURITY, "Control plane: talk TLS to agents, verifying them with this CA."),
+]
+AgentTlsCert = Annotated[
+    str | None, option(PANEL_SECURITY, "Control plane: client certificate (mTLS to agents).")
+]
+AgentTlsKey = Annotated[
+    str | None, option(PANEL_SECURITY, "Control plane: client key (mTLS to agents).")
+]
 
 
 def run(
-    plan_file: Annotated[
-        Path | None, typer.Argument(help="Plan YAML (options below override it).")
-    ] = None,
-    target: Annotated[str | None, typer.Option(help="Inference server HOST:PORT (gRPC).")] = None,
-    model: Annotated[str | None, typer.Option(help="Model name on the server.")] = None,
-    model_version: Annotated[
-        str | None, typer.Option(help="Model version (default: latest).")
-    ] = None,
-    rate: Annotated[
-        float | None, typer.Option(help="Open loop: requests per second (total).")
-    ] = None,
-    concurrency: Annotated[
-        int | None, typer.Option(help="Closed loop: requests in flight (total).")
-    ] = None,
-    arrival: Annotated[str | None, typer.Option(help="constant | poisson | trace.")] = None,
-    duration: Annotated[str | None, typer.Option(help="Load duration, e.g. 30s, 2m.")] = None,
-    warmup: Annotated[str | None, typer.Option(help="Sent but excluded from results.")] = None,
-    stages: Annotated[
-        str | None,
-        typer.Option(
-            help="Ramps, e.g. '10s:100,20s:400' (rate, or concurrency with --concurrency)."
-        ),
-    ] = None,
-    trace: Annotated[
-        Path | None,
-        typer.Option(help="Replay arrivals from a file (one timestamp or gap per line)."),
-    ] = None,
-    trace_format: Annotated[str, typer.Option(help="timestamps | gaps.")] = "timestamps",
-    trace_unit: Annotated[str, typer.Option(help="s | ms | us | ns.")] = "s",
-    trace_speed: Annotated[float, typer.Option(help="Replay speed factor.")] = 1.0,
-    max_in_flight: Annotated[
-        int | None,
-        typer.Option(
-            help="Open loop: per-agent in-flight cap (late past it, dropped past the backlog)."
-        ),
-    ] = None,
-    agent: Annotated[
-        list[str] | None,
-        typer.Option("--agent", help="Agent HOST:PORT or dns:///NAME:PORT (repeatable)."),
-    ] = None,
-    local_agents: Annotated[
-        int, typer.Option(help="Without --agent: spawn this many agents on this machine.")
-    ] = 1,
-    workers: Annotated[
-        int, typer.Option(help="Worker processes per agent (0: agent default).")
-    ] = 0,
-    input_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--input",
-            help="NAME=VALUE constant, NAME=random|zeros, or NAME=@DIR (files) / "
-            "NAME=@FILE.json (perf_analyzer data) (repeatable).",
-        ),
-    ] = None,
-    shape: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="NAME=DIMS, e.g. IMAGE=224x224x3, or varying: IMAGE=200..800x200..800x3 "
-            "(repeatable)."
-        ),
-    ] = None,
-    vary: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="NAME.KEY=VALUE, KEY: shapes (224x224x3:3,480x640x3:1), pixels (50k..2M), "
-            "aspect (0.5..2), dims, length, layout (repeatable; see README)."
-        ),
-    ] = None,
-    batch_size: Annotated[
-        str | None, typer.Option(help="Batch size per request: 8, 1..8 or 1:5|4:3|8:2.")
-    ] = None,
-    input_data: Annotated[
-        str | None, typer.Option(help="perf_analyzer-style JSON input data for its inputs.")
-    ] = None,
-    slo: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="e.g. 'p99<50ms', 'errors<0.1%', 'throughput>=0.98*offered' (repeatable)."
-        ),
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the schedule and inputs.")] = None,
-    name: Annotated[
-        str | None, typer.Option(help="Run name (in the run directory's name).")
-    ] = None,
-    timeout: Annotated[str | None, typer.Option(help="Per-request timeout, e.g. 10s.")] = None,
-    out: Annotated[Path, typer.Option(help="Parent folder of run directories.")] = Path("runs"),
-    raw: Annotated[bool, typer.Option(help="Write every request to requests.parquet.")] = True,
-    start_lead: Annotated[float, typer.Option(help="Seconds from start command to start.")] = 2.0,
-    quiet: Annotated[bool, typer.Option(help="Print only the run directory.")] = False,
-    metrics_port: Annotated[
-        str | None,
-        typer.Option(help="Serve live figures for Prometheus on PORT or HOST:PORT (/metrics)."),
-    ] = None,
-    server_metrics: Annotated[
-        str | None,
-        typer.Option(
-            help="Triton's metrics URL or HOST:PORT to scrape, or 'off' (default: found)."
-        ),
-    ] = None,
-    server_stats: Annotated[
-        bool, typer.Option(help="Sample the server's statistics and metrics (server.json).")
-    ] = True,
-    protocol: Annotated[
-        str | None, typer.Option(help="grpc (default) or http (KServe v2 REST).")
-    ] = None,
-    transport: Annotated[
-        str | None,
-        typer.Option(
-            help="gRPC: unary (one ModelInfer per request, volley's HTTP/2 client), stream "
-            "(ModelStreamInfer) or grpcio (grpc.aio with tritonclient's service stubs)."
-        ),
-    ] = None,
-    connections: Annotated[
-        int | None, typer.Option(help="Connections to the target per agent worker.")
-    ] = None,
-    compression: Annotated[
-        str | None, typer.Option(help="Request compression: none, gzip or deflate.")
-    ] = None,
-    tls: Annotated[bool, typer.Option("--tls", help="TLS to the target.")] = False,
-    tls_ca: Annotated[str | None, typer.Option(help="CA bundle (PEM) for the target.")] = None,
-    tls_cert: Annotated[str | None, typer.Option(help="Client certificate (PEM).")] = None,
-    tls_key: Annotated[str | None, typer.Option(help="Client key (PEM).")] = None,
-    tls_server_name: Annotated[
-        str | None, typer.Option(help="Server name to verify instead of the target host.")
-    ] = None,
-    header_file: Annotated[
-        list[str] | None,
-        typer.Option(help="File of 'Name: value' request headers, read where requests are sent."),
-    ] = None,
-    header_env: Annotated[
-        list[str] | None,
-        typer.Option(help="NAME=ENVVAR: header NAME from environment variable ENVVAR."),
-    ] = None,
-    token_file: Annotated[
-        str | None, typer.Option(help="File holding the agents' token (or env VOLLEY_TOKEN).")
-    ] = None,
-    agent_tls_ca: Annotated[
-        str | None,
-        typer.Option(help="Control plane: talk TLS to agents, verifying them with this CA."),
-    ] = None,
-    agent_tls_cert: Annotated[
-        str | None, typer.Option(help="Control plane: client certificate (mTLS to agents).")
-    ] = None,
-    agent_tls_key: Annotated[
-        str | None, typer.Option(help="Control plane: client key (mTLS to agents).")
-    ] = None,
+    plan_file: PlanFile = None,
+    # Target and protocol
+    target: Target = None,
+    model: Model = None,
+    model_version: ModelVersion = None,
+    protocol: Protocol = None,
+    transport: Transport = None,
+    connections: Connections = None,
+    compression: Compression = None,
+    timeout: Timeout = None,
+    header_file: HeaderFile = None,
+    header_env: HeaderEnv = None,
+    # Load
+    rate: Rate = None,
+    concurrency: Concurrency = None,
+    arrival: Arrival = None,
+    duration: Duration = None,
+    warmup: Warmup = None,
+    stages: Stages = None,
+    trace: Trace = None,
+    trace_format: TraceFormat = "timestamps",
+    trace_unit: TraceUnit = "s",
+    trace_speed: TraceSpeed = 1.0,
+    max_in_flight: MaxInFlight = None,
+    seed: Seed = None,
+    # Inputs
+    input_: Input = None,
+    shape: Shape = None,
+    vary: Vary = None,
+    batch_size: BatchSize = None,
+    input_data: InputData = None,
+    # Agents
+    agent: Agent = None,
+    local_agents: LocalAgents = 1,
+    workers: Workers = 0,
+    start_lead: StartLead = 2.0,
+    # Output and SLOs
+    slo: Slo = None,
+    name: Name = None,
+    out: Out = Path("runs"),
+    raw: Raw = True,
+    quiet: Quiet = False,
+    # Monitoring
+    metrics_port: MetricsPort = None,
+    server_metrics: ServerMetrics = None,
+    server_stats: ServerStats = True,
+    # Security
+    tls: Tls = False,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_server_name: TlsServerName = None,
+    token_file: TokenFile = None,
+    agent_tls_ca: AgentTlsCa = None,
+    agent_tls_cert: AgentTlsCert = None,
+    agent_tls_key: AgentTlsKey = None,
 ) -> None:
     """Run one load test: plan, split over agents, start together, merge, report."""
     import uvloop
@@ -241,10 +315,6 @@ def run(
         )
         for s in plan.slos:
             parse_slo(s)
-        if plan.seed == 0 and seed is None and not (plan_file and "seed" in plan_file.read_text()):
-            import secrets
-
-            plan = plan_from_dict({**plan.to_dict(), "seed": secrets.randbits(32)})
         addresses = resolve_agents(list(agent or []))
         if metrics_port is not None:
             parse_listen(metrics_port)

@@ -24,7 +24,17 @@ from coordinator.sweep.runner import (
     SweepTarget,
 )
 from coordinator.sweep.search import StepResult, SweepSettings, load_label
-from volley.cli.common import EXIT_FAILED, fail, kv
+from volley.cli.common import (
+    EXIT_FAILED,
+    PANEL_AGENTS,
+    PANEL_INPUTS,
+    PANEL_LOAD,
+    PANEL_OUTPUT,
+    PANEL_TARGET,
+    fail,
+    kv,
+    option,
+)
 from volley.plan import PlanError, load_plan_yaml, parse_address, parse_duration
 
 SWEEP_KEYS = {"name", "plan", "plan_file", "sweep", "targets", "capacity", "scale_check"}
@@ -261,94 +271,149 @@ def print_result(doc: dict[str, Any], sweep_dir: Path) -> None:
     typer.echo(f"\nresults: {sweep_dir / SWEEP_FILE}  report: {sweep_dir / REPORT_FILE}")
 
 
+# ---- the options, one alias each, grouped as `volley sweep --help` shows them
+
+SEARCH = "Search and SLOs"
+CAPACITY = "Capacity plan"
+
+File = Annotated[
+    Path | None,
+    typer.Argument(help="A sweep YAML (targets, sweep, capacity) or a plain plan YAML."),
+]
+Resume = Annotated[Path | None, typer.Option(help="Resume an interrupted sweep directory.")]
+# Target and protocol
+Target = Annotated[
+    list[str] | None,
+    option(PANEL_TARGET, "Endpoint HOST:PORT, or NAME=HOST:PORT to compare several."),
+]
+Model = Annotated[str | None, option(PANEL_TARGET, "Model name on the server.")]
+ModelVersion = Annotated[str | None, option(PANEL_TARGET, "Model version.")]
+Timeout = Annotated[str | None, option(PANEL_TARGET, "Per-request timeout, e.g. 10s.")]
+# Inputs
+Input = Annotated[
+    list[str] | None,
+    option(PANEL_INPUTS, "NAME=VALUE constant, or NAME=random|zeros (repeatable).", "--input"),
+]
+Shape = Annotated[list[str] | None, option(PANEL_INPUTS, "NAME=DIMS (repeatable).")]
+# Load (of each step)
+Arrival = Annotated[str | None, option(PANEL_LOAD, "constant | poisson.")]
+MaxInFlight = Annotated[int | None, option(PANEL_LOAD, "Per-agent in-flight cap.")]
+Seed = Annotated[
+    int | None, option(PANEL_LOAD, "Seed of the schedule and inputs (default: random, recorded).")
+]
+# Search and SLOs
+Slo = Annotated[
+    list[str] | None,
+    option(SEARCH, "e.g. 'p99<50ms', 'errors<0.1%' (repeatable); each step must meet them."),
+]
+Mode = Annotated[
+    str | None, option(SEARCH, "rate (open loop, default) or concurrency (closed loop).")
+]
+Start = Annotated[float | None, option(SEARCH, "First load (req/s or concurrency).")]
+Growth = Annotated[float | None, option(SEARCH, "Ramp factor until a step fails.")]
+Tolerance = Annotated[
+    str | None, option(SEARCH, "Bisect until the bracket is this narrow (e.g. 5%).")
+]
+MaxSteps = Annotated[int | None, option(SEARCH, "At most this many steps.")]
+MaxLoad = Annotated[float | None, option(SEARCH, "Never offer more than this.")]
+StepDuration = Annotated[
+    str | None, option(SEARCH, "Measured time per step (after warm-up), e.g. 10s.")
+]
+Warmup = Annotated[str | None, option(SEARCH, "Warm-up per step, e.g. 2s.")]
+MinThroughputRatio = Annotated[
+    str | None,
+    option(SEARCH, "A step fails below this share of the offered rate (default 95%)."),
+]
+Retries = Annotated[
+    int | None, option(SEARCH, "Measure a volley-limited or invalid step again (default 1).")
+]
+MinRequests = Annotated[
+    int | None, option(SEARCH, "Validity: minimum successful requests per step.")
+]
+# Capacity plan
+ProductionRate = Annotated[float | None, option(CAPACITY, "The production req/s to carry.")]
+Headroom = Annotated[str | None, option(CAPACITY, "Spare capacity (default 30%).")]
+GpusPerReplica = Annotated[float | None, option(CAPACITY, "GPUs behind a replica.")]
+CpusPerReplica = Annotated[float | None, option(CAPACITY, "CPUs behind a replica.")]
+CostPerHour = Annotated[
+    list[str] | None,
+    option(CAPACITY, "Cost of a replica-hour: X (all targets) or NAME=X (repeatable)."),
+]
+ScaleCheckTarget = Annotated[
+    str | None,
+    option(CAPACITY, "HOST:PORT serving N replicas/instances of the first target's config."),
+]
+ScaleCheckReplicas = Annotated[
+    int, option(CAPACITY, "Replicas/instances behind --scale-check-target.")
+]
+# Agents
+Agent = Annotated[
+    list[str] | None, option(PANEL_AGENTS, "Agent HOST:PORT (repeatable).", "--agent")
+]
+LocalAgents = Annotated[
+    int | None, option(PANEL_AGENTS, "Without --agent: spawn this many local agents.")
+]
+Workers = Annotated[int | None, option(PANEL_AGENTS, "Worker processes per agent.")]
+StartLead = Annotated[
+    float | None, option(PANEL_AGENTS, "Seconds from each step's start command to its start.")
+]
+# Output
+Name = Annotated[str | None, option(PANEL_OUTPUT, "Sweep name (in its directory name).")]
+Out = Annotated[Path, option(PANEL_OUTPUT, "Parent folder of the sweep directory.")]
+Raw = Annotated[
+    bool | None, option(PANEL_OUTPUT, "Write requests.parquet per step.", "--raw/--no-raw")
+]
+Json = Annotated[bool, option(PANEL_OUTPUT, "Print sweep.json at the end.", "--json")]
+Quiet = Annotated[bool, option(PANEL_OUTPUT, "Print only the sweep directory.")]
+
+
 def sweep_cmd(
-    file: Annotated[
-        Path | None,
-        typer.Argument(help="A sweep YAML (targets, sweep, capacity) or a plain plan YAML."),
-    ] = None,
-    target: Annotated[
-        list[str] | None,
-        typer.Option(help="Endpoint HOST:PORT, or NAME=HOST:PORT to compare several."),
-    ] = None,
-    model: Annotated[str | None, typer.Option(help="Model name on the server.")] = None,
-    model_version: Annotated[str | None, typer.Option(help="Model version.")] = None,
-    input_: Annotated[
-        list[str] | None,
-        typer.Option("--input", help="NAME=VALUE constant, or NAME=random|zeros (repeatable)."),
-    ] = None,
-    shape: Annotated[list[str] | None, typer.Option(help="NAME=DIMS (repeatable).")] = None,
-    slo: Annotated[
-        list[str] | None,
-        typer.Option(help="e.g. 'p99<50ms', 'errors<0.1%' (repeatable); each step must meet them."),
-    ] = None,
-    arrival: Annotated[str | None, typer.Option(help="constant | poisson.")] = None,
-    max_in_flight: Annotated[int | None, typer.Option(help="Per-agent in-flight cap.")] = None,
-    timeout: Annotated[str | None, typer.Option(help="Per-request timeout, e.g. 10s.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the schedule and inputs.")] = None,
-    name: Annotated[str | None, typer.Option(help="Sweep name (in its directory name).")] = None,
-    mode: Annotated[
-        str | None, typer.Option(help="rate (open loop, default) or concurrency (closed loop).")
-    ] = None,
-    start: Annotated[float | None, typer.Option(help="First load (req/s or concurrency).")] = None,
-    growth: Annotated[float | None, typer.Option(help="Ramp factor until a step fails.")] = None,
-    tolerance: Annotated[
-        str | None, typer.Option(help="Bisect until the bracket is this narrow (e.g. 5%).")
-    ] = None,
-    max_steps: Annotated[int | None, typer.Option(help="At most this many steps.")] = None,
-    max_load: Annotated[float | None, typer.Option(help="Never offer more than this.")] = None,
-    step_duration: Annotated[
-        str | None, typer.Option(help="Measured time per step (after warm-up), e.g. 10s.")
-    ] = None,
-    warmup: Annotated[str | None, typer.Option(help="Warm-up per step, e.g. 2s.")] = None,
-    min_throughput_ratio: Annotated[
-        str | None,
-        typer.Option(help="A step fails below this share of the offered rate (default 95%)."),
-    ] = None,
-    retries: Annotated[
-        int | None,
-        typer.Option(help="Measure a volley-limited or invalid step again (default 1)."),
-    ] = None,
-    min_requests: Annotated[
-        int | None, typer.Option(help="Validity: minimum successful requests per step.")
-    ] = None,
-    production_rate: Annotated[
-        float | None, typer.Option(help="Capacity plan: the production req/s to carry.")
-    ] = None,
-    headroom: Annotated[
-        str | None, typer.Option(help="Capacity plan: spare capacity (default 30%).")
-    ] = None,
-    gpus_per_replica: Annotated[float | None, typer.Option(help="GPUs behind a replica.")] = None,
-    cpus_per_replica: Annotated[float | None, typer.Option(help="CPUs behind a replica.")] = None,
-    cost_per_hour: Annotated[
-        list[str] | None,
-        typer.Option(help="Cost of a replica-hour: X (all targets) or NAME=X (repeatable)."),
-    ] = None,
-    scale_check_target: Annotated[
-        str | None,
-        typer.Option(help="HOST:PORT serving N replicas/instances of the first target's config."),
-    ] = None,
-    scale_check_replicas: Annotated[
-        int, typer.Option(help="Replicas/instances behind --scale-check-target.")
-    ] = 2,
-    agent: Annotated[
-        list[str] | None, typer.Option("--agent", help="Agent HOST:PORT (repeatable).")
-    ] = None,
-    local_agents: Annotated[
-        int | None, typer.Option(help="Without --agent: spawn this many local agents.")
-    ] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker processes per agent.")] = None,
-    out: Annotated[Path, typer.Option(help="Parent folder of the sweep directory.")] = Path("runs"),
-    raw: Annotated[
-        bool | None, typer.Option("--raw/--no-raw", help="Write requests.parquet per step.")
-    ] = None,
-    start_lead: Annotated[
-        float | None, typer.Option(help="Seconds from each step's start command to its start.")
-    ] = None,
-    resume: Annotated[
-        Path | None, typer.Option(help="Resume an interrupted sweep directory.")
-    ] = None,
-    json_: Annotated[bool, typer.Option("--json", help="Print sweep.json at the end.")] = False,
-    quiet: Annotated[bool, typer.Option(help="Print only the sweep directory.")] = False,
+    file: File = None,
+    resume: Resume = None,
+    # Target and protocol
+    target: Target = None,
+    model: Model = None,
+    model_version: ModelVersion = None,
+    timeout: Timeout = None,
+    # Inputs
+    input_: Input = None,
+    shape: Shape = None,
+    # Load
+    arrival: Arrival = None,
+    max_in_flight: MaxInFlight = None,
+    seed: Seed = None,
+    # Search and SLOs
+    slo: Slo = None,
+    mode: Mode = None,
+    start: Start = None,
+    growth: Growth = None,
+    tolerance: Tolerance = None,
+    max_steps: MaxSteps = None,
+    max_load: MaxLoad = None,
+    step_duration: StepDuration = None,
+    warmup: Warmup = None,
+    min_throughput_ratio: MinThroughputRatio = None,
+    retries: Retries = None,
+    min_requests: MinRequests = None,
+    # Capacity plan
+    production_rate: ProductionRate = None,
+    headroom: Headroom = None,
+    gpus_per_replica: GpusPerReplica = None,
+    cpus_per_replica: CpusPerReplica = None,
+    cost_per_hour: CostPerHour = None,
+    scale_check_target: ScaleCheckTarget = None,
+    scale_check_replicas: ScaleCheckReplicas = 2,
+    # Agents
+    agent: Agent = None,
+    local_agents: LocalAgents = None,
+    workers: Workers = None,
+    start_lead: StartLead = None,
+    # Output
+    name: Name = None,
+    out: Out = Path("runs"),
+    raw: Raw = None,
+    json_: Json = False,
+    quiet: Quiet = False,
 ) -> None:
     """Find the highest rate (or concurrency) meeting the SLOs, the knee, and a capacity plan."""
     from coordinator.rundir import new_run_dir
@@ -463,10 +528,7 @@ def sweep_cmd(
 
 def build_spec(**o: Any) -> SweepSpec:
     """Command-line options (and an optional sweep or plan YAML) -> a validated SweepSpec."""
-    import secrets
-
     from volley.cli.planning import build_plan
-    from volley.plan import plan_from_dict
 
     file: Path | None = o["file"]
     sweep_doc: dict[str, Any] = {}
@@ -556,8 +618,6 @@ def build_spec(**o: Any) -> SweepSpec:
         overrides["load"] = base_load
     inputs, shapes = kv(o["input_"], "--input"), kv(o["shape"], "--shape")
     plan = build_plan(None, overrides, load, inputs, shapes)
-    if o["seed"] is None and "seed" not in plan_doc:
-        plan = plan_from_dict({**plan.to_dict(), "seed": secrets.randbits(32)})
     if len(targets) == 1 and targets[0].name == "target" and not targets[0].model:
         safe = re.sub(r"[^A-Za-z0-9._-]+", "-", plan.model).strip("-") or "target"
         targets[0] = SweepTarget(**{**targets[0].to_dict(), "name": safe})

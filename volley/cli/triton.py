@@ -44,6 +44,9 @@ StateDirOpt = Annotated[
         help="Where the server's state.json, log and rendered model repository live.",
     ),
 ]
+_MODELS = "Models"
+_CONFIG = "Model config overrides"
+_SERVER = "Server"
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead.")]
 
 
@@ -86,58 +89,87 @@ def start_cmd(
         typer.Option(
             "--model-repository",
             "-m",
+            rich_help_panel=_MODELS,
             help="Model repository to serve (copied and rendered, never modified).",
         ),
     ] = Path("triton_models"),
-    http_port: Annotated[
-        int, typer.Option("--http-port", help="HTTP port (0 = pick a free one).")
-    ] = 8000,
-    grpc_port: Annotated[
-        int, typer.Option("--grpc-port", help="gRPC port (0 = pick a free one).")
-    ] = 8001,
-    metrics_port: Annotated[
-        int, typer.Option("--metrics-port", help="Prometheus metrics port (0 = pick a free one).")
-    ] = 8002,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            rich_help_panel=_MODELS,
+            help="Serve only this model (repeatable; default: all).",
+        ),
+    ] = None,
+    triton_home: Annotated[
+        Path | None,
+        typer.Option(
+            "--triton-home",
+            rich_help_panel=_MODELS,
+            help=f"pytriton's tritonserver directory (default: ${ENV_TRITON_HOME}, else the "
+            "one in .venv-triton's pytriton package).",
+        ),
+    ] = None,
     device: Annotated[
         str,
         typer.Option(
-            "--device", help="cpu or gpu: rewrites every instance_group to KIND_CPU / KIND_GPU."
+            "--device",
+            rich_help_panel=_CONFIG,
+            help="cpu or gpu: rewrites every instance_group to KIND_CPU / KIND_GPU.",
         ),
     ] = "cpu",
     instances: Annotated[
         int | None,
         typer.Option(
-            "--instances", help="Model instances per model (default: as each config says)."
+            "--instances",
+            rich_help_panel=_CONFIG,
+            help="Model instances per model (default: as each config says).",
         ),
     ] = None,
     dynamic_batching: Annotated[
         bool | None,
         typer.Option(
             "--dynamic-batching/--no-dynamic-batching",
+            rich_help_panel=_CONFIG,
             help="Force dynamic batching on (models with max_batch_size > 0) or off "
             "(default: as each config says).",
         ),
     ] = None,
-    model: Annotated[
-        list[str] | None,
-        typer.Option("--model", help="Serve only this model (repeatable; default: all)."),
-    ] = None,
-    triton_home: Annotated[
-        Path | None,
+    http_port: Annotated[
+        int,
         typer.Option(
-            "--triton-home",
-            help=f"pytriton's tritonserver directory (default: ${ENV_TRITON_HOME}, "
-            "else .venv-triton/lib/python3*/site-packages/pytriton/tritonserver).",
+            "--http-port", rich_help_panel=_SERVER, help="HTTP port (0 = pick a free one)."
         ),
-    ] = None,
-    state_dir: StateDirOpt = DEFAULT_STATE_DIR,
-    timeout: Annotated[
-        float, typer.Option("--timeout", help="Seconds to wait for the server to be ready.")
-    ] = 60.0,
+    ] = 8000,
+    grpc_port: Annotated[
+        int,
+        typer.Option(
+            "--grpc-port", rich_help_panel=_SERVER, help="gRPC port (0 = pick a free one)."
+        ),
+    ] = 8001,
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            "--metrics-port",
+            rich_help_panel=_SERVER,
+            help="Prometheus metrics port (0 = pick a free one).",
+        ),
+    ] = 8002,
     bind: Annotated[
         str,
-        typer.Option("--bind", help="Address the server listens on (default loopback only)."),
+        typer.Option(
+            "--bind",
+            rich_help_panel=_SERVER,
+            help="Address the server listens on (default loopback only).",
+        ),
     ] = "127.0.0.1",
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout", rich_help_panel=_SERVER, help="Seconds to wait for the server to be ready."
+        ),
+    ] = 60.0,
+    state_dir: StateDirOpt = DEFAULT_STATE_DIR,
     json_out: JsonOpt = False,
 ) -> None:
     """Start tritonserver in the background and wait until it is ready."""
