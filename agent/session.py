@@ -29,7 +29,16 @@ from typing import Any
 
 from agent.lifeline import worker_entry
 from agent.spool import SpoolWriter
-from agent.worker import WorkerCounters, WorkerTask
+from agent.worker import (
+    Done,
+    Exited,
+    Ready,
+    Records,
+    Status,
+    WorkerCounters,
+    WorkerMessage,
+    WorkerTask,
+)
 from volley.plan import Plan
 from volley.records import RecordBlock, concat
 from volley.v1 import control_pb2 as pb
@@ -238,7 +247,10 @@ class RunSession:
             self._procs.append(p)
 
     def _pump(
-        self, loop: asyncio.AbstractEventLoop, aq: asyncio.Queue[Any], finished: threading.Event
+        self,
+        loop: asyncio.AbstractEventLoop,
+        aq: asyncio.Queue[WorkerMessage],
+        finished: threading.Event,
     ) -> None:
         """Thread: move messages from the multiprocessing queue into asyncio."""
         # RuntimeError: the event loop closed under us, so the session is over.
@@ -246,7 +258,10 @@ class RunSession:
             self._pump_loop(loop, aq, finished)
 
     def _pump_loop(
-        self, loop: asyncio.AbstractEventLoop, aq: asyncio.Queue[Any], finished: threading.Event
+        self,
+        loop: asyncio.AbstractEventLoop,
+        aq: asyncio.Queue[WorkerMessage],
+        finished: threading.Event,
     ) -> None:
         while not finished.is_set():
             try:
@@ -257,7 +272,7 @@ class RunSession:
                     with contextlib.suppress(queue.Empty):
                         while True:
                             loop.call_soon_threadsafe(aq.put_nowait, self._queue.get_nowait())
-                    loop.call_soon_threadsafe(aq.put_nowait, ("exited",))
+                    loop.call_soon_threadsafe(aq.put_nowait, Exited())
                     return
                 continue
             loop.call_soon_threadsafe(aq.put_nowait, msg)
@@ -265,7 +280,7 @@ class RunSession:
     async def events(self) -> AsyncIterator[pb.RunEvent]:
         s = self.spec
         loop = asyncio.get_running_loop()
-        aq: asyncio.Queue[Any] = asyncio.Queue()
+        aq: asyncio.Queue[WorkerMessage] = asyncio.Queue()
         finished = threading.Event()
         self._start_workers()
         pump = threading.Thread(target=self._pump, args=(loop, aq, finished), daemon=True)
@@ -293,18 +308,17 @@ class RunSession:
                     msg = await asyncio.wait_for(aq.get(), timeout=timeout)
                 except TimeoutError:
                     msg = None
-                if msg is not None:
-                    kind = msg[0]
-                    if kind == "records":
-                        pending.append(RecordBlock(msg[2], msg[3]))
-                    elif kind == "status":
-                        self.counters[msg[1]] = msg[2]
-                    elif kind == "ready":
+                match msg:
+                    case Records():
+                        pending.append(RecordBlock(msg.columns, msg.shapes))
+                    case Status():
+                        self.counters[msg.worker] = msg.counters
+                    case Ready():
                         if time.monotonic_ns() < s.start_at_ns:
                             self.state = SessionState.WAITING
-                    elif kind == "done":
-                        done[msg[1]] = msg[2]
-                    elif kind == "exited":
+                    case Done():
+                        done[msg.worker] = msg.error
+                    case Exited():
                         for w in range(s.workers):
                             done.setdefault(w, "worker process exited unexpectedly")
                 if self.state is SessionState.WAITING and time.monotonic_ns() >= s.start_at_ns:

@@ -6,11 +6,12 @@ the plan's transport (agent/transport.py) at each intended time. Completed
 requests are appended to a preallocated `RecordBuffer`; blocks go to the agent
 process through a multiprocessing queue every `flush_s`.
 
-Messages put on the queue (tuples, picklable):
-  ("ready", worker)                        pool built, channel up
-  ("records", worker, columns, shapes)     a RecordBlock's columns
-  ("status", worker, WorkerCounters)       counters and CPU
-  ("done", worker, error_or_empty)         the slice is finished
+Messages put on the queue (small frozen dataclasses, picklable; `WorkerMessage`):
+  Ready(worker)                        pool built, channel up
+  Records(worker, columns, shapes)     a RecordBlock's columns
+  Status(worker, WorkerCounters)       counters and CPU
+  Done(worker, error)                  the slice is finished ("" when it went well)
+The agent's pump adds `Exited()` when every worker process is gone.
 """
 
 from __future__ import annotations
@@ -65,6 +66,38 @@ class WorkerCounters:
     first_send_lateness_ns: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Ready:
+    worker: int
+
+
+@dataclass(frozen=True, slots=True)
+class Records:
+    worker: int
+    columns: dict[str, np.ndarray[Any, Any]]
+    shapes: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    worker: int
+    counters: WorkerCounters
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    worker: int
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Exited:
+    """Every worker process is gone (put by the agent's pump, not by a worker)."""
+
+
+WorkerMessage = Ready | Records | Status | Done | Exited
+
+
 class Worker:
     """The hot loop. All state is local to one process and one event loop.
 
@@ -112,13 +145,13 @@ class Worker:
         assert self.payloads is not None
         block = self.buf.take(self.payloads.shapes)
         if block is not None:
-            self.out.put(("records", self.task.worker_index, block.columns, block.input_shapes))
+            self.out.put(Records(self.task.worker_index, block.columns, block.input_shapes))
 
     def _send_status(self) -> None:
         self.counters.cpu_s = time.process_time() - self.cpu_base
         if self.tp is not None:
             self.counters.in_flight = self.tp.in_flight + len(self.backlog)
-        self.out.put(("status", self.task.worker_index, self.counters))
+        self.out.put(Status(self.task.worker_index, self.counters))
 
     def _record(
         self,
@@ -372,7 +405,7 @@ class Worker:
         gc.freeze()
         gc.set_threshold(50_000, 50, 1000)
         self.cpu_base = time.process_time()
-        self.out.put(("ready", self.task.worker_index))
+        self.out.put(Ready(self.task.worker_index))
         loop = asyncio.get_running_loop()
         ticker = loop.create_task(self._ticker())
         sweeper = loop.create_task(self._sweeper())
@@ -392,7 +425,7 @@ class Worker:
                 await self.tp.close()
             self._flush()
             self._send_status()
-            self.out.put(("done", self.task.worker_index, error))
+            self.out.put(Done(self.task.worker_index, error))
 
     async def _drain(self) -> None:
         """Wait for in-flight requests (bounded by the request timeout), then cancel."""
@@ -423,4 +456,4 @@ def worker_main(task: WorkerTask, out: Queue[Any], stop: Event) -> None:
     except KeyboardInterrupt:
         pass
     except Exception as exc:
-        out.put(("done", task.worker_index, f"{type(exc).__name__}: {exc}"))
+        out.put(Done(task.worker_index, f"{type(exc).__name__}: {exc}"))
