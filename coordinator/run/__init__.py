@@ -24,6 +24,7 @@ import grpc
 
 from coordinator.agents import AgentClient, AgentError
 from coordinator.aggregate import Aggregator
+from coordinator.documents import Summary
 from coordinator.preflight import preflight_check
 from coordinator.recovery import MANIFEST, find_outages, write_manifest
 from coordinator.report import write_report_safely
@@ -42,6 +43,7 @@ from coordinator.summary import AgentInfo, build_summary
 from volley.arrivals import global_schedule, schedule_span_s
 from volley.plan import AgentSpec, Plan
 from volley.records import RecordBlock
+from volley.request import PoolDescription
 from volley.security import ClientSecurity
 from volley.v1 import control_pb2 as pb
 
@@ -90,7 +92,7 @@ class Progress:
 @dataclass
 class RunResult:
     run_dir: Path
-    summary: dict[str, Any]
+    summary: Summary
     plan: Plan
     agents: list[AgentInfo] = field(default_factory=list)
 
@@ -154,7 +156,7 @@ def scheduled_total(plan: Plan) -> int | None:
     return sum(int(idx.size) for idx, _ in global_schedule(plan).chunks())
 
 
-def add_input_pool(summary: dict[str, Any], pool: dict[str, Any], infos: list[AgentInfo]) -> None:
+def add_input_pool(summary: Summary, pool: PoolDescription, infos: list[AgentInfo]) -> None:
     """summary.input_pool: the payload pool every worker built (preflight built the same)."""
     workers = sum(i.workers for i in infos)
     summary["input_pool"] = {
@@ -403,9 +405,7 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
     return RunResult(run_dir, summary, dataclasses.replace(plan), infos)
 
 
-def _annotate(
-    summary: dict[str, Any], streams: list[_AgentStream], start_ns: int, run_dir: Path
-) -> None:
+def _annotate(summary: Summary, streams: list[_AgentStream], start_ns: int, run_dir: Path) -> None:
     """Per-agent failure detection figures, and how to recover what a lost agent kept."""
     for s, row in zip(streams, summary["agents"], strict=True):
         row["last_seen_s"] = round((s.info.last_seen_ns - start_ns) / 1e9, 3)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from coordinator.documents import Summary
 
 
 def _size(n: float) -> str:
@@ -17,7 +18,7 @@ def _size(n: float) -> str:
     return f"{int(n)} B"
 
 
-def print_summary(summary: dict[str, Any], run_dir: Path, console: Console | None = None) -> None:
+def print_summary(summary: Summary, run_dir: Path, console: Console | None = None) -> None:
     con = console or Console()
     req = summary["requests"]
     head = Table(
@@ -48,13 +49,12 @@ def print_summary(summary: dict[str, Any], run_dir: Path, console: Console | Non
     lat.add_column("")
     for k in ("p50", "p90", "p95", "p99", "p999", "max", "mean"):
         lat.add_column(k, justify="right")
-    for label, key in (
-        ("latency (from intended)", "latency_ms"),
-        ("service time (from sent)", "service_time_ms"),
+    for label, block in (
+        ("latency (from intended)", summary["latency_ms"]),
+        ("service time (from sent)", summary["service_time_ms"]),
     ):
-        row = summary[key]
         lat.add_row(
-            label, *(f"{row[k]:.3f}" for k in ("p50", "p90", "p95", "p99", "p999", "max", "mean"))
+            label, *(f"{block[k]:.3f}" for k in ("p50", "p90", "p95", "p99", "p999", "max", "mean"))
         )
     con.print(lat)
     by_size = summary.get("latency_by_payload") or []
