@@ -13,12 +13,10 @@ and summary.json from the union. The agents then drop their spools (unless
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
 import numpy as np
@@ -28,6 +26,7 @@ import pyarrow.parquet as pq
 
 from coordinator.agents import AgentClient, describe_error
 from coordinator.aggregate import Aggregator
+from coordinator.documents import AgentRow, Summary, SummaryError, load_summary
 from coordinator.recovery import agent_infos, find_outages, read_manifest
 from coordinator.rundir import RequestWriter, timeseries_rows, write_json, write_timeseries
 from coordinator.summary import AgentInfo, build_summary
@@ -170,12 +169,11 @@ def _dedupe(block: RecordBlock) -> RecordBlock:
     return RecordBlock({k: v[first] for k, v in block.columns.items()}, block.input_shapes)
 
 
-def _old_summary(run_dir: Path) -> dict[str, Any] | None:
+def _old_summary(run_dir: Path) -> Summary | None:
     try:
-        data = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        return load_summary(run_dir / "summary.json")
+    except SummaryError:
         return None
-    return data if isinstance(data, dict) else None
 
 
 def _load_plan(run_dir: Path) -> Plan:
@@ -197,7 +195,7 @@ async def collect_run(
     plan = _load_plan(run_dir)
     infos = agent_infos(manifest)
     old = _old_summary(run_dir)
-    old_rows: list[dict[str, Any]] = list(old.get("agents") or []) if old else []
+    old_rows: list[AgentRow] = list(old.get("agents") or []) if old else []
     if addresses is None:
         # the agents whose records may be incomplete here
         addresses = [
@@ -290,7 +288,7 @@ async def collect_run(
         infos,
         measured_s,
         manifest.get("scheduled_total"),
-        server=(old or {}).get("server"),
+        server=old.get("server") if old else None,
         stopped=stopped,
     )
     summary["outages"] = find_outages(agg)
@@ -326,7 +324,7 @@ async def collect_run(
 
 
 def _apply_states(
-    infos: list[AgentInfo], spools: list[AgentSpool], old_rows: list[dict[str, Any]]
+    infos: list[AgentInfo], spools: list[AgentSpool], old_rows: list[AgentRow]
 ) -> str:
     """Fill the agents' states (from their spools, else the old summary); returns why the
     run stopped early, if it did."""
@@ -334,21 +332,22 @@ def _apply_states(
     spooled = {sp.index: sp for sp in spools}
     for info in infos:
         sp = spooled.get(info.index)
-        row = old_rows[info.index] if info.index < len(old_rows) else {}
+        row = old_rows[info.index] if info.index < len(old_rows) else None
+        peak = float(row.get("cpu_percent_peak") or 0.0) if row else 0.0
         if sp is not None:
             info.state, info.error = sp.state()
             info.id = info.id or sp.agent_id
             st = sp.finished.final_status if sp.finished is not None else sp.last_status
             if st is not None:
                 info.cpu_seconds = st.cpu_seconds
-            info.cpu_percent_peak = float(row.get("cpu_percent_peak") or 0.0)
+            info.cpu_percent_peak = peak
             if info.state == "stopped" and not stopped:
                 stopped = f"agent {info.id or info.address}: {info.error}"
         elif row:
             info.state = str(row.get("state", "missing"))
             info.error = str(row.get("error", ""))
             info.cpu_seconds = float(row.get("cpu_seconds") or 0.0)
-            info.cpu_percent_peak = float(row.get("cpu_percent_peak") or 0.0)
+            info.cpu_percent_peak = peak
         else:
             info.state, info.error = "missing", "not collected, and the coordinator kept nothing"
     return stopped
@@ -359,7 +358,7 @@ def _write_recovered_only(
     run_id: str,
     spools: list[AgentSpool],
     failures: dict[str, str],
-    old: dict[str, Any],
+    old: Summary,
 ) -> CollectReport:
     path = run_dir / "recovered.parquet"
     writer = RequestWriter(path)

@@ -15,7 +15,7 @@ from volley import inputs as vin
 from volley.dist import fmt_bytes
 from volley.inputs import resolve_specs
 from volley.plan import ModelSpec, Plan, PlanError, plan_models
-from volley.request import RequestPool, build_plan_pool
+from volley.request import PoolDescription, RequestPool, build_plan_pool
 from volley.wire.payloads import build_payloads
 
 
@@ -101,7 +101,7 @@ def check_pool(plan: Plan, pool: RequestPool) -> None:
 @dataclasses.dataclass
 class PreflightResult:
     plan: Plan  #: resolved: inputs from the model, sources embedded
-    pool: dict[str, Any]  #: RequestPool.describe() of the pool every worker builds
+    pool: PoolDescription  #: RequestPool.describe() of the pool every worker builds
     model: ModelInfo
 
 
@@ -135,7 +135,7 @@ async def preflight(plan: Plan, timeout: float = 5.0) -> Plan:
 
 async def _preflight_model(
     probe: Probe, plan: Plan, m: ModelSpec
-) -> tuple[ModelSpec, dict[str, Any], ModelInfo]:
+) -> tuple[ModelSpec, PoolDescription, ModelInfo]:
     """One model: metadata and config, inputs resolved and checked against the server's
     limits, its pool built as every worker will, and a probe with its largest payload."""
     info = await fetch_model_info(probe, plan, m.name, m.version)

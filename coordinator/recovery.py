@@ -18,6 +18,7 @@ from typing import Any
 
 from coordinator.aggregate import Aggregator
 from coordinator.clock import ClockEstimate
+from coordinator.documents import Outage
 from coordinator.summary import AgentInfo
 from volley import records as rc
 
@@ -111,7 +112,7 @@ def agent_infos(manifest: dict[str, Any]) -> list[AgentInfo]:
     return out
 
 
-def find_outages(agg: Aggregator, share: float = OUTAGE_ERROR_SHARE) -> list[dict[str, Any]]:
+def find_outages(agg: Aggregator, share: float = OUTAGE_ERROR_SHARE) -> list[Outage]:
     """Runs of consecutive windows (by intended time) where at least `share` of the
     arrivals ended in an error, with their error counts by status code."""
     window_s = agg.window_ns / 1e9
@@ -120,8 +121,9 @@ def find_outages(agg: Aggregator, share: float = OUTAGE_ERROR_SHARE) -> list[dic
         records, errors, codes = per_window.get(w, (0, 0, Counter()))
         codes = codes + st.error_codes
         per_window[w] = (records + st.records, errors + st.errors, codes)
-    out: list[dict[str, Any]] = []
-    cur: dict[str, Any] | None = None
+    out: list[Outage] = []
+    codes_of: list[Counter[int]] = []  #: status codes of out[i]
+    cur: Outage | None = None
     last = None
     for w in sorted(per_window):
         records, errors, codes = per_window[w]
@@ -130,20 +132,20 @@ def find_outages(agg: Aggregator, share: float = OUTAGE_ERROR_SHARE) -> list[dic
             cur["end_s"] = round((w + 1) * window_s, 3)
             cur["records"] += records
             cur["errors"] += errors
-            cur["_codes"].update(codes)
+            codes_of[-1].update(codes)
         elif bad:
             cur = {
                 "start_s": round(w * window_s, 3),
                 "end_s": round((w + 1) * window_s, 3),
                 "records": records,
                 "errors": errors,
-                "_codes": Counter(codes),
+                "error_codes": {},
             }
             out.append(cur)
+            codes_of.append(Counter(codes))
         else:
             cur = None
         last = w
-    for o in out:
-        codes = o.pop("_codes")
-        o["error_codes"] = {rc.status_name(c): n for c, n in sorted(codes.items())}
+    for o, counts in zip(out, codes_of, strict=True):
+        o["error_codes"] = {rc.status_name(c): n for c, n in sorted(counts.items())}
     return out

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from coordinator.documents import SloResult
 from volley.plan import PlanError
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -32,11 +33,11 @@ class Slo:
     value: float
     relative_to: str = ""  #: "offered" for throughput>=0.98*offered
 
-    def evaluate(self, summary: dict[str, Any]) -> dict[str, Any]:
+    def evaluate(self, summary: Mapping[str, object]) -> SloResult:
         actual = _lookup(summary, self.metric)
         threshold = self.value
         if self.relative_to == "offered":
-            threshold = self.value * float(summary.get("offered_rps", 0.0))
+            threshold = self.value * (_lookup(summary, "offered_rps") or 0.0)
         passed = actual is not None and _OPS[self.op](float(actual), threshold)
         return {
             "slo": self.text,
@@ -48,7 +49,7 @@ class Slo:
         }
 
 
-def _lookup(summary: dict[str, Any], path: str) -> float | None:
+def _lookup(summary: Mapping[str, object], path: str) -> float | None:
     cur: Any = summary
     for part in path.split("."):
         if not isinstance(cur, dict) or part not in cur:

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
-from coordinator.aggregate import Aggregator, Stats
+from coordinator.aggregate import AgentTally, Aggregator, Stats
 from coordinator.clock import ClockEstimate
+from coordinator.documents import (
+    AgentRow,
+    Lateness,
+    ModelRow,
+    PayloadRow,
+    Percentiles,
+    RequestCounts,
+    ServerBlock,
+    ShapeRow,
+    Summary,
+)
 from coordinator.slo import parse_slo
 from volley import records as rc
 from volley.histogram import LogHistogram
@@ -36,17 +46,30 @@ class AgentInfo:
     last_seen_ns: int = 0
 
 
-def hist_ms(h: LogHistogram) -> dict[str, float]:
+def hist_ms(h: LogHistogram) -> Percentiles:
     if h.count == 0:
-        return {k: 0.0 for k in (*PCTS, "max", "mean")}
+        return {
+            "p50": 0.0,
+            "p90": 0.0,
+            "p95": 0.0,
+            "p99": 0.0,
+            "p999": 0.0,
+            "max": 0.0,
+            "mean": 0.0,
+        }
     ps = h.percentiles(list(PCTS.values()))
-    out = {k: round(ps[q] / 1e6, 4) for k, q in PCTS.items()}
-    out["max"] = round(h.max_ns / 1e6, 4)
-    out["mean"] = round(h.mean_ns / 1e6, 4)
-    return out
+    return {
+        "p50": round(ps[PCTS["p50"]] / 1e6, 4),
+        "p90": round(ps[PCTS["p90"]] / 1e6, 4),
+        "p95": round(ps[PCTS["p95"]] / 1e6, 4),
+        "p99": round(ps[PCTS["p99"]] / 1e6, 4),
+        "p999": round(ps[PCTS["p999"]] / 1e6, 4),
+        "max": round(h.max_ns / 1e6, 4),
+        "mean": round(h.mean_ns / 1e6, 4),
+    }
 
 
-def lateness_ms(st: Stats) -> dict[str, float]:
+def lateness_ms(st: Stats) -> Lateness:
     h = st.lateness
     if h.count == 0:
         return {"p50": 0.0, "p99": 0.0, "max": 0.0, "late_fraction": 0.0}
@@ -58,7 +81,7 @@ def lateness_ms(st: Stats) -> dict[str, float]:
     }
 
 
-def requests_block(st: Stats) -> dict[str, Any]:
+def requests_block(st: Stats) -> RequestCounts:
     return {
         "scheduled": st.records,
         "sent": st.sent,
@@ -99,10 +122,10 @@ def _saturation(plan: Plan, st: Stats, info: AgentInfo, span_s: float) -> tuple[
 MAX_SHAPES_LISTED = 100
 
 
-def latency_by_shape(agg: Aggregator) -> list[dict[str, Any]]:
+def latency_by_shape(agg: Aggregator) -> list[ShapeRow]:
     """Per input shape (payloads with varied sizes): counts and latency, by request size."""
     top = sorted(agg.by_shape.items(), key=lambda kv: -kv[1].sent)[:MAX_SHAPES_LISTED]
-    rows = [
+    rows: list[ShapeRow] = [
         {
             "shape": shape,
             "count": st.ok,
@@ -116,13 +139,34 @@ def latency_by_shape(agg: Aggregator) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["request_bytes_mean"])
 
 
-def model_rows(plan: Plan, agg: Aggregator, measured_s: float) -> list[dict[str, Any]]:
-    """Per-model figures (mixed traffic; one row for a single-model plan)."""
+def latency_by_payload(agg: Aggregator) -> list[PayloadRow]:
+    """Per power-of-two request size bucket that had sends."""
+    return [
+        {
+            "bucket_bytes": [2**b, 2 ** (b + 1)],
+            "count": st.ok,
+            "sent": st.sent,
+            "errors": st.errors,
+            "request_bytes_mean": round(st.req_bytes / st.sent, 1) if st.sent else 0.0,
+            "latency_ms": hist_ms(st.latency),
+            "service_time_ms": hist_ms(st.service),
+        }
+        for b, st in sorted(agg.by_size.items())
+        if st.sent
+    ]
+
+
+def model_rows(
+    plan: Plan, agg: Aggregator, measured_s: float, server: ServerBlock | None = None
+) -> list[ModelRow]:
+    """Per-model figures (mixed traffic; one row for a single-model plan), each with the
+    server's row for that model (empty without one)."""
     from volley.plan import plan_models
 
     models = plan_models(plan)
     total_w = sum(m.weight for m in models) or 1.0
-    rows: list[dict[str, Any]] = []
+    server_models = {(m["name"], m["version"]): m for m in (server or {}).get("models", [])}
+    rows: list[ModelRow] = []
     for i, m in enumerate(models):
         st = agg.by_model.get(i, Stats())
         rows.append(
@@ -138,9 +182,50 @@ def model_rows(plan: Plan, agg: Aggregator, measured_s: float) -> list[dict[str,
                 "latency_ms": hist_ms(st.latency),
                 "service_time_ms": hist_ms(st.service),
                 "bytes": {"request": st.req_bytes, "response": st.resp_bytes},
+                "server": server_models.get((m.name, m.version), {}),
             }
         )
     return rows
+
+
+def _agent_row(
+    plan: Plan, info: AgentInfo, tally: AgentTally, measured_s: float, span_s: float
+) -> AgentRow:
+    """One agent's figures over the measured period (span_s: measured + warm-up)."""
+    st = tally.measured
+    saturated, why = _saturation(plan, st, info, span_s)
+    return {
+        "id": info.id or info.address,
+        "address": info.address,
+        "host": info.host,
+        "workers": info.workers,
+        "state": info.state,
+        "error": info.error,
+        "scheduled": st.records,
+        "sent": st.sent,
+        "ok": st.ok,
+        "errors": st.errors,
+        "dropped": st.dropped,
+        "throughput_rps": round(st.ok / measured_s, 3),
+        "latency_ms": hist_ms(st.latency),
+        "service_time_ms": hist_ms(st.service),
+        "send_lateness_ms": lateness_ms(st),
+        "clock_offset_ms": round(info.clock.offset_ns / 1e6, 4) if info.clock else None,
+        "clock_uncertainty_ms": (round(info.clock.uncertainty_ns / 1e6, 4) if info.clock else None),
+        "start_skew_ms": (
+            round(tally.first_skew_ns / 1e6, 4) if tally.first_intended_ns < 2**62 else None
+        ),
+        "cpu_seconds": round(info.cpu_seconds, 3),
+        "cpu_percent_avg": round(info.cpu_seconds / max(span_s, 1e-9) * 100.0, 1),
+        "cpu_percent_peak": round(info.cpu_percent_peak, 1),
+        "cpu_us_per_request": (
+            round(info.cpu_seconds / (st.sent + tally.warmup.sent) * 1e6, 1)
+            if st.sent + tally.warmup.sent
+            else None
+        ),
+        "saturated": saturated,
+        "saturation": why,
+    }
 
 
 def build_summary(
@@ -150,15 +235,47 @@ def build_summary(
     agents: list[AgentInfo],
     span_s: float,
     scheduled_total: int | None,
-    server: dict[str, Any] | None = None,
+    server: ServerBlock | None = None,
     stopped: str = "",
-) -> dict[str, Any]:
+) -> Summary:
     """span_s: seconds of the measured period (schedule span minus warm-up)."""
     total = agg.total()
     measured_s = max(span_s, 1e-9)
-    offered = total.records / measured_s
-    throughput = total.ok / measured_s
-    summary: dict[str, Any] = {
+    error_rate = round(total.errors / total.sent, 6) if total.sent else 0.0
+    requests = requests_block(total)
+    rows = [
+        _agent_row(plan, info, tally, measured_s, span_s + plan.load.warmup_s)
+        for info, tally in zip(agents, agg.agents, strict=True)
+    ]
+    reasons = [r["saturation"] for r in rows if r["saturated"]]
+    # ---- verdict ---------------------------------------------------------
+    v = plan.validity
+    partial = [a for a in agents if a.state in ("failed", "missing")]
+    for a in partial:
+        reasons.append(f"agent {a.id or a.address} {a.state}: {a.error or 'no details'}")
+    if stopped:
+        reasons.append(f"run stopped early: {stopped}")
+    if span_s < v.min_duration_s:
+        reasons.append(f"measured for {span_s:.1f}s, less than the {v.min_duration_s:g}s minimum")
+    if total.ok < v.min_requests:
+        reasons.append(f"{total.ok} successful requests, fewer than the {v.min_requests} minimum")
+    if error_rate > v.max_error_rate:
+        reasons.append(f"error rate {error_rate:.2%} above {v.max_error_rate:.2%}")
+    if scheduled_total is not None and plan.load.mode == "open" and not stopped:
+        got = total.records + agg.total_warmup().records
+        if got != scheduled_total:
+            reasons.append(
+                f"{scheduled_total - got} of {scheduled_total} scheduled requests "
+                "have no record (lost with an agent)"
+            )
+        requests["schedule_total"] = scheduled_total
+    warnings = [
+        f"agent {r['id']}: {r['send_lateness_ms']['late_fraction']:.1%} of sends were >1 ms "
+        "late (timer wake-up); latency from intended time includes it"
+        for r in rows
+        if r["send_lateness_ms"]["late_fraction"] > v.warn_late_fraction and not r["saturated"]
+    ]
+    summary: Summary = {
         "run_id": run_id,
         "name": plan.name,
         "target": plan.target,
@@ -169,118 +286,31 @@ def build_summary(
         "seed": plan.seed,
         "duration_s": round(span_s, 3),
         "warmup_s": plan.load.warmup_s,
-        "requests": requests_block(total),
+        "requests": requests,
         "warmup_requests": requests_block(agg.total_warmup()),
-        "offered_rps": round(offered, 3),
-        "throughput_rps": round(throughput, 3),
-        "error_rate": round(total.errors / total.sent, 6) if total.sent else 0.0,
+        "offered_rps": round(total.records / measured_s, 3),
+        "throughput_rps": round(total.ok / measured_s, 3),
+        "error_rate": error_rate,
         "latency_ms": hist_ms(total.latency),
         "service_time_ms": hist_ms(total.service),
         "send_lateness_ms": lateness_ms(total),
         "bytes": {"request": total.req_bytes, "response": total.resp_bytes},
+        "agents": rows,
+        "server": server or {},
+        "latency_by_payload": latency_by_payload(agg),
+        "latency_by_shape": latency_by_shape(agg),
+        "models": model_rows(plan, agg, measured_s, server),
+        "partial": bool(partial),
+        "verdict": {
+            "valid": not reasons,
+            "reasons": reasons,
+            "warnings": warnings,
+            "slo": [],
+            "slo_passed": True,
+        },
     }
-    rows: list[dict[str, Any]] = []
-    reasons: list[str] = []
-    for info, tally in zip(agents, agg.agents, strict=True):
-        st = tally.measured
-        saturated, why = _saturation(plan, st, info, span_s + plan.load.warmup_s)
-        if saturated:
-            reasons.append(why)
-        rows.append(
-            {
-                "id": info.id or info.address,
-                "address": info.address,
-                "host": info.host,
-                "workers": info.workers,
-                "state": info.state,
-                "error": info.error,
-                "scheduled": st.records,
-                "sent": st.sent,
-                "ok": st.ok,
-                "errors": st.errors,
-                "dropped": st.dropped,
-                "throughput_rps": round(st.ok / measured_s, 3),
-                "latency_ms": hist_ms(st.latency),
-                "service_time_ms": hist_ms(st.service),
-                "send_lateness_ms": lateness_ms(st),
-                "clock_offset_ms": round(info.clock.offset_ns / 1e6, 4) if info.clock else None,
-                "clock_uncertainty_ms": (
-                    round(info.clock.uncertainty_ns / 1e6, 4) if info.clock else None
-                ),
-                "start_skew_ms": (
-                    round(tally.first_skew_ns / 1e6, 4) if tally.first_intended_ns < 2**62 else None
-                ),
-                "cpu_seconds": round(info.cpu_seconds, 3),
-                "cpu_percent_avg": round(
-                    info.cpu_seconds / max(span_s + plan.load.warmup_s, 1e-9) * 100.0, 1
-                ),
-                "cpu_percent_peak": round(info.cpu_percent_peak, 1),
-                "cpu_us_per_request": (
-                    round(info.cpu_seconds / (st.sent + tally.warmup.sent) * 1e6, 1)
-                    if st.sent + tally.warmup.sent
-                    else None
-                ),
-                "saturated": saturated,
-                "saturation": why,
-            }
-        )
-    summary["agents"] = rows
-    summary["server"] = server or {}
-    summary["latency_by_payload"] = [
-        {
-            "bucket_bytes": [2**b, 2 ** (b + 1)],
-            "count": st.ok,
-            "sent": st.sent,
-            "errors": st.errors,
-            "request_bytes_mean": round(st.req_bytes / st.sent, 1) if st.sent else 0.0,
-            "latency_ms": hist_ms(st.latency),
-            "service_time_ms": hist_ms(st.service),
-        }
-        for b, st in sorted(agg.by_size.items())
-        if st.sent
-    ]
-    summary["latency_by_shape"] = latency_by_shape(agg)
-    summary["models"] = model_rows(plan, agg, measured_s)
-    server_models = {(m["name"], m["version"]): m for m in (server or {}).get("models", [])}
-    for row in summary["models"]:
-        row["server"] = server_models.get((row["name"], row["version"]), {})
-    # ---- verdict ---------------------------------------------------------
-    v = plan.validity
-    partial = [a for a in agents if a.state in ("failed", "missing")]
-    if partial:
-        summary["partial"] = True
-        for a in partial:
-            reasons.append(f"agent {a.id or a.address} {a.state}: {a.error or 'no details'}")
-    else:
-        summary["partial"] = False
-    if stopped:
-        reasons.append(f"run stopped early: {stopped}")
-    if span_s < v.min_duration_s:
-        reasons.append(f"measured for {span_s:.1f}s, less than the {v.min_duration_s:g}s minimum")
-    if total.ok < v.min_requests:
-        reasons.append(f"{total.ok} successful requests, fewer than the {v.min_requests} minimum")
-    if summary["error_rate"] > v.max_error_rate:
-        reasons.append(f"error rate {summary['error_rate']:.2%} above {v.max_error_rate:.2%}")
-    if scheduled_total is not None and plan.load.mode == "open" and not stopped:
-        got = total.records + agg.total_warmup().records
-        if got != scheduled_total:
-            reasons.append(
-                f"{scheduled_total - got} of {scheduled_total} scheduled requests "
-                "have no record (lost with an agent)"
-            )
-        summary["requests"]["schedule_total"] = scheduled_total
-    slo_results = [parse_slo(s).evaluate(summary) for s in plan.slos]
-    warnings = [
-        f"agent {r['id']}: {r['send_lateness_ms']['late_fraction']:.1%} of sends were >1 ms "
-        "late (timer wake-up); latency from intended time includes it"
-        for r in rows
-        if r["send_lateness_ms"]["late_fraction"] > v.warn_late_fraction and not r["saturated"]
-    ]
-    summary["verdict"] = {
-        "valid": not reasons,
-        "reasons": reasons,
-        "warnings": warnings,
-        "slo": slo_results,
-        "slo_passed": all(r["passed"] for r in slo_results),
-    }
+    # SLOs are judged on the figures above
+    slo = [parse_slo(s).evaluate(summary) for s in plan.slos]
+    summary["verdict"]["slo"] = slo
+    summary["verdict"]["slo_passed"] = all(r["passed"] for r in slo)
     return summary

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +25,7 @@ from volley.plan import MAX_INPUT_BYTES, MAX_POOL_BYTES, InputSpec, Plan, PlanEr
 __all__ = [
     "DTYPES",
     "Payload",
+    "PoolDescription",
     "RequestPool",
     "build_infer_request",
     "build_plan_pool",
@@ -81,6 +82,31 @@ def pick_index(seed: int, index: int, cumulative: list[float]) -> int:
     return lo
 
 
+class ByteRange(TypedDict):
+    min: int
+    mean: float
+    max: int
+
+
+class PoolShape(TypedDict):
+    shape: str
+    share: float
+    request_bytes: int
+
+
+class PoolDescription(TypedDict):
+    """RequestPool.describe(): summary.json's `input_pool` (coordinator/documents.py)."""
+
+    payloads: int
+    payloads_requested: int
+    distinct_shapes: int
+    bytes_per_worker: int
+    max_bytes_per_worker: int
+    exact_weights: bool
+    request_bytes: ByteRange
+    shapes: list[PoolShape]
+
+
 @dataclass
 class RequestPool:
     """Pre-built payloads; `shapes[p.shape_id]` is the text shape of a payload.
@@ -130,7 +156,7 @@ class RequestPool:
         )
         return out
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> PoolDescription:
         """What summary.json says about the pool (per worker: every worker builds it)."""
         sizes = np.asarray([p.req_bytes for p in self.payloads], dtype=np.float64)
         w = np.asarray(self.weights)

@@ -6,16 +6,17 @@ from collections.abc import Callable
 from html import escape
 from typing import Any
 
+from coordinator.documents import PercentileKey, Summary
 from coordinator.report import svg
 from coordinator.report.data import RunData, curve
 from coordinator.report.html import breakdown_rows, figure, mids, note, num, page, table
 
 #: (label, getter, unit, better) — better: "lower", "higher" or "" (no judgement)
-Row = tuple[str, Callable[[dict[str, Any]], Any], str, str]
+Row = tuple[str, Callable[[Summary], Any], str, str]
 
 
-def _get(*path: str) -> Callable[[dict[str, Any]], Any]:
-    def get(s: dict[str, Any]) -> Any:
+def _get(*path: str) -> Callable[[Summary], Any]:
+    def get(s: Summary) -> Any:
         cur: Any = s
         for p in path:
             if not isinstance(cur, dict):
@@ -26,8 +27,8 @@ def _get(*path: str) -> Callable[[dict[str, Any]], Any]:
     return get
 
 
-def _util(key: str) -> Callable[[dict[str, Any]], Any]:
-    def get(s: dict[str, Any]) -> Any:
+def _util(key: str) -> Callable[[Summary], Any]:
+    def get(s: Summary) -> Any:
         u = (s.get("server") or {}).get("utilization") or {}
         v = u.get(key) or {}
         return v.get("mean") if isinstance(v, dict) else None
@@ -192,7 +193,7 @@ def render_compare(runs: list[RunData]) -> str:
             "Latency from the intended send time, measured period of each run.",
         )
     )
-    keys = ("p50", "p90", "p99", "p999")
+    keys: tuple[PercentileKey, ...] = ("p50", "p90", "p99", "p999")
     body.append(
         figure(
             svg.bar_chart(

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from coordinator.documents import Summary, SummaryError, load_summary
 from volley.histogram import LogHistogram
 
 #: Percentiles drawn on percentile curves (those beyond the data's resolution are cut).
@@ -50,7 +51,7 @@ class ReportError(Exception):
 @dataclass
 class RunData:
     path: Path
-    summary: dict[str, Any]
+    summary: Summary
     server: dict[str, Any] = field(default_factory=dict)
     histograms: dict[str, LogHistogram] = field(default_factory=dict)
     agent_histograms: dict[str, dict[str, LogHistogram]] = field(default_factory=dict)
@@ -91,9 +92,10 @@ def load_run(path: Path) -> RunData:
         raise ReportError(f"{path} is not a directory")
     if not (path / "summary.json").is_file():
         raise ReportError(f"{path} is not a run directory (no summary.json)")
-    summary = _json(path / "summary.json")
-    if not isinstance(summary, dict) or "requests" not in summary:
-        raise ReportError(f"{path / 'summary.json'} is not a volley summary")
+    try:
+        summary = load_summary(path / "summary.json")
+    except SummaryError as exc:
+        raise ReportError(str(exc)) from None
     run = RunData(path=path, summary=summary)
     if (path / "server.json").is_file():
         run.server = _json(path / "server.json")

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from html import escape
 from typing import Any
 
+from coordinator.documents import Summary
 from coordinator.report import svg
 from coordinator.report.data import RunData, curve
 
@@ -153,7 +154,7 @@ def _col(rows: list[dict[str, Any]], key: str, scale: float = 1.0) -> list[float
 
 
 # ---------------------------------------------------------------- sections
-def verdict_html(s: dict[str, Any]) -> str:
+def verdict_html(s: Summary) -> str:
     v = s.get("verdict", {})
     parts = []
     parts.append(
@@ -201,7 +202,7 @@ def verdict_html(s: dict[str, Any]) -> str:
     return "".join(out)
 
 
-def cards_html(s: dict[str, Any]) -> str:
+def cards_html(s: Summary) -> str:
     lat, svc, late = s["latency_ms"], s["service_time_ms"], s["send_lateness_ms"]
     req = s["requests"]
     server = s.get("server") or {}
@@ -231,7 +232,7 @@ def cards_html(s: dict[str, Any]) -> str:
     return '<div class="cards">' + "".join(cards) + "</div>"
 
 
-def percentiles_table(s: dict[str, Any]) -> str:
+def percentiles_table(s: Summary) -> str:
     keys = ("p50", "p90", "p95", "p99", "p999", "max", "mean")
     rows = [
         ["latency (from intended)", *(num(s["latency_ms"].get(k), 4) for k in keys)],
@@ -421,7 +422,7 @@ def agents_html(run: RunData) -> str:
     return "".join(out)
 
 
-def breakdown_rows(s: dict[str, Any]) -> list[tuple[str, list[tuple[str, float | None]]]]:
+def breakdown_rows(s: Summary) -> list[tuple[str, list[tuple[str, float | None]]]]:
     """Where a request's time goes: the client's mean latency split into generator
     lateness, network/client/gRPC and the server's own parts (all means, ms)."""
     server = s.get("server") or {}
@@ -675,7 +676,7 @@ def _size(b: float) -> str:
     return f"{b:g} TiB"
 
 
-def payload_html(s: dict[str, Any]) -> str:
+def payload_html(s: Summary) -> str:
     rows = s.get("latency_by_payload") or []
     if not rows:
         return note("no payload-size breakdown")

@@ -6,9 +6,9 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from coordinator.aggregate import Aggregator
+from coordinator.documents import Summary
 from coordinator.summary import AgentInfo
 from volley.plan import Plan
 from volley.security import ClientSecurity
@@ -53,6 +53,6 @@ class Progress:
 @dataclass
 class RunResult:
     run_dir: Path
-    summary: dict[str, Any]
+    summary: Summary
     plan: Plan
     agents: list[AgentInfo] = field(default_factory=list)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.agents import AgentState
+from coordinator.documents import Summary
 from coordinator.recovery import MANIFEST, find_outages
 from coordinator.report import write_report_safely
 from coordinator.run.loop import RunLoop
@@ -26,6 +27,7 @@ from coordinator.stats.monitor import ServerMonitor, summary_block, write_server
 from coordinator.summary import AgentInfo, build_summary
 from volley.arrivals import global_schedule
 from volley.plan import Plan
+from volley.request import PoolDescription
 
 
 def scheduled_total(plan: Plan) -> int | None:
@@ -34,7 +36,7 @@ def scheduled_total(plan: Plan) -> int | None:
     return sum(int(idx.size) for idx, _ in global_schedule(plan).chunks())
 
 
-def add_input_pool(summary: dict[str, Any], pool: dict[str, Any], infos: list[AgentInfo]) -> None:
+def add_input_pool(summary: Summary, pool: PoolDescription, infos: list[AgentInfo]) -> None:
     """summary.input_pool: the payload pool every worker built (preflight built the same)."""
     workers = sum(i.workers for i in infos)
     summary["input_pool"] = {
@@ -46,9 +48,7 @@ def add_input_pool(summary: dict[str, Any], pool: dict[str, Any], infos: list[Ag
         row["input_pool_bytes"] = pool["bytes_per_worker"] * info.workers
 
 
-def annotate(
-    summary: dict[str, Any], streams: list[AgentStream], start_ns: int, run_dir: Path
-) -> None:
+def annotate(summary: Summary, streams: list[AgentStream], start_ns: int, run_dir: Path) -> None:
     """Per-agent failure detection figures, and how to recover what a lost agent kept."""
     for s, row in zip(streams, summary["agents"], strict=True):
         row["last_seen_s"] = round((s.info.last_seen_ns - start_ns) / 1e9, 3)
@@ -87,9 +87,7 @@ async def server_figures(
     return server, server_doc
 
 
-def write_files(
-    run: RunLoop, run_dir: Path, summary: dict[str, Any], server_doc: dict[str, Any]
-) -> None:
+def write_files(run: RunLoop, run_dir: Path, summary: Summary, server_doc: dict[str, Any]) -> None:
     """timeseries.parquet (sealed rows, then the rest), server.json, histograms.json,
     summary.json, the report."""
     rest = [w for w in run.agg.window_keys() if w not in run.sealed]
@@ -106,7 +104,7 @@ def write_files(
 async def finish(
     run: RunLoop,
     run_dir: Path,
-    pool: dict[str, Any],
+    pool: PoolDescription,
     monitor: ServerMonitor,
     stats_before: model_stats.Snapshot,
     expected: int | None,

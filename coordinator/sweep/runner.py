@@ -22,11 +22,12 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from coordinator.documents import Summary
 from coordinator.slo import parse_slo
 from coordinator.sweep.capacity import (
     CapacityInputs,
@@ -421,12 +422,17 @@ def read_timeseries(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _numbers(block: Mapping[str, object]) -> dict[str, float]:
+    """A copy of a summary's figures block (its numbers) for sweep.json."""
+    return {k: v for k, v in block.items() if isinstance(v, int | float)}
+
+
 def step_from_summary(
     index: int,
     load: float,
     plan: Plan,
     settings: SweepSettings,
-    summary: dict[str, Any],
+    summary: Summary,
     rows: Sequence[dict[str, Any]],
     run_dir: str,
 ) -> StepResult:
@@ -447,8 +453,8 @@ def step_from_summary(
         reasons=reasons,
         offered_rps=float(summary.get("offered_rps") or 0.0),
         throughput_rps=round(tp, 3),
-        latency_ms=dict(summary.get("latency_ms") or {}),
-        service_time_ms=dict(summary.get("service_time_ms") or {}),
+        latency_ms=_numbers(summary.get("latency_ms") or {}),
+        service_time_ms=_numbers(summary.get("service_time_ms") or {}),
         error_rate=float(summary.get("error_rate") or 0.0),
         valid=bool(verdict.get("valid", False)),
         slo=list(verdict.get("slo") or []),

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, cast
 
+from coordinator.documents import SloResult, Summary
 from volley.plan import MAX_CONCURRENCY, MAX_RATE, Plan, PlanError, plan_from_dict
 
 SweepMode = Literal["rate", "concurrency"]
@@ -129,7 +130,7 @@ class StepResult:
     service_time_ms: dict[str, float] = field(default_factory=dict)
     error_rate: float = 0.0
     valid: bool = True
-    slo: list[dict[str, Any]] = field(default_factory=list)
+    slo: list[SloResult] = field(default_factory=list)
     duration_s: float = 0.0
     run_dir: str = ""
 
@@ -173,7 +174,7 @@ def completion_rate(rows: Sequence[dict[str, Any]], warmup_s: float, span_s: flo
 
 def judge(
     mode: SweepMode,
-    summary: dict[str, Any],
+    summary: Summary,
     throughput_rps: float,
     min_throughput_ratio: float,
     max_error_rate: float,

@@ -8,17 +8,20 @@ terminal) there are no colours and the tables are drawn in ASCII.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from coordinator.documents import AgentRow, Summary
+
 #: SIMPLE_HEAD in ASCII: a dashed rule under the header, nothing else
 _ASCII_HEAD = box.Box("    \n    \n -- \n    \n    \n    \n    \n    \n", ascii=True)
 
-_PCTS = ("p50", "p90", "p95", "p99", "p999", "max", "mean")
+_Pct = Literal["p50", "p90", "p95", "p99", "p999", "max", "mean"]
+_PCTS: tuple[_Pct, ...] = ("p50", "p90", "p95", "p99", "p999", "max", "mean")
 
 
 def _size(n: float) -> str:
@@ -65,7 +68,7 @@ def _table(
     return t
 
 
-def print_summary(summary: dict[str, Any], run_dir: Path, console: Console | None = None) -> None:
+def print_summary(summary: Summary, run_dir: Path, console: Console | None = None) -> None:
     con = console or Console()
     req = summary["requests"]
     con.print(
@@ -103,8 +106,10 @@ def print_summary(summary: dict[str, Any], run_dir: Path, console: Console | Non
         *_PCTS,
         caption="latency: from the intended send; service time: from the actual send",
     )
-    for label, key in (("latency", "latency_ms"), ("service time", "service_time_ms")):
-        row = summary[key]
+    for label, row in (
+        ("latency", summary["latency_ms"]),
+        ("service time", summary["service_time_ms"]),
+    ):
         lat.add_row(label, *(_ms(row[k]) for k in _PCTS))
     con.print(lat)
     con.print()
@@ -120,13 +125,13 @@ def print_summary(summary: dict[str, Any], run_dir: Path, console: Console | Non
             "p99",
             "max",
         )
-        for row in by_size:
-            lo, hi = row["bucket_bytes"]
-            lat_row = row["latency_ms"]
+        for size_row in by_size:
+            lo, hi = size_row["bucket_bytes"]
+            lat_row = size_row["latency_ms"]
             sizes.add_row(
                 f"{_size(lo)}-{_size(hi)}",
-                str(row.get("sent", row["count"])),
-                str(row.get("errors", 0)),
+                str(size_row.get("sent", size_row["count"])),
+                str(size_row.get("errors", 0)),
                 *(_ms(lat_row[k]) for k in ("p50", "p99", "max")),
             )
         con.print(sizes)
@@ -183,7 +188,7 @@ def print_summary(summary: dict[str, Any], run_dir: Path, console: Console | Non
     con.print(f"results: {run_dir}", overflow="fold")
 
 
-def _print_agents(con: Console, agents: list[dict[str, Any]]) -> None:
+def _print_agents(con: Console, agents: list[AgentRow]) -> None:
     """Two tables: what each agent measured, then its timing, clock and CPU."""
     if not agents:
         return

@@ -92,15 +92,16 @@ def report(
     ] = None,
 ) -> None:
     """Show a finished run's results again (and re-render its report.html)."""
+    from coordinator.documents import SummaryError, load_summary
     from volley.cli.console import print_summary
 
     path = run_dir / "summary.json"
-    try:
-        summary = json.loads(path.read_text())
-    except FileNotFoundError:
+    if not path.is_file():
         fail(f"{run_dir} is not a run directory (no summary.json)")
-    except (OSError, json.JSONDecodeError) as exc:
-        fail(f"{path}: {exc}")
+    try:
+        summary = load_summary(path)
+    except SummaryError as exc:
+        fail(str(exc))
     if json_:
         typer.echo(json.dumps(summary, indent=2))
     else:

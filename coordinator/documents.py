@@ -1,0 +1,299 @@
+"""summary.json described once: the TypedDicts its writers fill and its readers use,
+and `load_summary`, the one place a summary.json is read from disk.
+
+Writers: `coordinator.summary.build_summary`, then the run (input pool, per-agent
+detection times, outages, recovery) or `volley collect` (outages, recovered).
+Keys marked NotRequired are absent from some summaries (see their comments).
+
+No `from __future__ import annotations` here: on Python 3.11 it hides NotRequired
+from `__required_keys__`, which the schema test reads.
+"""
+
+import json
+from pathlib import Path
+from typing import Any, Literal, NotRequired, TypedDict, cast, get_origin, get_type_hints
+
+from volley.plan import Arrival, Mode, Protocol
+from volley.request import PoolDescription
+
+#: summary.json's `server` (the plan's model, from server.json) — typed by
+#: coordinator/stats/documents.py.
+ServerBlock = dict[str, Any]
+#: `models[].server`: one model's row of the server's statistics — typed by
+#: coordinator/stats/documents.py.
+ServerModelBlock = dict[str, Any]
+
+
+#: The keys of Percentiles.
+PercentileKey = Literal["p50", "p90", "p95", "p99", "p999", "max", "mean"]
+
+
+class Percentiles(TypedDict):
+    """Milliseconds from a histogram (all 0.0 when it is empty)."""
+
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+    p999: float
+    max: float
+    mean: float
+
+
+class Lateness(TypedDict):
+    """Send lateness (sent - intended), ms; late_fraction: share of sends >1 ms late."""
+
+    p50: float
+    p99: float
+    max: float
+    late_fraction: float
+
+
+class RequestCounts(TypedDict):
+    scheduled: int
+    sent: int
+    ok: int
+    errors: int
+    dropped: int
+    not_sent: int
+    #: status name -> count
+    error_codes: dict[str, int]
+    #: Top-level `requests` of an open-loop run that was not stopped early.
+    schedule_total: NotRequired[int]
+
+
+class ByteCounts(TypedDict):
+    request: int
+    response: int
+
+
+class AgentRow(TypedDict):
+    id: str
+    address: str
+    host: str
+    workers: int
+    #: ready | running | done | failed | missing | stopped
+    state: str
+    error: str
+    scheduled: int
+    sent: int
+    ok: int
+    errors: int
+    dropped: int
+    throughput_rps: float
+    latency_ms: Percentiles
+    service_time_ms: Percentiles
+    send_lateness_ms: Lateness
+    clock_offset_ms: float | None
+    clock_uncertainty_ms: float | None
+    start_skew_ms: float | None
+    cpu_seconds: float
+    cpu_percent_avg: float
+    cpu_percent_peak: float
+    cpu_us_per_request: float | None
+    saturated: bool
+    saturation: str
+    #: Set by the run (not by `volley collect`).
+    input_pool_bytes: NotRequired[int]
+    last_seen_s: NotRequired[float]
+    lost_detected_s: NotRequired[float | None]
+
+
+class PayloadRow(TypedDict):
+    """`latency_by_payload`: one power-of-two request size bucket."""
+
+    bucket_bytes: list[int]  #: [low, high)
+    count: int
+    sent: int
+    errors: int
+    request_bytes_mean: float
+    latency_ms: Percentiles
+    service_time_ms: Percentiles
+
+
+class ShapeRow(TypedDict):
+    """`latency_by_shape`: one input shape."""
+
+    shape: str
+    count: int
+    sent: int
+    errors: int
+    request_bytes_mean: float
+    latency_ms: Percentiles
+
+
+class ModelRow(TypedDict):
+    """`models`: one model of the plan (one row for a single-model plan)."""
+
+    id: int
+    name: str
+    version: str
+    weight: float
+    share: float
+    requests: RequestCounts
+    throughput_rps: float
+    error_rate: float
+    latency_ms: Percentiles
+    service_time_ms: Percentiles
+    bytes: ByteCounts
+    server: ServerModelBlock
+
+
+class SloResult(TypedDict):
+    slo: str
+    metric: str
+    op: str
+    threshold: float
+    actual: float | None
+    passed: bool
+
+
+class Verdict(TypedDict):
+    valid: bool
+    reasons: list[str]
+    warnings: list[str]
+    slo: list[SloResult]
+    slo_passed: bool
+
+
+class InputPool(PoolDescription):
+    """`input_pool`: the payload pool every worker built."""
+
+    workers: int
+    bytes_all_workers: int
+
+
+class Outage(TypedDict):
+    start_s: float
+    end_s: float
+    records: int
+    errors: int
+    error_codes: dict[str, int]
+
+
+class Recovery(TypedDict):
+    """How to collect what lost agents spooled."""
+
+    agents: list[str]
+    hint: str
+
+
+class RecoveredAgent(TypedDict):
+    index: int
+    address: str
+    spooled_records: int
+    state: str
+    notes: list[str]
+
+
+class Recovered(TypedDict):
+    """`volley collect` rebuilt the summary from the agents' spools."""
+
+    at_unix: float
+    agents: list[RecoveredAgent]
+    records_before: int
+    records_after: int
+    recovered: int
+    unreachable: list[str]
+    #: ok | none | unreadable
+    requests_parquet_was: str
+
+
+class RecoveredFile(TypedDict):
+    """`volley collect` of a run without raw records: the spools went to `file`."""
+
+    at_unix: float
+    file: str
+    records: int
+    note: str
+
+
+class Summary(TypedDict):
+    run_id: str
+    name: str
+    target: str
+    model: str
+    protocol: Protocol
+    mode: Mode
+    arrival: Arrival | Literal["closed"]
+    seed: int
+    duration_s: float
+    warmup_s: float
+    requests: RequestCounts
+    warmup_requests: RequestCounts
+    offered_rps: float
+    throughput_rps: float
+    error_rate: float
+    latency_ms: Percentiles
+    service_time_ms: Percentiles
+    send_lateness_ms: Lateness
+    bytes: ByteCounts
+    agents: list[AgentRow]
+    server: ServerBlock
+    latency_by_payload: list[PayloadRow]
+    latency_by_shape: list[ShapeRow]
+    models: list[ModelRow]
+    partial: bool
+    verdict: Verdict
+    #: Set by the run.
+    input_pool: NotRequired[InputPool]
+    #: Set by the run and by `volley collect`.
+    partial_agents: NotRequired[list[str]]
+    outages: NotRequired[list[Outage]]
+    #: Set by the run when an agent was lost.
+    recovery: NotRequired[Recovery]
+    #: Set by `volley collect`.
+    recovered: NotRequired[Recovered | RecoveredFile]
+
+
+class SummaryError(ValueError):
+    """A summary.json cannot be used; the message names the file and why."""
+
+
+_JSON_NAMES = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
+
+
+def _json_kind(tp: Any) -> type | tuple[type, ...]:
+    """The JSON value kind (for isinstance) of a top-level annotation of Summary."""
+    origin = get_origin(tp) or tp
+    if isinstance(origin, type) and issubclass(origin, dict):  # TypedDicts included
+        return dict
+    if origin is list:
+        return list
+    if tp is str:
+        return str
+    if tp is float:
+        return (int, float)
+    if tp is int:
+        return int
+    if tp is bool:
+        return bool
+    return object  # str Literals, unions: not checked here
+
+
+def load_summary(path: Path) -> Summary:
+    """Read a summary.json. Checks the top level only: a JSON object with `requests`,
+    and each known key it has holds the right kind of JSON value (older summaries may
+    lack newer keys, so missing keys are allowed)."""
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise SummaryError(f"{path}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise SummaryError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("requests"), dict):
+        raise SummaryError(f"{path} is not a volley summary")
+    for key, tp in get_type_hints(Summary).items():
+        kind = _json_kind(tp)
+        if key in data and not isinstance(data[key], kind):
+            found = _JSON_NAMES.get(type(data[key]), type(data[key]).__name__)
+            raise SummaryError(f"{path} is not a volley summary ({key!r} holds {found})")
+    return cast(Summary, data)
