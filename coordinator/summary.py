@@ -9,6 +9,7 @@ from typing import Any
 from coordinator.aggregate import Aggregator, Stats
 from coordinator.clock import ClockEstimate
 from coordinator.slo import parse_slo
+from coordinator.stats.documents import ServerSummary
 from volley import records as rc
 from volley.histogram import LogHistogram
 from volley.plan import Plan
@@ -150,7 +151,7 @@ def build_summary(
     agents: list[AgentInfo],
     span_s: float,
     scheduled_total: int | None,
-    server: dict[str, Any] | None = None,
+    server: ServerSummary | None = None,
     stopped: str = "",
 ) -> dict[str, Any]:
     """span_s: seconds of the measured period (schedule span minus warm-up)."""
@@ -241,7 +242,9 @@ def build_summary(
     ]
     summary["latency_by_shape"] = latency_by_shape(agg)
     summary["models"] = model_rows(plan, agg, measured_s)
-    server_models = {(m["name"], m["version"]): m for m in (server or {}).get("models", [])}
+    server_models = {
+        (m["name"], m["version"]): m for m in (server.get("models", []) if server else [])
+    }
     for row in summary["models"]:
         row["server"] = server_models.get((row["name"], row["version"]), {})
     # ---- verdict ---------------------------------------------------------

@@ -36,7 +36,6 @@ from coordinator.rundir import (
     write_plan,
     write_timeseries,
 )
-from coordinator.stats import models as model_stats
 from coordinator.stats.monitor import ServerMonitor, summary_block, write_server_json
 from coordinator.summary import AgentInfo, build_summary
 from volley.arrivals import global_schedule, schedule_span_s
@@ -170,8 +169,6 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
     # ---- startup ------------------------------------------------------------
     pre = await preflight_check(plan)
     plan = pre.plan
-    # per-model statistics over the plan's own protocol (mixed traffic, HTTP too)
-    stats_before = await model_stats.snapshot(plan)
     streams = await _handshake(addresses, opts)
     weights = [s.info.workers if opts.weight_by_workers else 1 for s in streams]
     plan = plan.with_agents(
@@ -193,9 +190,7 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
     for s in streams:
         assert s.info.clock is not None
         s.start_at_agent_ns = s.info.clock.to_agent(start_coord_ns)
-    monitor = ServerMonitor.for_target(
-        plan.target, plan.model, opts.server_metrics, opts.server_stats
-    )
+    monitor = ServerMonitor.for_plan(plan, opts.server_metrics, opts.server_stats)
     monitor.begin(start_coord_ns, plan.load.warmup_s)
     write_manifest(run_dir, run_id, [s.info for s in streams], start_coord_ns, span_s, expected)
 
@@ -369,13 +364,6 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
     measured_s = max(span_s - plan.load.warmup_s, 0.0)
     server_doc = await monitor.stop()
     server = summary_block(server_doc, agg.total().ok)
-    per_model = model_stats.server_block(stats_before, await model_stats.snapshot(plan))
-    server["models"] = per_model.get("models", [])
-    if not server.get("available") and per_model.get("models"):
-        # the monitor could not reach the statistics (e.g. an HTTP-only target): use
-        # the per-model figures taken over the plan's own protocol
-        server.update({k: v for k, v in per_model.items() if k != "models"})
-    server_doc["per_model"] = per_model
     summary = build_summary(
         plan, run_id, agg, infos, measured_s, expected, server=server, stopped=stopped
     )
