@@ -13,15 +13,20 @@ import json
 from pathlib import Path
 from typing import Any, Literal, NotRequired, TypedDict, cast, get_origin, get_type_hints
 
+from coordinator.stats.documents import PlanModelRow, ServerSummary
 from volley.plan import Arrival, Mode, Protocol
 from volley.request import PoolDescription
 
-#: summary.json's `server` (the plan's model, from server.json) — typed by
-#: coordinator/stats/documents.py.
-ServerBlock = dict[str, Any]
-#: `models[].server`: one model's row of the server's statistics — typed by
-#: coordinator/stats/documents.py.
-ServerModelBlock = dict[str, Any]
+#: summary.json's `server` (the plan's model, from server.json).
+ServerBlock = ServerSummary
+
+
+class NoServerRow(TypedDict):
+    """`models[].server` of a model the server has no figures for: {}."""
+
+
+#: `models[].server`: that model's row of the server's statistics, {} when it has none.
+ServerModelBlock = PlanModelRow | NoServerRow
 
 
 #: The keys of Percentiles.

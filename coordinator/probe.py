@@ -18,6 +18,8 @@ from urllib.parse import quote
 
 from tritonclient.grpc import service_pb2
 
+from coordinator.stats.counters import Snapshot, StatisticsError, parse, parse_json
+from coordinator.stats.documents import ServerInfo
 from volley import records as rc
 from volley.plan import Plan
 from volley.request import check_http_response, check_response
@@ -30,7 +32,12 @@ from volley.wire.payloads import Wire
 
 
 class ProbeError(Exception):
-    """The target did not answer as a KServe v2 server should; the message says why."""
+    """The target did not answer as a KServe v2 server should; the message says why.
+    `code`: the gRPC status name or HTTP_<status> of the answer, when there was one."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class NotFound(ProbeError):
@@ -58,6 +65,9 @@ class Probe:
     async def ready_models(self) -> list[str]:
         return []
 
+    async def server_metadata(self) -> ServerInfo:
+        raise NotImplementedError
+
     async def metadata(
         self, name: str, version: str
     ) -> tuple[str, tuple[str, ...], tuple[Tensor, ...], tuple[str, ...]]:
@@ -70,10 +80,10 @@ class Probe:
         """'' when the probe request succeeded and its response checks out, else why not."""
         raise NotImplementedError
 
-    async def statistics(self, name: str, version: str) -> dict[str, dict[str, int]]:
-        """Triton's cumulative per-model statistics: {stat: {"count", "ns"}} summed over
-        versions ({} where the server has none: not every KServe v2 server does)."""
-        return {}
+    async def statistics(self, name: str = "", version: str = "") -> Snapshot:
+        """Triton's cumulative statistics of a model's versions (of every model: name "");
+        ProbeError where the server has none (not every KServe v2 server does)."""
+        raise NotImplementedError
 
 
 class _Sink:
@@ -176,8 +186,8 @@ class GrpcProbe(Probe):
         if status != 0:
             text = (message or rc.status_name(status)).splitlines()[0]
             if status in (5, 12):
-                raise NotFound(text)
-            raise ProbeError(text)
+                raise NotFound(text, rc.status_name(status))
+            raise ProbeError(text, rc.status_name(status))
         msg = grpc_unframe(data, encoding)
         if msg is None:
             raise ProbeError(f"{method}: malformed gRPC response")
@@ -219,6 +229,14 @@ class GrpcProbe(Probe):
             return []
         return sorted({m.name for m in r.models})
 
+    async def server_metadata(self) -> ServerInfo:
+        m = await self._unary(
+            "ServerMetadata",
+            service_pb2.ServerMetadataRequest(),
+            service_pb2.ServerMetadataResponse,
+        )
+        return {"name": m.name, "version": m.version, "extensions": list(m.extensions)}
+
     async def metadata(
         self, name: str, version: str
     ) -> tuple[str, tuple[str, ...], tuple[Tensor, ...], tuple[str, ...]]:
@@ -257,33 +275,13 @@ class GrpcProbe(Probe):
             return "probe response lacks its outputs"
         return ""
 
-    async def statistics(self, name: str, version: str) -> dict[str, dict[str, int]]:
-        from google.protobuf.json_format import MessageToDict
-
-        try:
-            r = await self._unary(
-                "ModelStatistics",
-                service_pb2.ModelStatisticsRequest(name=name, version=version),
-                service_pb2.ModelStatisticsResponse,
-            )
-        except ProbeError:
-            return {}
-        doc = MessageToDict(r, preserving_proto_field_name=True)
-        return _sum_stats(doc.get("model_stats", []))
-
-
-def _sum_stats(model_stats: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {}
-    for ms in model_stats:
-        for key, val in (ms.get("inference_stats") or {}).items():
-            if not isinstance(val, dict):
-                continue
-            d = out.setdefault(key, {"count": 0, "ns": 0})
-            d["count"] += int(val.get("count", 0) or 0)
-            d["ns"] += int(val.get("ns", 0) or 0)
-        d = out.setdefault("inference_count", {"count": 0, "ns": 0})
-        d["count"] += int(ms.get("inference_count", 0) or 0)
-    return out
+    async def statistics(self, name: str = "", version: str = "") -> Snapshot:
+        r = await self._unary(
+            "ModelStatistics",
+            service_pb2.ModelStatisticsRequest(name=name, version=version),
+            service_pb2.ModelStatisticsResponse,
+        )
+        return parse(r)
 
 
 class HttpProbe(Probe):
@@ -420,6 +418,20 @@ class HttpProbe(Probe):
         except (ValueError, KeyError, TypeError):
             return []
 
+    async def server_metadata(self) -> ServerInfo:
+        status, _, body = await self.request("GET", "/v2")
+        if status != 200:
+            raise ProbeError(f"server metadata: {self._why(status, body)}", f"HTTP_{status}")
+        try:
+            m = json.loads(body)
+            return {
+                "name": str(m["name"]),
+                "version": str(m["version"]),
+                "extensions": [str(e) for e in m.get("extensions", [])],
+            }
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ProbeError(f"server metadata: malformed ({exc})") from None
+
     async def metadata(
         self, name: str, version: str
     ) -> tuple[str, tuple[str, ...], tuple[Tensor, ...], tuple[str, ...]]:
@@ -461,15 +473,17 @@ class HttpProbe(Probe):
             return "probe response lacks its outputs"
         return ""
 
-    async def statistics(self, name: str, version: str) -> dict[str, dict[str, int]]:
+    async def statistics(self, name: str = "", version: str = "") -> Snapshot:
+        path = (self._model_path(name, version) if name else "/v2/models") + "/stats"
+        status, _, body = await self.request("GET", path)
+        if status != 200:
+            raise ProbeError(f"statistics: {self._why(status, body)}", f"HTTP_{status}")
         try:
-            status, _, body = await self.request("GET", self._model_path(name, version) + "/stats")
-            if status != 200:
-                return {}
-            doc = json.loads(body)
-        except (ProbeError, ValueError):
-            return {}
-        return _sum_stats(doc.get("model_stats", []) if isinstance(doc, dict) else [])
+            return parse_json(json.loads(body))
+        except ValueError:
+            raise ProbeError("statistics: the answer is not JSON") from None
+        except StatisticsError as exc:
+            raise ProbeError(str(exc)) from None
 
 
 def make_probe(plan: Plan, timeout: float) -> Probe:

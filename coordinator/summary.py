@@ -19,6 +19,7 @@ from coordinator.documents import (
     Summary,
 )
 from coordinator.slo import parse_slo
+from coordinator.stats.documents import unavailable_server
 from volley import records as rc
 from volley.histogram import LogHistogram
 from volley.plan import Plan
@@ -165,7 +166,9 @@ def model_rows(
 
     models = plan_models(plan)
     total_w = sum(m.weight for m in models) or 1.0
-    server_models = {(m["name"], m["version"]): m for m in (server or {}).get("models", [])}
+    server_models = {
+        (m["name"], m["version"]): m for m in (server.get("models", []) if server else [])
+    }
     rows: list[ModelRow] = []
     for i, m in enumerate(models):
         st = agg.by_model.get(i, Stats())
@@ -296,7 +299,9 @@ def build_summary(
         "send_lateness_ms": lateness_ms(total),
         "bytes": {"request": total.req_bytes, "response": total.resp_bytes},
         "agents": rows,
-        "server": server or {},
+        "server": server
+        if server is not None
+        else unavailable_server(plan.model, "no server statistics for this run"),
         "latency_by_payload": latency_by_payload(agg),
         "latency_by_shape": latency_by_shape(agg),
         "models": model_rows(plan, agg, measured_s, server),

@@ -29,8 +29,9 @@ def _get(*path: str) -> Callable[[Summary], Any]:
 
 def _util(key: str) -> Callable[[Summary], Any]:
     def get(s: Summary) -> Any:
-        u = (s.get("server") or {}).get("utilization") or {}
-        v = u.get(key) or {}
+        server = s.get("server")
+        u = server.get("utilization") if server else None
+        v = u.get(key) if u else None
         return v.get("mean") if isinstance(v, dict) else None
 
     return get

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from coordinator.documents import Summary, SummaryError, load_summary
+from coordinator.stats.documents import ServerDoc, no_server_doc
 from volley.histogram import LogHistogram
 
 #: Percentiles drawn on percentile curves (those beyond the data's resolution are cut).
@@ -52,7 +53,7 @@ class ReportError(Exception):
 class RunData:
     path: Path
     summary: Summary
-    server: dict[str, Any] = field(default_factory=dict)
+    server: ServerDoc = field(default_factory=no_server_doc)
     histograms: dict[str, LogHistogram] = field(default_factory=dict)
     agent_histograms: dict[str, dict[str, LogHistogram]] = field(default_factory=dict)
     timeseries: list[dict[str, Any]] = field(default_factory=list)

@@ -69,14 +69,20 @@ def _load_value(run: RunData) -> str:
 
 def csv_row(run: RunData) -> list[str]:
     s = run.summary
-    server = s.get("server") or {}
+    server = s.get("server")
     svc = s["service_time_ms"]
-    parts = [
-        server.get(k)
-        for k in ("queue_ms", "compute_input_ms", "compute_infer_ms", "compute_output_ms")
-    ]
+    parts: list[float | None] = (
+        [
+            server.get("queue_ms"),
+            server.get("compute_input_ms"),
+            server.get("compute_infer_ms"),
+            server.get("compute_output_ms"),
+        ]
+        if server
+        else [None] * 4
+    )
     network = ""
-    if server.get("queue_ms") is not None:
+    if parts[0] is not None:
         accounted = sum(p or 0.0 for p in parts)
         network = _us(max(float(svc["mean"]) - accounted, 0.0))
     ips = float(s.get("throughput_rps") or 0.0) * _batch(run.plan)

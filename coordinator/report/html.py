@@ -9,7 +9,7 @@ payload size; the plan.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from html import escape
 from typing import Any
 
@@ -517,7 +517,8 @@ def server_html(run: RunData) -> str:
                 ),
             )
         )
-        bstats = (models.get(run.summary.get("model", "")) or {}).get("batch_stats") or []
+        fig = models.get(run.summary.get("model", ""))
+        bstats = fig.get("batch_stats", []) if fig else []
         if bstats:
             out.append("<h3>Batch statistics</h3>")
             out.append(
@@ -545,7 +546,7 @@ def server_html(run: RunData) -> str:
 def server_time_chart(run: RunData) -> str:
     model = run.summary.get("model", "")
     wins = (run.server.get("statistics") or {}).get("windows") or []
-    rows = [
+    rows: list[tuple[float, Mapping[str, Any]]] = [
         (float(w["t_s"]) + float(w.get("span_s", 1.0)) / 2, w["models"].get(model) or {})
         for w in wins
     ]

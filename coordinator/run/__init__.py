@@ -23,7 +23,6 @@ from coordinator.run.results import (
 )
 from coordinator.run.stream import REFUSALS, AgentStream, handshake
 from coordinator.rundir import RequestWriter, new_run_dir, write_plan
-from coordinator.stats import models as model_stats
 from coordinator.stats.monitor import ServerMonitor
 from volley.plan import AgentSpec, Plan
 
@@ -47,8 +46,6 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
     # ---- startup ------------------------------------------------------------
     pre = await preflight_check(plan)
     plan = pre.plan
-    # coordinator.stats: per-model statistics over the plan's own protocol (HTTP too)
-    stats_before = await model_stats.snapshot(plan)
     streams = await handshake(addresses, opts)
     weights = [s.info.workers if opts.weight_by_workers else 1 for s in streams]
     plan = plan.with_agents(
@@ -62,9 +59,7 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
     run = RunLoop(plan, streams, opts, run_id=run_id, writer=writer)
     start_ns = run.agree_start()
     # coordinator.stats: the server monitor samples from the start instant on
-    monitor = ServerMonitor.for_target(
-        plan.target, plan.model, opts.server_metrics, opts.server_stats
-    )
+    monitor = ServerMonitor.for_plan(plan, opts.server_metrics, opts.server_stats)
     monitor.begin(start_ns, plan.load.warmup_s)
     write_manifest(run_dir, run_id, [s.info for s in streams], start_ns, run.span_s, expected)
 
@@ -83,4 +78,4 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
     if bad is not None:
         remove_unused_run_dir(run_dir)
         raise AgentError(f"agent {bad.info.address} refuses the run: {bad.refused}")
-    return await finish(run, run_dir, pre.pool, monitor, stats_before, expected)
+    return await finish(run, run_dir, pre.pool, monitor, expected)

@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import shutil
 from pathlib import Path
-from typing import Any
 
 from coordinator.agents import AgentState
 from coordinator.documents import Summary
@@ -22,7 +21,7 @@ from coordinator.rundir import (
     write_json,
     write_timeseries,
 )
-from coordinator.stats import models as model_stats
+from coordinator.stats.documents import ServerDoc, ServerSummary
 from coordinator.stats.monitor import ServerMonitor, summary_block, write_server_json
 from coordinator.summary import AgentInfo, build_summary
 from volley.arrivals import global_schedule
@@ -71,23 +70,13 @@ def remove_unused_run_dir(run_dir: Path) -> None:
             shutil.rmtree(run_dir)
 
 
-async def server_figures(
-    monitor: ServerMonitor, stats_before: model_stats.Snapshot, plan: Plan, client_ok: int
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """summary.server and server.json's document (the coordinator.stats call sites)."""
+async def server_figures(monitor: ServerMonitor, client_ok: int) -> tuple[ServerSummary, ServerDoc]:
+    """summary.server and server.json's document (the coordinator.stats call site)."""
     server_doc = await monitor.stop()
-    server = summary_block(server_doc, client_ok)
-    per_model = model_stats.server_block(stats_before, await model_stats.snapshot(plan))
-    server["models"] = per_model.get("models", [])
-    if not server.get("available") and per_model.get("models"):
-        # the monitor could not reach the statistics (e.g. an HTTP-only target): use
-        # the per-model figures taken over the plan's own protocol
-        server.update({k: v for k, v in per_model.items() if k != "models"})
-    server_doc["per_model"] = per_model
-    return server, server_doc
+    return summary_block(server_doc, client_ok), server_doc
 
 
-def write_files(run: RunLoop, run_dir: Path, summary: Summary, server_doc: dict[str, Any]) -> None:
+def write_files(run: RunLoop, run_dir: Path, summary: Summary, server_doc: ServerDoc) -> None:
     """timeseries.parquet (sealed rows, then the rest), server.json, histograms.json,
     summary.json, the report."""
     rest = [w for w in run.agg.window_keys() if w not in run.sealed]
@@ -106,7 +95,6 @@ async def finish(
     run_dir: Path,
     pool: PoolDescription,
     monitor: ServerMonitor,
-    stats_before: model_stats.Snapshot,
     expected: int | None,
 ) -> RunResult:
     """Summary and files of a run that ended (not refused); the agents' spools dropped
@@ -114,7 +102,7 @@ async def finish(
     plan = run.plan
     infos = [s.info for s in run.streams]
     measured_s = max(run.span_s - plan.load.warmup_s, 0.0)
-    server, server_doc = await server_figures(monitor, stats_before, plan, run.agg.total().ok)
+    server, server_doc = await server_figures(monitor, run.agg.total().ok)
     summary = build_summary(
         plan,
         run.run_id,

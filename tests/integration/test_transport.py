@@ -12,6 +12,7 @@ import pytest
 
 from agent.transports import Transport, make_transport
 from coordinator.preflight import PreflightError, preflight
+from coordinator.stats.monitor import ServerMonitor, summary_block
 from tests.tls_proxy import TlsProxy, make_cert
 from tests.triton_fixture import TritonEndpoint
 from volley import records as rc
@@ -211,3 +212,39 @@ def test_cli_protocol_and_target_errors_are_one_line(
         assert res.exit_code == 2, (args, res.output)
         assert needle in res.output, (args, res.output)
         assert res.output.strip().count("\n") == 0 and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("kind", ["unary", "http"])
+async def test_server_monitor_reads_through_the_plans_tls_and_headers(
+    triton_server: TritonEndpoint,
+    kind: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cert, key = make_cert(tmp_path)
+    upstream = triton_server.http_url if kind == "http" else triton_server.grpc_url
+    proxy = TlsProxy(upstream, cert, key)
+    address = await proxy.start()
+    monkeypatch.setenv("VOLLEY_TEST_TOKEN", "Bearer s3cret-token")
+    try:
+        plan = _plan(
+            triton_server,
+            kind,
+            target=address,
+            tls={"ca": str(cert)},
+            headers=[{"name": "authorization", "env": "VOLLEY_TEST_TOKEN"}],
+        )
+        monitor = ServerMonitor.for_plan(plan, "off")
+        await monitor.start(time.monotonic_ns(), 0.0)
+        assert b"s3cret-token" in bytes(proxy.seen)  # only the monitor has spoken yet
+        done = await _send_all(plan, 20)
+        doc = await monitor.stop()
+    finally:
+        await proxy.stop()
+    assert {d[4] for d in done} == {rc.OK}
+    stats = doc["statistics"]
+    assert stats["available"], stats["note"]
+    measured = stats["measured"]
+    assert measured is not None and measured["add"]["success"] >= 20
+    assert doc["server"].get("name") == "triton" and doc["model_config"].get("name") == "add"
+    assert summary_block(doc, 20)["available"]
