@@ -4,9 +4,8 @@ HTTP/2 connections of our own client (volley/wire/h2.py)."""
 from __future__ import annotations
 
 import collections
-from typing import Any
 
-from agent.transports.base import Clock, Complete, Transport
+from agent.transports.base import Call, Clock, Complete, Transport
 from volley import records as rc
 from volley.plan import Plan
 from volley.request import check_response
@@ -20,6 +19,22 @@ from volley.wire.grpc import (
 )
 from volley.wire.h2 import H2Connection, HeaderInfo
 from volley.wire.payloads import Payloads
+
+
+class UnaryCall(Call):
+    """One ModelInfer call in flight: its response headers and body so far."""
+
+    __slots__ = ("body", "head")
+
+    def __init__(self, key: int, intended: int, sent: int, pidx: int, deadline: int) -> None:
+        # fields set here, not by Call.__init__: one call frame less per request
+        self.key = key
+        self.intended = intended
+        self.sent = sent
+        self.pidx = pidx
+        self.deadline = deadline
+        self.head: HeaderInfo | None = None
+        self.body = b""
 
 
 # ---- gRPC unary ------------------------------------------------------------------------
@@ -91,11 +106,7 @@ class GrpcUnary(Transport):
     def _start(self, conn: H2Connection, key: int, intended: int, pidx: int) -> None:
         sent = self.clock() - self.start
         sid = conn.start_stream(self.hblock, self.wires[pidx].body, True)
-        conn.streams[sid] = [key, intended, sent, pidx, None, b"", sent + self.timeout_ns]
-
-    def _finish(self, st: list[Any], status: int, resp_bytes: int) -> None:
-        self.in_flight -= 1
-        self.complete(st[0], st[1], st[2], self.clock() - self.start, status, st[3], resp_bytes)
+        conn.streams[sid] = UnaryCall(key, intended, sent, pidx, sent + self.timeout_ns)
 
     # ---- StreamSink --------------------------------------------------------------------
     def on_headers(self, conn: H2Connection, sid: int, info: HeaderInfo, end: bool) -> None:
@@ -103,10 +114,10 @@ class GrpcUnary(Transport):
         if st is None:
             return
         if not end:
-            st[4] = info
+            st.head = info
             return
         del conn.streams[sid]
-        head: HeaderInfo = st[4] or info
+        head = st.head or info
         status = info.grpc_status
         if status < 0:
             status = (
@@ -117,10 +128,10 @@ class GrpcUnary(Transport):
             if self.waiting:
                 self.on_writable(conn)
             return
-        msg = grpc_unframe(st[5], head.encoding)
-        w = self.wires[st[3]]
+        msg = grpc_unframe(st.body, head.encoding)
+        w = self.wires[st.pidx]
         if msg is None or not check_response(msg, w.expected_outputs):
-            self._finish(st, rc.BAD_RESPONSE, len(st[5]))
+            self._finish(st, rc.BAD_RESPONSE, len(st.body))
         else:
             self._finish(st, rc.OK, len(msg))
         if self.waiting:
@@ -130,10 +141,10 @@ class GrpcUnary(Transport):
         st = conn.streams.get(sid)
         if st is None:
             return
-        st[5] = st[5] + data if st[5] else data
+        st.body = st.body + data if st.body else data
         if end:  # a gRPC response always ends with trailers
             del conn.streams[sid]
-            self._finish(st, rc.INTERNAL, len(st[5]))
+            self._finish(st, rc.INTERNAL, len(st.body))
 
     def on_reset(self, conn: H2Connection, sid: int, grpc_status: int, message: str) -> None:
         st = conn.streams.pop(sid, None)
@@ -175,7 +186,7 @@ class GrpcUnary(Transport):
                 continue
             expired = []
             for sid, st in conn.streams.items():
-                if st[6] > now:
+                if st.deadline > now:
                     break
                 expired.append(sid)
             for sid in expired:
