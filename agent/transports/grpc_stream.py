@@ -6,12 +6,12 @@ from __future__ import annotations
 from tritonclient.grpc import service_pb2
 
 from agent.transports.base import Call, Clock, Complete
-from agent.transports.grpc_unary import GrpcUnary
+from agent.transports.grpc_unary import GrpcUnary, UnaryConn
 from volley import records as rc
 from volley.plan import Plan
 from volley.wire import h2
 from volley.wire.grpc import MODEL_STREAM_INFER, U32, grpc_frame
-from volley.wire.h2 import H2Connection, HeaderInfo
+from volley.wire.h2 import HeaderInfo
 from volley.wire.payloads import Payloads
 
 
@@ -55,7 +55,7 @@ class GrpcStream(GrpcUnary):
         if conn is None:
             self.fail_soon(key, intended, pidx, rc.UNAVAILABLE)
             return
-        slot: int = conn.slot  # type: ignore[attr-defined]
+        slot = conn.slot
         sid = self.sids[slot]
         if sid == 0 or sid not in conn.open:
             if not conn.has_capacity:
@@ -73,8 +73,8 @@ class GrpcStream(GrpcUnary):
         conn.send_data(sid, grpc_frame(msg, "none"))
         self.pending[rid] = StreamCall(key, intended, sent, pidx, sent + self.timeout_ns, slot)
 
-    def on_data(self, conn: H2Connection, sid: int, data: bytes, end: bool) -> None:
-        slot: int = conn.slot  # type: ignore[attr-defined]
+    def on_data(self, conn: UnaryConn, sid: int, data: bytes, end: bool) -> None:
+        slot = conn.slot
         if sid != self.sids[slot]:
             return
         buf = self.rbuf[slot] + data if self.rbuf[slot] else data
@@ -123,8 +123,8 @@ class GrpcStream(GrpcUnary):
         for rid in over:
             self._finish(self.pending.pop(rid), status, 0)
 
-    def on_headers(self, conn: H2Connection, sid: int, info: HeaderInfo, end: bool) -> None:
-        slot: int = conn.slot  # type: ignore[attr-defined]
+    def on_headers(self, conn: UnaryConn, sid: int, info: HeaderInfo, end: bool) -> None:
+        slot = conn.slot
         if sid != self.sids[slot] or not end:
             return
         status = info.grpc_status
@@ -132,20 +132,20 @@ class GrpcStream(GrpcUnary):
             status = rc.UNAVAILABLE if status == 0 else h2.http_to_grpc_status(info.http_status)
         self._stream_over(slot, status)
 
-    def on_reset(self, conn: H2Connection, sid: int, grpc_status: int, message: str) -> None:
-        slot: int = conn.slot  # type: ignore[attr-defined]
+    def on_reset(self, conn: UnaryConn, sid: int, grpc_status: int, message: str) -> None:
+        slot = conn.slot
         if sid == self.sids[slot]:
             self._stream_over(slot, grpc_status)
 
-    def on_connection_lost(self, conn: H2Connection, message: str) -> None:
-        slot: int = getattr(conn, "slot", -1)
+    def on_connection_lost(self, conn: UnaryConn, message: str) -> None:
+        slot = conn.slot
         if 0 <= slot < self.n_conns and self.conns[slot] is conn:
             self.conns[slot] = None
             if message != "closed":
                 self.last_error = message
             self._stream_over(slot, rc.UNAVAILABLE)
 
-    def on_writable(self, conn: H2Connection) -> None:
+    def on_writable(self, conn: UnaryConn) -> None:
         pass
 
     def sweep(self) -> None:

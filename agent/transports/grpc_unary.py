@@ -17,7 +17,7 @@ from volley.wire.grpc import (
     grpc_timeout_header,
     grpc_unframe,
 )
-from volley.wire.h2 import H2Connection, HeaderInfo
+from volley.wire.h2 import Connection, HeaderInfo
 from volley.wire.payloads import Payloads
 
 
@@ -37,6 +37,10 @@ class UnaryCall(Call):
         self.body = b""
 
 
+#: A connection of this transport: its streams' state is a `UnaryCall`.
+UnaryConn = Connection[UnaryCall]
+
+
 # ---- gRPC unary ------------------------------------------------------------------------
 class GrpcUnary(Transport):
     """ModelInfer calls, one HTTP/2 stream each, round-robin over the connections."""
@@ -47,7 +51,7 @@ class GrpcUnary(Transport):
         self, plan: Plan, payloads: Payloads, complete: Complete, clock: Clock, start_ns: int
     ) -> None:
         super().__init__(plan, payloads, complete, clock, start_ns)
-        self.conns: list[H2Connection | None] = [None] * self.n_conns
+        self.conns: list[UnaryConn | None] = [None] * self.n_conns
         self.rr = 0
         #: requests waiting for stream capacity (peer's MAX_CONCURRENT_STREAMS)
         self.waiting: collections.deque[tuple[int, int, int]] = collections.deque()
@@ -72,7 +76,7 @@ class GrpcUnary(Transport):
         if old is not None and old.usable:
             return
         conn = await h2.open_connection(self, self.host, self.port, self.ssl, self.server_name)
-        conn.slot = slot  # type: ignore[attr-defined]
+        conn.slot = slot
         if self.closing:
             conn.close()
             return
@@ -80,7 +84,7 @@ class GrpcUnary(Transport):
         if self.waiting:
             self.on_writable(conn)
 
-    def _pick(self) -> H2Connection | None:
+    def _pick(self) -> UnaryConn | None:
         n = self.n_conns
         for _ in range(n):
             i = self.rr
@@ -103,13 +107,13 @@ class GrpcUnary(Transport):
         self.in_flight += 1
         self._start(conn, key, intended, pidx)
 
-    def _start(self, conn: H2Connection, key: int, intended: int, pidx: int) -> None:
+    def _start(self, conn: UnaryConn, key: int, intended: int, pidx: int) -> None:
         sent = self.clock() - self.start
         sid = conn.start_stream(self.hblock, self.wires[pidx].body, True)
         conn.streams[sid] = UnaryCall(key, intended, sent, pidx, sent + self.timeout_ns)
 
     # ---- StreamSink --------------------------------------------------------------------
-    def on_headers(self, conn: H2Connection, sid: int, info: HeaderInfo, end: bool) -> None:
+    def on_headers(self, conn: UnaryConn, sid: int, info: HeaderInfo, end: bool) -> None:
         st = conn.streams.get(sid)
         if st is None:
             return
@@ -137,7 +141,7 @@ class GrpcUnary(Transport):
         if self.waiting:
             self.on_writable(conn)
 
-    def on_data(self, conn: H2Connection, sid: int, data: bytes, end: bool) -> None:
+    def on_data(self, conn: UnaryConn, sid: int, data: bytes, end: bool) -> None:
         st = conn.streams.get(sid)
         if st is None:
             return
@@ -146,15 +150,15 @@ class GrpcUnary(Transport):
             del conn.streams[sid]
             self._finish(st, rc.INTERNAL, len(st.body))
 
-    def on_reset(self, conn: H2Connection, sid: int, grpc_status: int, message: str) -> None:
+    def on_reset(self, conn: UnaryConn, sid: int, grpc_status: int, message: str) -> None:
         st = conn.streams.pop(sid, None)
         if st is not None:
             self._finish(st, grpc_status, 0)
             if self.waiting:
                 self.on_writable(conn)
 
-    def on_connection_lost(self, conn: H2Connection, message: str) -> None:
-        slot: int = getattr(conn, "slot", -1)
+    def on_connection_lost(self, conn: UnaryConn, message: str) -> None:
+        slot = conn.slot
         if 0 <= slot < self.n_conns and self.conns[slot] is conn:
             self.conns[slot] = None
         if message != "closed":
@@ -173,7 +177,7 @@ class GrpcUnary(Transport):
                 self.in_flight -= 1
                 self.fail_soon(key, intended, pidx, rc.UNAVAILABLE)
 
-    def on_writable(self, conn: H2Connection) -> None:
+    def on_writable(self, conn: UnaryConn) -> None:
         while self.waiting and conn.usable and conn.has_capacity:
             key, intended, pidx = self.waiting.popleft()
             self._start(conn, key, intended, pidx)
