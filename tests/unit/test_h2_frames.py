@@ -413,6 +413,9 @@ async def test_goaway_with_no_open_stream_closes_at_once() -> None:
     p = Peer()
     p.feed(h2.frame(h2.GOAWAY, 0, 0, u32(0, h2.ENHANCE_YOUR_CALM)))
     assert p.t.closed and p.conn.state is ConnState.DRAINING and p.t.take() == []
+    # nothing is written on a closing transport, errors included
+    p.feed(h2.frame(h2.PING, 0, 0, b"12345678"), h2.frame(h2.DATA, 0, 0, b"x"))
+    assert p.t.take() == [] and p.conn.state is ConnState.CLOSED
 
 
 async def test_ping_is_answered() -> None:

@@ -461,12 +461,11 @@ class Connection(asyncio.Protocol, Generic[S]):
         if self.state is _CLOSED:
             return
         message = f"HTTP/2 {ERROR_NAMES.get(code, code)}: {_one_line(message)}"
-        t = self.transport
-        if t is not None:
-            # last stream id: the last one the server opened, and it opens none
-            debug = message.encode("ascii", "replace")[:256]
-            t.write(frame(GOAWAY, 0, 0, _U32.pack(0) + _U32.pack(code) + debug))
-            t.close()
+        # last stream id: the last one the server opened, and it opens none
+        debug = message.encode("ascii", "replace")[:256]
+        self._control(frame(GOAWAY, 0, 0, _U32.pack(0) + _U32.pack(code) + debug))
+        if self.transport is not None:
+            self.transport.close()
         self._lost(message)
 
     def _stream_error(self, sid: int, code: int, message: str) -> None:
@@ -482,9 +481,7 @@ class Connection(asyncio.Protocol, Generic[S]):
             self.fail(PROTOCOL_ERROR, f"{name} frame on stream {sid}, which was never opened")
         elif sid not in self._reset:  # closed by the server: it should know
             self._remember_reset(sid)
-            t = self.transport
-            if t is not None:
-                t.write(frame(RST_STREAM, 0, sid, _U32.pack(STREAM_CLOSED)))
+            self._control(frame(RST_STREAM, 0, sid, _U32.pack(STREAM_CLOSED)))
 
     # ---- frames ----------------------------------------------------------------------
     def _on_data(self, sid: int, flags: int, payload: bytes, length: int) -> None:
@@ -503,9 +500,7 @@ class Connection(asyncio.Protocol, Generic[S]):
             if unacked > RECV_WINDOW:
                 self.fail(FLOW_CONTROL_ERROR, "the server sent past the connection window")
                 return
-            t = self.transport
-            if t is not None:
-                t.write(frame(WINDOW_UPDATE, 0, 0, _U32.pack(unacked)))
+            self._control(frame(WINDOW_UPDATE, 0, 0, _U32.pack(unacked)))
             unacked = 0
         self._recv_unacked = unacked
         got = self.open.get(sid)
@@ -521,9 +516,7 @@ class Connection(asyncio.Protocol, Generic[S]):
             if got > RECV_WINDOW:
                 self._stream_error(sid, FLOW_CONTROL_ERROR, "the server sent past the window")
                 return
-            t = self.transport
-            if t is not None:
-                t.write(frame(WINDOW_UPDATE, 0, sid, _U32.pack(got)))
+            self._control(frame(WINDOW_UPDATE, 0, sid, _U32.pack(got)))
             got = 0
         self.open[sid] = got
         self.sink.on_data(self, sid, payload, False)
@@ -603,8 +596,8 @@ class Connection(asyncio.Protocol, Generic[S]):
                 self.fail(PROTOCOL_ERROR, f"PING frame on stream {sid}")
             elif len(payload) != 8:
                 self.fail(FRAME_SIZE_ERROR, f"PING frame of {len(payload)} bytes")
-            elif not flags & ACK and self.transport is not None:
-                self.transport.write(frame(PING, ACK, 0, payload))
+            elif not flags & ACK:
+                self._control(frame(PING, ACK, 0, payload))
         elif ftype == RST_STREAM:
             if sid == 0:
                 self.fail(PROTOCOL_ERROR, "RST_STREAM frame on stream 0")
@@ -667,8 +660,7 @@ class Connection(asyncio.Protocol, Generic[S]):
                     self.fail(FLOW_CONTROL_ERROR, f"stream {k} window over 2^31-1")
                     return
                 windows[k] = w + delta
-        if self.transport is not None:
-            self.transport.write(frame(SETTINGS, ACK, 0))
+        self._control(frame(SETTINGS, ACK, 0))
         if self.state is _CONNECTING:
             self.state = _OPEN
             if not self.ready.done():
@@ -812,10 +804,16 @@ class Connection(asyncio.Protocol, Generic[S]):
         self.sink.on_writable(self)
 
     def reset_stream(self, sid: int, code: int = CANCEL) -> None:
-        if self.state is not _CLOSED and self.transport is not None:
-            self.transport.write(frame(RST_STREAM, 0, sid, _U32.pack(code)))
+        if self.state is not _CLOSED:
+            self._control(frame(RST_STREAM, 0, sid, _U32.pack(code)))
             self._remember_reset(sid)
         self.stream_closed(sid)
+
+    def _control(self, data: bytes) -> None:
+        """Write a control frame, unless the transport is gone or closing."""
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.write(data)
 
     def _remember_reset(self, sid: int) -> None:
         reset = self._reset
@@ -831,7 +829,7 @@ class Connection(asyncio.Protocol, Generic[S]):
 
     def close(self) -> None:
         if self.state is not _CLOSED and self.transport is not None:
-            self.transport.write(frame(GOAWAY, 0, 0, _U32.pack(0) + _U32.pack(NO_ERROR)))
+            self._control(frame(GOAWAY, 0, 0, _U32.pack(0) + _U32.pack(NO_ERROR)))
             self.transport.close()
         self._lost("closed")
 
