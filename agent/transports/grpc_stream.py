@@ -3,18 +3,33 @@ connection carrying many requests; responses are matched by the request `id`."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from tritonclient.grpc import service_pb2
 
-from agent.transports.base import Clock, Complete
-from agent.transports.grpc_unary import GrpcUnary
+from agent.transports.base import Call, Clock, Complete
+from agent.transports.grpc_unary import GrpcUnary, UnaryConn
 from volley import records as rc
 from volley.plan import Plan
 from volley.wire import h2
 from volley.wire.grpc import MODEL_STREAM_INFER, U32, grpc_frame
-from volley.wire.h2 import H2Connection, HeaderInfo
+from volley.wire.h2 import HeaderInfo
 from volley.wire.payloads import Payloads
+
+
+class StreamCall(Call):
+    """One request in flight on a connection's ModelStreamInfer stream."""
+
+    __slots__ = ("slot",)
+
+    def __init__(
+        self, key: int, intended: int, sent: int, pidx: int, deadline: int, slot: int
+    ) -> None:
+        # fields set here, not by Call.__init__: one call frame less per request
+        self.key = key
+        self.intended = intended
+        self.sent = sent
+        self.pidx = pidx
+        self.deadline = deadline
+        self.slot = slot
 
 
 # ---- gRPC bidirectional stream ---------------------------------------------------------
@@ -32,7 +47,7 @@ class GrpcStream(GrpcUnary):
         #: per slot: bytes of a response message not yet complete
         self.rbuf = [b""] * self.n_conns
         #: request id -> state, in send order (ids are unique per worker)
-        self.pending: dict[int, list[Any]] = {}
+        self.pending: dict[int, StreamCall] = {}
         self.next_id = 1
 
     def send(self, key: int, intended: int, pidx: int) -> None:
@@ -40,7 +55,7 @@ class GrpcStream(GrpcUnary):
         if conn is None:
             self.fail_soon(key, intended, pidx, rc.UNAVAILABLE)
             return
-        slot: int = conn.slot  # type: ignore[attr-defined]
+        slot = conn.slot
         sid = self.sids[slot]
         if sid == 0 or sid not in conn.open:
             if not conn.has_capacity:
@@ -56,14 +71,10 @@ class GrpcStream(GrpcUnary):
         self.in_flight += 1
         sent = self.clock() - self.start
         conn.send_data(sid, grpc_frame(msg, "none"))
-        self.pending[rid] = [key, intended, sent, pidx, slot, sent + self.timeout_ns]
+        self.pending[rid] = StreamCall(key, intended, sent, pidx, sent + self.timeout_ns, slot)
 
-    def _finish_p(self, st: list[Any], status: int, resp_bytes: int) -> None:
-        self.in_flight -= 1
-        self.complete(st[0], st[1], st[2], self.clock() - self.start, status, st[3], resp_bytes)
-
-    def on_data(self, conn: H2Connection, sid: int, data: bytes, end: bool) -> None:
-        slot: int = conn.slot  # type: ignore[attr-defined]
+    def on_data(self, conn: UnaryConn, sid: int, data: bytes, end: bool) -> None:
+        slot = conn.slot
         if sid != self.sids[slot]:
             return
         buf = self.rbuf[slot] + data if self.rbuf[slot] else data
@@ -97,23 +108,23 @@ class GrpcStream(GrpcUnary):
             first = next(iter(self.pending))
             st = self.pending.pop(first)
         if r is None:
-            self._finish_p(st, rc.BAD_RESPONSE, len(msg))
+            self._finish(st, rc.BAD_RESPONSE, len(msg))
         elif r.error_message:
-            self._finish_p(st, rc.UNKNOWN, len(msg))
-        elif len(r.infer_response.outputs) < self.wires[st[3]].expected_outputs:
-            self._finish_p(st, rc.BAD_RESPONSE, len(msg))
+            self._finish(st, rc.UNKNOWN, len(msg))
+        elif len(r.infer_response.outputs) < self.wires[st.pidx].expected_outputs:
+            self._finish(st, rc.BAD_RESPONSE, len(msg))
         else:
-            self._finish_p(st, rc.OK, len(msg))
+            self._finish(st, rc.OK, len(msg))
 
     def _stream_over(self, slot: int, status: int) -> None:
         self.sids[slot] = 0
         self.rbuf[slot] = b""
-        over = [rid for rid, st in self.pending.items() if st[4] == slot]
+        over = [rid for rid, st in self.pending.items() if st.slot == slot]
         for rid in over:
-            self._finish_p(self.pending.pop(rid), status, 0)
+            self._finish(self.pending.pop(rid), status, 0)
 
-    def on_headers(self, conn: H2Connection, sid: int, info: HeaderInfo, end: bool) -> None:
-        slot: int = conn.slot  # type: ignore[attr-defined]
+    def on_headers(self, conn: UnaryConn, sid: int, info: HeaderInfo, end: bool) -> None:
+        slot = conn.slot
         if sid != self.sids[slot] or not end:
             return
         status = info.grpc_status
@@ -121,36 +132,36 @@ class GrpcStream(GrpcUnary):
             status = rc.UNAVAILABLE if status == 0 else h2.http_to_grpc_status(info.http_status)
         self._stream_over(slot, status)
 
-    def on_reset(self, conn: H2Connection, sid: int, grpc_status: int, message: str) -> None:
-        slot: int = conn.slot  # type: ignore[attr-defined]
+    def on_reset(self, conn: UnaryConn, sid: int, grpc_status: int, message: str) -> None:
+        slot = conn.slot
         if sid == self.sids[slot]:
             self._stream_over(slot, grpc_status)
 
-    def on_connection_lost(self, conn: H2Connection, message: str) -> None:
-        slot: int = getattr(conn, "slot", -1)
+    def on_connection_lost(self, conn: UnaryConn, message: str) -> None:
+        slot = conn.slot
         if 0 <= slot < self.n_conns and self.conns[slot] is conn:
             self.conns[slot] = None
             if message != "closed":
                 self.last_error = message
             self._stream_over(slot, rc.UNAVAILABLE)
 
-    def on_writable(self, conn: H2Connection) -> None:
+    def on_writable(self, conn: UnaryConn) -> None:
         pass
 
     def sweep(self) -> None:
         now = self.clock() - self.start
         expired = []
         for rid, st in self.pending.items():
-            if st[5] > now:
+            if st.deadline > now:
                 break
             expired.append(rid)
         for rid in expired:
-            self._finish_p(self.pending.pop(rid), rc.DEADLINE_EXCEEDED, 0)
+            self._finish(self.pending.pop(rid), rc.DEADLINE_EXCEEDED, 0)
 
     def abort_all(self, status: int) -> None:
         pending, self.pending = self.pending, {}
         for st in pending.values():
-            self._finish_p(st, status, 0)
+            self._finish(st, status, 0)
         for slot, conn in enumerate(self.conns):
             sid = self.sids[slot]
             if conn is not None and sid and sid in conn.open:

@@ -4,9 +4,8 @@ HTTP/2 connections of our own client (volley/wire/h2.py)."""
 from __future__ import annotations
 
 import collections
-from typing import Any
 
-from agent.transports.base import Clock, Complete, Transport
+from agent.transports.base import Call, Clock, Complete, Transport
 from volley import records as rc
 from volley.plan import Plan
 from volley.request import check_response
@@ -18,8 +17,28 @@ from volley.wire.grpc import (
     grpc_timeout_header,
     grpc_unframe,
 )
-from volley.wire.h2 import H2Connection, HeaderInfo
+from volley.wire.h2 import Connection, HeaderInfo
 from volley.wire.payloads import Payloads
+
+
+class UnaryCall(Call):
+    """One ModelInfer call in flight: its response headers and body so far."""
+
+    __slots__ = ("body", "head")
+
+    def __init__(self, key: int, intended: int, sent: int, pidx: int, deadline: int) -> None:
+        # fields set here, not by Call.__init__: one call frame less per request
+        self.key = key
+        self.intended = intended
+        self.sent = sent
+        self.pidx = pidx
+        self.deadline = deadline
+        self.head: HeaderInfo | None = None
+        self.body = b""
+
+
+#: A connection of this transport: its streams' state is a `UnaryCall`.
+UnaryConn = Connection[UnaryCall]
 
 
 # ---- gRPC unary ------------------------------------------------------------------------
@@ -32,7 +51,7 @@ class GrpcUnary(Transport):
         self, plan: Plan, payloads: Payloads, complete: Complete, clock: Clock, start_ns: int
     ) -> None:
         super().__init__(plan, payloads, complete, clock, start_ns)
-        self.conns: list[H2Connection | None] = [None] * self.n_conns
+        self.conns: list[UnaryConn | None] = [None] * self.n_conns
         self.rr = 0
         #: requests waiting for stream capacity (peer's MAX_CONCURRENT_STREAMS)
         self.waiting: collections.deque[tuple[int, int, int]] = collections.deque()
@@ -57,7 +76,7 @@ class GrpcUnary(Transport):
         if old is not None and old.usable:
             return
         conn = await h2.open_connection(self, self.host, self.port, self.ssl, self.server_name)
-        conn.slot = slot  # type: ignore[attr-defined]
+        conn.slot = slot
         if self.closing:
             conn.close()
             return
@@ -65,7 +84,7 @@ class GrpcUnary(Transport):
         if self.waiting:
             self.on_writable(conn)
 
-    def _pick(self) -> H2Connection | None:
+    def _pick(self) -> UnaryConn | None:
         n = self.n_conns
         for _ in range(n):
             i = self.rr
@@ -88,25 +107,21 @@ class GrpcUnary(Transport):
         self.in_flight += 1
         self._start(conn, key, intended, pidx)
 
-    def _start(self, conn: H2Connection, key: int, intended: int, pidx: int) -> None:
+    def _start(self, conn: UnaryConn, key: int, intended: int, pidx: int) -> None:
         sent = self.clock() - self.start
         sid = conn.start_stream(self.hblock, self.wires[pidx].body, True)
-        conn.streams[sid] = [key, intended, sent, pidx, None, b"", sent + self.timeout_ns]
-
-    def _finish(self, st: list[Any], status: int, resp_bytes: int) -> None:
-        self.in_flight -= 1
-        self.complete(st[0], st[1], st[2], self.clock() - self.start, status, st[3], resp_bytes)
+        conn.streams[sid] = UnaryCall(key, intended, sent, pidx, sent + self.timeout_ns)
 
     # ---- StreamSink --------------------------------------------------------------------
-    def on_headers(self, conn: H2Connection, sid: int, info: HeaderInfo, end: bool) -> None:
+    def on_headers(self, conn: UnaryConn, sid: int, info: HeaderInfo, end: bool) -> None:
         st = conn.streams.get(sid)
         if st is None:
             return
         if not end:
-            st[4] = info
+            st.head = info
             return
         del conn.streams[sid]
-        head: HeaderInfo = st[4] or info
+        head = st.head or info
         status = info.grpc_status
         if status < 0:
             status = (
@@ -117,33 +132,33 @@ class GrpcUnary(Transport):
             if self.waiting:
                 self.on_writable(conn)
             return
-        msg = grpc_unframe(st[5], head.encoding)
-        w = self.wires[st[3]]
+        msg = grpc_unframe(st.body, head.encoding)
+        w = self.wires[st.pidx]
         if msg is None or not check_response(msg, w.expected_outputs):
-            self._finish(st, rc.BAD_RESPONSE, len(st[5]))
+            self._finish(st, rc.BAD_RESPONSE, len(st.body))
         else:
             self._finish(st, rc.OK, len(msg))
         if self.waiting:
             self.on_writable(conn)
 
-    def on_data(self, conn: H2Connection, sid: int, data: bytes, end: bool) -> None:
+    def on_data(self, conn: UnaryConn, sid: int, data: bytes, end: bool) -> None:
         st = conn.streams.get(sid)
         if st is None:
             return
-        st[5] = st[5] + data if st[5] else data
+        st.body = st.body + data if st.body else data
         if end:  # a gRPC response always ends with trailers
             del conn.streams[sid]
-            self._finish(st, rc.INTERNAL, len(st[5]))
+            self._finish(st, rc.INTERNAL, len(st.body))
 
-    def on_reset(self, conn: H2Connection, sid: int, grpc_status: int, message: str) -> None:
+    def on_reset(self, conn: UnaryConn, sid: int, grpc_status: int, message: str) -> None:
         st = conn.streams.pop(sid, None)
         if st is not None:
             self._finish(st, grpc_status, 0)
             if self.waiting:
                 self.on_writable(conn)
 
-    def on_connection_lost(self, conn: H2Connection, message: str) -> None:
-        slot: int = getattr(conn, "slot", -1)
+    def on_connection_lost(self, conn: UnaryConn, message: str) -> None:
+        slot = conn.slot
         if 0 <= slot < self.n_conns and self.conns[slot] is conn:
             self.conns[slot] = None
         if message != "closed":
@@ -162,7 +177,7 @@ class GrpcUnary(Transport):
                 self.in_flight -= 1
                 self.fail_soon(key, intended, pidx, rc.UNAVAILABLE)
 
-    def on_writable(self, conn: H2Connection) -> None:
+    def on_writable(self, conn: UnaryConn) -> None:
         while self.waiting and conn.usable and conn.has_capacity:
             key, intended, pidx = self.waiting.popleft()
             self._start(conn, key, intended, pidx)
@@ -175,7 +190,7 @@ class GrpcUnary(Transport):
                 continue
             expired = []
             for sid, st in conn.streams.items():
-                if st[6] > now:
+                if st.deadline > now:
                     break
                 expired.append(sid)
             for sid in expired:

@@ -2,7 +2,7 @@
 generated service description (the standard gRPC client, as tritonclient uses it).
 
 It costs more generator CPU per request than the default `unary` transport (volley's
-own HTTP/2 client, agent/h2.py), but it is the reference gRPC implementation: use it to
+own HTTP/2 client, volley/wire/h2.py), but it is the reference gRPC implementation: use it to
 cross-check figures, or when a proxy in front of the server needs what only grpcio
 does. Requests are the same pre-serialized ModelInferRequest bytes (identity
 serializers), so payloads, records and results are identical.
@@ -11,7 +11,7 @@ serializers), so payloads, records and results are identical.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import grpc
 from tritonclient.grpc import service_pb2
@@ -34,6 +34,10 @@ _COMPRESSION = {
 }
 
 
+#: A grpc.aio unary-unary multicallable with identity serializers: bytes in, bytes out.
+UnaryCallable = Callable[..., Awaitable[bytes]]
+
+
 def _read(path: str) -> bytes | None:
     if not path:
         return None
@@ -49,14 +53,14 @@ class GrpcioUnary(Transport):
     ) -> None:
         super().__init__(plan, payloads, complete, clock, start_ns)
         self.channels: list[grpc.aio.Channel | None] = [None] * self.n_conns
-        self.calls: list[Any] = [None] * self.n_conns
+        self.calls: list[UnaryCallable | None] = [None] * self.n_conns
         self.tasks: set[asyncio.Task[None]] = set()
         self.metadata = tuple(resolve_headers(plan))
         self.compression = _COMPRESSION.get(plan.compression, grpc.Compression.NoCompression)
         self.rr = 0
 
     async def connect_slot(self, slot: int) -> None:
-        options: list[tuple[str, Any]] = [
+        options: list[tuple[str, int | str]] = [
             ("grpc.max_send_message_length", -1),
             ("grpc.max_receive_message_length", -1),
             ("grpc.enable_retries", 0),
@@ -94,7 +98,7 @@ class GrpcioUnary(Transport):
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _call(self, call: Any, key: int, intended: int, pidx: int) -> None:
+    async def _call(self, call: UnaryCallable, key: int, intended: int, pidx: int) -> None:
         w = self.wires[pidx]
         sent = self.clock() - self.start
         status, nbytes = rc.OK, 0

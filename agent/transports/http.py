@@ -18,9 +18,9 @@ import gzip
 import socket
 import ssl
 import zlib
-from typing import Any, cast
+from typing import cast
 
-from agent.transports.base import Clock, Complete, Transport
+from agent.transports.base import Call, Clock, Complete, Transport
 from volley import records as rc
 from volley.plan import Plan
 from volley.request import check_http_response
@@ -38,7 +38,7 @@ class H1Conn(asyncio.Protocol):
     def __init__(self, owner: Http) -> None:
         self.owner = owner
         self.transport: asyncio.Transport | None = None
-        self.st: list[Any] | None = None  #: the request in flight
+        self.st: Call | None = None  #: the request in flight
         self.buf = b""
         self.closed = False
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -67,7 +67,7 @@ class H1Conn(asyncio.Protocol):
             self.ready.exception()
         self.owner.conn_lost(self, f"connection lost: {exc}" if exc else "closed by the server")
 
-    def send(self, st: list[Any], head: bytes, body: bytes) -> None:
+    def send(self, st: Call, head: bytes, body: bytes) -> None:
         assert self.transport is not None
         self.st = st
         self.head_len = -1
@@ -164,7 +164,7 @@ class H1Conn(asyncio.Protocol):
             except (OSError, zlib.error, EOFError):
                 data = None
         ok = data is not None and check_http_response(
-            data, self.ihcl, self.owner.wires[st[3]].expected_outputs
+            data, self.ihcl, self.owner.wires[st.pidx].expected_outputs
         )
         self.owner.finish(self, st, rc.OK if ok else rc.BAD_RESPONSE, len(body))
 
@@ -257,7 +257,7 @@ class Http(Transport):
     def _start(self, conn: H1Conn, key: int, intended: int, pidx: int) -> None:
         sent = self.clock() - self.start
         self.busy[conn] = None
-        st = [key, intended, sent, pidx, sent + self.timeout_ns]
+        st = Call(key, intended, sent, pidx, sent + self.timeout_ns)
         conn.send(st, self.heads[pidx], self.wires[pidx].body)
 
     def send(self, key: int, intended: int, pidx: int) -> None:
@@ -274,10 +274,9 @@ class Http(Transport):
                 return
             self.loop.create_task(self._grow())
 
-    def finish(self, conn: H1Conn, st: list[Any], status: int, resp_bytes: int) -> None:
+    def finish(self, conn: H1Conn, st: Call, status: int, resp_bytes: int) -> None:
         self.busy.pop(conn, None)
-        self.in_flight -= 1
-        self.complete(st[0], st[1], st[2], self.clock() - self.start, status, st[3], resp_bytes)
+        self._finish(st, status, resp_bytes)
         if conn.closed or not conn.keep:
             if not conn.closed:
                 conn.abort()
@@ -308,7 +307,7 @@ class Http(Transport):
             st = conn.st
             if st is None:
                 continue
-            if st[4] > now:
+            if st.deadline > now:
                 break
             expired.append(conn)
         for conn in expired:

@@ -53,7 +53,7 @@ def test_hpack_mutation_scan_matches_a_real_encoder() -> None:
 
 
 def test_header_info_and_status_mappings() -> None:
-    info = h2.HeaderInfo([("grpc-status", "3"), ("grpc-message", "bad%20input")])
+    info = h2.HeaderInfo([(b"grpc-status", b"3"), (b"grpc-message", b"bad%20input")])
     assert info.grpc_status == 3 and info.grpc_message == "bad input"
     assert h2.http_to_grpc_status(503) == 14 and h2.http_to_grpc_status(418) == 2
     assert h2.rst_to_grpc_status(h2.REFUSED_STREAM) == 14

@@ -9,17 +9,22 @@ frames in `data_received`, calling back into the worker without tasks or futures
 What it implements of RFC 9113 (HTTP/2) and the gRPC wire protocol, client side:
 connection preface and SETTINGS (acknowledged both ways), PING replies, send-side
 flow control (connection and stream windows, frames cut at the peer's
-MAX_FRAME_SIZE, MAX_CONCURRENT_STREAMS respected by queueing), receive-side
-windows replenished with WINDOW_UPDATE, HEADERS + CONTINUATION, padding,
-RST_STREAM, GOAWAY (streams past the last id fail as UNAVAILABLE), trailers and
-trailers-only responses, gRPC message framing with optional gzip/deflate.
+MAX_FRAME_SIZE, MAX_CONCURRENT_STREAMS exposed as `has_capacity` for the owner to
+queue on), receive-side windows (connection and stream) replenished with
+WINDOW_UPDATE, HEADERS + CONTINUATION, padding, RST_STREAM, GOAWAY (streams past the
+last id fail as UNAVAILABLE), trailers and trailers-only responses.
 HPACK: requests use literals without indexing (so the peer's table size never
 matters); responses are decoded by `hpack.Decoder`, with decoded blocks cached
 while the dynamic table does not change (gRPC servers index their response
 headers, so steady-state responses are a few repeated bytes).
 
-One `H2Connection` is one TCP (or TLS) connection. Streams are owned by a
-`StreamSink` (the transport), which gets per-stream callbacks.
+A frame the RFC forbids is a connection error (GOAWAY, every open stream fails
+through the sink, state CLOSED) or a stream error (RST_STREAM, that stream fails);
+nothing raises out of `data_received`.
+
+One `Connection` is one TCP (or TLS) connection, in one `ConnState`. Streams are
+owned by a `StreamSink` (the transport), which gets per-stream callbacks and keeps
+its per-stream state of type `S` in `Connection.streams`.
 """
 
 from __future__ import annotations
@@ -27,19 +32,35 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import enum
+import logging
 import ssl
 import struct
-from collections.abc import Callable
-from typing import Any, Protocol, cast
+from collections.abc import Callable, Iterable
+from typing import Generic, Protocol, TypeVar, cast
 
 from hpack import Decoder
 from hpack.exceptions import HPACKError
 
 from volley import records as rc
 
+log = logging.getLogger("volley.wire.h2")
+
 # frame types
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)
 WINDOW_UPDATE, CONTINUATION = 8, 9
+FRAME_NAMES = (
+    "DATA",
+    "HEADERS",
+    "PRIORITY",
+    "RST_STREAM",
+    "SETTINGS",
+    "PUSH_PROMISE",
+    "PING",
+    "GOAWAY",
+    "WINDOW_UPDATE",
+    "CONTINUATION",
+)
 # flags
 END_STREAM = 0x1
 ACK = 0x1
@@ -51,7 +72,20 @@ S_HEADER_TABLE_SIZE, S_ENABLE_PUSH, S_MAX_CONCURRENT_STREAMS = 1, 2, 3
 S_INITIAL_WINDOW_SIZE, S_MAX_FRAME_SIZE, S_MAX_HEADER_LIST_SIZE = 4, 5, 6
 # error codes
 NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0, 1, 2, 3
-REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 7, 8, 9
+STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 5, 6, 7, 8, 9
+ENHANCE_YOUR_CALM = 11
+ERROR_NAMES = {
+    NO_ERROR: "NO_ERROR",
+    PROTOCOL_ERROR: "PROTOCOL_ERROR",
+    INTERNAL_ERROR: "INTERNAL_ERROR",
+    FLOW_CONTROL_ERROR: "FLOW_CONTROL_ERROR",
+    STREAM_CLOSED: "STREAM_CLOSED",
+    FRAME_SIZE_ERROR: "FRAME_SIZE_ERROR",
+    REFUSED_STREAM: "REFUSED_STREAM",
+    CANCEL: "CANCEL",
+    COMPRESSION_ERROR: "COMPRESSION_ERROR",
+    ENHANCE_YOUR_CALM: "ENHANCE_YOUR_CALM",
+}
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_WINDOW = 2**31 - 1
@@ -59,9 +93,16 @@ MAX_WINDOW = 2**31 - 1
 MAX_STREAM_ID = 2**31 - 1 - 2 * 65536
 #: The receive window we grant (per stream and, by WINDOW_UPDATE, per connection).
 RECV_WINDOW = 1 << 30
+#: The largest frame payload we accept: the default SETTINGS_MAX_FRAME_SIZE (we send none).
+MAX_RECV_FRAME = 16384
+#: The largest header block (HEADERS + CONTINUATION, compressed) we accept.
+MAX_HEADER_BLOCK = 1 << 20
+#: How many streams we reset are remembered (frames still in flight on them are ignored).
+RESET_MEMORY = 1024
 
 _FRAME = struct.Struct(">BHBBI")  # length (24 bits as 1+2 bytes), type, flags, stream id
 _U32 = struct.Struct(">I")
+_SETTING = struct.Struct(">HI")
 
 
 def frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
@@ -162,37 +203,38 @@ class HeaderInfo:
 
     __slots__ = ("encoding", "grpc_message", "grpc_status", "http_status", "ok_type")
 
-    def __init__(self, fields: list[tuple[str, str]]) -> None:
+    def __init__(self, fields: Iterable[tuple[bytes, bytes]]) -> None:
         self.http_status = 0
         self.grpc_status = -1
         self.grpc_message = ""
         self.encoding = ""
         self.ok_type = True
         for name, value in fields:
-            if name == ":status":
+            if name == b":status":
                 try:
                     self.http_status = int(value)
                 except ValueError:
                     self.http_status = -1
-            elif name == "grpc-status":
+            elif name == b"grpc-status":
                 try:
                     self.grpc_status = int(value)
                 except ValueError:
                     self.grpc_status = rc.UNKNOWN
-            elif name == "grpc-message":
+            elif name == b"grpc-message":
                 self.grpc_message = _percent_decode(value)
-            elif name == "grpc-encoding":
-                self.encoding = value
-            elif name == "content-type":
-                self.ok_type = value.startswith("application/grpc")
+            elif name == b"grpc-encoding":
+                self.encoding = value.decode("latin-1")
+            elif name == b"content-type":
+                self.ok_type = value.startswith(b"application/grpc")
 
 
-def _percent_decode(text: str) -> str:
-    if "%" not in text:
-        return text
-    from urllib.parse import unquote
+def _percent_decode(value: bytes) -> str:
+    """grpc-message: percent-encoded UTF-8."""
+    if b"%" not in value:
+        return value.decode("utf-8", "replace")
+    from urllib.parse import unquote_to_bytes
 
-    return unquote(text)
+    return unquote_to_bytes(value).decode("utf-8", "replace")
 
 
 def http_to_grpc_status(http_status: int) -> int:
@@ -214,39 +256,80 @@ def rst_to_grpc_status(code: int) -> int:
         return rc.UNAVAILABLE
     if code == CANCEL:
         return rc.CANCELLED
-    if code == 11:  # ENHANCE_YOUR_CALM
+    if code == ENHANCE_YOUR_CALM:
         return rc.RESOURCE_EXHAUSTED
     return rc.INTERNAL
 
 
-class StreamSink(Protocol):
-    """The owner of a connection's streams (a transport)."""
-
-    def on_headers(self, conn: H2Connection, sid: int, info: HeaderInfo, end: bool) -> None: ...
-
-    def on_data(self, conn: H2Connection, sid: int, data: bytes, end: bool) -> None: ...
-
-    def on_reset(self, conn: H2Connection, sid: int, grpc_status: int, message: str) -> None: ...
-
-    def on_connection_lost(self, conn: H2Connection, message: str) -> None: ...
-
-    def on_writable(self, conn: H2Connection) -> None: ...
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-class H2Connection(asyncio.Protocol):
+S = TypeVar("S")
+
+
+class StreamSink(Protocol[S]):
+    """The owner of a connection's streams (a transport); `S` is its per-stream state."""
+
+    def on_headers(self, conn: Connection[S], sid: int, info: HeaderInfo, end: bool) -> None: ...
+
+    def on_data(self, conn: Connection[S], sid: int, data: bytes, end: bool) -> None: ...
+
+    def on_reset(self, conn: Connection[S], sid: int, grpc_status: int, message: str) -> None: ...
+
+    def on_connection_lost(self, conn: Connection[S], message: str) -> None: ...
+
+    def on_writable(self, conn: Connection[S]) -> None: ...
+
+
+class ConnState(enum.Enum):
+    """Where a connection is. Only OPEN takes new streams."""
+
+    #: preface sent, the server's SETTINGS not yet received
+    CONNECTING = "connecting"
+    OPEN = "open"
+    #: GOAWAY received or stream ids spent: no new streams, open ones finish, then close
+    DRAINING = "draining"
+    #: closed by either side or failed; the sink has been told
+    CLOSED = "closed"
+
+
+# Module globals: `ConnState.OPEN` costs an enum class lookup (~150 ns) on the hot path.
+_CONNECTING = ConnState.CONNECTING
+_OPEN = ConnState.OPEN
+_DRAINING = ConnState.DRAINING
+_CLOSED = ConnState.CLOSED
+
+
+class _Queued:
+    """Request body bytes waiting for send window."""
+
+    __slots__ = ("end", "sid", "view")
+
+    def __init__(self, sid: int, view: memoryview, end: bool) -> None:
+        self.sid = sid
+        self.view = view
+        self.end = end
+
+
+class Connection(asyncio.Protocol, Generic[S]):
     """One client HTTP/2 connection; streams are opened with `start_stream`."""
 
-    def __init__(self, sink: StreamSink) -> None:
+    def __init__(self, sink: StreamSink[S]) -> None:
         self.sink = sink
         self.transport: asyncio.Transport | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.closed = False
+        self.state = _CONNECTING
         self.close_reason = ""
+        #: the owner's index for this connection (-1: none)
+        self.slot = -1
         self.next_sid = 1
-        #: streams opened and not yet closed by either side
-        self.open: set[int] = set()
+        #: streams opened and not yet closed by either side -> bytes received on the
+        #: stream and not yet given back by WINDOW_UPDATE
+        self.open: dict[int, int] = {}
         #: per-stream state owned by the sink (the transport)
-        self.streams: dict[int, Any] = {}
+        self.streams: dict[int, S] = {}
         #: peer settings
         self.max_streams = 1 << 31
         self.max_frame = 16384
@@ -254,8 +337,9 @@ class H2Connection(asyncio.Protocol):
         self.conn_window = 65535
         #: per-stream send windows (only streams that still have data to send or may)
         self.windows: dict[int, int] = {}
-        #: data waiting for window: (sid, remaining bytes, end_stream)
-        self.blocked: collections.deque[list[Any]] = collections.deque()
+        #: data waiting for window, in order
+        self.blocked: collections.deque[_Queued] = collections.deque()
+        #: last stream id the server said it will process (GOAWAY; -1: none received)
         self.goaway_last = -1
         self._buf = b""
         self._hdr_sid = 0
@@ -265,15 +349,31 @@ class H2Connection(asyncio.Protocol):
         self._decoder.max_header_list_size = 1 << 20
         self._gen = 0
         self._cache: dict[tuple[int, bytes], HeaderInfo] = {}
+        #: bytes received on the connection and not yet given back by WINDOW_UPDATE
         self._recv_unacked = 0
+        #: streams we reset, newest last (frames the server had already sent are ignored)
+        self._reset: dict[int, None] = {}
+        #: the first line of an HTTP/1 answer to our preface
+        self._http1 = ""
+
+    # ---- state -----------------------------------------------------------------------
+    @property
+    def usable(self) -> bool:
+        """New streams may start here."""
+        return self.state is _OPEN
+
+    @property
+    def has_capacity(self) -> bool:
+        """Usable, and below the server's MAX_CONCURRENT_STREAMS."""
+        return self.state is _OPEN and len(self.open) < self.max_streams
 
     # ---- asyncio.Protocol ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         settings = (
-            struct.pack(">HI", S_ENABLE_PUSH, 0)
-            + struct.pack(">HI", S_INITIAL_WINDOW_SIZE, RECV_WINDOW)
-            + struct.pack(">HI", S_MAX_HEADER_LIST_SIZE, 1 << 20)
+            _SETTING.pack(S_ENABLE_PUSH, 0)
+            + _SETTING.pack(S_INITIAL_WINDOW_SIZE, RECV_WINDOW)
+            + _SETTING.pack(S_MAX_HEADER_LIST_SIZE, 1 << 20)
         )
         self.transport.write(
             PREFACE
@@ -282,167 +382,345 @@ class H2Connection(asyncio.Protocol):
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._lost(f"connection lost: {exc}" if exc else "connection closed by the server")
+        if exc is not None:
+            self._lost(f"connection lost: {exc}")
+        elif self._http1:
+            self._lost(
+                f"connection closed by the server, which answered in HTTP/1 "
+                f"({self._http1!r}), not HTTP/2"
+            )
+        else:
+            self._lost("connection closed by the server")
 
     def data_received(self, data: bytes) -> None:
+        state = self.state
+        if state is not _OPEN:
+            if state is _CLOSED:
+                return
+            if state is _CONNECTING and not self._first_frame_ok(self._buf + data):
+                return
         if self._buf:
             data = self._buf + data
             self._buf = b""
         n = len(data)
         pos = 0
-        while n - pos >= 9:
-            hi, lo, ftype, flags, sid = _FRAME.unpack_from(data, pos)
-            length = (hi << 16) | lo
-            end = pos + 9 + length
-            if end > n:
-                break
-            sid &= 0x7FFFFFFF
-            if ftype == DATA:
-                self._on_data(sid, flags, data[pos + 9 : end], length)
-            elif ftype in (HEADERS, CONTINUATION):
-                self._on_headers(ftype, sid, flags, data[pos + 9 : end])
-            else:
-                self._on_control(ftype, flags, sid, data[pos + 9 : end])
-            if self.closed:
-                return
-            pos = end
+        try:
+            while n - pos >= 9:
+                hi, lo, ftype, flags, sid = _FRAME.unpack_from(data, pos)
+                length = (hi << 16) | lo
+                if length > MAX_RECV_FRAME:
+                    name = FRAME_NAMES[ftype] if ftype < 10 else f"type {ftype}"
+                    self.fail(FRAME_SIZE_ERROR, f"{name} frame of {length} bytes (limit 16384)")
+                    return
+                end = pos + 9 + length
+                if end > n:
+                    break
+                sid &= 0x7FFFFFFF
+                if self._hdr_sid and ftype != CONTINUATION:
+                    self.fail(PROTOCOL_ERROR, "a frame other than CONTINUATION in a header block")
+                    return
+                if ftype == DATA:
+                    self._on_data(sid, flags, data[pos + 9 : end], length)
+                elif ftype == HEADERS:
+                    self._on_headers(sid, flags, data[pos + 9 : end])
+                elif ftype == CONTINUATION:
+                    self._on_continuation(sid, flags, data[pos + 9 : end])
+                else:
+                    self._on_control(ftype, flags, sid, data[pos + 9 : end])
+                if self.state is _CLOSED:
+                    return
+                pos = end
+        except Exception as exc:  # a bug here or in the sink: end the connection, say why
+            log.error("HTTP/2 connection failed reading a frame", exc_info=True)
+            self.fail(INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}")
+            return
         if pos < n:
             self._buf = data[pos:]
+
+    def _first_frame_ok(self, data: bytes) -> bool:
+        """Before the server's SETTINGS: its first frame must be SETTINGS (RFC 9113 §3.4).
+
+        An HTTP/1 server answering the preface is left to close the connection, which
+        then says so (a likely mistake: a gRPC target given its HTTP port)."""
+        if self._http1:
+            return False
+        if len(data) < 9:
+            return True
+        if data.startswith(b"HTTP/"):
+            self._http1 = _one_line(data.split(b"\r\n", 1)[0].decode("latin-1"), 80)
+            return False
+        _, _, ftype, flags, sid = _FRAME.unpack_from(data)
+        if ftype != SETTINGS or flags & ACK or sid:
+            self.fail(PROTOCOL_ERROR, f"not HTTP/2: the server's first bytes were {data[:9]!r}")
+            return False
+        return True
+
+    # ---- errors ----------------------------------------------------------------------
+    def fail(self, code: int, message: str) -> None:
+        """Connection error: GOAWAY with `code`, close, every open stream fails."""
+        if self.state is _CLOSED:
+            return
+        message = f"HTTP/2 {ERROR_NAMES.get(code, code)}: {_one_line(message)}"
+        # last stream id: the last one the server opened, and it opens none
+        debug = message.encode("ascii", "replace")[:256]
+        self._control(frame(GOAWAY, 0, 0, _U32.pack(0) + _U32.pack(code) + debug))
+        if self.transport is not None:
+            self.transport.close()
+        self._lost(message)
+
+    def _stream_error(self, sid: int, code: int, message: str) -> None:
+        """RST_STREAM with `code` on an open stream, which fails."""
+        self.reset_stream(sid, code)
+        self.sink.on_reset(
+            self, sid, rst_to_grpc_status(code), f"HTTP/2 stream error: {_one_line(message)}"
+        )
+
+    def _not_open(self, sid: int, name: str) -> None:
+        """A stream frame for a stream that is not open."""
+        if sid >= self.next_sid or not sid & 1:  # idle: the server opens no streams
+            self.fail(PROTOCOL_ERROR, f"{name} frame on stream {sid}, which was never opened")
+        elif sid not in self._reset:  # closed by the server: it should know
+            self._remember_reset(sid)
+            self._control(frame(RST_STREAM, 0, sid, _U32.pack(STREAM_CLOSED)))
 
     # ---- frames ----------------------------------------------------------------------
     def _on_data(self, sid: int, flags: int, payload: bytes, length: int) -> None:
         if flags & PADDED:
             if not payload:
-                self.fail(PROTOCOL_ERROR, "DATA frame with bad padding")
+                self.fail(FRAME_SIZE_ERROR, "PADDED DATA frame without a pad length")
                 return
             pad = payload[0]
+            if pad >= len(payload):
+                self.fail(PROTOCOL_ERROR, f"DATA padding of {pad} in a {length}-byte frame")
+                return
             payload = payload[1 : len(payload) - pad]
-        self._recv_unacked += length
-        if self._recv_unacked > RECV_WINDOW // 2 and self.transport is not None:
-            self.transport.write(frame(WINDOW_UPDATE, 0, 0, _U32.pack(self._recv_unacked)))
-            self._recv_unacked = 0
+        # flow control counts whole frames, padding included, open stream or not
+        unacked = self._recv_unacked + length
+        if unacked > RECV_WINDOW // 2:
+            if unacked > RECV_WINDOW:
+                self.fail(FLOW_CONTROL_ERROR, "the server sent past the connection window")
+                return
+            self._control(frame(WINDOW_UPDATE, 0, 0, _U32.pack(unacked)))
+            unacked = 0
+        self._recv_unacked = unacked
+        got = self.open.get(sid)
+        if got is None:
+            self._not_open(sid, "DATA")
+            return
         if flags & END_STREAM:
             self.stream_closed(sid)
             self.sink.on_data(self, sid, payload, True)
-        else:
-            self.sink.on_data(self, sid, payload, False)
+            return
+        got += length
+        if got > RECV_WINDOW // 2:  # a long-lived stream: give its window back
+            if got > RECV_WINDOW:
+                self._stream_error(sid, FLOW_CONTROL_ERROR, "the server sent past the window")
+                return
+            self._control(frame(WINDOW_UPDATE, 0, sid, _U32.pack(got)))
+            got = 0
+        self.open[sid] = got
+        self.sink.on_data(self, sid, payload, False)
 
-    def _on_headers(self, ftype: int, sid: int, flags: int, payload: bytes) -> None:
-        if ftype == HEADERS:
-            if self._hdr_sid:
-                self.fail(PROTOCOL_ERROR, "HEADERS while a header block is open")
+    def _on_headers(self, sid: int, flags: int, payload: bytes) -> None:
+        if flags & (PADDED | PRIORITY_FLAG):
+            n = len(payload)
+            skip = (1 if flags & PADDED else 0) + (5 if flags & PRIORITY_FLAG else 0)
+            if n < skip:
+                self.fail(FRAME_SIZE_ERROR, f"HEADERS frame of {n} bytes, {skip} needed")
                 return
-            if flags & PADDED:
-                pad = payload[0]
-                payload = payload[1 : len(payload) - pad]
-            if flags & PRIORITY_FLAG:
-                payload = payload[5:]
+            pad = payload[0] if flags & PADDED else 0
+            if pad > n - skip:
+                self.fail(PROTOCOL_ERROR, f"HEADERS padding of {pad} in a {n}-byte frame")
+                return
+            payload = payload[skip : n - pad]
+        if not flags & END_HEADERS:
+            if sid == 0:  # (0 would read as "no header block open")
+                self.fail(PROTOCOL_ERROR, "HEADERS frame on stream 0")
+                return
+            self._hdr_sid = sid
             self._hdr_end = bool(flags & END_STREAM)
-            if not flags & END_HEADERS:
-                self._hdr_sid = sid
-                self._hdr_block = payload
-                return
-            block = payload
-        else:
-            if sid != self._hdr_sid:
-                self.fail(PROTOCOL_ERROR, "unexpected CONTINUATION frame")
-                return
-            self._hdr_block += payload
-            if not flags & END_HEADERS:
-                return
-            block = self._hdr_block
-            self._hdr_sid = 0
-            self._hdr_block = b""
-        info = self._cache.get((self._gen, block))
+            self._hdr_block = payload
+            return
+        info = self._cache.get((self._gen, payload))
         if info is None:
-            mutates = _hpack_mutates(block)
-            try:
-                fields = self._decoder.decode(block, raw=False)
-            except (HPACKError, UnicodeDecodeError, IndexError, ValueError) as exc:
-                self.fail(COMPRESSION_ERROR, f"bad header block: {exc}")
+            info = self._decode(payload)
+            if info is None:
                 return
-            info = HeaderInfo(fields)  # type: ignore[arg-type]
-            if mutates:
-                self._gen += 1
-                if len(self._cache) > 4096:
-                    self._cache.clear()
-            else:
-                self._cache[(self._gen, block)] = info
-        end = self._hdr_end
-        if end:
+        # decoded even when the stream is gone: the HPACK table must follow the server's
+        if sid not in self.open:
+            self._not_open(sid, "HEADERS")
+        elif flags & END_STREAM:
             self.stream_closed(sid)
-        self.sink.on_headers(self, sid, info, end)
+            self.sink.on_headers(self, sid, info, True)
+        else:
+            self.sink.on_headers(self, sid, info, False)
+
+    def _on_continuation(self, sid: int, flags: int, payload: bytes) -> None:
+        if not self._hdr_sid or sid != self._hdr_sid:
+            self.fail(PROTOCOL_ERROR, f"CONTINUATION frame on stream {sid} with no header block")
+            return
+        block = self._hdr_block + payload
+        if len(block) > MAX_HEADER_BLOCK:
+            self.fail(ENHANCE_YOUR_CALM, "header block over 1 MiB")
+            return
+        if not flags & END_HEADERS:
+            self._hdr_block = block
+            return
+        self._hdr_sid = 0
+        self._hdr_block = b""
+        self._on_headers(sid, END_HEADERS | (END_STREAM if self._hdr_end else 0), block)
+
+    def _decode(self, block: bytes) -> HeaderInfo | None:
+        """A header block decoded (and cached while the table stays), or None: failed."""
+        try:
+            mutates = _hpack_mutates(block)
+            info = HeaderInfo(self._decoder.decode(block, raw=True))
+        except (HPACKError, IndexError, ValueError) as exc:
+            self.fail(COMPRESSION_ERROR, f"bad header block: {exc}")
+            return None
+        if mutates:
+            self._gen += 1
+            if len(self._cache) > 4096:
+                self._cache.clear()
+        else:
+            self._cache[(self._gen, block)] = info
+        return info
 
     def _on_control(self, ftype: int, flags: int, sid: int, payload: bytes) -> None:
-        t = self.transport
         if ftype == SETTINGS:
-            if flags & ACK or t is None:
+            self._on_settings(flags, sid, payload)
+        elif ftype == WINDOW_UPDATE:
+            self._on_window_update(sid, payload)
+        elif ftype == PING:
+            if sid:
+                self.fail(PROTOCOL_ERROR, f"PING frame on stream {sid}")
+            elif len(payload) != 8:
+                self.fail(FRAME_SIZE_ERROR, f"PING frame of {len(payload)} bytes")
+            elif not flags & ACK:
+                self._control(frame(PING, ACK, 0, payload))
+        elif ftype == RST_STREAM:
+            if sid == 0:
+                self.fail(PROTOCOL_ERROR, "RST_STREAM frame on stream 0")
+            elif len(payload) != 4:
+                self.fail(FRAME_SIZE_ERROR, f"RST_STREAM frame of {len(payload)} bytes")
+            elif sid >= self.next_sid or not sid & 1:
+                self.fail(PROTOCOL_ERROR, f"RST_STREAM on stream {sid}, which was never opened")
+            elif sid in self.open:
+                code = _U32.unpack(payload)[0]
+                name = ERROR_NAMES.get(code, str(code))
+                self.stream_closed(sid)
+                self.sink.on_reset(
+                    self, sid, rst_to_grpc_status(code), f"stream reset by the server ({name})"
+                )
+        elif ftype == GOAWAY:
+            self._on_goaway(sid, payload)
+        elif ftype == PRIORITY:
+            if sid == 0:
+                self.fail(PROTOCOL_ERROR, "PRIORITY frame on stream 0")
+            elif len(payload) != 5 and sid in self.open:
+                self._stream_error(sid, FRAME_SIZE_ERROR, f"PRIORITY of {len(payload)} bytes")
+        elif ftype == PUSH_PROMISE:
+            self.fail(PROTOCOL_ERROR, "PUSH_PROMISE although push is disabled")
+        # unknown frame types are ignored (RFC 9113 §4.1)
+
+    def _on_settings(self, flags: int, sid: int, payload: bytes) -> None:
+        if sid:
+            self.fail(PROTOCOL_ERROR, f"SETTINGS frame on stream {sid}")
+            return
+        if flags & ACK:
+            if payload:
+                self.fail(FRAME_SIZE_ERROR, f"SETTINGS ACK with {len(payload)} bytes")
+            return
+        if len(payload) % 6:
+            self.fail(FRAME_SIZE_ERROR, f"SETTINGS frame of {len(payload)} bytes")
+            return
+        old_window = self.init_window
+        for off in range(0, len(payload), 6):
+            key, value = _SETTING.unpack_from(payload, off)
+            if key == S_MAX_CONCURRENT_STREAMS:
+                self.max_streams = value
+            elif key == S_INITIAL_WINDOW_SIZE:
+                if value > MAX_WINDOW:
+                    self.fail(FLOW_CONTROL_ERROR, f"initial window {value} too large")
+                    return
+                self.init_window = value
+            elif key == S_MAX_FRAME_SIZE:
+                if not 16384 <= value <= 16777215:
+                    self.fail(PROTOCOL_ERROR, f"MAX_FRAME_SIZE {value} out of range")
+                    return
+                self.max_frame = value
+            elif key == S_ENABLE_PUSH and value > 1:
+                self.fail(PROTOCOL_ERROR, f"ENABLE_PUSH {value}")
                 return
-            delta = 0
-            for off in range(0, len(payload) - 5, 6):
-                key, value = struct.unpack_from(">HI", payload, off)
-                if key == S_MAX_CONCURRENT_STREAMS:
-                    self.max_streams = value
-                elif key == S_INITIAL_WINDOW_SIZE:
-                    if value > MAX_WINDOW:
-                        self.fail(FLOW_CONTROL_ERROR, "initial window too large")
-                        return
-                    delta = value - self.init_window
-                    self.init_window = value
-                elif key == S_MAX_FRAME_SIZE:
-                    self.max_frame = value
-            if delta:
-                for k in self.windows:
-                    self.windows[k] += delta
-            t.write(frame(SETTINGS, ACK, 0))
+        delta = self.init_window - old_window
+        if delta:
+            windows = self.windows
+            for k, w in windows.items():
+                if w + delta > MAX_WINDOW:
+                    self.fail(FLOW_CONTROL_ERROR, f"stream {k} window over 2^31-1")
+                    return
+                windows[k] = w + delta
+        self._control(frame(SETTINGS, ACK, 0))
+        if self.state is _CONNECTING:
+            self.state = _OPEN
             if not self.ready.done():
                 self.ready.set_result(None)
-            self._flush_blocked()
-        elif ftype == PING:
-            if not flags & ACK and t is not None:
-                t.write(frame(PING, ACK, 0, payload[:8]))
-        elif ftype == WINDOW_UPDATE:
-            if len(payload) < 4:
+        self._flush_blocked()
+
+    def _on_window_update(self, sid: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            self.fail(FRAME_SIZE_ERROR, f"WINDOW_UPDATE frame of {len(payload)} bytes")
+            return
+        inc = _U32.unpack(payload)[0] & 0x7FFFFFFF
+        if sid == 0:
+            if inc == 0:
+                self.fail(PROTOCOL_ERROR, "WINDOW_UPDATE of 0 on the connection")
                 return
-            inc = _U32.unpack_from(payload)[0] & 0x7FFFFFFF
-            if sid == 0:
-                self.conn_window += inc
-            elif sid in self.windows:
-                self.windows[sid] += inc
-            if self.blocked:
-                self._flush_blocked()
-        elif ftype == RST_STREAM:
-            code = _U32.unpack_from(payload)[0] if len(payload) >= 4 else INTERNAL_ERROR
-            self.stream_closed(sid)
-            self.sink.on_reset(self, sid, rst_to_grpc_status(code), f"stream reset (code {code})")
-        elif ftype == GOAWAY:
-            last = (_U32.unpack_from(payload)[0] & 0x7FFFFFFF) if len(payload) >= 8 else 0
-            code = _U32.unpack_from(payload, 4)[0] if len(payload) >= 8 else 0
-            self.goaway_last = last
-            debug = payload[8:].decode("utf-8", "replace")
-            self.close_reason = f"server sent GOAWAY (code {code}{': ' + debug if debug else ''})"
-            # streams the server will not process fail now; others may still complete
-            for s in sorted(s for s in self.open if s > last):
-                self.stream_closed(s)
-                self.sink.on_reset(self, s, rc.UNAVAILABLE, self.close_reason)
-            if not self.open and self.transport is not None:
-                self.transport.close()
-        # PRIORITY, PUSH_PROMISE (disabled by our SETTINGS) and unknown types are ignored
+            if self.conn_window + inc > MAX_WINDOW:
+                self.fail(FLOW_CONTROL_ERROR, "connection window over 2^31-1")
+                return
+            self.conn_window += inc
+        elif sid >= self.next_sid or not sid & 1:
+            self.fail(PROTOCOL_ERROR, f"WINDOW_UPDATE on stream {sid}, which was never opened")
+            return
+        elif sid in self.open:
+            if inc == 0:
+                self._stream_error(sid, PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+                return
+            w = self.windows.get(sid)
+            if w is not None:
+                if w + inc > MAX_WINDOW:
+                    self._stream_error(sid, FLOW_CONTROL_ERROR, "stream window over 2^31-1")
+                    return
+                self.windows[sid] = w + inc
+        if self.blocked:
+            self._flush_blocked()
+
+    def _on_goaway(self, sid: int, payload: bytes) -> None:
+        if sid:
+            self.fail(PROTOCOL_ERROR, f"GOAWAY frame on stream {sid}")
+            return
+        if len(payload) < 8:
+            self.fail(FRAME_SIZE_ERROR, f"GOAWAY frame of {len(payload)} bytes")
+            return
+        last = _U32.unpack_from(payload)[0] & 0x7FFFFFFF
+        code = _U32.unpack_from(payload, 4)[0]
+        if 0 <= self.goaway_last < last:  # a later GOAWAY may only lower it
+            last = self.goaway_last
+        self.goaway_last = last
+        debug = _one_line(payload[8:].decode("utf-8", "replace"))
+        name = ERROR_NAMES.get(code, str(code))
+        self.close_reason = f"server sent GOAWAY ({name}{': ' + debug if debug else ''})"
+        if self.state is _OPEN:
+            self.state = _DRAINING
+        # streams the server will not process fail now; others may still complete
+        for s in sorted(s for s in self.open if s > last):
+            self.stream_closed(s)
+            self.sink.on_reset(self, s, rc.UNAVAILABLE, self.close_reason)
+        if not self.open and self.transport is not None:
+            self.transport.close()
 
     # ---- sending ---------------------------------------------------------------------
-    @property
-    def usable(self) -> bool:
-        return (
-            not self.closed
-            and self.goaway_last < 0
-            and self.next_sid < MAX_STREAM_ID
-            and self.transport is not None
-        )
-
-    @property
-    def has_capacity(self) -> bool:
-        return len(self.open) < self.max_streams
-
     def start_stream(self, header_block: bytes, body: bytes, end_stream: bool) -> int:
         """Open a stream: HEADERS (+ DATA with `body`). Returns the stream id.
 
@@ -451,7 +729,9 @@ class H2Connection(asyncio.Protocol):
         assert t is not None
         sid = self.next_sid
         self.next_sid = sid + 2
-        self.open.add(sid)
+        if sid + 2 >= MAX_STREAM_ID:  # ids spent: this connection retires
+            self.state = _DRAINING
+        self.open[sid] = 0
         n = len(body)
         window = self.init_window
         if n == 0:
@@ -477,7 +757,7 @@ class H2Connection(asyncio.Protocol):
             return sid
         t.write(hdr)
         self.windows[sid] = window
-        self.blocked.append([sid, memoryview(body), end_stream])
+        self.blocked.append(_Queued(sid, memoryview(body), end_stream))
         self._flush_blocked()
         return sid
 
@@ -492,63 +772,71 @@ class H2Connection(asyncio.Protocol):
             self.windows[sid] = w - n
             t.write(frame_header(n, DATA, END_STREAM if end_stream else 0, sid) + body)
             return
-        self.blocked.append([sid, memoryview(body), end_stream])
+        self.blocked.append(_Queued(sid, memoryview(body), end_stream))
         self._flush_blocked()
 
     def _flush_blocked(self) -> None:
         t = self.transport
-        if t is None or self.closed:
+        if t is None or self.state is _CLOSED:
             return
         while self.blocked:
             item = self.blocked[0]
-            sid, view, end = item[0], item[1], item[2]
+            sid, view = item.sid, item.view
             if sid not in self.windows:  # stream gone (reset or timed out)
                 self.blocked.popleft()
                 continue
             n = min(len(view), self.max_frame, self.windows[sid], self.conn_window)
             if n <= 0 and len(view) > 0:
                 return
-            chunk = view[:n]
             last = n == len(view)
             self.conn_window -= n
             self.windows[sid] -= n
             t.writelines(
-                (frame_header(n, DATA, END_STREAM if (last and end) else 0, sid), bytes(chunk))
+                (
+                    frame_header(n, DATA, END_STREAM if (last and item.end) else 0, sid),
+                    bytes(view[:n]),
+                )
             )
             if last:
                 self.blocked.popleft()
             else:
-                item[1] = view[n:]
+                item.view = view[n:]
         self.sink.on_writable(self)
 
     def reset_stream(self, sid: int, code: int = CANCEL) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(frame(RST_STREAM, 0, sid, _U32.pack(code)))
+        if self.state is not _CLOSED:
+            self._control(frame(RST_STREAM, 0, sid, _U32.pack(code)))
+            self._remember_reset(sid)
         self.stream_closed(sid)
 
-    def stream_closed(self, sid: int) -> None:
-        self.open.discard(sid)
-        self.windows.pop(sid, None)
-        if self.goaway_last >= 0 and not self.open and self.transport is not None:
-            self.transport.close()
+    def _control(self, data: bytes) -> None:
+        """Write a control frame, unless the transport is gone or closing."""
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.write(data)
 
-    def fail(self, code: int, message: str) -> None:
-        if self.transport is not None and not self.closed:
-            last = max(self.next_sid - 2, 0)
-            self.transport.write(frame(GOAWAY, 0, 0, _U32.pack(last) + _U32.pack(code)))
+    def _remember_reset(self, sid: int) -> None:
+        reset = self._reset
+        reset[sid] = None
+        if len(reset) > RESET_MEMORY:
+            del reset[next(iter(reset))]
+
+    def stream_closed(self, sid: int) -> None:
+        self.open.pop(sid, None)
+        self.windows.pop(sid, None)
+        if self.state is _DRAINING and not self.open and self.transport is not None:
             self.transport.close()
-        self._lost(message)
 
     def close(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(frame(GOAWAY, 0, 0, _U32.pack(0) + _U32.pack(NO_ERROR)))
+        if self.state is not _CLOSED and self.transport is not None:
+            self._control(frame(GOAWAY, 0, 0, _U32.pack(0) + _U32.pack(NO_ERROR)))
             self.transport.close()
         self._lost("closed")
 
     def _lost(self, message: str) -> None:
-        if self.closed:
+        if self.state is _CLOSED:
             return
-        self.closed = True
+        self.state = _CLOSED
         self.close_reason = self.close_reason or message
         if not self.ready.done():
             self.ready.set_exception(ConnectionError(message))
@@ -559,19 +847,25 @@ class H2Connection(asyncio.Protocol):
         self.sink.on_connection_lost(self, self.close_reason)
 
 
+#: A connection whose sink keeps no per-stream state on it.
+H2Connection = Connection[object]
+
+
 async def open_connection(
-    sink: StreamSink,
+    sink: StreamSink[S],
     host: str,
     port: int,
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
     timeout: float = 5.0,
-) -> H2Connection:
-    """Connect, exchange SETTINGS, and return a ready connection (ConnectionError if not)."""
+) -> Connection[S]:
+    """Connect, exchange SETTINGS, and return an OPEN connection (ConnectionError if not).
+
+    A connection that fails after TCP is up is closed (the sink hears of it)."""
     loop = asyncio.get_running_loop()
-    factory: Callable[[], H2Connection] = lambda: H2Connection(sink)  # noqa: E731
+    factory: Callable[[], Connection[S]] = lambda: Connection(sink)  # noqa: E731
     try:
-        _, proto = await asyncio.wait_for(
+        _, conn = await asyncio.wait_for(
             loop.create_connection(
                 factory,
                 host,
@@ -581,25 +875,34 @@ async def open_connection(
             ),
             timeout,
         )
-        sock = proto.transport.get_extra_info("socket") if proto.transport else None
-        if sock is not None:
-            import socket
-
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if ssl_context is not None and proto.transport is not None:
-            sslobj = proto.transport.get_extra_info("ssl_object")
-            if sslobj is not None and sslobj.selected_alpn_protocol() not in (None, "h2"):
-                proto.close()
-                raise ConnectionError(
-                    f"{host}:{port} did not agree to HTTP/2 over TLS "
-                    f"(ALPN {sslobj.selected_alpn_protocol()!r})"
-                )
-        await asyncio.wait_for(asyncio.shield(proto.ready), timeout)
+        try:
+            await _handshake(conn, host, port, ssl_context is not None, timeout)
+        except BaseException:
+            conn.close()
+            raise
     except TimeoutError:
         raise ConnectionError(f"{host}:{port}: no HTTP/2 answer within {timeout:g}s") from None
     except OSError as exc:
         raise ConnectionError(f"{host}:{port}: {exc.strerror or exc}") from None
     except ssl.SSLError as exc:
         raise ConnectionError(f"{host}:{port}: TLS failed: {exc.reason or exc}") from None
-    return proto
+    return conn
+
+
+async def _handshake(conn: Connection[S], host: str, port: int, tls: bool, timeout: float) -> None:
+    """TCP_NODELAY, ALPN checked, the server's SETTINGS received."""
+    t = conn.transport
+    sock = t.get_extra_info("socket") if t is not None else None
+    if sock is not None:
+        import socket
+
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if tls and t is not None:
+        sslobj = t.get_extra_info("ssl_object")
+        if sslobj is not None and sslobj.selected_alpn_protocol() not in (None, "h2"):
+            raise ConnectionError(
+                f"{host}:{port} did not agree to HTTP/2 over TLS "
+                f"(ALPN {sslobj.selected_alpn_protocol()!r})"
+            )
+    await asyncio.wait_for(asyncio.shield(conn.ready), timeout)
