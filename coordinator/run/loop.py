@@ -229,10 +229,12 @@ class RunLoop:
 
     def over_without(self, missing: AgentStream, now: int) -> bool:
         """The run is over but for missing agents: every other stream has ended (or is
-        missing too) and the schedule and the request timeout have passed."""
+        missing too), and the schedule and the request timeout have passed or the run
+        was stopped."""
         end_ns = self.start_ns + int((self.span_s + self.plan.timeout_s) * 1e9)
         others = (s for s in self.streams if s is not missing and s.state is not AgentState.MISSING)
-        return now >= end_ns and not any(s.active for s in others)
+        over = now >= end_ns or self.stopped is not None
+        return over and not any(s.active for s in others)
 
     def cut(self, s: AgentStream) -> None:
         """Give up on a missing stream: cancel it, tell the agent to stop (best effort: a

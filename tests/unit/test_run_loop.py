@@ -334,6 +334,25 @@ async def test_a_missing_agent_is_cut_once_the_run_is_over_without_it() -> None:
     await loop.shutdown()
 
 
+async def test_a_stopped_run_does_not_wait_for_a_missing_agent() -> None:
+    stop = asyncio.Event()
+    loop, clients, clock = _loop(n=1, heartbeat_timeout_s=2.5, stop_event=stop)
+    start = loop.agree_start()
+    clock.at(start, 0.0)
+    loop.startup()
+    await _settle()
+    assert await loop.on_tick(clock.at(start, 2.6))
+    await _settle()
+    assert loop.streams[0].state is AgentState.MISSING and loop.running
+    stop.set()  # the user interrupts: nothing else to wait for
+    assert await loop.on_tick(clock.at(start, 2.7))
+    assert await loop.on_tick(clock.at(start, 2.8))
+    await _settle()
+    assert not loop.running
+    assert clients[0].stops == ["interrupted by the user", "declared missing"]
+    await loop.shutdown()
+
+
 async def test_keepalive_does_not_wait_for_the_previous_answer() -> None:
     """A stalled agent: pings go out every period anyway (a resuming agent finds fresh
     ones), at most MAX_PINGS_IN_FLIGHT at a time."""
