@@ -84,6 +84,37 @@ SPOOL_STATUS_S = 1.0
 log = logging.getLogger("volley.agent")
 
 
+class SilenceClock:
+    """How long the coordinator has been silent, counted only over time this agent ran.
+
+    `check(now, heard)` runs at each watchdog check with the instant the coordinator was
+    last heard from (its last keepalive; same clock). Between two checks at most
+    `max_gap_s` counts: a longer gap means the agent itself was not running (stopped by
+    SIGSTOP, starved), and the keepalives sent meanwhile are still in its socket, so the gap
+    is no evidence of the coordinator's silence. Pure: no clock of its own.
+    """
+
+    def __init__(self, max_gap_s: float) -> None:
+        self.max_gap_s = max_gap_s
+        self._prev: float | None = None
+        self._heard = 0.0
+        self._silent = 0.0
+
+    def check(self, now: float, heard: float) -> float:
+        """Seconds of silence (of this agent's running time) since `heard`."""
+        heard = max(heard, self._heard)
+        if self._prev is None:
+            silent = now - heard
+        else:
+            credit = min(now - self._prev, self.max_gap_s)
+            if heard > self._prev:  # heard since the last check: only the credit counts
+                silent = min(now - heard, credit)
+            else:
+                silent = min(self._silent, self._prev - heard) + credit
+        self._prev, self._heard, self._silent = now, heard, max(silent, 0.0)
+        return self._silent
+
+
 class RunSession:
     def __init__(self, spec: SessionSpec, spool: SpoolWriter | None = None) -> None:
         self.spec = spec
@@ -106,6 +137,9 @@ class RunSession:
         self._task: asyncio.Task[None] | None = None
         self._done = asyncio.Event()
         self._last_spool_status = 0.0
+        #: The coordinator's silence, over this agent's own running time (the watchdog
+        #: checks it every heartbeat; a longer gap between checks is the agent's own pause).
+        self.silence = SilenceClock(max(2 * spec.heartbeat_s, 0.5))
 
     def stop(self, reason: str) -> None:
         if not self._stop.is_set():
@@ -194,16 +228,24 @@ class RunSession:
         return True
 
     def _watchdog(self, now: float) -> None:
-        """Stop the workers when the coordinator is gone, or past the agent's own limit."""
+        """Stop the workers when the coordinator is gone (silent past the grace period,
+        counted over the agent's own running time: `SilenceClock`), or past the agent's
+        own duration limit (a hard limit: real time)."""
         if self._stop.is_set():
             return
         s = self.spec
+        # the coordinator's last sign of life: its keepalive, or (one that does not ping)
+        # the Run stream while it is attached
         if s.keepalive_s > 0:
-            silent = now - self.last_contact
-            if silent > s.grace_s:
+            heard = self.last_contact
+        else:
+            heard = now if self.attached else self.detached_at
+        silent = self.silence.check(now, heard)
+        if silent > s.grace_s:
+            if s.keepalive_s > 0:
                 self.stop(f"coordinator gone (no keepalive for {silent:.1f}s)")
-        elif not self.attached and now - self.detached_at > s.grace_s:
-            self.stop(f"coordinator gone ({self.detach_reason} {now - self.detached_at:.1f}s ago)")
+            else:
+                self.stop(f"coordinator gone ({self.detach_reason} {silent:.1f}s ago)")
         if s.max_duration_s > 0:
             limit_ns = s.start_at_ns + int((s.max_duration_s + s.plan.timeout_s + 5.0) * 1e9)
             if time.monotonic_ns() > limit_ns:

@@ -72,6 +72,14 @@ class ByteCounts(TypedDict):
     response: int
 
 
+class SilenceRow(TypedDict):
+    """`agents[].silences`: seconds from the start instant (coordinator clock)."""
+
+    heard_s: float  #: its last event before the silence
+    missing_s: float  #: declared missing
+    back_s: float  #: its first event after it
+
+
 class AgentRow(TypedDict):
     id: str
     address: str
@@ -102,6 +110,8 @@ class AgentRow(TypedDict):
     input_pool_bytes: NotRequired[int]
     last_seen_s: NotRequired[float]
     lost_detected_s: NotRequired[float | None]
+    #: Times it was declared missing and then heard from again (its stream stayed open).
+    silences: NotRequired[list[SilenceRow]]
 
 
 class PayloadRow(TypedDict):

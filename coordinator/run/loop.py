@@ -13,6 +13,7 @@ import enum
 import time
 from typing import Any
 
+from coordinator.agents import AgentState
 from coordinator.aggregate import Aggregator
 from coordinator.run.options import Progress, RunOptions
 from coordinator.run.stream import AgentStream, Clock
@@ -31,8 +32,16 @@ SEAL_AFTER_TIMEOUT_S = 10
 DEADLINE_SLACK_S = 15.0
 #: Once overdue and told to stop, the agents have this long before their streams are cut.
 DEADLINE_GRACE_NS = 5_000_000_000
-#: What a stream declared missing is told (best effort).
+#: What a stream cut after it went missing is told (best effort).
 MISSING_STOP = "declared missing"
+#: A gap between two ticks longer than this is the coordinator's own absence (the process
+#: was stopped, SIGSTOP, or its event loop starved), not the agents' silence: what they
+#: sent meanwhile waits in the sockets. Only this much of such a gap is counted.
+MAX_TICK_GAP_NS = 500_000_000
+#: A missing agent whose stream is still open is waited for this much longer (silence
+#: counted the same way) before its stream is cut and it is told to stop; events arriving
+#: meanwhile take it back.
+MISSING_WAIT_S = 7.5
 
 
 class StopReason(enum.StrEnum):
@@ -43,6 +52,36 @@ class StopReason(enum.StrEnum):
     DEADLINE = "run overran its deadline"
     #: An agent refused the run: the others are stopped, and execute() raises.
     REFUSED = "another agent refused the run"
+
+
+class SilenceClock:
+    """How long a peer has been silent, counted only over time this side was running.
+
+    `check(now, heard)` is called once per tick with the instant the peer was last heard
+    from (same clock). Between two checks at most `max_gap_ns` counts: a longer gap means
+    this side was not running (stopped, starved), and whatever the peer sent meanwhile was
+    not read yet, so it is no evidence of the peer's silence. Pure: no clock of its own.
+    """
+
+    def __init__(self, max_gap_ns: int) -> None:
+        self.max_gap_ns = max_gap_ns
+        self._prev: int | None = None
+        self._heard = 0
+        self._silent = 0
+
+    def check(self, now: int, heard: int) -> int:
+        """Nanoseconds of silence (of this side's running time) since `heard`."""
+        heard = max(heard, self._heard)
+        if self._prev is None:
+            silent = now - heard
+        else:
+            credit = min(now - self._prev, self.max_gap_ns)
+            if heard > self._prev:  # heard since the last check: only the credit counts
+                silent = min(now - heard, credit)
+            else:
+                silent = min(self._silent, self._prev - heard) + credit
+        self._prev, self._heard, self._silent = now, heard, max(silent, 0)
+        return self._silent
 
 
 class RunLoop:
@@ -80,6 +119,8 @@ class RunLoop:
         self.sealed: set[int] = set()
         self.sealed_rows: list[dict[str, Any]] = []
         self._pingers: list[asyncio.Task[None]] = []
+        #: Per agent index: its silence, over the coordinator's own running time.
+        self._silence: dict[int, SilenceClock] = {}
         self._background: set[asyncio.Task[Any]] = set()
 
     # ---- records from the streams (RecordSink) ------------------------------
@@ -169,19 +210,41 @@ class RunLoop:
         return True
 
     def check_liveness(self, now: int) -> None:
-        """A stream silent past the heartbeat timeout is declared missing and cut."""
+        """Judge each open stream's silence, counted over the coordinator's running time
+        only (`SilenceClock`: a tick gap past MAX_TICK_GAP_NS is its own pause). Silent past
+        the heartbeat timeout: declared missing, its stream kept open (events resuming take
+        it back: `AgentStream.heard`). Missing and silent MISSING_WAIT_S longer, or the run
+        is over without it: its stream is cut and it is told to stop (best effort)."""
+        limit_s = self.opts.heartbeat_timeout_s
         for s in self.streams:
             if s.task is None or s.task.done():
                 continue  # ended, or never started
-            silent = (now - s.info.last_seen_ns) / 1e9
-            if silent > self.opts.heartbeat_timeout_s:
+            watch = self._silence.setdefault(s.index, SilenceClock(MAX_TICK_GAP_NS))
+            silent = watch.check(now, s.info.last_seen_ns) / 1e9
+            if s.state is AgentState.MISSING:
+                if silent > limit_s + MISSING_WAIT_S or self.over_without(s, now):
+                    self.cut(s)
+            elif silent > limit_s:
                 s.mark_lost(f"no heartbeat for {silent:.1f}s", now)
-                s.task.cancel()
-                # best effort: a merely stalled agent stops firing now (a cut-off one
-                # stops by itself once our keepalives stop reaching it)
-                t = asyncio.create_task(s.client.stop(self.run_id, MISSING_STOP, 1.0))
-                self._background.add(t)
-                t.add_done_callback(self._background.discard)
+
+    def over_without(self, missing: AgentStream, now: int) -> bool:
+        """The run is over but for missing agents: every other stream has ended (or is
+        missing too), and the schedule and the request timeout have passed or the run
+        was stopped."""
+        end_ns = self.start_ns + int((self.span_s + self.plan.timeout_s) * 1e9)
+        others = (s for s in self.streams if s is not missing and s.state is not AgentState.MISSING)
+        over = now >= end_ns or self.stopped is not None
+        return over and not any(s.active for s in others)
+
+    def cut(self, s: AgentStream) -> None:
+        """Give up on a missing stream: cancel it, tell the agent to stop (best effort: a
+        stalled agent stops firing; a cut-off one stops once our keepalives stop reaching
+        it)."""
+        assert s.task is not None
+        s.task.cancel()
+        t = asyncio.create_task(s.client.stop(self.run_id, MISSING_STOP, 1.0))
+        self._background.add(t)
+        t.add_done_callback(self._background.discard)
 
     async def check_stop(self) -> None:
         """The user asked to stop: tell every agent, once."""

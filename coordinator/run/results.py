@@ -48,10 +48,27 @@ def add_input_pool(summary: Summary, pool: PoolDescription, infos: list[AgentInf
 
 
 def annotate(summary: Summary, streams: list[AgentStream], start_ns: int, run_dir: Path) -> None:
-    """Per-agent failure detection figures, and how to recover what a lost agent kept."""
+    """Per-agent failure detection figures (and silences it came back from, as warnings:
+    a missing-then-returned agent is partial only if it ends missing or failed), and how
+    to recover what a lost agent kept."""
     for s, row in zip(streams, summary["agents"], strict=True):
         row["last_seen_s"] = round((s.info.last_seen_ns - start_ns) / 1e9, 3)
         row["lost_detected_s"] = round((s.lost_ns - start_ns) / 1e9, 3) if s.lost_ns else None
+        if s.silences:
+            row["silences"] = [
+                {
+                    "heard_s": round((g.heard_ns - start_ns) / 1e9, 3),
+                    "missing_s": round((g.missing_ns - start_ns) / 1e9, 3),
+                    "back_s": round((g.back_ns - start_ns) / 1e9, 3),
+                }
+                for g in s.silences
+            ]
+            summary["verdict"]["warnings"] += [
+                f"agent {s.name} was silent for {(g.back_ns - g.heard_ns) / 1e9:.1f}s "
+                f"(declared missing at {(g.missing_ns - start_ns) / 1e9:.1f}s, heard again at "
+                f"{(g.back_ns - start_ns) / 1e9:.1f}s); what it sent meanwhile arrived late"
+                for g in s.silences
+            ]
     lost = [s for s in streams if s.state.partial]
     summary["partial_agents"] = [s.name for s in lost]
     if lost:

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
@@ -33,6 +34,19 @@ REFUSALS = (
     grpc.StatusCode.UNAUTHENTICATED,
     grpc.StatusCode.FAILED_PRECONDITION,
 )
+
+
+#: Keepalive pings in flight at once to one agent (a stalled agent does not pile them up).
+MAX_PINGS_IN_FLIGHT = 4
+
+
+@dataclass(frozen=True)
+class Silence:
+    """A time an agent was declared missing, then heard from again (coordinator ns)."""
+
+    heard_ns: int  #: last event before the silence
+    missing_ns: int  #: declared missing
+    back_ns: int  #: first event after it
 
 
 class RunClient(Protocol):
@@ -78,6 +92,8 @@ class AgentStream:
         self.refused = ""
         #: When (coordinator monotonic ns) it was found missing or its stream broke.
         self.lost_ns = 0
+        #: Times it was declared missing and came back (its stream stayed open).
+        self.silences: list[Silence] = []
 
     @property
     def state(self) -> AgentState:
@@ -104,6 +120,22 @@ class AgentStream:
             self.lost_ns = now_ns
             log.warning("agent %s missing: %s", self.info.address, why)
 
+    def heard(self, now_ns: int) -> None:
+        """An event arrived. A missing agent whose stream is still open is taken back:
+        running again, the silence recorded (summary: agents[].silences)."""
+        if self.state is AgentState.MISSING and self.lost_ns:
+            gap = Silence(self.info.last_seen_ns, self.lost_ns, now_ns)
+            self.silences.append(gap)
+            self.state = AgentState.RUNNING
+            self.info.error = ""
+            self.lost_ns = 0
+            log.warning(
+                "agent %s back after %.1fs of silence",
+                self.info.address,
+                (gap.back_ns - gap.heard_ns) / 1e9,
+            )
+        self.info.last_seen_ns = now_ns
+
     def request(self, run_id: str, plan_json: str, keepalive_s: float) -> pb.RunRequest:
         return pb.RunRequest(
             run_id=run_id,
@@ -121,7 +153,7 @@ class AgentStream:
         self.info.last_seen_ns = self.clock()
         try:
             async for ev in self.client.run(req):
-                self.info.last_seen_ns = self.clock()
+                self.heard(self.clock())
                 if await self._event(ev, req.run_id, sink):
                     return
             if self.state is AgentState.RUNNING:
@@ -170,10 +202,23 @@ class AgentStream:
         return False
 
     async def keepalive(self, run_id: str, period_s: float) -> None:
-        """Tell the agent the coordinator is still here (it stops the run otherwise)."""
-        while self.active:
-            await self.client.keepalive(run_id, timeout_s=max(period_s * 2, 1.0))
-            await asyncio.sleep(period_s)
+        """Tell the agent the coordinator is still here (it stops the run otherwise): one
+        ping every period, not waiting for the previous answer, so that an agent that was
+        paused finds fresh pings as soon as it resumes (at most MAX_PINGS_IN_FLIGHT)."""
+        pings: set[asyncio.Task[bool]] = set()
+        try:
+            while self.active:
+                if len(pings) < MAX_PINGS_IN_FLIGHT:
+                    t = asyncio.create_task(
+                        self.client.keepalive(run_id, timeout_s=max(period_s * 2, 1.0))
+                    )
+                    pings.add(t)
+                    t.add_done_callback(pings.discard)
+                await asyncio.sleep(period_s)
+        finally:
+            for t in pings:
+                t.cancel()
+            await asyncio.gather(*pings, return_exceptions=True)
 
 
 async def handshake(addresses: list[str], opts: RunOptions) -> list[AgentStream]:

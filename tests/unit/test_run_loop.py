@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,6 +23,9 @@ from coordinator.run import (
     RunOptions,
     StopReason,
 )
+from coordinator.run.loop import SilenceClock
+from coordinator.run.results import annotate
+from coordinator.run.stream import MAX_PINGS_IN_FLIGHT, Silence
 from coordinator.rundir import timeseries_rows
 from coordinator.summary import AgentInfo
 from volley.plan import Plan, plan_from_dict
@@ -175,10 +179,23 @@ async def test_silent_agent_is_missing_after_the_heartbeat_timeout() -> None:
     assert missing_at == 26  # silent 2.6 s > 2.5 s (2.5 s itself is not enough)
     assert a.lost_ns == start + 26 * S // 10
     assert a.info.error == "no heartbeat for 2.6s"
-    assert a.task is not None and a.task.cancelled()
-    assert clients[0].stops == ["declared missing"]
     # agent 1 was heard at 1.0 s: missing at 3.6 s
     assert b.state is AgentState.MISSING and b.lost_ns == start + 36 * S // 10
+    # missing, not given up on: the streams stay open, nobody is told to stop
+    assert a.active and b.active and clients[0].stops == clients[1].stops == []
+    # silent 7.5 s more (10 s in all): cut, told to stop
+    cut_at = None
+    for tick in range(40, 120):
+        loop.check_liveness(clock.at(start, tick / 10))
+        await _settle()
+        if not a.active and cut_at is None:
+            cut_at = tick
+            assert b.active
+    assert cut_at == 101
+    assert a.task is not None and a.task.cancelled()
+    assert a.state is AgentState.MISSING and a.info.error == "no heartbeat for 2.6s"
+    assert clients[0].stops == ["declared missing"]
+    assert not b.active and clients[1].stops == ["declared missing"]  # cut at 11.1 s
     await loop.shutdown()
 
 
@@ -192,9 +209,177 @@ async def test_on_tick_checks_liveness() -> None:
     assert [s.state for s in loop.streams] == [AgentState.RUNNING]
     assert await loop.on_tick(clock.at(start, 2.6))
     await _settle()
-    assert [s.state for s in loop.streams] == [AgentState.MISSING] and not loop.running
+    assert [s.state for s in loop.streams] == [AgentState.MISSING] and loop.running
+    for tick in range(27, 102):  # silent past the wait: cut
+        assert await loop.on_tick(clock.at(start, tick / 10))
+    await _settle()
+    assert not loop.running
     await loop.shutdown()
     assert clients[0].stops == ["declared missing"] and not clients[0].closed
+
+
+def test_silence_clock_counts_only_the_checkers_running_time() -> None:
+    watch = SilenceClock(max_gap_ns=S // 2)
+    assert watch.check(T0, T0) == 0
+    assert watch.check(T0 + S // 10, T0) == S // 10  # ticks 0.1 s apart: all counts
+    # a 5 s gap between ticks: this side was not running; 0.5 s of it counts
+    assert watch.check(T0 + 51 * S // 10, T0) == S // 10 + S // 2
+    assert watch.check(T0 + 52 * S // 10, T0) == S // 10 + S // 2 + S // 10
+    # heard in the middle of a gap: at most the gap's credit counts after it
+    watch = SilenceClock(max_gap_ns=S // 2)
+    watch.check(T0, T0)
+    assert watch.check(T0 + 5 * S, T0 + S // 100) == S // 2
+    # heard since the last tick, within the credit: counted exactly
+    assert watch.check(T0 + 5 * S + S // 10, T0 + 5 * S + S // 20) == S // 20
+    # an older instant than one already seen changes nothing
+    assert watch.check(T0 + 5 * S + S // 5, T0) == S // 20 + S // 10
+
+
+async def test_a_coordinator_pause_is_not_the_agents_silence() -> None:
+    """The coordinator stopped for 5 s (SIGSTOP): its agents' heartbeats queue up in the
+    sockets. At the first tick after it resumes (before the queued events are read)
+    nobody is missing; an agent that really is silent is missing after 2.5 s of the
+    coordinator's running time (its silence before the pause, + 0.5 s, + after)."""
+    loop, clients, clock = _loop(heartbeat_timeout_s=2.5)
+    start = loop.agree_start()
+    clock.at(start, 0.0)
+    loop.startup()
+    await _settle()
+    for tick in range(1, 21):  # 2 s of heartbeats every 0.1 s, both agents
+        now = clock.at(start, tick / 10)
+        for c in clients:
+            c.events.put_nowait(_status(now))
+        await _settle()
+        assert await loop.on_tick(now)
+    # paused from 2.0 s to 7.0 s; the first tick runs before any queued event is read
+    assert await loop.on_tick(clock.at(start, 7.0))
+    await _settle()
+    assert [s.state for s in loop.streams] == [AgentState.RUNNING] * 2
+    # now the queued heartbeats of agent 0 are read; agent 1 really went silent at 2.0 s
+    for _ in range(20):
+        clients[0].events.put_nowait(_status(clock.now))
+    await _settle()
+    a, b = loop.streams
+    missing_at = None
+    for tick in range(71, 120):
+        now = clock.at(start, tick / 10)
+        clients[0].events.put_nowait(_status(now))
+        await _settle()
+        assert await loop.on_tick(now)
+        await _settle()
+        if b.state is AgentState.MISSING and missing_at is None:
+            missing_at = tick
+            assert b.info.error == "no heartbeat for 2.6s"
+    assert a.state is AgentState.RUNNING and a.lost_ns == 0
+    assert missing_at == 91  # 0.5 s of the pause + 2.1 s after it: 2.6 s > 2.5 s
+    assert all(c.stops == [] for c in clients)
+    await loop.shutdown()
+
+
+async def test_a_missing_agent_that_speaks_again_is_taken_back() -> None:
+    loop, clients, clock = _loop(n=1, heartbeat_timeout_s=2.5)
+    start = loop.agree_start()
+    clock.at(start, 0.0)
+    loop.startup()
+    await _settle()
+    s = loop.streams[0]
+    for tick in range(1, 41):
+        now = clock.at(start, tick / 10)
+        if tick == 40:  # paused agent resumes at 4.0 s: its backlog arrives
+            clients[0].events.put_nowait(_status(now))
+            await _settle()
+        assert await loop.on_tick(now)
+        await _settle()
+        if tick == 26:
+            assert s.state is AgentState.MISSING and s.lost_ns == start + 26 * S // 10
+    assert s.state is AgentState.RUNNING and s.lost_ns == 0 and s.info.error == ""
+    assert s.silences == [Silence(start, start + 26 * S // 10, start + 4 * S)]
+    assert clients[0].stops == []
+    clients[0].events.put_nowait(_finished())
+    await _settle()
+    assert s.state is AgentState.DONE and not s.state.partial
+    summary: Any = {"agents": [{}], "verdict": {"warnings": []}}
+    annotate(summary, loop.streams, start, Path("/runs/x"))
+    assert summary["agents"][0]["silences"] == [{"heard_s": 0.0, "missing_s": 2.6, "back_s": 4.0}]
+    assert summary["agents"][0]["lost_detected_s"] is None
+    assert summary["partial_agents"] == [] and "recovery" not in summary
+    (warning,) = summary["verdict"]["warnings"]
+    assert "agent agent0:7070 was silent for 4.0s" in warning
+    assert "declared missing at 2.6s, heard again at 4.0s" in warning
+    await loop.shutdown()
+
+
+async def test_a_missing_agent_is_cut_once_the_run_is_over_without_it() -> None:
+    """The others have ended and the schedule and request timeout have passed (5 + 2 s):
+    no use waiting the rest of the 10 s for the missing one."""
+    loop, clients, clock = _loop(plan=_plan(duration_s=5.0), heartbeat_timeout_s=2.5)
+    start = loop.agree_start()
+    clock.at(start, 0.0)
+    loop.startup()
+    await _settle()
+    a, b = loop.streams
+    for tick in range(1, 80):
+        now = clock.at(start, tick / 10)
+        if tick < 65:
+            clients[0].events.put_nowait(_status(now))
+        elif tick == 65:
+            clients[0].events.put_nowait(_finished())
+        await _settle()
+        assert await loop.on_tick(now)
+        await _settle()
+        if tick == 69:
+            assert a.state is AgentState.DONE and b.state is AgentState.MISSING and b.active
+    assert not b.active and clients[1].stops == ["declared missing"]
+    assert b.state is AgentState.MISSING and b.lost_ns == start + 26 * S // 10
+    await loop.shutdown()
+
+
+async def test_a_stopped_run_does_not_wait_for_a_missing_agent() -> None:
+    stop = asyncio.Event()
+    loop, clients, clock = _loop(n=1, heartbeat_timeout_s=2.5, stop_event=stop)
+    start = loop.agree_start()
+    clock.at(start, 0.0)
+    loop.startup()
+    await _settle()
+    assert await loop.on_tick(clock.at(start, 2.6))
+    await _settle()
+    assert loop.streams[0].state is AgentState.MISSING and loop.running
+    stop.set()  # the user interrupts: nothing else to wait for
+    assert await loop.on_tick(clock.at(start, 2.7))
+    assert await loop.on_tick(clock.at(start, 2.8))
+    await _settle()
+    assert not loop.running
+    assert clients[0].stops == ["interrupted by the user", "declared missing"]
+    await loop.shutdown()
+
+
+async def test_keepalive_does_not_wait_for_the_previous_answer() -> None:
+    """A stalled agent: pings go out every period anyway (a resuming agent finds fresh
+    ones), at most MAX_PINGS_IN_FLIGHT at a time."""
+    loop, clients, _ = _loop(n=1)
+    loop.agree_start()
+    loop.startup()
+    hang = asyncio.Event()
+    pings: list[str] = []
+
+    async def keepalive(run_id: str, timeout_s: float = 1.0) -> bool:
+        pings.append(run_id)
+        await hang.wait()
+        return True
+
+    clients[0].keepalive = keepalive  # type: ignore[method-assign]
+    s = loop.streams[0]
+    task = asyncio.create_task(s.keepalive("r1", 0.001))
+    for _ in range(200):
+        await asyncio.sleep(0.001)
+    assert pings == ["r1"] * MAX_PINGS_IN_FLIGHT
+    hang.set()
+    for _ in range(20):
+        await asyncio.sleep(0.001)
+    assert len(pings) > MAX_PINGS_IN_FLIGHT
+    clients[0].events.put_nowait(None)  # the stream ends: so does the keepalive
+    await asyncio.wait_for(task, 5)
+    await loop.shutdown()
 
 
 async def test_liveness_skips_streams_that_ended() -> None:

@@ -37,6 +37,7 @@ NOT_EXERCISED = {
     "summary.recovered",
     "summary.agents[].last_seen_s",
     "summary.agents[].lost_detected_s",
+    "summary.agents[].silences",
     # the server block's optional figures (batch stats, instances, utilization) are
     # written by coordinator/stats (tests/unit/test_server_stats.py); its required keys
     # are still checked here
