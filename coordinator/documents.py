@@ -149,8 +149,11 @@ class SloResult(TypedDict):
     metric: str
     op: str
     threshold: float
+    #: None when there is nothing to judge (see reason).
     actual: float | None
     passed: bool
+    #: Why it failed without a figure (e.g. "no successful request"); "" when judged.
+    reason: str
 
 
 class Verdict(TypedDict):

@@ -315,7 +315,8 @@ def build_summary(
         },
     }
     # SLOs are judged on the figures above
-    slo = [parse_slo(s).evaluate(summary) for s in plan.slos]
+    samples = {"latency_ms": total.latency.count, "service_time_ms": total.service.count}
+    slo = [parse_slo(s).evaluate(summary, samples) for s in plan.slos]
     summary["verdict"]["slo"] = slo
     summary["verdict"]["slo_passed"] = all(r["passed"] for r in slo)
     return summary
