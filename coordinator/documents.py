@@ -98,6 +98,12 @@ class AgentRow(TypedDict):
     cpu_us_per_request: float | None
     saturated: bool
     saturation: str
+    #: Records of its batches dropped as invalid (never ingested; coordinator/validate.py).
+    invalid_records: int
+    #: What it got wrong: fault kind (coordinator.validate.Fault) -> records (for record
+    #: faults: bad clock, duplicate index, ...) or events (malformed batch, bad status
+    #: message, start disagrees with the run); {} for an honest agent.
+    faults: dict[str, int]
     #: Set by the run (not by `volley collect`).
     input_pool_bytes: NotRequired[int]
     last_seen_s: NotRequired[float]
