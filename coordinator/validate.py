@@ -193,9 +193,10 @@ class AgentCheck:
         self.faults[kind.value] += n
 
     def started(self, st: pb.Started) -> bool:
-        """The agent's Started agrees with what it was asked (its slot, its slice size)."""
+        """The agent's Started agrees with what it was asked: its slot, and its slice's
+        size where it says one (0: it does not)."""
         ok = st.agent_index == self.agent_index and (
-            not self.shape.open_loop or st.scheduled == self.slice_size
+            not self.shape.open_loop or st.scheduled in (0, self.slice_size)
         )
         if not ok:
             self.fault(Fault.BAD_START)
