@@ -106,6 +106,12 @@ class AgentRow(TypedDict):
     cpu_us_per_request: float | None
     saturated: bool
     saturation: str
+    #: Records of its batches dropped as invalid (never ingested; coordinator/validate.py).
+    invalid_records: int
+    #: What it got wrong: fault kind (coordinator.validate.Fault) -> records (for record
+    #: faults: bad clock, duplicate index, ...) or events (malformed batch, bad status
+    #: message, start disagrees with the run); {} for an honest agent.
+    faults: dict[str, int]
     #: Set by the run (not by `volley collect`).
     input_pool_bytes: NotRequired[int]
     last_seen_s: NotRequired[float]
@@ -159,8 +165,11 @@ class SloResult(TypedDict):
     metric: str
     op: str
     threshold: float
+    #: None when there is nothing to judge (see reason).
     actual: float | None
     passed: bool
+    #: Why it failed without a figure (e.g. "no successful request"); "" when judged.
+    reason: str
 
 
 class Verdict(TypedDict):

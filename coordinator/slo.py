@@ -18,6 +18,8 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,
 }
 _UNITS_MS = {"us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1000.0}
+#: The summary's percentile blocks an SLO may name (from latency histograms).
+PERCENTILE_FAMILIES = ("latency_ms", "service_time_ms")
 _LAT = re.compile(r"^(p50|p90|p95|p99|p999|max|mean)$")
 _SLO = re.compile(
     r"^\s*(?P<metric>[a-z_0-9.]+)\s*(?P<op><=|>=|<|>)\s*(?P<value>[0-9]*\.?[0-9]+)\s*"
@@ -33,20 +35,53 @@ class Slo:
     value: float
     relative_to: str = ""  #: "offered" for throughput>=0.98*offered
 
-    def evaluate(self, summary: Mapping[str, object]) -> SloResult:
+    def evaluate(
+        self, summary: Mapping[str, object], samples: Mapping[str, int] | None = None
+    ) -> SloResult:
+        """Judge the SLO on a summary. `samples`: the number of values behind each
+        percentile family (latency_ms, service_time_ms), from their histograms; without
+        it, the summary's successful requests. A percentile of no value, an error rate
+        of no request, a share of nothing offered: failed, with the reason, never passed."""
         actual = _lookup(summary, self.metric)
         threshold = self.value
+        offered = _lookup(summary, "offered_rps")
         if self.relative_to == "offered":
-            threshold = self.value * (_lookup(summary, "offered_rps") or 0.0)
-        passed = actual is not None and _OPS[self.op](float(actual), threshold)
+            threshold = self.value * (offered or 0.0)
+        reason = _nothing_to_judge(self, summary, samples, offered)
+        if not reason and actual is None:
+            reason = f"the summary has no {self.metric}"
+        passed = not reason and actual is not None and _OPS[self.op](float(actual), threshold)
         return {
             "slo": self.text,
             "metric": self.metric,
             "op": self.op,
             "threshold": threshold,
-            "actual": actual,
+            "actual": None if reason else actual,
             "passed": bool(passed),
+            "reason": reason,
         }
+
+
+def _nothing_to_judge(
+    slo: Slo,
+    summary: Mapping[str, object],
+    samples: Mapping[str, int] | None,
+    offered: float | None,
+) -> str:
+    """Why the SLO's figure means nothing ("" when it does)."""
+    family = slo.metric.split(".", 1)[0]
+    if family in PERCENTILE_FAMILIES:
+        count = samples.get(family) if samples is not None else None
+        if count is None:
+            ok = _lookup(summary, "requests.ok")
+            count = None if ok is None else int(ok)
+        if count is not None and count <= 0:
+            return "no successful request"
+    elif slo.metric == "error_rate" and _lookup(summary, "requests.sent") == 0:
+        return "no request sent"
+    elif slo.relative_to == "offered" and not offered:
+        return "nothing offered"
+    return ""
 
 
 def _lookup(summary: Mapping[str, object], path: str) -> float | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 from coordinator.aggregate import AgentTally, Aggregator, Stats
@@ -20,6 +21,7 @@ from coordinator.documents import (
 )
 from coordinator.slo import parse_slo
 from coordinator.stats.documents import unavailable_server
+from coordinator.validate import GARBAGE_SHARE
 from volley import records as rc
 from volley.histogram import LogHistogram
 from volley.plan import Plan
@@ -45,6 +47,10 @@ class AgentInfo:
     cpu_percent_peak: float = 0.0
     cpu_samples: list[float] = field(default_factory=list)
     last_seen_ns: int = 0
+    #: records of its batches dropped as invalid (coordinator/validate.py)
+    invalid_records: int = 0
+    #: what it got wrong: fault kind -> records (record faults) or events (the others)
+    faults: Counter[str] = field(default_factory=Counter)
 
 
 def hist_ms(h: LogHistogram) -> Percentiles:
@@ -228,7 +234,32 @@ def _agent_row(
         ),
         "saturated": saturated,
         "saturation": why,
+        "invalid_records": info.invalid_records,
+        "faults": dict(sorted(info.faults.items())),
     }
+
+
+def _fault_lines(agents: list[AgentInfo], tallies: list[AgentTally]) -> tuple[list[str], list[str]]:
+    """(reasons, warnings) for agents that sent invalid events: mostly garbage makes the
+    run invalid, less is a warning naming the agent and the kinds of fault."""
+    reasons: list[str] = []
+    warnings: list[str] = []
+    for info, tally in zip(agents, tallies, strict=True):
+        if not info.faults:
+            continue
+        name = info.id or info.address
+        kinds = ", ".join(f"{k}: {n}" for k, n in sorted(info.faults.items()))
+        bad = info.invalid_records
+        seen = bad + tally.measured.records + tally.warmup.records
+        if bad and bad > GARBAGE_SHARE * seen:
+            reasons.append(
+                f"agent {name} sent mostly invalid records ({bad} of {seen} dropped: {kinds})"
+            )
+        else:
+            warnings.append(
+                f"agent {name}: {bad} invalid records dropped, invalid events ignored ({kinds})"
+            )
+    return reasons, warnings
 
 
 def build_summary(
@@ -256,6 +287,8 @@ def build_summary(
     partial = [a for a in agents if a.state in ("failed", "missing")]
     for a in partial:
         reasons.append(f"agent {a.id or a.address} {a.state}: {a.error or 'no details'}")
+    fault_reasons, fault_warnings = _fault_lines(agents, agg.agents)
+    reasons += fault_reasons
     if stopped:
         reasons.append(f"run stopped early: {stopped}")
     if span_s < v.min_duration_s:
@@ -267,9 +300,10 @@ def build_summary(
     if scheduled_total is not None and plan.load.mode == "open" and not stopped:
         got = total.records + agg.total_warmup().records
         if got != scheduled_total:
+            dropped = " or dropped as invalid" if any(a.invalid_records for a in agents) else ""
             reasons.append(
                 f"{scheduled_total - got} of {scheduled_total} scheduled requests "
-                "have no record (lost with an agent)"
+                f"have no record (lost with an agent{dropped})"
             )
         requests["schedule_total"] = scheduled_total
     warnings = [
@@ -278,6 +312,7 @@ def build_summary(
         for r in rows
         if r["send_lateness_ms"]["late_fraction"] > v.warn_late_fraction and not r["saturated"]
     ]
+    warnings += fault_warnings
     summary: Summary = {
         "run_id": run_id,
         "name": plan.name,
@@ -315,7 +350,8 @@ def build_summary(
         },
     }
     # SLOs are judged on the figures above
-    slo = [parse_slo(s).evaluate(summary) for s in plan.slos]
+    samples = {"latency_ms": total.latency.count, "service_time_ms": total.service.count}
+    slo = [parse_slo(s).evaluate(summary, samples) for s in plan.slos]
     summary["verdict"]["slo"] = slo
     summary["verdict"]["slo_passed"] = all(r["passed"] for r in slo)
     return summary

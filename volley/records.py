@@ -62,6 +62,24 @@ STATUS_NAMES: dict[int, str] = {
 }
 
 
+def _known_codes() -> npt.NDArray[np.bool_]:
+    table = np.zeros(1 << 16, np.bool_)
+    table[list(STATUS_NAMES)] = True
+    table[HTTP_ERROR_BASE + 1 : HTTP_ERROR_BASE + 1000] = True  # HTTP 1..999
+    table.flags.writeable = False
+    return table
+
+
+#: uint16 code -> whether it is one of ours (STATUS_NAMES, or HTTP_ERROR_BASE + an HTTP status).
+_KNOWN_CODES = _known_codes()
+
+
+def known_status(status: npt.NDArray[np.uint16]) -> npt.NDArray[np.bool_]:
+    """Which of these codes (a `status` column, uint16) are volley status codes."""
+    known: npt.NDArray[np.bool_] = _KNOWN_CODES[status]
+    return known
+
+
 def status_name(code: int) -> str:
     if code >= HTTP_ERROR_BASE:
         return f"HTTP_{code - HTTP_ERROR_BASE}"

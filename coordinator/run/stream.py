@@ -1,7 +1,9 @@
 """One agent's Run stream: the handshake, its events, its state, its keepalive.
 
-`AgentStream.consume()` reads the agent's events and hands its records to a
-`RecordSink` (the run loop); liveness, stop and deadline are the loop's business.
+`AgentStream.consume()` reads the agent's events, vets each one (coordinator/validate.py:
+an event with bad numbers is ignored, invalid records are dropped and counted in the
+agent's `AgentInfo`), and hands the valid records to a `RecordSink` (the run loop);
+liveness, stop and deadline are the loop's business.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import grpc
 from coordinator.agents import AgentClient, AgentError, AgentState
 from coordinator.run.options import RunOptions
 from coordinator.summary import AgentInfo
+from coordinator.validate import AgentCheck, Fault, clean_text
 from volley.records import RecordBlock
 from volley.v1 import control_pb2 as pb
 
@@ -94,6 +97,8 @@ class AgentStream:
         self.lost_ns = 0
         #: Times it was declared missing and came back (its stream stayed open).
         self.silences: list[Silence] = []
+        #: Vets its events (built by `consume` from the request it was sent).
+        self.check: AgentCheck | None = None
 
     @property
     def state(self) -> AgentState:
@@ -149,6 +154,9 @@ class AgentStream:
 
     async def consume(self, req: pb.RunRequest, sink: RecordSink) -> None:
         """Read the Run stream to its end; the state says how it ended."""
+        self.check = AgentCheck.for_run(
+            req.plan_json, req.agent_index, req.workers, self.info.cores, self.info.faults
+        )
         self.state = AgentState.RUNNING
         self.info.last_seen_ns = self.clock()
         try:
@@ -172,32 +180,45 @@ class AgentStream:
             raise
 
     async def _event(self, ev: pb.RunEvent, run_id: str, sink: RecordSink) -> bool:
-        """Apply one event; True when it ends the stream."""
+        """Apply one event (vetted first); True when it ends the stream."""
         info = self.info
+        check = self.check
+        assert check is not None
         kind = ev.WhichOneof("event")
         if kind == "timings":
             try:
-                sink.ingest(self.index, RecordBlock.from_proto(ev.timings))
+                block = RecordBlock.from_proto(ev.timings)
+                if not check.batch_shapes_ok(block):
+                    raise ValueError("oversized input shape table")
             except ValueError as exc:
+                check.fault(Fault.MALFORMED_BATCH)
                 self.state = AgentState.FAILED
                 info.error = f"sent a malformed timing batch ({exc})"
                 await self.client.stop(run_id, "malformed timing batch", timeout_s=1.0)
                 return True
+            block = check.records(block)
+            info.invalid_records = check.invalid
+            if len(block):
+                sink.ingest(self.index, block)
         elif kind == "started":
+            check.started(ev.started)
             self.started = True
         elif kind == "status":
             st = ev.status
+            if not check.status(st):
+                return False
             info.cpu_seconds = st.cpu_seconds
             info.cpu_percent = st.cpu_percent
             info.cpu_percent_peak = max(info.cpu_percent_peak, st.cpu_percent)
-            w = (st.agent_ns - self.start_at_agent_ns) // 1_000_000_000
-            if w >= 0:
-                sink.agent_cpu(int(w), self.index, st.cpu_percent)
+            w = check.cpu_window(st.agent_ns, self.start_at_agent_ns)
+            if w is not None:
+                sink.agent_cpu(w, self.index, st.cpu_percent)
         elif kind == "finished":
             f = ev.finished
-            info.cpu_seconds = f.final_status.cpu_seconds or info.cpu_seconds
+            if f.HasField("final_status") and check.status(f.final_status):
+                info.cpu_seconds = f.final_status.cpu_seconds or info.cpu_seconds
             self.state = AgentState.DONE if f.ok else AgentState.FAILED
-            info.error = f.error
+            info.error = clean_text(f.error)
             return True
         return False
 
