@@ -21,7 +21,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from volley.spool import (
     MAX_EVENT_BYTES,
     MAX_SLOT,
     RUN_ID_RE,
+    discard,
     read_events,
     run_path,
     slot_path,
@@ -154,25 +154,6 @@ def exists(root: Path, run_id: str, slot: int | None = None) -> bool:
     return (
         valid_run_id(run_id) and 0 <= slot <= MAX_SLOT and slot_path(root, run_id, slot).is_file()
     )
-
-
-def discard(root: Path, run_id: str, slot: int | None = None) -> bool:
-    """Delete a run's spool (one slot, or all); False when there was none."""
-    path = run_path(root, run_id)
-    if not path.is_dir():
-        return False
-    if slot is None:
-        shutil.rmtree(path, ignore_errors=True)
-        return True
-    f = slot_path(root, run_id, slot)
-    if not f.exists():
-        return False
-    with contextlib.suppress(OSError):
-        f.unlink()
-        f.with_suffix(".json").unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        path.rmdir()  # only when no other slot is left
-    return True
 
 
 def list_runs(root: Path) -> list[tuple[float, str]]:

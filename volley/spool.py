@@ -1,12 +1,12 @@
-"""The spool's file format (pure reading, no agent code): where a run's events lie and
-how to read them back.
+"""The spool's file format (no agent code): where a run's events lie, how to read them
+back and drop them.
 
 An agent spools every event of a run in `<spool dir>/<run_id>/slot-<k>.bin`: RunEvent
 messages, each preceded by its length as a 4-byte little-endian integer, and beside it
 `slot-<k>.json` (its metadata). The agent writes them (`agent/spool.py`); the agent's
 Collect RPC and `volley collect` (for local agents that died with their coordinator)
-read them with `read_events`, which stops quietly at a truncated or corrupt tail (an
-agent killed mid-write), keeping everything before it.
+read them with `read_events` and drop them with `discard`. `read_events` stops quietly
+at a truncated or corrupt tail (an agent killed mid-write), keeping everything before it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import shutil
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,3 +83,22 @@ def read_events(root: Path, run_id: str, slot: int) -> Iterator[pb.RunEvent]:
                 log.warning("%s: undecodable event; stopping there", path)
                 return
             yield ev
+
+
+def discard(root: Path, run_id: str, slot: int | None = None) -> bool:
+    """Delete a run's spool (one slot, or all); False when there was none."""
+    path = run_path(root, run_id)
+    if not path.is_dir():
+        return False
+    if slot is None:
+        shutil.rmtree(path, ignore_errors=True)
+        return True
+    f = slot_path(root, run_id, slot)
+    if not f.exists():
+        return False
+    with contextlib.suppress(OSError):
+        f.unlink()
+        f.with_suffix(".json").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.rmdir()  # only when no other slot is left
+    return True
