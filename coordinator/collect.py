@@ -5,7 +5,8 @@ run. When the coordinator died (no summary.json, a truncated requests.parquet)
 or an agent was cut off or killed (the summary says partial), `collect` reads the
 agents' spools, merges them with what the run directory already holds (a record is
 identified by its schedule index, worker and clocks, so nothing is counted twice),
-and rewrites requests.parquet, timeseries.parquet and summary.json from the union.
+and rewrites requests.parquet, timeseries.parquet, histograms.json, summary.json and
+report.html from the union.
 
 Where the spools come from: a remote agent replays its spool (Collect RPC); a local
 agent (`--local-agents`, which dies with its coordinator) spooled inside the run
@@ -46,7 +47,14 @@ from coordinator.recovery import (
     recovered_measured_s,
     spool_dirs,
 )
-from coordinator.rundir import RequestWriter, timeseries_rows, write_json, write_timeseries
+from coordinator.report import write_report_safely
+from coordinator.rundir import (
+    RequestWriter,
+    timeseries_rows,
+    write_histograms,
+    write_json,
+    write_timeseries,
+)
 from coordinator.summary import AgentInfo, build_summary
 from volley import spool as spoolfile
 from volley.arrivals import schedule_span_s
@@ -101,6 +109,8 @@ class CollectReport:
     recovered: int
     rebuilt: bool
     discarded: list[str]
+    #: the rebuilt summary (None when only recovered.parquet was written)
+    summary: Summary | None = None
 
 
 class _SpoolParser:
@@ -390,11 +400,13 @@ async def collect_run(
     }
     names = [i.id or i.address for i in infos]
     write_timeseries(run_dir / "timeseries.parquet", timeseries_rows(agg, names))
+    write_histograms(run_dir / "histograms.json", agg, names)
     write_json(run_dir / "summary.json.tmp", summary)
     (run_dir / "summary.json.tmp").replace(run_dir / "summary.json")
+    write_report_safely(run_dir)
     discarded = [] if keep else await _discard(run_id, spools, security)
     return CollectReport(
-        run_dir, run_id, spools, failures, before, after, after - before, True, discarded
+        run_dir, run_id, spools, failures, before, after, after - before, True, discarded, summary
     )
 
 

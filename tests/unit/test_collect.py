@@ -199,7 +199,9 @@ def test_collect_reads_local_spools_and_keeps_the_truth(tmp_path: Path) -> None:
     assert pq.read_table(run_dir / "requests.parquet").num_rows == 300
     # the spool files were dropped, and their folders
     assert not (run_dir / SPOOL_FOLDER).exists()
-    assert "300 after" in res.output
+    assert "300 after" in res.output and "100 with no record" in res.output
+    # the run directory is whole again: histograms and the report too
+    assert (run_dir / "histograms.json").is_file() and (run_dir / "report.html").is_file()
 
 
 def test_collect_of_a_complete_run_uses_the_planned_period(tmp_path: Path) -> None:
