@@ -7,8 +7,9 @@ share a spool folder). The agent appends every event it produces (Started, timin
 a status each second, Finished) as it produces it, before the event is offered
 to the Run stream. When the coordinator has stored the run it discards the
 spool (Collect with discard); if it died, or the agent was cut off, the spool
-stays and `volley collect` replays it (Collect). A reader stops at a truncated
-tail (an agent killed mid-write), keeping everything before it.
+stays and `volley collect` replays it (Collect). The file format and its reader
+(`read_events`: stops at a truncated tail, keeping everything before it) are the core's
+`volley/spool.py`, so `volley collect` can read a dead local agent's files directly.
 
 Bounds: one run's spool stops taking timing batches past `max_bytes` (a status
 event says so); at most `keep` spools of past runs are kept, oldest removed first.
@@ -20,60 +21,52 @@ import contextlib
 import json
 import logging
 import os
-import re
-import shutil
-import struct
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
+from volley.spool import (
+    LENGTH,
+    MAX_EVENT_BYTES,
+    MAX_SLOT,
+    RUN_ID_RE,
+    discard,
+    read_events,
+    run_path,
+    slot_path,
+    slots,
+    valid_run_id,
+)
 from volley.v1 import control_pb2 as pb
+
+__all__ = [
+    "DEFAULT_KEEP",
+    "DEFAULT_MAX_BYTES",
+    "MAX_EVENT_BYTES",
+    "MAX_SLOT",
+    "RUN_ID_RE",
+    "SpoolWriter",
+    "default_spool_dir",
+    "discard",
+    "exists",
+    "list_runs",
+    "prune",
+    "read_events",
+    "run_path",
+    "slot_path",
+    "slots",
+    "valid_run_id",
+]
 
 log = logging.getLogger("volley.agent.spool")
 
 SPOOL_ENV = "VOLLEY_SPOOL_DIR"
-MAX_SLOT = 1_000_000
-#: A run id names a folder: letters, digits, '_' and '-', not starting with '-'.
-RUN_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
-#: No single spooled event is larger (a reader treats a larger length as corruption).
-MAX_EVENT_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_BYTES = 2 * 1024 * 1024 * 1024
 DEFAULT_KEEP = 20
-_LEN = struct.Struct("<I")
 
 
 def default_spool_dir() -> Path:
     env = os.environ.get(SPOOL_ENV)
     return Path(env) if env else Path.home() / ".volley" / "spool"
-
-
-def valid_run_id(run_id: str) -> bool:
-    return bool(RUN_ID_RE.match(run_id))
-
-
-def run_path(root: Path, run_id: str) -> Path:
-    if not valid_run_id(run_id):
-        raise ValueError(f"invalid run id {run_id!r}")
-    return root / run_id
-
-
-def slot_path(root: Path, run_id: str, slot: int) -> Path:
-    if not 0 <= slot <= MAX_SLOT:
-        raise ValueError(f"invalid slot {slot}")
-    return run_path(root, run_id) / f"slot-{slot}.bin"
-
-
-def slots(root: Path, run_id: str) -> list[int]:
-    """The slots spooled here for a run."""
-    if not valid_run_id(run_id):
-        return []
-    out = []
-    with contextlib.suppress(OSError):
-        for p in run_path(root, run_id).glob("slot-*.bin"):
-            num = p.stem.removeprefix("slot-")
-            if num.isdigit() and int(num) <= MAX_SLOT:
-                out.append(int(num))
-    return sorted(out)
 
 
 class SpoolWriter:
@@ -139,13 +132,13 @@ class SpoolWriter:
             if event.WhichOneof("event") == "timings":
                 return
         try:
-            self._fh.write(_LEN.pack(len(data)))
+            self._fh.write(LENGTH.pack(len(data)))
             self._fh.write(data)
             self._fh.flush()
         except OSError as exc:
             self._fail(exc)
             return
-        self.bytes += len(data) + _LEN.size
+        self.bytes += len(data) + LENGTH.size
         self.events += 1
 
     def close(self) -> None:
@@ -155,56 +148,12 @@ class SpoolWriter:
             self._fh = None
 
 
-def read_events(root: Path, run_id: str, slot: int) -> Iterator[pb.RunEvent]:
-    """The spooled events of a run's slot, in order; stops quietly at a truncated or
-    corrupt tail. FileNotFoundError when there is no such spool."""
-    path = slot_path(root, run_id, slot)
-    with open(path, "rb") as fh:
-        while True:
-            head = fh.read(_LEN.size)
-            if len(head) < _LEN.size:
-                return
-            (n,) = _LEN.unpack(head)
-            if n > MAX_EVENT_BYTES:
-                log.warning("%s: corrupt length %d; stopping there", path, n)
-                return
-            data = fh.read(n)
-            if len(data) < n:
-                return
-            ev = pb.RunEvent()
-            try:
-                ev.ParseFromString(data)
-            except Exception:  # a DecodeError: corrupt tail
-                log.warning("%s: undecodable event; stopping there", path)
-                return
-            yield ev
-
-
 def exists(root: Path, run_id: str, slot: int | None = None) -> bool:
     if slot is None:
         return bool(slots(root, run_id))
     return (
         valid_run_id(run_id) and 0 <= slot <= MAX_SLOT and slot_path(root, run_id, slot).is_file()
     )
-
-
-def discard(root: Path, run_id: str, slot: int | None = None) -> bool:
-    """Delete a run's spool (one slot, or all); False when there was none."""
-    path = run_path(root, run_id)
-    if not path.is_dir():
-        return False
-    if slot is None:
-        shutil.rmtree(path, ignore_errors=True)
-        return True
-    f = slot_path(root, run_id, slot)
-    if not f.exists():
-        return False
-    with contextlib.suppress(OSError):
-        f.unlink()
-        f.with_suffix(".json").unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        path.rmdir()  # only when no other slot is left
-    return True
 
 
 def list_runs(root: Path) -> list[tuple[float, str]]:

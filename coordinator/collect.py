@@ -2,12 +2,22 @@
 
 Agents spool every event of a run locally until the coordinator has stored the
 run. When the coordinator died (no summary.json, a truncated requests.parquet)
-or an agent was cut off or killed (the summary says partial), `collect` asks the
-agents for their spools (Collect RPC), merges them with what the run directory
-already holds (a record is identified by its schedule index, worker and clocks,
-so nothing is counted twice), and rewrites requests.parquet, timeseries.parquet
-and summary.json from the union. The agents then drop their spools (unless
-`keep`).
+or an agent was cut off or killed (the summary says partial), `collect` reads the
+agents' spools, merges them with what the run directory already holds (a record is
+identified by its schedule index, worker and clocks, so nothing is counted twice),
+and rewrites requests.parquet, timeseries.parquet, histograms.json, summary.json and
+report.html from the union.
+
+Where the spools come from: a remote agent replays its spool (Collect RPC); a local
+agent (`--local-agents`, which dies with its coordinator) spooled inside the run
+directory, at the folder run.json names (`agents[].spool_dir`), and its files are read
+directly (`volley/spool.py`). The spools are dropped afterwards (unless `keep`).
+
+The rebuilt figures: the measured duration comes from the records
+(`recovery.recovered_measured_s`: the normal run's measured period, cut where the
+records stop), offered and achieved rates are divided by it; `requests.scheduled` is
+the schedule's count regenerated from plan.yaml, beside `recorded` and `no_record`
+(per agent too; `recovery.add_schedule_counts`).
 """
 
 from __future__ import annotations
@@ -27,9 +37,27 @@ import pyarrow.parquet as pq
 from coordinator.agents import AgentClient, describe_error
 from coordinator.aggregate import Aggregator
 from coordinator.documents import AgentRow, Summary, SummaryError, load_summary
-from coordinator.recovery import agent_infos, find_outages, read_manifest
-from coordinator.rundir import RequestWriter, timeseries_rows, write_json, write_timeseries
+from coordinator.local import SPOOL_FOLDER
+from coordinator.recovery import (
+    add_schedule_counts,
+    agent_infos,
+    count_schedule,
+    find_outages,
+    read_manifest,
+    recovered_measured_s,
+    spool_dirs,
+)
+from coordinator.report import write_report_safely
+from coordinator.rundir import (
+    RequestWriter,
+    timeseries_rows,
+    write_histograms,
+    write_json,
+    write_timeseries,
+)
 from coordinator.summary import AgentInfo, build_summary
+from volley import spool as spoolfile
+from volley.arrivals import schedule_span_s
 from volley.plan import Plan, load_plan_yaml, plan_from_dict
 from volley.records import COLUMNS, RecordBlock, concat
 from volley.security import ClientSecurity
@@ -54,6 +82,8 @@ class AgentSpool:
     finished: pb.Finished | None = None
     last_status: pb.AgentStatus | None = None
     notes: list[str] = field(default_factory=list)
+    #: the spool folder read directly (a local agent), None: replayed by the agent
+    folder: Path | None = None
 
     def state(self) -> tuple[str, str]:
         """(state, why) of the agent's slice as its spool tells it."""
@@ -79,37 +109,45 @@ class CollectReport:
     recovered: int
     rebuilt: bool
     discarded: list[str]
+    #: the rebuilt summary (None when only recovered.parquet was written)
+    summary: Summary | None = None
 
 
-async def fetch_spools(client: AgentClient, run_id: str, slot: int | None) -> list[AgentSpool]:
-    """Replay one agent's spool of the run (one slot, or all it holds); raises
-    grpc.aio.AioRpcError from the agent, CollectError for another run's spool."""
-    out: list[AgentSpool] = []
-    cur: AgentSpool | None = None
-    async for ev in client.collect(run_id, slot):
+class _SpoolParser:
+    """Turns one spool's events (replayed by an agent, or read from its files) into
+    AgentSpools, one per slot (a Started event opens each)."""
+
+    def __init__(self, run_id: str, address: str, slot: int | None, folder: Path | None) -> None:
+        self.run_id, self.address, self.slot, self.folder = run_id, address, slot, folder
+        self.out: list[AgentSpool] = []
+        self.cur: AgentSpool | None = None
+
+    def feed(self, ev: pb.RunEvent) -> None:
         kind = ev.WhichOneof("event")
         if kind == "started":
-            if ev.started.run_id and ev.started.run_id != run_id:
-                raise CollectError(f"agent {client.address}: spool of another run")
-            cur = AgentSpool(
+            if ev.started.run_id and ev.started.run_id != self.run_id:
+                raise CollectError(f"agent {self.address}: spool of another run")
+            self.cur = AgentSpool(
                 index=int(ev.started.agent_index),
-                address=client.address,
+                address=self.address,
                 agent_id=ev.started.agent_id,
+                folder=self.folder,
             )
-            out.append(cur)
-            continue
+            self.out.append(self.cur)
+            return
+        cur = self.cur
         if cur is None:  # events before any Started: a damaged spool
-            if slot is None:
-                continue
-            cur = AgentSpool(index=slot, address=client.address)
+            if self.slot is None:
+                return
+            cur = self.cur = AgentSpool(index=self.slot, address=self.address, folder=self.folder)
             cur.notes.append("the spool lacks its start event")
-            out.append(cur)
+            self.out.append(cur)
         if kind == "timings":
             try:
                 block = RecordBlock.from_proto(ev.timings)
             except ValueError as exc:
                 cur.notes.append(f"skipped a malformed batch ({exc})")
-                continue
+                return
             cur.blocks.append(block)
             cur.records += len(block)
         elif kind == "status":
@@ -119,6 +157,32 @@ async def fetch_spools(client: AgentClient, run_id: str, slot: int | None) -> li
                 cur.last_status = ev.status
         elif kind == "finished":
             cur.finished = ev.finished
+
+
+async def fetch_spools(client: AgentClient, run_id: str, slot: int | None) -> list[AgentSpool]:
+    """Replay one agent's spool of the run (one slot, or all it holds); raises
+    grpc.aio.AioRpcError from the agent, CollectError for another run's spool."""
+    parser = _SpoolParser(run_id, client.address, slot, None)
+    async for ev in client.collect(run_id, slot):
+        parser.feed(ev)
+    return parser.out
+
+
+def read_spool_folder(folder: Path, run_id: str, address: str) -> list[AgentSpool]:
+    """Read a local agent's spool files of the run (the agent need not be alive);
+    CollectError when there are none or they cannot be read."""
+    found = spoolfile.slots(folder, run_id)
+    if not found:
+        raise CollectError(f"agent {address}: no spool of run {run_id} in {folder}")
+    out: list[AgentSpool] = []
+    for k in found:
+        parser = _SpoolParser(run_id, address, k, folder)
+        try:
+            for ev in spoolfile.read_events(folder, run_id, k):
+                parser.feed(ev)
+        except OSError as exc:
+            raise CollectError(f"{spoolfile.slot_path(folder, run_id, k)}: {exc}") from None
+        out += parser.out
     return out
 
 
@@ -196,6 +260,7 @@ async def collect_run(
     infos = agent_infos(manifest)
     old = _old_summary(run_dir)
     old_rows: list[AgentRow] = list(old.get("agents") or []) if old else []
+    explicit = addresses is not None
     if addresses is None:
         # the agents whose records may be incomplete here
         addresses = [
@@ -206,10 +271,19 @@ async def collect_run(
     if not addresses:
         raise CollectError(f"{run_dir}: every agent delivered all its records; nothing to collect")
     by_address = {i.address: i.index for i in infos}
+    # local agents spooled in the run directory: read there, unless asked for by address
+    folders = spool_dirs(manifest, run_dir) if not explicit else {}
+    local_of = {i.address: folders[i.index] for i in infos if i.index in folders}
 
     spools: list[AgentSpool] = []
     failures: dict[str, str] = {}
     for addr in addresses:
+        if addr in local_of:
+            try:
+                spools += read_spool_folder(local_of[addr], run_id, addr)
+            except CollectError as exc:
+                failures[addr] = str(exc)
+            continue
         client = AgentClient(addr, connect_timeout_s, security)
         try:
             spools += await fetch_spools(client, run_id, by_address.get(addr))
@@ -254,6 +328,9 @@ async def collect_run(
     before = existing.num_rows if existing is not None else 0
     after = 0
     spooled = {sp.index: sp for sp in spools}
+    last_index: int | None = None  #: the latest arrival (schedule index) with a record
+    last_done_ns: int | None = None  #: the last response among the measured records
+    warmup_ns = int(plan.load.warmup_s * 1e9)
     try:
         for info in infos:
             parts: list[RecordBlock] = []
@@ -270,6 +347,7 @@ async def collect_run(
             agg.ingest(info.index, merged)
             writer.write(info.index, merged)
             after += len(merged)
+            last_index, last_done_ns = _latest(merged, warmup_ns, last_index, last_done_ns)
     finally:
         writer.close()
     if how == "unreadable":
@@ -279,18 +357,22 @@ async def collect_run(
     stopped = _apply_states(infos, spools, old_rows)
     if not stopped and old is None:
         stopped = "the coordinator ended before the run did"
-    span_s = float(manifest.get("span_s") or 0.0)
-    measured_s = max(span_s - plan.load.warmup_s, 0.0)
+    counts = count_schedule(plan, last_index)
+    complete = all(i.state == "done" for i in infos)
+    measured_s = recovered_measured_s(
+        plan, last_index, counts.next_ns if counts else None, last_done_ns, complete
+    )
     summary = build_summary(
         plan,
         run_id,
         agg,
         infos,
         measured_s,
-        manifest.get("scheduled_total"),
+        counts.total if counts else manifest.get("scheduled_total"),
         server=old.get("server") if old else None,
         stopped=stopped,
     )
+    add_schedule_counts(summary, counts)
     summary["outages"] = find_outages(agg)
     summary["partial_agents"] = [
         i.id or i.address for i in infos if i.state in ("failed", "missing")
@@ -304,9 +386,12 @@ async def collect_run(
                 "spooled_records": sp.records,
                 "state": sp.state()[0],
                 "notes": sp.notes,
+                "source": "agent" if sp.folder is None else str(sp.folder),
             }
             for sp in spools
         ],
+        "planned_duration_s": round(max(schedule_span_s(plan) - plan.load.warmup_s, 0.0), 3),
+        "duration_from": "records",
         "records_before": before,
         "records_after": after,
         "recovered": after - before,
@@ -315,12 +400,30 @@ async def collect_run(
     }
     names = [i.id or i.address for i in infos]
     write_timeseries(run_dir / "timeseries.parquet", timeseries_rows(agg, names))
+    write_histograms(run_dir / "histograms.json", agg, names)
     write_json(run_dir / "summary.json.tmp", summary)
     (run_dir / "summary.json.tmp").replace(run_dir / "summary.json")
+    write_report_safely(run_dir)
     discarded = [] if keep else await _discard(run_id, spools, security)
     return CollectReport(
-        run_dir, run_id, spools, failures, before, after, after - before, True, discarded
+        run_dir, run_id, spools, failures, before, after, after - before, True, discarded, summary
     )
+
+
+def _latest(
+    block: RecordBlock, warmup_ns: int, last_index: int | None, last_done_ns: int | None
+) -> tuple[int | None, int | None]:
+    """The latest schedule index with a record, and the last response of the measured
+    records, so far."""
+    index = block.col("index")
+    if index.size and int(index.max()) >= 0:
+        top = int(index.max())
+        last_index = top if last_index is None else max(last_index, top)
+    done = block.col("done_ns")[block.col("intended_ns") >= warmup_ns]
+    if done.size:
+        top = int(done.max())
+        last_done_ns = top if last_done_ns is None else max(last_done_ns, top)
+    return last_index, last_done_ns
 
 
 def _apply_states(
@@ -386,6 +489,14 @@ async def _discard(
 ) -> list[str]:
     done: list[str] = []
     for sp in spools:
+        if sp.folder is not None:  # a local agent's files: dropped here
+            if spoolfile.discard(sp.folder, run_id, sp.index):
+                done.append(f"{sp.folder} (slot {sp.index})")
+            with contextlib.suppress(OSError):
+                sp.folder.rmdir()  # the agent's folder, when nothing else is left
+                if sp.folder.parent.name == SPOOL_FOLDER:
+                    sp.folder.parent.rmdir()
+            continue
         client = AgentClient(sp.address, 5.0, security)
         try:
             if await client.discard(run_id, sp.index):

@@ -55,6 +55,8 @@ class Lateness(TypedDict):
 
 
 class RequestCounts(TypedDict):
+    #: Open loop: the schedule's arrivals in this period (regenerated from the plan);
+    #: closed loop: the records.
     scheduled: int
     sent: int
     ok: int
@@ -63,8 +65,12 @@ class RequestCounts(TypedDict):
     not_sent: int
     #: status name -> count
     error_codes: dict[str, int]
-    #: Top-level `requests` of an open-loop run that was not stopped early.
+    #: Top-level `requests` of an open-loop run: the whole schedule, warm-up included.
     schedule_total: NotRequired[int]
+    #: Open loop: arrivals with a record, and scheduled - recorded (lost with an agent,
+    #: or never sent because the run ended early).
+    recorded: NotRequired[int]
+    no_record: NotRequired[int]
 
 
 class ByteCounts(TypedDict):
@@ -112,6 +118,10 @@ class AgentRow(TypedDict):
     #: faults: bad clock, duplicate index, ...) or events (malformed batch, bad status
     #: message, start disagrees with the run); {} for an honest agent.
     faults: dict[str, int]
+    #: Open loop: the agent's slice of the schedule has `scheduled` arrivals (measured
+    #: period), `recorded` of them with a record, `no_record` without.
+    recorded: NotRequired[int]
+    no_record: NotRequired[int]
     #: Set by the run (not by `volley collect`).
     input_pool_bytes: NotRequired[int]
     last_seen_s: NotRequired[float]
@@ -208,6 +218,8 @@ class RecoveredAgent(TypedDict):
     spooled_records: int
     state: str
     notes: list[str]
+    #: "agent" (replayed by the agent) or the spool folder read (a local agent)
+    source: str
 
 
 class Recovered(TypedDict):
@@ -221,6 +233,10 @@ class Recovered(TypedDict):
     unreachable: list[str]
     #: ok | none | unreadable
     requests_parquet_was: str
+    #: the plan's measured period; `duration_s` is the one the records cover
+    planned_duration_s: float
+    #: "records": duration_s, offered_rps and throughput_rps are from the records
+    duration_from: str
 
 
 class RecoveredFile(TypedDict):

@@ -1,7 +1,13 @@
-"""`--local-agents N`: agents spawned on this machine as separate processes."""
+"""`--local-agents N`: agents spawned on this machine as separate processes.
+
+Given the run directory, agent i spools in `<run dir>/spool/agent-<i>/` (recorded in
+run.json), so a run whose coordinator died (its local agents die with it) is recovered
+by `volley collect RUN_DIR` from those files alone.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -14,12 +20,25 @@ from types import TracebackType
 from coordinator.agents import AgentError
 from volley.security import PARENT_ENV, TOKEN_ENV
 
+#: Local agents' spools inside the run directory: <run dir>/spool/agent-<i>/<run id>/.
+SPOOL_FOLDER = "spool"
+
+
+def local_spool_dir(run_dir: Path, i: int) -> Path:
+    """Where local agent i spools a run of `run_dir`."""
+    return run_dir / SPOOL_FOLDER / f"agent-{i}"
+
 
 class LocalAgents:
     """Context manager: starts N `volley agent` processes on loopback, yields their addresses."""
 
     def __init__(
-        self, count: int, workers: int = 0, startup_timeout_s: float = 30.0, token: str = ""
+        self,
+        count: int,
+        workers: int = 0,
+        startup_timeout_s: float = 30.0,
+        token: str = "",
+        run_dir: Path | None = None,
     ) -> None:
         self.count = count
         self.token = token
@@ -29,6 +48,13 @@ class LocalAgents:
         self.procs: list[subprocess.Popen[bytes]] = []
         self._tmp = tempfile.TemporaryDirectory(prefix="volley-agents-")
         self.addresses: list[str] = []
+        #: None: spools in the temporary folder (gone at exit)
+        self.run_dir = run_dir
+
+    def spool_dir(self, i: int) -> Path:
+        if self.run_dir is None:
+            return Path(self._tmp.name) / f"spool{i}"
+        return local_spool_dir(self.run_dir, i)
 
     def __enter__(self) -> list[str]:
         tmp = Path(self._tmp.name)
@@ -50,7 +76,7 @@ class LocalAgents:
                 "--agent-id",
                 f"local-{i}",
                 "--spool-dir",
-                str(tmp / f"spool{i}"),
+                str(self.spool_dir(i)),
             ]
             env = dict(os.environ)
             if self.token:
@@ -88,3 +114,20 @@ class LocalAgents:
                 p.wait(timeout=5)
         self.procs = []
         self._tmp.cleanup()
+        if self.run_dir is not None:
+            _tidy(self.run_dir)
+
+
+def _tidy(run_dir: Path) -> None:
+    """Remove the empty folders of spools the agents discarded (the run is stored), and
+    the run directory itself when nothing was written to it (the run never started)."""
+    spool = run_dir / SPOOL_FOLDER
+    if spool.is_dir():
+        for d in sorted(spool.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if d.is_dir():
+                with contextlib.suppress(OSError):
+                    d.rmdir()  # only when empty
+        with contextlib.suppress(OSError):
+            spool.rmdir()
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()

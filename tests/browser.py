@@ -1,6 +1,6 @@
 """Headless Chromium for report tests: load a page, collect console errors, failed or
-external requests, chart geometry, and a full-page screenshot (DevTools protocol over a
-websocket, with aiohttp).
+external requests, chart geometry, the values of given expressions (what the page
+shows), and a full-page screenshot (DevTools protocol over a websocket, with aiohttp).
 
 Chromium runs with no network beyond loopback (host resolver maps every name to
 NOTFOUND), its own empty profile, and is killed (its process group) at the end.
@@ -18,6 +18,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,8 @@ class PageResult:
     errors: list[str] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
     charts: list[dict[str, Any]] = field(default_factory=list)
+    #: name -> value of each expression asked for (JSON values)
+    values: dict[str, Any] = field(default_factory=dict)
     screenshot: Path | None = None
 
 
@@ -126,7 +129,9 @@ def _errors(events: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     return errors, requests
 
 
-async def _inspect(port: int, url: str, shot: Path | None, width: int) -> PageResult:
+async def _inspect(
+    port: int, url: str, shot: Path | None, width: int, queries: Mapping[str, str]
+) -> PageResult:
     async with aiohttp.ClientSession() as http:
         async with http.put(f"http://127.0.0.1:{port}/json/new?about:blank") as resp:
             target = await resp.json(content_type=None)
@@ -149,6 +154,9 @@ async def _inspect(port: int, url: str, shot: Path | None, width: int) -> PageRe
             out.title = str(title.get("result", {}).get("value", ""))
             charts = await cdp.call("Runtime.evaluate", expression=CHARTS_JS)
             out.charts = json.loads(charts["result"]["value"])
+            for name, expr in queries.items():
+                got = await cdp.call("Runtime.evaluate", expression=expr, returnByValue=True)
+                out.values[name] = got.get("result", {}).get("value")
             if shot is not None:
                 metrics = await cdp.call("Page.getLayoutMetrics")
                 size = metrics.get("cssContentSize") or metrics["contentSize"]
@@ -169,9 +177,14 @@ async def _inspect(port: int, url: str, shot: Path | None, width: int) -> PageRe
 
 
 async def render_page(
-    page: Path, screenshot: Path | None = None, width: int = 1200, timeout_s: float = 60.0
+    page: Path,
+    screenshot: Path | None = None,
+    width: int = 1200,
+    timeout_s: float = 60.0,
+    queries: Mapping[str, str] | None = None,
 ) -> PageResult:
-    """Open `page` (a local file) in headless Chromium and report what happened."""
+    """Open `page` (a local file) in headless Chromium and report what happened, with
+    the value of each of `queries` (name -> JavaScript expression) in `values`."""
     exe = find_chromium()
     if exe is None:
         raise FileNotFoundError("chromium is not installed")
@@ -193,7 +206,7 @@ async def render_page(
             await asyncio.sleep(0.1)
         port = int(port_file.read_text().split()[0])
         return await asyncio.wait_for(
-            _inspect(port, page.resolve().as_uri(), screenshot, width), timeout_s
+            _inspect(port, page.resolve().as_uri(), screenshot, width, queries or {}), timeout_s
         )
     finally:
         with contextlib.suppress(ProcessLookupError):

@@ -68,6 +68,23 @@ class RunData:
     def series(self, agent: str = "all") -> list[dict[str, Any]]:
         return [r for r in self.timeseries if r.get("agent") == agent]
 
+    def window_error_codes(self) -> list[tuple[float, dict[str, int]]]:
+        """(window start s, errors by status name) of each window of the whole run
+        (timeseries.parquet's `error_codes`, JSON text per row)."""
+        out: list[tuple[float, dict[str, int]]] = []
+        for r in self.series("all"):
+            codes: dict[str, int] = {}
+            text = r.get("error_codes")
+            if isinstance(text, str) and text:
+                try:
+                    parsed = json.loads(text)
+                except json.JSONDecodeError:
+                    parsed = {}
+                if isinstance(parsed, dict):
+                    codes = {str(k): int(v) for k, v in parsed.items() if isinstance(v, int)}
+            out.append((float(r["t_s"]), codes))
+        return out
+
     def agents(self) -> list[str]:
         seen: list[str] = []
         for r in self.timeseries:

@@ -1,9 +1,10 @@
 """report.html of one run: one self-contained page (inline CSS and SVG, no script).
 
-Sections: summary and verdict with SLOs; latency percentiles over time; throughput
-offered vs achieved; latency histogram and percentile curve; agents (lateness, skew,
-CPU); the server's breakdown (queue vs compute) and utilisation over time; latency by
-payload size; the plan.
+Sections: summary and verdict with SLOs; latency percentiles over time (outages marked);
+throughput offered vs achieved; errors (by status code, per window) and outages;
+latency histogram and percentile curve; agents (lateness, skew, CPU); the server's
+breakdown (queue vs compute) and utilisation over time; latency by payload size; the
+plan.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from html import escape
 from typing import Any
 
-from coordinator.documents import Summary
+from coordinator.documents import Outage, Summary
 from coordinator.report import svg
 from coordinator.report.data import RunData, curve
 
@@ -50,7 +51,7 @@ figure.chart figcaption{color:var(--mut);font-size:12px;padding:0 6px 6px}
 .chart-svg .tk{font-size:11px;fill:#4b5563}.chart-svg .al{font-size:12px;fill:#374151}
 .chart-svg .lg{font-size:12px;fill:#374151}.chart-svg .na{font-size:13px;fill:#9ca3af}
 .chart-svg .grid{stroke:#eef0f3;stroke-width:1}.chart-svg .ax{stroke:#9ca3af;stroke-width:1}
-.chart-svg .band{fill:#f3f4f6}
+.chart-svg .band{fill:#f3f4f6}.chart-svg .outage{fill:#fecaca;opacity:.7}
 .note{border-left:3px solid var(--warn);background:#fffbeb;padding:6px 12px;margin:8px 0}
 .reasons li{margin:2px 0}
 pre{background:var(--bg);border:1px solid var(--bd);border-radius:6px;padding:10px;
@@ -224,6 +225,14 @@ def cards_html(s: Summary) -> str:
             f"{late['late_fraction']:.1%} &gt;1 ms late",
         ),
     ]
+    if req.get("no_record"):
+        cards.append(
+            card(
+                "no record",
+                short(req["no_record"]),
+                f"of {req['scheduled']} scheduled (lost with an agent, or not sent)",
+            )
+        )
     if server.get("queue_ms") is not None:
         cards.append(card("server queue", short(server["queue_ms"], " ms"), "mean per request"))
         cards.append(
@@ -265,6 +274,7 @@ def over_time_html(run: RunData) -> str:
         return note("no time series in this run directory")
     xs = mids(rows)
     band = _band(run)
+    spans = _outage_spans(run.summary)
     lat = svg.line_chart(
         [
             svg.Series("p50", xs, _col(rows, "latency_p50_ms")),
@@ -277,6 +287,7 @@ def over_time_html(run: RunData) -> str:
         x_label="seconds since start",
         y_label="ms",
         band=band,
+        spans=spans,
     )
     thr = svg.line_chart(
         [
@@ -289,10 +300,114 @@ def over_time_html(run: RunData) -> str:
         x_label="seconds since start",
         y_label="requests/s",
         band=band,
+        spans=spans,
     )
-    return figure(lat, "Windows by intended send time; percentiles from merged histograms.") + (
-        figure(thr, "Achieved counts responses by the window they completed in.")
+    marked = " Shaded red: outages (windows with at least half their arrivals in error)."
+    return figure(
+        lat,
+        "Windows by intended send time; percentiles from merged histograms."
+        + (marked if spans else ""),
+    ) + figure(thr, "Achieved counts responses by the window they completed in.")
+
+
+def _outage_spans(s: Summary) -> list[tuple[float, float, str]]:
+    return [
+        (float(o["start_s"]), float(o["end_s"]), f"outage {_outage_text(o)}")
+        for o in s.get("outages") or []
+    ]
+
+
+def _codes_text(codes: Mapping[str, int]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in sorted(codes.items(), key=lambda kv: -kv[1]))
+
+
+def _outage_text(o: Outage) -> str:
+    share = o["errors"] / o["records"] if o["records"] else 0.0
+    return (
+        f"{num(o['start_s'])}–{num(o['end_s'])} s: {o['errors']:,} of {o['records']:,} "
+        f"in error ({share:.0%}): {_codes_text(o.get('error_codes') or {})}"
     )
+
+
+def errors_html(run: RunData) -> str:
+    """Errors by status code (measured period, and warm-up apart), errors per window by
+    code, and the outages (runs of 1 s windows with at least half their arrivals in
+    error); "none" when there were none."""
+    s = run.summary
+    req = s["requests"]
+    codes = req.get("error_codes") or {}
+    warm = (s.get("warmup_requests") or {}).get("error_codes") or {}
+    out = ['<section id="errors" data-section="errors">']
+    if codes or warm:
+        total = sum(codes.values())
+        out.append(
+            table(
+                ["status code", "errors (measured)", "share of errors", "warm-up"],
+                (
+                    [
+                        escape(c),
+                        num(codes.get(c, 0)),
+                        f"{codes.get(c, 0) / total:.1%}" if total else "–",
+                        num(warm.get(c, 0)),
+                    ]
+                    for c in sorted({*codes, *warm}, key=lambda c: (-codes.get(c, 0), c))
+                ),
+                cls="error-codes",
+            )
+        )
+    else:
+        out.append('<p class="sub" data-none="error-codes">Error codes: none (no errors).</p>')
+    per_window = run.window_error_codes()
+    names = sorted({c for _, w in per_window for c in w})
+    if names:
+        xs = [t + 0.5 for t, _ in per_window]
+        out.append(
+            figure(
+                svg.line_chart(
+                    [
+                        svg.Series(c, xs, [float(w.get(c, 0)) for _, w in per_window], points=True)
+                        for c in names
+                    ],
+                    title="Errors per 1 s window by status code",
+                    chart_id="errors-over-time",
+                    x_label="seconds since start",
+                    y_label="errors",
+                    band=_band(run),
+                    spans=_outage_spans(s),
+                ),
+                "Windows by intended send time (timeseries.parquet: error_codes).",
+            )
+        )
+    outages = s.get("outages")
+    if outages:
+        out.append("<h3>Outages</h3>")
+        out.append(
+            table(
+                ["from s", "to s", "seconds", "arrivals", "errors", "error share", "status codes"],
+                (
+                    [
+                        num(o["start_s"]),
+                        num(o["end_s"]),
+                        num(round(float(o["end_s"]) - float(o["start_s"]), 3)),
+                        num(o["records"]),
+                        num(o["errors"]),
+                        f"{o['errors'] / o['records']:.0%}" if o["records"] else "–",
+                        escape(_codes_text(o.get("error_codes") or {})),
+                    ]
+                    for o in outages
+                ),
+                cls="outages",
+            )
+        )
+    elif outages is not None:
+        out.append(
+            '<p class="sub" data-none="outages">Outages: none (no 1 s window with at least '
+            "half its arrivals in error).</p>"
+        )
+    else:
+        out.append(note("this summary has no outages list (an older run)"))
+    out.append("</section>")
+    return "".join(out)
 
 
 def distribution_html(run: RunData) -> str:
@@ -742,6 +857,8 @@ def render_run(run: RunData) -> str:
         percentiles_table(s),
         over_time_html(run),
         distribution_html(run),
+        "<h2>Errors and outages</h2>",
+        errors_html(run),
         "<h2>Agents (the generator judges itself)</h2>",
         agents_html(run),
         "<h2>Server</h2>",

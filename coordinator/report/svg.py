@@ -211,8 +211,10 @@ def line_chart(
     band: tuple[float, float, str] | None = None,
     x_ticks: list[tuple[float, str]] | None = None,
     y_zero: bool = True,
+    spans: Sequence[tuple[float, float, str]] = (),
 ) -> str:
-    """Lines over a shared x axis; band = (x0, x1, label) shades a span (warm-up)."""
+    """Lines over a shared x axis; band = (x0, x1, label) shades a span (warm-up); each of
+    `spans` (x0, x1, label) is marked as an outage (class "outage", its label the tooltip)."""
     pts = [
         (x, y)
         for s in series
@@ -227,6 +229,8 @@ def line_chart(
     y_lo, y_hi = min(p[1] for p in pts), max(p[1] for p in pts)
     if band is not None:
         x_lo, x_hi = min(x_lo, band[0]), max(x_hi, band[1])
+    for x0, x1, _ in spans:
+        x_lo, x_hi = min(x_lo, x0), max(x_hi, x1)
     if log_y:
         yt_vals = log_ticks(y_lo, y_hi)
         y_lo, y_hi = min(y_lo, yt_vals[0]), max(y_hi, yt_vals[-1])
@@ -252,6 +256,12 @@ def line_chart(
             f'<rect x="{x0:.1f}" y="{top}" width="{x1 - x0:.1f}" height="{height - MB - top}" '
             f'class="band"><title>{escape(band[2])}</title></rect>'
             f'<text x="{x0 + 4:.1f}" y="{top + 12}" class="tk">{escape(band[2])}</text>'
+        )
+    for x0, x1, label in spans:
+        a, b = xs(x0), xs(x1)
+        parts.append(
+            f'<rect x="{a:.1f}" y="{top}" width="{max(b - a, 1.0):.1f}" '
+            f'height="{height - MB - top}" class="outage"><title>{escape(label)}</title></rect>'
         )
     parts += _axes(xs, ys, x_ticks, [(v, fmt(v)) for v in yt_vals], x_label, y_label, height, top)
     for s, (_, col, _) in zip(series, entries, strict=True):

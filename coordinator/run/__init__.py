@@ -52,7 +52,7 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
         [AgentSpec(s.info.address, w) for s, w in zip(streams, weights, strict=True)]
     )
     run_id = uuid.uuid4().hex[:12]
-    run_dir = new_run_dir(opts.out_dir, plan.name)
+    run_dir = opts.run_dir or new_run_dir(opts.out_dir, plan.name)
     write_plan(run_dir / "plan.yaml", plan)
     expected = scheduled_total(plan)
     writer = RequestWriter(run_dir / "requests.parquet") if plan.raw_records else None
@@ -61,7 +61,8 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
     # coordinator.stats: the server monitor samples from the start instant on
     monitor = ServerMonitor.for_plan(plan, opts.server_metrics, opts.server_stats)
     monitor.begin(start_ns, plan.load.warmup_s)
-    write_manifest(run_dir, run_id, [s.info for s in streams], start_ns, run.span_s, expected)
+    infos = [s.info for s in streams]
+    write_manifest(run_dir, run_id, infos, start_ns, run.span_s, expected, opts.local_spools)
 
     # ---- main loop ------------------------------------------------------------
     run.startup()

@@ -39,6 +39,11 @@ class RunOptions:
     #: Sample the server's statistics and metrics (server.json).
     server_stats: bool = True
     stop_event: asyncio.Event | None = None
+    #: The run directory, made by the caller (local agents spool inside it); None: a new
+    #: one under out_dir.
+    run_dir: Path | None = None
+    #: Agent address -> its spool folder on this host (local agents), for run.json.
+    local_spools: dict[str, Path] = field(default_factory=dict)
 
 
 @dataclass

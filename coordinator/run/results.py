@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import dataclasses
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 
 from coordinator.agents import AgentState
 from coordinator.documents import Summary
-from coordinator.recovery import MANIFEST, find_outages
+from coordinator.local import SPOOL_FOLDER
+from coordinator.recovery import MANIFEST, add_schedule_counts, count_schedule, find_outages
 from coordinator.report import write_report_safely
 from coordinator.run.loop import RunLoop
 from coordinator.run.options import RunResult
@@ -47,10 +49,17 @@ def add_input_pool(summary: Summary, pool: PoolDescription, infos: list[AgentInf
         row["input_pool_bytes"] = pool["bytes_per_worker"] * info.workers
 
 
-def annotate(summary: Summary, streams: list[AgentStream], start_ns: int, run_dir: Path) -> None:
+def annotate(
+    summary: Summary,
+    streams: list[AgentStream],
+    start_ns: int,
+    run_dir: Path,
+    local: Collection[str] = (),
+) -> None:
     """Per-agent failure detection figures (and silences it came back from, as warnings:
     a missing-then-returned agent is partial only if it ends missing or failed), and how
-    to recover what a lost agent kept."""
+    to recover what a lost agent kept (`local`: addresses of agents that spool in the run
+    directory, read from there)."""
     for s, row in zip(streams, summary["agents"], strict=True):
         row["last_seen_s"] = round((s.info.last_seen_ns - start_ns) / 1e9, 3)
         row["lost_detected_s"] = round((s.lost_ns - start_ns) / 1e9, 3) if s.lost_ns else None
@@ -72,10 +81,11 @@ def annotate(summary: Summary, streams: list[AgentStream], start_ns: int, run_di
     lost = [s for s in streams if s.state.partial]
     summary["partial_agents"] = [s.name for s in lost]
     if lost:
-        agents = " ".join(f"--agent {s.info.address}" for s in lost)
+        # local agents' spool files are in the run directory: RUN_DIR alone finds them
+        agents = "".join(f" --agent {s.info.address}" for s in lost if s.info.address not in local)
         summary["recovery"] = {
             "agents": [s.info.address for s in lost],
-            "hint": f"their spooled records: volley collect {run_dir} {agents}",
+            "hint": f"their spooled records: volley collect {run_dir}{agents}",
         }
 
 
@@ -83,6 +93,9 @@ def remove_unused_run_dir(run_dir: Path) -> None:
     """A run refused before any load leaves no run directory behind."""
     ours = {"plan.yaml", "requests.parquet", MANIFEST}
     with contextlib.suppress(OSError):
+        spool = run_dir / SPOOL_FOLDER  # local agents' spool folders, empty before a start
+        if spool.is_dir() and not any(p.is_file() for p in spool.rglob("*")):
+            ours.add(SPOOL_FOLDER)
         if {p.name for p in run_dir.iterdir()} <= ours:
             shutil.rmtree(run_dir)
 
@@ -130,8 +143,11 @@ async def finish(
         server=server,
         stopped=run.stop_reason.value,
     )
+    # requests.scheduled: the schedule's count (regenerated from the plan), beside the
+    # records, and what has no record
+    add_schedule_counts(summary, count_schedule(plan))
     add_input_pool(summary, pool, infos)
-    annotate(summary, run.streams, run.start_ns, run_dir)
+    annotate(summary, run.streams, run.start_ns, run_dir, run.opts.local_spools)
     summary["outages"] = find_outages(run.agg)
     write_files(run, run_dir, summary, server_doc)
     # The run is stored: agents that delivered everything may drop their spools; the

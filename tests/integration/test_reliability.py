@@ -1,5 +1,6 @@
 """Failures with real processes: an agent SIGKILLed mid-run, the coordinator SIGKILLed
-then `volley collect`, Triton killed and restarted mid-run, refusals (token, client
+then `volley collect` (remote agents over Collect, local agents from the spool files in
+the run directory), Triton killed and restarted mid-run, refusals (token, client
 certificate, allowlist, rate cap), and a coordinator fed garbage by a fake agent.
 
 Each prints the figures it measures (run pytest with -s to see them)."""
@@ -267,6 +268,8 @@ def test_coordinator_sigkill_then_collect(
     _assert_slices_are_prefixes(run_dir, raw)
     assert s["requests"]["ok"] + s["warmup_requests"]["ok"] == len(idx)
     assert "run stopped early" in " ".join(s["verdict"]["reasons"])
+    # the figures over what the records cover, the schedule's counts from the plan
+    _assert_recovered_figures(s, rate=200.0, scheduled=1600)
     # spools were released
     for i in range(2):
         assert not any((tmp_path / f"a{i}-spool").iterdir())
@@ -275,6 +278,113 @@ def test_coordinator_sigkill_then_collect(
         f"volley collect recovered {rec['recovered']} records "
         f"({rec['records_before']} readable in the run directory before); "
         "each agent's slice complete up to where it stopped"
+    )
+
+
+#: Offered and achieved rates of a recovered run, against the planned rate over the
+#: span its records cover: agents stop a little apart (up to one 100 ms flush of records
+#: and their own stop), so a few percent.
+RATE_TOLERANCE = 0.05
+
+
+def _assert_recovered_figures(s: dict[str, Any], rate: float, scheduled: int) -> None:
+    req, warm = s["requests"], s["warmup_requests"]
+    assert abs(s["offered_rps"] - rate) <= RATE_TOLERANCE * rate, s["offered_rps"]
+    assert abs(s["throughput_rps"] - rate) <= RATE_TOLERANCE * rate, s["throughput_rps"]
+    assert req["schedule_total"] == scheduled == req["scheduled"] + warm["scheduled"]
+    recorded = req["recorded"]
+    assert recorded == req["sent"] + req["dropped"] + req["not_sent"] > 0
+    assert req["no_record"] == req["scheduled"] - recorded >= 0
+    assert warm["no_record"] == warm["scheduled"] - warm["recorded"] >= 0
+    for a in s["agents"]:
+        assert a["no_record"] == a["scheduled"] - a["recorded"] >= 0, a
+    assert sum(a["scheduled"] for a in s["agents"]) == req["scheduled"]
+    assert sum(a["no_record"] for a in s["agents"]) == req["no_record"]
+    assert s["recovered"]["duration_from"] == "records"
+    assert s["duration_s"] < s["recovered"]["planned_duration_s"]
+    assert s["offered_rps"] == pytest.approx(recorded / s["duration_s"], rel=1e-3)
+
+
+def test_local_agents_coordinator_sigkill_then_collect_run_dir_alone(
+    triton_server: TritonEndpoint, tmp_path: Path
+) -> None:
+    """`volley run --local-agents 2`, the coordinator SIGKILLed mid-run: its local agents
+    die with it (they finish their spools first), and `volley collect RUN_DIR` alone
+    recovers the run from the spool files inside the run directory."""
+    rate, duration_s, warmup_s, kill_at_s = 50.0, 8.0, 1.0, 4.0
+    out = tmp_path / "runs"
+    coord = _volley(
+        "run",
+        "--target",
+        triton_server.grpc_url,
+        "--model",
+        "add",
+        "--rate",
+        str(rate),
+        "--duration",
+        f"{duration_s:g}s",
+        "--warmup",
+        f"{warmup_s:g}s",
+        "--local-agents",
+        "2",
+        "--workers",
+        "1",
+        "--out",
+        str(out),
+        "--quiet",
+        "--start-lead",
+        "1.5",
+        "--seed",
+        "11",
+    )
+    try:
+        run_dir, manifest = _wait_manifest(out, timeout=60)
+        assert [a["spool_dir"] for a in manifest["agents"]] == ["spool/agent-0", "spool/agent-1"]
+        agents = _children(coord.pid)
+        assert len(agents) == 2
+        _sleep_until(manifest["start_monotonic_ns"] + int(kill_at_s * 1e9))
+        coord.send_signal(signal.SIGKILL)
+        coord.wait(10)
+    finally:
+        if coord.poll() is None:
+            coord.kill()
+            coord.wait(10)
+    # the local agents die with their coordinator: wait until they are gone
+    deadline = time.monotonic() + 20
+    while any(_alive(p) for p in agents) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in agents), "local agents outlived their coordinator"
+    assert not (run_dir / "summary.json").exists()
+    assert list((run_dir / "spool").glob("agent-*/*/slot-*.bin"))
+
+    res = _volley("collect", str(run_dir), env={"VOLLEY_TOKEN": ""})
+    stdout, stderr = res.communicate(timeout=60)
+    assert res.returncode == 0, stderr
+    assert "Traceback" not in stderr and "not collected" not in stderr, stderr
+    assert "with no record" in stdout, stdout
+    s = json.loads((run_dir / "summary.json").read_text())
+    rec = s["recovered"]
+    assert [a["source"] for a in rec["agents"]] == [
+        str(run_dir / "spool" / f"agent-{i}") for i in range(2)
+    ]
+    raw = pq.read_table(run_dir / "requests.parquet")
+    idx = raw.column("index").to_numpy()
+    assert len(idx) == len(np.unique(idx)) == rec["records_after"] > 100
+    _assert_slices_are_prefixes(run_dir, raw)
+    assert s["requests"]["errors"] == 0
+    # the measured period ends near the kill, not at the plan's end
+    assert kill_at_s - warmup_s - 0.5 <= s["duration_s"] <= kill_at_s - warmup_s + 1.5
+    assert rec["planned_duration_s"] == duration_s - warmup_s
+    _assert_recovered_figures(s, rate=rate, scheduled=int(rate * duration_s))
+    assert s["requests"]["no_record"] > 0  # the arrivals after the kill
+    # the spool files were read and dropped; the run directory holds the whole run
+    assert not (run_dir / "spool").exists()
+    assert (run_dir / "report.html").is_file() and (run_dir / "histograms.json").is_file()
+    print(
+        f"\nlocal agents, coordinator SIGKILL at {kill_at_s:g} s: collect from RUN_DIR alone "
+        f"recovered {rec['recovered']} records; measured {s['duration_s']:.2f} s, offered "
+        f"{s['offered_rps']:.1f}/s, achieved {s['throughput_rps']:.1f}/s (planned {rate:g}/s); "
+        f"scheduled {s['requests']['scheduled']}, no record {s['requests']['no_record']}"
     )
 
 

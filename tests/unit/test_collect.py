@@ -1,19 +1,37 @@
-"""`volley collect` pieces: duplicate records count once, outages, and one-line errors."""
+"""`volley collect` pieces: duplicate records count once, outages, one-line errors; the
+rebuilt figures (measured period from the records, the schedule's counts, no-record
+counts) and local agents' spool files read from the run directory."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import uvloop
+import yaml
 from typer.testing import CliRunner
 
 from coordinator.aggregate import Aggregator
-from coordinator.collect import _dedupe
-from coordinator.recovery import find_outages
+from coordinator.collect import _dedupe, collect_run
+from coordinator.local import SPOOL_FOLDER, local_spool_dir
+from coordinator.recovery import (
+    add_schedule_counts,
+    count_schedule,
+    find_outages,
+    recovered_measured_s,
+    write_manifest,
+)
+from coordinator.summary import AgentInfo, build_summary
 from volley import records as rc
+from volley.arrivals import global_schedule
 from volley.cli import app
+from volley.plan import plan_from_dict
 from volley.records import RecordBuffer, concat
+from volley.v1 import control_pb2 as pb
 
 
 def _block(indices: list[int], status: int = 0, worker: int = 0) -> object:
@@ -73,3 +91,148 @@ def test_collect_errors_are_one_line(tmp_path: Path) -> None:
     for r in (res,):
         assert r.output.strip().count("\n") == 0, r.output
         assert "Traceback" not in r.output
+
+
+# ---------------------------------------------------------------- the rebuilt figures
+RATE, DURATION_S, WARMUP_S = 100.0, 4.0, 1.0
+
+
+def _plan_doc() -> dict[str, Any]:
+    return {
+        "target": "127.0.0.1:1",
+        "model": "add",
+        "seed": 3,
+        "load": {"rate": RATE, "duration": f"{DURATION_S}s", "warmup": f"{WARMUP_S}s"},
+        "agents": [{"address": "127.0.0.1:7001"}, {"address": "127.0.0.1:7002"}],
+    }
+
+
+def test_schedule_counts_per_period_and_agent() -> None:
+    plan = plan_from_dict(_plan_doc())
+    c = count_schedule(plan, after_index=299)
+    assert c is not None
+    assert (c.total, c.warmup, c.measured) == (400, 100, 300)  # constant: t_i = i / 100
+    assert c.agent_measured == [150, 150] and c.agent_warmup == [50, 50]
+    assert c.model_measured == [300]
+    assert c.next_ns == 3_000_000_000  # arrival 300
+    assert count_schedule(plan, after_index=399).next_ns is None  # type: ignore[union-attr]
+    closed = plan_from_dict(
+        {**_plan_doc(), "load": {"mode": "closed", "concurrency": 2, "duration": "2s"}}
+    )
+    assert count_schedule(closed) is None
+
+
+def test_recovered_measured_period() -> None:
+    plan = plan_from_dict(_plan_doc())
+    # records stop after arrival 249 (t = 2.49 s): the period ends where arrival 250 was due
+    assert recovered_measured_s(plan, 249, 2_500_000_000, 2_495_000_000, False) == 1.5
+    # records reach the end of the schedule: the planned measured period, as a normal run
+    assert recovered_measured_s(plan, 399, None, 3_995_000_000, False) == DURATION_S - WARMUP_S
+    assert recovered_measured_s(plan, None, None, None, False) == 0.0
+    closed = plan_from_dict(
+        {**_plan_doc(), "load": {"mode": "closed", "concurrency": 2, "duration": "4s"}}
+    )
+    assert recovered_measured_s(closed, None, None, 2_750_000_000, False) == 2.75
+    assert recovered_measured_s(closed, None, None, 2_750_000_000, True) == 4.0
+
+
+def _spool_run(tmp_path: Path, cut: list[int], finished: bool = False) -> Path:
+    """A run directory as a SIGKILLed coordinator leaves it, with two local agents' spool
+    files inside it: agent k has the arrivals of its slice below cut[k]."""
+    from agent.spool import SpoolWriter
+    from volley.schedule import worker_slice
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    plan = plan_from_dict(_plan_doc())
+    (run_dir / "plan.yaml").write_text(yaml.safe_dump(_plan_doc()))
+    spools = {a.address: local_spool_dir(run_dir, i) for i, a in enumerate(plan.agents)}
+    infos = [
+        AgentInfo(index=i, address=a.address, id=f"local-{i}", workers=1)
+        for i, a in enumerate(plan.agents)
+    ]
+    write_manifest(run_dir, "r1", infos, 0, DURATION_S, 400, spools)
+    (run_dir / "requests.parquet").write_bytes(b"PAR1 truncated")  # what the kill left
+    for k, info in enumerate(infos):
+        w = SpoolWriter(local_spool_dir(run_dir, k), "r1", k, {"run_id": "r1"})
+        w.write(pb.RunEvent(started=pb.Started(run_id="r1", agent_index=k, agent_id=info.id)))
+        idx, t = worker_slice(*global_schedule(plan).all(), plan.agent_weights, k, [1], 0)
+        buf = RecordBuffer(len(idx))
+        for i, ti in zip(idx.tolist(), t.tolist(), strict=True):
+            if i < cut[k]:
+                status = rc.UNAVAILABLE if i % 10 == 0 else rc.OK
+                buf.append(i, ti, ti + 10_000, ti + 2_000_000, status, 10, 10, 1, 0)
+        block = buf.take(["1"])
+        assert block is not None
+        w.write(pb.RunEvent(timings=block.to_proto()))
+        if finished:
+            w.write(pb.RunEvent(finished=pb.Finished(run_id="r1", ok=True)))
+        w.close()
+    return run_dir
+
+
+def test_collect_reads_local_spools_and_keeps_the_truth(tmp_path: Path) -> None:
+    """`volley collect RUN_DIR` alone, the local agents gone: their spool files are read
+    from the run directory; rates come from the recorded span, scheduled from the plan."""
+    run_dir = _spool_run(tmp_path, cut=[300, 300])  # both stopped at 3.0 s of 4 s
+    res = CliRunner().invoke(app, ["collect", str(run_dir)], env={"VOLLEY_TOKEN": ""})
+    assert res.exit_code == 0, res.output
+    s = json.loads((run_dir / "summary.json").read_text())
+    req = s["requests"]
+    # measured 1.0 s .. 3.0 s (arrival 300 was due at 3.0 s), not the planned 3 s
+    assert s["duration_s"] == 2.0 and s["recovered"]["planned_duration_s"] == 3.0
+    assert s["offered_rps"] == pytest.approx(RATE)  # 200 records / 2 s; old code: 66.7
+    assert s["throughput_rps"] == pytest.approx(0.9 * RATE)
+    # the schedule's counts, the records, and what has none
+    assert req["schedule_total"] == 400 and req["scheduled"] == 300
+    assert req["recorded"] == 200 and req["no_record"] == 100
+    assert s["warmup_requests"]["scheduled"] == s["warmup_requests"]["recorded"] == 100
+    assert s["warmup_requests"]["no_record"] == 0
+    for a in s["agents"]:
+        assert (a["scheduled"], a["recorded"], a["no_record"]) == (150, 100, 50)
+        assert a["state"] == "missing"
+    assert req["error_codes"] == {"UNAVAILABLE": 20}
+    assert [a["source"] for a in s["recovered"]["agents"]] == [
+        str(local_spool_dir(run_dir, k)) for k in range(2)
+    ]
+    assert (run_dir / "requests.parquet.broken").is_file()
+    assert pq.read_table(run_dir / "requests.parquet").num_rows == 300
+    # the spool files were dropped, and their folders
+    assert not (run_dir / SPOOL_FOLDER).exists()
+    assert "300 after" in res.output and "100 with no record" in res.output
+    # the run directory is whole again: histograms and the report too
+    assert (run_dir / "histograms.json").is_file() and (run_dir / "report.html").is_file()
+
+
+def test_collect_of_a_complete_run_uses_the_planned_period(tmp_path: Path) -> None:
+    run_dir = _spool_run(tmp_path, cut=[400, 400], finished=True)
+    report = uvloop.run(collect_run(run_dir, keep=True))
+    assert report.records_after == 400
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["duration_s"] == DURATION_S - WARMUP_S and s["offered_rps"] == pytest.approx(RATE)
+    assert s["requests"]["no_record"] == 0 and all(a["state"] == "done" for a in s["agents"])
+    assert (local_spool_dir(run_dir, 0) / "r1" / "slot-0.bin").is_file()  # kept
+
+
+def test_normal_run_counts_the_schedule(tmp_path: Path) -> None:
+    """A normal run's summary too: requests.scheduled is the schedule's count, and an
+    agent lost mid-run leaves its unrecorded arrivals counted as no_record."""
+    plan = plan_from_dict(_plan_doc())
+    agg = Aggregator(2, int(WARMUP_S * 1e9))
+    idx, t = global_schedule(plan).all()
+    for k in range(2):
+        buf = RecordBuffer(len(idx))
+        for i, ti in zip(idx.tolist(), t.tolist(), strict=True):
+            if i % 2 == k and (k == 0 or i < 250):  # agent 1 lost after 2.5 s
+                buf.append(i, ti, ti + 10_000, ti + 2_000_000, rc.OK, 10, 10, 1, 0)
+        block = buf.take(["1"])
+        assert block is not None
+        agg.ingest(k, block)
+    infos = [AgentInfo(index=k, address=a.address) for k, a in enumerate(plan.agents)]
+    infos[1].state = "missing"
+    s = build_summary(plan, "r", agg, infos, DURATION_S - WARMUP_S, 400)
+    add_schedule_counts(s, count_schedule(plan))
+    assert s["requests"]["scheduled"] == 300 and s["requests"]["recorded"] == 225
+    assert s["requests"]["no_record"] == 75 == s["agents"][1]["no_record"]
+    assert s["agents"][0]["no_record"] == 0
+    assert any("75 of 400 scheduled requests have no record" in r for r in s["verdict"]["reasons"])

@@ -15,17 +15,22 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
+from typer.testing import CliRunner
 
 from coordinator.aggregate import Aggregator
 from coordinator.metrics import MetricsExporter, parse_listen
 from coordinator.progress import live_figures, live_outputs, render
+from coordinator.recovery import find_outages
 from coordinator.report import ReportError, load_run, svg, write_compare, write_report
 from coordinator.report.compare import comparison
 from coordinator.report.export import COLUMNS_AFTER_LOAD, perf_analyzer_csv
 from coordinator.run import Progress
 from coordinator.rundir import timeseries_rows, write_histograms, write_json, write_timeseries
-from coordinator.summary import AgentInfo
+from coordinator.summary import AgentInfo, requests_block
+from tests.browser import find_chromium, render_page
+from tests.triton_fixture import in_ci
 from volley import records as rc
+from volley.cli import app
 from volley.plan import PlanError
 from volley.records import RecordBuffer
 
@@ -39,10 +44,16 @@ def _block(n: int, start_ns: int, step_ns: int, lat_ns: int, errors: int = 0) ->
     return buf.take(["16"])
 
 
-def _agg() -> Aggregator:
+def _agg(outage: bool = False, errors: int = 3) -> Aggregator:
+    """Two agents, 3 s at 100/s each; with `outage`, every arrival of 2.0-3.0 s fails."""
     agg = Aggregator(2, warmup_ns=1_000_000_000)
     for a in range(2):
-        agg.ingest(a, _block(300, 0, 10_000_000, 2_000_000 * (a + 1), errors=3))
+        agg.ingest(
+            a, _block(300 if not outage else 200, 0, 10_000_000, 2_000_000 * (a + 1), errors)
+        )
+        if outage:
+            down = _block(100, 2_000_000_000, 10_000_000, 1_000_000, errors=100)
+            agg.ingest(a, down)
     return agg
 
 
@@ -108,11 +119,23 @@ def _summary(name: str, p99: float, queue: float | None, mode: str = "open") -> 
     }
 
 
-def _run_dir(tmp: Path, name: str, p99: float, queue: float | None, mode: str = "open") -> Path:
+def _run_dir(
+    tmp: Path,
+    name: str,
+    p99: float,
+    queue: float | None,
+    mode: str = "open",
+    agg: Aggregator | None = None,
+) -> Path:
     d = tmp / name
     d.mkdir()
-    write_json(d / "summary.json", _summary(name, p99, queue, mode))
-    agg = _agg()
+    summary = _summary(name, p99, queue, mode)
+    if agg is not None:  # the error figures of this aggregate, as a run writes them
+        summary["requests"]["error_codes"] = requests_block(agg.total())["error_codes"]
+        summary["warmup_requests"] = requests_block(agg.total_warmup())
+        summary["outages"] = find_outages(agg)
+    write_json(d / "summary.json", summary)
+    agg = agg or _agg()
     write_histograms(d / "histograms.json", agg, ["a0", "a1"])
     write_timeseries(d / "timeseries.parquet", timeseries_rows(agg, ["a0", "a1"], {(0, 0): 5.0}))
     load = "concurrency: 4" if mode == "closed" else "rate: 100"
@@ -270,3 +293,68 @@ def test_histograms_file_round_trips(tmp_path: Path) -> None:
     assert doc["latency"]["count"] == agg.total().latency.count
     assert set(doc["agents"]) == {"a0", "a1"}
     assert np.sum(doc["latency"]["counts"]) == doc["latency"]["count"]
+
+
+# ---------------------------------------------------------------- errors and outages
+def test_report_shows_error_codes_and_outages(tmp_path: Path) -> None:
+    d = _run_dir(tmp_path, "down", 9.0, 1.5, agg=_agg(outage=True))
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["outages"] and summary["requests"]["error_codes"] == {"UNAVAILABLE": 200}
+    html = write_report(d).read_text()
+    assert 'data-section="errors"' in html
+    assert 'class="error-codes"' in html and "UNAVAILABLE" in html
+    assert 'class="outages"' in html and "2–3 s: 200 of 200 in error (100%)" in html
+    assert 'data-chart="errors-over-time"' in html
+    lat = re.search(r'<svg[^>]*data-chart="latency-over-time".*?</svg>', html, re.S)
+    assert lat is not None and lat.group(0).count('class="outage"') == 1
+    assert 'data-none="' not in html
+    # `volley report RUN` renders it again from the files
+    (d / "report.html").unlink()
+    res = CliRunner().invoke(app, ["report", str(d)])
+    assert res.exit_code == 0, res.output
+    assert 'class="outages"' in (d / "report.html").read_text()
+
+
+def test_report_says_none_without_errors(tmp_path: Path) -> None:
+    d = _run_dir(tmp_path, "clean", 9.0, 1.5, agg=_agg(errors=0))
+    html = write_report(d).read_text()
+    assert 'data-none="error-codes"' in html and 'data-none="outages"' in html
+    assert 'class="error-codes"' not in html and 'class="outages"' not in html
+    assert 'data-chart="errors-over-time"' not in html and 'class="outage"' not in html
+
+
+#: What the browser is asked about the errors section.
+ERROR_QUERIES = {
+    "sections": "document.querySelectorAll('[data-section=errors]').length",
+    "code_rows": "document.querySelectorAll('table.error-codes tr').length",
+    "outage_rows": "document.querySelectorAll('table.outages tr').length",
+    "marks": "Array.from(document.querySelectorAll("
+    "'svg[data-chart=\"latency-over-time\"] rect.outage'))"
+    ".map(r => r.getBoundingClientRect().width)",
+    "none": "Array.from(document.querySelectorAll('[data-none]'))"
+    ".map(e => e.dataset.none + ': ' + e.textContent)",
+}
+
+
+async def test_errors_and_outages_in_chromium(tmp_path: Path) -> None:
+    if find_chromium() is None:
+        if in_ci():
+            pytest.fail("chromium is not installed", pytrace=False)
+        pytest.skip("chromium is not installed")
+    down = write_report(_run_dir(tmp_path, "down", 9.0, 1.5, agg=_agg(outage=True)))
+    page = await render_page(down, queries=ERROR_QUERIES)
+    assert page.errors == [], page.errors
+    v = page.values
+    assert v["sections"] == 1 and v["code_rows"] == 2 and v["outage_rows"] == 2, v
+    assert len(v["marks"]) == 1 and v["marks"][0] > 20, v  # 1 s of 4 s, on a ~1000 px chart
+    assert v["none"] == [], v
+    charts = {c["id"]: c for c in page.charts}
+    assert "errors-over-time" in charts and not charts["errors-over-time"]["empty"]
+    clean = write_report(_run_dir(tmp_path, "clean", 9.0, 1.5, agg=_agg(errors=0)))
+    page = await render_page(clean, queries=ERROR_QUERIES)
+    assert page.errors == [], page.errors
+    v = page.values
+    assert v["sections"] == 1 and v["code_rows"] == 0 and v["outage_rows"] == 0, v
+    assert v["marks"] == [] and "errors-over-time" not in {c["id"] for c in page.charts}
+    assert [n.split(":")[0] for n in v["none"]] == ["error-codes", "outages"], v
+    assert all("none" in n for n in v["none"]), v

@@ -15,13 +15,13 @@ import pytest
 from coordinator.aggregate import Aggregator
 from coordinator.clock import ClockEstimate
 from coordinator.documents import Summary, SummaryError, load_summary
-from coordinator.recovery import find_outages
+from coordinator.recovery import add_schedule_counts, count_schedule, find_outages
 from coordinator.run import add_input_pool
 from coordinator.stats.documents import ServerSummary
 from coordinator.summary import AgentInfo, build_summary
 from volley import inputs as vin
 from volley import records as rc
-from volley.plan import Plan, plan_from_dict
+from volley.plan import AgentSpec, Plan, plan_from_dict
 from volley.records import RecordBlock, RecordBuffer
 from volley.request import build_plan_pool
 
@@ -198,6 +198,8 @@ def _summary() -> Summary:
         ],
     }
     summary = build_summary(plan, "r1", agg, infos, 3.0, 900, server=server)
+    two = plan.with_agents([AgentSpec("127.0.0.1:7001", 2), AgentSpec("127.0.0.1:7002", 1)])
+    add_schedule_counts(summary, count_schedule(two))
     summary["outages"] = find_outages(agg)
     image = [("IMAGE", "UINT8", (-1, -1, 3))]
     pooled = vin.resolve_specs(

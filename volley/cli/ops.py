@@ -45,7 +45,8 @@ def collect(
         typer.Option(
             "--agent",
             help="Agent HOST:PORT to collect from (repeatable; default: the run's agents "
-            "whose records may be incomplete).",
+            "whose records may be incomplete; local agents' spool files are read from the "
+            "run directory).",
         ),
     ] = None,
     token_file: Annotated[
@@ -89,6 +90,18 @@ def collect(
         f"records: {report.records_before} in the run directory before, "
         f"{report.records_after} after ({report.recovered} recovered)"
     )
+    s = report.summary
+    if s is not None:
+        req = s["requests"]
+        typer.echo(
+            f"measured {s['duration_s']:g} s (from the records): offered {s['offered_rps']:g}/s, "
+            f"achieved {s['throughput_rps']:g}/s"
+        )
+        if "no_record" in req:
+            typer.echo(
+                f"scheduled {req['scheduled']} (the plan's schedule, measured period), "
+                f"{req.get('recorded', 0)} recorded, {req['no_record']} with no record"
+            )
     if report.discarded:
         typer.echo(f"spools released on {len(report.discarded)} agent(s)")
     typer.echo(f"results: {report.run_dir}")

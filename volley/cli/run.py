@@ -243,11 +243,12 @@ def run(
     import uvloop
 
     from coordinator.agents import AgentError, resolve_agents
-    from coordinator.local import LocalAgents
+    from coordinator.local import LocalAgents, local_spool_dir
     from coordinator.metrics import parse_listen
     from coordinator.preflight import PreflightError
     from coordinator.progress import live_outputs
     from coordinator.run import RunOptions, execute
+    from coordinator.rundir import new_run_dir
     from coordinator.slo import parse_slo
     from volley.cli.console import print_summary
     from volley.security import ClientSecurity, SecurityError, load_client_security
@@ -325,7 +326,7 @@ def run(
 
     stop_event: asyncio.Event | None = None
 
-    async def main(addrs: list[str], local: bool = False) -> Any:
+    async def main(addrs: list[str], local_run_dir: Path | None = None) -> Any:
         nonlocal stop_event
         stop_event = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -339,8 +340,13 @@ def run(
             server_metrics=server_metrics,
             server_stats=server_stats,
             # local agents listen on loopback in plaintext (with the token, if one is given)
-            security=ClientSecurity(token=security.token) if local else security,
+            security=ClientSecurity(token=security.token)
+            if local_run_dir is not None
+            else security,
         )
+        if local_run_dir is not None:  # local agents spool inside it (for volley collect)
+            opts.run_dir = local_run_dir
+            opts.local_spools = {a: local_spool_dir(local_run_dir, i) for i, a in enumerate(addrs)}
         labels = {"name": plan.name, "model": plan.model, "target": plan.target}
         with live_outputs(show=not quiet, metrics_listen=metrics_port, labels=labels) as cb:
             opts.progress = cb
@@ -350,8 +356,9 @@ def run(
         if addresses:
             result = uvloop.run(main(addresses))
         else:
-            with LocalAgents(local_agents, workers, token=security.token) as addrs:
-                result = uvloop.run(main(addrs, local=True))
+            run_dir = new_run_dir(out, plan.name)
+            with LocalAgents(local_agents, workers, token=security.token, run_dir=run_dir) as addrs:
+                result = uvloop.run(main(addrs, run_dir))
     except (PreflightError, AgentError, PlanError) as exc:
         fail(str(exc))
     summary = result.summary
