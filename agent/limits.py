@@ -37,6 +37,7 @@ _NS_PER_S = 1_000_000_000
 MAX_CHECKED_ARRIVALS = 50_000_000
 #: A send time no earlier than every initial entry of a pacer's history.
 _LONG_AGO = -(1 << 62)
+_NEVER = 1 << 62
 
 
 def _window_text(limits: AgentLimits) -> str:
@@ -192,13 +193,12 @@ class Pacer:
     def __init__(self, quota: int, window: int) -> None:
         self.quota = quota
         self.window = window
-        self.history = [_LONG_AGO] * quota
+        # quota 0: one entry that never gets old enough (no send is ever allowed)
+        self.history = [_LONG_AGO] * quota if quota > 0 else [_NEVER]
         self.pos = 0
 
     def free_at(self) -> int:
-        """The earliest time the next send may go (a huge number when the quota is 0)."""
-        if not self.quota:
-            return 1 << 62
+        """The earliest time the next send may go (about 2^62 when the quota is 0)."""
         return self.history[self.pos] + self.window
 
     def took(self, now: int) -> None:

@@ -422,17 +422,25 @@ class Worker:
         if self.stopping or uid >= self.level or now >= self.end_ns:
             self.active[uid] = False
             return
-        if self._waiting or self._blocked(now):  # behind those already waiting
+        pacer, tp = self.pacer, self.tp
+        assert tp is not None
+        if (
+            self._waiting  # behind those already waiting
+            or (pacer is not None and now < pacer.free_at())
+            or 0 <= self.if_cap <= tp.in_flight
+        ):
             self.active[uid] = True
             self._waiting.append(uid)
             self._arm_wake(now)
             return
-        self._go_paced(uid)
+        self._user_go(uid)
+        if pacer is not None:
+            # taken after the hand-over: the transport's sent stamp is no later than this
+            pacer.took(self.clock() - self.start)
 
     def _go_paced(self, uid: int) -> None:
         self._user_go(uid)
         if self.pacer is not None:
-            # taken after the hand-over: the transport's sent stamp is no later than this
             self.pacer.took(self.clock() - self.start)
 
     def _arm_wake(self, now: int) -> None:
