@@ -15,7 +15,7 @@ import grpc
 
 from agent import spool
 from agent.config import AgentConfig
-from agent.limits import check_plan
+from agent.limits import check_plan, send_time_note
 from agent.session import RunSession, SessionSpec
 from volley.plan import Plan, PlanError
 from volley.v1 import control_pb2 as pb
@@ -153,6 +153,7 @@ class AgentService(pb_grpc.AgentControlServicer):
                 keepalive_s=keepalive_s,
                 grace_s=max(self.cfg.coordinator_grace_s, 4 * keepalive_s),
                 max_duration_s=self.cfg.limits.max_duration_s,
+                limits=self.cfg.limits,
             ),
             writer,
         )
@@ -164,6 +165,9 @@ class AgentService(pb_grpc.AgentControlServicer):
             request.agent_index,
             workers,
         )
+        note = send_time_note(plan, self.cfg.limits)
+        if note:
+            log.info("run %s: %s", request.run_id, note)
         session.start(self._session_done)
         try:
             async for event in session.stream():

@@ -24,9 +24,10 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from agent.config import AgentLimits
 from agent.lifeline import worker_entry
 from agent.spool import SpoolWriter
 from agent.worker import (
@@ -72,6 +73,8 @@ class SessionSpec:
     grace_s: float = 5.0
     #: The agent's own duration limit (0 = none): a hard stop past it, whatever happens.
     max_duration_s: float = 0.0
+    #: The agent's own limits, which its workers hold at send time.
+    limits: AgentLimits = field(default_factory=AgentLimits)
 
 
 #: The outbox (events waiting for the Run stream) holds at most this many events /
@@ -278,6 +281,7 @@ class RunSession:
                 start_at_ns=s.start_at_ns,
                 flush_s=s.flush_s,
                 expected_outputs=s.expected_outputs,
+                limits=s.limits,
             )
             p = self._ctx.Process(
                 target=worker_entry,

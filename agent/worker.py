@@ -22,13 +22,15 @@ import contextlib
 import gc
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 from typing import Any
 
 import numpy as np
 
+from agent.config import AgentLimits
+from agent.limits import Pacer, worker_quotas
 from agent.timer import LoopTimer, make_timer
 from agent.transports import Transport, make_transport
 from volley import records as rc
@@ -41,6 +43,8 @@ from volley.wire.payloads import Payloads, Wire, build_payloads
 #: Closed loop: a user whose request failed UNAVAILABLE waits (doubling up to this)
 #: before its next one, instead of spinning on a dead server.
 MAX_USER_BACKOFF_S = 1.0
+#: Open loop: the in-flight cap of a plan without one.
+_NO_CAP = 1 << 62
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,8 @@ class WorkerTask:
     start_at_ns: int
     flush_s: float = 0.1
     expected_outputs: int = 0
+    #: The agent's own limits: this worker holds its share of them at send time.
+    limits: AgentLimits = field(default_factory=AgentLimits)
 
 
 @dataclass
@@ -139,6 +145,21 @@ class Worker:
         self._timer: LoopTimer | None = None
         #: CPU spent before the load (imports, pool build) is not the load's cost.
         self.cpu_base = time.process_time()
+        # The agent's limits, this worker's share (agent/limits.py): a pacer of sends per
+        # window and an in-flight cap (-1: none). Without limits nothing below is on the
+        # send path: `_issue` and `_user_next` are the plain methods.
+        rate_quota, self.if_cap = worker_quotas(task.limits, task.workers, task.worker_index)
+        self.pacer = Pacer(rate_quota, task.limits.window_ns) if rate_quota >= 0 else None
+        limited = self.pacer is not None or self.if_cap >= 0
+        #: open loop: hands an arrival on (plain, or through the pacer)
+        self._issue: Callable[[int, int, int], None] = (
+            self._send_paced if self.pacer is not None else self._send
+        )
+        #: closed loop: user uid's next request (plain, or waiting for its turn)
+        self._user_next: Callable[[int], None] = self._user_paced if limited else self._user_go
+        #: closed loop, limited: users waiting for the pacer (or an in-flight slot)
+        self._waiting: collections.deque[int] = collections.deque()
+        self._wake_armed = False
 
     # ---- plumbing ------------------------------------------------------
     def _flush(self) -> None:
@@ -234,7 +255,7 @@ class Worker:
         elif self.backlog and not self.stopping:
             # A slot freed: the oldest waiting arrival goes out now (late, and counted so).
             i, t, p = self.backlog.popleft()
-            self._send(i, t, p)
+            self._issue(i, t, p)
 
     def _send(self, key: int, intended: int, pidx: int) -> None:
         assert self.tp is not None
@@ -243,6 +264,19 @@ class Worker:
             c.first_send_lateness_ns = self.clock() - self.start - intended
         c.sent += 1
         self.tp.send(key, intended, pidx)
+
+    def _send_paced(self, key: int, intended: int, pidx: int) -> None:
+        """Open loop under the agent's rate limit: an arrival that would put more than
+        this worker's quota in one window is not sent and is recorded LIMITED."""
+        pacer = self.pacer
+        assert pacer is not None
+        if self.clock() - self.start < pacer.free_at():
+            w = self.wires[pidx]
+            self._record(key, intended, -1, -1, rc.LIMITED, 0, 0, 0, w.shape_id, w.model_id)
+            return
+        self._send(key, intended, pidx)
+        # taken after the hand-over: the transport's sent stamp is no later than this
+        pacer.took(self.clock() - self.start)
 
     # ---- open loop -----------------------------------------------------
     async def _open_loop(self) -> None:
@@ -254,10 +288,12 @@ class Worker:
         plan = self.plan
         cap_total = plan.load.max_in_flight
         self._cap = (
-            0
+            _NO_CAP
             if cap_total == 0
             else max(1, split_count(cap_total, [1] * self.task.workers)[self.task.worker_index])
         )
+        if self.if_cap >= 0:
+            self._cap = min(self._cap, self.if_cap)
         #: at least 0.1 ms: a timer can fire ~0.1 ms after its whole-ms delay
         self._spin_ns = max(int(plan.load.spin_us * 1000), 100_000)
         self._spin_us_ns = int(plan.load.spin_us * 1000)
@@ -311,6 +347,7 @@ class Worker:
         clock, start = self.clock, self.start
         cap = self._cap
         backlog = self.backlog
+        send = self._issue
         now = clock() - start
         while True:
             idx, ts, pidx = self._idx, self._ts, self._pidx
@@ -321,8 +358,8 @@ class Worker:
                     break
                 i, p = idx[pos], pidx[pos]
                 pos += 1
-                if cap == 0 or tp.in_flight < cap:
-                    self._send(i, t, p)
+                if tp.in_flight < cap:
+                    send(i, t, p)
                 elif len(backlog) < self.plan.load.max_backlog:
                     backlog.append((i, t, p))  # goes out late when a slot frees
                 else:
@@ -355,7 +392,7 @@ class Worker:
             self._loop.call_soon(self._tick)
 
     # ---- closed loop ---------------------------------------------------
-    def _user_next(self, uid: int) -> None:
+    def _user_go(self, uid: int) -> None:
         """User `uid` sends its next request, or retires (ramp-down, end, stop)."""
         assert self.payloads is not None
         now = self.clock() - self.start
@@ -368,6 +405,70 @@ class Worker:
         pidx = self.payloads.pick_one(key)
         self.seq += 1
         self._send(-1 - uid, now, pidx)
+
+    def _blocked(self, now: int) -> bool:
+        """Closed loop under limits: the pacer has no send left in this window, or this
+        worker's in-flight share is full."""
+        pacer = self.pacer
+        assert self.tp is not None
+        return (
+            pacer is not None and now < pacer.free_at()
+        ) or 0 <= self.if_cap <= self.tp.in_flight
+
+    def _user_paced(self, uid: int) -> None:
+        """`_user_go` under the agent's limits: a user whose request would break them
+        waits for its turn (in order, one wake-up timer for all)."""
+        now = self.clock() - self.start
+        if self.stopping or uid >= self.level or now >= self.end_ns:
+            self.active[uid] = False
+            return
+        pacer, tp = self.pacer, self.tp
+        assert tp is not None
+        if (
+            self._waiting  # behind those already waiting
+            or (pacer is not None and now < pacer.free_at())
+            or 0 <= self.if_cap <= tp.in_flight
+        ):
+            self.active[uid] = True
+            self._waiting.append(uid)
+            self._arm_wake(now)
+            return
+        self._user_go(uid)
+        if pacer is not None:
+            # taken after the hand-over: the transport's sent stamp is no later than this
+            pacer.took(self.clock() - self.start)
+
+    def _go_paced(self, uid: int) -> None:
+        self._user_go(uid)
+        if self.pacer is not None:
+            self.pacer.took(self.clock() - self.start)
+
+    def _arm_wake(self, now: int) -> None:
+        if self._wake_armed:
+            return
+        self._wake_armed = True
+        pacer = self.pacer
+        at = pacer.free_at() if pacer is not None else now
+        # blocked by the in-flight share alone: look again in a millisecond
+        delay_ns = at - now if at > now else 1_000_000
+        asyncio.get_running_loop().call_later(delay_ns / 1e9, self._wake)
+
+    def _wake(self) -> None:
+        """Waiting users go, oldest first, while the limits allow."""
+        self._wake_armed = False
+        waiting = self._waiting
+        while waiting:
+            now = self.clock() - self.start
+            uid = waiting[0]
+            if self.stopping or uid >= self.level or now >= self.end_ns:
+                waiting.popleft()
+                self.active[uid] = False
+                continue
+            if self._blocked(now):
+                self._arm_wake(now)
+                return
+            waiting.popleft()
+            self._go_paced(uid)
 
     async def _closed_loop(self) -> None:
         prof = concurrency_profile(self.plan)

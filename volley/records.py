@@ -36,6 +36,7 @@ UNAUTHENTICATED = 16
 DROPPED = 100  #: never sent: the in-flight cap and backlog were full
 BAD_RESPONSE = 101  #: the server answered, but the response failed our check
 NOT_SENT = 102  #: the run stopped before this arrival's time came
+LIMITED = 103  #: never sent: refused by the agent's rate limit (--max-rate, at send time)
 HTTP_ERROR_BASE = 1000  #: HTTP status s is recorded as 1000 + s
 
 STATUS_NAMES: dict[int, str] = {
@@ -59,6 +60,7 @@ STATUS_NAMES: dict[int, str] = {
     DROPPED: "DROPPED",
     BAD_RESPONSE: "BAD_RESPONSE",
     NOT_SENT: "NOT_SENT",
+    LIMITED: "LIMITED",
 }
 
 
