@@ -13,7 +13,7 @@ What a record must be (`AgentCheck.records`):
   `shape_id` < the batch's shape table (when it has one);
 - status: a volley code (`volley.records.known_status`);
 - times, ns from the start: 0 <= intended <= the load's span; sent is -1 (never sent:
-  then done is -1 and the status DROPPED or NOT_SENT, and only then) or
+  then done is -1 and the status one of `records.NEVER_SENT`, and only then) or
   intended - 1 ms <= sent <= done <= the horizon (span + timeout + `HORIZON_SLACK_S`);
   closed loop: intended == sent (the worker sets it so);
 - index: open loop, inside this agent's slice of the one global schedule (`index <
@@ -241,7 +241,7 @@ class AgentCheck:
         unknown = ~rc.known_status(status)  # type: ignore[arg-type]
         # times (and the status they imply)
         never = sent == -1
-        unsent_code = (status == rc.DROPPED) | (status == rc.NOT_SENT)
+        unsent_code = np.isin(status, rc.NEVER_SENT)
         times_ok = (intended >= 0) & (intended <= self.max_intended_ns) & (never == unsent_code)
         times_ok &= np.where(
             never,

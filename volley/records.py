@@ -76,6 +76,10 @@ def _known_codes() -> npt.NDArray[np.bool_]:
 _KNOWN_CODES = _known_codes()
 
 
+#: Codes of arrivals that were never sent (their record has sent = done = -1).
+NEVER_SENT = (DROPPED, NOT_SENT, LIMITED)
+
+
 def known_status(status: npt.NDArray[np.uint16]) -> npt.NDArray[np.bool_]:
     """Which of these codes (a `status` column, uint16) are volley status codes."""
     known: npt.NDArray[np.bool_] = _KNOWN_CODES[status]

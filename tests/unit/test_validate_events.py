@@ -58,7 +58,7 @@ def _block(idx: np.ndarray, t: np.ndarray, status: int = rc.OK) -> RecordBlock:
     cols = {k: np.zeros(n, dt) for k, dt in COLUMNS.items()}
     cols["index"][:] = idx
     cols["intended_ns"][:] = t
-    if status in (rc.DROPPED, rc.NOT_SENT):
+    if status in rc.NEVER_SENT:
         cols["sent_ns"][:] = -1
         cols["done_ns"][:] = -1
     else:
@@ -138,8 +138,9 @@ def test_honest_records_pass_untouched() -> None:
     assert check.records(block) is block  # no copy on the common path
     dropped = _block(idx[:2], t[:2], rc.DROPPED)
     http = _block(idx[2:4], t[2:4], rc.HTTP_ERROR_BASE + 503)
+    limited = _block(idx[4:6], t[4:6], rc.LIMITED)  # never sent: the agent's rate limit
     fresh = AgentCheck(RunShape.of(plan), 0, workers=1)
-    assert len(fresh.records(concat([dropped, http]))) == 4 and not fresh.faults
+    assert len(fresh.records(concat([dropped, http, limited]))) == 6 and not fresh.faults
     assert check.slice_size == idx.size == 20
 
 
@@ -184,7 +185,7 @@ def test_an_agent_slot_outside_the_weights_owns_nothing() -> None:
 
 
 def test_known_status_table() -> None:
-    codes = np.array([0, 16, 17, 99, 100, 101, 102, 103, 1000, 1001, 1999, 2000], np.uint16)
+    codes = np.array([0, 16, 17, 99, 100, 101, 102, 103, 104, 1000, 1001, 1999, 2000], np.uint16)
     assert known_status(codes).tolist() == [
         True,
         True,
@@ -193,6 +194,7 @@ def test_known_status_table() -> None:
         True,
         True,
         True,
+        True,  # LIMITED (the agent's rate limit)
         False,
         False,
         True,
