@@ -39,3 +39,6 @@ class AgentConfig:
     spool_max_bytes: int = DEFAULT_MAX_BYTES
     #: A run whose coordinator is silent (no keepalive, or stream gone) this long stops.
     coordinator_grace_s: float = 5.0
+    #: The operator's header secrets (--header-secret NAME=env:VAR|file:PATH), read at
+    #: start: (name, value); a plan names one (`secret: NAME`) and never sees its value.
+    header_secrets: tuple[tuple[str, str], ...] = field(default=(), repr=False)

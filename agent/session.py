@@ -24,7 +24,7 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from agent.lifeline import worker_entry
@@ -41,6 +41,7 @@ from agent.worker import (
 )
 from volley.plan import Plan
 from volley.records import RecordBlock, concat
+from volley.target import TargetAccess
 from volley.v1 import control_pb2 as pb
 
 
@@ -72,6 +73,8 @@ class SessionSpec:
     grace_s: float = 5.0
     #: The agent's own duration limit (0 = none): a hard stop past it, whatever happens.
     max_duration_s: float = 0.0
+    #: Header values and target TLS material for the workers (in memory only).
+    access: TargetAccess = field(default_factory=TargetAccess)
 
 
 #: The outbox (events waiting for the Run stream) holds at most this many events /
@@ -236,6 +239,7 @@ class RunSession:
                 start_at_ns=s.start_at_ns,
                 flush_s=s.flush_s,
                 expected_outputs=s.expected_outputs,
+                access=s.access,
             )
             p = self._ctx.Process(
                 target=worker_entry,

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
@@ -18,6 +18,7 @@ from coordinator.agents import AgentClient, AgentError, AgentState
 from coordinator.run.options import RunOptions
 from coordinator.summary import AgentInfo
 from volley.records import RecordBlock
+from volley.target import CoordinatorAccess
 from volley.v1 import control_pb2 as pb
 
 log = logging.getLogger("volley.coordinator")
@@ -33,6 +34,17 @@ REFUSALS = (
     grpc.StatusCode.UNAUTHENTICATED,
     grpc.StatusCode.FAILED_PRECONDITION,
 )
+
+
+def run_access(access: CoordinatorAccess | None) -> dict[str, Any]:
+    """RunRequest fields carrying what the coordinator read (in memory only)."""
+    if access is None:
+        return {}
+    here = access.here
+    return {
+        "headers": [pb.HeaderValue(name=n, value=v) for n, v in access.agent_values],
+        "target_tls": pb.TargetTls(ca=here.ca, cert=here.cert, key=here.key),
+    }
 
 
 class RunClient(Protocol):
@@ -78,6 +90,8 @@ class AgentStream:
         self.refused = ""
         #: When (coordinator monotonic ns) it was found missing or its stream broke.
         self.lost_ns = 0
+        #: Header values and target TLS files, read by the coordinator (execute()).
+        self.access: CoordinatorAccess | None = None
 
     @property
     def state(self) -> AgentState:
@@ -113,6 +127,7 @@ class AgentStream:
             clock_offset_ns=self.info.clock.offset_ns if self.info.clock else 0,
             workers=self.info.workers,
             keepalive_ms=int(keepalive_s * 1000),
+            **run_access(self.access),
         )
 
     async def consume(self, req: pb.RunRequest, sink: RecordSink) -> None:
