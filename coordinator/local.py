@@ -1,8 +1,13 @@
-"""`--local-agents N`: agents spawned on this machine as separate processes."""
+"""`--local-agents N`: agents spawned on this machine as separate processes.
+
+They listen on loopback and require a token: the caller's, or a fresh random one per
+`LocalAgents` (so no other local user can drive them while the run lasts), given to
+them through the environment (never argv); `security` is what the coordinator uses."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -12,7 +17,12 @@ from pathlib import Path
 from types import TracebackType
 
 from coordinator.agents import AgentError
-from volley.security import PARENT_ENV, TOKEN_ENV
+from volley.security import PARENT_ENV, TOKEN_ENV, ClientSecurity
+
+
+def fresh_token() -> str:
+    """A random token for one run's local agents."""
+    return secrets.token_urlsafe(32)
 
 
 class LocalAgents:
@@ -22,13 +32,19 @@ class LocalAgents:
         self, count: int, workers: int = 0, startup_timeout_s: float = 30.0, token: str = ""
     ) -> None:
         self.count = count
-        self.token = token
+        #: The agents' token: the caller's, else a fresh random one for this run.
+        self.token = token or fresh_token()
         cores = os.cpu_count() or 1
         self.workers = workers or max(1, cores // max(count, 1))
         self.startup_timeout_s = startup_timeout_s
         self.procs: list[subprocess.Popen[bytes]] = []
         self._tmp = tempfile.TemporaryDirectory(prefix="volley-agents-")
         self.addresses: list[str] = []
+
+    @property
+    def security(self) -> ClientSecurity:
+        """How the coordinator talks to these agents (loopback, plaintext, the token)."""
+        return ClientSecurity(token=self.token)
 
     def __enter__(self) -> list[str]:
         tmp = Path(self._tmp.name)
@@ -53,8 +69,7 @@ class LocalAgents:
                 str(tmp / f"spool{i}"),
             ]
             env = dict(os.environ)
-            if self.token:
-                env[TOKEN_ENV] = self.token  # through the environment, never argv
+            env[TOKEN_ENV] = self.token  # through the environment, never argv
             env[PARENT_ENV] = str(os.getpid())  # a killed coordinator takes them with it
             self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env))
             files.append(port_file)

@@ -53,7 +53,7 @@ Compression = Annotated[
 Timeout = Annotated[str | None, option(PANEL_TARGET, "Per-request timeout, e.g. 10s.")]
 HeaderFile = Annotated[
     list[str] | None,
-    option(PANEL_TARGET, "File of 'Name: value' request headers, read where requests are sent."),
+    option(PANEL_TARGET, "File of 'Name: value' request headers, read here (agents get values)."),
 ]
 HeaderEnv = Annotated[
     list[str] | None,
@@ -243,7 +243,7 @@ def run(
     import uvloop
 
     from coordinator.agents import AgentError, resolve_agents
-    from coordinator.local import LocalAgents
+    from coordinator.local import LocalAgents, fresh_token
     from coordinator.metrics import parse_listen
     from coordinator.preflight import PreflightError
     from coordinator.progress import live_outputs
@@ -325,7 +325,7 @@ def run(
 
     stop_event: asyncio.Event | None = None
 
-    async def main(addrs: list[str], local: bool = False) -> Any:
+    async def main(addrs: list[str], local: ClientSecurity | None = None) -> Any:
         nonlocal stop_event
         stop_event = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -338,8 +338,8 @@ def run(
             stop_event=stop_event,
             server_metrics=server_metrics,
             server_stats=server_stats,
-            # local agents listen on loopback in plaintext (with the token, if one is given)
-            security=ClientSecurity(token=security.token) if local else security,
+            # local agents listen on loopback in plaintext, with the token (given or random)
+            security=local or security,
         )
         labels = {"name": plan.name, "model": plan.model, "target": plan.target}
         with live_outputs(show=not quiet, metrics_listen=metrics_port, labels=labels) as cb:
@@ -350,8 +350,9 @@ def run(
         if addresses:
             result = uvloop.run(main(addresses))
         else:
-            with LocalAgents(local_agents, workers, token=security.token) as addrs:
-                result = uvloop.run(main(addrs, local=True))
+            token = security.token or fresh_token()  # no other local user drives them
+            with LocalAgents(local_agents, workers, token=token) as addrs:
+                result = uvloop.run(main(addrs, local=ClientSecurity(token=token)))
     except (PreflightError, AgentError, PlanError) as exc:
         fail(str(exc))
     summary = result.summary
