@@ -1,8 +1,11 @@
 """Guards in front of every control-plane call (grpc.aio server interceptors).
 
 - Token authentication: a call without the shared token, or with a wrong one, is
-  refused with UNAUTHENTICATED before it reaches the servicer (nothing of it is
-  parsed), and logged (rate-limited, so a scanner cannot flood the log).
+  refused with UNAUTHENTICATED before it reaches the servicer, and logged
+  (rate-limited, so a scanner cannot flood the log). The refusal is given from the
+  call's metadata alone: its handler reads no message (it is a request-streaming
+  handler that never iterates, whatever the method's shape), so an unauthenticated
+  message is never buffered whole; gRPC's own flow control bounds what it holds.
 - Malformed requests (bytes that are not the method's message) are refused with
   INVALID_ARGUMENT instead of an exception inside gRPC.
 """
@@ -68,9 +71,9 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             yield  # pragma: no cover - abort raises
 
         # The request stays raw bytes: nothing of an unauthenticated call is parsed.
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(deny_stream)
-        return grpc.unary_unary_rpc_method_handler(deny)
+        if handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(deny_stream)
+        return grpc.stream_unary_rpc_method_handler(deny)
 
 
 class _Malformed:
@@ -131,6 +134,23 @@ class MalformedRequestGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
             return grpc.unary_stream_rpc_method_handler(
                 stream,
+                request_deserializer=safe_decode,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary is not None:
+            inner_upload = handler.stream_unary
+
+            async def upload(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                async def checked() -> AsyncIterator[Any]:
+                    async for request in requests:
+                        if request is MALFORMED:
+                            await refuse(context)
+                        yield request
+
+                return await inner_upload(checked(), context)
+
+            return grpc.stream_unary_rpc_method_handler(
+                upload,
                 request_deserializer=safe_decode,
                 response_serializer=handler.response_serializer,
             )

@@ -69,3 +69,7 @@ class AgentConfig:
         cap = self.limits.worker_cap()
         if cap and self.workers > cap:
             object.__setattr__(self, "workers", cap)
+
+    #: The operator's header secrets (--header-secret NAME=env:VAR|file:PATH), read at
+    #: start: (name, value); a plan names one (`secret: NAME`) and never sees its value.
+    header_secrets: tuple[tuple[str, str], ...] = field(default=(), repr=False)

@@ -19,9 +19,18 @@ from volley.v1 import control_pb2_grpc as pb_grpc
 
 log = logging.getLogger("volley.agent")
 
+#: The largest message the agent receives, from anyone: larger plans come in chunks
+#: over UploadPlan, whose token is checked before any chunk is read.
+MAX_RECEIVE_BYTES = 4 * 1024 * 1024
+#: Concurrent streams per connection (HTTP/2 SETTINGS) and calls in all: an
+#: unauthenticated one is refused at once and reads nothing, but still holds a stream.
+MAX_STREAMS_PER_CONNECTION = 16
+MAX_CONCURRENT_RPCS = 64
+
 SERVER_OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 160 * 1024 * 1024),
+    ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+    ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 1_000),
@@ -40,7 +49,9 @@ class AgentServer:
         self.auth = TokenAuthInterceptor(cfg.token) if cfg.token else None
         guards = [self.auth] if self.auth else []
         self.server = grpc.aio.server(
-            options=SERVER_OPTIONS, interceptors=[*guards, MalformedRequestGuard()]
+            options=SERVER_OPTIONS,
+            interceptors=[*guards, MalformedRequestGuard()],
+            maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         )
         self.service = AgentService(cfg)
         pb_grpc.add_AgentControlServicer_to_server(self.service, self.server)
@@ -67,6 +78,13 @@ class AgentServer:
             "mutual TLS" if tls and tls.mutual else "TLS" if tls else "plaintext",
             "token required" if self.cfg.token else "no token",
         )
+        if not self.cfg.token and not (tls and tls.mutual):
+            log.warning(
+                "no token and no client certificates: this agent trusts every local user "
+                "(any process on this host can make it send load, to any target)"
+            )
+        if self.cfg.header_secrets:
+            log.info("header secrets: %s", ", ".join(name for name, _ in self.cfg.header_secrets))
         return self.port
 
     async def stop(self, grace: float = 2.0) -> None:

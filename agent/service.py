@@ -9,6 +9,7 @@ import os
 import socket
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -18,6 +19,7 @@ from agent.config import AgentConfig
 from agent.limits import check_plan, send_time_note
 from agent.session import RunSession, SessionSpec
 from volley.plan import Plan, PlanError
+from volley.target import access_for_run
 from volley.v1 import control_pb2 as pb
 from volley.v1 import control_pb2_grpc as pb_grpc
 from volley.version import PROTOCOL_VERSION, __version__
@@ -26,10 +28,19 @@ log = logging.getLogger("volley.agent")
 
 #: A start instant further ahead than this is refused (no session waits for days).
 MAX_START_LEAD_NS = 600 * 1_000_000_000
-#: The largest plan (JSON) an agent parses.
+#: The largest plan (JSON) an agent parses (one larger than a message comes by UploadPlan).
 MAX_PLAN_CHARS = 128 * 1024 * 1024
+#: An uploaded plan waits this long for its Run.
+UPLOAD_TTL_S = 60.0
 #: Spooled events replayed per read from disk (Collect).
 COLLECT_CHUNK = 64
+
+
+@dataclass(frozen=True)
+class UploadedPlan:
+    run_id: str
+    plan_json: str
+    at: float  #: monotonic seconds
 
 
 class AgentService(pb_grpc.AgentControlServicer):
@@ -37,6 +48,10 @@ class AgentService(pb_grpc.AgentControlServicer):
         self.cfg = cfg
         self.session: RunSession | None = None
         self.spool_root = Path(cfg.spool_dir)
+        self.header_secrets = dict(cfg.header_secrets)
+        #: The plan of the next Run, when it came by UploadPlan (one at a time).
+        self.uploaded: UploadedPlan | None = None
+        self._uploading = False
 
     def _session_done(self, session: RunSession) -> None:
         if self.session is session:
@@ -111,10 +126,36 @@ class AgentService(pb_grpc.AgentControlServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"start instant more than {MAX_START_LEAD_NS // 10**9}s ahead",
             )
+        plan_json = request.plan_json
+        if request.plan_uploaded:
+            up, self.uploaded = self.uploaded, None
+            if up is None or up.run_id != request.run_id or _expired(up):
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"no uploaded plan for run {request.run_id} (UploadPlan first)",
+                )
+                raise AssertionError  # unreachable: abort raises
+            plan_json = up.plan_json
         try:
-            plan = Plan.from_json(request.plan_json)
+            plan = Plan.from_json(plan_json)
         except (PlanError, RecursionError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid plan: {exc}")
+            raise  # unreachable: abort raises
+        tls = request.target_tls
+        try:
+            # Never reads anything: header values and TLS material come with the request
+            # (read by the coordinator) or from the operator's --header-secret.
+            access = access_for_run(
+                plan,
+                [(h.name, h.value) for h in request.headers],
+                tls.ca,
+                tls.cert,
+                tls.key,
+                self.header_secrets,
+            )
+        except PlanError as exc:
+            log.warning("refused run %s from %s: %s", request.run_id, context.peer(), exc)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"agent refuses: {exc}")
             raise  # unreachable: abort raises
         refusal = check_plan(plan, request.agent_index, self.cfg.limits)
         if refusal:
@@ -143,7 +184,7 @@ class AgentService(pb_grpc.AgentControlServicer):
             SessionSpec(
                 run_id=request.run_id,
                 plan=plan,
-                plan_json=request.plan_json,
+                plan_json=plan_json,
                 agent_index=request.agent_index,
                 start_at_ns=request.start_at_agent_ns,
                 workers=workers,
@@ -154,6 +195,7 @@ class AgentService(pb_grpc.AgentControlServicer):
                 grace_s=max(self.cfg.coordinator_grace_s, 4 * keepalive_s),
                 max_duration_s=self.cfg.limits.max_duration_s,
                 limits=self.cfg.limits,
+                access=access,
             ),
             writer,
         )
@@ -181,6 +223,68 @@ class AgentService(pb_grpc.AgentControlServicer):
                 f"{session.detach_reason}; the agent keeps the run's records in its spool "
                 "(volley collect)",
             )
+
+    async def UploadPlan(
+        self,
+        request_iterator: AsyncIterator[pb.PlanChunk],
+        context: grpc.aio.ServicerContext[pb.PlanChunk, pb.UploadReply],
+    ) -> pb.UploadReply:
+        """A plan in chunks, for the next Run (the token was checked before any chunk).
+
+        A refusal is given once the upload is over: the chunks of a refused upload are
+        read and dropped (up to twice the largest plan), since a gRPC client still
+        writing when the call ends sees INTERNAL, not the reason."""
+        why = ""
+        if self.session is not None:
+            why = "agent is busy with another run"
+        elif self._uploading:
+            why = "another plan upload is in progress"
+        mine = not why
+        if mine:
+            self._uploading = True
+        try:
+            run_id: str | None = None
+            parts: list[bytes] = []
+            size = 0
+            async for chunk in request_iterator:
+                size += len(chunk.data)
+                if size > 2 * MAX_PLAN_CHARS:
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"plan larger than {MAX_PLAN_CHARS} characters",
+                    )
+                if why:
+                    continue
+                if run_id is None:
+                    run_id = chunk.run_id
+                    if not spool.valid_run_id(run_id):
+                        why = "invalid run id (1-64 letters, digits, '_' or '-')"
+                elif chunk.run_id != run_id:
+                    why = "plan chunks for different runs"
+                if size > MAX_PLAN_CHARS:
+                    why = f"plan larger than {MAX_PLAN_CHARS} characters"
+                if why:
+                    parts = []
+                else:
+                    parts.append(chunk.data)
+            text = ""
+            if not why:
+                try:
+                    text = b"".join(parts).decode("utf-8")
+                except UnicodeDecodeError:
+                    why = "the plan is not UTF-8"
+            del parts
+            if run_id is None and not why:
+                why = "an empty plan upload"
+            if why or run_id is None:
+                busy = grpc.StatusCode.RESOURCE_EXHAUSTED
+                await context.abort(busy if not mine else grpc.StatusCode.INVALID_ARGUMENT, why)
+                raise AssertionError  # unreachable: abort raises
+            self.uploaded = UploadedPlan(run_id, text, time.monotonic())
+        finally:
+            if mine:
+                self._uploading = False
+        return pb.UploadReply(size=size)
 
     async def Stop(
         self,
@@ -241,3 +345,7 @@ class AgentService(pb_grpc.AgentControlServicer):
                 return
             for ev in got:
                 yield ev
+
+
+def _expired(up: UploadedPlan) -> bool:
+    return time.monotonic() - up.at > UPLOAD_TTL_S

@@ -42,6 +42,7 @@ from agent.worker import (
 )
 from volley.plan import Plan
 from volley.records import RecordBlock, concat
+from volley.target import TargetAccess
 from volley.v1 import control_pb2 as pb
 
 
@@ -75,6 +76,8 @@ class SessionSpec:
     max_duration_s: float = 0.0
     #: The agent's own limits, which its workers hold at send time.
     limits: AgentLimits = field(default_factory=AgentLimits)
+    #: Header values and target TLS material for the workers (in memory only).
+    access: TargetAccess = field(default_factory=TargetAccess)
 
 
 #: The outbox (events waiting for the Run stream) holds at most this many events /
@@ -282,6 +285,7 @@ class RunSession:
                 flush_s=s.flush_s,
                 expected_outputs=s.expected_outputs,
                 limits=s.limits,
+                access=s.access,
             )
             p = self._ctx.Process(
                 target=worker_entry,

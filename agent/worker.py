@@ -38,6 +38,7 @@ from volley.arrivals import concurrency_profile, global_schedule
 from volley.plan import Plan
 from volley.records import RecordBuffer
 from volley.schedule import split_count, worker_slice
+from volley.target import TargetAccess
 from volley.wire.payloads import Payloads, Wire, build_payloads
 
 #: Closed loop: a user whose request failed UNAVAILABLE waits (doubling up to this)
@@ -59,6 +60,9 @@ class WorkerTask:
     expected_outputs: int = 0
     #: The agent's own limits: this worker holds its share of them at send time.
     limits: AgentLimits = field(default_factory=AgentLimits)
+    #: Header values and target TLS material, in memory (pickled to the worker process
+    #: with the task: never in its environment or argv).
+    access: TargetAccess = field(default_factory=TargetAccess)
 
 
 @dataclass
@@ -496,9 +500,12 @@ class Worker:
         plan = self.plan
         # Every worker builds the same pools from the plan (seed included): request i's
         # payload does not depend on how the schedule is split.
-        self.payloads = build_payloads(plan)
+        access = self.task.access
+        self.payloads = build_payloads(plan, headers=access.headers)
         self.wires = self.payloads.wires
-        self.tp = make_transport(plan, self.payloads, self._complete, self.clock, self.start)
+        self.tp = make_transport(
+            plan, self.payloads, self._complete, self.clock, self.start, access
+        )
         await self.tp.open()
         # Setup objects live for the whole run: keep the collector off them, and make
         # young collections rare (the hot path makes no reference cycles).

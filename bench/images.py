@@ -76,8 +76,10 @@ async def _one(target: str, case: dict[str, Any], rate: float, duration: str, ou
             "validity": {"min_duration_s": 1, "min_requests": 10},
         }
     )
-    with LocalAgents(1, workers=1) as addrs:
-        return await execute(plan, addrs, RunOptions(out_dir=out, start_lead_s=1.5))
+    local = LocalAgents(1, workers=1)
+    with local as addrs:
+        opts = RunOptions(out_dir=out, start_lead_s=1.5, security=local.security)
+        return await execute(plan, addrs, opts)
 
 
 def run(target: str, rate: float, duration: str) -> list[dict[str, Any]]:

@@ -73,9 +73,8 @@ def volley_run(doc: dict[str, Any], out: Path, workers: int = 1) -> dict[str, An
             if p.elapsed_s >= 0 and "start" not in marks:
                 marks["start"] = _proc_cpu_s(pid)
 
-        result = asyncio.run(
-            execute(plan, addrs, RunOptions(out_dir=out, start_lead_s=1.5, progress=progress))
-        )
+        opts = RunOptions(out_dir=out, start_lead_s=1.5, progress=progress, security=local.security)
+        result = asyncio.run(execute(plan, addrs, opts))
         agent_cpu = _proc_cpu_s(pid) - marks.get("start", 0.0)
     s = result.summary
     a = s["agents"][0]

@@ -32,6 +32,12 @@ CHANNEL_OPTIONS = [
 ]
 
 
+#: A plan (JSON) larger than this goes by UploadPlan, in chunks of PLAN_CHUNK_BYTES:
+#: agents receive messages of at most 4 MiB (agent/server.py MAX_RECEIVE_BYTES).
+INLINE_PLAN_CHARS = 1024 * 1024
+PLAN_CHUNK_BYTES = 1024 * 1024
+
+
 class AgentState(enum.StrEnum):
     """One agent's state in a run (the value is what summary.json writes)."""
 
@@ -150,9 +156,35 @@ class AgentClient:
             await asyncio.sleep(0.002)
         return estimate_offset(got)
 
-    def run(self, request: pb.RunRequest) -> AsyncIterator[pb.RunEvent]:
-        call: AsyncIterator[pb.RunEvent] = self.stub.Run(request, metadata=self.md)
-        return call
+    async def run(self, request: pb.RunRequest) -> AsyncIterator[pb.RunEvent]:
+        """The Run stream; a plan too large for one message goes first by UploadPlan."""
+        if len(request.plan_json) > INLINE_PLAN_CHARS:
+            await self.upload_plan(request.run_id, request.plan_json)
+            inline = pb.RunRequest()
+            inline.CopyFrom(request)
+            inline.plan_json = ""
+            inline.plan_uploaded = True
+            request = inline
+        call = self.stub.Run(request, metadata=self.md)
+        try:
+            async for event in call:
+                yield event
+        finally:
+            call.cancel()  # a no-op once the stream has ended
+
+    async def upload_plan(self, run_id: str, plan_json: str) -> int:
+        """Send a plan in chunks of PLAN_CHUNK_BYTES (the agent takes 4 MiB messages);
+        grpc.aio.AioRpcError with the agent's own status when it refuses."""
+        data = plan_json.encode()
+        call = self.stub.UploadPlan(metadata=self.md)
+        try:
+            for at in range(0, len(data), PLAN_CHUNK_BYTES):
+                await call.write(pb.PlanChunk(run_id=run_id, data=data[at : at + PLAN_CHUNK_BYTES]))
+            await call.done_writing()
+        except asyncio.InvalidStateError:
+            pass  # the agent ended the call before the last chunk: its status says why
+        reply: pb.UploadReply = await call
+        return int(reply.size)
 
     async def keepalive(self, run_id: str, timeout_s: float = 1.0) -> bool:
         """One keepalive ping for a run; False when it got no answer."""

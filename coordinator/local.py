@@ -3,12 +3,16 @@
 Given the run directory, agent i spools in `<run dir>/spool/agent-<i>/` (recorded in
 run.json), so a run whose coordinator died (its local agents die with it) is recovered
 by `volley collect RUN_DIR` from those files alone.
-"""
+
+They listen on loopback and require a token: the caller's, or a fresh random one per
+`LocalAgents` (so no other local user can drive them while the run lasts), given to
+them through the environment (never argv); `security` is what the coordinator uses."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -18,7 +22,13 @@ from pathlib import Path
 from types import TracebackType
 
 from coordinator.agents import AgentError
-from volley.security import PARENT_ENV, TOKEN_ENV
+from volley.security import PARENT_ENV, TOKEN_ENV, ClientSecurity
+
+
+def fresh_token() -> str:
+    """A random token for one run's local agents."""
+    return secrets.token_urlsafe(32)
+
 
 #: Local agents' spools inside the run directory: <run dir>/spool/agent-<i>/<run id>/.
 SPOOL_FOLDER = "spool"
@@ -41,7 +51,8 @@ class LocalAgents:
         run_dir: Path | None = None,
     ) -> None:
         self.count = count
-        self.token = token
+        #: The agents' token: the caller's, else a fresh random one for this run.
+        self.token = token or fresh_token()
         cores = os.cpu_count() or 1
         self.workers = workers or max(1, cores // max(count, 1))
         self.startup_timeout_s = startup_timeout_s
@@ -55,6 +66,11 @@ class LocalAgents:
         if self.run_dir is None:
             return Path(self._tmp.name) / f"spool{i}"
         return local_spool_dir(self.run_dir, i)
+
+    @property
+    def security(self) -> ClientSecurity:
+        """How the coordinator talks to these agents (loopback, plaintext, the token)."""
+        return ClientSecurity(token=self.token)
 
     def __enter__(self) -> list[str]:
         tmp = Path(self._tmp.name)
@@ -79,8 +95,7 @@ class LocalAgents:
                 str(self.spool_dir(i)),
             ]
             env = dict(os.environ)
-            if self.token:
-                env[TOKEN_ENV] = self.token  # through the environment, never argv
+            env[TOKEN_ENV] = self.token  # through the environment, never argv
             env[PARENT_ENV] = str(os.getpid())  # a killed coordinator takes them with it
             self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env))
             files.append(port_file)

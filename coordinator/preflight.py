@@ -159,7 +159,7 @@ async def _preflight_model(
     described = pool.describe()
     del pool
     try:
-        wires = build_payloads(one).wires
+        wires = build_payloads(one, headers=probe.headers).wires
     except PlanError as exc:
         raise PreflightError(str(exc)) from None
     # Probe with the largest payload: the one most likely to be refused.

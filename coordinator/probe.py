@@ -23,7 +23,7 @@ from coordinator.stats.documents import ServerInfo
 from volley import records as rc
 from volley.plan import Plan
 from volley.request import check_http_response, check_response
-from volley.target import SENSITIVE, client_ssl_context, resolve_headers, target_host_port
+from volley.target import SENSITIVE, client_ssl_context, read_access, target_host_port
 from volley.wire import h2
 from volley.wire.grpc import USER_AGENT, grpc_timeout_header, grpc_unframe
 from volley.wire.h2 import H2Connection, HeaderInfo
@@ -49,6 +49,9 @@ Tensor = tuple[str, str, tuple[int, ...]]
 
 
 class Probe:
+    #: The plan's headers as the coordinator sends them (values read here, never sent on).
+    headers: tuple[tuple[str, str], ...] = ()
+
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -131,11 +134,12 @@ class GrpcProbe(Probe):
         self.plan = plan
         self.timeout = timeout
         self.host, self.port = target_host_port(plan)
+        access = read_access(plan).here  # on the coordinator: env, files and TLS read here
         self.ssl: ssl.SSLContext | None = (
-            client_ssl_context(plan.tls, ["h2"]) if plan.tls is not None else None
+            client_ssl_context(plan.tls, access, ["h2"]) if plan.tls is not None else None
         )
         self.server_name = (plan.tls.server_name if plan.tls else "") or None
-        self.headers = resolve_headers(plan)
+        self.headers = access.headers
         self.sink = _Sink()
         self.conn: H2Connection | None = None
 
@@ -165,7 +169,7 @@ class GrpcProbe(Probe):
             extra += [("grpc-encoding", compression), ("grpc-accept-encoding", compression)]
         scheme = "https" if self.ssl else "http"
         path = f"/inference.GRPCInferenceService/{method}"
-        return h2.encode_headers(scheme, self.plan.target, path, extra + self.headers, SENSITIVE)
+        return h2.encode_headers(scheme, self.plan.target, path, [*extra, *self.headers], SENSITIVE)
 
     async def _call(self, method: str, framed: bytes, compression: str = "none") -> bytes:
         conn = self.conn
@@ -291,11 +295,12 @@ class HttpProbe(Probe):
         self.plan = plan
         self.timeout = timeout
         self.host, self.port = target_host_port(plan)
+        access = read_access(plan).here  # on the coordinator: env, files and TLS read here
         self.ssl: ssl.SSLContext | None = (
-            client_ssl_context(plan.tls, ["http/1.1"]) if plan.tls is not None else None
+            client_ssl_context(plan.tls, access, ["http/1.1"]) if plan.tls is not None else None
         )
         self.server_name = (plan.tls.server_name if plan.tls else "") or None
-        self.headers = resolve_headers(plan)
+        self.headers = access.headers
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 

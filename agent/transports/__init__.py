@@ -14,21 +14,29 @@ from agent.transports.grpc_unary import GrpcUnary
 from agent.transports.grpcio import GrpcioUnary
 from agent.transports.http import Http
 from volley.plan import Plan, PlanError
+from volley.target import TargetAccess
 from volley.wire.payloads import Payloads
 
 __all__ = ["Clock", "Complete", "Transport", "make_transport"]
 
 
 def make_transport(
-    plan: Plan, payloads: Payloads, complete: Complete, clock: Clock, start_ns: int
+    plan: Plan,
+    payloads: Payloads,
+    complete: Complete,
+    clock: Clock,
+    start_ns: int,
+    access: TargetAccess,
 ) -> Transport:
+    """The plan's transport; `access` holds its header values and TLS material, in
+    memory (an agent never reads a file or environment variable a plan names)."""
     if plan.protocol == "http":
-        http: Transport = Http(plan, payloads, complete, clock, start_ns)
+        http: Transport = Http(plan, payloads, complete, clock, start_ns, access)
         return http
     if plan.transport == "stream":
-        return GrpcStream(plan, payloads, complete, clock, start_ns)
+        return GrpcStream(plan, payloads, complete, clock, start_ns, access)
     if plan.transport == "grpcio":
-        return GrpcioUnary(plan, payloads, complete, clock, start_ns)
+        return GrpcioUnary(plan, payloads, complete, clock, start_ns, access)
     if plan.protocol != "grpc":
         raise PlanError(f"protocol {plan.protocol!r} is not supported")
-    return GrpcUnary(plan, payloads, complete, clock, start_ns)
+    return GrpcUnary(plan, payloads, complete, clock, start_ns, access)

@@ -24,7 +24,7 @@ import ssl
 from collections.abc import Callable
 
 from volley.plan import Plan
-from volley.target import client_ssl_context, target_host_port
+from volley.target import TargetAccess, client_ssl_context, target_host_port
 from volley.wire.payloads import Payloads
 
 log = logging.getLogger("volley.agent.transport")
@@ -62,8 +62,11 @@ class Transport:
         complete: Complete,
         clock: Clock,
         start_ns: int,
+        access: TargetAccess,
     ) -> None:
         self.plan = plan
+        #: header values and TLS material, in memory (agent/service.py: never read here)
+        self.access = access
         self.wires = payloads.wires
         self.complete = complete
         self.clock = clock
@@ -72,7 +75,7 @@ class Transport:
         self.host, self.port = target_host_port(plan)
         self.ssl: ssl.SSLContext | None = None
         if plan.tls is not None:
-            self.ssl = client_ssl_context(plan.tls, self.alpn())
+            self.ssl = client_ssl_context(plan.tls, access, self.alpn())
         self.server_name = (plan.tls.server_name if plan.tls else "") or None
         self.n_conns = plan.connections
         self.in_flight = 0

@@ -9,6 +9,7 @@ from agent.transports.base import Call, Clock, Complete
 from agent.transports.grpc_unary import GrpcUnary, UnaryConn
 from volley import records as rc
 from volley.plan import Plan
+from volley.target import TargetAccess
 from volley.wire import h2
 from volley.wire.grpc import MODEL_STREAM_INFER, U32, grpc_frame
 from volley.wire.h2 import HeaderInfo
@@ -39,9 +40,15 @@ class GrpcStream(GrpcUnary):
     path = MODEL_STREAM_INFER
 
     def __init__(
-        self, plan: Plan, payloads: Payloads, complete: Complete, clock: Clock, start_ns: int
+        self,
+        plan: Plan,
+        payloads: Payloads,
+        complete: Complete,
+        clock: Clock,
+        start_ns: int,
+        access: TargetAccess,
     ) -> None:
-        super().__init__(plan, payloads, complete, clock, start_ns)
+        super().__init__(plan, payloads, complete, clock, start_ns, access)
         #: connection slot -> stream id of its open ModelStreamInfer call (0: none)
         self.sids = [0] * self.n_conns
         #: per slot: bytes of a response message not yet complete

@@ -9,7 +9,7 @@ from agent.transports.base import Call, Clock, Complete, Transport
 from volley import records as rc
 from volley.plan import Plan
 from volley.request import check_response
-from volley.target import SENSITIVE, resolve_headers
+from volley.target import SENSITIVE, TargetAccess
 from volley.wire import h2
 from volley.wire.grpc import (
     MODEL_INFER,
@@ -48,9 +48,15 @@ class GrpcUnary(Transport):
     path = MODEL_INFER
 
     def __init__(
-        self, plan: Plan, payloads: Payloads, complete: Complete, clock: Clock, start_ns: int
+        self,
+        plan: Plan,
+        payloads: Payloads,
+        complete: Complete,
+        clock: Clock,
+        start_ns: int,
+        access: TargetAccess,
     ) -> None:
-        super().__init__(plan, payloads, complete, clock, start_ns)
+        super().__init__(plan, payloads, complete, clock, start_ns, access)
         self.conns: list[UnaryConn | None] = [None] * self.n_conns
         self.rr = 0
         #: requests waiting for stream capacity (peer's MAX_CONCURRENT_STREAMS)
@@ -64,7 +70,7 @@ class GrpcUnary(Transport):
         if plan.compression != "none":
             extra.append(("grpc-encoding", plan.compression))
             extra.append(("grpc-accept-encoding", f"{plan.compression},identity"))
-        extra += resolve_headers(plan)
+        extra += access.headers
         scheme = "https" if plan.tls is not None else "http"
         self.hblock = h2.encode_headers(scheme, plan.target, self.path, extra, SENSITIVE)
 

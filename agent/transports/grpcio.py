@@ -20,7 +20,7 @@ from agent.transports.base import Clock, Complete, Transport
 from volley import records as rc
 from volley.plan import Plan
 from volley.request import check_response
-from volley.target import resolve_headers
+from volley.target import TargetAccess
 from volley.wire.payloads import Payloads
 
 #: "/inference.GRPCInferenceService/ModelInfer", from tritonclient's service descriptor.
@@ -38,24 +38,23 @@ _COMPRESSION = {
 UnaryCallable = Callable[..., Awaitable[bytes]]
 
 
-def _read(path: str) -> bytes | None:
-    if not path:
-        return None
-    with open(path, "rb") as f:
-        return f.read()
-
-
 class GrpcioUnary(Transport):
     """One grpc.aio unary call per request, round-robin over `connections` channels."""
 
     def __init__(
-        self, plan: Plan, payloads: Payloads, complete: Complete, clock: Clock, start_ns: int
+        self,
+        plan: Plan,
+        payloads: Payloads,
+        complete: Complete,
+        clock: Clock,
+        start_ns: int,
+        access: TargetAccess,
     ) -> None:
-        super().__init__(plan, payloads, complete, clock, start_ns)
+        super().__init__(plan, payloads, complete, clock, start_ns, access)
         self.channels: list[grpc.aio.Channel | None] = [None] * self.n_conns
         self.calls: list[UnaryCallable | None] = [None] * self.n_conns
         self.tasks: set[asyncio.Task[None]] = set()
-        self.metadata = tuple(resolve_headers(plan))
+        self.metadata = access.headers
         self.compression = _COMPRESSION.get(plan.compression, grpc.Compression.NoCompression)
         self.rr = 0
 
@@ -73,9 +72,9 @@ class GrpcioUnary(Transport):
         tls = self.plan.tls
         if tls is not None:
             creds = grpc.ssl_channel_credentials(
-                root_certificates=_read(tls.ca),
-                private_key=_read(tls.key),
-                certificate_chain=_read(tls.cert),
+                root_certificates=self.access.ca or None,
+                private_key=self.access.key or None,
+                certificate_chain=self.access.cert or None,
             )
             if tls.server_name:
                 options.append(("grpc.ssl_target_name_override", tls.server_name))

@@ -24,6 +24,7 @@ from agent.transports.base import Call, Clock, Complete, Transport
 from volley import records as rc
 from volley.plan import Plan
 from volley.request import check_http_response
+from volley.target import TargetAccess
 from volley.wire.http1 import dechunk
 from volley.wire.payloads import Payloads
 
@@ -184,9 +185,15 @@ class Http(Transport):
     """A pool of HTTP/1.1 connections to the target; one request per connection at a time."""
 
     def __init__(
-        self, plan: Plan, payloads: Payloads, complete: Complete, clock: Clock, start_ns: int
+        self,
+        plan: Plan,
+        payloads: Payloads,
+        complete: Complete,
+        clock: Clock,
+        start_ns: int,
+        access: TargetAccess,
     ) -> None:
-        super().__init__(plan, payloads, complete, clock, start_ns)
+        super().__init__(plan, payloads, complete, clock, start_ns, access)
         self.heads = [w.head for w in self.wires]
         self.idle: list[H1Conn] = []
         self.busy: dict[H1Conn, None] = {}  #: in send order (for timeouts)

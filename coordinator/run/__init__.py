@@ -25,6 +25,7 @@ from coordinator.run.stream import REFUSALS, AgentStream, handshake
 from coordinator.rundir import RequestWriter, new_run_dir, write_plan
 from coordinator.stats.monitor import ServerMonitor
 from volley.plan import AgentSpec, Plan
+from volley.target import read_access
 
 __all__ = [
     "REFUSALS",
@@ -46,7 +47,11 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
     # ---- startup ------------------------------------------------------------
     pre = await preflight_check(plan)
     plan = pre.plan
+    # Secrets are read here, on the coordinator, and go to the agents in memory only.
+    access = read_access(plan)
     streams = await handshake(addresses, opts)
+    for s in streams:
+        s.access = access
     weights = [s.info.workers if opts.weight_by_workers else 1 for s in streams]
     plan = plan.with_agents(
         [AgentSpec(s.info.address, w) for s, w in zip(streams, weights, strict=True)]

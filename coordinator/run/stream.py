@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
@@ -22,6 +22,7 @@ from coordinator.run.options import RunOptions
 from coordinator.summary import AgentInfo
 from coordinator.validate import AgentCheck, Fault, clean_text
 from volley.records import RecordBlock
+from volley.target import CoordinatorAccess
 from volley.v1 import control_pb2 as pb
 
 log = logging.getLogger("volley.coordinator")
@@ -50,6 +51,17 @@ class Silence:
     heard_ns: int  #: last event before the silence
     missing_ns: int  #: declared missing
     back_ns: int  #: first event after it
+
+
+def run_access(access: CoordinatorAccess | None) -> dict[str, Any]:
+    """RunRequest fields carrying what the coordinator read (in memory only)."""
+    if access is None:
+        return {}
+    here = access.here
+    return {
+        "headers": [pb.HeaderValue(name=n, value=v) for n, v in access.agent_values],
+        "target_tls": pb.TargetTls(ca=here.ca, cert=here.cert, key=here.key),
+    }
 
 
 class RunClient(Protocol):
@@ -99,6 +111,8 @@ class AgentStream:
         self.silences: list[Silence] = []
         #: Vets its events (built by `consume` from the request it was sent).
         self.check: AgentCheck | None = None
+        #: Header values and target TLS files, read by the coordinator (execute()).
+        self.access: CoordinatorAccess | None = None
 
     @property
     def state(self) -> AgentState:
@@ -150,6 +164,7 @@ class AgentStream:
             clock_offset_ns=self.info.clock.offset_ns if self.info.clock else 0,
             workers=self.info.workers,
             keepalive_ms=int(keepalive_s * 1000),
+            **run_access(self.access),
         )
 
     async def consume(self, req: pb.RunRequest, sink: RecordSink) -> None:

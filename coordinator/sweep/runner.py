@@ -49,6 +49,7 @@ from coordinator.sweep.search import (
     superseded,
 )
 from volley.plan import Plan, PlanError, parse_address, plan_from_dict
+from volley.security import ClientSecurity
 
 log = logging.getLogger("volley.sweep")
 
@@ -470,8 +471,10 @@ def real_measure(
     sweep_dir: Path,
     addresses: list[str],
     stop_event: asyncio.Event | None,
+    security: ClientSecurity | None = None,
 ) -> Measure:
-    """A Measure that runs each step as a normal `volley run` (coordinator.run.execute)."""
+    """A Measure that runs each step as a normal `volley run` (coordinator.run.execute);
+    `security`: how to reach the agents (local agents' token)."""
     from coordinator.run import RunOptions, execute
 
     out = steps_dir(sweep_dir, spec, target)
@@ -494,6 +497,7 @@ def real_measure(
             start_lead_s=spec.start_lead_s,
             workers=spec.workers,
             stop_event=stop_event,
+            security=security,
         )
         result = await execute(plan, addresses, opts)
         final = out / label

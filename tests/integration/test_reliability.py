@@ -97,7 +97,7 @@ def _busy(addr: str, token: str = "") -> bool:
     md = (("authorization", f"Bearer {token}"),) if token else ()
     with grpc.insecure_channel(addr) as ch:
         reply = pb_grpc.AgentControlStub(ch).Hello(
-            pb.HelloRequest(protocol_version=1), metadata=md, timeout=5
+            pb.HelloRequest(protocol_version=2), metadata=md, timeout=5
         )
     return bool(reply.busy)
 

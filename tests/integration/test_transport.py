@@ -17,6 +17,7 @@ from tests.tls_proxy import TlsProxy, make_cert
 from tests.triton_fixture import TritonEndpoint
 from volley import records as rc
 from volley.plan import Plan, plan_from_dict
+from volley.target import TargetAccess, read_access
 from volley.wire.payloads import build_payloads
 
 KINDS = ["unary", "stream", "http"]
@@ -38,14 +39,15 @@ def _plan(triton: TritonEndpoint, kind: str, **extra: Any) -> Plan:
 async def _send_all(plan: Plan, n: int, wait_s: float = 10.0) -> list[tuple[int, ...]]:
     """Send n requests through a fresh transport; return the completions."""
     resolved = await preflight(plan)
-    payloads = build_payloads(resolved, 1)
+    access = read_access(resolved).here  # as the coordinator reads them for its agents
+    payloads = build_payloads(resolved, 1, headers=access.headers)
     done: list[tuple[int, ...]] = []
 
     def complete(*args: int) -> None:
         done.append(args)
 
     start = time.monotonic_ns()
-    tp: Transport = make_transport(resolved, payloads, complete, time.monotonic_ns, start)
+    tp: Transport = make_transport(resolved, payloads, complete, time.monotonic_ns, start, access)
     await tp.open()
     try:
         for i in range(n):
@@ -175,7 +177,12 @@ async def test_unavailable_target_records_unavailable() -> None:
     payloads = build_payloads(plan, 1)
     done: list[tuple[int, ...]] = []
     tp = make_transport(
-        plan, payloads, lambda *a: done.append(a), time.monotonic_ns, time.monotonic_ns()
+        plan,
+        payloads,
+        lambda *a: done.append(a),
+        time.monotonic_ns,
+        time.monotonic_ns(),
+        TargetAccess(),
     )
     await tp.open()
     for i in range(3):

@@ -138,7 +138,7 @@ def test_agent_still_serves_and_refused_everything(fuzz_agent: tuple[AgentServer
     with grpc.insecure_channel(fuzz_agent[1]) as ch:
         hello = pb.HelloReply.FromString(
             ch.unary_unary("/volley.v1.AgentControl/Hello")(
-                pb.HelloRequest(protocol_version=1).SerializeToString(), timeout=5
+                pb.HelloRequest(protocol_version=2).SerializeToString(), timeout=5
             )
         )
     assert hello.agent_id == "fuzz" and not hello.busy

@@ -17,6 +17,7 @@ from tritonclient.grpc import service_pb2
 from agent.transports.grpc_unary import GrpcUnary, UnaryConn
 from volley import records as rc
 from volley.plan import plan_from_dict
+from volley.target import TargetAccess
 from volley.wire import h2
 from volley.wire.grpc import grpc_frame
 from volley.wire.h2 import ConnState, HeaderInfo
@@ -499,7 +500,7 @@ async def test_max_concurrent_streams_queues_requests_in_the_transport() -> None
     )
     payloads = build_payloads(plan)
     done: list[tuple[int, ...]] = []
-    tp = GrpcUnary(plan, payloads, lambda *a: done.append(a), time.monotonic_ns, 0)
+    tp = GrpcUnary(plan, payloads, lambda *a: done.append(a), time.monotonic_ns, 0, TargetAccess())
     t = FakeTransport()
     conn: UnaryConn = h2.Connection(tp)
     conn.connection_made(t)  # type: ignore[arg-type]

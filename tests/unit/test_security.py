@@ -89,7 +89,7 @@ def test_token_auth_end_to_end(caplog: pytest.LogCaptureFixture) -> None:
         addr = f"127.0.0.1:{server.port}"
         with grpc.insecure_channel(addr) as ch:
             stub = pb_grpc.AgentControlStub(ch)
-            hello = pb.HelloRequest(protocol_version=1)
+            hello = pb.HelloRequest(protocol_version=2)
             for md in ((), (("authorization", "Bearer wrong-token-123"),)):
                 with pytest.raises(grpc.RpcError) as ei:
                     stub.Hello(hello, metadata=md, timeout=5)

@@ -60,6 +60,14 @@ def agent(
         str | None,
         option(PANEL_SECURITY, "Require client certificates from this CA (mutual TLS)."),
     ] = None,
+    header_secret: Annotated[
+        list[str] | None,
+        option(
+            PANEL_SECURITY,
+            "NAME=env:VAR or NAME=file:PATH: a header secret read now, at start; plans "
+            "name it (headers: [{name: ..., secret: NAME}]) and never see it (repeatable).",
+        ),
+    ] = None,
     port_file: Annotated[str, typer.Option(hidden=True)] = "",
 ) -> None:
     """Run an agent: receives plan slices from a coordinator and fires them at the target."""
@@ -70,6 +78,7 @@ def agent(
     from agent.config import AgentConfig, AgentLimits
     from agent.server import serve
     from volley.security import SecurityError, load_server_tls, read_token
+    from volley.target import read_header_secrets
 
     try:
         parse_address(listen, "--listen")
@@ -90,6 +99,7 @@ def agent(
             raise PlanError("--coordinator-grace: must be > 0")
         token = read_token(token_file)
         tls = load_server_tls(tls_cert, tls_key, tls_client_ca)
+        secrets = read_header_secrets(header_secret or [])
     except (PlanError, SecurityError) as exc:
         fail(str(exc))
     if workers < 0:
@@ -103,6 +113,7 @@ def agent(
         tls=tls,
         coordinator_grace_s=grace_s,
         spool_max_bytes=spool_max_mb * 1024 * 1024,
+        header_secrets=tuple(secrets.items()),
     )
     if spool_dir:
         base = dataclasses.replace(base, spool_dir=spool_dir)

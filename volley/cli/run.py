@@ -53,7 +53,7 @@ Compression = Annotated[
 Timeout = Annotated[str | None, option(PANEL_TARGET, "Per-request timeout, e.g. 10s.")]
 HeaderFile = Annotated[
     list[str] | None,
-    option(PANEL_TARGET, "File of 'Name: value' request headers, read where requests are sent."),
+    option(PANEL_TARGET, "File of 'Name: value' request headers, read here (agents get values)."),
 ]
 HeaderEnv = Annotated[
     list[str] | None,
@@ -243,7 +243,7 @@ def run(
     import uvloop
 
     from coordinator.agents import AgentError, resolve_agents
-    from coordinator.local import LocalAgents, local_spool_dir
+    from coordinator.local import LocalAgents, fresh_token, local_spool_dir
     from coordinator.metrics import parse_listen
     from coordinator.preflight import PreflightError
     from coordinator.progress import live_outputs
@@ -326,7 +326,9 @@ def run(
 
     stop_event: asyncio.Event | None = None
 
-    async def main(addrs: list[str], local_run_dir: Path | None = None) -> Any:
+    async def main(
+        addrs: list[str], local: ClientSecurity | None = None, local_run_dir: Path | None = None
+    ) -> Any:
         nonlocal stop_event
         stop_event = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -339,10 +341,8 @@ def run(
             stop_event=stop_event,
             server_metrics=server_metrics,
             server_stats=server_stats,
-            # local agents listen on loopback in plaintext (with the token, if one is given)
-            security=ClientSecurity(token=security.token)
-            if local_run_dir is not None
-            else security,
+            # local agents listen on loopback in plaintext, with the token (given or random)
+            security=local or security,
         )
         if local_run_dir is not None:  # local agents spool inside it (for volley collect)
             opts.run_dir = local_run_dir
@@ -357,8 +357,9 @@ def run(
             result = uvloop.run(main(addresses))
         else:
             run_dir = new_run_dir(out, plan.name)
-            with LocalAgents(local_agents, workers, token=security.token, run_dir=run_dir) as addrs:
-                result = uvloop.run(main(addrs, run_dir))
+            token = security.token or fresh_token()  # no other local user drives them
+            with LocalAgents(local_agents, workers, token=token, run_dir=run_dir) as addrs:
+                result = uvloop.run(main(addrs, ClientSecurity(token=token), run_dir))
     except (PreflightError, AgentError, PlanError) as exc:
         fail(str(exc))
     summary = result.summary

@@ -696,6 +696,7 @@ def execute_sweep(
     from coordinator.local import LocalAgents
     from coordinator.preflight import PreflightError
     from coordinator.sweep.runner import SweepInterrupted, real_measure, run_sweep
+    from volley.security import ClientSecurity
 
     several = len(spec.targets) > 1
 
@@ -705,14 +706,14 @@ def execute_sweep(
         line = _step_line(t, step, spec.settings.mode, several)
         typer.echo(line + ("  (from the earlier run)" if reused else ""))
 
-    async def main(addresses: list[str]) -> dict[str, Any]:
+    async def main(addresses: list[str], security: ClientSecurity | None = None) -> dict[str, Any]:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGTERM, stop.set)
 
         def factory(t: SweepTarget, s: SweepSettings) -> Any:
-            return real_measure(spec, t, s, sweep_dir, addresses, stop)
+            return real_measure(spec, t, s, sweep_dir, addresses, stop, security)
 
         return await run_sweep(spec, sweep_dir, factory, previous, created, on_step)
 
@@ -722,8 +723,9 @@ def execute_sweep(
         addresses = resolve_agents(spec.agents)
         if addresses:
             return uvloop.run(main(addresses))
-        with LocalAgents(spec.local_agents, spec.workers) as addrs:
-            return uvloop.run(main(addrs))
+        spawned = LocalAgents(spec.local_agents, spec.workers)
+        with spawned as addrs:
+            return uvloop.run(main(addrs, spawned.security))
     except SweepInterrupted:
         fail(
             f"sweep interrupted; finished steps are in {sweep_dir / SWEEP_FILE}: "

@@ -163,8 +163,8 @@ class PoolSpec:
 
 @dataclass(frozen=True)
 class TlsSpec:
-    """TLS to the target. Paths are read where requests are sent (coordinator for
-    preflight, every agent host for the load), so they must exist there."""
+    """TLS to the target. Paths are read by the coordinator (where `volley run` runs);
+    agents get the files' contents in memory and never open a path a plan names."""
 
     enabled: bool = False
     ca: str = ""  #: PEM bundle to verify the server (default: the system's)
@@ -177,12 +177,15 @@ class TlsSpec:
 @dataclass(frozen=True)
 class HeaderSpec:
     """One request header / gRPC metadata entry. Secrets come from `env` or `file` (read
-    where requests are sent), never from the command line; `value` is for plain values."""
+    by the coordinator, sent to agents in memory) or `secret` (an agent's own, given to it
+    at start), never from the command line; `value` is for plain values. A `secret` may
+    come with `env` or `file`: what the coordinator itself sends (preflight, monitor)."""
 
     name: str
     value: str = ""
     env: str = ""
     file: str = ""
+    secret: str = ""
 
 
 @dataclass(frozen=True)

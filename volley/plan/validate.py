@@ -400,10 +400,13 @@ def _tls(raw: object) -> TlsSpec | None:
     return spec if spec.enabled else None
 
 
+_SECRET_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
+
+
 def _header(raw: object, i: int) -> HeaderSpec:
     where = f"plan.headers[{i}]"
     d = _dict(raw, where)
-    _check_keys(d, {"name", "value", "env", "file"}, where)
+    _check_keys(d, {"name", "value", "env", "file", "secret"}, where)
     name = _str(d, "name", where, "")
     if not _HEADER_NAME_RE.match(name):
         raise PlanError(f"{where}.name: not a valid header name: {name!r}")
@@ -414,9 +417,15 @@ def _header(raw: object, i: int) -> HeaderSpec:
         value=_str(d, "value", where, ""),
         env=_str(d, "env", where, ""),
         file=_str(d, "file", where, ""),
+        secret=_str(d, "secret", where, ""),
     )
-    if sum(bool(x) for x in (spec.value, spec.env, spec.file)) != 1:
-        raise PlanError(f"{where}: give exactly one of value, env or file")
+    sources = sum(bool(x) for x in (spec.value, spec.env, spec.file))
+    if sources != 1 and not (spec.secret and sources == 0):
+        raise PlanError(f"{where}: give exactly one of value, env, file or secret")
+    if spec.secret and spec.value:
+        raise PlanError(f"{where}: a secret (the agent's) goes with env or file, not value")
+    if spec.secret and not _SECRET_NAME_RE.match(spec.secret):
+        raise PlanError(f"{where}.secret: a name is 1-64 letters, digits, '_', '-' or '.'")
     if any(c in spec.value for c in "\r\n\0"):
         raise PlanError(f"{where}.value: control characters are not allowed")
     return spec

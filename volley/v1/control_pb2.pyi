@@ -182,6 +182,9 @@ class RunRequest(_message.Message):
     CLOCK_OFFSET_NS_FIELD_NUMBER: _builtins.int
     WORKERS_FIELD_NUMBER: _builtins.int
     KEEPALIVE_MS_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    TARGET_TLS_FIELD_NUMBER: _builtins.int
+    PLAN_UPLOADED_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     plan_json: _builtins.str
     """The fully resolved plan as JSON (the same document as plan.yaml). Every agent
@@ -202,6 +205,23 @@ class RunRequest(_message.Message):
     """The coordinator pings (PingRequest.run_id) at this interval during the run;
     0 = it does not, and only the Run stream tells the agent it is still there.
     """
+    plan_uploaded: _builtins.bool
+    """plan_json is empty: the plan came first through UploadPlan under this run id."""
+    @_builtins.property
+    def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeaderValue]:
+        """What reaching the target takes, read by the coordinator (where `volley run`
+        runs) and sent only here, in memory: never in plan_json, plan.yaml or a log.
+        An agent never reads a file or environment variable a plan names.
+        One entry per entry of the plan's headers, in order: the value of a header the
+        plan takes from an environment variable or a file (read by the coordinator);
+        empty for a plain value (in the plan) and for an agent secret (the agent's own,
+        `volley agent --header-secret`).
+        """
+
+    @_builtins.property
+    def target_tls(self) -> Global___TargetTls:
+        """The contents of the files plan.tls names (ca, cert, key), read by the coordinator."""
+
     def __init__(
         self,
         *,
@@ -212,14 +232,111 @@ class RunRequest(_message.Message):
         clock_offset_ns: _builtins.int = ...,
         workers: _builtins.int = ...,
         keepalive_ms: _builtins.int = ...,
+        headers: _abc.Iterable[Global___HeaderValue] | None = ...,
+        target_tls: Global___TargetTls | None = ...,
+        plan_uploaded: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["target_tls", b"target_tls"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_index", b"agent_index", "clock_offset_ns", b"clock_offset_ns", "keepalive_ms", b"keepalive_ms", "plan_json", b"plan_json", "run_id", b"run_id", "start_at_agent_ns", b"start_at_agent_ns", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_index", b"agent_index", "clock_offset_ns", b"clock_offset_ns", "headers", b"headers", "keepalive_ms", b"keepalive_ms", "plan_json", b"plan_json", "plan_uploaded", b"plan_uploaded", "run_id", b"run_id", "start_at_agent_ns", b"start_at_agent_ns", "target_tls", b"target_tls", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunRequest: _TypeAlias = RunRequest  # noqa: Y015
+
+@_typing.final
+class HeaderValue(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    value: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeaderValue: _TypeAlias = HeaderValue  # noqa: Y015
+
+@_typing.final
+class TargetTls(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CA_FIELD_NUMBER: _builtins.int
+    CERT_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    ca: _builtins.bytes
+    """PEM bundle to verify the target"""
+    cert: _builtins.bytes
+    """client certificate chain (PEM), for mutual TLS"""
+    key: _builtins.bytes
+    """its private key (PEM)"""
+    def __init__(
+        self,
+        *,
+        ca: _builtins.bytes = ...,
+        cert: _builtins.bytes = ...,
+        key: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca", b"ca", "cert", b"cert", "key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TargetTls: _TypeAlias = TargetTls  # noqa: Y015
+
+@_typing.final
+class PlanChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run the plan is for (the same in every chunk)."""
+    data: _builtins.bytes
+    """The next part of the plan's JSON (UTF-8), at most 1 MiB per chunk."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanChunk: _TypeAlias = PlanChunk  # noqa: Y015
+
+@_typing.final
+class UploadReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIZE_FIELD_NUMBER: _builtins.int
+    size: _builtins.int
+    """bytes received"""
+    def __init__(
+        self,
+        *,
+        size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadReply: _TypeAlias = UploadReply  # noqa: Y015
 
 @_typing.final
 class StopRequest(_message.Message):

@@ -49,6 +49,11 @@ class AgentControlStub:
                 request_serializer=volley_dot_v1_dot_control__pb2.RunRequest.SerializeToString,
                 response_deserializer=volley_dot_v1_dot_control__pb2.RunEvent.FromString,
                 _registered_method=True)
+        self.UploadPlan = channel.stream_unary(
+                '/volley.v1.AgentControl/UploadPlan',
+                request_serializer=volley_dot_v1_dot_control__pb2.PlanChunk.SerializeToString,
+                response_deserializer=volley_dot_v1_dot_control__pb2.UploadReply.FromString,
+                _registered_method=True)
         self.Stop = channel.unary_unary(
                 '/volley.v1.AgentControl/Stop',
                 request_serializer=volley_dot_v1_dot_control__pb2.StopRequest.SerializeToString,
@@ -88,6 +93,16 @@ class AgentControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadPlan(self, request_iterator, context):
+        """Send a plan too large for one message (the agent accepts messages of at most
+        4 MiB) in chunks, before its Run (RunRequest.plan_uploaded). Checked for the
+        token before anything is read, like every call; one upload at a time, kept
+        until its Run takes it (or 60 s).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Stop(self, request, context):
         """Stop a run early (the stream then ends with a Finished event).
         """
@@ -122,6 +137,11 @@ def add_AgentControlServicer_to_server(servicer, server):
                     servicer.Run,
                     request_deserializer=volley_dot_v1_dot_control__pb2.RunRequest.FromString,
                     response_serializer=volley_dot_v1_dot_control__pb2.RunEvent.SerializeToString,
+            ),
+            'UploadPlan': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadPlan,
+                    request_deserializer=volley_dot_v1_dot_control__pb2.PlanChunk.FromString,
+                    response_serializer=volley_dot_v1_dot_control__pb2.UploadReply.SerializeToString,
             ),
             'Stop': grpc.unary_unary_rpc_method_handler(
                     servicer.Stop,
@@ -215,6 +235,33 @@ class AgentControl:
             '/volley.v1.AgentControl/Run',
             volley_dot_v1_dot_control__pb2.RunRequest.SerializeToString,
             volley_dot_v1_dot_control__pb2.RunEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadPlan(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/volley.v1.AgentControl/UploadPlan',
+            volley_dot_v1_dot_control__pb2.PlanChunk.SerializeToString,
+            volley_dot_v1_dot_control__pb2.UploadReply.FromString,
             options,
             channel_credentials,
             insecure,

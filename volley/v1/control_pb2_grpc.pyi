@@ -45,6 +45,12 @@ class AgentControlStub:
     """Start a run from a plan slice; the agent streams status and timing batches
     until the slice is done, the run is stopped, or the coordinator goes away.
     """
+    UploadPlan: _grpc.StreamUnaryMultiCallable[_control_pb2.PlanChunk, _control_pb2.UploadReply]
+    """Send a plan too large for one message (the agent accepts messages of at most
+    4 MiB) in chunks, before its Run (RunRequest.plan_uploaded). Checked for the
+    token before anything is read, like every call; one upload at a time, kept
+    until its Run takes it (or 60 s).
+    """
     Stop: _grpc.UnaryUnaryMultiCallable[_control_pb2.StopRequest, _control_pb2.StopReply]
     """Stop a run early (the stream then ends with a Finished event)."""
     Collect: _grpc.UnaryStreamMultiCallable[_control_pb2.CollectRequest, _control_pb2.RunEvent]
@@ -68,6 +74,12 @@ class AgentControlAsyncStub(AgentControlStub):
     Run: _aio.UnaryStreamMultiCallable[_control_pb2.RunRequest, _control_pb2.RunEvent]  # type: ignore[assignment]
     """Start a run from a plan slice; the agent streams status and timing batches
     until the slice is done, the run is stopped, or the coordinator goes away.
+    """
+    UploadPlan: _aio.StreamUnaryMultiCallable[_control_pb2.PlanChunk, _control_pb2.UploadReply]  # type: ignore[assignment]
+    """Send a plan too large for one message (the agent accepts messages of at most
+    4 MiB) in chunks, before its Run (RunRequest.plan_uploaded). Checked for the
+    token before anything is read, like every call; one upload at a time, kept
+    until its Run takes it (or 60 s).
     """
     Stop: _aio.UnaryUnaryMultiCallable[_control_pb2.StopRequest, _control_pb2.StopReply]  # type: ignore[assignment]
     """Stop a run early (the stream then ends with a Finished event)."""
@@ -107,6 +119,18 @@ class AgentControlServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_control_pb2.RunEvent], _abc.AsyncIterator[_control_pb2.RunEvent]]:
         """Start a run from a plan slice; the agent streams status and timing batches
         until the slice is done, the run is stopped, or the coordinator goes away.
+        """
+
+    @_abc_1.abstractmethod
+    def UploadPlan(
+        self,
+        request_iterator: _MaybeAsyncIterator[_control_pb2.PlanChunk],
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.UploadReply, _abc.Awaitable[_control_pb2.UploadReply]]:
+        """Send a plan too large for one message (the agent accepts messages of at most
+        4 MiB) in chunks, before its Run (RunRequest.plan_uploaded). Checked for the
+        token before anything is read, like every call; one upload at a time, kept
+        until its Run takes it (or 60 s).
         """
 
     @_abc_1.abstractmethod

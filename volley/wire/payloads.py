@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,6 @@ import numpy as np
 from volley.mix import ModelMix
 from volley.plan import Plan, plan_models
 from volley.request import RequestPool, build_plan_pool, http_infer_body
-from volley.target import resolve_headers
 from volley.wire.grpc import USER_AGENT, grpc_frame
 
 
@@ -69,11 +69,12 @@ class Payloads:
         return int(self.pick(np.asarray([index], np.int64))[0])
 
 
-def build_payloads(plan: Plan, seed: int = 0) -> Payloads:
+def build_payloads(plan: Plan, seed: int = 0, headers: Sequence[tuple[str, str]] = ()) -> Payloads:
     """Build and serialize every model's request pool once, framed for the plan's protocol.
 
     Pools come from the plan alone (the plan's seed; `seed` is ignored and kept for
-    callers), so every worker of every agent builds the same ones."""
+    callers), so every worker of every agent builds the same ones. HTTP request heads
+    carry `headers` (volley.target.TargetAccess.headers: values, never read here)."""
     del seed
     wires: list[Wire] = []
     shapes: list[str] = []
@@ -99,7 +100,7 @@ def build_payloads(plan: Plan, seed: int = 0) -> Payloads:
             if plan.protocol == "http":
                 body, json_len = http_infer_body(p.body)
                 wire_body = _http_encode(body, plan.compression)
-                head = _http_head(plan, m.name, m.version, json_len)
+                head = _http_head(plan, m.name, m.version, json_len, headers)
                 head += b"Content-Length: %d\r\n\r\n" % len(wire_body)
                 wires.append(
                     Wire(
@@ -139,7 +140,9 @@ def _http_encode(body: bytes, compression: str) -> bytes:
     return body
 
 
-def _http_head(plan: Plan, model: str, version: str, json_len: int) -> bytes:
+def _http_head(
+    plan: Plan, model: str, version: str, json_len: int, headers: Sequence[tuple[str, str]]
+) -> bytes:
     """Request line and headers without Content-Length (added per body)."""
     from urllib.parse import quote
 
@@ -157,6 +160,6 @@ def _http_head(plan: Plan, model: str, version: str, json_len: int) -> bytes:
     if plan.compression != "none":
         lines.append(f"Content-Encoding: {plan.compression}")
         lines.append(f"Accept-Encoding: {plan.compression}")
-    for name, value in resolve_headers(plan):
+    for name, value in headers:
         lines.append(f"{name}: {value}")
     return ("\r\n".join(lines) + "\r\n").encode("latin-1")
