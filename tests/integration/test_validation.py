@@ -146,7 +146,8 @@ async def test_a_rogue_agent_next_to_an_honest_one(
     assert good["invalid_records"] == 0 and good["faults"] == {}
     assert good["cpu_percent_peak"] >= 0 and math.isfinite(good["cpu_seconds"])
     # the rogue one: its valid half kept, everything else dropped and named
-    assert bad["scheduled"] == rogue.valid == 10
+    assert bad["scheduled"] == 20  # its slice of the schedule
+    assert bad["recorded"] == rogue.valid == 10 and bad["no_record"] == 10
     assert bad["invalid_records"] == 10 + 20 + 1000
     assert bad["faults"]["duplicate index"] == 10
     assert bad["faults"]["index outside its slice"] >= 20
@@ -154,8 +155,10 @@ async def test_a_rogue_agent_next_to_an_honest_one(
     assert bad["faults"]["start disagrees with the run"] == 1
     assert bad["cpu_seconds"] == 0.0 and bad["cpu_percent_peak"] == 0.0
     # the schedule is never over-counted; the run is invalid, and says why
-    got = s["requests"]["scheduled"] + s["warmup_requests"]["scheduled"]
+    assert s["requests"]["scheduled"] + s["warmup_requests"]["scheduled"] == total
+    got = s["requests"]["recorded"] + s["warmup_requests"]["recorded"]
     assert total - got == 10
+    assert s["requests"]["no_record"] + s["warmup_requests"]["no_record"] == 10
     reasons = s["verdict"]["reasons"]
     garbage = "agent rogue sent mostly invalid records (1030 of 1040 dropped"
     assert any(r.startswith(garbage) for r in reasons)
