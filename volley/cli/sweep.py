@@ -31,11 +31,14 @@ from volley.cli.common import (
     PANEL_LOAD,
     PANEL_OUTPUT,
     PANEL_TARGET,
+    check_writable_dir,
     fail,
     kv,
     option,
 )
+from volley.cli.planning import read_text_file
 from volley.plan import PlanError, load_plan_yaml, parse_address, parse_duration
+from volley.shown import shown
 
 SWEEP_KEYS = {"name", "plan", "plan_file", "sweep", "targets", "capacity", "scale_check"}
 
@@ -44,7 +47,7 @@ def _float(text: str, what: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise PlanError(f"{what}: expected a number, got {text!r}") from None
+        raise PlanError(f"{what}: expected a number, got {shown(text)}") from None
 
 
 def parse_targets(items: list[str]) -> list[SweepTarget]:
@@ -79,11 +82,7 @@ def parse_costs(items: list[str]) -> tuple[float | None, dict[str, float]]:
 
 def read_sweep_file(path: Path) -> tuple[dict[str, Any], bool]:
     """(document, is_sweep_file): a sweep YAML has any of SWEEP_KEYS at the top."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise PlanError(f"{path}: {exc.strerror or exc}") from None
-    data = load_plan_yaml(text)
+    data = load_plan_yaml(read_text_file(path, "sweep file"))
     is_sweep = bool(set(data) & SWEEP_KEYS) and not ({"model", "target"} & set(data))
     if is_sweep:
         unknown = sorted(set(data) - SWEEP_KEYS)
@@ -122,17 +121,17 @@ def settings_from(yaml_sweep: dict[str, Any], cli: dict[str, Any]) -> SweepSetti
             d[k] = v
     mode = str(d.get("mode", "rate"))
     if mode not in ("rate", "concurrency"):
-        raise PlanError(f"--mode must be rate or concurrency, got {mode!r}")
+        raise PlanError(f"--mode must be rate or concurrency, got {shown(mode)}")
     defaults = SweepSettings()
 
     def num(key: str, default: float) -> float:
         v = d.get(key, default)
         if isinstance(v, bool):
-            raise PlanError(f"sweep.{key}: expected a number, got {v!r}")
+            raise PlanError(f"sweep.{key}: expected a number, got {shown(v)}")
         if isinstance(v, str):
             return _float(v, f"sweep.{key}")
         if not isinstance(v, int | float):
-            raise PlanError(f"sweep.{key}: expected a number, got {v!r}")
+            raise PlanError(f"sweep.{key}: expected a number, got {shown(v)}")
         return float(v)
 
     tolerance = parse_fraction(d.get("tolerance", defaults.tolerance), "--tolerance", 1.0)
@@ -181,7 +180,7 @@ def capacity_from(yaml_cap: dict[str, Any], cli: dict[str, Any]) -> CapacityInpu
     def num(key: str, default: float) -> float:
         v = d.get(key, default)
         if isinstance(v, bool) or not isinstance(v, int | float | str):
-            raise PlanError(f"capacity.{key}: expected a number, got {v!r}")
+            raise PlanError(f"capacity.{key}: expected a number, got {shown(v)}")
         return _float(v, f"capacity.{key}") if isinstance(v, str) else float(v)
 
     cost = d.get("cost_per_hour")
@@ -471,6 +470,7 @@ def sweep_cmd(
             if start_lead is not None:
                 spec.start_lead_s = start_lead
             spec.validate()
+            check_writable_dir(resume, "--resume")
             sweep_dir = resume
         else:
             spec = build_spec(
@@ -510,9 +510,12 @@ def sweep_cmd(
                 raw=raw,
                 start_lead=start_lead,
             )
+            check_writable_dir(out, "--out")
             sweep_dir = new_run_dir(out, f"sweep-{spec.name}")
     except PlanError as exc:
         fail(str(exc))
+    except OSError as exc:
+        fail(f"--out {out}: cannot create the sweep folder ({exc.strerror or exc})")
 
     doc = execute_sweep(spec, sweep_dir, previous, created, quiet)
     if quiet:
@@ -637,7 +640,7 @@ def build_spec(**o: Any) -> SweepSpec:
     names = {t.name for t in targets}
     unknown = sorted(set(per_cost) - names)
     if unknown:
-        raise PlanError(f"--cost-per-hour {unknown[0]}=...: no target named {unknown[0]!r}")
+        raise PlanError(f"--cost-per-hour {unknown[0]}=...: no target named {shown(unknown[0])}")
     targets = [
         SweepTarget(**{**t.to_dict(), "cost_per_hour": per_cost[t.name]})
         if t.name in per_cost
