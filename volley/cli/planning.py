@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from volley.plan import (
     Plan,
@@ -14,6 +14,9 @@ from volley.plan import (
     plan_from_dict,
 )
 from volley.shown import shown
+
+TraceFormat = Literal["timestamps", "gaps"]
+TraceUnit = Literal["s", "ms", "us", "ns"]
 
 
 def read_text_file(path: Path, what: str) -> str:
@@ -66,13 +69,15 @@ def resolve_trace(data: dict[str, Any]) -> None:
         trace.get("unit", "s"),
         trace.get("speed", 1.0),
     )
-    if not isinstance(fmt, str) or not isinstance(unit, str):
-        raise PlanError("load.trace: format and unit must be strings")
+    if fmt not in ("timestamps", "gaps"):
+        raise PlanError(f"load.trace.format: must be timestamps or gaps, got {shown(fmt)}")
+    if unit not in ("s", "ms", "us", "ns"):
+        raise PlanError(f"load.trace.unit: must be one of s, ms, us, ns, got {shown(unit)}")
     if isinstance(speed, bool) or not isinstance(speed, int | float) or not 0 < speed < 1e300:
         raise PlanError(f"load.trace.speed: expected a finite number > 0, got {shown(speed)}")
     text = read_text_file(path, "trace file")
     try:
-        times = parse_trace(text, fmt, unit, float(speed))
+        times = parse_trace(text, cast(TraceFormat, fmt), cast(TraceUnit, unit), float(speed))
     except ValueError as exc:
         raise PlanError(f"trace file {path}: {exc}") from None
     if times.size == 0:
