@@ -113,7 +113,10 @@ def _timeseries(path: Path) -> list[dict[str, Any]]:
         text = pa.types.is_string(t) or pa.types.is_large_string(t)
         if not (pa.types.is_null(t) or (text if f.name in _TEXT_COLUMNS else numeric)):
             raise ReportError(f"timeseries.parquet unreadable: column {f.name!r} holds {t}")
-    rows: list[dict[str, Any]] = table.to_pylist()
+    try:
+        rows: list[dict[str, Any]] = table.to_pylist()
+    except (ValueError, pa.ArrowException) as exc:  # text columns that are not UTF-8
+        raise ReportError(f"timeseries.parquet unreadable: {clipped(str(exc))}") from None
     return rows
 
 
