@@ -225,3 +225,22 @@ def test_triton_start_bad_model_repository(tmp_path: Path) -> None:
     (tmp_path / "repo" / "m" / "config.pbtxt").write_bytes(BINARY)
     repo = ["--model-repository", str(tmp_path / "repo")]
     _error(["triton", "start", *repo, *state], "config.pbtxt: not UTF-8 text")
+
+
+def test_shown_cuts_what_it_quotes() -> None:
+    from volley.shown import MAX_SHOWN, clipped, shown
+
+    assert shown("x" * 100_000) == "'" + "x" * (MAX_SHOWN - 1) + "... (100000 characters)"
+    assert shown(10**400) == "an integer of about 401 digits"
+    assert shown(10**5000).startswith("an integer")  # repr() would raise past 4300 digits
+    assert shown([10**5000]) == "a list"
+    assert shown(b"\x00" * 1000).endswith("(1000 characters)")
+    assert shown("short") == "'short'" and shown(2**64) == "18446744073709551616"
+    assert clipped("a" * 300, 10) == "aaaaaaaaaa... (300 characters)"
+
+
+def test_plan_datatypes_are_those_volley_builds() -> None:
+    from volley.inputs import DTYPES
+    from volley.plan import DATATYPES
+
+    assert set(DATATYPES) == {*DTYPES, "BYTES"}
