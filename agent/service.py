@@ -18,7 +18,8 @@ from agent import spool
 from agent.config import AgentConfig
 from agent.limits import check_plan, send_time_note
 from agent.session import RunSession, SessionSpec
-from volley.plan import Plan, PlanError
+from volley.plan import Plan, PlanError, check_resolved
+from volley.shown import clipped
 from volley.target import access_for_run
 from volley.v1 import control_pb2 as pb
 from volley.v1 import control_pb2_grpc as pb_grpc
@@ -32,6 +33,10 @@ MAX_START_LEAD_NS = 600 * 1_000_000_000
 MAX_PLAN_CHARS = 128 * 1024 * 1024
 #: An uploaded plan waits this long for its Run.
 UPLOAD_TTL_S = 60.0
+
+#: The longest refusal text sent back: gRPC status messages travel in trailers (about
+#: 8 kB at most), so a refusal quoting what the client sent must stay short to arrive.
+MAX_REFUSAL_CHARS = 1000
 #: Spooled events replayed per read from disk (Collect).
 COLLECT_CHUNK = 64
 
@@ -138,8 +143,12 @@ class AgentService(pb_grpc.AgentControlServicer):
             plan_json = up.plan_json
         try:
             plan = Plan.from_json(plan_json)
+            check_resolved(plan)
         except (PlanError, RecursionError) as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid plan: {exc}")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                clipped(f"invalid plan: {exc}", MAX_REFUSAL_CHARS),
+            )
             raise  # unreachable: abort raises
         tls = request.target_tls
         try:
@@ -159,6 +168,7 @@ class AgentService(pb_grpc.AgentControlServicer):
             raise  # unreachable: abort raises
         refusal = check_plan(plan, request.agent_index, self.cfg.limits)
         if refusal:
+            refusal = clipped(refusal, MAX_REFUSAL_CHARS)
             log.warning("refused run %s from %s: %s", request.run_id, context.peer(), refusal)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"agent refuses: {refusal}")
         if self.session is not None:  # another Run won the race while this one was checked

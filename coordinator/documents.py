@@ -9,13 +9,29 @@ No `from __future__ import annotations` here: on Python 3.11 it hides NotRequire
 from `__required_keys__`, which the schema test reads.
 """
 
+import functools
 import json
+import math
+import types
 from pathlib import Path
-from typing import Any, Literal, NotRequired, TypedDict, cast, get_origin, get_type_hints
+from typing import (
+    Any,
+    Literal,
+    NotRequired,
+    Required,
+    TypedDict,
+    Union,
+    cast,
+    get_args,
+    get_origin,
+    get_type_hints,
+    is_typeddict,
+)
 
 from coordinator.stats.documents import PlanModelRow, ServerSummary
 from volley.plan import Arrival, Mode, Protocol
 from volley.request import PoolDescription
+from volley.shown import shown
 
 #: summary.json's `server` (the plan's model, from server.json).
 ServerBlock = ServerSummary
@@ -301,39 +317,126 @@ _JSON_NAMES = {
 }
 
 
-def _json_kind(tp: Any) -> type | tuple[type, ...]:
-    """The JSON value kind (for isinstance) of a top-level annotation of Summary."""
-    origin = get_origin(tp) or tp
-    if isinstance(origin, type) and issubclass(origin, dict):  # TypedDicts included
-        return dict
+def _kind(value: object) -> str:
+    return _JSON_NAMES.get(type(value), type(value).__name__)
+
+
+def mismatch(value: object, tp: Any, where: str = "", require: bool = True) -> str | None:
+    """Where a JSON document differs from its description `tp` (a TypedDict, list, dict,
+    union, Literal or scalar annotation), as one short phrase; None when it conforms.
+    Keys a TypedDict does not describe are allowed (newer writers may add some); keys it
+    requires must be there (unless not `require`: values only). Integers must fit 64 bits."""
+    if tp is Any or tp is object:
+        return None
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is NotRequired or origin is Required:
+        return mismatch(value, args[0], where, require)
+    if is_typeddict(tp):
+        if not isinstance(value, dict):
+            return f"{where or 'the document'} holds {_kind(value)}, not an object"
+        hints = _hints(tp)
+        for key in (k for k in hints if k in value):  # a wrong value says more than a gap
+            why = mismatch(value[key], hints[key], f"{where}.{key}" if where else key, require)
+            if why:
+                return why
+        for key, hint in hints.items() if require else ():
+            # (on 3.11, __required_keys__ misses a NotRequired written as a string)
+            if (
+                key not in value
+                and key in tp.__required_keys__
+                and get_origin(hint) is not NotRequired
+            ):
+                return f"{f'{where}.{key}' if where else key} is missing"
+        return None
+    if origin in (Union, types.UnionType):
+        whys = [mismatch(value, alt, where, require) for alt in args]
+        return whys[0] if all(whys) else None
+    if origin is Literal:
+        return None if value in args else f"{where} holds {_shown(value)}, not one of {args}"
     if origin is list:
-        return list
-    if tp is str:
-        return str
-    if tp is float:
-        return (int, float)
-    if tp is int:
-        return int
+        if not isinstance(value, list):
+            return f"{where} holds {_kind(value)}, not an array"
+        for i, item in enumerate(value):
+            why = mismatch(item, args[0], f"{where}[{i}]", require)
+            if why:
+                return why
+        return None
+    if origin is dict:
+        if not isinstance(value, dict):
+            return f"{where} holds {_kind(value)}, not an object"
+        for k, item in value.items():
+            why = mismatch(item, args[1], f"{where}[{_shown(k)}]", require)
+            if why:
+                return why
+        return None
+    if tp is type(None):
+        return None if value is None else f"{where} holds {_kind(value)}, not null"
     if tp is bool:
-        return bool
-    return object  # str Literals, unions: not checked here
+        ok = type(value) is bool
+    elif tp is int:
+        ok = type(value) is int and abs(value) < 2**63
+    elif tp is float:
+        ok = (type(value) is int and abs(value) < 2**63) or type(value) is float
+    elif tp is str:
+        ok = isinstance(value, str)
+    else:
+        raise TypeError(f"mismatch: annotation {tp!r} is not a JSON type")
+    return None if ok else f"{where} holds {_shown(value)}, not {_WANTED[tp]}"
+
+
+@functools.cache
+def _hints(tp: Any) -> dict[str, Any]:
+    return get_type_hints(tp, include_extras=True)
+
+
+_WANTED = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+
+
+def _shown(value: object) -> str:
+    return shown(value, 60)
+
+
+def _finite(text: str) -> float:
+    """JSON numbers of a summary: NaN and infinities are not (writers never write them)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
+def _ranges(data: dict[str, Any]) -> str | None:
+    """What the types do not say: a payload bucket is [low, high)."""
+    for i, row in enumerate(data.get("latency_by_payload") or []):
+        n = len(row["bucket_bytes"])
+        if n != 2:
+            return f"latency_by_payload[{i}].bucket_bytes holds {n} numbers, not 2"
+    return None
 
 
 def load_summary(path: Path) -> Summary:
-    """Read a summary.json. Checks the top level only: a JSON object with `requests`,
-    and each known key it has holds the right kind of JSON value (older summaries may
-    lack newer keys, so missing keys are allowed)."""
+    """Read a summary.json and check it against `Summary`, all the way down: a file that
+    is not UTF-8 JSON, or whose values are not what readers expect, is a SummaryError
+    naming the file and the first key that is wrong (never an error in a reader later)."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(
+            path.read_bytes().decode("utf-8"), parse_float=_finite, parse_constant=_finite
+        )
     except OSError as exc:
         raise SummaryError(f"{path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SummaryError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise SummaryError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise SummaryError(f"{path}: not valid JSON (nested too deeply)") from None
+    except ValueError:  # NaN, 1e400, or past 4300 digits (int() refuses)
+        raise SummaryError(
+            f"{path} is not a volley summary (a number is not finite or has too many digits)"
+        ) from None
     if not isinstance(data, dict) or not isinstance(data.get("requests"), dict):
         raise SummaryError(f"{path} is not a volley summary")
-    for key, tp in get_type_hints(Summary).items():
-        kind = _json_kind(tp)
-        if key in data and not isinstance(data[key], kind):
-            found = _JSON_NAMES.get(type(data[key]), type(data[key]).__name__)
-            raise SummaryError(f"{path} is not a volley summary ({key!r} holds {found})")
+    # a value of the wrong kind says more than a missing key: look for those first
+    why = mismatch(data, Summary, require=False) or mismatch(data, Summary) or _ranges(data)
+    if why:
+        raise SummaryError(f"{path} is not a volley summary of this version: {why}")
     return cast(Summary, data)

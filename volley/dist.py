@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Literal
 
+from volley.shown import shown
+
 Kind = Literal["fixed", "uniform", "choice", "normal", "lognormal"]
 
 _NUM_RE = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([kM]?)\s*$")
@@ -49,10 +51,10 @@ def parse_number(text: str) -> float:
     """'224', '0.5', '50k', '2M' -> float."""
     m = _NUM_RE.match(text)
     if not m:
-        raise DistError(f"expected a number, got {text.strip()!r}")
+        raise DistError(f"expected a number, got {shown(text.strip())}")
     value = float(m.group(1)) * {"": 1.0, "k": 1e3, "M": 1e6}[m.group(2)]
     if not math.isfinite(value):
-        raise DistError(f"expected a finite number, got {text.strip()!r}")
+        raise DistError(f"expected a finite number, got {shown(text.strip())}")
     return value
 
 
@@ -249,7 +251,7 @@ def _func(name: str, args_text: str) -> Dist:
         if eq:
             k = key.strip()
             if k not in ("min", "max"):
-                raise DistError(f"{name}(): unknown argument {k!r} (min and max are allowed)")
+                raise DistError(f"{name}(): unknown argument {shown(k)} (min and max are allowed)")
             kw[k] = parse_number(val)
         else:
             if kw:
@@ -272,15 +274,17 @@ def _func(name: str, args_text: str) -> Dist:
 def parse_dist(value: object) -> Dist:
     """A distribution from its text, a number, or a plan mapping. Raises DistError."""
     if isinstance(value, bool):
-        raise DistError(f"expected a number or a distribution, got {value!r}")
+        raise DistError(f"expected a number or a distribution, got {shown(value)}")
     if isinstance(value, int | float):
+        if isinstance(value, int) and abs(value) > 2**1000:
+            raise DistError(f"expected a finite number, got {shown(value)}")
         if not math.isfinite(float(value)):
-            raise DistError(f"expected a finite number, got {value!r}")
+            raise DistError(f"expected a finite number, got {shown(value)}")
         return Dist.fixed(float(value))
     if isinstance(value, dict):
         return _from_mapping(value)
     if not isinstance(value, str):
-        raise DistError(f"expected a number or a distribution, got {value!r}")
+        raise DistError(f"expected a number or a distribution, got {shown(value)}")
     text = value.strip()
     if not text:
         raise DistError("empty distribution")
@@ -303,11 +307,11 @@ def parse_dist(value: object) -> Dist:
 
 def _nums(v: object, n: int, what: str) -> list[float]:
     if not isinstance(v, list | tuple) or len(v) != n:
-        raise DistError(f"{what}: expected a list of {n} numbers, got {v!r}")
+        raise DistError(f"{what}: expected a list of {n} numbers, got {shown(v)}")
     out = []
     for x in v:
         if isinstance(x, bool) or not isinstance(x, int | float | str):
-            raise DistError(f"{what}: expected numbers, got {x!r}")
+            raise DistError(f"{what}: expected numbers, got {shown(x)}")
         out.append(parse_number(str(x)))
     return out
 
@@ -349,7 +353,7 @@ def _from_mapping(d: dict[object, object]) -> Dist:
                 else ([1.0] * len(values))
             )
         else:
-            raise DistError(f"choice: expected a list or a value->weight mapping, got {arg!r}")
+            raise DistError(f"choice: expected a list or a value->weight mapping, got {shown(arg)}")
         return Dist("choice", values=tuple(values), weights=tuple(weights))
     if "weights" in d:
         raise DistError(f"{kind}: 'weights' belongs to choice")
@@ -371,7 +375,7 @@ def parse_dims_pattern(text: str) -> list[str]:
     """'200..800x200..800x3' -> ['200..800', '200..800', '3'] (each one a distribution)."""
     parts = [p.strip() for p in _split_top(text.strip(), "x")]
     if not text.strip() or any(not p for p in parts):
-        raise DistError(f"expected dims like 224x224x3 or 200..800x200..800x3, got {text!r}")
+        raise DistError(f"expected dims like 224x224x3 or 200..800x200..800x3, got {shown(text)}")
     return [canonical(p) for p in parts]
 
 
@@ -382,9 +386,9 @@ def parse_shape_text(text: str) -> tuple[int, ...]:
         try:
             d = int(part)
         except ValueError:
-            raise DistError(f"expected a shape like 224x224x3, got {text!r}") from None
+            raise DistError(f"expected a shape like 224x224x3, got {shown(text)}") from None
         if d < 0:
-            raise DistError(f"shape {text!r}: dims must be >= 0")
+            raise DistError(f"shape {shown(text)}: dims must be >= 0")
         out.append(d)
     return tuple(out)
 
@@ -405,17 +409,17 @@ def parse_weighted_shape(value: object) -> WeightedShape:
     if isinstance(value, dict):
         unknown = set(value) - {"shape", "weight"}
         if unknown or "shape" not in value:
-            raise DistError(f"expected {{shape: 224x224x3, weight: 1}}, got {value!r}")
+            raise DistError(f"expected {{shape: 224x224x3, weight: 1}}, got {shown(value)}")
         w = value.get("weight", 1)
         if isinstance(w, bool) or not isinstance(w, int | float | str):
-            raise DistError(f"weight: expected a number, got {w!r}")
+            raise DistError(f"weight: expected a number, got {shown(w)}")
         weight = parse_number(str(w))
         value = value["shape"]
     if isinstance(value, list | tuple):
         dims = []
         for d in value:
             if isinstance(d, bool) or not isinstance(d, int) or d < 0:
-                raise DistError(f"shape {value!r}: dims must be non-negative integers")
+                raise DistError(f"shape {shown(value)}: dims must be non-negative integers")
             dims.append(d)
         shape = tuple(dims)
     elif isinstance(value, str):
@@ -424,9 +428,9 @@ def parse_weighted_shape(value: object) -> WeightedShape:
             weight = parse_number(w_text)
         shape = parse_shape_text(text)
     else:
-        raise DistError(f"expected a shape like 224x224x3, got {value!r}")
+        raise DistError(f"expected a shape like 224x224x3, got {shown(value)}")
     if weight < 0 or not math.isfinite(weight):
-        raise DistError(f"shape {value!r}: weight must be >= 0")
+        raise DistError(f"shape {shown(value)}: weight must be >= 0")
     return WeightedShape(shape, weight)
 
 
@@ -459,18 +463,19 @@ _BYTE_UNITS = {
 def parse_bytes(value: object) -> int:
     """'256MB', '1GiB', 4096 -> bytes."""
     if isinstance(value, bool):
-        raise DistError(f"expected a size like 256MB, got {value!r}")
+        raise DistError(f"expected a size like 256MB, got {shown(value)}")
     if isinstance(value, int):
         if value < 0:
-            raise DistError(f"expected a size >= 0, got {value!r}")
+            raise DistError(f"expected a size >= 0, got {shown(value)}")
         return value
     if isinstance(value, float) and value.is_integer() and value >= 0:
         return int(value)
     if isinstance(value, str):
         m = _BYTES_RE.match(value)
-        if m:
-            return int(float(m.group(1)) * _BYTE_UNITS[m.group(2)])
-    raise DistError(f"expected a size like 256MB or 1GiB, got {value!r}")
+        size = float(m.group(1)) * _BYTE_UNITS[m.group(2)] if m else math.inf
+        if math.isfinite(size):
+            return int(size)
+    raise DistError(f"expected a size like 256MB or 1GiB, got {shown(value)}")
 
 
 def fmt_bytes(n: float) -> str:

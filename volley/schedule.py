@@ -55,6 +55,8 @@ from typing import Final, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from volley.shown import shown
+
 __all__ = [
     "BLOCK",
     "MAX_TRACE_ENTRIES",
@@ -99,7 +101,7 @@ class Stage:
 def _check_nonneg(value: float, what: str) -> float:
     v = float(value)
     if not math.isfinite(v) or v < 0:
-        raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
+        raise ValueError(f"{what} must be a finite number >= 0, got {shown(value)}")
     return v
 
 
@@ -270,7 +272,7 @@ def _split(index: I64, t_ns: I64, max_chunk: int) -> Iterator[tuple[I64, I64]]:
 
 def _check_chunk(max_chunk: int) -> int:
     if isinstance(max_chunk, bool) or not isinstance(max_chunk, Integral) or max_chunk < 1:
-        raise ValueError(f"max_chunk must be a positive integer, got {max_chunk!r}")
+        raise ValueError(f"max_chunk must be a positive integer, got {shown(max_chunk)}")
     return int(max_chunk)
 
 
@@ -299,9 +301,9 @@ class ArrivalSchedule:
         seed: int,
     ) -> None:
         if process not in ("constant", "poisson"):
-            raise ValueError(f"process must be 'constant' or 'poisson', got {process!r}")
+            raise ValueError(f"process must be 'constant' or 'poisson', got {shown(process)}")
         if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+            raise ValueError(f"seed must be a non-negative integer, got {shown(seed)}")
         self.profile: RateProfile = profile
         self.process: Literal["constant", "poisson"] = process
         self.seed: int = int(seed)
@@ -425,10 +427,12 @@ def _parse_slow(text: str) -> tuple[list[int | float], list[int]]:
             try:
                 v = float(s)
             except ValueError:
-                raise ValueError(f"trace line {lineno}: not a number: {raw.strip()!r}") from None
+                raise ValueError(
+                    f"trace line {lineno}: not a number: {shown(raw.strip())}"
+                ) from None
             if not math.isfinite(v):
                 raise ValueError(
-                    f"trace line {lineno}: not a finite number: {raw.strip()!r}"
+                    f"trace line {lineno}: not a finite number: {shown(raw.strip())}"
                 ) from None
         values.append(v)
         lines.append(lineno)
@@ -514,12 +518,12 @@ def parse_trace(
     naming its line number. At most :data:`MAX_TRACE_ENTRIES` entries.
     """
     if fmt not in ("timestamps", "gaps"):
-        raise ValueError(f"trace format must be 'timestamps' or 'gaps', got {fmt!r}")
+        raise ValueError(f"trace format must be 'timestamps' or 'gaps', got {shown(fmt)}")
     if unit not in _UNIT_NS:
-        raise ValueError(f"trace unit must be one of {sorted(_UNIT_NS)}, got {unit!r}")
+        raise ValueError(f"trace unit must be one of {sorted(_UNIT_NS)}, got {shown(unit)}")
     sp = float(speed)
     if not math.isfinite(sp) or sp <= 0:
-        raise ValueError(f"speed must be a finite number > 0, got {speed!r}")
+        raise ValueError(f"speed must be a finite number > 0, got {shown(speed)}")
     arr = _parse_fast(text)
     lines: list[int] | None = None
     if arr is None:
@@ -542,7 +546,7 @@ def _check_weights(weights: Sequence[int]) -> tuple[int, ...]:
         raise ValueError("weights must not be empty")
     for x in w:
         if isinstance(x, bool) or not isinstance(x, Integral) or x <= 0:
-            raise ValueError(f"weights must be positive integers, got {list(w)!r}")
+            raise ValueError(f"weights must be positive integers, got {shown(list(w))}")
     if sum(int(x) for x in w) > MAX_PATTERN:
         raise ValueError(f"sum(weights) must be at most {MAX_PATTERN:,}")
     return tuple(int(x) for x in w)
@@ -644,7 +648,7 @@ def split_count(total: int, weights: Sequence[int]) -> list[int]:
     (exact integer arithmetic; ties go to the lowest index). Sums to ``total``."""
     w = _check_weights(weights)
     if isinstance(total, bool) or not isinstance(total, Integral) or total < 0:
-        raise ValueError(f"total must be a non-negative integer, got {total!r}")
+        raise ValueError(f"total must be a non-negative integer, got {shown(total)}")
     n, s = int(total), sum(w)
     base = [n * x // s for x in w]
     rem = [n * x % s for x in w]

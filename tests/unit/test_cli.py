@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from coordinator.aggregate import Aggregator
 from coordinator.clock import ClockEstimate
+from coordinator.stats.documents import unavailable_server
 from coordinator.summary import AgentInfo, build_summary
 from volley import records as rc
 from volley.cli import app
@@ -126,7 +127,12 @@ def _summary(agent_id: str = "loadgen-host-{i}-12345") -> dict[str, Any]:
                 cpu_seconds=3.2,
             )
         )
-    server = {"queue_ms": 0.41, "compute_infer_ms": 1.93, "notes": ["other clients sent 12"]}
+    server = {
+        **unavailable_server("resnet50_onnx_v2", "other clients sent 12"),
+        "available": True,
+        "queue_ms": 0.41,
+        "compute_infer_ms": 1.93,
+    }
     summary = build_summary(plan, "run", agg, infos, 3.0, None, server=server)
     summary["requests"]["error_codes"] = {"UNAVAILABLE": 10}
     return summary

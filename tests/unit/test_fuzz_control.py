@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,22 @@ PLAN = {
     "target": "127.0.0.1:8001",  # not on the fuzz agent's allowlist: never fired at
     "model": "add",
     "load": {"rate": 10, "duration": "1s"},
+}
+
+
+#: A plan as a coordinator sends it: resolved inputs (datatype, the model's dims).
+RESOLVED: dict[str, Any] = {
+    **PLAN,
+    "max_batch_size": 8,
+    "inputs": [
+        {
+            "name": "X",
+            "datatype": "FP32",
+            "shape": [1, 4],
+            "source": "random",
+            "model_dims": [-1, 4],
+        }
+    ],
 }
 
 
@@ -91,8 +108,21 @@ def test_random_bytes(
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
 
 
+ODD = st.one_of(
+    st.sampled_from([10**400, -1, 2**64, 1.5, "4", None, [], "FP8", "BF16", "", "BYTES"]),
+    st.integers(),
+    st.text(max_size=8),
+)
+
+
 def _plan_json(data: st.DataObject) -> str:
-    choice = data.draw(st.integers(0, 3))
+    choice = data.draw(st.integers(0, 4))
+    if choice == 4:  # a resolved plan (what coordinators send) with an odd input field
+        doc = json.loads(json.dumps(RESOLVED))
+        key = data.draw(st.sampled_from(["datatype", "shape", "model_dims", "value", "name"]))
+        odd = data.draw(ODD)
+        doc["inputs"][0][key] = data.draw(st.sampled_from([odd, [odd], [1, odd]]))
+        return json.dumps(doc)
     if choice == 0:
         return data.draw(st.text(max_size=200))
     doc: dict[str, Any] = json.loads(json.dumps(PLAN))
@@ -186,3 +216,83 @@ def test_coordinator_batches(
     w = RequestWriter(tmp_path_factory.mktemp("w") / "r.parquet")
     w.write(1, block)
     w.close()
+
+
+# ---------------------------------------------------------------- plans an agent refuses
+def _run_details(ch: grpc.Channel, plan_json: str) -> tuple[grpc.StatusCode, str]:
+    req = pb.RunRequest(
+        run_id="r1", plan_json=plan_json, start_at_agent_ns=time.monotonic_ns() + 10**9
+    )
+    try:
+        for _ in ch.unary_stream("/volley.v1.AgentControl/Run")(
+            req.SerializeToString(), timeout=10
+        ):
+            pass
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details() or ""  # type: ignore[no-any-return]
+    return grpc.StatusCode.OK, ""
+
+
+def _with_input(**fields: Any) -> str:
+    doc: dict[str, Any] = json.loads(json.dumps(RESOLVED))
+    doc["inputs"][0].update(fields)
+    return json.dumps(doc)
+
+
+@pytest.mark.parametrize(
+    ("plan_json", "needle"),
+    [
+        (_with_input(model_dims=[10**400, 4]), "model_dims[0]"),
+        (_with_input(model_dims=[-2, 4]), "model_dims[0]"),
+        (_with_input(model_dims=[2**64, 4]), "model_dims[0]"),
+        (_with_input(model_dims=["4", 4]), "model_dims[0]"),
+        (_with_input(model_dims=[1.5, 4]), "model_dims[0]"),
+        (_with_input(shape=[1, 10**400]), "shape[1]"),
+        (_with_input(shape=[-1, 4]), "shape[0]"),
+        (_with_input(shape=[2**64, 4]), "shape[0]"),
+        (_with_input(shape=[1, 4.5]), "shape[1]"),
+        (_with_input(datatype="FP8"), "datatype"),
+        (_with_input(datatype=""), "no datatype"),
+        (_with_input(value=2**64, source="constant"), "value"),
+        (json.dumps({**RESOLVED, "seed": 10**400}), "plan.seed"),
+        (json.dumps(RESOLVED)[:-1] + ', "seed": ' + "9" * 5000 + "}", "digits"),
+        (json.dumps({**RESOLVED, "load": {"rate": 10**400}}), "load.rate"),
+        ('{"a":' * 100_000 + "1" + "}" * 100_000, "nested too deeply"),
+    ],
+)
+def test_bad_plans_are_invalid_argument(channel: grpc.Channel, plan_json: str, needle: str) -> None:
+    code, details = _run_details(channel, plan_json)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, details)
+    assert details.startswith("invalid plan: ") and needle in details, details
+    assert len(details) < 1100 and "\n" not in details
+
+
+def test_a_100kb_value_is_refused_with_a_short_message(channel: grpc.Channel) -> None:
+    """A refusal quoting what the client sent still reaches it: the value is cut."""
+    for doc in (
+        {**RESOLVED, "load": {"rate": 10, "mode": "x" * 100_000}},
+        {**RESOLVED, "y" * 100_000: 1},
+        {**RESOLVED, "target": "h" * 100_000 + ":8001"},
+    ):
+        code, details = _run_details(channel, json.dumps(doc))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, details[:200])
+        assert len(details) < 1100, len(details)
+
+
+def test_a_long_refusal_is_cut_to_fit_the_trailer(tmp_path: Path) -> None:
+    """A refusal from the agent's own limits that would not fit a gRPC trailer (here: an
+    allowlist of 5000 targets, quoted whole) arrives cut, as PERMISSION_DENIED."""
+    allowed = tuple(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}:8001" for i in range(5000))
+    cfg = AgentConfig(
+        listen="127.0.0.1:0",
+        workers=1,
+        agent_id="long",
+        limits=AgentLimits(allowed_targets=allowed),
+        spool_dir=str(tmp_path / "spool"),
+    )
+    with agent_in_thread(cfg) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        code, details = _run_details(ch, json.dumps(RESOLVED))
+        assert server.service.session is None
+    assert code == grpc.StatusCode.PERMISSION_DENIED, (code, details[:200])
+    assert details.startswith("agent refuses: target 127.0.0.1:8001 is not on")
+    assert 100 < len(details) < 1100 and "characters)" in details

@@ -14,10 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from agent.config import AgentLimits
+from agent.limits import check_plan
 from volley import plan as vp
 from volley.cli import app
 from volley.cli.planning import build_plan
-from volley.plan import Plan, PlanError, load_plan_yaml, plan_from_dict
+from volley.plan import DATATYPES, Plan, PlanError, check_resolved, load_plan_yaml, plan_from_dict
 
 BASE: dict[str, Any] = {
     "target": "127.0.0.1:8001",
@@ -199,3 +201,98 @@ def test_cli_fuzzed_plan_files_one_line_exit_2(tmp_path: Path) -> None:
         assert res.exit_code == 2, (text[:60], res.output)
         assert "Traceback" not in res.output
         assert res.output.strip().count("\n") == 0, res.output
+
+
+# ---------------------------------------------------------------- what an agent decodes
+#: A plan as a coordinator sends it to agents: inputs resolved against the model.
+RESOLVED: dict[str, Any] = {
+    **BASE,
+    "max_batch_size": 8,
+    "inputs": [
+        {
+            "name": "X",
+            "datatype": "FP32",
+            "shape": [1, 4],
+            "source": "random",
+            "model_dims": [-1, 4],
+        },
+        {"name": "S", "datatype": "BYTES", "source": "constant", "value": "x", "model_dims": [1]},
+    ],
+    "models": [
+        {
+            "name": "add",
+            "weight": 2,
+            "inputs": [{"name": "X", "datatype": "INT64", "dims": ["1..4"], "model_dims": [-1]}],
+        },
+        {"name": "m2", "version": "3", "max_batch_size": 4},
+    ],
+}
+RESOLVED_PATHS = _paths(RESOLVED)
+AGENT_LIMITS = AgentLimits(
+    max_rate=1000.0, max_in_flight=100, max_duration_s=60.0, allowed_targets=("127.0.0.1:8001",)
+)
+
+#: The numbers and names that broke agents: huge, negative, 2^64, floats, text, dtypes.
+odd_leaves = st.one_of(
+    st.sampled_from([10**400, -(10**400), -1, -2, 2**63, 2**64, -(2**63) - 1, 0, 1.5, -0.0]),
+    st.integers(-(2**70), 2**70),
+    st.floats(),
+    st.text(max_size=12),
+    st.sampled_from([*DATATYPES, "FP8", "BF16", "fp32", "", "STRING", "TYPE_FP32"]),
+    st.none(),
+    st.booleans(),
+)
+odd_values = st.recursive(
+    odd_leaves,
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
+    max_leaves=10,
+)
+
+
+def agent_decode(text: str) -> None:
+    """What agent/service.py Run does with a plan before any worker starts."""
+    plan = Plan.from_json(text)
+    check_resolved(plan)
+    refusal = check_plan(plan, 0, AGENT_LIMITS)
+    assert refusal is None or (isinstance(refusal, str) and "\n" not in refusal)
+    _check_bounded(plan)
+    for spec in (*plan.inputs, *(i for m in plan.models for i in m.inputs)):
+        assert spec.datatype in DATATYPES
+        assert all(-1 <= d < 2**63 for d in spec.model_dims)
+        assert all(0 <= d < 2**63 for d in spec.shape)
+
+
+def _agent_decodes_or_plan_error(text: str) -> None:
+    try:
+        agent_decode(text)
+    except PlanError as exc:
+        assert str(exc) and "\n" not in str(exc) and len(str(exc)) < 1000, str(exc)[:300]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(RESOLVED_PATHS), odd_values), min_size=1, max_size=3))
+def test_agent_plan_json_mutated(changes: list[tuple[tuple[Any, ...], Any]]) -> None:
+    doc = RESOLVED
+    for path, value in changes:
+        with contextlib.suppress(KeyError, IndexError, TypeError):  # path gone
+            doc = _mutate(doc, path, value)
+    _agent_decodes_or_plan_error(json.dumps(doc))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(RESOLVED_PATHS), st.integers(1, 3000), st.sampled_from("[{"))
+def test_agent_plan_json_nested_deep(path: tuple[Any, ...], depth: int, bracket: str) -> None:
+    """A field replaced by JSON nested `depth` deep (past the parser's recursion limit
+    too), written as text since json.dumps would refuse it."""
+    marker = "__deep__"
+    text = json.dumps(_mutate(RESOLVED, path, marker))
+    opening, closing = ("[", "]") if bracket == "[" else ('{"a":', "}")
+    _agent_decodes_or_plan_error(
+        text.replace(f'"{marker}"', opening * depth + "1" + closing * depth, 1)
+    )
+
+
+def test_the_resolved_plan_is_accepted() -> None:
+    agent_decode(json.dumps(RESOLVED))

@@ -26,9 +26,11 @@ from coordinator.report.compare import comparison
 from coordinator.report.export import COLUMNS_AFTER_LOAD, perf_analyzer_csv
 from coordinator.run import Progress
 from coordinator.rundir import timeseries_rows, write_histograms, write_json, write_timeseries
+from coordinator.stats.documents import unavailable_server
 from coordinator.summary import AgentInfo, requests_block
 from tests.browser import find_chromium, render_page
 from tests.triton_fixture import in_ci
+from tests.unit.test_summary_document import _summary as complete_summary
 from volley import records as rc
 from volley.cli import app
 from volley.plan import PlanError
@@ -58,6 +60,8 @@ def _agg(outage: bool = False, errors: int = 3) -> Aggregator:
 
 
 def _summary(name: str, p99: float, queue: float | None, mode: str = "open") -> dict[str, Any]:
+    """A complete summary (load_summary checks it against its description) with the
+    figures these tests compare."""
     lat = {
         "p50": p99 / 3,
         "p90": p99 / 2,
@@ -67,7 +71,33 @@ def _summary(name: str, p99: float, queue: float | None, mode: str = "open") -> 
         "max": p99 * 1.5,
         "mean": p99 / 2.5,
     }
+    service = {k: v * 0.9 for k, v in lat.items()}
+    counts = {
+        "scheduled": 300,
+        "sent": 300,
+        "ok": 297,
+        "errors": 3,
+        "dropped": 0,
+        "not_sent": 0,
+        "error_codes": {"UNAVAILABLE": 3},
+    }
+    server: dict[str, Any] = dict(
+        unavailable_server("m", "" if queue is not None else "no statistics")
+    )
+    if queue is not None:
+        server.update(
+            available=True,
+            queue_ms=queue,
+            compute_input_ms=0.1,
+            compute_infer_ms=2.0,
+            compute_output_ms=0.2,
+            request_ms=queue + 2.4,
+            overhead_ms=0.1,
+            instances=1,
+        )
+    payload = {"count": 10, "sent": 10, "errors": 0, "request_bytes_mean": 96.0}
     return {
+        **complete_summary(),
         "name": name,
         "model": "m",
         "target": "127.0.0.1:1",
@@ -77,29 +107,23 @@ def _summary(name: str, p99: float, queue: float | None, mode: str = "open") -> 
         "warmup_s": 1.0,
         "seed": 1,
         "run_id": "x",
-        "requests": {"scheduled": 300, "sent": 300, "ok": 297, "errors": 3, "dropped": 0},
+        "requests": counts,
+        "warmup_requests": {**counts, "scheduled": 0, "sent": 0, "ok": 0, "errors": 0},
         "offered_rps": 100.0,
         "throughput_rps": 99.0,
         "error_rate": 0.01,
         "latency_ms": lat,
-        "service_time_ms": {k: v * 0.9 for k, v in lat.items()},
+        "service_time_ms": service,
         "send_lateness_ms": {"p50": 0.1, "p99": 0.5, "max": 1.0, "late_fraction": 0.01},
         "agents": [],
-        "server": {
-            "queue_ms": queue,
-            "compute_input_ms": 0.1,
-            "compute_infer_ms": 2.0,
-            "compute_output_ms": 0.2,
-            "request_ms": (queue or 0) + 2.4,
-            "overhead_ms": 0.1,
-            "instances": 1,
-        }
-        if queue is not None
-        else {"available": False, "queue_ms": None, "notes": ["no statistics"]},
+        "models": [],
+        "server": server,
         "latency_by_payload": [
-            {"bucket_bytes": [64, 128], "count": 10, "latency_ms": lat},
-            {"bucket_bytes": [128, 256], "count": 10, "latency_ms": lat},
+            {"bucket_bytes": [64, 128], **payload, "latency_ms": lat, "service_time_ms": service},
+            {"bucket_bytes": [128, 256], **payload, "latency_ms": lat, "service_time_ms": service},
         ],
+        "latency_by_shape": [],
+        "partial": False,
         "verdict": {
             "valid": False,
             "reasons": ["measured for 3.0s, less than the 5s minimum"],
@@ -112,6 +136,7 @@ def _summary(name: str, p99: float, queue: float | None, mode: str = "open") -> 
                     "threshold": 1.0,
                     "actual": p99,
                     "passed": False,
+                    "reason": "",
                 }
             ],
             "slo_passed": False,
@@ -138,8 +163,10 @@ def _run_dir(
     agg = agg or _agg()
     write_histograms(d / "histograms.json", agg, ["a0", "a1"])
     write_timeseries(d / "timeseries.parquet", timeseries_rows(agg, ["a0", "a1"], {(0, 0): 5.0}))
-    load = "concurrency: 4" if mode == "closed" else "rate: 100"
-    (d / "plan.yaml").write_text(f"model: m\nmax_batch_size: 0\nload:\n  {load}\n")
+    load = "{mode: closed, concurrency: 4}" if mode == "closed" else "{rate: 100}"
+    (d / "plan.yaml").write_text(
+        f"target: 127.0.0.1:1\nmodel: m\nmax_batch_size: 0\nload: {load}\n"
+    )
     return d
 
 

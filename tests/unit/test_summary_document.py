@@ -253,7 +253,9 @@ def test_drift_is_caught() -> None:
         ("{nope", "not valid JSON"),
         ("[1, 2]", "is not a volley summary"),
         ('{"name": "x"}', "is not a volley summary"),
-        ('{"requests": {}, "agents": {}}', "('agents' holds an object)"),
+        ('{"requests": {}, "agents": {}}', "agents holds an object, not an array"),
+        ('{"requests": {"sent": "x"}}', "requests.sent holds 'x', not an integer"),
+        ('{"requests": {}}', "requests.scheduled is missing"),
     ],
 )
 def test_load_summary_refuses_malformed_files(tmp_path: Path, text: str, why: str) -> None:

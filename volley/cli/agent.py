@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from volley.cli.common import PANEL_SECURITY, fail, option
+from volley.cli.common import PANEL_SECURITY, check_writable_dir, fail, option
 from volley.plan import (
     PlanError,
     parse_address,
@@ -118,6 +119,9 @@ def agent(
     if spool_dir:
         base = dataclasses.replace(base, spool_dir=spool_dir)
     cfg = dataclasses.replace(base, agent_id=agent_id) if agent_id else base
+    check_writable_dir(Path(cfg.spool_dir), "--spool-dir" if spool_dir else "spool folder")
+    if port_file:
+        check_writable_dir(Path(port_file).parent, "--port-file", named=Path(port_file))
     logging.getLogger("volley").setLevel(logging.INFO)
     try:
         uvloop.run(serve(cfg))

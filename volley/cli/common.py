@@ -5,6 +5,8 @@ Exit codes: 0 success, 1 an SLO or validity check failed, 2 bad usage or input.
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
@@ -16,6 +18,28 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """One line on stderr (`volley: error: ...`) and the exit code; never a traceback."""
     typer.echo(f"volley: error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def check_writable_dir(path: Path, what: str, named: Path | None = None) -> None:
+    """`path` is a folder volley can write in, or one it can create: fail() naming the
+    option (and `named`, else `path`) otherwise -- a file in the way, no permission, a
+    read-only file system -- before anything is sent. Creates nothing."""
+    shown_path = named or path
+    where = path
+    while not where.exists():
+        if where.is_symlink():  # a dangling link: mkdir would fail on it
+            fail(f"{what} {shown_path}: {where} is a broken symbolic link")
+        if where.parent == where:
+            break
+        where = where.parent
+    if not where.is_dir():
+        which = "it is" if where == shown_path else f"{where} is"
+        fail(f"{what} {shown_path}: {which} a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as exc:
+        fail(f"{what} {shown_path}: cannot write in {where} ({exc.strerror or exc})")
 
 
 def kv(items: list[str] | None, what: str) -> dict[str, str]:

@@ -156,7 +156,7 @@ def print_summary(summary: Summary, run_dir: Path, console: Console | None = Non
     if server.get("queue_ms") is not None:
         con.print(
             f"server: queue {server['queue_ms']:.3f} ms  compute infer "
-            f"{server.get('compute_infer_ms', 0):.3f} ms (means per request)"
+            f"{server.get('compute_infer_ms') or 0.0:.3f} ms (means per request)"
         )
     for note in server.get("notes") or []:
         con.print(f"[dim]server: {escape(note)}[/dim]")
@@ -210,7 +210,7 @@ def _print_agents(con: Console, agents: list[AgentRow]) -> None:
         offset = (
             "-"
             if a["clock_offset_ms"] is None
-            else f"{a['clock_offset_ms']:.2f}±{a['clock_uncertainty_ms']:.2f}"
+            else f"{a['clock_offset_ms']:.2f}±{a['clock_uncertainty_ms'] or 0.0:.2f}"
         )
         skew = "-" if a["start_skew_ms"] is None else f"{a['start_skew_ms']:.2f}"
         cpu = "-" if a.get("cpu_us_per_request") is None else f"{a['cpu_us_per_request']:.0f}"

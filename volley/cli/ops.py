@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from volley.cli.common import fail
+from volley.cli.common import check_writable_dir, fail
 
 
 def certs(
@@ -22,6 +22,7 @@ def certs(
     """Generate a CA, an agent (server) and a coordinator (client) certificate, and a token."""
     from volley.certs import CertError, generate_fleet
 
+    check_writable_dir(out, "--out")
     try:
         paths = generate_fleet(out, list(host or []), days=days, force=force)
     except CertError as exc:
@@ -36,6 +37,63 @@ def certs(
         f"coordinator: volley run ... --token-file {d}/token --agent-tls-ca {d}/ca.pem "
         f"--agent-tls-cert {d}/client.pem --agent-tls-key {d}/client.key"
     )
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    """What `volley collect` reads before it calls any agent -- run.json (the agents,
+    their slots and clocks) and plan.yaml -- is text of the right shape; PlanError
+    naming the file otherwise."""
+    import json
+
+    from volley.cli.planning import read_text_file
+    from volley.plan import PlanError, load_plan_yaml, plan_from_dict
+
+    if not run_dir.is_dir():
+        raise PlanError(f"{run_dir} is not a run directory")
+    if not (run_dir / "run.json").is_file():
+        return  # collect_run says so
+    text = read_text_file(run_dir / "run.json", "run manifest")
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PlanError(f"{run_dir / 'run.json'}: not valid JSON ({exc.msg})") from None
+    except (ValueError, RecursionError):
+        raise PlanError(f"{run_dir / 'run.json'}: too deep, or a number too long") from None
+    agents = manifest.get("agents") if isinstance(manifest, dict) else None
+    for i, a in enumerate(agents if isinstance(agents, list) else []):
+        why = _agent_entry_problem(a)
+        if why:
+            raise PlanError(f"{run_dir / 'run.json'}: agents[{i}]: {why}")
+    if isinstance(manifest, dict):
+        span = manifest.get("span_s")
+        if span is not None and (isinstance(span, bool) or not isinstance(span, int | float)):
+            raise PlanError(f"{run_dir / 'run.json'}: span_s: expected a number")
+    if (run_dir / "plan.yaml").is_file():
+        try:
+            plan_from_dict(load_plan_yaml(read_text_file(run_dir / "plan.yaml", "plan file")))
+        except PlanError as exc:
+            raise PlanError(f"{run_dir / 'plan.yaml'}: {exc}") from None
+
+
+def _agent_entry_problem(a: object) -> str | None:
+    if not isinstance(a, dict):
+        return "expected an object"
+    for key in ("index", "workers", "cores"):
+        v = a.get(key, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**31:
+            return f"{key}: expected a non-negative integer"
+    for key in ("address", "id", "host"):
+        if not isinstance(a.get(key, ""), str):
+            return f"{key}: expected a string"
+    clock = a.get("clock")
+    if clock:
+        if not isinstance(clock, dict):
+            return "clock: expected an object"
+        for key in ("offset_ns", "uncertainty_ns", "rtt_ns", "samples"):
+            v = clock.get(key)
+            if isinstance(v, bool) or not isinstance(v, int) or abs(v) >= 2**63:
+                return f"clock.{key}: expected a 64-bit integer"
+    return None
 
 
 def collect(
@@ -71,6 +129,7 @@ def collect(
         security = load_client_security(token_file, agent_tls_ca, agent_tls_cert, agent_tls_key)
         for a in agent or []:
             parse_address(a, "--agent")
+        _check_run_dir(run_dir)
         report = uvloop.run(
             collect_run(run_dir, list(agent) if agent else None, security, keep=keep)
         )

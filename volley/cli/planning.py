@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from volley.plan import (
     Plan,
@@ -13,6 +13,25 @@ from volley.plan import (
     parse_duration,
     plan_from_dict,
 )
+from volley.shown import shown
+
+TraceFormat = Literal["timestamps", "gaps"]
+TraceUnit = Literal["s", "ms", "us", "ns"]
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """A plan, trace or sweep file's text; PlanError when it cannot be read or is not
+    UTF-8 text (a binary file, say), naming the file."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PlanError(f"{what} {path}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PlanError(
+            f"{what} {path}: not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x})"
+        ) from None
 
 
 def _number(text: str) -> float | str:
@@ -28,11 +47,11 @@ def parse_stages(text: str, key: str) -> list[dict[str, Any]]:
     for part in text.split(","):
         dur, sep, target = part.strip().partition(":")
         if not sep:
-            raise PlanError(f"--stages: expected DURATION:TARGET items, got {part.strip()!r}")
+            raise PlanError(f"--stages: expected DURATION:TARGET items, got {shown(part.strip())}")
         try:
             value = float(target)
         except ValueError:
-            raise PlanError(f"--stages: {target!r} is not a number") from None
+            raise PlanError(f"--stages: {shown(target)} is not a number") from None
         out.append({"duration": parse_duration(dur, "--stages duration"), key: value})
     return out
 
@@ -45,17 +64,20 @@ def resolve_trace(data: dict[str, Any]) -> None:
     if not isinstance(trace, dict) or not trace.get("file") or trace.get("times_ns"):
         return
     path = Path(str(trace["file"]))
+    fmt, unit, speed = (
+        trace.get("format", "timestamps"),
+        trace.get("unit", "s"),
+        trace.get("speed", 1.0),
+    )
+    if fmt not in ("timestamps", "gaps"):
+        raise PlanError(f"load.trace.format: must be timestamps or gaps, got {shown(fmt)}")
+    if unit not in ("s", "ms", "us", "ns"):
+        raise PlanError(f"load.trace.unit: must be one of s, ms, us, ns, got {shown(unit)}")
+    if isinstance(speed, bool) or not isinstance(speed, int | float) or not 0 < speed < 1e300:
+        raise PlanError(f"load.trace.speed: expected a finite number > 0, got {shown(speed)}")
+    text = read_text_file(path, "trace file")
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise PlanError(f"trace file {path}: {exc.strerror}") from None
-    try:
-        times = parse_trace(
-            text,
-            trace.get("format", "timestamps"),
-            trace.get("unit", "s"),
-            float(trace.get("speed", 1.0)),
-        )
+        times = parse_trace(text, cast(TraceFormat, fmt), cast(TraceUnit, unit), float(speed))
     except ValueError as exc:
         raise PlanError(f"trace file {path}: {exc}") from None
     if times.size == 0:
@@ -137,11 +159,7 @@ def build_plan(
     """
     data: dict[str, Any] = {}
     if plan_file is not None:
-        try:
-            text = plan_file.read_text()
-        except OSError as exc:
-            raise PlanError(f"plan file {plan_file}: {exc.strerror}") from None
-        data = load_plan_yaml(text)
+        data = load_plan_yaml(read_text_file(plan_file, "plan file"))
     for k, v in overrides.items():
         if v is not None:
             data[k] = v
@@ -186,7 +204,7 @@ def _target_options(
     if tls or given:
         base: dict[str, Any] = {}
         if plan_file is not None:
-            raw = load_plan_yaml(plan_file.read_text()).get("tls")
+            raw = load_plan_yaml(read_text_file(plan_file, "plan file")).get("tls")
             base = dict(raw) if isinstance(raw, dict) else {}
         overrides["tls"] = {**base, "enabled": True, **given}
     headers: list[dict[str, str]] = []
@@ -199,10 +217,10 @@ def _target_options(
     for item in header_envs:
         name, sep, env = item.partition("=")
         if not sep or not name or not env:
-            raise PlanError(f"--header-env: expected NAME=ENVVAR, got {item!r}")
+            raise PlanError(f"--header-env: expected NAME=ENVVAR, got {shown(item)}")
         headers.append({"name": name, "env": env})
     if headers:
         if plan_file is not None:
-            raw_h = load_plan_yaml(plan_file.read_text()).get("headers")
+            raw_h = load_plan_yaml(read_text_file(plan_file, "plan file")).get("headers")
             headers = [*(raw_h if isinstance(raw_h, list) else []), *headers]
         overrides["headers"] = headers

@@ -18,6 +18,7 @@ from volley.cli.common import (
     PANEL_OUTPUT,
     PANEL_SECURITY,
     PANEL_TARGET,
+    check_writable_dir,
     fail,
     kv,
     option,
@@ -323,6 +324,7 @@ def run(
             raise PlanError("--local-agents must be >= 1 when no --agent is given")
     except PlanError as exc:
         fail(str(exc))
+    check_writable_dir(out, "--out")
 
     stop_event: asyncio.Event | None = None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import signal
 from pathlib import Path
@@ -31,20 +32,27 @@ from volley.cli.common import (
     PANEL_LOAD,
     PANEL_OUTPUT,
     PANEL_TARGET,
+    check_writable_dir,
     fail,
     kv,
     option,
 )
+from volley.cli.planning import read_text_file
 from volley.plan import PlanError, load_plan_yaml, parse_address, parse_duration
+from volley.shown import shown
 
 SWEEP_KEYS = {"name", "plan", "plan_file", "sweep", "targets", "capacity", "scale_check"}
 
 
-def _float(text: str, what: str) -> float:
+def _float(text: str | float, what: str) -> float:
+    """A finite number from text or a number (PlanError naming `what` otherwise)."""
     try:
-        return float(text)
-    except ValueError:
-        raise PlanError(f"{what}: expected a number, got {text!r}") from None
+        value = float(text)
+    except (ValueError, OverflowError):
+        raise PlanError(f"{what}: expected a number, got {shown(text)}") from None
+    if not math.isfinite(value) or abs(value) > 2**53:
+        raise PlanError(f"{what}: expected a finite number, got {shown(text)}")
+    return value
 
 
 def parse_targets(items: list[str]) -> list[SweepTarget]:
@@ -79,11 +87,8 @@ def parse_costs(items: list[str]) -> tuple[float | None, dict[str, float]]:
 
 def read_sweep_file(path: Path) -> tuple[dict[str, Any], bool]:
     """(document, is_sweep_file): a sweep YAML has any of SWEEP_KEYS at the top."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise PlanError(f"{path}: {exc.strerror or exc}") from None
-    data = load_plan_yaml(text)
+    data = load_plan_yaml(read_text_file(path, "sweep file"))
+    _text_keys(data, str(path))
     is_sweep = bool(set(data) & SWEEP_KEYS) and not ({"model", "target"} & set(data))
     if is_sweep:
         unknown = sorted(set(data) - SWEEP_KEYS)
@@ -92,12 +97,30 @@ def read_sweep_file(path: Path) -> tuple[dict[str, Any], bool]:
     return data, is_sweep
 
 
+def _fraction(v: object, what: str, upper: float = 10.0) -> float:
+    """parse_fraction() of a YAML value: text or a number (an int beyond any float, a
+    list or null are refused here)."""
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) > 2**64:
+        raise PlanError(f"{what}: must be between 0 and {upper * 100:g}%, got {shown(v)}")
+    if not isinstance(v, str | int | float):
+        raise PlanError(f"{what}: expected a percentage like 30% or a fraction like 0.3")
+    return parse_fraction(v, what, upper)
+
+
 def _mapping(v: object, where: str) -> dict[str, Any]:
     if v is None:
         return {}
     if not isinstance(v, dict):
         raise PlanError(f"{where}: expected a mapping")
+    _text_keys(v, where)
     return dict(v)
+
+
+def _text_keys(d: dict[Any, Any], where: str) -> None:
+    """YAML mappings may have number or date keys; a sweep file's have names."""
+    bad = next((k for k in d if not isinstance(k, str)), None)
+    if bad is not None:
+        raise PlanError(f"{where}: key {shown(bad)} is not a name")
 
 
 def settings_from(yaml_sweep: dict[str, Any], cli: dict[str, Any]) -> SweepSettings:
@@ -122,21 +145,21 @@ def settings_from(yaml_sweep: dict[str, Any], cli: dict[str, Any]) -> SweepSetti
             d[k] = v
     mode = str(d.get("mode", "rate"))
     if mode not in ("rate", "concurrency"):
-        raise PlanError(f"--mode must be rate or concurrency, got {mode!r}")
+        raise PlanError(f"--mode must be rate or concurrency, got {shown(mode)}")
     defaults = SweepSettings()
 
     def num(key: str, default: float) -> float:
         v = d.get(key, default)
         if isinstance(v, bool):
-            raise PlanError(f"sweep.{key}: expected a number, got {v!r}")
+            raise PlanError(f"sweep.{key}: expected a number, got {shown(v)}")
         if isinstance(v, str):
             return _float(v, f"sweep.{key}")
         if not isinstance(v, int | float):
-            raise PlanError(f"sweep.{key}: expected a number, got {v!r}")
-        return float(v)
+            raise PlanError(f"sweep.{key}: expected a number, got {shown(v)}")
+        return _float(v, f"sweep.{key}")
 
-    tolerance = parse_fraction(d.get("tolerance", defaults.tolerance), "--tolerance", 1.0)
-    ratio = parse_fraction(
+    tolerance = _fraction(d.get("tolerance", defaults.tolerance), "--tolerance", 1.0)
+    ratio = _fraction(
         d.get("min_throughput_ratio", defaults.min_throughput_ratio), "--min-throughput-ratio", 1.0
     )
     s = SweepSettings(
@@ -181,13 +204,13 @@ def capacity_from(yaml_cap: dict[str, Any], cli: dict[str, Any]) -> CapacityInpu
     def num(key: str, default: float) -> float:
         v = d.get(key, default)
         if isinstance(v, bool) or not isinstance(v, int | float | str):
-            raise PlanError(f"capacity.{key}: expected a number, got {v!r}")
-        return _float(v, f"capacity.{key}") if isinstance(v, str) else float(v)
+            raise PlanError(f"capacity.{key}: expected a number, got {shown(v)}")
+        return _float(v, f"capacity.{key}")
 
     cost = d.get("cost_per_hour")
     cap = CapacityInputs(
         production_rps=num("production_rate", 0.0),
-        headroom=parse_fraction(d.get("headroom", 0.3), "--headroom"),
+        headroom=_fraction(d.get("headroom", 0.3), "--headroom"),
         gpus_per_replica=num("gpus_per_replica", 0.0),
         cpus_per_replica=num("cpus_per_replica", 0.0),
         cost_per_hour=None if cost is None else num("cost_per_hour", 0.0),
@@ -471,6 +494,7 @@ def sweep_cmd(
             if start_lead is not None:
                 spec.start_lead_s = start_lead
             spec.validate()
+            check_writable_dir(resume, "--resume")
             sweep_dir = resume
         else:
             spec = build_spec(
@@ -510,9 +534,12 @@ def sweep_cmd(
                 raw=raw,
                 start_lead=start_lead,
             )
+            check_writable_dir(out, "--out")
             sweep_dir = new_run_dir(out, f"sweep-{spec.name}")
     except PlanError as exc:
         fail(str(exc))
+    except OSError as exc:
+        fail(f"--out {out}: cannot create the sweep folder ({exc.strerror or exc})")
 
     doc = execute_sweep(spec, sweep_dir, previous, created, quiet)
     if quiet:
@@ -556,6 +583,8 @@ def build_spec(**o: Any) -> SweepSpec:
         raw_targets = sweep_doc["targets"]
         if not isinstance(raw_targets, list):
             raise PlanError("targets: expected a list")
+        for i, t in enumerate(raw_targets):
+            _mapping(t, f"targets[{i}]")
         targets = [SweepTarget.from_dict(t, f"targets[{i}]") for i, t in enumerate(raw_targets)]
     elif plan_doc.get("target"):
         targets = [SweepTarget(name="target", address=str(plan_doc["target"]))]
@@ -637,7 +666,7 @@ def build_spec(**o: Any) -> SweepSpec:
     names = {t.name for t in targets}
     unknown = sorted(set(per_cost) - names)
     if unknown:
-        raise PlanError(f"--cost-per-hour {unknown[0]}=...: no target named {unknown[0]!r}")
+        raise PlanError(f"--cost-per-hour {unknown[0]}=...: no target named {shown(unknown[0])}")
     targets = [
         SweepTarget(**{**t.to_dict(), "cost_per_hour": per_cost[t.name]})
         if t.name in per_cost
@@ -649,7 +678,13 @@ def build_spec(**o: Any) -> SweepSpec:
     sc_doc = _mapping(sweep_doc.get("scale_check"), "scale_check")
     sc_target = o["scale_check_target"] or sc_doc.get("target")
     if sc_target:
-        replicas = int(sc_doc.get("replicas", o["scale_check_replicas"]))
+        replicas = sc_doc.get("replicas", o["scale_check_replicas"])
+        if (
+            isinstance(replicas, bool)
+            or not isinstance(replicas, int)
+            or not 1 <= replicas <= 10_000
+        ):
+            raise PlanError("scale_check.replicas: expected an integer between 1 and 10000")
         if o["scale_check_target"]:
             replicas = o["scale_check_replicas"]
         base = next((t for t in targets if not t.scale_of), targets[0])

@@ -82,6 +82,22 @@ def _print_server(state: TritonState, st: TritonStatus | None) -> None:
         typer.echo(f"  models   {', '.join(state.models)}")
 
 
+def _check_model_configs(repository: Path) -> None:
+    """Each model's config.pbtxt is readable UTF-8 text (it is parsed and rewritten for
+    the server); fail() naming the file otherwise."""
+    from volley.cli.planning import read_text_file
+    from volley.plan import PlanError
+
+    try:
+        configs = sorted(repository.glob("*/config.pbtxt"))
+        for path in configs:
+            read_text_file(path, "model config")
+    except PlanError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"--model-repository {repository}: {exc.strerror or exc}")
+
+
 @triton_app.command("start")
 def start_cmd(
     model_repository: Annotated[
@@ -185,6 +201,7 @@ def start_cmd(
         fail(f"--timeout must be positive, not {timeout}")
     if not model_repository.is_dir():
         fail(f"--model-repository {model_repository} is not a directory")
+    _check_model_configs(model_repository)
     cfg = TritonConfig(
         model_repository=model_repository,
         http_port=http_port,
@@ -203,6 +220,8 @@ def start_cmd(
         st = status(state_dir)
     except TritonSetupError as exc:
         fail(str(exc))
+    except OSError as exc:  # copying the repository, writing the state: say which file
+        fail(f"tritonserver not started: {exc.filename or ''}: {exc.strerror or exc}")
     except KeyboardInterrupt:
         fail("interrupted; tritonserver was not started", code=130)
     if json_out:

@@ -14,6 +14,7 @@ import numpy.typing as npt
 
 from volley.inputs.shapes import DTYPES, check_item, element_count, hw_axes, item_dims, shape_text
 from volley.plan import InputSpec, PlanError
+from volley.shown import shown
 
 _CHANNELS_MODE = {1: "L", 3: "RGB", 4: "RGBA"}
 
@@ -77,7 +78,7 @@ class ItemCache:
         self._info: dict[int, ItemInfo] = {}
 
     def where(self, k: int) -> str:
-        return f"input {self.spec.name!r} {self.spec.items[k].name or f'item {k}'}"
+        return f"input {shown(self.spec.name)} {self.spec.items[k].name or f'item {k}'}"
 
     def info(self, k: int) -> ItemInfo:
         got = self._info.get(k)
@@ -162,7 +163,7 @@ class ItemCache:
             shape = list(it.shape) if it.shape else _infer_shape(model_item, flat.size, where)
             out = flat.reshape(shape)
         else:
-            raise PlanError(f"{where}: unknown item kind {it.kind!r}")
+            raise PlanError(f"{where}: unknown item kind {shown(it.kind)}")
         check_item(spec, out.shape, model_item, f"{where}: shape {shape_text(out.shape)}")
         return out
 

@@ -19,6 +19,7 @@ from volley.inputs.shapes import (
     spec_dist,
 )
 from volley.plan import InputSpec, Plan, PlanError
+from volley.shown import shown
 
 
 def resolve_specs(
@@ -34,7 +35,7 @@ def resolve_specs(
     unknown = sorted(set(given) - set(names))
     if unknown:
         raise PlanError(
-            f"input {unknown[0]!r} is not an input of model {model_name!r} "
+            f"input {shown(unknown[0])} is not an input of model {shown(model_name)} "
             f"(its inputs: {', '.join(sorted(names))})"
         )
     batched = max_batch_size > 0
@@ -136,7 +137,7 @@ def resolve_specs(
                 np.asarray(spec.value, dtype=DTYPES[datatype])
             except (TypeError, ValueError, OverflowError):
                 raise input_error(
-                    name, f"constant {spec.value!r} is not a valid {datatype}"
+                    name, f"constant {shown(spec.value)} is not a valid {datatype}"
                 ) from None
         if spec.source == "json" and spec.varies:
             raise input_error(name, "a JSON input-data file gives its own shapes")
@@ -160,7 +161,7 @@ def resolve_specs(
             parse_dist(batch_text).is_fixed and parse_dist(batch_text).max() == 1
         ):
             raise PlanError(
-                f"plan.batch_size {batch_text}: model {model_name!r} does not batch "
+                f"plan.batch_size {batch_text}: model {shown(model_name)} does not batch "
                 "(max_batch_size 0)"
             )
         batch_text = ""
@@ -173,7 +174,7 @@ def resolve_specs(
         if bd.max() > max_batch_size:
             raise PlanError(
                 f"plan.batch_size {batch_text}: can reach {fmt_num(bd.max())}, over model "
-                f"{model_name!r}'s max_batch_size {max_batch_size}"
+                f"{shown(model_name)}'s max_batch_size {max_batch_size}"
             )
     all_fixed = all(f is not None for _, f in staged) and (
         not batched or parse_dist(batch_text).is_fixed

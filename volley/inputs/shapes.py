@@ -8,6 +8,7 @@ import numpy as np
 
 from volley.dist import Dist, DistError, parse_dist
 from volley.plan import InputSpec, PlanError
+from volley.shown import shown
 
 #: KServe v2 datatype -> numpy dtype (little-endian on the wire).
 DTYPES: dict[str, np.dtype[np.generic]] = {
@@ -27,7 +28,7 @@ DTYPES: dict[str, np.dtype[np.generic]] = {
 
 
 def input_error(name: str, msg: str) -> PlanError:
-    return PlanError(f"input {name!r}: {msg}")
+    return PlanError(f"input {shown(name)}: {msg}")
 
 
 def shape_text(shape: Sequence[int]) -> str:

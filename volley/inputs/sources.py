@@ -21,6 +21,7 @@ from volley.inputs.shapes import (
     shape_text,
 )
 from volley.plan import DataItem, InputSpec, Plan, PlanError
+from volley.shown import shown
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 RAW_EXTS = {".bin", ".raw", ".dat"}
@@ -216,9 +217,9 @@ def load_json(
     for spec in specs:
         items = []
         for i in chosen:
-            where = f"input data {path}: entry {i} input {spec.name!r}"
+            where = f"input data {path}: entry {i} input {shown(spec.name)}"
             if spec.name not in entries[i]:
-                raise PlanError(f"input data {path}: entry {i} has no input {spec.name!r}")
+                raise PlanError(f"input data {path}: entry {i} has no input {shown(spec.name)}")
             data, shape = _json_tensor(spec, entries[i][spec.name], batched, where)
             total += len(data)
             if total > min(max_bytes, MAX_EMBED_BYTES):

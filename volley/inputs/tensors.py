@@ -13,6 +13,7 @@ from volley.inputs.draws import Draw, InputDraw, make_caches
 from volley.inputs.items import ItemCache
 from volley.inputs.shapes import DTYPES, element_count, input_error, shape_text
 from volley.plan import MAX_INPUT_BYTES, InputSpec, Plan
+from volley.shown import shown
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def _tensor_data(
             return np.full(d.shape, spec.value if spec.value is not None else 0, dtype=dt).tobytes()
         except (TypeError, ValueError, OverflowError):
             raise input_error(
-                spec.name, f"constant {spec.value!r} is not a valid {spec.datatype}"
+                spec.name, f"constant {shown(spec.value)} is not a valid {spec.datatype}"
             ) from None
     return _random_array(dt, d.shape, rng).tobytes()
 

@@ -51,9 +51,16 @@ from volley.plan.spec import (
     plan_models,
 )
 from volley.plan.text import format_duration, parse_address, parse_duration
-from volley.plan.validate import RESERVED_HEADERS, load_plan_yaml, plan_from_dict
+from volley.plan.validate import (
+    DATATYPES,
+    RESERVED_HEADERS,
+    check_resolved,
+    load_plan_yaml,
+    plan_from_dict,
+)
 
 __all__ = [
+    "DATATYPES",
     "DEFAULT_POOL_MAX_BYTES",
     "DEFAULT_POOL_PAYLOADS",
     "GRPC_MAX_MESSAGE_BYTES",
@@ -94,6 +101,7 @@ __all__ = [
     "TraceSpec",
     "Transport",
     "ValiditySpec",
+    "check_resolved",
     "format_duration",
     "load_plan_yaml",
     "parse_address",

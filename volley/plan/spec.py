@@ -280,6 +280,8 @@ class Plan:
             raise PlanError(f"plan JSON: {exc}") from None
         except RecursionError:
             raise PlanError("plan JSON is nested too deeply") from None
+        except ValueError:  # json.JSONDecodeError is one, handled above
+            raise PlanError("plan JSON: a number has too many digits") from None
         return plan_from_dict(data)
 
     def with_agents(self, agents: list[AgentSpec]) -> Plan:

@@ -48,20 +48,52 @@ from volley.plan.spec import (
     ValiditySpec,
 )
 from volley.plan.text import parse_address, parse_duration
+from volley.shown import clipped, shown
+
+#: KServe v2 datatypes volley sends ("" in a plan: taken from the model in preflight).
+DATATYPES = (
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
+)
+#: Dims are int64 on the wire (model_dims: -1 = dynamic).
+MAX_DIM = 2**63 - 1
+#: HOST:PORT: a DNS name is at most 253 characters.
+MAX_ADDRESS_CHARS = 300
 
 
 def _check_keys(data: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(data) - allowed, key=repr)
+    unknown = sorted(set(data) - allowed, key=shown)
     if unknown:
-        shown = [k if isinstance(k, str) and k.isprintable() else repr(k) for k in unknown]
-        raise PlanError(f"{where}: unknown key(s) {', '.join(shown)}")
+        names = [
+            clipped(k, 60) if isinstance(k, str) and k.isprintable() else shown(k, 60)
+            for k in unknown
+        ]
+        more = f" and {len(names) - 8} more" if len(names) > 8 else ""
+        raise PlanError(f"{where}: unknown key(s) {', '.join(names[:8])}{more}")
 
 
 def _num(data: dict[str, Any], key: str, where: str, default: float) -> float:
     v = data.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(float(v)):
-        raise PlanError(f"{where}.{key}: expected a number, got {v!r}")
-    return float(v)
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise PlanError(f"{where}.{key}: expected a number, got {shown(v)}")
+    try:
+        number = float(v)
+    except OverflowError:  # an int beyond any float
+        number = math.inf
+    if not math.isfinite(number):
+        raise PlanError(f"{where}.{key}: expected a finite number, got {shown(v)}")
+    return number
 
 
 def _int(data: dict[str, Any], key: str, where: str, default: int) -> int:
@@ -69,14 +101,14 @@ def _int(data: dict[str, Any], key: str, where: str, default: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         if isinstance(v, float) and v.is_integer():
             return int(v)
-        raise PlanError(f"{where}.{key}: expected an integer, got {v!r}")
+        raise PlanError(f"{where}.{key}: expected an integer, got {shown(v)}")
     return v
 
 
 def _str(data: dict[str, Any], key: str, where: str, default: str) -> str:
     v = data.get(key, default)
     if not isinstance(v, str):
-        raise PlanError(f"{where}.{key}: expected a string, got {v!r}")
+        raise PlanError(f"{where}.{key}: expected a string, got {shown(v)}")
     return v
 
 
@@ -85,7 +117,7 @@ def _choice(
 ) -> str:
     v = _str(data, key, where, default)
     if v not in options:
-        raise PlanError(f"{where}.{key}: must be one of {', '.join(options)}, got {v!r}")
+        raise PlanError(f"{where}.{key}: must be one of {', '.join(options)}, got {shown(v)}")
     return v
 
 
@@ -178,9 +210,13 @@ def _trace_times(raw: list[Any]) -> tuple[int, ...]:
     prev = 0
     for i, x in enumerate(raw):
         if isinstance(x, bool) or not isinstance(x, int | float):
-            raise PlanError(f"load.trace.times_ns[{i}]: expected integer nanoseconds, got {x!r}")
+            raise PlanError(
+                f"load.trace.times_ns[{i}]: expected integer nanoseconds, got {shown(x)}"
+            )
         if isinstance(x, float) and not (math.isfinite(x) and x.is_integer()):
-            raise PlanError(f"load.trace.times_ns[{i}]: expected integer nanoseconds, got {x!r}")
+            raise PlanError(
+                f"load.trace.times_ns[{i}]: expected integer nanoseconds, got {shown(x)}"
+            )
         v = int(x)
         if v < prev or v > 2**62:
             raise PlanError(
@@ -248,8 +284,10 @@ def _item(raw: object, where: str) -> DataItem:
     _check_keys(d, {"kind", "data", "shape", "name"}, where)
     kind = _choice(d, "kind", where, "raw", ("image", "npy", "raw", "tensor"))
     shape = _list(d.get("shape"), f"{where}.shape")
-    if any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in shape):
-        raise PlanError(f"{where}.shape: expected non-negative integers")
+    if any(isinstance(x, bool) or not isinstance(x, int) or not 0 <= x <= MAX_DIM for x in shape):
+        raise PlanError(f"{where}.shape: expected integers from 0 to 2^63-1")
+    if len(shape) > MAX_DIMS:
+        raise PlanError(f"{where}.shape: more than {MAX_DIMS} dimensions")
     return DataItem(
         kind=cast(Any, kind),
         data=_str(d, "data", where, ""),
@@ -265,18 +303,37 @@ def _input(raw: object, i: int) -> InputSpec:
     name = _str(d, "name", where, "")
     if not name:
         raise PlanError(f"{where}.name: required")
-    where = f"input {name}"
+    where = f"input {clipped(name, 60)}"
     shape_raw = _list(d.get("shape"), f"{where}.shape")
     if len(shape_raw) > MAX_DIMS:
         raise PlanError(f"{where}.shape: more than {MAX_DIMS} dimensions")
     shape: list[int] = []
     for j, dim in enumerate(shape_raw):
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
-            raise PlanError(f"{where}.shape[{j}]: expected a non-negative integer, got {dim!r}")
+        if isinstance(dim, bool) or not isinstance(dim, int) or not 0 <= dim <= MAX_DIM:
+            raise PlanError(
+                f"{where}.shape[{j}]: expected an integer from 0 to 2^63-1, got {shown(dim)}"
+            )
         shape.append(dim)
     value = d.get("value")
     if value is not None and (isinstance(value, bool) or not isinstance(value, int | float | str)):
-        raise PlanError(f"{where}.value: expected a number or string, got {value!r}")
+        raise PlanError(f"{where}.value: expected a number or string, got {shown(value)}")
+    if isinstance(value, int) and not -(2**63) <= value < 2**64:
+        raise PlanError(f"{where}.value: out of the 64-bit range, got {shown(value)}")
+    datatype = _str(d, "datatype", where, "")
+    if datatype and datatype not in DATATYPES:
+        raise PlanError(
+            f"{where}.datatype: {shown(datatype)} is not a datatype volley sends "
+            f"({', '.join(DATATYPES)})"
+        )
+    model_dims = _list(d.get("model_dims"), f"{where}.model_dims")
+    if len(model_dims) > MAX_DIMS + 1:
+        raise PlanError(f"{where}.model_dims: more than {MAX_DIMS + 1} dimensions")
+    for j, dim in enumerate(model_dims):
+        if isinstance(dim, bool) or not isinstance(dim, int) or not -1 <= dim <= MAX_DIM:
+            raise PlanError(
+                f"{where}.model_dims[{j}]: expected an integer from -1 (dynamic) to 2^63-1, "
+                f"got {shown(dim)}"
+            )
     source = _choice(d, "source", where, "random", SOURCES)
     dims_raw = d.get("dims")
     dims: list[str] = []
@@ -295,7 +352,7 @@ def _input(raw: object, i: int) -> InputSpec:
         raise PlanError(f"{where}.{key}: {exc}") from None
     spec = InputSpec(
         name=name,
-        datatype=_str(d, "datatype", where, ""),
+        datatype=datatype,
         shape=tuple(shape),
         source=cast(Any, source),
         value=value,
@@ -309,7 +366,7 @@ def _input(raw: object, i: int) -> InputSpec:
         items=tuple(
             _item(x, f"{where}.items[{j}]") for j, x in enumerate(_list(d.get("items"), where))
         ),
-        model_dims=tuple(int(x) for x in _list(d.get("model_dims"), f"{where}.model_dims")),
+        model_dims=tuple(model_dims),
     )
     varying = [k for k in VARY_KEYS if getattr(spec, k)]
     if len(varying) > 1:
@@ -409,9 +466,9 @@ def _header(raw: object, i: int) -> HeaderSpec:
     _check_keys(d, {"name", "value", "env", "file", "secret"}, where)
     name = _str(d, "name", where, "")
     if not _HEADER_NAME_RE.match(name):
-        raise PlanError(f"{where}.name: not a valid header name: {name!r}")
+        raise PlanError(f"{where}.name: not a valid header name: {shown(name)}")
     if name.lower() in RESERVED_HEADERS or name.lower().startswith("grpc-"):
-        raise PlanError(f"{where}.name: {name!r} is set by volley itself")
+        raise PlanError(f"{where}.name: {shown(name)} is set by volley itself")
     spec = HeaderSpec(
         name=name,
         value=_str(d, "value", where, ""),
@@ -448,7 +505,7 @@ def _model(raw: object, i: int) -> ModelSpec:
         version=_str(d, "version", where, ""),
         weight=weight,
         inputs=tuple(_input(x, j) for j, x in enumerate(_list(d.get("inputs"), f"{where}.inputs"))),
-        outputs=tuple(str(x) for x in _list(d.get("outputs"), f"{where}.outputs")),
+        outputs=_str_list(d.get("outputs"), f"{where}.outputs"),
         max_batch_size=_int(d, "max_batch_size", where, 0),
     )
 
@@ -461,6 +518,8 @@ def plan_from_dict(data: object) -> Plan:
     target = _str(d, "target", "plan", "")
     if not target:
         raise PlanError("plan.target: required (HOST:PORT of the inference server)")
+    if len(target) > MAX_ADDRESS_CHARS:
+        raise PlanError(f"plan.target: longer than {MAX_ADDRESS_CHARS} characters")
     parse_address(target, "plan.target")
     model = _str(d, "model", "plan", "")
     models = tuple(_model(x, i) for i, x in enumerate(_list(d.get("models"), "plan.models")))
@@ -516,7 +575,7 @@ def plan_from_dict(data: object) -> Plan:
     if compression != "none" and d.get("transport") == "stream":
         raise PlanError("plan.compression: not supported with transport 'stream' (use unary)")
     if d.get("transport") in ("stream", "grpcio") and d.get("protocol", "grpc") != "grpc":
-        raise PlanError(f"plan.transport: {d.get('transport')!r} needs protocol grpc")
+        raise PlanError(f"plan.transport: {shown(d.get('transport'))} needs protocol grpc")
     name = _str(d, "name", "plan", "run")
     if len(name) > MAX_NAME_CHARS:
         raise PlanError(f"plan.name: longer than {MAX_NAME_CHARS} characters")
@@ -559,6 +618,17 @@ def plan_from_dict(data: object) -> Plan:
     )
 
 
+def check_resolved(plan: Plan) -> None:
+    """What an agent needs beyond a valid plan: preflight resolved every input against
+    the model (its datatype, at least), so the workers can build their payloads."""
+    for spec in (*plan.inputs, *(i for m in plan.models for i in m.inputs)):
+        if not spec.datatype:
+            raise PlanError(
+                f"input {clipped(spec.name, 60)}: no datatype (the coordinator resolves a "
+                "plan's inputs against the model before sending it to agents)"
+            )
+
+
 def load_plan_yaml(text: str) -> dict[str, Any]:
     """Parse YAML text to a plan mapping (not yet validated)."""
     try:
@@ -567,6 +637,8 @@ def load_plan_yaml(text: str) -> dict[str, Any]:
         raise PlanError(f"plan file is not valid YAML: {exc}".splitlines()[0]) from None
     except RecursionError:
         raise PlanError("plan file is nested too deeply") from None
+    except ValueError as exc:  # a value YAML cannot build: a date like 2024-13-01, a huge int
+        raise PlanError(f"plan file: {clipped(str(exc))}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
