@@ -40,6 +40,7 @@ from agent.worker import (
     WorkerMessage,
     WorkerTask,
 )
+from volley.liveness import SilenceClock
 from volley.plan import Plan
 from volley.records import RecordBlock, concat
 from volley.target import TargetAccess
@@ -88,37 +89,6 @@ OUTBOX_BYTES = 64 * 1024 * 1024
 SPOOL_STATUS_S = 1.0
 
 log = logging.getLogger("volley.agent")
-
-
-class SilenceClock:
-    """How long the coordinator has been silent, counted only over time this agent ran.
-
-    `check(now, heard)` runs at each watchdog check with the instant the coordinator was
-    last heard from (its last keepalive; same clock). Between two checks at most
-    `max_gap_s` counts: a longer gap means the agent itself was not running (stopped by
-    SIGSTOP, starved), and the keepalives sent meanwhile are still in its socket, so the gap
-    is no evidence of the coordinator's silence. Pure: no clock of its own.
-    """
-
-    def __init__(self, max_gap_s: float) -> None:
-        self.max_gap_s = max_gap_s
-        self._prev: float | None = None
-        self._heard = 0.0
-        self._silent = 0.0
-
-    def check(self, now: float, heard: float) -> float:
-        """Seconds of silence (of this agent's running time) since `heard`."""
-        heard = max(heard, self._heard)
-        if self._prev is None:
-            silent = now - heard
-        else:
-            credit = min(now - self._prev, self.max_gap_s)
-            if heard > self._prev:  # heard since the last check: only the credit counts
-                silent = min(now - heard, credit)
-            else:
-                silent = min(self._silent, self._prev - heard) + credit
-        self._prev, self._heard, self._silent = now, heard, max(silent, 0.0)
-        return self._silent
 
 
 class RunSession:

@@ -19,6 +19,7 @@ from coordinator.run.options import Progress, RunOptions
 from coordinator.run.stream import AgentStream, Clock
 from coordinator.rundir import RequestWriter, timeseries_rows
 from volley.arrivals import schedule_span_s
+from volley.liveness import SilenceClock
 from volley.plan import Plan
 from volley.records import RecordBlock
 
@@ -52,36 +53,6 @@ class StopReason(enum.StrEnum):
     DEADLINE = "run overran its deadline"
     #: An agent refused the run: the others are stopped, and execute() raises.
     REFUSED = "another agent refused the run"
-
-
-class SilenceClock:
-    """How long a peer has been silent, counted only over time this side was running.
-
-    `check(now, heard)` is called once per tick with the instant the peer was last heard
-    from (same clock). Between two checks at most `max_gap_ns` counts: a longer gap means
-    this side was not running (stopped, starved), and whatever the peer sent meanwhile was
-    not read yet, so it is no evidence of the peer's silence. Pure: no clock of its own.
-    """
-
-    def __init__(self, max_gap_ns: int) -> None:
-        self.max_gap_ns = max_gap_ns
-        self._prev: int | None = None
-        self._heard = 0
-        self._silent = 0
-
-    def check(self, now: int, heard: int) -> int:
-        """Nanoseconds of silence (of this side's running time) since `heard`."""
-        heard = max(heard, self._heard)
-        if self._prev is None:
-            silent = now - heard
-        else:
-            credit = min(now - self._prev, self.max_gap_ns)
-            if heard > self._prev:  # heard since the last check: only the credit counts
-                silent = min(now - heard, credit)
-            else:
-                silent = min(self._silent, self._prev - heard) + credit
-        self._prev, self._heard, self._silent = now, heard, max(silent, 0)
-        return self._silent
 
 
 class RunLoop:

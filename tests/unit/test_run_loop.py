@@ -23,11 +23,11 @@ from coordinator.run import (
     RunOptions,
     StopReason,
 )
-from coordinator.run.loop import SilenceClock
 from coordinator.run.results import annotate
 from coordinator.run.stream import MAX_PINGS_IN_FLIGHT, Silence
 from coordinator.rundir import timeseries_rows
 from coordinator.summary import AgentInfo
+from volley.liveness import SilenceClock
 from volley.plan import Plan, plan_from_dict
 from volley.records import RecordBuffer
 from volley.v1 import control_pb2 as pb
@@ -219,14 +219,14 @@ async def test_on_tick_checks_liveness() -> None:
 
 
 def test_silence_clock_counts_only_the_checkers_running_time() -> None:
-    watch = SilenceClock(max_gap_ns=S // 2)
+    watch = SilenceClock(max_gap=S // 2)
     assert watch.check(T0, T0) == 0
     assert watch.check(T0 + S // 10, T0) == S // 10  # ticks 0.1 s apart: all counts
     # a 5 s gap between ticks: this side was not running; 0.5 s of it counts
     assert watch.check(T0 + 51 * S // 10, T0) == S // 10 + S // 2
     assert watch.check(T0 + 52 * S // 10, T0) == S // 10 + S // 2 + S // 10
     # heard in the middle of a gap: at most the gap's credit counts after it
-    watch = SilenceClock(max_gap_ns=S // 2)
+    watch = SilenceClock(max_gap=S // 2)
     watch.check(T0, T0)
     assert watch.check(T0 + 5 * S, T0 + S // 100) == S // 2
     # heard since the last tick, within the credit: counted exactly

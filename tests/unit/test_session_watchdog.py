@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.session import RunSession, SessionSpec, SilenceClock
+from agent.session import RunSession, SessionSpec
+from volley.liveness import SilenceClock
 from volley.plan import plan_from_dict
 
 GRACE_S = 2.0
@@ -99,7 +100,7 @@ def test_a_coordinator_that_does_not_ping_is_judged_by_the_stream() -> None:
 
 @pytest.mark.parametrize("gap", [0.25, 0.5, 3.0, 100.0])
 def test_silence_clock_credits_at_most_the_max_gap(gap: float) -> None:
-    watch = SilenceClock(max_gap_s=0.5)
+    watch = SilenceClock(max_gap=0.5)
     assert watch.check(T0, T0) == 0.0
     assert watch.check(T0 + gap, T0) == pytest.approx(min(gap, 0.5))
     # heard during the gap: only the part within the credit counts
