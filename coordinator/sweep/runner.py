@@ -244,6 +244,8 @@ def load_sweep(sweep_dir: Path) -> tuple[SweepSpec, dict[str, list[StepResult]],
         doc = json.loads(path.read_text())
     except FileNotFoundError:
         raise PlanError(f"{sweep_dir} is not a sweep directory (no {SWEEP_FILE})") from None
+    except UnicodeDecodeError:
+        raise PlanError(f"{path}: not UTF-8 text (not a volley sweep file)") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise PlanError(f"{path}: {exc}") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:

@@ -208,3 +208,11 @@ def test_cli_resume_refuses_new_definitions(tmp_path: Path) -> None:
     (tmp_path / SWEEP_FILE).write_text("{}")
     res = CliRunner().invoke(app, ["sweep", "--resume", str(tmp_path), "--start", "5"])
     assert res.exit_code == 2 and "drop --start" in res.output
+
+
+def test_cli_resume_of_a_binary_sweep_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / SWEEP_FILE).write_bytes(b"\xff\xfe\x00garbage\x80")
+    res = CliRunner().invoke(app, ["sweep", "--resume", str(tmp_path)])
+    assert res.exit_code == 2, res.output
+    assert "not UTF-8" in res.output and "Traceback" not in res.output, res.output
+    assert res.output.strip().count("\n") == 0, res.output
