@@ -322,12 +322,12 @@ def _from_mapping(d: dict[object, object]) -> Dist:
     if len(kinds) != 1:
         raise DistError(
             "a distribution mapping needs exactly one of fixed, uniform, choice, normal, "
-            f"lognormal (got keys {', '.join(sorted(map(str, keys)))})"
+            f"lognormal (got keys {', '.join(sorted(shown(k) for k in keys))})"
         )
     kind = str(next(iter(kinds)))
     extra = keys - {kind, "min", "max", "weights"}
     if extra:
-        raise DistError(f"{kind}: unknown key(s) {', '.join(sorted(map(str, extra)))}")
+        raise DistError(f"{kind}: unknown key(s) {', '.join(sorted(shown(k) for k in extra))}")
     arg = d[kind]
     if kind == "fixed":
         return parse_dist(arg)
