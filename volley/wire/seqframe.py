@@ -1,0 +1,79 @@
+"""A sequence step's gRPC request: the pre-serialized ModelInferRequest plus its
+sequence parameters, framed at send time.
+
+Triton reads a sequence step's correlation ID and flags from the request's
+`parameters` map (`sequence_id`: int64 or string, `sequence_start`, `sequence_end`:
+bool). A protobuf map is a repeated field of entry messages, and a parser merges
+repeated fields wherever they appear, so the parameters can simply follow the payload's
+bytes: `msg + id entry + flag entries` parses as the payload with those parameters
+(tests/unit/test_sequence.py checks it against protobuf's own parser). The flag entries
+are built once (one per flag); the ID entry is a dozen bytes built per step. A
+payload's bytes are copied once per step (its join); measured in the test's
+`test_step_framing_cost`.
+"""
+
+from __future__ import annotations
+
+import struct
+
+#: ModelInferRequest.parameters (field 4, length-delimited)
+_PARAM_TAG = b"\x22"
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _entry(key: str, value: bytes) -> bytes:
+    """One parameters map entry: key (field 1), InferParameter value (field 2)."""
+    k = key.encode()
+    inner = b"\x0a" + _varint(len(k)) + k + b"\x12" + _varint(len(value)) + value
+    return _PARAM_TAG + _varint(len(inner)) + inner
+
+
+#: bool_param (field 1) = true
+_START = _entry("sequence_start", b"\x08\x01")
+_END = _entry("sequence_end", b"\x08\x01")
+#: flags (start, end) -> their entries
+FLAGS: dict[tuple[bool, bool], bytes] = {
+    (False, False): b"",
+    (True, False): _START,
+    (False, True): _END,
+    (True, True): _START + _END,
+}
+_ID_KEY = b"\x0a\x0bsequence_id"
+
+
+def id_entry(seq_id: int | str) -> bytes:
+    """The `sequence_id` entry: int64_param (field 2) for a number, string_param (3)."""
+    if isinstance(seq_id, str):
+        s = seq_id.encode()
+        value = b"\x1a" + _varint(len(s)) + s
+    else:
+        value = b"\x10" + _varint(seq_id)
+    inner = _ID_KEY + b"\x12" + _varint(len(value)) + value
+    return _PARAM_TAG + _varint(len(inner)) + inner
+
+
+def step_params(seq_id: int | str, start: bool, end: bool) -> bytes:
+    """The parameters of one step, to follow a serialized ModelInferRequest."""
+    return id_entry(seq_id) + FLAGS[start, end]
+
+
+def step_message(msg: bytes, seq_id: int | str, start: bool, end: bool) -> bytes:
+    """The serialized ModelInferRequest of one step (unframed)."""
+    return msg + step_params(seq_id, start, end)
+
+
+def step_body(msg: bytes, seq_id: int | str, start: bool, end: bool) -> bytes:
+    """One step as a gRPC message (5-byte prefix, uncompressed)."""
+    params = id_entry(seq_id) + FLAGS[start, end]
+    return b"".join((struct.pack(">BI", 0, len(msg) + len(params)), msg, params))
