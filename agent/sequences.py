@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 #: A user whose sequence failed waits this long (doubling up to 1 s) before the next.
 _BACKOFF_MIN_S = 0.01
 _BACKOFF_MAX_S = 1.0
+#: payload keys are int64
+_I63 = (1 << 63) - 1
 
 
 class Seq:
@@ -158,7 +160,7 @@ class SequenceDriver:
         if end_only:
             start, end = False, True
         else:
-            s.pidx = w.payloads.pick_one((s.key << 16) + s.step)
+            s.pidx = w.payloads.pick_one(((s.key << 16) + s.step) & _I63)
             start, end = s.step == 0, last
         s.cleanup = end_only
         s.in_flight = True
@@ -282,7 +284,7 @@ class SequenceDriver:
     def _refused(self, index: int, intended: int) -> None:
         w = self.w
         assert w.payloads is not None
-        pidx = w.payloads.pick_one(index << 16)
+        pidx = w.payloads.pick_one((index << 16) & _I63)
         wire = w.wires[pidx]
         w.counters.completed += 1
         w.counters.dropped += 1

@@ -6,9 +6,9 @@ completed (their planned last step answered OK), failed (a step with FAILED: err
 timeout or a wrong state), cut (still live when the load and its drain ended: volley
 sent their END), and how many got their END answered. Latency (done - intended) by
 step position: first, middle, last; each sequence's duration (its first step's
-intended time to its final response); live sequences over time (starts by send time,
-ends by the final response's time, per 1 s); the IDs each agent used (lowest, highest,
-count), which shows the agents' ranges did not overlap.
+intended time to its final response); live sequences over time (each one live from its
+first send to its final response, time-weighted per 1 s); the IDs each agent used
+(lowest, highest, count), which shows the agents' ranges did not overlap.
 
 Only starts and final records are looked at one by one (a dict of the live sequences,
 bounded by the live count); steps are counted vectorised.
@@ -45,8 +45,8 @@ class StepPosition(TypedDict):
 
 
 class LivePoint(TypedDict):
-    t_s: float  #: end of the second, from the start
-    live: int
+    t_s: float  #: start of the second, from the run's start
+    live: float  #: live sequences on average over that second (time-weighted)
 
 
 class AgentIds(TypedDict):
@@ -74,7 +74,8 @@ class SequencesBlock(TypedDict):
     steps_ok: int
     duration_ms: SeqPercentiles
     by_position: list[StepPosition]
-    live_max: int
+    #: the highest 1 s average of live sequences
+    live_max: float
     live: list[LivePoint]
     agents: list[AgentIds]
 
@@ -103,10 +104,10 @@ class SequenceStats:
         self.middle = LogHistogram()
         self.last = LogHistogram()
         self.duration = LogHistogram()
-        #: (agent, worker, id) -> the first step's intended time
-        self.open: dict[tuple[int, int, int], int] = {}
-        self.starts: Counter[int] = Counter()
-        self.ends: Counter[int] = Counter()
+        #: (agent, worker, id) -> the first step's intended and sent times
+        self.open: dict[tuple[int, int, int], tuple[int, int]] = {}
+        #: second -> ns of sequence life inside it (all sequences together)
+        self.live_ns: Counter[int] = Counter()
         self.lowest = [0] * n_agents
         self.highest = [0] * n_agents
         self.count = [0] * n_agents
@@ -147,31 +148,38 @@ class SequenceStats:
             self.lowest[agent] = lo if n == 0 else min(self.lowest[agent], lo)
             self.highest[agent] = max(self.highest[agent], hi)
             self.count[agent] = n + int(sid.size)
-            for s in (sent[started] // 1_000_000_000).tolist():
-                self.starts[int(s)] += 1
         for i in np.flatnonzero(started | final).tolist():
             key = (agent, int(workers[i]), int(ids[i]))
             if started[i]:
-                self.open[key] = int(intended[i])
+                self.open[key] = (int(intended[i]), int(sent[i]))
             if final[i]:
                 t0 = self.open.pop(key, None)
                 self.finals += 1
-                self.ends[int(done[i] // 1_000_000_000)] += 1
-                if t0 is not None and ok[i] and not extra[i]:
-                    self.duration.record(int(done[i]) - t0)
+                if t0 is None:
+                    continue
+                self._lived(t0[1], int(done[i]))
+                if ok[i] and not extra[i]:
+                    self.duration.record(int(done[i]) - t0[0])
 
-    def live_series(self) -> tuple[int, list[LivePoint]]:
-        """Live sequences at the end of each second, and the most at any such instant."""
-        if not self.starts:
-            return 0, []
-        top = max([*self.starts, *self.ends])
-        top = min(top, MAX_LIVE_POINTS - 1)
-        live = 0
-        out: list[LivePoint] = []
-        for s in range(0, top + 1):
-            live += self.starts.get(s, 0) - self.ends.get(s, 0)
-            out.append({"t_s": float(s + 1), "live": live})
-        return max((p["live"] for p in out), default=0), out
+    def _lived(self, t0: int, t1: int) -> None:
+        """A sequence was live over [t0, t1): its share of each second."""
+        sec = 1_000_000_000
+        w = t0 // sec
+        while w * sec < t1 and w < MAX_LIVE_POINTS:
+            lo, hi = max(t0, w * sec), min(t1, (w + 1) * sec)
+            if hi > lo:
+                self.live_ns[w] += hi - lo
+            w += 1
+
+    def live_series(self) -> tuple[float, list[LivePoint]]:
+        """Live sequences per second (time-weighted mean), and the highest of them."""
+        if not self.live_ns:
+            return 0.0, []
+        out: list[LivePoint] = [
+            {"t_s": float(w), "live": round(self.live_ns.get(w, 0) / 1e9, 3)}
+            for w in range(max(min(self.live_ns), 0), max(self.live_ns) + 1)
+        ]
+        return max(p["live"] for p in out), out
 
     def block(self, plan: Plan) -> SequencesBlock:
         spec = plan.sequence
