@@ -72,9 +72,10 @@ async def test_open_loop_sequences_two_agents(
     assert "agent_ranges" in (result.run_dir / "plan.yaml").read_text()
     ids = np.unique(raw_columns(result.run_dir)["seq_id"]).tolist()
     _no_live_sequences(triton_server, [int(i) for i in ids[:40] if i])
-    print(s["send_lateness_ms"], s["service_time_ms"])
-    print(f"open loop sequences: {q['started']} started, {q['completed']} completed, "
-          f"{q['cut']} cut; step latency {q['by_position']}")
+    print(
+        f"open loop sequences: {q['started']} started, {q['completed']} completed, "
+        f"{q['cut']} cut; step latency {q['by_position']}"
+    )
 
 
 async def test_closed_loop_sequences_with_think_time(
