@@ -161,6 +161,29 @@ def check_sequences(plan: Plan, info: ModelInfo) -> Plan:
     return dataclasses.replace(plan, sequence=dataclasses.replace(plan.sequence, controls=controls))
 
 
+def ensemble_steps(config: dict[str, Any]) -> tuple[str, ...]:
+    """The models an ensemble config's steps call, in order, each once."""
+    sched = config.get("ensemble_scheduling")
+    if not isinstance(sched, dict):
+        return ()
+    names = [
+        str(st["model_name"])
+        for st in sched.get("step") or []
+        if isinstance(st, dict) and st.get("model_name")
+    ]
+    return tuple(dict.fromkeys(names))
+
+
+def add_composing(plan: Plan, info: ModelInfo) -> Plan:
+    """The plan's composing models: an ensemble's steps (from its config), then those
+    the user named (--composing-models: a BLS model's callees Triton cannot tell)."""
+    steps = ensemble_steps(info.config)
+    if not steps and not plan.composing_models:
+        return plan
+    names = tuple(dict.fromkeys((*steps, *plan.composing_models)))
+    return dataclasses.replace(plan, composing_models=names, ensemble_steps=steps)
+
+
 def sequence_probe(spec: SequenceSpec, wire: Wire) -> Wire:
     """`wire` as a one-step sequence (START and END) on the preflight's own ID."""
     n = probe_id(spec)
@@ -277,6 +300,7 @@ async def preflight_check(plan: Plan, timeout: float = 5.0) -> PreflightResult:
     models = tuple(r[0] for r in results)
     first, described, info = results[0]
     plan = check_sequences(plan, info)
+    plan = add_composing(plan, info)
     if plan.models:
         resolved = dataclasses.replace(
             plan, models=models, model=first.name, model_version=first.version

@@ -305,6 +305,8 @@ class Plan:
     #: Models whose server statistics belong to this one (a BLS model's callees; an
     #: ensemble's steps are found from its config).
     composing_models: tuple[str, ...] = ()
+    #: Filled in preflight: the steps of an ensemble plan model (in composing_models too).
+    ensemble_steps: tuple[str, ...] = ()
 
     # ---- serialisation -------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -698,6 +698,7 @@ def plan_from_dict(data: object) -> Plan:
         models=models,
         sequence=_sequence(d.get("sequence")),
         composing_models=_str_list(d.get("composing_models"), "plan.composing_models"),
+        ensemble_steps=_str_list(d.get("ensemble_steps"), "plan.ensemble_steps"),
     )
     if plan.sequence is not None:
         if plan.models:
