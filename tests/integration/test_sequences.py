@@ -141,3 +141,35 @@ async def test_sequence_plans_refused_clearly(
     stateless["model"] = "add"
     with pytest.raises(PreflightError, match="no sequence_batching"):
         await execute(plan_from_dict(stateless), agent_pair, RunOptions(out_dir=tmp_path))
+
+
+async def test_string_ids(
+    triton_server: TritonEndpoint, agent_pair: list[str], tmp_path: Path
+) -> None:
+    """String correlation IDs (the prefix and the planned number)."""
+    doc = _doc(
+        triton_server,
+        {"mode": "closed", "concurrency": 10, "duration": "1500ms"},
+        id_type="string",
+        id_prefix="s16-",
+        length="3..6",
+    )
+    doc["model"] = "accumulator_str"
+    result = await execute(
+        plan_from_dict(doc), agent_pair, RunOptions(out_dir=tmp_path, start_lead_s=1.0)
+    )
+    s = result.summary
+    q = check_sequence_run(result.run_dir, dict(s), agents=2)
+    assert q["id_type"] == "string" and s["requests"]["errors"] == 0 and q["failed"] == 0
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    try:
+        for n in sorted({int(i) for i in raw_columns(result.run_dir)["seq_id"] if i})[:20]:
+            x = grpcclient.InferInput("INPUT", [1, 1], "INT32")
+            x.set_data_from_numpy(np.array([[1]], np.int32))
+            r = client.infer(
+                "accumulator_str", [x], sequence_id=f"s16-{n}", sequence_start=True,
+                sequence_end=True,
+            )  # fmt: skip
+            assert int(r.as_numpy("OUTPUT")[0][0]) == 1
+    finally:
+        client.close()

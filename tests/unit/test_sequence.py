@@ -226,3 +226,29 @@ def test_sequence_summary_matches_its_description(tmp_path: Any) -> None:
     assert missed == set()
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     assert load_summary(tmp_path / "summary.json")["sequences"] == summary["sequences"]
+
+
+def test_preflight_reads_the_sequence_batcher() -> None:
+    from coordinator.preflight import ModelInfo, PreflightError, check_sequences
+
+    cfg = {
+        "sequence_batching": {
+            "control_input": [
+                {"name": "S", "control": [{"kind": "CONTROL_SEQUENCE_START"}]},
+                {"name": "E", "control": [{"kind": "CONTROL_SEQUENCE_END"}]},
+                {
+                    "name": "C",
+                    "control": [{"kind": "CONTROL_SEQUENCE_CORRID", "data_type": "TYPE_STRING"}],
+                },
+            ]
+        }
+    }
+    info = ModelInfo("m", ("1",), (), (), 0, cfg)
+    plan = _plan(id_type="string")
+    spec = check_sequences(plan, info).sequence
+    assert spec is not None and (spec.controls.start, spec.controls.end) == ("S", "E")
+    assert spec.controls.corrid == "C" and spec.controls.ready == ""
+    with pytest.raises(PreflightError, match="string correlation IDs"):
+        check_sequences(_plan(), info)
+    with pytest.raises(PreflightError, match="no sequence_batching"):
+        check_sequences(_plan(), ModelInfo("m", (), (), (), 0, {}))

@@ -28,17 +28,26 @@ _ENDED_KEPT = 100_000
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         #: correlation ID -> [sum, steps, last step's monotonic ns]
-        self.live: dict[int, list[int]] = {}
+        self.live: dict[int | str, list[int]] = {}
         cfg = json.loads(args["model_config"])
         idle_us = int(cfg.get("sequence_batching", {}).get("max_sequence_idle_microseconds", 0))
         self.idle_ns = (idle_us or 1_000_000) * 1000
-        self.ended: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self.ended: collections.OrderedDict[int | str, None] = collections.OrderedDict()
 
     def _step(self, request: Any) -> Any:
-        def scalar(name: str) -> int:
-            return int(pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)[0])
+        def element(name: str) -> Any:
+            return pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)[0]
 
-        corrid = scalar("CORRID")
+        def scalar(name: str) -> int:
+            return int(element(name))
+
+        # the CORRID control (`accumulator`), else the request's own ID (`accumulator_str`)
+        tensor = pb_utils.get_input_tensor_by_name(request, "CORRID")
+        corrid: int | str
+        if tensor is not None:
+            corrid = int(tensor.as_numpy().reshape(-1)[0])
+        else:
+            corrid = str(request.correlation_id())
         start, end, ready = scalar("START"), scalar("END"), scalar("READY")
         value = scalar("INPUT")
         if not ready:
