@@ -23,12 +23,13 @@ import contextlib
 from typing import TYPE_CHECKING
 
 from agent.transports.grpc_seq import GrpcSequence
+from agent.transports.http_seq import HttpSequence
 from volley import records as rc
 from volley.arrivals import concurrency_profile, global_schedule
 from volley.plan import PlanError
 from volley.schedule import split_count, worker_slice
 from volley.sequence import Draws, IdPool, id_text, worker_live, worker_range
-from volley.wire.seqframe import step_body
+from volley.wire.seqframe import HttpTemplate, http_step, step_body
 
 if TYPE_CHECKING:
     from agent.worker import Worker
@@ -106,17 +107,25 @@ class SequenceDriver:
         self.counter = 0
         self.ending = False
         self.idle = asyncio.Event()
-        self.tp: GrpcSequence | None = None
+        self.tp: GrpcSequence | HttpSequence | None = None
+        #: HTTP: each payload's request template
+        self.http: list[HttpTemplate] = []
         #: closed loop: users wanted, each one's sequence (or None), backoff
         self.level = 0
         self.users: list[Seq | None] = []
         self.backoff: dict[int, float] = {}
 
     # ---- set-up ------------------------------------------------------------
-    def make_transport(self) -> GrpcSequence:
+    def make_transport(self) -> GrpcSequence | HttpSequence:
         w = self.w
         assert w.payloads is not None
         out = self.spec.check.split(":")[1] if self.spec.check else ""
+        if w.plan.protocol == "http":
+            self.http = [HttpTemplate.of(x.head) for x in w.payloads.wires]
+            self.tp = HttpSequence(
+                w.plan, w.payloads, self.complete, w.clock, w.start, w.task.access
+            )
+            return self.tp
         self.tp = GrpcSequence(
             w.plan, w.payloads, self.complete, w.clock, w.start, w.task.access, out
         )
@@ -168,9 +177,14 @@ class SequenceDriver:
         if c.first_send_lateness_ns is None:
             c.first_send_lateness_ns = self.now() - intended
         c.sent += 1
-        tp.send_step(
-            s.slot, intended, s.pidx, step_body(w.wires[s.pidx].msg, s.wire_id, start, end)
-        )
+        wire = w.wires[s.pidx]
+        if self.http:
+            req = http_step(self.http[s.pidx], wire.body, s.wire_id, start, end)
+            assert isinstance(tp, HttpSequence)
+            tp.send_step(s.slot, intended, s.pidx, req)
+        else:
+            assert isinstance(tp, GrpcSequence)
+            tp.send_step(s.slot, intended, s.pidx, step_body(wire.msg, s.wire_id, start, end))
 
     def _record(
         self, s: Seq, flags: int, intended: int, sent: int, done: int, status: int, resp: int

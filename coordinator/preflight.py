@@ -25,7 +25,7 @@ from volley.plan import (
 from volley.request import PoolDescription, RequestPool, build_plan_pool
 from volley.sequence import id_text, probe_id
 from volley.wire.payloads import Wire, build_payloads
-from volley.wire.seqframe import step_body
+from volley.wire.seqframe import HttpTemplate, http_step, step_body
 
 
 class PreflightError(Exception):
@@ -188,6 +188,9 @@ def sequence_probe(spec: SequenceSpec, wire: Wire) -> Wire:
     """`wire` as a one-step sequence (START and END) on the preflight's own ID."""
     n = probe_id(spec)
     seq_id: int | str = id_text(spec, n) if spec.id_type == "string" else n
+    if wire.head:  # HTTP
+        head, body = http_step(HttpTemplate.of(wire.head), wire.body, seq_id, True, True)
+        return dataclasses.replace(wire, head=head, body=body)
     return dataclasses.replace(wire, body=step_body(wire.msg, seq_id, True, True))
 
 

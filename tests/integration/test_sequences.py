@@ -173,3 +173,19 @@ async def test_string_ids(
             assert int(r.as_numpy("OUTPUT")[0][0]) == 1
     finally:
         client.close()
+
+
+async def test_http_sequences(
+    triton_server: TritonEndpoint, agent_pair: list[str], tmp_path: Path
+) -> None:
+    """Over KServe v2 REST: the flags and ID in the JSON header's parameters (a step the
+    server took for another sequence, or without START, would be an error)."""
+    doc = _doc(triton_server, {"mode": "open", "rate": 40, "duration": "1500ms"}, length="3..8")
+    doc.update(target=triton_server.http_url, protocol="http")
+    del doc["sequence"]["check"]
+    result = await execute(
+        plan_from_dict(doc), agent_pair, RunOptions(out_dir=tmp_path, start_lead_s=1.0)
+    )
+    s = result.summary
+    q = check_sequence_run(result.run_dir, dict(s), agents=2)
+    assert s["requests"]["errors"] == 0 and q["failed"] == 0 and q["completed"] > 20

@@ -252,3 +252,32 @@ def test_preflight_reads_the_sequence_batcher() -> None:
         check_sequences(_plan(), info)
     with pytest.raises(PreflightError, match="no sequence_batching"):
         check_sequences(_plan(), ModelInfo("m", (), (), (), 0, {}))
+
+
+def test_http_step_framing() -> None:
+    import json
+
+    from volley.request import http_infer_body
+    from volley.wire.seqframe import HttpTemplate, http_step
+
+    req = service_pb2.ModelInferRequest(model_name="acc")
+    req.inputs.add(name="INPUT", datatype="INT32", shape=[1, 1])
+    req.raw_input_contents.append(np.int32(5).tobytes())
+    body, json_len = http_infer_body(req.SerializeToString())
+    head = (
+        b"POST /v2/models/acc/infer HTTP/1.1\r\nHost: h\r\n"
+        b"Inference-Header-Content-Length: %d\r\nX-A: b\r\nContent-Length: %d\r\n\r\n"
+        % (json_len, len(body))
+    )
+    h, b = http_step(HttpTemplate.of(head), body, "seq-3", True, False)
+    lines = dict(x.split(b": ", 1) for x in h.split(b"\r\n")[1:] if b": " in x)
+    n = int(lines[b"Inference-Header-Content-Length"])
+    assert int(lines[b"Content-Length"]) == len(b) and lines[b"X-A"] == b"b"
+    doc = json.loads(b[:n])
+    assert doc["parameters"] == {
+        "sequence_id": "seq-3",
+        "sequence_start": True,
+        "sequence_end": False,
+    }
+    assert doc["inputs"][0]["name"] == "INPUT" and b[n:] == np.int32(5).tobytes()
+    assert h.endswith(b"\r\n\r\n") and h.startswith(b"POST ")

@@ -703,8 +703,10 @@ def plan_from_dict(data: object) -> Plan:
     if plan.sequence is not None:
         if plan.models:
             raise PlanError("plan.sequence: not with mixed traffic (plan.models): one model")
-        if plan.protocol != "grpc" or plan.transport != "unary":
-            raise PlanError("plan.sequence: sequences are sent over gRPC unary (protocol grpc)")
+        if plan.transport != "unary":
+            raise PlanError("plan.sequence: sequences are sent over gRPC unary or HTTP")
+        if plan.protocol == "http" and plan.sequence.check:
+            raise PlanError("plan.sequence.check: reads gRPC responses (use protocol grpc)")
         if plan.compression != "none":
             raise PlanError("plan.sequence: not with compression (requests are framed per step)")
         if plan.load.arrival == "trace":

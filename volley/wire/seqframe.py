@@ -9,12 +9,17 @@ bytes: `msg + id entry + flag entries` parses as the payload with those paramete
 (tests/unit/test_sequence.py checks it against protobuf's own parser). The flag entries
 are built once (one per flag); the ID entry is a dozen bytes built per step. A
 payload's bytes are copied once per step (its join); measured in the test's
-`test_step_framing_cost`.
+`test_step_framing_parses_as_protobuf_and_is_cheap`.
+
+Over HTTP the parameters go first in the request's JSON header, and the two length
+headers are written per step (`http_step`).
 """
 
 from __future__ import annotations
 
+import json
 import struct
+from dataclasses import dataclass
 
 #: ModelInferRequest.parameters (field 4, length-delimited)
 _PARAM_TAG = b"\x22"
@@ -77,3 +82,51 @@ def step_body(msg: bytes, seq_id: int | str, start: bool, end: bool) -> bytes:
     """One step as a gRPC message (5-byte prefix, uncompressed)."""
     params = id_entry(seq_id) + FLAGS[start, end]
     return b"".join((struct.pack(">BI", 0, len(msg) + len(params)), msg, params))
+
+
+# ---- HTTP (KServe v2 REST, binary tensor extension) -------------------------------------
+_IHCL = b"Inference-Header-Content-Length: "
+
+
+@dataclass(frozen=True)
+class HttpTemplate:
+    """A pre-built HTTP request split where a step's lengths go: the head before and after
+    its `Inference-Header-Content-Length` line (Content-Length ends the head), and the
+    JSON header's length."""
+
+    before: bytes
+    after: bytes
+    json_len: int
+
+    @classmethod
+    def of(cls, head: bytes) -> HttpTemplate:
+        i = head.index(_IHCL)
+        j = head.index(b"\r\n", i)
+        json_len = int(head[i + len(_IHCL) : j])
+        rest = head[j + 2 :]
+        k = rest.rindex(b"Content-Length: ")
+        return cls(head[:i], rest[:k], json_len)
+
+
+def http_params(seq_id: int | str, start: bool, end: bool) -> bytes:
+    """The start of a step's JSON header: its `parameters`, then the request's own keys."""
+    params = {"sequence_id": seq_id, "sequence_start": start, "sequence_end": end}
+    return b'{"parameters":' + json.dumps(params, separators=(",", ":")).encode() + b","
+
+
+def http_step(
+    t: HttpTemplate, body: bytes, seq_id: int | str, start: bool, end: bool
+) -> tuple[bytes, bytes]:
+    """One step as an HTTP request (head, body): the sequence parameters put first in the
+    pre-built JSON header (which starts '{"inputs":', so no key is given twice)."""
+    p = http_params(seq_id, start, end)
+    out = p + body[1:]
+    head = b"".join(
+        (
+            t.before,
+            b"%s%d\r\n" % (_IHCL, t.json_len + len(p) - 1),
+            t.after,
+            b"Content-Length: %d\r\n\r\n" % len(out),
+        )
+    )
+    return head, out
