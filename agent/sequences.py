@@ -96,6 +96,8 @@ class SequenceDriver:
                 f"sequence IDs [{lo}, {hi}) of worker {task.worker_index} cannot hold its "
                 f"{self.cap} live sequences"
             )
+        if worker.if_cap >= 0:  # the agent's in-flight limit: one step in flight a sequence
+            self.cap = min(self.cap, max(worker.if_cap, 1))
         self.ids = IdPool(lo, hi)
         self.closed = plan.load.mode == "closed"
         self.live: dict[int, Seq] = {}
@@ -391,7 +393,9 @@ class SequenceDriver:
                 w.stopping = True
         self._cut_all()
         # the ENDs (and steps in flight) are answered or time out
-        limit = self.now() + int((w.plan.timeout_s + 1.0) * 1e9)
+        # (on a stop, the agent gives its workers 5 s: the ENDs are out by then)
+        wait_s = min(w.plan.timeout_s + 1.0, 4.0) if w.stopping else w.plan.timeout_s + 1.0
+        limit = self.now() + int(wait_s * 1e9)
         while self.live and self.now() < limit:
             await asyncio.sleep(0.01)
 

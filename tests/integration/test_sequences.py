@@ -189,3 +189,32 @@ async def test_http_sequences(
     s = result.summary
     q = check_sequence_run(result.run_dir, dict(s), agents=2)
     assert s["requests"]["errors"] == 0 and q["failed"] == 0 and q["completed"] > 20
+
+
+async def test_stopped_run_ends_its_live_sequences(
+    triton_server: TritonEndpoint, agent_pair: list[str], tmp_path: Path
+) -> None:
+    """A run stopped mid-way (Ctrl-C): every live sequence gets its END (CUT), so the
+    server holds none of them."""
+    import asyncio
+
+    doc = _doc(
+        triton_server,
+        {"mode": "closed", "concurrency": 30, "duration": "20s"},
+        id_range=[7_000_000, 8_000_000],
+        length="50..80",
+        think_ms="2",
+    )
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(2.5, stop.set)
+    result = await execute(
+        plan_from_dict(doc),
+        agent_pair,
+        RunOptions(out_dir=tmp_path, start_lead_s=1.0, stop_event=stop),
+    )
+    s = result.summary
+    q = check_sequence_run(result.run_dir, dict(s), agents=2)
+    assert any("stopped early" in r for r in s["verdict"]["reasons"])
+    assert q["cut"] >= 25, q  # ~30 were live when it stopped
+    ids = sorted({int(i) for i in raw_columns(result.run_dir)["seq_id"] if i})
+    _no_live_sequences(triton_server, ids)
