@@ -89,11 +89,20 @@ def test_bad_sequence_plans(seq: dict[str, Any], message: str) -> None:
         _plan(**seq)
 
 
-def test_sequences_need_grpc_unary() -> None:
-    with pytest.raises(PlanError, match="gRPC unary"):
-        plan_from_dict(
-            {"target": "h:1", "model": "m", "protocol": "http", "load": {"rate": 1}, "sequence": {}}
-        )
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"transport": "stream"}, "gRPC unary or HTTP"),
+        ({"protocol": "http", "sequence": {"check": "A:B"}}, "reads gRPC responses"),
+        ({"compression": "gzip"}, "compression"),
+        ({"models": ["a", "b"]}, "one model"),
+    ],
+)
+def test_sequences_transport_limits(extra: dict[str, Any], message: str) -> None:
+    doc: dict[str, Any] = {"target": "h:1", "model": "m", "load": {"rate": 1}, "sequence": {}}
+    doc.update(extra)
+    with pytest.raises(PlanError, match=message):
+        plan_from_dict(doc)
 
 
 def test_step_framing_parses_as_protobuf_and_is_cheap() -> None:
