@@ -167,6 +167,12 @@ class SequenceDriver:
         w = self.w
         assert tp is not None and w.payloads is not None
         s.timer = None
+        pacer = w.pacer
+        if pacer is not None and self.now() < pacer.free_at():
+            # the agent's --max-rate: the step waits for its turn (as closed-loop users do)
+            wait = (pacer.free_at() - self.now()) / 1e9
+            s.timer = asyncio.get_running_loop().call_later(wait, self._send, s, intended, end_only)
+            return
         last = s.step == s.steps - 1
         if end_only:
             start, end = False, True
@@ -187,6 +193,8 @@ class SequenceDriver:
         else:
             assert isinstance(tp, GrpcSequence)
             tp.send_step(s.slot, intended, s.pidx, step_body(wire.msg, s.wire_id, start, end))
+        if pacer is not None:
+            pacer.took(self.now())
 
     def _record(
         self, s: Seq, flags: int, intended: int, sent: int, done: int, status: int, resp: int

@@ -218,3 +218,31 @@ async def test_stopped_run_ends_its_live_sequences(
     assert q["cut"] >= 25, q  # ~30 were live when it stopped
     ids = sorted({int(i) for i in raw_columns(result.run_dir)["seq_id"] if i})
     _no_live_sequences(triton_server, ids)
+
+
+async def test_agents_max_rate_paces_sequence_steps(
+    triton_server: TritonEndpoint, tmp_path: Path
+) -> None:
+    """An agent's --max-rate holds for sequence steps too: they wait for their turn."""
+    from tests.agent_thread import spawn_agent, stop_process
+
+    proc, addr, _log = spawn_agent(tmp_path, "paced", args=["--max-rate", "20"], workers=1)
+    try:
+        doc = _doc(
+            triton_server,
+            {"mode": "closed", "concurrency": 8, "duration": "3s"},
+            id_range=[9_000_000, 9_100_000],
+            length="3..6",
+        )
+        result = await execute(
+            plan_from_dict(doc), [addr], RunOptions(out_dir=tmp_path, start_lead_s=2.0)
+        )
+    finally:
+        stop_process(proc)
+    s = result.summary
+    check_sequence_run(result.run_dir, dict(s), agents=1)
+    sent = np.sort(raw_columns(result.run_dir)["sent_ns"])
+    sent = sent[sent >= 0]
+    s1 = 1_000_000_000
+    peak = int((np.searchsorted(sent, sent + s1, side="left") - np.arange(sent.size)).max())
+    assert peak <= 20 and s["requests"]["ok"] >= 40, (peak, s["requests"])
