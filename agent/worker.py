@@ -31,6 +31,7 @@ import numpy as np
 
 from agent.config import AgentLimits
 from agent.limits import Pacer, worker_quotas
+from agent.sequences import SequenceDriver
 from agent.timer import LoopTimer, make_timer
 from agent.transports import Transport, make_transport
 from volley import records as rc
@@ -503,9 +504,13 @@ class Worker:
         access = self.task.access
         self.payloads = build_payloads(plan, headers=access.headers)
         self.wires = self.payloads.wires
-        self.tp = make_transport(
-            plan, self.payloads, self._complete, self.clock, self.start, access
-        )
+        seqs = SequenceDriver(self) if plan.sequence is not None else None
+        if seqs is not None:  # stateful sequences: agent/sequences.py drives the load
+            self.tp = seqs.make_transport()
+        else:
+            self.tp = make_transport(
+                plan, self.payloads, self._complete, self.clock, self.start, access
+            )
         await self.tp.open()
         # Setup objects live for the whole run: keep the collector off them, and make
         # young collections rare (the hot path makes no reference cycles).
@@ -519,7 +524,9 @@ class Worker:
         sweeper = loop.create_task(self._sweeper())
         error = ""
         try:
-            if plan.load.mode == "open":
+            if seqs is not None:
+                await seqs.run()
+            elif plan.load.mode == "open":
                 await self._open_loop()
             else:
                 await self._closed_loop()

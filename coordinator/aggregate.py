@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from coordinator.sequences import SequenceStats
 from volley import records as rc
 from volley.histogram import LogHistogram
 from volley.records import RecordBlock
@@ -125,10 +126,14 @@ class Aggregator:
         #: input shape text -> Stats (measured, sent records)
         self.by_shape: dict[str, Stats] = {}
         self.shapes: set[str] = set()
+        #: a sequence run's figures (coordinator/sequences.py), set by its owner
+        self.sequences: SequenceStats | None = None
 
     def ingest(self, agent: int, block: RecordBlock) -> None:
         if len(block) == 0:
             return
+        if self.sequences is not None:
+            self.sequences.ingest(agent, block)
         cols = block.columns
         self.shapes.update(block.input_shapes)
         tally = self.agents[agent]

@@ -55,6 +55,7 @@ from coordinator.rundir import (
     write_json,
     write_timeseries,
 )
+from coordinator.sequences import SequenceStats
 from coordinator.summary import AgentInfo, build_summary
 from volley import spool as spoolfile
 from volley.arrivals import schedule_span_s
@@ -323,6 +324,8 @@ async def collect_run(
         return _write_recovered_only(run_dir, run_id, spools, failures, old)
 
     agg = Aggregator(len(infos), int(plan.load.warmup_s * 1e9))
+    if plan.sequence is not None:
+        agg.sequences = SequenceStats(len(infos), int(plan.load.warmup_s * 1e9))
     tmp = run_dir / "requests.parquet.tmp"
     writer = RequestWriter(tmp)
     before = existing.num_rows if existing is not None else 0

@@ -28,6 +28,7 @@ from typing import (
     is_typeddict,
 )
 
+from coordinator.sequences import SequencesBlock
 from coordinator.stats.documents import PlanModelRow, ServerSummary
 from volley.plan import Arrival, Mode, Protocol
 from volley.request import PoolDescription
@@ -300,6 +301,8 @@ class Summary(TypedDict):
     recovery: NotRequired[Recovery]
     #: Set by `volley collect`.
     recovered: NotRequired[Recovered | RecoveredFile]
+    #: A run of stateful sequences (coordinator/sequences.py).
+    sequences: NotRequired[SequencesBlock]
 
 
 class SummaryError(ValueError):

@@ -14,9 +14,18 @@ from coordinator.probe import Probe, ProbeError, make_probe
 from volley import inputs as vin
 from volley.dist import fmt_bytes
 from volley.inputs import resolve_specs
-from volley.plan import ModelSpec, Plan, PlanError, plan_models
+from volley.plan import (
+    ModelSpec,
+    Plan,
+    PlanError,
+    SequenceControls,
+    SequenceSpec,
+    plan_models,
+)
 from volley.request import PoolDescription, RequestPool, build_plan_pool
-from volley.wire.payloads import build_payloads
+from volley.sequence import id_text, probe_id
+from volley.wire.payloads import Wire, build_payloads
+from volley.wire.seqframe import HttpTemplate, http_step, step_body
 
 
 class PreflightError(Exception):
@@ -98,6 +107,93 @@ def check_pool(plan: Plan, pool: RequestPool) -> None:
             )
 
 
+def sequence_controls(config: dict[str, Any]) -> tuple[SequenceControls, str] | None:
+    """The control tensors of a model config's `sequence_batching` (None: the model has
+    none) and the CORRID datatype ("" when not declared)."""
+    sb = config.get("sequence_batching")
+    if not isinstance(sb, dict):
+        return None
+    names: dict[str, str] = {}
+    corrid_type = ""
+    kinds = {
+        "CONTROL_SEQUENCE_START": "start",
+        "CONTROL_SEQUENCE_END": "end",
+        "CONTROL_SEQUENCE_READY": "ready",
+        "CONTROL_SEQUENCE_CORRID": "corrid",
+    }
+    for ci in sb.get("control_input") or []:
+        if not isinstance(ci, dict):
+            continue
+        for ctl in ci.get("control") or []:
+            if isinstance(ctl, dict) and ctl.get("kind") in kinds:
+                names[kinds[ctl["kind"]]] = str(ci.get("name", ""))
+                if ctl["kind"] == "CONTROL_SEQUENCE_CORRID":
+                    corrid_type = str(ctl.get("data_type", ""))
+    return SequenceControls(**names), corrid_type
+
+
+def check_sequences(plan: Plan, info: ModelInfo) -> Plan:
+    """A sequence-batched model needs `sequence` in the plan, and the plan's sequences
+    a model that has a sequence batcher; the model's control tensors are recorded."""
+    found = sequence_controls(info.config)
+    if plan.sequence is None:
+        if found is not None:
+            raise PreflightError(
+                f"model {info.name!r} is stateful (sequence_batching): its requests need "
+                "correlation IDs; give --sequence-length (or plan.sequence)"
+            )
+        return plan
+    if found is None:
+        raise PreflightError(
+            f"model {info.name!r} has no sequence_batching in its config: drop "
+            "--sequence-length (plan.sequence) to send it independent requests"
+        )
+    controls, corrid_type = found
+    if plan.sequence.id_type == "string" and corrid_type not in ("", "TYPE_STRING"):
+        raise PreflightError(
+            f"model {info.name!r} takes {corrid_type} correlation IDs: use "
+            "--sequence-id-type uint64"
+        )
+    if plan.sequence.id_type == "uint64" and corrid_type == "TYPE_STRING":
+        raise PreflightError(
+            f"model {info.name!r} takes string correlation IDs: use --sequence-id-type string"
+        )
+    return dataclasses.replace(plan, sequence=dataclasses.replace(plan.sequence, controls=controls))
+
+
+def ensemble_steps(config: dict[str, Any]) -> tuple[str, ...]:
+    """The models an ensemble config's steps call, in order, each once."""
+    sched = config.get("ensemble_scheduling")
+    if not isinstance(sched, dict):
+        return ()
+    names = [
+        str(st["model_name"])
+        for st in sched.get("step") or []
+        if isinstance(st, dict) and st.get("model_name")
+    ]
+    return tuple(dict.fromkeys(names))
+
+
+def add_composing(plan: Plan, info: ModelInfo) -> Plan:
+    """The plan's composing models: an ensemble's steps (from its config), then those
+    the user named (--composing-models: a BLS model's callees Triton cannot tell)."""
+    steps = ensemble_steps(info.config)
+    if not steps and not plan.composing_models:
+        return plan
+    names = tuple(dict.fromkeys((*steps, *plan.composing_models)))
+    return dataclasses.replace(plan, composing_models=names, ensemble_steps=steps)
+
+
+def sequence_probe(spec: SequenceSpec, wire: Wire) -> Wire:
+    """`wire` as a one-step sequence (START and END) on the preflight's own ID."""
+    n = probe_id(spec)
+    seq_id: int | str = id_text(spec, n) if spec.id_type == "string" else n
+    if wire.head:  # HTTP
+        head, body = http_step(HttpTemplate.of(wire.head), wire.body, seq_id, True, True)
+        return dataclasses.replace(wire, head=head, body=body)
+    return dataclasses.replace(wire, body=step_body(wire.msg, seq_id, True, True))
+
+
 @dataclasses.dataclass
 class PreflightResult:
     plan: Plan  #: resolved: inputs from the model, sources embedded
@@ -139,6 +235,7 @@ async def _preflight_model(
     """One model: metadata and config, inputs resolved and checked against the server's
     limits, its pool built as every worker will, and a probe with its largest payload."""
     info = await fetch_model_info(probe, plan, m.name, m.version)
+    check_sequences(plan, info)  # before the probe: a stateful model refuses plain ones
     one = dataclasses.replace(
         plan,
         model=m.name,
@@ -164,6 +261,9 @@ async def _preflight_model(
         raise PreflightError(str(exc)) from None
     # Probe with the largest payload: the one most likely to be refused.
     wire = max(wires, key=lambda w: w.req_bytes)
+    if plan.sequence is not None:
+        # a sequence of one step (START and END) on the ID no agent gets
+        wire = sequence_probe(plan.sequence, wire)
     try:
         why = await probe.infer(wire)
     except ProbeError as exc:
@@ -202,6 +302,8 @@ async def preflight_check(plan: Plan, timeout: float = 5.0) -> PreflightResult:
         await probe.close()
     models = tuple(r[0] for r in results)
     first, described, info = results[0]
+    plan = check_sequences(plan, info)
+    plan = add_composing(plan, info)
     if plan.models:
         resolved = dataclasses.replace(
             plan, models=models, model=first.name, model_version=first.version

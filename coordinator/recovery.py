@@ -212,8 +212,8 @@ def count_schedule(plan: Plan, after_index: int | None = None) -> ScheduleCounts
     """Regenerate the plan's global schedule and count it (None for a closed loop, which
     has no schedule). One pass in bounded memory; `after_index`: also find the intended
     time of the arrival that follows that one."""
-    if plan.load.mode != "open":
-        return None
+    if plan.load.mode != "open" or plan.sequence is not None:
+        return None  # sequences: the schedule is of starts (summary.sequences counts them)
     weights = plan.agent_weights
     pattern = weighted_pattern(weights)
     models = plan_models(plan)

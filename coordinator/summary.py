@@ -19,6 +19,7 @@ from coordinator.documents import (
     ShapeRow,
     Summary,
 )
+from coordinator.sequences import failed_reasons
 from coordinator.slo import parse_slo
 from coordinator.stats.documents import unavailable_server
 from coordinator.validate import GARBAGE_SHARE
@@ -325,6 +326,13 @@ def build_summary(
                 f"have no record (lost with an agent{dropped})"
             )
         requests["schedule_total"] = scheduled_total
+    seq_block = (
+        agg.sequences.block(plan)
+        if plan.sequence is not None and agg.sequences is not None
+        else None
+    )
+    if seq_block is not None:
+        reasons += failed_reasons(seq_block)
     warnings = [
         f"agent {r['id']}: {r['send_lateness_ms']['late_fraction']:.1%} of sends were >1 ms "
         "late (timer wake-up); latency from intended time includes it"
@@ -368,6 +376,8 @@ def build_summary(
             "slo_passed": True,
         },
     }
+    if seq_block is not None:
+        summary["sequences"] = seq_block
     # SLOs are judged on the figures above
     samples = {"latency_ms": total.latency.count, "service_time_ms": total.service.count}
     slo = [parse_slo(s).evaluate(summary, samples) for s in plan.slos]

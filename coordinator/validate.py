@@ -16,6 +16,9 @@ What a record must be (`AgentCheck.records`):
   then done is -1 and the status one of `records.NEVER_SENT`, and only then) or
   intended - 1 ms <= sent <= done <= the horizon (span + timeout + `HORIZON_SLACK_S`);
   closed loop: intended == sent (the worker sets it so);
+- sequences: a step's index is its sequence start's, and only the starts (`seq_flags`
+  FIRST) are seen once; later steps and ENDs may come `drain_s` + the timeout after the
+  load's span;
 - index: open loop, inside this agent's slice of the one global schedule (`index <
   scheduled` and `pattern[index % P] == agent`), and seen once per run: a bitmap of
   one bit per arrival of the slice, addressed by the arrival's local ordinal
@@ -99,11 +102,17 @@ class RunShape:
     span_ns: int
     horizon_ns: int
     models: int
+    #: sequences: later steps and ENDs come after the span (drain + a step's timeout)
+    sequences: bool = False
+    sequence_tail_ns: int = 0
 
     @classmethod
     def of(cls, plan: Plan) -> RunShape:
         open_loop = plan.load.mode == "open"
         span_s = schedule_span_s(plan)
+        tail_s = 0.0
+        if plan.sequence is not None:
+            tail_s = plan.sequence.drain_s + plan.timeout_s + 1.0
         scheduled = 0
         if open_loop:
             sched = global_schedule(plan)
@@ -116,8 +125,10 @@ class RunShape:
             weights=tuple(plan.agent_weights),
             scheduled=scheduled,
             span_ns=math.ceil(span_s * 1e9),
-            horizon_ns=math.ceil((span_s + plan.timeout_s + HORIZON_SLACK_S) * 1e9),
+            horizon_ns=math.ceil((span_s + tail_s + plan.timeout_s + HORIZON_SLACK_S) * 1e9),
             models=len(plan_models(plan)),
+            sequences=plan.sequence is not None,
+            sequence_tail_ns=math.ceil(tail_s * 1e9),
         )
 
 
@@ -158,7 +169,11 @@ class AgentCheck:
         cores_cap = max(cores, workers, 1) * CPU_SLACK
         self.max_cpu_percent = 100.0 * cores_cap
         self.max_cpu_seconds = (shape.horizon_ns / 1e9 + CPU_BEFORE_START_S) * cores_cap
-        self.max_intended_ns = shape.span_ns + (0 if shape.open_loop else CLOSED_END_TOLERANCE_NS)
+        self.max_intended_ns = (
+            shape.span_ns
+            + (0 if shape.open_loop else CLOSED_END_TOLERANCE_NS)
+            + shape.sequence_tail_ns
+        )
         # open loop: slot of the round-robin pattern -> rank among this agent's slots (-1:
         # another agent's), the agent's slice size, and one bit per arrival of it
         pattern = weighted_pattern(shape.weights) if shape.open_loop else np.zeros(1, np.int64)
@@ -260,7 +275,13 @@ class AgentCheck:
             outside = idx != -1
         bad = bad_field | unknown | bad_times | outside
         any_bad = bool(bad.any())
-        dup = self._duplicates(idx, slot, bad if any_bad else None) if slot is not None else None
+        # sequences: every step carries its start's index; a start is seen once
+        skip = (
+            (bad | ((block.col("seq_flags") & rc.SEQ_FIRST) == 0))
+            if shape.sequences
+            else (bad if any_bad else None)
+        )
+        dup = self._duplicates(idx, slot, skip) if slot is not None else None
         if dup is not None:
             bad |= dup
             any_bad = any_bad or bool(dup.any())

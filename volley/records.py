@@ -37,6 +37,11 @@ DROPPED = 100  #: never sent: the in-flight cap and backlog were full
 BAD_RESPONSE = 101  #: the server answered, but the response failed our check
 NOT_SENT = 102  #: the run stopped before this arrival's time came
 LIMITED = 103  #: never sent: refused by the agent's rate limit (--max-rate, at send time)
+#: a sequence step whose response differs from the state the sequence should have
+#: (`sequence.check`: the output is not the running sum of the input)
+SEQ_MISMATCH = 110
+#: never sent: a sequence's start found no free live-sequence slot (`sequence.max_live`)
+SEQ_NO_SLOT = 111
 HTTP_ERROR_BASE = 1000  #: HTTP status s is recorded as 1000 + s
 
 STATUS_NAMES: dict[int, str] = {
@@ -61,6 +66,8 @@ STATUS_NAMES: dict[int, str] = {
     BAD_RESPONSE: "BAD_RESPONSE",
     NOT_SENT: "NOT_SENT",
     LIMITED: "LIMITED",
+    SEQ_MISMATCH: "SEQ_MISMATCH",
+    SEQ_NO_SLOT: "SEQ_NO_SLOT",
 }
 
 
@@ -77,7 +84,14 @@ _KNOWN_CODES = _known_codes()
 
 
 #: Codes of arrivals that were never sent (their record has sent = done = -1).
-NEVER_SENT = (DROPPED, NOT_SENT, LIMITED)
+NEVER_SENT = (DROPPED, NOT_SENT, LIMITED, SEQ_NO_SLOT)
+
+#: `seq_flags` bits of a sequence step's record.
+SEQ_FIRST = 1  #: the sequence's first step (sent with START)
+SEQ_LAST = 2  #: its planned last step (sent with END)
+SEQ_FAILED = 4  #: this step failed and ended the sequence early
+SEQ_CLEANUP = 8  #: the END volley sent at once for a sequence whose step failed
+SEQ_CUT = 16  #: the END volley sent for a sequence still live when the load (and drain) ended
 
 
 def known_status(status: npt.NDArray[np.uint16]) -> npt.NDArray[np.bool_]:
@@ -105,6 +119,9 @@ COLUMNS: dict[str, np.dtype[np.generic]] = {
     "batch_size": np.dtype("<u2"),
     "shape_id": np.dtype("<u2"),
     "model_id": np.dtype("<u2"),
+    "seq_id": np.dtype("<u8"),
+    "seq_step": np.dtype("<u2"),
+    "seq_flags": np.dtype("<u1"),
 }
 
 
@@ -165,6 +182,12 @@ class RecordBuffer:
         self._shape = self._cols["shape_id"]
         self._model = self._cols["model_id"]
         self._cols["worker"].fill(0)
+        #: sequence columns: zero unless `append_seq` writes them
+        self._seq_id = self._cols["seq_id"]
+        self._seq_step = self._cols["seq_step"]
+        self._seq_flags = self._cols["seq_flags"]
+        for k in ("seq_id", "seq_step", "seq_flags"):
+            self._cols[k].fill(0)
         self.n = 0
         self.worker = 0
 
@@ -195,6 +218,40 @@ class RecordBuffer:
         self._model[n] = model_id
         self.n = n + 1
         return self.n >= self.capacity
+
+    def append_seq(
+        self,
+        seq_id: int,
+        step: int,
+        flags: int,
+        index: int,
+        intended: int,
+        sent: int,
+        done: int,
+        status: int,
+        req_bytes: int,
+        resp_bytes: int,
+        batch_size: int,
+        shape_id: int,
+        model_id: int = 0,
+    ) -> bool:
+        """A sequence step's record: `append` plus its sequence ID, step and flags."""
+        n = self.n
+        self._seq_id[n] = seq_id
+        self._seq_step[n] = step
+        self._seq_flags[n] = flags
+        return self.append(
+            index,
+            intended,
+            sent,
+            done,
+            status,
+            req_bytes,
+            resp_bytes,
+            batch_size,
+            shape_id,
+            model_id,
+        )
 
     def take(self, input_shapes: list[str]) -> RecordBlock | None:
         if self.n == 0:

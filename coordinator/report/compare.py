@@ -61,6 +61,53 @@ ROWS: list[Row] = [
 ]
 
 
+def _composing(name: str, key: str) -> Callable[[Summary], Any]:
+    def get(s: Summary) -> Any:
+        server = s.get("server") or {}
+        for r in server.get("composing") or []:
+            if r["name"] == name:
+                return r.get(key)
+        return None
+
+    return get
+
+
+def _position(pos: str) -> Callable[[Summary], Any]:
+    def get(s: Summary) -> Any:
+        q = s.get("sequences")
+        for p in q["by_position"] if q else []:
+            if p["position"] == pos:
+                return p["latency_ms"]["p50"]
+        return None
+
+    return get
+
+
+def extra_rows(runs: list[RunData]) -> list[Row]:
+    """Rows of what only some runs have: each composing model (ensemble steps, BLS
+    callees), and sequence figures."""
+    names: dict[str, None] = {}
+    for r in runs:
+        for c in (r.summary.get("server") or {}).get("composing") or []:
+            names[c["name"]] = None
+    rows: list[Row] = []
+    for n in names:
+        rows += [
+            (f"{n}: queue", _composing(n, "queue_ms"), "ms", "lower"),
+            (f"{n}: compute infer", _composing(n, "compute_infer_ms"), "ms", "lower"),
+            (f"{n}: executions", _composing(n, "execution_count"), "", ""),
+        ]
+    if any(r.summary.get("sequences") for r in runs):
+        rows += [
+            ("sequences completed", _get("sequences", "completed"), "", "higher"),
+            ("sequences failed", _get("sequences", "failed"), "", "lower"),
+            *((f"{p} step p50", _position(p), "ms", "lower") for p in ("first", "middle", "last")),
+            ("sequence duration p50", _get("sequences", "duration_ms", "p50"), "ms", "lower"),
+            ("live sequences (peak 1 s)", _get("sequences", "live_max"), "", ""),
+        ]
+    return rows
+
+
 def labels(runs: list[RunData]) -> list[str]:
     names = [r.label for r in runs]
     if len(set(names)) < len(names):
@@ -80,7 +127,7 @@ def delta(a: Any, b: Any) -> float | None:
 def comparison(runs: list[RunData]) -> list[dict[str, Any]]:
     """The compared figures as data: one entry per row with values and changes vs run 0."""
     out = []
-    for label, get, unit, better in ROWS:
+    for label, get, unit, better in [*ROWS, *extra_rows(runs)]:
         values = [get(r.summary) for r in runs]
         if all(v is None for v in values):
             continue

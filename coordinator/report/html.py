@@ -844,6 +844,8 @@ def header_html(run: RunData) -> str:
 
 
 def render_run(run: RunData) -> str:
+    from coordinator.report.composed import composing_html, sequences_html  # imports this
+
     s = run.summary
     body = [
         header_html(run),
@@ -863,6 +865,8 @@ def render_run(run: RunData) -> str:
         agents_html(run),
         "<h2>Server</h2>",
         server_html(run),
+        composing_html(s),
+        sequences_html(s),
         "<h2>Latency by payload size</h2>",
         payload_html(s),
     ]

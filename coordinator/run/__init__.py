@@ -25,6 +25,7 @@ from coordinator.run.stream import REFUSALS, AgentStream, handshake
 from coordinator.rundir import RequestWriter, new_run_dir, write_plan
 from coordinator.stats.monitor import ServerMonitor
 from volley.plan import AgentSpec, Plan
+from volley.sequence import resolve_ranges
 from volley.target import read_access
 
 __all__ = [
@@ -56,6 +57,8 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
     plan = plan.with_agents(
         [AgentSpec(s.info.address, w) for s, w in zip(streams, weights, strict=True)]
     )
+    # sequences: one disjoint ID range per agent, part of the plan (plan.yaml records it)
+    plan = resolve_ranges(plan)
     run_id = uuid.uuid4().hex[:12]
     run_dir = opts.run_dir or new_run_dir(opts.out_dir, plan.name)
     write_plan(run_dir / "plan.yaml", plan)

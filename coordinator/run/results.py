@@ -32,7 +32,9 @@ from volley.request import PoolDescription
 
 
 def scheduled_total(plan: Plan) -> int | None:
-    if plan.load.mode != "open":
+    """Requests the schedule plans (None: closed loop, or sequences, whose schedule is of
+    sequence starts: summary.sequences counts them)."""
+    if plan.load.mode != "open" or plan.sequence is not None:
         return None
     return sum(int(idx.size) for idx, _ in global_schedule(plan).chunks())
 

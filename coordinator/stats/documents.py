@@ -195,6 +195,26 @@ class PlanModelsDoc(TypedDict, total=False):
     source: str
 
 
+class ComposingRow(TypedDict):
+    """A model that serves part of the plan's model (an ensemble's step, a BLS model's
+    callee) over the measured period, from the server's statistics (all clients)."""
+
+    name: str
+    #: "ensemble step" (from the ensemble's config) or "given" (--composing-models)
+    role: str
+    success: int
+    fail: int
+    inference_count: int
+    execution_count: int
+    avg_batch_size: float | None
+    request_ms: float | None
+    queue_ms: float | None
+    compute_input_ms: float | None
+    compute_infer_ms: float | None
+    compute_output_ms: float | None
+    batch_stats: list[BatchFigures]
+
+
 # ---------------------------------------------------------------- the documents
 class ServerDoc(TypedDict):
     """server.json."""
@@ -210,6 +230,8 @@ class ServerDoc(TypedDict):
     statistics: StatisticsDoc
     metrics: MetricsDoc
     per_model: PlanModelsDoc
+    #: composing models of the plan's model: name -> role (ComposingRow.role)
+    composing: NotRequired[dict[str, str]]
 
 
 class MeasuredPart(TypedDict, total=False):
@@ -239,7 +261,12 @@ class UtilizationPart(TypedDict, total=False):
     utilization: MetricsSummary
 
 
-class ServerSummary(MeasuredPart, ConfigPart, UtilizationPart):
+class ComposingPart(TypedDict, total=False):
+    #: the models composing the plan's model (ensemble steps, BLS callees), measured
+    composing: list[ComposingRow]
+
+
+class ServerSummary(MeasuredPart, ConfigPart, UtilizationPart, ComposingPart):
     """summary.json's `server`: the plan's model over the measured period.
 
     `available` is false, with the reason in `notes`, when the server's statistics

@@ -38,6 +38,8 @@ from coordinator.stats.counters import (
     window_figures,
 )
 from coordinator.stats.documents import (
+    ComposingPart,
+    ComposingRow,
     ConfigPart,
     MeasuredPart,
     MetricsDoc,
@@ -83,8 +85,11 @@ class ServerMonitor:
         enabled: bool = True,
         clock: Clock = time.monotonic_ns,
         sleep: Sleep = asyncio.sleep,
+        composing: dict[str, str] | None = None,
     ) -> None:
-        """models: the plan's (name, version) pairs (default: `model`, all versions)."""
+        """models: the plan's (name, version) pairs (default: `model`, all versions);
+        composing: models composing the plan's model, name -> role."""
+        self.composing = dict(composing or {})
         self.source = source
         self.target = target
         self.model = model
@@ -126,6 +131,7 @@ class ServerMonitor:
             note,
             models=[(m.name, m.version) for m in plan_models(plan)],
             enabled=enabled,
+            composing=composing_roles(plan),
         )
 
     def begin(self, start_ns: int, warmup_s: float) -> None:
@@ -287,6 +293,7 @@ class ServerMonitor:
             "statistics": stats,
             "metrics": metrics,
             "per_model": per_model,
+            "composing": dict(self.composing),
         }
 
     def _window_row(self, t0: float, s0: Snapshot, t1: float, s1: Snapshot) -> WindowRow:
@@ -342,6 +349,41 @@ def plan_models_block(run: Snapshot, models: Sequence[tuple[str, str]]) -> PlanM
     }
 
 
+def composing_roles(plan: Plan) -> dict[str, str]:
+    """The plan's composing models and their role: the preflight puts an ensemble's
+    steps first (`ensemble_steps`), then those the user named."""
+    steps = set(plan.ensemble_steps)
+    return {m: ("ensemble step" if m in steps else "given") for m in plan.composing_models}
+
+
+def composing_rows(doc: ServerDoc) -> list[ComposingRow]:
+    """Each composing model's figures over the measured period (none without them)."""
+    measured = doc["statistics"].get("measured") or {}
+    rows: list[ComposingRow] = []
+    for name, role in (doc.get("composing") or {}).items():
+        fig = measured.get(name)
+        if fig is None:
+            continue
+        rows.append(
+            {
+                "name": name,
+                "role": role,
+                "success": fig["success"],
+                "fail": fig["fail"],
+                "inference_count": fig["inference_count"],
+                "execution_count": fig["execution_count"],
+                "avg_batch_size": fig["avg_batch_size"],
+                "request_ms": fig["request_ms"],
+                "queue_ms": fig["queue_ms"],
+                "compute_input_ms": fig["compute_input_ms"],
+                "compute_infer_ms": fig["compute_infer_ms"],
+                "compute_output_ms": fig["compute_output_ms"],
+                "batch_stats": fig["batch_stats"],
+            }
+        )
+    return rows
+
+
 def summary_block(doc: ServerDoc, client_ok: int | None = None) -> ServerSummary:
     """summary.json's `server` from a server.json document (the plan's model, measured
     period; unavailable with the reason in `notes` when that period has no figures)."""
@@ -391,6 +433,7 @@ def summary_block(doc: ServerDoc, client_ok: int | None = None) -> ServerSummary
     if metrics["available"] and "summary" in metrics:
         util = {"utilization": metrics["summary"]}
     info = doc["server"]
+    composed: ComposingPart = {"composing": composing_rows(doc)} if doc.get("composing") else {}
     return {
         "available": available,
         "source": " ".join(str(v) for v in (info.get("name"), info.get("version")) if v),
@@ -402,6 +445,7 @@ def summary_block(doc: ServerDoc, client_ok: int | None = None) -> ServerSummary
         **part,
         **config,
         **util,
+        **composed,
         "notes": notes,
         "models": doc["per_model"].get("models", []),
     }

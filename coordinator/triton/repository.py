@@ -84,6 +84,8 @@ def render_model_repository(
             text_format.Parse(cfg_path.read_text(), cfg)
         except text_format.ParseError as exc:
             raise TritonSetupError(f"cannot parse {model_dir / 'config.pbtxt'}: {exc}") from exc
+        if cfg.platform == "ensemble":
+            continue  # no instances or batcher of its own: its steps have them
         if instances is not None:
             del cfg.instance_group[:]
             cfg.instance_group.add(count=instances, kind=kind)

@@ -80,6 +80,7 @@ def test_run_help_panels() -> None:
         "Target and protocol",
         "Load",
         "Inputs",
+        "Sequences and composed models",
         "Agents",
         "Output and SLOs",
         "Monitoring",

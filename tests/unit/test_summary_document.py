@@ -30,6 +30,7 @@ SHAPES = ["8x8x3", "16x16x3"]
 #: detection, recovery hint) and `volley collect`; mypy checks those literals. And
 #: RequestCounts is shared: schedule_total is set on the top-level `requests` only.
 NOT_EXERCISED = {
+    "summary.sequences",  # tests/unit/test_sequence.py: its own summary, checked here
     "summary.warmup_requests.schedule_total",
     "summary.models[].requests.schedule_total",
     "summary.partial_agents",

@@ -21,7 +21,9 @@ from coordinator.triton import (
 from coordinator.triton.home import _REPO_ROOT
 
 SRC = Path(__file__).resolve().parents[2] / "triton_models"
-MODELS = ["add", "image", "iris", "sleep"]
+MODELS = ["accumulator", "accumulator_str", "add", "bls", "image", "iris", "scale", "sleep"]
+#: ensembles: no instances or batcher of their own, rendered untouched
+ENSEMBLES = ["pipeline"]
 
 
 def load(repo: Path, model: str) -> Any:
@@ -45,7 +47,9 @@ def test_source_repository_is_cpu_single_instance() -> None:
 def test_render_gpu_and_instances(tmp_path: Path) -> None:
     before = {m: (SRC / m / "config.pbtxt").read_text() for m in MODELS}
     written = render_model_repository(SRC, tmp_path / "r", device="gpu", instances=2)
-    assert sorted(written) == MODELS
+    assert sorted(written) == sorted(MODELS + ENSEMBLES)
+    for model in ENSEMBLES:
+        assert load(tmp_path / "r", model) == load(SRC, model)
     for model in MODELS:
         cfg = load(tmp_path / "r", model)
         assert [(g.kind, g.count) for g in cfg.instance_group] == [

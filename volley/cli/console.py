@@ -96,6 +96,22 @@ def print_summary(summary: Summary, run_dir: Path, console: Console | None = Non
         "offered / achieved",
         f"{summary['offered_rps']:.1f} / {summary['throughput_rps']:.1f} req/s",
     )
+    q = summary.get("sequences")
+    if q is not None:
+        pos = "  ".join(
+            f"{p['position']} p50 {p['latency_ms']['p50']} ms" for p in q["by_position"]
+        )
+        head.add_row(
+            "sequences",
+            f"started {q['started']}  completed {q['completed']}  failed {q['failed']}  "
+            f"cut {q['cut']}  ended {q['ended']}  live (1 s peak) {q['live_max']}; {pos}",
+        )
+    for c in (summary.get("server") or {}).get("composing") or []:
+        head.add_row(
+            f"  {escape(c['name'])}",
+            f"{escape(c['role'])}: queue {c['queue_ms']} ms  infer {c['compute_infer_ms']} ms  "
+            f"executions {c['execution_count']}",
+        )
     con.print(head)
     con.print()
 

@@ -151,6 +151,7 @@ def build_plan(
     shapes: dict[str, str],
     vary: dict[str, str] | None = None,
     input_data: str | None = None,
+    sequence: dict[str, Any] | None = None,
 ) -> Plan:
     """Merge a plan file with command-line options (options win) and validate.
 
@@ -186,7 +187,23 @@ def build_plan(
     if specs:
         data["inputs"] = list(specs.values())
     resolve_trace(data)
+    given = {k: v for k, v in (sequence or {}).items() if v is not None}
+    if given:  # sequence options win over the file's plan.sequence, key by key
+        base = data.get("sequence")
+        data["sequence"] = {**(base if isinstance(base, dict) else {}), **given}
     return plan_from_dict(data)
+
+
+def parse_id_range(text: str) -> list[int]:
+    """--sequence-id-range LO:HI (or LO..HI): correlation IDs [LO, HI)."""
+    parts = text.replace("..", ":").split(":")
+    try:
+        lo, hi = (int(p) for p in parts) if len(parts) == 2 else (0, 0)
+    except ValueError:
+        lo, hi = 0, 0
+    if not 1 <= lo < hi:
+        raise PlanError(f"--sequence-id-range: expected LO:HI with 1 <= LO < HI, got {text!r}")
+    return [lo, hi]
 
 
 def _target_options(

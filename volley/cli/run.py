@@ -23,7 +23,7 @@ from volley.cli.common import (
     kv,
     option,
 )
-from volley.cli.planning import _target_options, build_plan, parse_stages
+from volley.cli.planning import _target_options, build_plan, parse_id_range, parse_stages
 from volley.plan import PlanError
 
 # The options, one alias each, grouped by panel as `volley run --help` shows them.
@@ -120,6 +120,55 @@ InputData = Annotated[
     str | None, option(PANEL_INPUTS, "perf_analyzer-style JSON input data for its inputs.")
 ]
 
+# ---- Sequences and composed models
+PANEL_SEQUENCES = "Sequences and composed models"
+SeqLength = Annotated[
+    str | None,
+    option(
+        PANEL_SEQUENCES,
+        "Stateful sequences: steps per sequence, e.g. 10, 5..20 or 4|8|16. With --rate, "
+        "sequences start at that rate; with --concurrency, each user runs one after another.",
+    ),
+]
+SeqThink = Annotated[
+    str | None, option(PANEL_SEQUENCES, "Think time between steps in ms: 0, 5..20, 10|50.")
+]
+SeqIdRange = Annotated[
+    str | None,
+    option(
+        PANEL_SEQUENCES,
+        "Correlation IDs LO:HI to use (split between agents and workers; the first is "
+        "preflight's). Refused when too small for the live sequences.",
+    ),
+]
+SeqIdType = Annotated[
+    str | None, option(PANEL_SEQUENCES, "Correlation IDs: uint64 (default) or string.")
+]
+SeqLive = Annotated[
+    int | None,
+    option(PANEL_SEQUENCES, "Open loop: live sequences at most, all agents (default 1024)."),
+]
+SeqCheck = Annotated[
+    str | None,
+    option(
+        PANEL_SEQUENCES,
+        "INPUT:OUTPUT: check every response's OUTPUT is the running sum of INPUT "
+        "(an accumulator's state), else SEQ_MISMATCH.",
+    ),
+]
+SeqDrain = Annotated[
+    str | None,
+    option(PANEL_SEQUENCES, "After the load: time live sequences get to finish (default 5s)."),
+]
+ComposingModels = Annotated[
+    str | None,
+    option(
+        PANEL_SEQUENCES,
+        "A,B: models whose server statistics belong to this one (a BLS model's callees; "
+        "an ensemble's steps are found from its config).",
+    ),
+]
+
 # ---- Agents
 Agent = Annotated[
     list[str] | None,
@@ -214,6 +263,15 @@ def run(
     vary: Vary = None,
     batch_size: BatchSize = None,
     input_data: InputData = None,
+    # Sequences and composed models
+    sequence_length: SeqLength = None,
+    sequence_think: SeqThink = None,
+    sequence_id_range: SeqIdRange = None,
+    sequence_id_type: SeqIdType = None,
+    sequence_live: SeqLive = None,
+    sequence_check: SeqCheck = None,
+    sequence_drain: SeqDrain = None,
+    composing_models: ComposingModels = None,
     # Agents
     agent: Agent = None,
     local_agents: LocalAgents = 1,
@@ -273,6 +331,9 @@ def run(
             "transport": transport,
             "connections": connections,
             "compression": compression,
+            "composing_models": [m for m in composing_models.split(",") if m]
+            if composing_models
+            else None,
         }
         _target_options(
             plan_file,
@@ -314,6 +375,15 @@ def run(
             kv(shape, "--shape"),
             kv(vary, "--vary"),
             input_data,
+            sequence={
+                "length": sequence_length,
+                "think_ms": sequence_think,
+                "id_range": parse_id_range(sequence_id_range) if sequence_id_range else None,
+                "id_type": sequence_id_type,
+                "max_live": sequence_live,
+                "check": sequence_check,
+                "drain_s": sequence_drain,
+            },
         )
         for s in plan.slos:
             parse_slo(s)

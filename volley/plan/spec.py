@@ -201,6 +201,55 @@ class ModelSpec:
     max_batch_size: int = 0
 
 
+SeqIdType = Literal["uint64", "string"]
+#: Correlation IDs are sent as int64 parameters: at most 2^63 - 1.
+MAX_SEQUENCE_ID = 2**63 - 1
+MAX_SEQUENCE_LENGTH = 65_535
+MAX_LIVE_SEQUENCES = 100_000
+
+
+@dataclass(frozen=True)
+class SequenceControls:
+    """The control tensors a sequence-batched model declares (from its config)."""
+
+    start: str = ""
+    end: str = ""
+    ready: str = ""
+    corrid: str = ""
+
+
+@dataclass(frozen=True)
+class SequenceSpec:
+    """Stateful sequences (Triton's sequence batcher): every request carries a
+    correlation ID and START/END flags; steps of a sequence go one after another.
+
+    Open loop: the schedule's arrivals are sequence *starts*; closed loop: each user
+    runs one sequence after another. IDs come from `id_range` [lo, hi), split into
+    disjoint `agent_ranges` by the coordinator (recorded in plan.yaml); an agent splits
+    its range evenly among its workers. The range's first ID is the preflight's."""
+
+    #: steps per sequence, a distribution (volley/dist.py): "10", "uniform(5,20)", ...
+    length: str = "10"
+    #: think time between a response and the next step, in ms (a distribution)
+    think_ms: str = "0"
+    id_type: SeqIdType = "uint64"
+    #: string IDs: this prefix, then the number
+    id_prefix: str = "seq-"
+    #: [lo, hi): the correlation IDs this run may use (0 is never one)
+    id_range: tuple[int, int] = (1, MAX_SEQUENCE_ID)
+    #: open loop: live sequences at most, all agents together (0: 1024)
+    max_live: int = 0
+    #: after the load's end: live sequences get this long to finish, then their END
+    drain_s: float = 5.0
+    #: "INPUT:OUTPUT": every response's OUTPUT must be the running sum of INPUT over
+    #: the sequence's steps so far (a stateful accumulator), else SEQ_MISMATCH
+    check: str = ""
+    #: filled by the coordinator: one [lo, hi) per agent (plan.agents' order)
+    agent_ranges: tuple[tuple[int, int], ...] = ()
+    #: filled in preflight from the model config's sequence_batching
+    controls: SequenceControls = field(default_factory=SequenceControls)
+
+
 @dataclass(frozen=True)
 class AgentSpec:
     address: str
@@ -251,6 +300,13 @@ class Plan:
     #: Mixed traffic: several models sharing the one arrival process by weight. Empty:
     #: the plan's `model` with its `inputs` is the only one.
     models: tuple[ModelSpec, ...] = ()
+    #: Stateful sequences (None: independent requests).
+    sequence: SequenceSpec | None = None
+    #: Models whose server statistics belong to this one (a BLS model's callees; an
+    #: ensemble's steps are found from its config).
+    composing_models: tuple[str, ...] = ()
+    #: Filled in preflight: the steps of an ensemble plan model (in composing_models too).
+    ensemble_steps: tuple[str, ...] = ()
 
     # ---- serialisation -------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -9,7 +9,14 @@ from typing import Any, cast
 
 import yaml
 
-from volley.dist import DistError, canonical, parse_bytes, parse_dims_pattern, parse_shapes
+from volley.dist import (
+    DistError,
+    canonical,
+    parse_bytes,
+    parse_dims_pattern,
+    parse_dist,
+    parse_shapes,
+)
 from volley.plan.spec import (
     GRPC_MAX_MESSAGE_BYTES,
     MAX_BACKLOG,
@@ -18,11 +25,14 @@ from volley.plan.spec import (
     MAX_DURATION_S,
     MAX_IN_FLIGHT,
     MAX_INPUTS,
+    MAX_LIVE_SEQUENCES,
     MAX_NAME_CHARS,
     MAX_NAMES,
     MAX_POOL_BYTES,
     MAX_POOL_PAYLOADS,
     MAX_RATE,
+    MAX_SEQUENCE_ID,
+    MAX_SEQUENCE_LENGTH,
     MAX_STAGES,
     MAX_TIMEOUT_S,
     MAX_TRACE_ENTRIES,
@@ -41,6 +51,8 @@ from volley.plan.spec import (
     PlanError,
     PoolSpec,
     Protocol,
+    SequenceControls,
+    SequenceSpec,
     StageSpec,
     TlsSpec,
     TraceSpec,
@@ -510,6 +522,75 @@ def _model(raw: object, i: int) -> ModelSpec:
     )
 
 
+def _id_pair(v: object, where: str) -> tuple[int, int]:
+    pair = _list(v, where)
+    if len(pair) != 2 or any(isinstance(x, bool) or not isinstance(x, int) for x in pair):
+        raise PlanError(f"{where}: expected [lo, hi), two integers, got {shown(v)}")
+    lo, hi = int(pair[0]), int(pair[1])
+    if not 1 <= lo < hi <= MAX_SEQUENCE_ID:
+        raise PlanError(f"{where}: need 1 <= lo < hi <= 2^63-1, got [{lo}, {hi})")
+    return lo, hi
+
+
+def _sequence(raw: object) -> SequenceSpec | None:
+    """plan.sequence: stateful sequences (see SequenceSpec)."""
+    if raw is None or raw is False:
+        return None
+    where = "plan.sequence"
+    d = {} if raw is True else _dict(raw, where)
+    _check_keys(d, {f.name for f in fields(SequenceSpec)}, where)
+    default = SequenceSpec()
+    length = _dist_text(d, "length", where) or default.length
+    think = _dist_text(d, "think_ms", where) or default.think_ms
+    ln, th = parse_dist(length), parse_dist(think)
+    if ln.min() < 1 or ln.max() > MAX_SEQUENCE_LENGTH:
+        raise PlanError(f"{where}.length: steps must be from 1 to {MAX_SEQUENCE_LENGTH}")
+    if th.min() < 0 or th.max() > 3_600_000:
+        raise PlanError(f"{where}.think_ms: must be from 0 to 3600000 ms")
+    id_type = _choice(d, "id_type", where, default.id_type, ("uint64", "string"))
+    prefix = _str(d, "id_prefix", where, default.id_prefix)
+    if len(prefix) > 64 or not prefix.isprintable():
+        raise PlanError(f"{where}.id_prefix: at most 64 printable characters")
+    id_range = _id_pair(d["id_range"], f"{where}.id_range") if "id_range" in d else default.id_range
+    if id_range[1] - id_range[0] < 2:
+        raise PlanError(f"{where}.id_range: needs at least 2 IDs (the first is preflight's)")
+    max_live = _int(d, "max_live", where, 0)
+    if not 0 <= max_live <= MAX_LIVE_SEQUENCES:
+        raise PlanError(f"{where}.max_live: must be from 0 to {MAX_LIVE_SEQUENCES}")
+    drain = parse_duration(d.get("drain_s", default.drain_s), f"{where}.drain_s")
+    if not 0 <= drain <= 60:
+        raise PlanError(f"{where}.drain_s: must be from 0 to 60 s")
+    check = _str(d, "check", where, "")
+    if check and (check.count(":") != 1 or not all(check.split(":"))):
+        raise PlanError(f"{where}.check: expected INPUT:OUTPUT, got {shown(check)}")
+    ranges = tuple(
+        _id_pair(x, f"{where}.agent_ranges[{i}]")
+        for i, x in enumerate(_list(d.get("agent_ranges"), f"{where}.agent_ranges"))
+    )
+    if len(ranges) > 10_000:
+        raise PlanError(f"{where}.agent_ranges: more than 10000 agents")
+    for i in range(1, len(ranges)):
+        if ranges[i][0] < ranges[i - 1][1]:
+            raise PlanError(f"{where}.agent_ranges: ranges overlap or are out of order")
+    cd = _dict(d.get("controls"), f"{where}.controls")
+    _check_keys(cd, {f.name for f in fields(SequenceControls)}, f"{where}.controls")
+    controls = SequenceControls(
+        **{f.name: _str(cd, f.name, f"{where}.controls", "") for f in fields(SequenceControls)}
+    )
+    return SequenceSpec(
+        length=length,
+        think_ms=think,
+        id_type=cast(Any, id_type),
+        id_prefix=prefix,
+        id_range=id_range,
+        max_live=max_live,
+        drain_s=drain,
+        check=check,
+        agent_ranges=ranges,
+        controls=controls,
+    )
+
+
 def plan_from_dict(data: object) -> Plan:
     """Validate a plan document (from YAML/JSON) into a Plan; PlanError names the bad field."""
     d = _dict(data, "plan")
@@ -588,7 +669,7 @@ def plan_from_dict(data: object) -> Plan:
     raw = d.get("raw_records", True)
     if not isinstance(raw, bool):
         raise PlanError("plan.raw_records: expected true or false")
-    return Plan(
+    plan = Plan(
         target=target,
         model=model,
         name=name,
@@ -615,7 +696,22 @@ def plan_from_dict(data: object) -> Plan:
         tls=_tls(d.get("tls")),
         headers=tuple(_header(x, i) for i, x in enumerate(_list(d.get("headers"), "plan.headers"))),
         models=models,
+        sequence=_sequence(d.get("sequence")),
+        composing_models=_str_list(d.get("composing_models"), "plan.composing_models"),
+        ensemble_steps=_str_list(d.get("ensemble_steps"), "plan.ensemble_steps"),
     )
+    if plan.sequence is not None:
+        if plan.models:
+            raise PlanError("plan.sequence: not with mixed traffic (plan.models): one model")
+        if plan.transport != "unary":
+            raise PlanError("plan.sequence: sequences are sent over gRPC unary or HTTP")
+        if plan.protocol == "http" and plan.sequence.check:
+            raise PlanError("plan.sequence.check: reads gRPC responses (use protocol grpc)")
+        if plan.compression != "none":
+            raise PlanError("plan.sequence: not with compression (requests are framed per step)")
+        if plan.load.arrival == "trace":
+            raise PlanError("plan.sequence: a trace gives request times, not sequence starts")
+    return plan
 
 
 def check_resolved(plan: Plan) -> None:

@@ -499,6 +499,9 @@ class TimingBatch(_message.Message):
     SHAPE_ID_FIELD_NUMBER: _builtins.int
     MODEL_ID_FIELD_NUMBER: _builtins.int
     INPUT_SHAPES_FIELD_NUMBER: _builtins.int
+    SEQ_ID_FIELD_NUMBER: _builtins.int
+    SEQ_STEP_FIELD_NUMBER: _builtins.int
+    SEQ_FLAGS_FIELD_NUMBER: _builtins.int
     count: _builtins.int
     index: _builtins.bytes
     """int64: position in the global schedule (-1 closed loop)"""
@@ -522,6 +525,15 @@ class TimingBatch(_message.Message):
     """uint16: index into input_shapes"""
     model_id: _builtins.bytes
     """uint16: index into the plan's model list"""
+    seq_id: _builtins.bytes
+    """Sequences (issue 16): the correlation ID, the step's position in its sequence and
+    its flags (volley.records SEQ_*); all zero for a request outside a sequence.
+    uint64
+    """
+    seq_step: _builtins.bytes
+    """uint16: 0 = the sequence's first step"""
+    seq_flags: _builtins.bytes
+    """uint8: FIRST 1, LAST 2, FAILED 4, CLEANUP 8, CUT 16"""
     @_builtins.property
     def input_shapes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Input shapes referenced by shape_id, as text like "1x224x224x3"."""
@@ -542,10 +554,13 @@ class TimingBatch(_message.Message):
         shape_id: _builtins.bytes = ...,
         model_id: _builtins.bytes = ...,
         input_shapes: _abc.Iterable[_builtins.str] | None = ...,
+        seq_id: _builtins.bytes = ...,
+        seq_step: _builtins.bytes = ...,
+        seq_flags: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "count", b"count", "done_ns", b"done_ns", "index", b"index", "input_shapes", b"input_shapes", "intended_ns", b"intended_ns", "model_id", b"model_id", "req_bytes", b"req_bytes", "resp_bytes", b"resp_bytes", "sent_ns", b"sent_ns", "shape_id", b"shape_id", "status", b"status", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "count", b"count", "done_ns", b"done_ns", "index", b"index", "input_shapes", b"input_shapes", "intended_ns", b"intended_ns", "model_id", b"model_id", "req_bytes", b"req_bytes", "resp_bytes", b"resp_bytes", "sent_ns", b"sent_ns", "seq_flags", b"seq_flags", "seq_id", b"seq_id", "seq_step", b"seq_step", "shape_id", b"shape_id", "status", b"status", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
