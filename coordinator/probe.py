@@ -119,6 +119,12 @@ class _Sink:
         if st is not None and not st[0].done():
             st[0].set_result((grpc_status, message, b"", ""))
 
+    def on_refused(self, conn: H2Connection, sid: int, message: str) -> None:
+        self.on_reset(conn, sid, 14, message)  # a probe is not retried: UNAVAILABLE
+
+    def on_goaway(self, conn: H2Connection) -> None:
+        pass
+
     def on_connection_lost(self, conn: H2Connection, message: str) -> None:
         for st in self.calls.values():
             if not st[0].done():
