@@ -51,6 +51,10 @@ class AgentInfo:
     invalid_records: int = 0
     #: what it got wrong: fault kind -> records (record faults) or events (the others)
     faults: Counter[str] = field(default_factory=Counter)
+    #: requests its transport sent again (never processed by the server), and
+    #: connections it opened to replace closed or drained ones (its last status)
+    retried: int = 0
+    reconnects: int = 0
 
 
 def hist_ms(h: LogHistogram) -> Percentiles:
@@ -255,6 +259,8 @@ def _agent_row(
         "saturation": why,
         "invalid_records": info.invalid_records,
         "faults": dict(sorted(info.faults.items())),
+        "retried": info.retried,
+        "reconnects": info.reconnects,
     }
 
 

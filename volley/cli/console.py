@@ -204,7 +204,12 @@ def _print_agents(con: Console, agents: list[AgentRow]) -> None:
         "clock ±",
         "start skew",
         "CPU µs/req",
-        caption="late: send lateness; clock: offset from this machine ± uncertainty",
+        "retried",
+        "reconnects",
+        caption=(
+            "late: send lateness; clock: offset from this machine ± uncertainty; retried: "
+            "sent again, never processed by the server (GOAWAY, refused, closed idle)"
+        ),
     )
     for a in agents:
         offset = (
@@ -231,6 +236,8 @@ def _print_agents(con: Console, agents: list[AgentRow]) -> None:
             offset,
             skew,
             cpu,
+            str(a.get("retried", 0)),
+            str(a.get("reconnects", 0)),
         )
     con.print(load)
     con.print()
