@@ -9,7 +9,7 @@ PYTRITON := nvidia-pytriton==0.7.0
 DEMO_RATE ?= 200
 DEMO_DURATION ?= 20s
 
-.PHONY: install demo test test-fast lint typecheck proto bench clean browser
+.PHONY: install demo test test-fast lint typecheck proto bench clean browser nginx
 
 install: $(VENV)/.installed $(TVENV)/.installed
 
@@ -43,7 +43,15 @@ browser:
 	      { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; \
 	  else echo "chromium not installed and not root: the report browser tests will skip"; fi; }
 
-test: install lint browser
+# nginx for the proxy tests (Debian's nginx-light: grpc_pass, HTTP/2; needs root to install).
+nginx:
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light >/dev/null || \
+	      { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light >/dev/null; }; \
+	  else echo "nginx not installed and not root: the proxy tests will skip"; fi; }
+
+test: install lint browser nginx
 	$(PYTHON) -m pytest -q -ra tests
 
 test-fast: $(VENV)/.installed
