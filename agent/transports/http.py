@@ -358,11 +358,15 @@ class Http(Transport):
             if conn.served and not conn.answered and st.tries < MAX_TRIES and not self.closing:
                 # written as the server closed its idle connection: never processed
                 self.busy.pop(conn, None)
-                self._resend(st)
-            else:
-                self.last_error = message
-                self.finish(conn, st, rc.UNAVAILABLE, 0)
-        if self.waiting and not self.closing and self.total + self.opening < self.limit:
+                self._resend(st)  # (opens a connection for it if one is needed)
+                return
+            self.last_error = message
+            self.finish(conn, st, rc.UNAVAILABLE, 0)
+        if (
+            len(self.waiting) > self.opening
+            and not self.closing
+            and self.total + self.opening < self.limit
+        ):
             self.loop.create_task(self._grow())
 
     def _fail_waiting(self, status: int) -> None:
