@@ -14,7 +14,7 @@ from coordinator.probe import Probe, ProbeError, make_probe
 from volley import inputs as vin
 from volley.dist import fmt_bytes
 from volley.inputs import resolve_specs
-from volley.plan import ModelSpec, Plan, PlanError, plan_models
+from volley.plan import HttpBody, ModelSpec, Plan, PlanError, plan_models
 from volley.request import PoolDescription, RequestPool, build_plan_pool
 from volley.wire.payloads import build_payloads
 
@@ -128,6 +128,20 @@ async def fetch_model_info(probe: Probe, plan: Plan, name: str, version: str) ->
     return ModelInfo(mname, versions, inputs, outputs, mbs, config)
 
 
+#: What Triton's server metadata lists when it takes binary tensor data over HTTP.
+BINARY_TENSOR_EXTENSION = "binary_tensor_data"
+
+
+async def choose_http_body(probe: Probe) -> HttpBody:
+    """HTTP bodies for `http_body: auto`: binary where the server lists Triton's binary
+    tensor extension, else plain KServe v2 JSON (which every KServe v2 server takes)."""
+    try:
+        meta = await probe.server_metadata()
+    except ProbeError:
+        return "json"
+    return "binary" if BINARY_TENSOR_EXTENSION in meta.get("extensions", []) else "json"
+
+
 async def preflight(plan: Plan, timeout: float = 5.0) -> Plan:
     """Check the target and every model, resolve inputs, probe. Returns the resolved plan."""
     return (await preflight_check(plan, timeout)).plan
@@ -173,6 +187,13 @@ async def _preflight_model(
             f"model {m.name!r} rejected the probe request (the largest payload, "
             f"{fmt_bytes(wire.req_bytes)}): {why}"
         )
+    if plan.transport == "stream":  # the load's own method, probed before any load
+        why = await probe.stream_infer(wire)
+        if why:
+            raise PreflightError(
+                f"transport 'stream' needs ModelStreamInfer on {plan.target}: {why}; "
+                "use --transport unary"
+            )
     resolved = dataclasses.replace(
         m, inputs=one.inputs, outputs=one.outputs, max_batch_size=one.max_batch_size
     )
@@ -197,6 +218,8 @@ async def preflight_check(plan: Plan, timeout: float = 5.0) -> PreflightResult:
             raise PreflightError(
                 str(exc) if str(exc).startswith("target") else f"target {plan.target}: {exc}"
             ) from None
+        if plan.protocol == "http" and plan.http_body == "auto":
+            plan = dataclasses.replace(plan, http_body=await choose_http_body(probe))
         results = [await _preflight_model(probe, plan, m) for m in plan_models(plan)]
     finally:
         await probe.close()

@@ -25,7 +25,7 @@ from volley.plan import Plan
 from volley.request import check_http_response, check_response
 from volley.target import SENSITIVE, client_ssl_context, read_access, target_host_port
 from volley.wire import h2
-from volley.wire.grpc import USER_AGENT, grpc_timeout_header, grpc_unframe
+from volley.wire.grpc import USER_AGENT, grpc_frame, grpc_timeout_header, grpc_unframe
 from volley.wire.h2 import H2Connection, HeaderInfo
 from volley.wire.http1 import dechunk
 from volley.wire.payloads import Wire
@@ -82,6 +82,10 @@ class Probe:
     async def infer(self, wire: Wire) -> str:
         """'' when the probe request succeeded and its response checks out, else why not."""
         raise NotImplementedError
+
+    async def stream_infer(self, wire: Wire) -> str:
+        """The same over ModelStreamInfer (gRPC only): '' when it answered, else why not."""
+        return "ModelStreamInfer is a gRPC method"
 
     async def statistics(self, name: str = "", version: str = "") -> Snapshot:
         """Triton's cumulative statistics of a model's versions (of every model: name "");
@@ -283,6 +287,25 @@ class GrpcProbe(Probe):
             return str(exc)
         if not check_response(msg, wire.expected_outputs):
             return "probe response lacks its outputs"
+        return ""
+
+    async def stream_infer(self, wire: Wire) -> str:
+        """One request on a ModelStreamInfer stream, half-closed at once: a server with
+        the method answers it and ends the stream."""
+        try:
+            msg = await self._call("ModelStreamInfer", grpc_frame(wire.msg, "none"))
+        except ProbeError as exc:
+            if exc.code == "UNIMPLEMENTED":
+                return f"the server does not implement ModelStreamInfer ({exc})"
+            return str(exc)
+        try:
+            r = service_pb2.ModelStreamInferResponse.FromString(msg)
+        except Exception:  # protobuf's DecodeError and friends
+            return "ModelStreamInfer answered with a malformed response"
+        if r.error_message:
+            return f"ModelStreamInfer answered an error: {r.error_message.splitlines()[0]}"
+        if len(r.infer_response.outputs) < wire.expected_outputs:
+            return "ModelStreamInfer's response lacks its outputs"
         return ""
 
     async def statistics(self, name: str = "", version: str = "") -> Snapshot:

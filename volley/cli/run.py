@@ -51,6 +51,15 @@ Connections = Annotated[
 Compression = Annotated[
     str | None, option(PANEL_TARGET, "Request compression: none, gzip or deflate.")
 ]
+HttpBody = Annotated[
+    str | None,
+    option(
+        PANEL_TARGET,
+        "HTTP request bodies: binary (Triton's binary tensor extension), json (plain "
+        "KServe v2 JSON, for servers without it, e.g. MLServer) or auto (default: from the "
+        "server metadata's extensions).",
+    ),
+]
 Timeout = Annotated[str | None, option(PANEL_TARGET, "Per-request timeout, e.g. 10s.")]
 HeaderFile = Annotated[
     list[str] | None,
@@ -192,6 +201,7 @@ def run(
     transport: Transport = None,
     connections: Connections = None,
     compression: Compression = None,
+    http_body: HttpBody = None,
     timeout: Timeout = None,
     header_file: HeaderFile = None,
     header_env: HeaderEnv = None,
@@ -273,6 +283,7 @@ def run(
             "transport": transport,
             "connections": connections,
             "compression": compression,
+            "http_body": http_body,
         }
         _target_options(
             plan_file,

@@ -13,6 +13,9 @@ Arrival = Literal["constant", "poisson", "trace"]
 Protocol = Literal["grpc", "http"]
 Transport = Literal["unary", "stream", "grpcio"]
 Compression = Literal["none", "gzip", "deflate"]
+#: KServe v2 HTTP request bodies: Triton's binary tensor extension or plain JSON; "auto"
+#: is resolved in preflight from the server metadata's extensions.
+HttpBody = Literal["auto", "binary", "json"]
 
 #: Hard bounds so no plan can make an agent allocate without limit.
 MAX_DURATION_S = 7 * 24 * 3600.0
@@ -246,6 +249,8 @@ class Plan:
     #: Connections to the target per agent worker (HTTP/2 multiplexes streams on each).
     connections: int = 1
     compression: Compression = "none"
+    #: HTTP: binary tensor extension (Triton's `binary_tensor_data`) or KServe v2 JSON
+    http_body: HttpBody = "auto"
     tls: TlsSpec | None = None
     headers: tuple[HeaderSpec, ...] = ()
     #: Mixed traffic: several models sharing the one arrival process by weight. Empty:

@@ -33,6 +33,7 @@ from volley.plan.spec import (
     Compression,
     DataItem,
     HeaderSpec,
+    HttpBody,
     InputSpec,
     LoadSpec,
     Mode,
@@ -612,6 +613,9 @@ def plan_from_dict(data: object) -> Plan:
         ),
         connections=connections,
         compression=compression,
+        http_body=cast(
+            HttpBody, _choice(d, "http_body", "plan", "auto", ("auto", "binary", "json"))
+        ),
         tls=_tls(d.get("tls")),
         headers=tuple(_header(x, i) for i, x in enumerate(_list(d.get("headers"), "plan.headers"))),
         models=models,
