@@ -204,12 +204,7 @@ def _print_agents(con: Console, agents: list[AgentRow]) -> None:
         "clock ±",
         "start skew",
         "CPU µs/req",
-        "retried",
-        "reconnects",
-        caption=(
-            "late: send lateness; clock: offset from this machine ± uncertainty; retried: "
-            "sent again, never processed by the server (GOAWAY, refused, closed idle)"
-        ),
+        caption="late: send lateness; clock: offset from this machine ± uncertainty",
     )
     for a in agents:
         offset = (
@@ -236,8 +231,6 @@ def _print_agents(con: Console, agents: list[AgentRow]) -> None:
             offset,
             skew,
             cpu,
-            str(a.get("retried", 0)),
-            str(a.get("reconnects", 0)),
         )
     con.print(load)
     con.print()
