@@ -303,6 +303,11 @@ class GrpcProbe(Probe):
         except Exception:  # protobuf's DecodeError and friends
             return "ModelStreamInfer answered with a malformed response"
         if r.error_message:
+            if _is_plain_infer_response(msg):  # e.g. MLServer's streaming endpoint
+                return (
+                    "the server's ModelStreamInfer is not Triton's (it answers plain "
+                    "ModelInferResponse messages, not ModelStreamInferResponse)"
+                )
             return f"ModelStreamInfer answered an error: {r.error_message.splitlines()[0]}"
         if len(r.infer_response.outputs) < wire.expected_outputs:
             return "ModelStreamInfer's response lacks its outputs"
@@ -315,6 +320,15 @@ class GrpcProbe(Probe):
             service_pb2.ModelStatisticsResponse,
         )
         return parse(r)
+
+
+def _is_plain_infer_response(msg: bytes) -> bool:
+    """A ModelInferResponse with outputs (its field 1, model_name, reads as a
+    ModelStreamInferResponse's error_message)."""
+    try:
+        return bool(service_pb2.ModelInferResponse.FromString(msg).outputs)
+    except Exception:  # protobuf's DecodeError
+        return False
 
 
 class HttpProbe(Probe):
