@@ -183,6 +183,12 @@ async def _preflight_model(
     except ProbeError as exc:
         why = str(exc)
     if why:
+        if plan.protocol == "http" and plan.http_body == "binary":
+            if await choose_http_body(probe) == "json":
+                why += (
+                    f" (the server does not list Triton's {BINARY_TENSOR_EXTENSION} "
+                    "extension: use --http-body json)"
+                )
         raise PreflightError(
             f"model {m.name!r} rejected the probe request (the largest payload, "
             f"{fmt_bytes(wire.req_bytes)}): {why}"

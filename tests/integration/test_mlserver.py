@@ -66,5 +66,6 @@ async def test_stream_transport_is_refused_in_preflight(
 async def test_binary_bodies_are_refused_in_preflight(
     mlserver: MLServerEndpoint,  # noqa: F811
 ) -> None:
-    with pytest.raises(PreflightError, match="rejected the probe request"):
+    with pytest.raises(PreflightError, match="rejected the probe request") as err:
         await preflight_check(plan_from_dict(_doc(mlserver, "http", http_body="binary")))
+    assert "binary_tensor_data extension: use --http-body json" in str(err.value)
