@@ -183,12 +183,12 @@ async def _preflight_model(
     except ProbeError as exc:
         why = str(exc)
     if why:
-        if plan.protocol == "http" and plan.http_body == "binary":
-            if await choose_http_body(probe) == "json":
-                why += (
-                    f" (the server does not list Triton's {BINARY_TENSOR_EXTENSION} "
-                    "extension: use --http-body json)"
-                )
+        binary = plan.protocol == "http" and plan.http_body == "binary"
+        if binary and await choose_http_body(probe) == "json":
+            why += (
+                f" (the server does not list Triton's {BINARY_TENSOR_EXTENSION} "
+                "extension: use --http-body json)"
+            )
         raise PreflightError(
             f"model {m.name!r} rejected the probe request (the largest payload, "
             f"{fmt_bytes(wire.req_bytes)}): {why}"
@@ -204,6 +204,67 @@ async def _preflight_model(
         m, inputs=one.inputs, outputs=one.outputs, max_batch_size=one.max_batch_size
     )
     return resolved, described, info
+
+
+def read_json_bodies(plan: Plan) -> Plan:
+    """protocol json: the bodies file (JSON Lines: one JSON document a line, blank lines
+    skipped) read here, on the coordinator, into the plan; agents never read files."""
+    spec = plan.json_service
+    if spec is None or spec.bodies or not spec.bodies_file:
+        return plan
+    from volley.plan.service import json_service_from
+
+    try:
+        with open(spec.bodies_file, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PreflightError(f"json bodies file {spec.bodies_file}: {exc}") from None
+    bodies = [line for line in lines if line]
+    if not bodies:
+        raise PreflightError(f"json bodies file {spec.bodies_file}: no bodies in it")
+    raw = {
+        "path": spec.path,
+        "bodies": bodies,
+        "bodies_file": spec.bodies_file,
+        "expect_status": spec.expect_status,
+        "expect_field": spec.expect_field,
+    }
+    try:
+        checked = json_service_from(raw, plan.inputs)
+    except PlanError as exc:
+        raise PreflightError(f"json bodies file {spec.bodies_file}: {exc}") from None
+    return dataclasses.replace(plan, json_service=checked)
+
+
+async def _preflight_json(probe: Probe, plan: Plan) -> PreflightResult:
+    """A plain JSON service: inputs take their datatype from the plan (FP32 by default)
+    and their shape as given; the pool is built as every worker will, and its largest
+    body is POSTed once and must be answered as the plan expects."""
+    plan = read_json_bodies(plan)
+    inputs = tuple(
+        dataclasses.replace(s, datatype=s.datatype or "FP32", model_dims=s.shape)
+        for s in plan.inputs
+    )
+    plan = dataclasses.replace(plan, inputs=inputs)
+    try:
+        plan = vin.embed_sources(plan)
+        payloads = build_payloads(plan, headers=probe.headers)
+    except PlanError as exc:
+        raise PreflightError(str(exc)) from None
+    pool = payloads.pools[0]
+    check_pool(plan, pool)
+    wire = max(payloads.wires, key=lambda w: w.req_bytes)
+    try:
+        why = await probe.infer(wire)
+    except ProbeError as exc:
+        why = str(exc)
+    if why:
+        raise PreflightError(
+            f"{plan.target}{plan.json_service.path if plan.json_service else ''} refused the "
+            f"probe request (the largest body, {fmt_bytes(wire.req_bytes)}): {why}"
+        )
+    info = ModelInfo(plan.model, (), (), (), 0, {})
+    return PreflightResult(plan, pool.describe(), info)
 
 
 async def preflight_check(plan: Plan, timeout: float = 5.0) -> PreflightResult:
@@ -224,6 +285,8 @@ async def preflight_check(plan: Plan, timeout: float = 5.0) -> PreflightResult:
             raise PreflightError(
                 str(exc) if str(exc).startswith("target") else f"target {plan.target}: {exc}"
             ) from None
+        if plan.protocol == "json":
+            return await _preflight_json(probe, plan)
         if plan.protocol == "http" and plan.http_body == "auto":
             plan = dataclasses.replace(plan, http_body=await choose_http_body(probe))
         results = [await _preflight_model(probe, plan, m) for m in plan_models(plan)]

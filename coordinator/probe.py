@@ -534,5 +534,44 @@ class HttpProbe(Probe):
             raise ProbeError(str(exc)) from None
 
 
+class JsonProbe(HttpProbe):
+    """A plain JSON prediction service (protocol json): no KServe v2 endpoints, only the
+    service's own POST. It is live and ready when it answers; it has no models,
+    metadata or statistics (the monitor says so in one line)."""
+
+    NO_STATS = "a plain JSON service has no model statistics"
+
+    async def live(self) -> bool:
+        return True
+
+    async def ready(self) -> bool:
+        return True
+
+    async def model_ready(self, name: str, version: str) -> bool:
+        return True
+
+    async def server_metadata(self) -> ServerInfo:
+        raise ProbeError(self.NO_STATS, "NONE")
+
+    async def config(self, name: str, version: str) -> dict[str, Any]:
+        return {}
+
+    async def infer(self, wire: Wire) -> str:
+        from volley.wire.json_service import answer_ok
+
+        spec = self.plan.json_service
+        status, _, body = await self.request("POST", "", wire.body, head=wire.head)
+        if spec is None or answer_ok(status, body, spec):
+            return ""
+        if spec.expect_field and (200 <= status < 300 or status == spec.expect_status):
+            return f"the answer has no field {spec.expect_field!r}"
+        return self._why(status, body)
+
+    async def statistics(self, name: str = "", version: str = "") -> Snapshot:
+        raise ProbeError(self.NO_STATS, "NONE")
+
+
 def make_probe(plan: Plan, timeout: float) -> Probe:
+    if plan.protocol == "json":
+        return JsonProbe(plan, timeout)
     return HttpProbe(plan, timeout) if plan.protocol == "http" else GrpcProbe(plan, timeout)

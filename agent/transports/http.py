@@ -33,6 +33,7 @@ from volley.plan import Plan
 from volley.request import check_http_response
 from volley.target import TargetAccess
 from volley.wire.http1 import dechunk
+from volley.wire.json_service import answer_ok
 from volley.wire.payloads import Payloads
 
 #: Hard bound on connections per worker (each is a socket and a server slot).
@@ -188,6 +189,16 @@ class H1Conn(asyncio.Protocol):
         self.st = None
         self.served += 1
         status = self.status
+        spec = self.owner.json_service
+        if spec is not None:  # a plain JSON service: its own notion of a good answer
+            if answer_ok(status, body, spec):
+                code = rc.OK
+            elif 200 <= status < 300 or not 0 < status < 1000:
+                code = rc.BAD_RESPONSE
+            else:
+                code = rc.HTTP_ERROR_BASE + status
+            self.owner.finish(self, st, code, len(body))
+            return
         if status != 200:
             code = rc.HTTP_ERROR_BASE + status if 0 < status < 1000 else rc.BAD_RESPONSE
             self.owner.finish(self, st, code, len(body))
@@ -230,6 +241,8 @@ class Http(Transport):
     ) -> None:
         super().__init__(plan, payloads, complete, clock, start_ns, access)
         self.heads = [w.head for w in self.wires]
+        #: protocol json: the plain JSON service's answer check (None: KServe v2)
+        self.json_service = plan.json_service if plan.protocol == "json" else None
         self.idle: list[H1Conn] = []
         self.busy: dict[H1Conn, None] = {}  #: in send order (for timeouts)
         self.opening = 0

@@ -36,8 +36,9 @@ NUMERIC = [
     ("INT16", np.array([-32768, 7], "<i2"), [-32768, 7]),
     ("INT32", np.array([-(2**31), 5], "<i4"), [-(2**31), 5]),
     ("INT64", np.array([-(2**63), 2**63 - 1], "<i8"), [-(2**63), 2**63 - 1]),
-    ("FP16", np.array([0.5, -1.25, 65504.0], "<f2"), [0.5, -1.25, 65504.0]),
-    ("FP32", np.array([0.1, -3.5], "<f4"), [float(np.float32(0.1)), -3.5]),
+    # the shortest decimal that reads back as the same FP16: 65500 is FP16's 65504
+    ("FP16", np.array([0.5, -1.25, 65504.0], "<f2"), [0.5, -1.25, 65500.0]),
+    ("FP32", np.array([0.1, -3.5], "<f4"), [0.1, -3.5]),
     ("FP64", np.array([0.1, 1e300], "<f8"), [0.1, 1e300]),
     # BF16: the top 16 bits of a float32 (1.0 = 0x3F80, -2.5 = 0xC020)
     ("BF16", np.array([0x3F80, 0xC020], "<u2"), [1.0, -2.5]),
@@ -54,7 +55,10 @@ def test_every_numeric_datatype_is_json_numbers(
         "inputs": [{"name": "X", "shape": [len(values)], "datatype": datatype, "data": expected}],
         "outputs": [{"name": "OUT"}],
     }
-    assert all(type(v) is type(e) for v, e in zip(doc["inputs"][0]["data"], expected, strict=True))
+    data = doc["inputs"][0]["data"]
+    assert all(type(v) is type(e) for v, e in zip(data, expected, strict=True))
+    if datatype not in ("BF16", "BOOL"):  # read back: the very same tensor
+        assert np.asarray(data, values.dtype).tobytes() == values.tobytes()
 
 
 def test_bytes_are_strings_and_shapes_stay() -> None:
@@ -95,7 +99,8 @@ def test_plan_http_body_json_frames_json_requests() -> None:
     assert wire.head.endswith(b"Content-Length: %d\r\n\r\n" % len(wire.body))
     got = json.loads(wire.body)
     sent = service_pb2.ModelInferRequest.FromString(wire.msg)
-    assert got["inputs"][0]["data"] == np.frombuffer(sent.raw_input_contents[0], "<f4").tolist()
+    data = np.asarray(got["inputs"][0]["data"], "<f4")  # the same float32 values, exactly
+    assert data.tobytes() == sent.raw_input_contents[0]
     binary = build_payloads(plan_from_dict({**doc, "http_body": "binary"})).wires[0]
     assert b"Inference-Header-Content-Length" in binary.head
     with pytest.raises(PlanError, match="http_body"):

@@ -10,7 +10,9 @@ import yaml
 
 Mode = Literal["open", "closed"]
 Arrival = Literal["constant", "poisson", "trace"]
-Protocol = Literal["grpc", "http"]
+#: grpc / http: KServe v2 (gRPC, REST); json: a plain JSON prediction service (POST a
+#: JSON document to a path, 2xx is success; see JsonServiceSpec)
+Protocol = Literal["grpc", "http", "json"]
 Transport = Literal["unary", "stream", "grpcio"]
 Compression = Literal["none", "gzip", "deflate"]
 #: KServe v2 HTTP request bodies: Triton's binary tensor extension or plain JSON; "auto"
@@ -165,6 +167,26 @@ class PoolSpec:
 
 
 @dataclass(frozen=True)
+class JsonServiceSpec:
+    """protocol json: what is POSTed, where, and what counts as a good answer.
+
+    Bodies come from `template` (a JSON document in which a string "$NAME" stands for
+    input NAME's value, drawn like any input: a scalar for shape [], else nested lists)
+    or from `bodies` (whole JSON documents, e.g. the lines of a JSONL file, picked
+    uniformly by the seed; the coordinator reads `bodies_file` into them)."""
+
+    path: str = "/"
+    template: str = ""
+    bodies: tuple[str, ...] = ()
+    bodies_file: str = ""
+    #: the status a good answer has (0: any 2xx)
+    expect_status: int = 0
+    #: a dotted path that must be present in the JSON answer ("" = not checked), e.g.
+    #: "predictions" or "result.0.label"
+    expect_field: str = ""
+
+
+@dataclass(frozen=True)
 class TlsSpec:
     """TLS to the target. Paths are read by the coordinator (where `volley run` runs);
     agents get the files' contents in memory and never open a path a plan names."""
@@ -251,6 +273,8 @@ class Plan:
     compression: Compression = "none"
     #: HTTP: binary tensor extension (Triton's `binary_tensor_data`) or KServe v2 JSON
     http_body: HttpBody = "auto"
+    #: protocol json: the plain JSON service's bodies and checks
+    json_service: JsonServiceSpec | None = None
     tls: TlsSpec | None = None
     headers: tuple[HeaderSpec, ...] = ()
     #: Mixed traffic: several models sharing the one arrival process by weight. Empty:

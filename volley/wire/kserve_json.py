@@ -4,7 +4,8 @@ Servers other than Triton (MLServer, KServe's own runtimes) take tensors only as
 `data` arrays. `json_infer_body` derives that body from the serialized gRPC request the
 pool already built, so the JSON body, the binary body and the gRPC message all carry the
 very same tensors. Per the KServe v2 protocol: BOOL as true/false, integers as numbers,
-FP16/BF16/FP32/FP64 as numbers (FP16 and BF16 widened exactly to float), BYTES as
+FP16/BF16/FP32/FP64 as numbers (FP16/BF16/FP32 as the shortest decimal that reads
+back as the same value at their precision), BYTES as
 strings (UTF-8; bytes that are not UTF-8 cannot be sent as JSON and are refused),
 `data` flattened in row-major order. Outputs are asked for by name, without
 `binary_data`, so the response is JSON too.
@@ -13,7 +14,6 @@ strings (UTF-8; bytes that are not UTF-8 cannot be sent as JSON and are refused)
 from __future__ import annotations
 
 import json
-import math
 import struct
 
 import numpy as np
@@ -75,10 +75,15 @@ def tensor_data(datatype: str, raw: bytes, name: str) -> list[object]:
     arr = np.frombuffer(raw, dt)
     if datatype == "BF16":  # the top half of a float32: widened exactly
         arr = (arr.astype("<u4") << 16).view("<f4")
-    values: list[object] = arr.tolist()
-    if arr.dtype.kind == "f" and not all(math.isfinite(v) for v in values):  # type: ignore[arg-type]
+    if arr.dtype.kind != "f":
+        ints: list[object] = arr.tolist()
+        return ints
+    if not np.isfinite(arr).all():
         raise PlanError(f"input {name!r}: NaN or infinity has no JSON form")
-    return values
+    if arr.dtype.itemsize < 8:  # the shortest decimal that reads back as the same value
+        return [float(str(x)) for x in arr]
+    floats: list[object] = arr.tolist()
+    return floats
 
 
 def json_infer_body(grpc_body: bytes) -> bytes:

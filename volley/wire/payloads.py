@@ -78,6 +78,8 @@ def build_payloads(plan: Plan, seed: int = 0, headers: Sequence[tuple[str, str]]
     callers), so every worker of every agent builds the same ones. HTTP request heads
     carry `headers` (volley.target.TargetAccess.headers: values, never read here)."""
     del seed
+    if plan.protocol == "json":
+        return _json_payloads(plan, headers)
     wires: list[Wire] = []
     shapes: list[str] = []
     ranges: list[tuple[int, int]] = []
@@ -135,6 +137,28 @@ def build_payloads(plan: Plan, seed: int = 0, headers: Sequence[tuple[str, str]]
         ranges.append((first, len(wires) - first))
     mix = ModelMix([m.weight for m in models], plan.seed)
     return Payloads(wires, shapes, ranges, mix, pools)
+
+
+def _json_payloads(plan: Plan, headers: Sequence[tuple[str, str]]) -> Payloads:
+    """protocol json: one pool of JSON bodies, POSTed to the service's path."""
+    from volley.wire.json_service import json_head, json_pool
+
+    pool = json_pool(plan)
+    head = json_head(plan, headers)
+    wires = [
+        Wire(
+            p.body,
+            p.body,
+            len(p.body),
+            p.shape_id,
+            p.batch_size,
+            0,
+            0,
+            head + b"Content-Length: %d\r\n\r\n" % len(p.body),
+        )
+        for p in pool.payloads
+    ]
+    return Payloads(wires, pool.shapes, [(0, len(wires))], ModelMix([1.0], plan.seed), [pool])
 
 
 def _http_encode(body: bytes, compression: str) -> bytes:
