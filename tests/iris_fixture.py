@@ -1,7 +1,8 @@
 """The seed's plain JSON prediction service: FastAPI + uvicorn serving the iris ONNX model
 (examples/iris_service: trained from scikit-learn's bundled iris data, exported with
 skl2onnx, run by onnxruntime), from `.venv-mlserver`. The model is `make install`'s
-build/iris.onnx, or trained here into the test's folder. One server per test module."""
+triton_models/iris/1/iris.onnx, or trained here into the test's folder. One server per
+test module."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from tests.triton_fixture import REPO_ROOT, in_ci
 
 VENV = REPO_ROOT / ".venv-mlserver" / "bin"
 SERVICE = REPO_ROOT / "examples" / "iris_service"
-BUILT = REPO_ROOT / "build" / "iris.onnx"
+BUILT = REPO_ROOT / "triton_models" / "iris" / "1" / "iris.onnx"
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """A plain JSON prediction service of the seed's shape: FastAPI + uvicorn serving the iris
 ONNX model (train.py) with onnxruntime.
 
-    IRIS_MODEL=build/iris.onnx .venv-mlserver/bin/uvicorn --app-dir examples/iris_service \\
-        app:app --host 127.0.0.1 --port 8000
+    IRIS_MODEL=triton_models/iris/1/iris.onnx .venv-mlserver/bin/uvicorn \\
+        --app-dir examples/iris_service app:app --host 127.0.0.1 --port 8000
 
 POST /predict {"features": [[5.1, 3.5, 1.4, 0.2], ...]} (or one row [5.1, 3.5, 1.4, 0.2])
 -> {"predictions": ["setosa", ...], "probabilities": [[...], ...]}; GET /health.
@@ -19,7 +19,8 @@ from pydantic import BaseModel
 
 CLASSES = ("setosa", "versicolor", "virginica")
 session = ort.InferenceSession(
-    os.environ.get("IRIS_MODEL", "build/iris.onnx"), providers=["CPUExecutionProvider"]
+    os.environ.get("IRIS_MODEL", "triton_models/iris/1/iris.onnx"),
+    providers=["CPUExecutionProvider"],
 )
 input_name = session.get_inputs()[0].name
 app = FastAPI(title="iris")

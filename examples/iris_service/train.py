@@ -1,9 +1,10 @@
 """Train the iris classifier from scikit-learn's bundled iris data and export it as ONNX.
 
-Run at build time (`make install` writes build/iris.onnx), in `.venv-mlserver`, which has
+Run at build time (`make install` writes triton_models/iris/1/iris.onnx, which Triton's
+iris model and the FastAPI iris service both run), in `.venv-mlserver`, which has
 scikit-learn and skl2onnx; no download: the iris data ships inside scikit-learn.
 
-    .venv-mlserver/bin/python examples/iris_service/train.py build/iris.onnx
+    .venv-mlserver/bin/python examples/iris_service/train.py triton_models/iris/1/iris.onnx
 """
 
 from __future__ import annotations
@@ -35,6 +36,6 @@ def train(out: Path) -> float:
 
 
 if __name__ == "__main__":
-    path = Path(sys.argv[1] if len(sys.argv) > 1 else "build/iris.onnx")
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else "triton_models/iris/1/iris.onnx")
     acc = train(path)
     print(f"iris: held-out accuracy {acc:.3f}, model written to {path}")
