@@ -242,6 +242,7 @@ class RunSession:
             message=self.stop_reason,
             retried=sum(c.retried for c in cs),
             reconnects=sum(c.reconnects for c in cs),
+            connect_errors=sum(c.connect_errors for c in cs),
         )
 
     def _start_workers(self) -> None:

@@ -76,6 +76,7 @@ class WorkerCounters:
     #: the transport's transparent retries and replacement connections (cumulative)
     retried: int = 0
     reconnects: int = 0
+    connect_errors: int = 0
     first_send_lateness_ns: int | None = None
 
 
@@ -181,6 +182,7 @@ class Worker:
             self.counters.in_flight = self.tp.in_flight + len(self.backlog)
             self.counters.retried = self.tp.retried
             self.counters.reconnects = self.tp.reconnects
+            self.counters.connect_errors = self.tp.connect_errors
         self.out.put(Status(self.task.worker_index, self.counters))
 
     def _record(

@@ -140,6 +140,9 @@ class AgentRow(TypedDict):
     #: Absent from summaries written before they were counted.
     retried: NotRequired[int]
     reconnects: NotRequired[int]
+    #: Connection attempts that failed (refused, reset, TLS, timed out), apart from the
+    #: request errors (the requests they left unsendable are errors UNAVAILABLE).
+    connect_errors: NotRequired[int]
     #: Open loop: the agent's slice of the schedule has `scheduled` arrivals (measured
     #: period), `recorded` of them with a record, `no_record` without.
     recorded: NotRequired[int]

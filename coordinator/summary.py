@@ -55,6 +55,7 @@ class AgentInfo:
     #: connections it opened to replace closed or drained ones (its last status)
     retried: int = 0
     reconnects: int = 0
+    connect_errors: int = 0
 
 
 def hist_ms(h: LogHistogram) -> Percentiles:
@@ -261,6 +262,7 @@ def _agent_row(
         "faults": dict(sorted(info.faults.items())),
         "retried": info.retried,
         "reconnects": info.reconnects,
+        "connect_errors": info.connect_errors,
     }
 
 

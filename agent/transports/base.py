@@ -92,6 +92,9 @@ class Transport:
         self.retried = 0
         #: connections opened to replace one the server closed or drained
         self.reconnects = 0
+        #: connection attempts that failed (refused, reset, TLS, timed out): counted apart
+        #: from request errors
+        self.connect_errors = 0
 
     def alpn(self) -> list[str] | None:
         return None
@@ -137,6 +140,7 @@ class Transport:
             self._backoff[slot] = 0.05
         except (ConnectionError, OSError) as exc:
             self.last_error = str(exc)
+            self.connect_errors += 1
             if self.errors_logged < 5:
                 self.errors_logged += 1
                 log.warning("connection to %s failed: %s", self.plan.target, exc)

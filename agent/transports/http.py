@@ -295,6 +295,7 @@ class Http(Transport):
             conn = await self._open()
         except ConnectionError as exc:
             self.last_error = str(exc)
+            self.connect_errors += 1
             self._fails += 1
             # nothing can carry the waiting requests: they fail (no busy-loop retrying)
             if not self.busy and not self.idle and not self.opening:
