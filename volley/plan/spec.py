@@ -297,6 +297,9 @@ class Plan:
         for spec in data.get("inputs") or []:
             if spec.get("items") and spec.get("path"):
                 spec["items"] = []  # re-read from the path, like the trace
+        service = data.get("json_service")
+        if service and service.get("bodies") and service.get("bodies_file"):
+            service["bodies"] = []  # re-read from the bodies file, like the trace
         return yaml.safe_dump(data, sort_keys=False)
 
     @classmethod
