@@ -2,16 +2,24 @@
 PY ?= python3
 VENV := .venv
 TVENV := .venv-triton
+# MLServer (a second KServe v2 server) and the iris JSON service (FastAPI, onnxruntime,
+# trained with scikit-learn + skl2onnx) for the tests, in their own env.
+MVENV := .venv-mlserver
+SERVERS := mlserver==1.7.1 scikit-learn==1.9.1 skl2onnx==1.20.0 onnxruntime==1.32.0
+IRIS_ONNX := triton_models/iris/1/iris.onnx
 PYTHON := $(VENV)/bin/python
 VOLLEY := $(VENV)/bin/volley
-# nvidia-pytriton ships the real tritonserver binary; it pins numpy<2, so it gets its own env.
+# nvidia-pytriton ships the real tritonserver binary; it pins numpy<2, so it gets its own env
+# (with onnxruntime for the iris model, triton_models/iris).
 PYTRITON := nvidia-pytriton==0.7.0
+TRITON_ORT := onnxruntime==1.32.0
 DEMO_RATE ?= 200
 DEMO_DURATION ?= 20s
 
-.PHONY: install demo test test-fast lint typecheck proto bench clean browser
+.PHONY: install demo test test-fast lint typecheck proto bench clean browser nginx
 
-install: $(VENV)/.installed $(TVENV)/.installed
+install: $(VENV)/.installed $(TVENV)/.installed $(TVENV)/.onnxruntime $(MVENV)/.installed \
+	$(IRIS_ONNX)
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,6 +31,19 @@ $(TVENV)/.installed:
 	$(PY) -m venv $(TVENV)
 	$(TVENV)/bin/pip install -q $(PYTRITON)
 	touch $@
+
+$(TVENV)/.onnxruntime: $(TVENV)/.installed
+	$(TVENV)/bin/pip install -q $(TRITON_ORT)
+	touch $@
+
+$(MVENV)/.installed:
+	$(PY) -m venv $(MVENV)
+	$(MVENV)/bin/pip install -q $(SERVERS)
+	touch $@
+
+# The iris model, trained at build time from scikit-learn's bundled iris data.
+$(IRIS_ONNX): examples/iris_service/train.py $(MVENV)/.installed
+	$(MVENV)/bin/python examples/iris_service/train.py $@
 
 proto: $(VENV)/.installed
 	$(PYTHON) scripts/gen_proto.py
@@ -43,7 +64,15 @@ browser:
 	      { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; \
 	  else echo "chromium not installed and not root: the report browser tests will skip"; fi; }
 
-test: install lint browser
+# nginx for the proxy tests (Debian's nginx-light: grpc_pass, HTTP/2; needs root to install).
+nginx:
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light >/dev/null || \
+	      { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light >/dev/null; }; \
+	  else echo "nginx not installed and not root: the proxy tests will skip"; fi; }
+
+test: install lint browser nginx
 	$(PYTHON) -m pytest -q -ra tests
 
 test-fast: $(VENV)/.installed
@@ -53,4 +82,4 @@ bench: install
 	$(PYTHON) bench/run.py
 
 clean:
-	rm -rf $(VENV) $(TVENV) .volley .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TVENV) $(MVENV) .volley .pytest_cache .mypy_cache .ruff_cache

@@ -240,6 +240,9 @@ class RunSession:
             cpu_seconds=sum(c.cpu_s for c in cs),
             agent_ns=time.monotonic_ns(),
             message=self.stop_reason,
+            retried=sum(c.retried for c in cs),
+            reconnects=sum(c.reconnects for c in cs),
+            connect_errors=sum(c.connect_errors for c in cs),
         )
 
     def _start_workers(self) -> None:

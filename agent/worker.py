@@ -74,6 +74,10 @@ class WorkerCounters:
     dropped: int = 0
     in_flight: int = 0
     cpu_s: float = 0.0
+    #: the transport's transparent retries and replacement connections (cumulative)
+    retried: int = 0
+    reconnects: int = 0
+    connect_errors: int = 0
     first_send_lateness_ns: int | None = None
 
 
@@ -177,6 +181,9 @@ class Worker:
         self.counters.cpu_s = time.process_time() - self.cpu_base
         if self.tp is not None:
             self.counters.in_flight = self.tp.in_flight + len(self.backlog)
+            self.counters.retried = self.tp.retried
+            self.counters.reconnects = self.tp.reconnects
+            self.counters.connect_errors = self.tp.connect_errors
         self.out.put(Status(self.task.worker_index, self.counters))
 
     def _record(

@@ -446,6 +446,8 @@ def _apply_states(
             st = sp.finished.final_status if sp.finished is not None else sp.last_status
             if st is not None:
                 info.cpu_seconds = st.cpu_seconds
+                info.retried, info.reconnects = st.retried, st.reconnects
+                info.connect_errors = st.connect_errors
             info.cpu_percent_peak = peak
             if info.state == "stopped" and not stopped:
                 stopped = f"agent {info.id or info.address}: {info.error}"

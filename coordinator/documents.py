@@ -135,6 +135,15 @@ class AgentRow(TypedDict):
     #: faults: bad clock, duplicate index, ...) or events (malformed batch, bad status
     #: message, start disagrees with the run); {} for an honest agent.
     faults: dict[str, int]
+    #: Requests sent again transparently because the server never processed them
+    #: (GOAWAY past them, REFUSED_STREAM, a reused HTTP/1.1 connection closed before any
+    #: answer), and connections opened to replace ones the server closed or drained.
+    #: Absent from summaries written before they were counted.
+    retried: NotRequired[int]
+    reconnects: NotRequired[int]
+    #: Connection attempts that failed (refused, reset, TLS, timed out), apart from the
+    #: request errors (the requests they left unsendable are errors UNAVAILABLE).
+    connect_errors: NotRequired[int]
     #: Open loop: the agent's slice of the schedule has `scheduled` arrivals (measured
     #: period), `recorded` of them with a record, `no_record` without.
     recorded: NotRequired[int]

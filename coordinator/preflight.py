@@ -15,6 +15,7 @@ from volley import inputs as vin
 from volley.dist import fmt_bytes
 from volley.inputs import resolve_specs
 from volley.plan import (
+    HttpBody,
     ModelSpec,
     Plan,
     PlanError,
@@ -224,6 +225,20 @@ async def fetch_model_info(probe: Probe, plan: Plan, name: str, version: str) ->
     return ModelInfo(mname, versions, inputs, outputs, mbs, config)
 
 
+#: What Triton's server metadata lists when it takes binary tensor data over HTTP.
+BINARY_TENSOR_EXTENSION = "binary_tensor_data"
+
+
+async def choose_http_body(probe: Probe) -> HttpBody:
+    """HTTP bodies for `http_body: auto`: binary where the server lists Triton's binary
+    tensor extension, else plain KServe v2 JSON (which every KServe v2 server takes)."""
+    try:
+        meta = await probe.server_metadata()
+    except ProbeError:
+        return "json"
+    return "binary" if BINARY_TENSOR_EXTENSION in meta.get("extensions", []) else "json"
+
+
 async def preflight(plan: Plan, timeout: float = 5.0) -> Plan:
     """Check the target and every model, resolve inputs, probe. Returns the resolved plan."""
     return (await preflight_check(plan, timeout)).plan
@@ -269,14 +284,88 @@ async def _preflight_model(
     except ProbeError as exc:
         why = str(exc)
     if why:
+        binary = plan.protocol == "http" and plan.http_body == "binary"
+        if binary and await choose_http_body(probe) == "json":
+            why += (
+                f" (the server does not list Triton's {BINARY_TENSOR_EXTENSION} "
+                "extension: use --http-body json)"
+            )
         raise PreflightError(
             f"model {m.name!r} rejected the probe request (the largest payload, "
             f"{fmt_bytes(wire.req_bytes)}): {why}"
         )
+    if plan.transport == "stream":  # the load's own method, probed before any load
+        why = await probe.stream_infer(wire)
+        if why:
+            raise PreflightError(
+                f"transport 'stream' needs ModelStreamInfer on {plan.target}: {why}; "
+                "use --transport unary"
+            )
     resolved = dataclasses.replace(
         m, inputs=one.inputs, outputs=one.outputs, max_batch_size=one.max_batch_size
     )
     return resolved, described, info
+
+
+def read_json_bodies(plan: Plan) -> Plan:
+    """protocol json: the bodies file (JSON Lines: one JSON document a line, blank lines
+    skipped) read here, on the coordinator, into the plan; agents never read files."""
+    spec = plan.json_service
+    if spec is None or spec.bodies or not spec.bodies_file:
+        return plan
+    from volley.plan.service import json_service_from
+
+    try:
+        with open(spec.bodies_file, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PreflightError(f"json bodies file {spec.bodies_file}: {exc}") from None
+    bodies = [line for line in lines if line]
+    if not bodies:
+        raise PreflightError(f"json bodies file {spec.bodies_file}: no bodies in it")
+    raw = {
+        "path": spec.path,
+        "bodies": bodies,
+        "bodies_file": spec.bodies_file,
+        "expect_status": spec.expect_status,
+        "expect_field": spec.expect_field,
+    }
+    try:
+        checked = json_service_from(raw, plan.inputs)
+    except PlanError as exc:
+        raise PreflightError(f"json bodies file {spec.bodies_file}: {exc}") from None
+    return dataclasses.replace(plan, json_service=checked)
+
+
+async def _preflight_json(probe: Probe, plan: Plan) -> PreflightResult:
+    """A plain JSON service: inputs take their datatype from the plan (FP32 by default)
+    and their shape as given; the pool is built as every worker will, and its largest
+    body is POSTed once and must be answered as the plan expects."""
+    plan = read_json_bodies(plan)
+    inputs = tuple(
+        dataclasses.replace(s, datatype=s.datatype or "FP32", model_dims=s.shape)
+        for s in plan.inputs
+    )
+    plan = dataclasses.replace(plan, inputs=inputs)
+    try:
+        plan = vin.embed_sources(plan)
+        payloads = build_payloads(plan, headers=probe.headers)
+    except PlanError as exc:
+        raise PreflightError(str(exc)) from None
+    pool = payloads.pools[0]
+    check_pool(plan, pool)
+    wire = max(payloads.wires, key=lambda w: w.req_bytes)
+    try:
+        why = await probe.infer(wire)
+    except ProbeError as exc:
+        why = str(exc)
+    if why:
+        raise PreflightError(
+            f"{plan.target}{plan.json_service.path if plan.json_service else ''} refused the "
+            f"probe request (the largest body, {fmt_bytes(wire.req_bytes)}): {why}"
+        )
+    info = ModelInfo(plan.model, (), (), (), 0, {})
+    return PreflightResult(plan, pool.describe(), info)
 
 
 async def preflight_check(plan: Plan, timeout: float = 5.0) -> PreflightResult:
@@ -297,6 +386,10 @@ async def preflight_check(plan: Plan, timeout: float = 5.0) -> PreflightResult:
             raise PreflightError(
                 str(exc) if str(exc).startswith("target") else f"target {plan.target}: {exc}"
             ) from None
+        if plan.protocol == "json":
+            return await _preflight_json(probe, plan)
+        if plan.protocol == "http" and plan.http_body == "auto":
+            plan = dataclasses.replace(plan, http_body=await choose_http_body(probe))
         results = [await _preflight_model(probe, plan, m) for m in plan_models(plan)]
     finally:
         await probe.close()

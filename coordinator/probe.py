@@ -25,7 +25,7 @@ from volley.plan import Plan
 from volley.request import check_http_response, check_response
 from volley.target import SENSITIVE, client_ssl_context, read_access, target_host_port
 from volley.wire import h2
-from volley.wire.grpc import USER_AGENT, grpc_timeout_header, grpc_unframe
+from volley.wire.grpc import USER_AGENT, grpc_frame, grpc_timeout_header, grpc_unframe
 from volley.wire.h2 import H2Connection, HeaderInfo
 from volley.wire.http1 import dechunk
 from volley.wire.payloads import Wire
@@ -83,6 +83,10 @@ class Probe:
         """'' when the probe request succeeded and its response checks out, else why not."""
         raise NotImplementedError
 
+    async def stream_infer(self, wire: Wire) -> str:
+        """The same over ModelStreamInfer (gRPC only): '' when it answered, else why not."""
+        return "ModelStreamInfer is a gRPC method"
+
     async def statistics(self, name: str = "", version: str = "") -> Snapshot:
         """Triton's cumulative statistics of a model's versions (of every model: name "");
         ProbeError where the server has none (not every KServe v2 server does)."""
@@ -118,6 +122,12 @@ class _Sink:
         st = self.calls.pop(sid, None)
         if st is not None and not st[0].done():
             st[0].set_result((grpc_status, message, b"", ""))
+
+    def on_refused(self, conn: H2Connection, sid: int, message: str) -> None:
+        self.on_reset(conn, sid, 14, message)  # a probe is not retried: UNAVAILABLE
+
+    def on_goaway(self, conn: H2Connection) -> None:
+        pass
 
     def on_connection_lost(self, conn: H2Connection, message: str) -> None:
         for st in self.calls.values():
@@ -279,6 +289,30 @@ class GrpcProbe(Probe):
             return "probe response lacks its outputs"
         return ""
 
+    async def stream_infer(self, wire: Wire) -> str:
+        """One request on a ModelStreamInfer stream, half-closed at once: a server with
+        the method answers it and ends the stream."""
+        try:
+            msg = await self._call("ModelStreamInfer", grpc_frame(wire.msg, "none"))
+        except ProbeError as exc:
+            if exc.code == "UNIMPLEMENTED":
+                return f"the server does not implement ModelStreamInfer ({exc})"
+            return str(exc)
+        try:
+            r = service_pb2.ModelStreamInferResponse.FromString(msg)
+        except Exception:  # protobuf's DecodeError and friends
+            return "ModelStreamInfer answered with a malformed response"
+        if r.error_message:
+            if _is_plain_infer_response(msg):  # e.g. MLServer's streaming endpoint
+                return (
+                    "the server's ModelStreamInfer is not Triton's (it answers plain "
+                    "ModelInferResponse messages, not ModelStreamInferResponse)"
+                )
+            return f"ModelStreamInfer answered an error: {r.error_message.splitlines()[0]}"
+        if len(r.infer_response.outputs) < wire.expected_outputs:
+            return "ModelStreamInfer's response lacks its outputs"
+        return ""
+
     async def statistics(self, name: str = "", version: str = "") -> Snapshot:
         r = await self._unary(
             "ModelStatistics",
@@ -286,6 +320,15 @@ class GrpcProbe(Probe):
             service_pb2.ModelStatisticsResponse,
         )
         return parse(r)
+
+
+def _is_plain_infer_response(msg: bytes) -> bool:
+    """A ModelInferResponse with outputs (its field 1, model_name, reads as a
+    ModelStreamInferResponse's error_message)."""
+    try:
+        return bool(service_pb2.ModelInferResponse.FromString(msg).outputs)
+    except Exception:  # protobuf's DecodeError
+        return False
 
 
 class HttpProbe(Probe):
@@ -491,5 +534,44 @@ class HttpProbe(Probe):
             raise ProbeError(str(exc)) from None
 
 
+class JsonProbe(HttpProbe):
+    """A plain JSON prediction service (protocol json): no KServe v2 endpoints, only the
+    service's own POST. It is live and ready when it answers; it has no models,
+    metadata or statistics (the monitor says so in one line)."""
+
+    NO_STATS = "a plain JSON service has no model statistics"
+
+    async def live(self) -> bool:
+        return True
+
+    async def ready(self) -> bool:
+        return True
+
+    async def model_ready(self, name: str, version: str) -> bool:
+        return True
+
+    async def server_metadata(self) -> ServerInfo:
+        raise ProbeError(self.NO_STATS, "NONE")
+
+    async def config(self, name: str, version: str) -> dict[str, Any]:
+        return {}
+
+    async def infer(self, wire: Wire) -> str:
+        from volley.wire.json_service import answer_ok
+
+        spec = self.plan.json_service
+        status, _, body = await self.request("POST", "", wire.body, head=wire.head)
+        if spec is None or answer_ok(status, body, spec):
+            return ""
+        if spec.expect_field and (200 <= status < 300 or status == spec.expect_status):
+            return f"the answer has no field {spec.expect_field!r}"
+        return self._why(status, body)
+
+    async def statistics(self, name: str = "", version: str = "") -> Snapshot:
+        raise ProbeError(self.NO_STATS, "NONE")
+
+
 def make_probe(plan: Plan, timeout: float) -> Probe:
+    if plan.protocol == "json":
+        return JsonProbe(plan, timeout)
     return HttpProbe(plan, timeout) if plan.protocol == "http" else GrpcProbe(plan, timeout)

@@ -52,6 +52,11 @@ class AgentInfo:
     invalid_records: int = 0
     #: what it got wrong: fault kind -> records (record faults) or events (the others)
     faults: Counter[str] = field(default_factory=Counter)
+    #: requests its transport sent again (never processed by the server), and
+    #: connections it opened to replace closed or drained ones (its last status)
+    retried: int = 0
+    reconnects: int = 0
+    connect_errors: int = 0
 
 
 def hist_ms(h: LogHistogram) -> Percentiles:
@@ -256,6 +261,9 @@ def _agent_row(
         "saturation": why,
         "invalid_records": info.invalid_records,
         "faults": dict(sorted(info.faults.items())),
+        "retried": info.retried,
+        "reconnects": info.reconnects,
+        "connect_errors": info.connect_errors,
     }
 
 

@@ -30,7 +30,7 @@ def make_transport(
 ) -> Transport:
     """The plan's transport; `access` holds its header values and TLS material, in
     memory (an agent never reads a file or environment variable a plan names)."""
-    if plan.protocol == "http":
+    if plan.protocol in ("http", "json"):
         http: Transport = Http(plan, payloads, complete, clock, start_ns, access)
         return http
     if plan.transport == "stream":

@@ -87,6 +87,14 @@ class Transport:
         #: short reason of the last connection failure (for the worker's report)
         self.last_error = ""
         self.errors_logged = 0
+        #: requests sent again because the server never processed them (GOAWAY past
+        #: them, REFUSED_STREAM, a reused HTTP/1.1 connection closed before any answer)
+        self.retried = 0
+        #: connections opened to replace one the server closed or drained
+        self.reconnects = 0
+        #: connection attempts that failed (refused, reset, TLS, timed out): counted apart
+        #: from request errors
+        self.connect_errors = 0
 
     def alpn(self) -> list[str] | None:
         return None
@@ -132,13 +140,23 @@ class Transport:
             self._backoff[slot] = 0.05
         except (ConnectionError, OSError) as exc:
             self.last_error = str(exc)
+            self.connect_errors += 1
             if self.errors_logged < 5:
                 self.errors_logged += 1
                 log.warning("connection to %s failed: %s", self.plan.target, exc)
             self._next_try[slot] = self.loop.time() + self._backoff[slot]
             self._backoff[slot] = min(self._backoff[slot] * 2, 1.0)
+            self._connecting.discard(slot)
+            self.connect_failed()
         finally:
             self._connecting.discard(slot)
+
+    def connecting(self) -> bool:
+        """A connection is being opened (requests may wait for it)."""
+        return bool(self._connecting)
+
+    def connect_failed(self) -> None:
+        """A connection attempt failed (overridden: requests waiting for one may fail)."""
 
     async def open(self) -> None:
         """Open every connection (failures are retried as requests come)."""

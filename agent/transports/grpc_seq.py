@@ -42,14 +42,17 @@ class GrpcSequence(GrpcUnary):
         self.bodies[key] = body
         self.send(key, intended, pidx)
 
-    def _start(self, conn: UnaryConn, key: int, intended: int, pidx: int) -> None:
+    def _start(self, conn: UnaryConn, key: int, intended: int, pidx: int, tries: int) -> None:
         sent = self.clock() - self.start
-        body = self.bodies.pop(key)
+        # kept until the call finishes: a transparent retry (GOAWAY, REFUSED_STREAM)
+        # sends the same step body again
+        body = self.bodies[key]
         sid = conn.start_stream(self.hblock, body, True)
-        conn.streams[sid] = UnaryCall(key, intended, sent, pidx, sent + self.timeout_ns)
+        conn.streams[sid] = UnaryCall(key, intended, sent, pidx, sent + self.timeout_ns, tries + 1)
 
     def _finish(self, call: UnaryCall, status: int, resp_bytes: int) -> None:  # type: ignore[override]
         self.value = None
+        self.bodies.pop(call.key, None)
         if status == 0 and self.check_output:
             head = call.head
             msg = grpc_unframe(call.body, head.encoding if head is not None else "")

@@ -1,12 +1,18 @@
 """gRPC bidirectional stream: Triton's ModelStreamInfer, one long-lived stream per
-connection carrying many requests; responses are matched by the request `id`."""
+connection carrying many requests; responses are matched by the request `id`.
+
+Stream state is keyed by (connection, stream id), never by slot alone: after a GOAWAY
+the old connection drains (its stream half-closed, its requests answered there) while
+the slot's fresh connection opens a stream that may carry the same id. A stream the
+server never processed (refused, or above GOAWAY's last stream id) has its requests
+sent again (counted in `retried`); one that ends after the server took it fails them."""
 
 from __future__ import annotations
 
 from tritonclient.grpc import service_pb2
 
 from agent.transports.base import Call, Clock, Complete
-from agent.transports.grpc_unary import GrpcUnary, UnaryConn
+from agent.transports.grpc_unary import MAX_TRIES, GrpcUnary, UnaryConn
 from volley import records as rc
 from volley.plan import Plan
 from volley.target import TargetAccess
@@ -16,13 +22,33 @@ from volley.wire.h2 import HeaderInfo
 from volley.wire.payloads import Payloads
 
 
+class StreamState:
+    """One open ModelStreamInfer call: bytes of a response message not yet complete."""
+
+    __slots__ = ("conn", "ended", "rbuf", "sid")
+
+    def __init__(self, conn: UnaryConn, sid: int) -> None:
+        self.conn = conn
+        self.sid = sid
+        self.rbuf = b""
+        #: our side is closed (END_STREAM sent)
+        self.ended = False
+
+
 class StreamCall(Call):
     """One request in flight on a connection's ModelStreamInfer stream."""
 
-    __slots__ = ("slot",)
+    __slots__ = ("stream", "tries")
 
     def __init__(
-        self, key: int, intended: int, sent: int, pidx: int, deadline: int, slot: int
+        self,
+        key: int,
+        intended: int,
+        sent: int,
+        pidx: int,
+        deadline: int,
+        stream: StreamState,
+        tries: int,
     ) -> None:
         # fields set here, not by Call.__init__: one call frame less per request
         self.key = key
@@ -30,7 +56,8 @@ class StreamCall(Call):
         self.sent = sent
         self.pidx = pidx
         self.deadline = deadline
-        self.slot = slot
+        self.stream = stream
+        self.tries = tries
 
 
 # ---- gRPC bidirectional stream ---------------------------------------------------------
@@ -49,42 +76,58 @@ class GrpcStream(GrpcUnary):
         access: TargetAccess,
     ) -> None:
         super().__init__(plan, payloads, complete, clock, start_ns, access)
-        #: connection slot -> stream id of its open ModelStreamInfer call (0: none)
-        self.sids = [0] * self.n_conns
-        #: per slot: bytes of a response message not yet complete
-        self.rbuf = [b""] * self.n_conns
+        #: connection slot -> its current stream (None: none open)
+        self.current: list[StreamState | None] = [None] * self.n_conns
+        #: (connection, stream id) -> open stream, current or draining
+        self.open_streams: dict[tuple[UnaryConn, int], StreamState] = {}
         #: request id -> state, in send order (ids are unique per worker)
         self.pending: dict[int, StreamCall] = {}
         self.next_id = 1
+        self._in_writable = False
 
     def send(self, key: int, intended: int, pidx: int) -> None:
+        self._send(key, intended, pidx, 0)
+
+    def _send(self, key: int, intended: int, pidx: int, tries: int) -> None:
         conn = self._pick()
         if conn is None:
+            if self.connecting():  # a fresh connection is on its way (GOAWAY)
+                self.in_flight += 1
+                self.waiting.append((key, intended, pidx, tries))
+                return
             self.fail_soon(key, intended, pidx, rc.UNAVAILABLE)
             return
+        self.in_flight += 1
+        self._send_on(conn, key, intended, pidx, tries)
+
+    def _send_on(self, conn: UnaryConn, key: int, intended: int, pidx: int, tries: int) -> None:
+        """Send on `conn`'s stream (opened first if needed); in_flight already counts it."""
         slot = conn.slot
-        sid = self.sids[slot]
-        if sid == 0 or sid not in conn.open:
+        stream = self.current[slot]
+        if stream is None or stream.conn is not conn or stream.sid not in conn.open:
             if not conn.has_capacity:
+                self.in_flight -= 1
                 self.fail_soon(key, intended, pidx, rc.RESOURCE_EXHAUSTED)
                 return
             sid = conn.start_stream(self.hblock, b"", False)
-            self.sids[slot] = sid
-            self.rbuf[slot] = b""
+            stream = StreamState(conn, sid)
+            self.current[slot] = stream
+            self.open_streams[(conn, sid)] = stream
         rid = self.next_id
         self.next_id = rid + 1
         idb = b"%d" % rid
         msg = self.wires[pidx].msg + b"\x1a" + bytes((len(idb),)) + idb  # field 3: id
-        self.in_flight += 1
         sent = self.clock() - self.start
-        conn.send_data(sid, grpc_frame(msg, "none"))
-        self.pending[rid] = StreamCall(key, intended, sent, pidx, sent + self.timeout_ns, slot)
+        conn.send_data(stream.sid, grpc_frame(msg, "none"))
+        self.pending[rid] = StreamCall(
+            key, intended, sent, pidx, sent + self.timeout_ns, stream, tries + 1
+        )
 
     def on_data(self, conn: UnaryConn, sid: int, data: bytes, end: bool) -> None:
-        slot = conn.slot
-        if sid != self.sids[slot]:
+        stream = self.open_streams.get((conn, sid))
+        if stream is None:
             return
-        buf = self.rbuf[slot] + data if self.rbuf[slot] else data
+        buf = stream.rbuf + data if stream.rbuf else data
         pos, n = 0, len(buf)
         while n - pos >= 5:
             (ln,) = U32.unpack_from(buf, pos + 1)
@@ -92,9 +135,11 @@ class GrpcStream(GrpcUnary):
                 break
             self._response(buf[pos + 5 : pos + 5 + ln], buf[pos])
             pos += 5 + ln
-        self.rbuf[slot] = buf[pos:] if pos < n else b""
+        stream.rbuf = buf[pos:] if pos < n else b""
         if end:
-            self._stream_over(slot, rc.INTERNAL)
+            self._stream_over(stream, rc.INTERNAL)
+        else:
+            self._maybe_half_close(stream)
 
     def _response(self, msg: bytes, flag: int) -> None:
         try:
@@ -123,40 +168,99 @@ class GrpcStream(GrpcUnary):
         else:
             self._finish(st, rc.OK, len(msg))
 
-    def _stream_over(self, slot: int, status: int) -> None:
-        self.sids[slot] = 0
-        self.rbuf[slot] = b""
-        over = [rid for rid, st in self.pending.items() if st.slot == slot]
-        for rid in over:
-            self._finish(self.pending.pop(rid), status, 0)
+    def _calls_on(self, stream: StreamState) -> list[StreamCall]:
+        over = [rid for rid, st in self.pending.items() if st.stream is stream]
+        return [self.pending.pop(rid) for rid in over]
+
+    def _forget(self, stream: StreamState) -> None:
+        self.open_streams.pop((stream.conn, stream.sid), None)
+        slot = stream.conn.slot
+        if 0 <= slot < self.n_conns and self.current[slot] is stream:
+            self.current[slot] = None
+
+    def _stream_over(self, stream: StreamState, status: int) -> None:
+        """The stream ended after the server took it: its requests fail with `status`."""
+        self._forget(stream)
+        for st in self._calls_on(stream):
+            self._finish(st, status, 0)
+
+    def _maybe_half_close(self, stream: StreamState) -> None:
+        """A draining connection's stream with nothing left to answer ends our side."""
+        conn = stream.conn
+        if conn.usable or stream.ended or stream.sid not in conn.open:
+            return
+        if any(st.stream is stream for st in self.pending.values()):
+            return
+        stream.ended = True
+        conn.send_data(stream.sid, b"", True)
 
     def on_headers(self, conn: UnaryConn, sid: int, info: HeaderInfo, end: bool) -> None:
-        slot = conn.slot
-        if sid != self.sids[slot] or not end:
+        stream = self.open_streams.get((conn, sid))
+        if stream is None or not end:
             return
         status = info.grpc_status
         if status <= 0:
             status = rc.UNAVAILABLE if status == 0 else h2.http_to_grpc_status(info.http_status)
-        self._stream_over(slot, status)
+        self._stream_over(stream, status)
 
     def on_reset(self, conn: UnaryConn, sid: int, grpc_status: int, message: str) -> None:
-        slot = conn.slot
-        if sid == self.sids[slot]:
-            self._stream_over(slot, grpc_status)
+        stream = self.open_streams.get((conn, sid))
+        if stream is not None:
+            self._stream_over(stream, grpc_status)
+
+    def on_refused(self, conn: UnaryConn, sid: int, message: str) -> None:
+        """The server never processed this stream: its requests are sent again."""
+        stream = self.open_streams.get((conn, sid))
+        if stream is None:
+            return
+        self._forget(stream)
+        for st in self._calls_on(stream):
+            if st.tries >= MAX_TRIES or self.closing:
+                self.last_error = message
+                self._finish(st, rc.UNAVAILABLE, 0)
+                continue
+            self.retried += 1
+            self.in_flight -= 1
+            self._send(st.key, st.intended, st.pidx, st.tries)
+
+    def on_goaway(self, conn: UnaryConn) -> None:
+        super().on_goaway(conn)
+        for stream in [s for s in self.open_streams.values() if s.conn is conn]:
+            self._maybe_half_close(stream)
 
     def on_connection_lost(self, conn: UnaryConn, message: str) -> None:
         slot = conn.slot
         if 0 <= slot < self.n_conns and self.conns[slot] is conn:
             self.conns[slot] = None
-            if message != "closed":
-                self.last_error = message
-            self._stream_over(slot, rc.UNAVAILABLE)
+        if conn in self.draining:
+            self.draining.remove(conn)
+        if message != "closed":
+            self.last_error = message
+        for stream in [s for s in self.open_streams.values() if s.conn is conn]:
+            self._stream_over(stream, rc.UNAVAILABLE)
+        if self.waiting and not self.closing and not self._any_usable():
+            if conn.goaways and 0 <= slot < self.n_conns:
+                self._want_connect(slot)
+            if not self.connecting():
+                self._fail_waiting()
 
     def on_writable(self, conn: UnaryConn) -> None:
-        pass
+        if self._in_writable or conn.slot < 0:  # from send_data below; in its handshake
+            return
+        self._in_writable = True
+        try:
+            while self.waiting and conn.usable:
+                key, intended, pidx, tries = self.waiting.popleft()
+                self._send_on(conn, key, intended, pidx, tries)
+        finally:
+            self._in_writable = False
 
     def sweep(self) -> None:
         now = self.clock() - self.start
+        while self.waiting and self.waiting[0][1] + self.timeout_ns <= now:
+            key, intended, pidx, _ = self.waiting.popleft()
+            self.in_flight -= 1
+            self.fail_soon(key, intended, pidx, rc.DEADLINE_EXCEEDED)
         expired = []
         for rid, st in self.pending.items():
             if st.deadline > now:
@@ -169,8 +273,9 @@ class GrpcStream(GrpcUnary):
         pending, self.pending = self.pending, {}
         for st in pending.values():
             self._finish(st, status, 0)
-        for slot, conn in enumerate(self.conns):
-            sid = self.sids[slot]
-            if conn is not None and sid and sid in conn.open:
-                conn.reset_stream(sid, h2.CANCEL)
-            self.sids[slot] = 0
+        for stream in list(self.open_streams.values()):
+            if stream.sid in stream.conn.open:
+                stream.conn.reset_stream(stream.sid, h2.CANCEL)
+        self.open_streams.clear()
+        self.current = [None] * self.n_conns
+        super().abort_all(status)

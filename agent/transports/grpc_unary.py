@@ -1,5 +1,12 @@
 """gRPC unary: one ModelInfer call (HTTP/2 stream) per request, over `connections`
-HTTP/2 connections of our own client (volley/wire/h2.py)."""
+HTTP/2 connections of our own client (volley/wire/h2.py).
+
+Connection recycling as gRPC does it: a GOAWAY moves its connection to `draining`
+(its open calls finish there) and a fresh connection is opened for the slot at once;
+requests arriving meanwhile wait for it. A call the server never processed (its id
+above GOAWAY's last stream id, or REFUSED_STREAM) is sent again with its original
+intended time and counted in `retried` (at most `MAX_TRIES` sends); a call reset
+after the server took it stays an error."""
 
 from __future__ import annotations
 
@@ -20,13 +27,18 @@ from volley.wire.grpc import (
 from volley.wire.h2 import Connection, HeaderInfo
 from volley.wire.payloads import Payloads
 
+#: Sends of one request at most (the first and transparent retries).
+MAX_TRIES = 4
+
 
 class UnaryCall(Call):
     """One ModelInfer call in flight: its response headers and body so far."""
 
-    __slots__ = ("body", "head")
+    __slots__ = ("body", "head", "tries")
 
-    def __init__(self, key: int, intended: int, sent: int, pidx: int, deadline: int) -> None:
+    def __init__(
+        self, key: int, intended: int, sent: int, pidx: int, deadline: int, tries: int = 1
+    ) -> None:
         # fields set here, not by Call.__init__: one call frame less per request
         self.key = key
         self.intended = intended
@@ -35,6 +47,7 @@ class UnaryCall(Call):
         self.deadline = deadline
         self.head: HeaderInfo | None = None
         self.body = b""
+        self.tries = tries
 
 
 #: A connection of this transport: its streams' state is a `UnaryCall`.
@@ -59,8 +72,13 @@ class GrpcUnary(Transport):
         super().__init__(plan, payloads, complete, clock, start_ns, access)
         self.conns: list[UnaryConn | None] = [None] * self.n_conns
         self.rr = 0
-        #: requests waiting for stream capacity (peer's MAX_CONCURRENT_STREAMS)
-        self.waiting: collections.deque[tuple[int, int, int]] = collections.deque()
+        #: connections that received GOAWAY and were replaced, until their calls end
+        self.draining: list[UnaryConn] = []
+        #: slots that have had a connection (a new one there is a reconnect)
+        self.had_conn = [False] * self.n_conns
+        #: requests waiting for stream capacity (peer's MAX_CONCURRENT_STREAMS) or for a
+        #: connection being opened: (key, intended, pidx, sends so far)
+        self.waiting: collections.deque[tuple[int, int, int, int]] = collections.deque()
         extra = [
             ("content-type", "application/grpc"),
             ("te", "trailers"),
@@ -86,9 +104,28 @@ class GrpcUnary(Transport):
         if self.closing:
             conn.close()
             return
+        if old is not None and old.state is h2.ConnState.DRAINING and old.open:
+            self.draining.append(old)
+        if self.had_conn[slot]:
+            self.reconnects += 1
+        self.had_conn[slot] = True
         self.conns[slot] = conn
         if self.waiting:
             self.on_writable(conn)
+
+    def connect_failed(self) -> None:
+        """Requests that waited for a connection fail when none is left to carry them."""
+        if self.waiting and not self.connecting() and not self._any_usable():
+            self._fail_waiting()
+
+    def _any_usable(self) -> bool:
+        return any(c is not None and c.usable for c in self.conns)
+
+    def _fail_waiting(self) -> None:
+        waiting, self.waiting = self.waiting, collections.deque()
+        for key, intended, pidx, _ in waiting:
+            self.in_flight -= 1
+            self.fail_soon(key, intended, pidx, rc.UNAVAILABLE)
 
     def _pick(self) -> UnaryConn | None:
         n = self.n_conns
@@ -104,19 +141,40 @@ class GrpcUnary(Transport):
     def send(self, key: int, intended: int, pidx: int) -> None:
         conn = self._pick()
         if conn is None:
+            if self.connecting():  # a connection is on its way (GOAWAY, first connect)
+                self.in_flight += 1
+                self.waiting.append((key, intended, pidx, 0))
+                return
             self.fail_soon(key, intended, pidx, rc.UNAVAILABLE)
             return
         if not conn.has_capacity or self.waiting:
             self.in_flight += 1
-            self.waiting.append((key, intended, pidx))
+            self.waiting.append((key, intended, pidx, 0))
             return
         self.in_flight += 1
-        self._start(conn, key, intended, pidx)
+        self._start(conn, key, intended, pidx, 0)
 
-    def _start(self, conn: UnaryConn, key: int, intended: int, pidx: int) -> None:
+    def _start(self, conn: UnaryConn, key: int, intended: int, pidx: int, tries: int) -> None:
         sent = self.clock() - self.start
         sid = conn.start_stream(self.hblock, self.wires[pidx].body, True)
-        conn.streams[sid] = UnaryCall(key, intended, sent, pidx, sent + self.timeout_ns)
+        conn.streams[sid] = UnaryCall(key, intended, sent, pidx, sent + self.timeout_ns, tries + 1)
+
+    def _resend(self, st: UnaryCall, message: str) -> None:
+        """A call the server never processed: sent again (still in flight, same intended
+        time), or UNAVAILABLE after MAX_TRIES sends or with no connection to carry it."""
+        if st.tries >= MAX_TRIES or self.closing:
+            self.last_error = message
+            self._finish(st, rc.UNAVAILABLE, 0)
+            return
+        self.retried += 1
+        conn = self._pick()
+        if conn is not None and conn.has_capacity and not self.waiting:
+            self._start(conn, st.key, st.intended, st.pidx, st.tries)
+        elif conn is not None or self.connecting():
+            self.waiting.append((st.key, st.intended, st.pidx, st.tries))
+        else:
+            self.last_error = message
+            self._finish(st, rc.UNAVAILABLE, 0)
 
     # ---- StreamSink --------------------------------------------------------------------
     def on_headers(self, conn: UnaryConn, sid: int, info: HeaderInfo, end: bool) -> None:
@@ -163,35 +221,51 @@ class GrpcUnary(Transport):
             if self.waiting:
                 self.on_writable(conn)
 
+    def on_refused(self, conn: UnaryConn, sid: int, message: str) -> None:
+        st = conn.streams.pop(sid, None)
+        if st is not None:
+            self._resend(st, message)
+
+    def on_goaway(self, conn: UnaryConn) -> None:
+        """New requests go to a fresh connection, opened now."""
+        slot = conn.slot
+        if 0 <= slot < self.n_conns and self.conns[slot] is conn:
+            self._next_try[slot] = 0.0  # a drained connection is no failure: no back-off
+            self._want_connect(slot)
+
     def on_connection_lost(self, conn: UnaryConn, message: str) -> None:
         slot = conn.slot
         if 0 <= slot < self.n_conns and self.conns[slot] is conn:
             self.conns[slot] = None
+        if conn in self.draining:
+            self.draining.remove(conn)
         if message != "closed":
             self.last_error = message
         streams = list(conn.streams.values())
         conn.streams.clear()
-        for st in streams:
+        for st in streams:  # taken by the server, then lost: errors
             self._finish(st, rc.UNAVAILABLE, 0)
-        if (
-            self.waiting
-            and not self.closing
-            and not any(c is not None and c.usable for c in self.conns)
-        ):
-            waiting, self.waiting = self.waiting, collections.deque()
-            for key, intended, pidx in waiting:
-                self.in_flight -= 1
-                self.fail_soon(key, intended, pidx, rc.UNAVAILABLE)
+        if self.waiting and not self.closing and not self._any_usable():
+            if conn.goaways and 0 <= slot < self.n_conns:
+                self._want_connect(slot)
+            if not self.connecting():
+                self._fail_waiting()
 
     def on_writable(self, conn: UnaryConn) -> None:
+        if conn.slot < 0:  # still in its handshake: connect_slot hands it the waiting
+            return
         while self.waiting and conn.usable and conn.has_capacity:
-            key, intended, pidx = self.waiting.popleft()
-            self._start(conn, key, intended, pidx)
+            key, intended, pidx, tries = self.waiting.popleft()
+            self._start(conn, key, intended, pidx, tries)
 
     # ---- timeouts and shutdown ---------------------------------------------------------
     def sweep(self) -> None:
         now = self.clock() - self.start
-        for conn in self.conns:
+        while self.waiting and self.waiting[0][1] + self.timeout_ns <= now:
+            key, intended, pidx, _ = self.waiting.popleft()
+            self.in_flight -= 1
+            self.fail_soon(key, intended, pidx, rc.DEADLINE_EXCEEDED)
+        for conn in [*self.conns, *self.draining]:
             if conn is None or not conn.streams:
                 continue
             expired = []
@@ -207,7 +281,7 @@ class GrpcUnary(Transport):
                 self.on_writable(conn)
 
     def abort_all(self, status: int) -> None:
-        for conn in self.conns:
+        for conn in [*self.conns, *self.draining]:
             if conn is None:
                 continue
             streams = list(conn.streams.items())
@@ -216,12 +290,15 @@ class GrpcUnary(Transport):
                 conn.reset_stream(sid, h2.CANCEL)
                 self._finish(st, status, 0)
         waiting, self.waiting = self.waiting, collections.deque()
-        for key, intended, pidx in waiting:
+        for key, intended, pidx, _ in waiting:
             self.in_flight -= 1
             self.complete(key, intended, -1, -1, rc.NOT_SENT, pidx, 0)
 
     async def close(self) -> None:
         self.closing = True
+        for d in self.draining:
+            d.close()
+        self.draining.clear()
         for i, c in enumerate(self.conns):
             if c is not None:
                 c.close()

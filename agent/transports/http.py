@@ -7,6 +7,13 @@ opens connections on demand (up to the in-flight cap of the worker) and keeps th
 `connections` are opened up front. Responses are parsed in `data_received`
 (Content-Length or chunked bodies), and checked: status 200 and a JSON header that
 lists the model's outputs. A request past its timeout closes its connection.
+
+Connection recycling: a response with `Connection: close` (nginx after
+`keepalive_requests`) retires its connection and the next request opens a fresh one
+(counted in `reconnects`). A request written on a reused connection that the server
+closes before any byte of an answer was never processed (the server closed the idle
+connection as we wrote): it is sent again with its original intended time, at most
+`MAX_TRIES` sends, and counted in `retried`. A close after part of an answer is an error.
 """
 
 from __future__ import annotations
@@ -26,11 +33,30 @@ from volley.plan import Plan
 from volley.request import check_http_response
 from volley.target import TargetAccess
 from volley.wire.http1 import dechunk
+from volley.wire.json_service import answer_ok
 from volley.wire.payloads import Payloads
 
 #: Hard bound on connections per worker (each is a socket and a server slot).
 MAX_CONNECTIONS = 1024
 MAX_HEAD = 64 * 1024
+#: Sends of one request at most (the first and transparent retries).
+MAX_TRIES = 4
+
+
+class H1Call(Call):
+    """One request in flight on an HTTP/1.1 connection, and how often it was sent."""
+
+    __slots__ = ("tries",)
+
+    def __init__(
+        self, key: int, intended: int, sent: int, pidx: int, deadline: int, tries: int
+    ) -> None:
+        self.key = key
+        self.intended = intended
+        self.sent = sent
+        self.pidx = pidx
+        self.deadline = deadline
+        self.tries = tries
 
 
 class H1Conn(asyncio.Protocol):
@@ -39,9 +65,15 @@ class H1Conn(asyncio.Protocol):
     def __init__(self, owner: Http) -> None:
         self.owner = owner
         self.transport: asyncio.Transport | None = None
-        self.st: Call | None = None  #: the request in flight
+        self.st: H1Call | None = None  #: the request in flight
         self.buf = b""
         self.closed = False
+        #: responses completed on this connection (a reused one may be closed under us)
+        self.served = 0
+        #: bytes of the answer to the request in flight received so far (any)
+        self.answered = False
+        #: we closed it (timeout, bad answer, Connection: close), not the server
+        self.retired = False
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # response being parsed
         self.status = 0
@@ -68,16 +100,18 @@ class H1Conn(asyncio.Protocol):
             self.ready.exception()
         self.owner.conn_lost(self, f"connection lost: {exc}" if exc else "closed by the server")
 
-    def send(self, st: Call, head: bytes, body: bytes) -> None:
+    def send(self, st: H1Call, head: bytes, body: bytes) -> None:
         assert self.transport is not None
         self.st = st
         self.head_len = -1
+        self.answered = False
         if len(body) < 16384:
             self.transport.write(head + body)
         else:
             self.transport.writelines((head, body))
 
     def data_received(self, data: bytes) -> None:
+        self.answered = True
         buf = self.buf + data if self.buf else data
         if self.st is None:  # nothing asked: a server talking out of turn
             self.abort()
@@ -153,7 +187,18 @@ class H1Conn(asyncio.Protocol):
         st = self.st
         assert st is not None
         self.st = None
+        self.served += 1
         status = self.status
+        spec = self.owner.json_service
+        if spec is not None:  # a plain JSON service: its own notion of a good answer
+            if answer_ok(status, body, spec):
+                code = rc.OK
+            elif 200 <= status < 300 or not 0 < status < 1000:
+                code = rc.BAD_RESPONSE
+            else:
+                code = rc.HTTP_ERROR_BASE + status
+            self.owner.finish(self, st, code, len(body))
+            return
         if status != 200:
             code = rc.HTTP_ERROR_BASE + status if 0 < status < 1000 else rc.BAD_RESPONSE
             self.owner.finish(self, st, code, len(body))
@@ -177,6 +222,7 @@ class H1Conn(asyncio.Protocol):
 
     def abort(self) -> None:
         self.closed = True
+        self.retired = True
         if self.transport is not None:
             self.transport.abort()
 
@@ -195,14 +241,19 @@ class Http(Transport):
     ) -> None:
         super().__init__(plan, payloads, complete, clock, start_ns, access)
         self.heads = [w.head for w in self.wires]
+        #: protocol json: the plain JSON service's answer check (None: KServe v2)
+        self.json_service = plan.json_service if plan.protocol == "json" else None
         self.idle: list[H1Conn] = []
         self.busy: dict[H1Conn, None] = {}  #: in send order (for timeouts)
         self.opening = 0
         self.total = 0
         cap = plan.load.max_in_flight if plan.load.mode == "open" else 0
         self.limit = min(MAX_CONNECTIONS, max(plan.connections, cap or MAX_CONNECTIONS))
-        self.waiting: collections.deque[tuple[int, int, int]] = collections.deque()
+        #: (key, intended, pidx, sends so far)
+        self.waiting: collections.deque[tuple[int, int, int, int]] = collections.deque()
         self._fails = 0
+        #: connections the server closed after serving, not yet replaced
+        self._owed = 0
 
     def alpn(self) -> list[str] | None:
         return ["http/1.1"]
@@ -234,6 +285,9 @@ class Http(Transport):
         finally:
             self.opening -= 1
         self.total += 1
+        if self._owed:
+            self._owed -= 1
+            self.reconnects += 1
         return conn
 
     async def _grow(self) -> None:
@@ -241,6 +295,7 @@ class Http(Transport):
             conn = await self._open()
         except ConnectionError as exc:
             self.last_error = str(exc)
+            self.connect_errors += 1
             self._fails += 1
             # nothing can carry the waiting requests: they fail (no busy-loop retrying)
             if not self.busy and not self.idle and not self.opening:
@@ -256,15 +311,15 @@ class Http(Transport):
         if conn.closed:
             return
         if self.waiting and not self.closing:
-            key, intended, pidx = self.waiting.popleft()
-            self._start(conn, key, intended, pidx)
+            key, intended, pidx, tries = self.waiting.popleft()
+            self._start(conn, key, intended, pidx, tries)
         else:
             self.idle.append(conn)
 
-    def _start(self, conn: H1Conn, key: int, intended: int, pidx: int) -> None:
+    def _start(self, conn: H1Conn, key: int, intended: int, pidx: int, tries: int = 0) -> None:
         sent = self.clock() - self.start
         self.busy[conn] = None
-        st = Call(key, intended, sent, pidx, sent + self.timeout_ns)
+        st = H1Call(key, intended, sent, pidx, sent + self.timeout_ns, tries + 1)
         conn.send(st, self.heads[pidx], self.wires[pidx].body)
 
     def send(self, key: int, intended: int, pidx: int) -> None:
@@ -275,7 +330,21 @@ class Http(Transport):
             if not conn.closed:
                 self._start(conn, key, intended, pidx)
                 return
-        self.waiting.append((key, intended, pidx))
+        self._wait(key, intended, pidx, 0)
+
+    def _resend(self, st: H1Call) -> None:
+        """Send a request again (still counted in flight): an idle connection, or wait."""
+        self.retried += 1
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.closed:
+                self._start(conn, st.key, st.intended, st.pidx, st.tries)
+                return
+        self._wait(st.key, st.intended, st.pidx, st.tries)
+
+    def _wait(self, key: int, intended: int, pidx: int, tries: int) -> None:
+        """No idle connection: wait for one, opening a new one if the pool may grow."""
+        self.waiting.append((key, intended, pidx, tries))
         if self.total + self.opening < self.limit and len(self.waiting) > self.opening:
             if self._fails and self.loop.time() < self._next_try[0]:
                 return
@@ -286,6 +355,8 @@ class Http(Transport):
         self._finish(st, status, resp_bytes)
         if conn.closed or not conn.keep:
             if not conn.closed:
+                if not conn.keep:
+                    self._owed += 1  # the server asked: a fresh connection replaces it
                 conn.abort()
             return
         self._idle(conn)
@@ -294,16 +365,27 @@ class Http(Transport):
         self.total = max(0, self.total - 1)
         with contextlib.suppress(ValueError):
             self.idle.remove(conn)
+        if not conn.retired and conn.served:
+            self._owed += 1  # a kept-alive connection the server closed
         st, conn.st = conn.st, None
         if st is not None:
+            if conn.served and not conn.answered and st.tries < MAX_TRIES and not self.closing:
+                # written as the server closed its idle connection: never processed
+                self.busy.pop(conn, None)
+                self._resend(st)  # (opens a connection for it if one is needed)
+                return
             self.last_error = message
             self.finish(conn, st, rc.UNAVAILABLE, 0)
-        if self.waiting and not self.closing and self.total + self.opening < self.limit:
+        if (
+            len(self.waiting) > self.opening
+            and not self.closing
+            and self.total + self.opening < self.limit
+        ):
             self.loop.create_task(self._grow())
 
     def _fail_waiting(self, status: int) -> None:
         waiting, self.waiting = self.waiting, collections.deque()
-        for key, intended, pidx in waiting:
+        for key, intended, pidx, _ in waiting:
             self.in_flight -= 1
             self.fail_soon(key, intended, pidx, status)
 
@@ -324,7 +406,7 @@ class Http(Transport):
         for conn in list(self.busy):
             conn.fail(status)
         waiting, self.waiting = self.waiting, collections.deque()
-        for key, intended, pidx in waiting:
+        for key, intended, pidx, _ in waiting:
             self.in_flight -= 1
             self.complete(key, intended, -1, -1, rc.NOT_SENT, pidx, 0)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent.transports.base import Call
-from agent.transports.http import H1Conn, Http
+from agent.transports.http import H1Call, H1Conn, Http
 
 
 class HttpSequence(Http):
@@ -22,12 +22,17 @@ class HttpSequence(Http):
         self.bodies[key] = request
         self.send(key, intended, pidx)
 
-    def _start(self, conn: H1Conn, key: int, intended: int, pidx: int) -> None:
+    def _start(self, conn: H1Conn, key: int, intended: int, pidx: int, tries: int = 0) -> None:
         sent = self.clock() - self.start
         self.busy[conn] = None
-        st = Call(key, intended, sent, pidx, sent + self.timeout_ns)
-        head, body = self.bodies.pop(key)
+        st = H1Call(key, intended, sent, pidx, sent + self.timeout_ns, tries + 1)
+        # kept until the call finishes: a transparent retry sends the same step again
+        head, body = self.bodies[key]
         conn.send(st, head, body)
+
+    def _finish(self, call: Call, status: int, resp_bytes: int) -> None:
+        self.bodies.pop(call.key, None)
+        super()._finish(call, status, resp_bytes)
 
     def fail_soon(self, key: int, intended: int, pidx: int, status: int) -> None:
         self.bodies.pop(key, None)

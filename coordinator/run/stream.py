@@ -223,6 +223,9 @@ class AgentStream:
             if not check.status(st):
                 return False
             info.cpu_seconds = st.cpu_seconds
+            info.retried = max(info.retried, st.retried)
+            info.reconnects = max(info.reconnects, st.reconnects)
+            info.connect_errors = max(info.connect_errors, st.connect_errors)
             info.cpu_percent = st.cpu_percent
             info.cpu_percent_peak = max(info.cpu_percent_peak, st.cpu_percent)
             w = check.cpu_window(st.agent_ns, self.start_at_agent_ns)
@@ -232,6 +235,9 @@ class AgentStream:
             f = ev.finished
             if f.HasField("final_status") and check.status(f.final_status):
                 info.cpu_seconds = f.final_status.cpu_seconds or info.cpu_seconds
+                info.retried = max(info.retried, f.final_status.retried)
+                info.reconnects = max(info.reconnects, f.final_status.reconnects)
+                info.connect_errors = max(info.connect_errors, f.final_status.connect_errors)
             self.state = AgentState.DONE if f.ok else AgentState.FAILED
             info.error = clean_text(f.error)
             return True

@@ -190,6 +190,8 @@ async def test_unavailable_target_records_unavailable() -> None:
     await asyncio.sleep(0.05)
     assert [d[4] for d in done] == [rc.UNAVAILABLE] * 3
     assert tp.in_flight == 0
+    # the refused connection attempts are counted apart from the requests
+    assert tp.connect_errors >= 1 and tp.retried == tp.reconnects == 0
     await tp.close()
 
 

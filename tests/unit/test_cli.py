@@ -78,6 +78,7 @@ def test_run_help_panels() -> None:
         "Arguments",
         "Options",
         "Target and protocol",
+        "JSON service (--protocol json)",
         "Load",
         "Inputs",
         "Sequences and composed models",

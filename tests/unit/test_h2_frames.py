@@ -14,6 +14,7 @@ import pytest
 from hpack import Encoder
 from tritonclient.grpc import service_pb2
 
+from agent.transports.grpc_stream import GrpcStream
 from agent.transports.grpc_unary import GrpcUnary, UnaryConn
 from volley import records as rc
 from volley.plan import plan_from_dict
@@ -106,6 +107,12 @@ class Sink:
 
     def on_reset(self, conn: h2.H2Connection, sid: int, grpc_status: int, message: str) -> None:
         self.events.append(("reset", sid, grpc_status, message))
+
+    def on_refused(self, conn: h2.H2Connection, sid: int, message: str) -> None:
+        self.events.append(("refused", sid, message))
+
+    def on_goaway(self, conn: h2.H2Connection) -> None:
+        self.events.append(("goaway",))
 
     def on_connection_lost(self, conn: h2.H2Connection, message: str) -> None:
         self.events.append(("lost", message))
@@ -364,7 +371,6 @@ async def test_trailers_only_response() -> None:
 @pytest.mark.parametrize(
     ("code", "status"),
     [
-        (h2.REFUSED_STREAM, rc.UNAVAILABLE),
         (h2.CANCEL, rc.CANCELLED),
         (h2.ENHANCE_YOUR_CALM, rc.RESOURCE_EXHAUSTED),
         (h2.INTERNAL_ERROR, rc.INTERNAL),
@@ -391,7 +397,9 @@ async def test_goaway_drains_then_closes() -> None:
     s1, s3, s5 = p.start(), p.start(), p.start()
     assert (s1, s3, s5) == (1, 3, 5)
     p.feed(h2.frame(h2.GOAWAY, 0, 0, u32(3, h2.NO_ERROR) + b"bye\nnow"))
-    assert p.sink.take() == [("reset", 5, rc.UNAVAILABLE, "server sent GOAWAY (NO_ERROR: bye now)")]
+    # announced first (the owner opens a fresh connection), then the stream it never
+    # processed is handed back as refused, not failed
+    assert p.sink.take() == [("goaway",), ("refused", 5, "server sent GOAWAY (NO_ERROR: bye now)")]
     assert p.conn.state is ConnState.DRAINING
     assert not p.conn.usable and not p.conn.has_capacity
     assert set(p.conn.open) == {1, 3} and not p.t.closed
@@ -528,9 +536,9 @@ async def test_max_concurrent_streams_queues_requests_in_the_transport() -> None
     assert [(f.type, f.sid) for f in t.take()] == [(h2.HEADERS, 5), (h2.DATA, 5)]
     assert not tp.waiting and tp.in_flight == 2
     # the server resets one, the connection drops: every call completes once
-    conn.data_received(h2.frame(h2.RST_STREAM, 0, 1, u32(h2.REFUSED_STREAM)))
+    conn.data_received(h2.frame(h2.RST_STREAM, 0, 1, u32(h2.INTERNAL_ERROR)))
     conn.connection_lost(None)
-    assert [(d[0], d[4]) for d in done] == [(1, rc.OK), (0, rc.UNAVAILABLE), (2, rc.UNAVAILABLE)]
+    assert [(d[0], d[4]) for d in done] == [(1, rc.OK), (0, rc.INTERNAL), (2, rc.UNAVAILABLE)]
     assert tp.in_flight == 0 and tp.conns[0] is None
     assert tp.last_error == "connection closed by the server"
 
@@ -744,3 +752,226 @@ async def test_open_connection_failures_close_the_socket() -> None:
             accepted.clear()
             server.close()
             await server.wait_closed()
+
+
+# ---- GOAWAY and REFUSED_STREAM: transparent retry, fresh connections -----------------------
+async def test_rst_refused_stream_is_handed_back_not_failed() -> None:
+    p = Peer()
+    sid, other = p.start(), p.start()
+    p.feed(h2.frame(h2.RST_STREAM, 0, sid, u32(h2.REFUSED_STREAM)))
+    assert p.sink.take() == [("refused", sid, "stream refused by the server")]
+    assert sid not in p.conn.open and other in p.conn.open and p.conn.state is ConnState.OPEN
+
+
+class Server:
+    """The server side of each connection a transport opens (fake transports, no sockets)."""
+
+    def __init__(self, max_streams: int = 100) -> None:
+        self.max_streams = max_streams
+        self.conns: list[tuple[UnaryConn, FakeTransport]] = []
+        self.enc: list[Encoder] = []
+
+    async def open(self, sink: GrpcUnary, *args: object, **kw: object) -> UnaryConn:
+        t = FakeTransport()
+        conn: UnaryConn = h2.Connection(sink)
+        conn.connection_made(t)  # type: ignore[arg-type]
+        conn.data_received(
+            h2.frame(h2.SETTINGS, 0, 0, settings((h2.S_MAX_CONCURRENT_STREAMS, self.max_streams)))
+        )
+        t.take()
+        self.conns.append((conn, t))
+        self.enc.append(Encoder())
+        return conn
+
+    def sent(self, i: int) -> list[tuple[int, int]]:
+        """(frame type, stream id) of what the client wrote on connection i."""
+        return [(f.type, f.sid) for f in self.conns[i][1].take()]
+
+    def feed(self, i: int, *frames: bytes) -> None:
+        self.conns[i][0].data_received(b"".join(frames))
+
+    def ok(self, i: int, sid: int, msg: bytes) -> bytes:
+        enc = self.enc[i]
+        return (
+            h2.frame(h2.HEADERS, h2.END_HEADERS, sid, enc.encode(RESPONSE))
+            + h2.frame(h2.DATA, 0, sid, grpc_frame(msg, "none"))
+            + h2.frame(h2.HEADERS, END, sid, enc.encode([("grpc-status", "0")]))
+        )
+
+
+def _add_plan(transport: str = "unary") -> dict[str, object]:
+    return {
+        "target": "127.0.0.1:8001",
+        "model": "add",
+        "transport": transport,
+        "load": {"rate": 10, "duration": "1s"},
+        "inputs": [{"name": "A", "datatype": "FP32", "shape": [4]}],
+        "outputs": ["Y"],
+    }
+
+
+INFER_OK = service_pb2.ModelInferResponse(
+    outputs=[service_pb2.ModelInferResponse.InferOutputTensor(name="Y")]
+).SerializeToString()
+
+
+async def _unary(
+    monkeypatch: pytest.MonkeyPatch, server: Server
+) -> tuple[GrpcUnary, list[tuple[int, ...]]]:
+    from agent.transports import grpc_unary
+
+    monkeypatch.setattr(grpc_unary.h2, "open_connection", server.open)
+    plan = plan_from_dict(_add_plan())
+    done: list[tuple[int, ...]] = []
+    tp = GrpcUnary(
+        plan, build_payloads(plan), lambda *a: done.append(a), time.monotonic_ns, 0, TargetAccess()
+    )
+    await tp.open()
+    server.sent(0)
+    return tp, done
+
+
+async def test_goaway_resends_unprocessed_calls_on_a_fresh_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = Server()
+    tp, done = await _unary(monkeypatch, server)
+    for key in range(3):
+        tp.send(key, 1000 + key, 0)
+    assert [s for s in server.sent(0) if s[0] == h2.HEADERS] == [(1, 1), (1, 3), (1, 5)]
+    # the server will process stream 1 only: 3 and 5 are handed back, a fresh connection
+    # is being opened at once, and they wait for it with a request arriving meanwhile
+    server.feed(0, h2.frame(h2.GOAWAY, 0, 0, u32(1, h2.NO_ERROR) + b"max requests"))
+    assert tp.connecting() and len(tp.waiting) == 2 and tp.in_flight == 3
+    tp.send(3, 1003, 0)
+    assert len(tp.waiting) == 3 and done == []
+    await asyncio.sleep(0)  # the connect task runs
+    await asyncio.sleep(0)
+    assert len(server.conns) == 2 and not tp.waiting
+    assert [s for s in server.sent(1) if s[0] == h2.HEADERS] == [(1, 1), (1, 3), (1, 5)]
+    assert (tp.retried, tp.reconnects) == (2, 1)
+    # stream 1 finishes on the draining connection, which then closes
+    server.feed(0, server.ok(0, 1, INFER_OK))
+    assert server.conns[0][1].closed
+    server.conns[0][0].connection_lost(None)
+    for sid in (1, 3, 5):
+        server.feed(1, server.ok(1, sid, INFER_OK))
+    # every call once, OK, each with its own original intended time
+    assert sorted((d[0], d[1], d[4]) for d in done) == [(k, 1000 + k, rc.OK) for k in range(4)]
+    assert tp.in_flight == 0 and tp.draining == []
+
+
+async def test_processed_then_reset_calls_stay_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = Server()
+    tp, done = await _unary(monkeypatch, server)
+    for key in range(2):
+        tp.send(key, key, 0)
+    server.sent(0)
+    server.feed(0, h2.frame(h2.GOAWAY, 0, 0, u32(3, h2.NO_ERROR)))  # both were taken
+    assert tp.retried == 0 and not tp.waiting
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert len(server.conns) == 2 and tp.draining == [server.conns[0][0]]
+    server.feed(0, h2.frame(h2.RST_STREAM, 0, 1, u32(h2.INTERNAL_ERROR)))
+    server.conns[0][0].connection_lost(ConnectionResetError("reset by peer"))
+    assert sorted((d[0], d[4]) for d in done) == [(0, rc.INTERNAL), (1, rc.UNAVAILABLE)]
+    assert tp.retried == 0 and tp.in_flight == 0 and tp.draining == []
+
+
+async def test_a_server_that_always_refuses_fails_after_max_tries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from agent.transports.grpc_unary import MAX_TRIES
+
+    server = Server()
+    tp, done = await _unary(monkeypatch, server)
+    tp.send(7, 5, 0)
+    for attempt in range(MAX_TRIES):
+        sids = [s for t, s in server.sent(0) if t == h2.HEADERS]
+        assert len(sids) == 1, attempt
+        assert done == []
+        server.feed(0, h2.frame(h2.RST_STREAM, 0, sids[0], u32(h2.REFUSED_STREAM)))
+    assert [(d[0], d[1], d[4]) for d in done] == [(7, 5, rc.UNAVAILABLE)]
+    assert tp.retried == MAX_TRIES - 1 and tp.in_flight == 0 and server.sent(0) == []
+
+
+def _stream_response(rid: int) -> bytes:
+    r = service_pb2.ModelStreamInferResponse(
+        infer_response=service_pb2.ModelInferResponse(
+            id=str(rid), outputs=[service_pb2.ModelInferResponse.InferOutputTensor(name="Y")]
+        )
+    )
+    return grpc_frame(r.SerializeToString(), "none")
+
+
+async def _stream(
+    monkeypatch: pytest.MonkeyPatch, server: Server
+) -> tuple[GrpcStream, list[tuple[int, ...]]]:
+    from agent.transports import grpc_unary
+
+    monkeypatch.setattr(grpc_unary.h2, "open_connection", server.open)
+    plan = plan_from_dict(_add_plan("stream"))
+    done: list[tuple[int, ...]] = []
+    tp = GrpcStream(
+        plan, build_payloads(plan), lambda *a: done.append(a), time.monotonic_ns, 0, TargetAccess()
+    )
+    await tp.open()
+    server.sent(0)
+    return tp, done
+
+
+async def test_stream_ids_of_a_draining_and_a_fresh_connection_never_collide(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = Server()
+    tp, done = await _stream(monkeypatch, server)
+    tp.send(0, 0, 0)
+    tp.send(1, 1, 0)  # request ids 1 and 2 on connection 0, stream 1
+    assert server.sent(0) == [(h2.HEADERS, 1), (h2.DATA, 1), (h2.DATA, 1)]
+    server.feed(0, h2.frame(h2.GOAWAY, 0, 0, u32(1, h2.NO_ERROR)))  # stream 1 is taken
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    tp.send(2, 2, 0)  # request id 3: on the fresh connection, whose stream is also 1
+    assert server.sent(1) == [(h2.HEADERS, 1), (h2.DATA, 1)]
+    # the old stream answers request 1; the new one answers request 3
+    enc0, enc1 = server.enc
+    server.feed(
+        0,
+        h2.frame(h2.HEADERS, h2.END_HEADERS, 1, enc0.encode(RESPONSE)),
+        h2.frame(h2.DATA, 0, 1, _stream_response(1)),
+    )
+    server.feed(
+        1,
+        h2.frame(h2.HEADERS, h2.END_HEADERS, 1, enc1.encode(RESPONSE)),
+        h2.frame(h2.DATA, 0, 1, _stream_response(3)),
+    )
+    assert sorted((d[0], d[4]) for d in done) == [(0, rc.OK), (2, rc.OK)]
+    # the last answer on the draining stream: our side of it ends, then the server's
+    server.feed(0, h2.frame(h2.DATA, 0, 1, _stream_response(2)))
+    assert server.sent(0) == [(h2.DATA, 1)]  # the empty END_STREAM
+    server.feed(0, h2.frame(h2.HEADERS, END, 1, enc0.encode([("grpc-status", "0")])))
+    server.conns[0][0].connection_lost(None)
+    assert sorted((d[0], d[4]) for d in done) == [(0, rc.OK), (1, rc.OK), (2, rc.OK)]
+    assert (tp.retried, tp.reconnects, tp.in_flight) == (0, 1, 0)
+    tp.send(3, 3, 0)  # the fresh connection's stream carries on
+    assert server.sent(1) == [(h2.DATA, 1)]
+
+
+async def test_a_refused_stream_sends_its_requests_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = Server()
+    tp, done = await _stream(monkeypatch, server)
+    tp.send(0, 10, 0)
+    tp.send(1, 11, 0)
+    server.sent(0)
+    server.feed(0, h2.frame(h2.GOAWAY, 0, 0, u32(0, h2.NO_ERROR)))  # stream 1 never taken
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert server.sent(1) == [(h2.HEADERS, 1), (h2.DATA, 1), (h2.DATA, 1)]
+    enc1 = server.enc[1]
+    server.feed(
+        1,
+        h2.frame(h2.HEADERS, h2.END_HEADERS, 1, enc1.encode(RESPONSE)),
+        h2.frame(h2.DATA, 0, 1, _stream_response(3) + _stream_response(4)),
+    )
+    assert sorted((d[0], d[1], d[4]) for d in done) == [(0, 10, rc.OK), (1, 11, rc.OK)]
+    assert (tp.retried, tp.reconnects, tp.in_flight) == (2, 1, 0)

@@ -252,3 +252,17 @@ def _print_agents(con: Console, agents: list[AgentRow]) -> None:
     con.print()
     con.print(timing)
     con.print()
+    recycled = [
+        a for a in agents if a.get("retried") or a.get("reconnects") or a.get("connect_errors")
+    ]
+    for a in recycled:  # (only where the server or a proxy closed or refused connections)
+        failed = a.get("connect_errors", 0)
+        con.print(
+            f"agent {escape(str(a['id']))}: {a.get('reconnects', 0)} reconnects, "
+            f"{a.get('retried', 0)} requests retried (never processed by the server: "
+            "GOAWAY, refused stream, closed idle connection)"
+            + (f", {failed} connection attempts failed" if failed else ""),
+            overflow="fold",
+        )
+    if recycled:
+        con.print()

@@ -206,6 +206,31 @@ def parse_id_range(text: str) -> list[int]:
     return [lo, hi]
 
 
+def _json_service_options(
+    plan_file: Path | None, overrides: dict[str, Any], given: dict[str, Any]
+) -> None:
+    """--json-* and --expect-* options onto the plan file's json_service (options win).
+    A template given as @FILE is read here; a bodies file is read by preflight."""
+    given = {k: v for k, v in given.items() if v is not None}
+    if not given:
+        return
+    template = given.get("template")
+    if isinstance(template, str) and template.startswith("@"):
+        given["template"] = read_text_file(Path(template[1:]), "--json-template")
+    base: dict[str, Any] = {}
+    if plan_file is not None:
+        raw = load_plan_yaml(read_text_file(plan_file, "plan file")).get("json_service")
+        base = dict(raw) if isinstance(raw, dict) else {}
+    if "template" in given:
+        base.pop("bodies", None)
+        base.pop("bodies_file", None)
+    if "bodies_file" in given:
+        base.pop("template", None)
+        base.pop("bodies", None)
+        given["bodies_file"] = str(Path(given["bodies_file"]).resolve())
+    overrides["json_service"] = {**base, **given}
+
+
 def _target_options(
     plan_file: Path | None,
     overrides: dict[str, Any],

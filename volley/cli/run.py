@@ -23,7 +23,13 @@ from volley.cli.common import (
     kv,
     option,
 )
-from volley.cli.planning import _target_options, build_plan, parse_id_range, parse_stages
+from volley.cli.planning import (
+    _json_service_options,
+    _target_options,
+    build_plan,
+    parse_id_range,
+    parse_stages,
+)
 from volley.plan import PlanError
 
 # The options, one alias each, grouped by panel as `volley run --help` shows them.
@@ -36,7 +42,36 @@ PlanFile = Annotated[Path | None, typer.Argument(help="Plan YAML (options below 
 Target = Annotated[str | None, option(PANEL_TARGET, "Inference server HOST:PORT (gRPC).")]
 Model = Annotated[str | None, option(PANEL_TARGET, "Model name on the server.")]
 ModelVersion = Annotated[str | None, option(PANEL_TARGET, "Model version (default: latest).")]
-Protocol = Annotated[str | None, option(PANEL_TARGET, "grpc (default) or http (KServe v2 REST).")]
+Protocol = Annotated[
+    str | None,
+    option(
+        PANEL_TARGET,
+        "grpc (default), http (KServe v2 REST) or json (a plain JSON prediction service: "
+        "POST a JSON body, 2xx is success; see the JSON service options).",
+    ),
+]
+PANEL_JSON = "JSON service (--protocol json)"
+JsonPath = Annotated[str | None, option(PANEL_JSON, "URL path to POST to, e.g. /predict.")]
+JsonTemplate = Annotated[
+    str | None,
+    option(
+        PANEL_JSON,
+        'Body template, JSON text or @FILE: a string "$NAME" is replaced by input NAME\'s '
+        'value (declare it with --input NAME=random --shape NAME=4), e.g. \'{"features": '
+        '"$x"}\'.',
+    ),
+]
+JsonBodies = Annotated[
+    str | None,
+    option(PANEL_JSON, "JSON Lines file of whole request bodies (one per line), read here."),
+]
+ExpectStatus = Annotated[
+    int | None, option(PANEL_JSON, "The HTTP status of a good answer (default: any 2xx).")
+]
+ExpectField = Annotated[
+    str | None,
+    option(PANEL_JSON, "A dotted path that a good answer's JSON holds, e.g. predictions.0."),
+]
 Transport = Annotated[
     str | None,
     option(
@@ -50,6 +85,15 @@ Connections = Annotated[
 ]
 Compression = Annotated[
     str | None, option(PANEL_TARGET, "Request compression: none, gzip or deflate.")
+]
+HttpBody = Annotated[
+    str | None,
+    option(
+        PANEL_TARGET,
+        "HTTP request bodies: binary (Triton's binary tensor extension), json (plain "
+        "KServe v2 JSON, for servers without it, e.g. MLServer) or auto (default: from the "
+        "server metadata's extensions).",
+    ),
 ]
 Timeout = Annotated[str | None, option(PANEL_TARGET, "Per-request timeout, e.g. 10s.")]
 HeaderFile = Annotated[
@@ -241,7 +285,13 @@ def run(
     transport: Transport = None,
     connections: Connections = None,
     compression: Compression = None,
+    http_body: HttpBody = None,
     timeout: Timeout = None,
+    json_path: JsonPath = None,
+    json_template: JsonTemplate = None,
+    json_bodies: JsonBodies = None,
+    expect_status: ExpectStatus = None,
+    expect_field: ExpectField = None,
     header_file: HeaderFile = None,
     header_env: HeaderEnv = None,
     # Load
@@ -334,7 +384,19 @@ def run(
             "composing_models": [m for m in composing_models.split(",") if m]
             if composing_models
             else None,
+            "http_body": http_body,
         }
+        _json_service_options(
+            plan_file,
+            overrides,
+            {
+                "path": json_path,
+                "template": json_template,
+                "bodies_file": json_bodies,
+                "expect_status": expect_status,
+                "expect_field": expect_field,
+            },
+        )
         _target_options(
             plan_file,
             overrides,

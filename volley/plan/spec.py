@@ -10,9 +10,14 @@ import yaml
 
 Mode = Literal["open", "closed"]
 Arrival = Literal["constant", "poisson", "trace"]
-Protocol = Literal["grpc", "http"]
+#: grpc / http: KServe v2 (gRPC, REST); json: a plain JSON prediction service (POST a
+#: JSON document to a path, 2xx is success; see JsonServiceSpec)
+Protocol = Literal["grpc", "http", "json"]
 Transport = Literal["unary", "stream", "grpcio"]
 Compression = Literal["none", "gzip", "deflate"]
+#: KServe v2 HTTP request bodies: Triton's binary tensor extension or plain JSON; "auto"
+#: is resolved in preflight from the server metadata's extensions.
+HttpBody = Literal["auto", "binary", "json"]
 
 #: Hard bounds so no plan can make an agent allocate without limit.
 MAX_DURATION_S = 7 * 24 * 3600.0
@@ -162,6 +167,26 @@ class PoolSpec:
 
 
 @dataclass(frozen=True)
+class JsonServiceSpec:
+    """protocol json: what is POSTed, where, and what counts as a good answer.
+
+    Bodies come from `template` (a JSON document in which a string "$NAME" stands for
+    input NAME's value, drawn like any input: a scalar for shape [], else nested lists)
+    or from `bodies` (whole JSON documents, e.g. the lines of a JSONL file, picked
+    uniformly by the seed; the coordinator reads `bodies_file` into them)."""
+
+    path: str = "/"
+    template: str = ""
+    bodies: tuple[str, ...] = ()
+    bodies_file: str = ""
+    #: the status a good answer has (0: any 2xx)
+    expect_status: int = 0
+    #: a dotted path that must be present in the JSON answer ("" = not checked), e.g.
+    #: "predictions" or "result.0.label"
+    expect_field: str = ""
+
+
+@dataclass(frozen=True)
 class TlsSpec:
     """TLS to the target. Paths are read by the coordinator (where `volley run` runs);
     agents get the files' contents in memory and never open a path a plan names."""
@@ -295,6 +320,10 @@ class Plan:
     #: Connections to the target per agent worker (HTTP/2 multiplexes streams on each).
     connections: int = 1
     compression: Compression = "none"
+    #: HTTP: binary tensor extension (Triton's `binary_tensor_data`) or KServe v2 JSON
+    http_body: HttpBody = "auto"
+    #: protocol json: the plain JSON service's bodies and checks
+    json_service: JsonServiceSpec | None = None
     tls: TlsSpec | None = None
     headers: tuple[HeaderSpec, ...] = ()
     #: Mixed traffic: several models sharing the one arrival process by weight. Empty:
@@ -324,6 +353,9 @@ class Plan:
         for spec in data.get("inputs") or []:
             if spec.get("items") and spec.get("path"):
                 spec["items"] = []  # re-read from the path, like the trace
+        service = data.get("json_service")
+        if service and service.get("bodies") and service.get("bodies_file"):
+            service["bodies"] = []  # re-read from the bodies file, like the trace
         return yaml.safe_dump(data, sort_keys=False)
 
     @classmethod

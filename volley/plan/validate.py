@@ -17,6 +17,7 @@ from volley.dist import (
     parse_dist,
     parse_shapes,
 )
+from volley.plan.service import json_service_from
 from volley.plan.spec import (
     GRPC_MAX_MESSAGE_BYTES,
     MAX_BACKLOG,
@@ -43,6 +44,7 @@ from volley.plan.spec import (
     Compression,
     DataItem,
     HeaderSpec,
+    HttpBody,
     InputSpec,
     LoadSpec,
     Mode,
@@ -610,6 +612,9 @@ def plan_from_dict(data: object) -> Plan:
         raise PlanError("plan.models: a model (name and version) is listed twice")
     if not model and models:
         model = models[0].name
+    protocol = cast(Protocol, _choice(d, "protocol", "plan", "grpc", ("grpc", "http", "json")))
+    if not model and protocol == "json":
+        model = "service"  # a label only: a plain JSON service has no models
     if not model:
         raise PlanError("plan.model: required (the model name on the server)")
     agents: list[AgentSpec] = []
@@ -666,6 +671,14 @@ def plan_from_dict(data: object) -> Plan:
     max_batch = _int(d, "max_batch_size", "plan", 0)
     if not 0 <= max_batch <= 2**31 - 1:
         raise PlanError("plan.max_batch_size: must be between 0 and 2^31-1")
+    inputs = _inputs(d.get("inputs"))
+    json_service = None
+    if protocol == "json":
+        if models:
+            raise PlanError("plan.models: not with protocol json (one service per plan)")
+        json_service = json_service_from(d.get("json_service"), inputs)
+    elif d.get("json_service") is not None:
+        raise PlanError("plan.json_service: only with protocol json")
     raw = d.get("raw_records", True)
     if not isinstance(raw, bool):
         raise PlanError("plan.raw_records: expected true or false")
@@ -674,10 +687,10 @@ def plan_from_dict(data: object) -> Plan:
         model=model,
         name=name,
         model_version=_str(d, "model_version", "plan", ""),
-        protocol=cast(Protocol, _choice(d, "protocol", "plan", "grpc", ("grpc", "http"))),
+        protocol=protocol,
         seed=seed,
         load=_load(d.get("load")),
-        inputs=_inputs(d.get("inputs")),
+        inputs=inputs,
         outputs=_str_list(d.get("outputs"), "plan.outputs"),
         max_batch_size=max_batch,
         batch_size=_dist_text(d, "batch_size", "plan"),
@@ -693,6 +706,10 @@ def plan_from_dict(data: object) -> Plan:
         ),
         connections=connections,
         compression=compression,
+        http_body=cast(
+            HttpBody, _choice(d, "http_body", "plan", "auto", ("auto", "binary", "json"))
+        ),
+        json_service=json_service,
         tls=_tls(d.get("tls")),
         headers=tuple(_header(x, i) for i, x in enumerate(_list(d.get("headers"), "plan.headers"))),
         models=models,

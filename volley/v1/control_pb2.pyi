@@ -580,6 +580,9 @@ class AgentStatus(_message.Message):
     CPU_SECONDS_FIELD_NUMBER: _builtins.int
     AGENT_NS_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    RETRIED_FIELD_NUMBER: _builtins.int
+    RECONNECTS_FIELD_NUMBER: _builtins.int
+    CONNECT_ERRORS_FIELD_NUMBER: _builtins.int
     state: _builtins.str
     """ready | waiting | running | draining | done | failed"""
     sent: _builtins.int
@@ -594,6 +597,14 @@ class AgentStatus(_message.Message):
     agent_ns: _builtins.int
     """agent clock when sent (heartbeat)"""
     message: _builtins.str
+    retried: _builtins.int
+    """Requests sent again because the server never processed them (GOAWAY past them,
+    REFUSED_STREAM, a reused HTTP/1.1 connection closed before any answer); cumulative.
+    """
+    reconnects: _builtins.int
+    """Connections opened to replace one the server closed or drained; cumulative."""
+    connect_errors: _builtins.int
+    """Connection attempts that failed (refused, reset, TLS, timed out); cumulative."""
     def __init__(
         self,
         *,
@@ -607,10 +618,13 @@ class AgentStatus(_message.Message):
         cpu_seconds: _builtins.float = ...,
         agent_ns: _builtins.int = ...,
         message: _builtins.str = ...,
+        retried: _builtins.int = ...,
+        reconnects: _builtins.int = ...,
+        connect_errors: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_ns", b"agent_ns", "completed", b"completed", "cpu_percent", b"cpu_percent", "cpu_seconds", b"cpu_seconds", "dropped", b"dropped", "errors", b"errors", "in_flight", b"in_flight", "message", b"message", "sent", b"sent", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_ns", b"agent_ns", "completed", b"completed", "connect_errors", b"connect_errors", "cpu_percent", b"cpu_percent", "cpu_seconds", b"cpu_seconds", "dropped", b"dropped", "errors", b"errors", "in_flight", b"in_flight", "message", b"message", "reconnects", b"reconnects", "retried", b"retried", "sent", b"sent", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

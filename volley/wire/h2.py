@@ -11,8 +11,11 @@ connection preface and SETTINGS (acknowledged both ways), PING replies, send-sid
 flow control (connection and stream windows, frames cut at the peer's
 MAX_FRAME_SIZE, MAX_CONCURRENT_STREAMS exposed as `has_capacity` for the owner to
 queue on), receive-side windows (connection and stream) replenished with
-WINDOW_UPDATE, HEADERS + CONTINUATION, padding, RST_STREAM, GOAWAY (streams past the
-last id fail as UNAVAILABLE), trailers and trailers-only responses.
+WINDOW_UPDATE, HEADERS + CONTINUATION, padding, RST_STREAM, GOAWAY, trailers and
+trailers-only responses. Streams the server says it never processed (ids above a
+GOAWAY's last stream id, RST_STREAM with REFUSED_STREAM) go to the sink's `on_refused`,
+so the owner can send them again elsewhere, as gRPC's transparent retry does; a GOAWAY
+is announced by `on_goaway` first, so the owner opens a fresh connection at once.
 HPACK: requests use literals without indexing (so the peer's table size never
 matters); responses are decoded by `hpack.Decoder`, with decoded blocks cached
 while the dynamic table does not change (gRPC servers index their response
@@ -278,6 +281,13 @@ class StreamSink(Protocol[S]):
 
     def on_reset(self, conn: Connection[S], sid: int, grpc_status: int, message: str) -> None: ...
 
+    def on_refused(self, conn: Connection[S], sid: int, message: str) -> None:
+        """Stream `sid` is closed and was never processed (GOAWAY past it, REFUSED_STREAM):
+        it may be sent again."""
+
+    def on_goaway(self, conn: Connection[S]) -> None:
+        """The server sent GOAWAY: this connection takes no new streams (DRAINING)."""
+
     def on_connection_lost(self, conn: Connection[S], message: str) -> None: ...
 
     def on_writable(self, conn: Connection[S]) -> None: ...
@@ -341,6 +351,8 @@ class Connection(asyncio.Protocol, Generic[S]):
         self.blocked: collections.deque[_Queued] = collections.deque()
         #: last stream id the server said it will process (GOAWAY; -1: none received)
         self.goaway_last = -1
+        #: GOAWAY frames that moved this connection from OPEN to DRAINING (0 or 1)
+        self.goaways = 0
         self._buf = b""
         self._hdr_sid = 0
         self._hdr_end = False
@@ -609,6 +621,9 @@ class Connection(asyncio.Protocol, Generic[S]):
                 code = _U32.unpack(payload)[0]
                 name = ERROR_NAMES.get(code, str(code))
                 self.stream_closed(sid)
+                if code == REFUSED_STREAM:  # RFC 9113 §8.7: not processed, safe to retry
+                    self.sink.on_refused(self, sid, "stream refused by the server")
+                    return
                 self.sink.on_reset(
                     self, sid, rst_to_grpc_status(code), f"stream reset by the server ({name})"
                 )
@@ -711,12 +726,15 @@ class Connection(asyncio.Protocol, Generic[S]):
         debug = _one_line(payload[8:].decode("utf-8", "replace"))
         name = ERROR_NAMES.get(code, str(code))
         self.close_reason = f"server sent GOAWAY ({name}{': ' + debug if debug else ''})"
-        if self.state is _OPEN:
+        was_open = self.state is _OPEN
+        if was_open:
             self.state = _DRAINING
-        # streams the server will not process fail now; others may still complete
+            self.goaways += 1
+            self.sink.on_goaway(self)
+        # streams the server will not process are handed back; others may still complete
         for s in sorted(s for s in self.open if s > last):
             self.stream_closed(s)
-            self.sink.on_reset(self, s, rc.UNAVAILABLE, self.close_reason)
+            self.sink.on_refused(self, s, self.close_reason)
         if not self.open and self.transport is not None:
             self.transport.close()
 

@@ -2,7 +2,8 @@
 
 `build_payloads(plan)` draws each model's request pool (volley.request) and frames every
 payload for the wire: a gRPC message (5-byte prefix, optional compression) or an HTTP/1.1
-KServe v2 request (head without Content-Length per body, binary tensor extension body).
+KServe v2 request (head without Content-Length per body; the body in Triton's binary
+tensor extension, or in plain KServe v2 JSON with `http_body: json`).
 `Payloads.pick` maps an arrival index of the global schedule to its payload.
 """
 
@@ -21,6 +22,7 @@ from volley.mix import ModelMix
 from volley.plan import Plan, plan_models
 from volley.request import RequestPool, build_plan_pool, http_infer_body
 from volley.wire.grpc import USER_AGENT, grpc_frame
+from volley.wire.kserve_json import json_infer_body
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ def build_payloads(plan: Plan, seed: int = 0, headers: Sequence[tuple[str, str]]
     callers), so every worker of every agent builds the same ones. HTTP request heads
     carry `headers` (volley.target.TargetAccess.headers: values, never read here)."""
     del seed
+    if plan.protocol == "json":
+        return _json_payloads(plan, headers)
     wires: list[Wire] = []
     shapes: list[str] = []
     ranges: list[tuple[int, int]] = []
@@ -98,7 +102,10 @@ def build_payloads(plan: Plan, seed: int = 0, headers: Sequence[tuple[str, str]]
         first = len(wires)
         for p in pool.payloads:
             if plan.protocol == "http":
-                body, json_len = http_infer_body(p.body)
+                if plan.http_body == "json":
+                    body, json_len = json_infer_body(p.body), -1
+                else:
+                    body, json_len = http_infer_body(p.body)
                 wire_body = _http_encode(body, plan.compression)
                 head = _http_head(plan, m.name, m.version, json_len, headers)
                 head += b"Content-Length: %d\r\n\r\n" % len(wire_body)
@@ -132,6 +139,28 @@ def build_payloads(plan: Plan, seed: int = 0, headers: Sequence[tuple[str, str]]
     return Payloads(wires, shapes, ranges, mix, pools)
 
 
+def _json_payloads(plan: Plan, headers: Sequence[tuple[str, str]]) -> Payloads:
+    """protocol json: one pool of JSON bodies, POSTed to the service's path."""
+    from volley.wire.json_service import json_head, json_pool
+
+    pool = json_pool(plan)
+    head = json_head(plan, headers)
+    wires = [
+        Wire(
+            p.body,
+            p.body,
+            len(p.body),
+            p.shape_id,
+            p.batch_size,
+            0,
+            0,
+            head + b"Content-Length: %d\r\n\r\n" % len(p.body),
+        )
+        for p in pool.payloads
+    ]
+    return Payloads(wires, pool.shapes, [(0, len(wires))], ModelMix([1.0], plan.seed), [pool])
+
+
 def _http_encode(body: bytes, compression: str) -> bytes:
     if compression == "gzip":
         return gzip.compress(body, compresslevel=6, mtime=0)
@@ -154,9 +183,12 @@ def _http_head(
         f"POST {path} HTTP/1.1",
         f"Host: {plan.target}",
         f"User-Agent: {USER_AGENT}",
-        "Content-Type: application/octet-stream",
-        f"Inference-Header-Content-Length: {json_len}",
     ]
+    if json_len < 0:  # plain JSON
+        lines.append("Content-Type: application/json")
+    else:
+        lines.append("Content-Type: application/octet-stream")
+        lines.append(f"Inference-Header-Content-Length: {json_len}")
     if plan.compression != "none":
         lines.append(f"Content-Encoding: {plan.compression}")
         lines.append(f"Accept-Encoding: {plan.compression}")
