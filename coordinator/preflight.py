@@ -128,6 +128,12 @@ async def fetch_model_info(probe: Probe, plan: Plan, name: str, version: str) ->
     return ModelInfo(mname, versions, inputs, outputs, mbs, config)
 
 
+def is_decoupled(info: ModelInfo) -> bool:
+    """Whether the model config says `model_transaction_policy { decoupled: true }`."""
+    policy = info.config.get("model_transaction_policy")
+    return isinstance(policy, dict) and policy.get("decoupled") is True
+
+
 async def preflight(plan: Plan, timeout: float = 5.0) -> Plan:
     """Check the target and every model, resolve inputs, probe. Returns the resolved plan."""
     return (await preflight_check(plan, timeout)).plan
@@ -139,6 +145,7 @@ async def _preflight_model(
     """One model: metadata and config, inputs resolved and checked against the server's
     limits, its pool built as every worker will, and a probe with its largest payload."""
     info = await fetch_model_info(probe, plan, m.name, m.version)
+    decoupled = plan.stream.decoupled or is_decoupled(info)
     one = dataclasses.replace(
         plan,
         model=m.name,
@@ -165,7 +172,7 @@ async def _preflight_model(
     # Probe with the largest payload: the one most likely to be refused.
     wire = max(wires, key=lambda w: w.req_bytes)
     try:
-        why = await probe.infer(wire)
+        why = await (probe.stream_infer(wire) if decoupled else probe.infer(wire))
     except ProbeError as exc:
         why = str(exc)
     if why:
@@ -202,6 +209,12 @@ async def preflight_check(plan: Plan, timeout: float = 5.0) -> PreflightResult:
         await probe.close()
     models = tuple(r[0] for r in results)
     first, described, info = results[0]
+    if not plan.stream.decoupled and any(is_decoupled(r[2]) for r in results):
+        # one stream transport for every model: a non-decoupled model answers once, with
+        # the final flag, on it as well
+        plan = dataclasses.replace(plan, stream=dataclasses.replace(plan.stream, decoupled=True))
+    if plan.stream.decoupled and plan.protocol == "grpc" and plan.compression != "none":
+        raise PreflightError("compression: not supported with a decoupled (streaming) model")
     if plan.models:
         resolved = dataclasses.replace(
             plan, models=models, model=first.name, model_version=first.version

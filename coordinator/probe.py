@@ -29,6 +29,7 @@ from volley.wire.grpc import USER_AGENT, grpc_timeout_header, grpc_unframe
 from volley.wire.h2 import H2Connection, HeaderInfo
 from volley.wire.http1 import dechunk
 from volley.wire.payloads import Wire
+from volley.wire.stream import parse_stream_response, stream_request
 
 
 class ProbeError(Exception):
@@ -81,6 +82,10 @@ class Probe:
 
     async def infer(self, wire: Wire) -> str:
         """'' when the probe request succeeded and its response checks out, else why not."""
+        raise NotImplementedError
+
+    async def stream_infer(self, wire: Wire) -> str:
+        """A decoupled model's probe: one request read to its end ("" when it went well)."""
         raise NotImplementedError
 
     async def statistics(self, name: str = "", version: str = "") -> Snapshot:
@@ -172,6 +177,16 @@ class GrpcProbe(Probe):
         return h2.encode_headers(scheme, self.plan.target, path, [*extra, *self.headers], SENSITIVE)
 
     async def _call(self, method: str, framed: bytes, compression: str = "none") -> bytes:
+        data, encoding = await self._call_data(method, framed, compression)
+        msg = grpc_unframe(data, encoding)
+        if msg is None:
+            raise ProbeError(f"{method}: malformed gRPC response")
+        return msg
+
+    async def _call_data(
+        self, method: str, framed: bytes, compression: str = "none"
+    ) -> tuple[bytes, str]:
+        """One call (a request stream of one message): the response body, its encoding."""
         conn = self.conn
         if conn is None or not conn.usable:
             raise ProbeError(f"target {self.plan.target}: connection lost")
@@ -192,10 +207,7 @@ class GrpcProbe(Probe):
             if status in (5, 12):
                 raise NotFound(text, rc.status_name(status))
             raise ProbeError(text, rc.status_name(status))
-        msg = grpc_unframe(data, encoding)
-        if msg is None:
-            raise ProbeError(f"{method}: malformed gRPC response")
-        return msg
+        return data, encoding
 
     async def _unary(self, method: str, req: Any, resp_type: Any) -> Any:
         body = req.SerializeToString()
@@ -278,6 +290,29 @@ class GrpcProbe(Probe):
         if not check_response(msg, wire.expected_outputs):
             return "probe response lacks its outputs"
         return ""
+
+    async def stream_infer(self, wire: Wire) -> str:
+        """A decoupled model: one request on its own ModelStreamInfer call, read to its
+        final response (volley/wire/stream.py)."""
+        body = stream_request(wire.msg, 1)
+        framed = b"\x00" + struct.pack(">I", len(body)) + body
+        try:
+            data, _ = await self._call_data("ModelStreamInfer", framed)
+        except ProbeError as exc:
+            return str(exc)
+        pos, final = 0, False
+        while len(data) - pos >= 5:
+            (ln,) = struct.unpack_from(">I", data, pos + 1)
+            r = parse_stream_response(data[pos + 5 : pos + 5 + ln], self.plan.stream.token_output)
+            pos += 5 + ln
+            if r is None:
+                return "malformed stream response"
+            if r.error:
+                return r.error.splitlines()[0] if r.error.strip() else "error response"
+            if r.data and r.outputs < wire.expected_outputs:
+                return "probe response lacks its outputs"
+            final = final or r.final
+        return "" if final else "the stream ended without a final response"
 
     async def statistics(self, name: str = "", version: str = "") -> Snapshot:
         r = await self._unary(

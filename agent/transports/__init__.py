@@ -2,6 +2,8 @@
 
 - `grpc_unary.GrpcUnary` (default): ModelInfer over our own HTTP/2 client.
 - `grpc_stream.GrpcStream`: ModelStreamInfer, many requests per stream.
+- `grpc_decoupled.GrpcDecoupled`: ModelStreamInfer for decoupled models, a stream of
+  responses per request (chosen when preflight finds the model decoupled).
 - `http.Http`: KServe v2 REST (binary tensor extension) over HTTP/1.1 keep-alive.
 - `grpcio.GrpcioUnary`: the reference path, grpc.aio with tritonclient's stubs.
 """
@@ -9,6 +11,7 @@
 from __future__ import annotations
 
 from agent.transports.base import Clock, Complete, Transport
+from agent.transports.grpc_decoupled import GrpcDecoupled
 from agent.transports.grpc_stream import GrpcStream
 from agent.transports.grpc_unary import GrpcUnary
 from agent.transports.grpcio import GrpcioUnary
@@ -33,6 +36,10 @@ def make_transport(
     if plan.protocol == "http":
         http: Transport = Http(plan, payloads, complete, clock, start_ns, access)
         return http
+    if plan.stream.decoupled:
+        if plan.protocol != "grpc":
+            raise PlanError(f"protocol {plan.protocol!r}: no streaming transport for it")
+        return GrpcDecoupled(plan, payloads, complete, clock, start_ns, access)
     if plan.transport == "stream":
         return GrpcStream(plan, payloads, complete, clock, start_ns, access)
     if plan.transport == "grpcio":

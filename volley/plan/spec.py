@@ -221,6 +221,17 @@ class ValiditySpec:
 
 
 @dataclass(frozen=True)
+class StreamSpec:
+    """Streaming (decoupled) models: one request, a stream of responses."""
+
+    #: Resolved from the model config in preflight (`model_transaction_policy
+    #: { decoupled: true }`); a plan may say so itself for a server without model config.
+    decoupled: bool = False
+    #: Output whose element count is a response's token count ("" = one per response).
+    token_output: str = ""
+
+
+@dataclass(frozen=True)
 class Plan:
     target: str
     model: str
@@ -251,6 +262,7 @@ class Plan:
     #: Mixed traffic: several models sharing the one arrival process by weight. Empty:
     #: the plan's `model` with its `inputs` is the only one.
     models: tuple[ModelSpec, ...] = ()
+    stream: StreamSpec = field(default_factory=StreamSpec)
 
     # ---- serialisation -------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

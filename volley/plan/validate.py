@@ -42,6 +42,7 @@ from volley.plan.spec import (
     PoolSpec,
     Protocol,
     StageSpec,
+    StreamSpec,
     TlsSpec,
     TraceSpec,
     Transport,
@@ -615,7 +616,20 @@ def plan_from_dict(data: object) -> Plan:
         tls=_tls(d.get("tls")),
         headers=tuple(_header(x, i) for i, x in enumerate(_list(d.get("headers"), "plan.headers"))),
         models=models,
+        stream=_stream(d.get("stream")),
     )
+
+
+def _stream(raw: Any) -> StreamSpec:
+    d = _dict(raw, "plan.stream")
+    _check_keys(d, {f.name for f in fields(StreamSpec)}, "plan.stream")
+    decoupled = d.get("decoupled", False)
+    if not isinstance(decoupled, bool):
+        raise PlanError("plan.stream.decoupled: expected true or false")
+    token_output = _str(d, "token_output", "plan.stream", "")
+    if len(token_output) > 256:
+        raise PlanError("plan.stream.token_output: longer than 256 characters")
+    return StreamSpec(decoupled=decoupled, token_output=token_output)
 
 
 def check_resolved(plan: Plan) -> None:
