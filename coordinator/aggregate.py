@@ -2,7 +2,11 @@
 
 Kept per agent and per 1 s window (by intended time): latency (done - intended),
 service time (done - sent) and send lateness (sent - intended) histograms, plus
-counts and error codes. Percentiles always come from merged histograms, never
+counts and error codes. Streaming (decoupled) requests add, for successful requests:
+TTFT (first response - intended), time to second token (second response - intended),
+inter-token latency (every gap between consecutive responses, from the batch's ragged
+gaps column: the distribution over all gaps, not a mean per request), time per output
+token ((last - first) / (tokens - 1), one value per request) and response/token counts. Percentiles always come from merged histograms, never
 from averaged percentiles. Warm-up records are counted apart and excluded.
 """
 
@@ -19,6 +23,10 @@ from volley.histogram import LogHistogram
 from volley.records import RecordBlock
 
 WINDOW_NS = 1_000_000_000
+#: The ragged gaps column of a block rides in `cols` under this key (Aggregator.ingest).
+GAPS_KEY = "gaps_ns"
+#: The streaming histograms of Stats (merged and released with the others).
+STREAM_HISTS = ("ttft", "ttst", "itl", "tpot")
 LATE_NS = 1_000_000  #: a send more than 1 ms after its intended time is "late"
 
 
@@ -39,6 +47,18 @@ class Stats:
     service: LogHistogram = field(default_factory=LogHistogram)
     lateness: LogHistogram = field(default_factory=LogHistogram)
     error_codes: Counter[int] = field(default_factory=Counter)
+    #: successful requests that had at least one response with data
+    streamed: int = 0
+    #: responses with data and output tokens of successful requests
+    responses: int = 0
+    tokens: int = 0
+    #: fewest / most responses of a successful streaming request (-1: none yet)
+    responses_min: int = -1
+    responses_max: int = -1
+    ttft: LogHistogram = field(default_factory=LogHistogram)
+    ttst: LogHistogram = field(default_factory=LogHistogram)
+    itl: LogHistogram = field(default_factory=LogHistogram)
+    tpot: LogHistogram = field(default_factory=LogHistogram)
 
     def add(
         self, cols: dict[str, npt.NDArray[np.generic]], mask: npt.NDArray[np.bool_] | None = None
@@ -73,6 +93,55 @@ class Stats:
         self.service.record_many(done[ok] - sent[ok])
         self.req_bytes += int(sel("req_bytes")[is_sent].sum(dtype=np.int64))
         self.resp_bytes += int(sel("resp_bytes")[ok].sum(dtype=np.int64))
+        resp_all = cols.get("responses")
+        if resp_all is not None and resp_all.any():
+            self._add_stream(cols, mask, ok, intended)
+
+    def _add_stream(
+        self,
+        cols: dict[str, npt.NDArray[np.generic]],
+        mask: npt.NDArray[np.bool_] | None,
+        ok: npt.NDArray[np.bool_],
+        intended: npt.NDArray[np.int64],
+    ) -> None:
+        """The streaming figures of the selected records (their successful ones)."""
+        resp_all: npt.NDArray[np.int64] = cols["responses"].astype(np.int64)
+        resp = resp_all if mask is None else resp_all[mask]
+        tokens = cols["tokens"].astype(np.int64)
+        tokens = tokens if mask is None else tokens[mask]
+        first: npt.NDArray[np.int64] = cols["first_ns"]  # type: ignore[assignment]
+        last: npt.NDArray[np.int64] = cols["last_ns"]  # type: ignore[assignment]
+        if mask is not None:
+            first, last = first[mask], last[mask]
+        got = ok & (resp > 0)
+        if not got.any():
+            return
+        r_ok = resp[got]
+        self.streamed += int(got.sum())
+        self.responses += int(r_ok.sum())
+        self.tokens += int(tokens[got].sum())
+        lo, hi = int(r_ok.min()), int(r_ok.max())
+        self.responses_min = lo if self.responses_min < 0 else min(self.responses_min, lo)
+        self.responses_max = max(self.responses_max, hi)
+        self.ttft.record_many(first[got] - intended[got])
+        multi = ok & (tokens >= 2)
+        if multi.any():
+            self.tpot.record_many((last[multi] - first[multi]) // (tokens[multi] - 1))
+        gaps: npt.NDArray[np.int64] | None = cols.get(GAPS_KEY)  # type: ignore[assignment]
+        if gaps is None or gaps.size != int(rc.gap_counts(resp_all).sum()):
+            return  # gaps not kept (a block read back from requests.parquet)
+        # the selected successful records' gaps, and each one's first gap (for TTST)
+        rows = got if mask is None else _expand(mask, got)
+        counts = rc.gap_counts(resp_all)
+        mine = np.repeat(rows, counts)
+        self.itl.record_many(gaps[mine])
+        two = rows & (resp_all >= 2)
+        if two.any():
+            starts = np.cumsum(counts) - counts
+            ttst = cols["first_ns"][two].astype(np.int64) - cols["intended_ns"][two].astype(
+                np.int64
+            )
+            self.ttst.record_many(ttst + gaps[starts[two]])
 
     def merge(self, other: Stats) -> None:
         for name in (
@@ -85,12 +154,28 @@ class Stats:
             "late",
             "req_bytes",
             "resp_bytes",
+            "streamed",
+            "responses",
+            "tokens",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.latency.merge(other.latency)
         self.service.merge(other.service)
         self.lateness.merge(other.lateness)
         self.error_codes.update(other.error_codes)
+        if other.streamed:
+            if self.responses_min < 0 or 0 <= other.responses_min < self.responses_min:
+                self.responses_min = other.responses_min
+            self.responses_max = max(self.responses_max, other.responses_max)
+            for name in STREAM_HISTS:
+                getattr(self, name).merge(getattr(other, name))
+
+
+def _expand(mask: npt.NDArray[np.bool_], sub: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """`sub` (a mask over the records `mask` selects) as a mask over all records."""
+    out = np.zeros(mask.size, np.bool_)
+    out[np.flatnonzero(mask)[sub]] = True
+    return out
 
 
 @dataclass
@@ -130,6 +215,8 @@ class Aggregator:
         if len(block) == 0:
             return
         cols = block.columns
+        if block.gaps.size:
+            cols = {**cols, GAPS_KEY: block.gaps}
         self.shapes.update(block.input_shapes)
         tally = self.agents[agent]
         intended = block.col("intended_ns")
@@ -223,6 +310,9 @@ class Aggregator:
                 st.latency = LogHistogram()
                 st.service = LogHistogram()
                 st.lateness = LogHistogram()
+                for name in STREAM_HISTS:
+                    if getattr(st, name).count:
+                        setattr(st, name, LogHistogram())
 
     def window_keys(self) -> list[int]:
         return sorted({w for w, _ in self.windows} | {w for w, _ in self.completions})

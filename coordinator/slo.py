@@ -1,4 +1,6 @@
-"""SLO expressions: parse `p99<50ms`, `errors<0.1%`, `throughput>=0.98*offered` (pure)."""
+"""SLO expressions: parse `p99<50ms`, `errors<0.1%`, `throughput>=0.98*offered`, and on
+streaming models `ttft_p99<200ms`, `itl_p99<30ms`, `tpot.p50<10ms`, `tokens_per_s>500`
+(pure)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,9 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 _UNITS_MS = {"us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1000.0}
 #: The summary's percentile blocks an SLO may name (from latency histograms).
 PERCENTILE_FAMILIES = ("latency_ms", "service_time_ms")
+#: Streaming metrics (summary.json `stream.<family>`): the name an SLO uses -> family.
+STREAM_FAMILIES = {"ttft": "ttft_ms", "ttst": "ttst_ms", "itl": "itl_ms", "tpot": "tpot_ms"}
+_STREAM = re.compile(r"^(ttft|ttst|itl|tpot)[._](p50|p90|p95|p99|p999|max|mean)$")
 _LAT = re.compile(r"^(p50|p90|p95|p99|p999|max|mean)$")
 _SLO = re.compile(
     r"^\s*(?P<metric>[a-z_0-9.]+)\s*(?P<op><=|>=|<|>)\s*(?P<value>[0-9]*\.?[0-9]+)\s*"
@@ -69,14 +74,15 @@ def _nothing_to_judge(
     offered: float | None,
 ) -> str:
     """Why the SLO's figure means nothing ("" when it does)."""
-    family = slo.metric.split(".", 1)[0]
-    if family in PERCENTILE_FAMILIES:
+    parts = slo.metric.split(".")
+    family = parts[1] if parts[0] == "stream" and len(parts) > 2 else parts[0]
+    if family in PERCENTILE_FAMILIES or family in STREAM_FAMILIES.values():
         count = samples.get(family) if samples is not None else None
         if count is None:
             ok = _lookup(summary, "requests.ok")
             count = None if ok is None else int(ok)
         if count is not None and count <= 0:
-            return "no successful request"
+            return "no successful request" if family in PERCENTILE_FAMILIES else "no such value"
     elif slo.metric == "error_rate" and _lookup(summary, "requests.sent") == 0:
         return "no request sent"
     elif slo.relative_to == "offered" and not offered:
@@ -109,6 +115,16 @@ def parse_slo(text: str) -> Slo:
         if unit not in _UNITS_MS:
             raise PlanError(f"SLO {text!r}: latency needs a unit (us, ms or s)")
         return Slo(text, f"{family}.{stat}", op, value * _UNITS_MS[unit])
+    sm = _STREAM.match(metric)
+    if sm:
+        if unit not in _UNITS_MS:
+            raise PlanError(f"SLO {text!r}: a token latency needs a unit (us, ms or s)")
+        family = STREAM_FAMILIES[sm[1]]
+        return Slo(text, f"stream.{family}.{sm[2]}", op, value * _UNITS_MS[unit])
+    if metric in ("tokens_per_s", "tokens"):
+        if unit not in (None, "/s"):
+            raise PlanError(f"SLO {text!r}: tokens/s takes no unit (or /s)")
+        return Slo(text, "stream.tokens_per_s", op, value)
     if metric in ("errors", "error_rate"):
         if unit == "%":
             value /= 100.0
@@ -121,5 +137,5 @@ def parse_slo(text: str) -> Slo:
         return Slo(text, "throughput_rps", op, value)
     raise PlanError(
         f"SLO {text!r}: unknown metric {metric!r} (use p50..p999, max, mean, "
-        "service.p99, errors, throughput)"
+        "service.p99, errors, throughput, ttft_p99, itl_p99, ttst_p99, tpot_p99, tokens_per_s)"
     )

@@ -17,6 +17,7 @@ from coordinator.documents import (
     RequestCounts,
     ServerBlock,
     ShapeRow,
+    StreamBlock,
     Summary,
 )
 from coordinator.slo import parse_slo
@@ -85,6 +86,38 @@ def lateness_ms(st: Stats) -> Lateness:
         "p99": round(h.percentile(99) / 1e6, 4),
         "max": round(h.max_ns / 1e6, 4),
         "late_fraction": round(st.late / h.count, 6),
+    }
+
+
+def stream_block(st: Stats, measured_s: float) -> StreamBlock:
+    """The streaming figures of `st` (summary.json's `stream`)."""
+    n = st.streamed
+    return {
+        "requests": n,
+        "responses": st.responses,
+        "responses_per_request": {
+            "min": max(st.responses_min, 0),
+            "max": max(st.responses_max, 0),
+            "mean": round(st.responses / n, 3) if n else 0.0,
+        },
+        "tokens": st.tokens,
+        "tokens_per_request_mean": round(st.tokens / n, 3) if n else 0.0,
+        "tokens_per_s": round(st.tokens / measured_s, 3) if measured_s > 0 else 0.0,
+        "ttft_ms": hist_ms(st.ttft),
+        "ttst_ms": hist_ms(st.ttst),
+        "itl_ms": hist_ms(st.itl),
+        "tpot_ms": hist_ms(st.tpot),
+        "itl_samples": st.itl.count,
+    }
+
+
+def stream_samples(st: Stats) -> dict[str, int]:
+    """The values behind each streaming percentile family (for the SLO judge)."""
+    return {
+        "ttft_ms": st.ttft.count,
+        "ttst_ms": st.ttst.count,
+        "itl_ms": st.itl.count,
+        "tpot_ms": st.tpot.count,
     }
 
 
@@ -368,8 +401,11 @@ def build_summary(
             "slo_passed": True,
         },
     }
+    if plan.stream.decoupled or total.streamed:
+        summary["stream"] = stream_block(total, measured_s)
     # SLOs are judged on the figures above
     samples = {"latency_ms": total.latency.count, "service_time_ms": total.service.count}
+    samples.update(stream_samples(total))
     slo = [parse_slo(s).evaluate(summary, samples) for s in plan.slos]
     summary["verdict"]["slo"] = slo
     summary["verdict"]["slo_passed"] = all(r["passed"] for r in slo)
