@@ -1,0 +1,273 @@
+"""Decoupled (streaming) models against the real Triton: the `tokens` model's known
+truth (first delay, gap, count) measured back from the intended send time by two agents;
+errors mid-stream, per-request timeouts, a server stall, SLOs on token latencies."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from agent.transports import make_transport
+from coordinator.preflight import preflight
+from coordinator.run import RunOptions, execute
+from tests.triton_fixture import TritonEndpoint
+from volley import records as rc
+from volley.plan import Plan, plan_from_dict
+from volley.target import read_access
+from volley.wire.payloads import build_payloads
+
+FIRST_MS, GAP_MS, COUNT = 20.0, 5.0, 10
+
+
+def _doc(
+    triton: TritonEndpoint, first: float, gap: float, count: int, error_at: int = -1, **extra: Any
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "target": triton.grpc_url,
+        "model": "tokens",
+        "seed": 3,
+        "name": "stream",
+        "inputs": [
+            {"name": "FIRST_MS", "source": "constant", "value": first},
+            {"name": "GAP_MS", "source": "constant", "value": gap},
+            {"name": "COUNT", "source": "constant", "value": count},
+            {"name": "ERROR_AT", "source": "constant", "value": error_at},
+        ],
+        # a warm-up second: the first sends of a loaded host may be late and queue
+        "load": {
+            "mode": "open",
+            "arrival": "constant",
+            "rate": 10,
+            "duration": "4s",
+            "warmup": "1s",
+        },
+        "validity": {"min_duration_s": 1, "min_requests": 10},
+    }
+    doc.update(extra)
+    return doc
+
+
+def _reference_ttft_ms(url: str, n: int = 12) -> list[float]:
+    """TTFT of the same model and inputs timed by tritonclient's own streaming client
+    (send to first response), one request at a time: what Triton adds to FIRST_MS."""
+    import tritonclient.grpc as tg
+
+    got: queue.Queue[float] = queue.Queue()
+
+    def callback(result: Any, error: Any) -> None:
+        if error is None and result.get_response().outputs:
+            got.put(time.perf_counter())
+
+    client = tg.InferenceServerClient(url)
+    client.start_stream(callback=callback)
+    inputs = []
+    for name, dt, v in (
+        ("FIRST_MS", "FP32", FIRST_MS),
+        ("GAP_MS", "FP32", 0.0),
+        ("COUNT", "INT32", 1),
+        ("ERROR_AT", "INT32", -1),
+    ):
+        x = tg.InferInput(name, [1], dt)
+        x.set_data_from_numpy(np.array([v], np.float32 if dt == "FP32" else np.int32))
+        inputs.append(x)
+    out = []
+    try:
+        for i in range(n):
+            t0 = time.perf_counter()
+            client.async_stream_infer("tokens", inputs, request_id=str(i))
+            out.append((got.get(timeout=10) - t0) * 1000)
+            time.sleep(0.1)  # the same idle gap as the 10/s run
+    finally:
+        client.stop_stream()
+        client.close()
+    return out
+
+
+async def test_two_agents_measure_the_known_stream(
+    triton_server: TritonEndpoint, agent_pair: list[str], tmp_path: Path
+) -> None:
+    """First response 20 ms after the model takes the request, then one every 5 ms, ten
+    of them: TTFT p50 within 1 ms of 20 ms plus Triton's own overhead (the TTFT of the
+    same request with FIRST_MS 0, one at a time), ITL p50 within 0.5 ms of 5 ms, and the
+    response counts exact. An independent client (tritonclient's streaming one, whose
+    callback thread adds its own hop) bounds TTFT from above."""
+    floor = await _floor_ttft_ms(triton_server)
+    before = _reference_ttft_ms(triton_server.grpc_url)
+    doc = _doc(triton_server, FIRST_MS, GAP_MS, COUNT, slos=["itl_p99<30ms", "itl_p50<4ms"])
+    options = RunOptions(out_dir=tmp_path, start_lead_s=1.5)
+    result = await execute(plan_from_dict(doc), agent_pair, options)
+    after = _reference_ttft_ms(triton_server.grpc_url)
+    s = result.summary
+    st = s["stream"]
+    ok = s["requests"]["ok"]
+    assert ok == s["requests"]["scheduled"] == 30 and s["requests"]["errors"] == 0
+    assert all(a["ok"] > 0 for a in s["agents"])  # both agents drove it
+    assert st["requests"] == ok
+    assert st["responses"] == st["tokens"] == ok * COUNT
+    assert st["responses_per_request"] == {"min": COUNT, "max": COUNT, "mean": COUNT}
+    assert st["itl_samples"] == ok * (COUNT - 1)
+    ref = float(np.median(before + after))
+    ttft, itl = st["ttft_ms"]["p50"], st["itl_ms"]["p50"]
+    print(
+        f"tokens {FIRST_MS:g}/{GAP_MS:g} ms x{COUNT}: TTFT p50 {ttft:.3f} ms, ITL p50 "
+        f"{itl:.3f} ms, TPOT p50 {st['tpot_ms']['p50']:.3f} ms, e2e p50 "
+        f"{s['latency_ms']['p50']:.3f} ms; Triton's overhead (TTFT at FIRST_MS 0) "
+        f"{floor:.3f} ms; tritonclient TTFT p50 {ref:.3f} ms"
+    )
+    assert ttft >= FIRST_MS and ref >= FIRST_MS
+    assert abs(ttft - (FIRST_MS + floor)) <= 1.0
+    assert ttft <= ref + 0.5
+    assert abs(itl - GAP_MS) <= 0.5
+    assert abs(st["tpot_ms"]["p50"] - GAP_MS) <= 0.5
+    assert st["ttst_ms"]["p50"] >= ttft
+    assert s["latency_ms"]["p50"] >= ttft + (COUNT - 1) * GAP_MS - 1.0
+    # SLOs on ITL: the first holds, the second cannot (5 ms gaps): the run fails its SLOs
+    slo = {r["slo"]: r for r in s["verdict"]["slo"]}
+    assert slo["itl_p99<30ms"]["passed"] and not slo["itl_p50<4ms"]["passed"]
+    assert not s["verdict"]["slo_passed"]
+    # raw rows carry the streaming clocks; the merged histogram agrees with them
+    raw = pq.read_table(result.run_dir / "requests.parquet")
+    first = raw.column("first_ns").to_numpy()
+    intended = raw.column("intended_ns").to_numpy()
+    assert set(raw.column("responses").to_numpy().tolist()) == {COUNT}
+    assert (raw.column("last_ns").to_numpy() - first >= (COUNT - 1) * GAP_MS * 1e6 * 0.9).all()
+    exact = np.sort(first - intended)[int(np.ceil(len(first) / 2)) - 1] / 1e6
+    assert abs(exact - ttft) <= 0.01 * exact
+
+
+async def test_a_server_stall_shows_in_ttft(
+    triton_server: TritonEndpoint, agent_pair: list[str], tmp_path: Path
+) -> None:
+    """A 1 s request sent beside the load occupies the model's one instance: the
+    requests scheduled meanwhile wait, and their TTFT from the intended time says so."""
+    import tritonclient.grpc as tg
+
+    def stall() -> None:
+        client = tg.InferenceServerClient(triton_server.grpc_url)
+        done = threading.Event()
+        client.start_stream(callback=lambda result, error: done.set())
+        inputs = []
+        for name, dt, v in (
+            ("FIRST_MS", "FP32", 1000.0),
+            ("GAP_MS", "FP32", 0.0),
+            ("COUNT", "INT32", 1),
+            ("ERROR_AT", "INT32", -1),
+        ):
+            x = tg.InferInput(name, [1], dt)
+            x.set_data_from_numpy(np.array([v], np.float32 if dt == "FP32" else np.int32))
+            inputs.append(x)
+        client.async_stream_infer("tokens", inputs)
+        done.wait(10)
+        client.stop_stream()
+        client.close()
+
+    doc = _doc(triton_server, 1.0, 1.0, 3, slos=["ttft_p99<500ms"])
+    doc["load"].update(rate=20)
+    plan = plan_from_dict(doc)
+    # the stall starts ~1 s into the load: 2 s after the start command (warm-up: 1 s)
+    options = RunOptions(out_dir=tmp_path, start_lead_s=1.5)
+    thread = threading.Timer(1.5 + 1.0, stall)
+    thread.start()
+    try:
+        result = await execute(plan, agent_pair, options)
+    finally:
+        thread.join()
+    s = result.summary
+    st = s["stream"]
+    print(f"stall: TTFT p50 {st['ttft_ms']['p50']:.1f} ms, p99 {st['ttft_ms']['p99']:.1f} ms")
+    assert s["requests"]["ok"] == 60
+    assert st["ttft_ms"]["max"] >= 800.0  # the first request behind the stall waited ~1 s
+    assert st["ttft_ms"]["p50"] < 100.0  # most were not behind it
+    raw = pq.read_table(result.run_dir / "requests.parquet")
+    ttft = (raw.column("first_ns").to_numpy() - raw.column("intended_ns").to_numpy()) / 1e6
+    assert int((ttft > 300).sum()) >= 8  # about 14 arrivals fall in the first 0.7 s of it
+    assert not s["verdict"]["slo_passed"]
+
+
+async def _floor_ttft_ms(triton: TritonEndpoint, n: int = 15) -> float:
+    """Triton's own overhead on a first response: TTFT p50 of requests with FIRST_MS 0,
+    sent one at a time 0.1 s apart (the run's idle gap) by the agents' transport."""
+    plan = await preflight(plan_from_dict(_doc(triton, 0.0, 0.0, 1)))
+    access = read_access(plan).here
+    payloads = build_payloads(plan, headers=access.headers)
+    done: list[tuple[int, ...]] = []
+    notes: list[tuple[Any, ...]] = []
+    start = time.monotonic_ns()
+    tp = make_transport(plan, payloads, lambda *a: done.append(a), time.monotonic_ns, start, access)
+    tp.note_stream = lambda *a: notes.append(a)
+    await tp.open()
+    try:
+        for i in range(n):
+            tp.send(i, tp.now(), payloads.pick_one(i))
+            t0 = time.monotonic()
+            while len(done) <= i and time.monotonic() - t0 < 5:
+                await asyncio.sleep(0.001)
+            await asyncio.sleep(0.1)
+    finally:
+        tp.abort_all(rc.CANCELLED)
+        await tp.close()
+    ttft = [(note[0] - d[1]) / 1e6 for d, note in zip(done, notes, strict=True)]
+    return float(np.median(ttft[2:]))  # the first ones warm the path up
+
+
+async def _send(
+    plan: Plan, n: int, wait_s: float = 10.0
+) -> list[tuple[tuple[int, ...], tuple[Any, ...]]]:
+    """n requests through a fresh transport: (completion, streaming note) pairs."""
+    access = read_access(plan).here
+    payloads = build_payloads(plan, headers=access.headers)
+    done: list[tuple[int, ...]] = []
+    notes: list[tuple[Any, ...]] = []
+    start = time.monotonic_ns()
+    tp = make_transport(plan, payloads, lambda *a: done.append(a), time.monotonic_ns, start, access)
+    tp.note_stream = lambda *a: notes.append(a)
+    await tp.open()
+    try:
+        for i in range(n):
+            tp.send(i, tp.now(), payloads.pick_one(i))
+        t0 = time.monotonic()
+        while len(done) < n and time.monotonic() - t0 < wait_s:
+            await asyncio.sleep(0.005)
+            tp.sweep()
+        assert len(done) == n and tp.in_flight == 0
+    finally:
+        tp.abort_all(rc.CANCELLED)
+        await tp.close()
+    return list(zip(done, notes, strict=True))
+
+
+def _with_inputs(plan: Plan, **values: float) -> Plan:
+    """The resolved plan with some constant inputs changed (after preflight's probe)."""
+    inputs = tuple(
+        dataclasses.replace(i, value=values[i.name]) if i.name in values else i for i in plan.inputs
+    )
+    return dataclasses.replace(plan, inputs=inputs)
+
+
+async def test_stream_errors_empty_streams_and_timeouts(triton_server: TritonEndpoint) -> None:
+    plan = await preflight(plan_from_dict(_doc(triton_server, 1.0, 1.0, 4, timeout_s=0.3)))
+    assert plan.stream.decoupled  # found in the model config
+    # an error at response 2: two responses, then STREAM_ERROR; at 0: UNKNOWN, none
+    for error_at, status, n in ((2, rc.STREAM_ERROR, 2), (0, rc.UNKNOWN, 0)):
+        for (_k, _i, sent, done, code, _p, _b), (first, last, resp, tok, gaps) in await _send(
+            _with_inputs(plan, ERROR_AT=error_at), 3
+        ):
+            assert (code, resp, tok, len(gaps)) == (status, n, n, max(n - 1, 0))
+            assert (first >= sent and last <= done) if n else first == last == -1
+    # no response with data: OK, the final flag alone ended it
+    for (*_, code, _p, _b), (first, _last, resp, _t, _g) in await _send(
+        _with_inputs(plan, COUNT=0), 3
+    ):
+        assert (code, resp, first) == (rc.OK, 0, -1)
+    # past the 0.3 s timeout: DEADLINE_EXCEEDED with what had come; the stream goes on
+    slow = _with_inputs(plan, FIRST_MS=100.0, GAP_MS=100.0, COUNT=6)
+    for (*_, code, _p, _b), (_f, _l, resp, _t, _g) in await _send(slow, 1):
+        assert code == rc.DEADLINE_EXCEEDED and 1 <= resp <= 3
