@@ -6,8 +6,8 @@ counts and error codes. Streaming (decoupled) requests add, for successful reque
 TTFT (first response - intended), time to second token (second response - intended),
 inter-token latency (every gap between consecutive responses, from the batch's ragged
 gaps column: the distribution over all gaps, not a mean per request), time per output
-token ((last - first) / (tokens - 1), one value per request) and response/token counts. Percentiles always come from merged histograms, never
-from averaged percentiles. Warm-up records are counted apart and excluded.
+token ((last - first) / (tokens - 1), one value per request) and response/token
+counts. Percentiles always come from merged histograms, never from averaged percentiles. Warm-up records are counted apart and excluded.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ class Stats:
         self.responses_min = lo if self.responses_min < 0 else min(self.responses_min, lo)
         self.responses_max = max(self.responses_max, hi)
         self.ttft.record_many(first[got] - intended[got])
-        multi = ok & (tokens >= 2)
+        multi = got & (tokens >= 2)
         if multi.any():
             self.tpot.record_many((last[multi] - first[multi]) // (tokens[multi] - 1))
         gaps: npt.NDArray[np.int64] | None = cols.get(GAPS_KEY)  # type: ignore[assignment]

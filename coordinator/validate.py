@@ -130,14 +130,10 @@ def run_shape(plan_json: str) -> RunShape:
 
 def _stream_times_ok(block: RecordBlock, sent: I64, done: I64) -> Mask:
     """Streaming columns: responses in order inside the request's span (sent <= first
-    <= last <= done) when there were any, -1 when none."""
+    <= last <= done) when there were any (without responses they are not read)."""
     first, last = block.col("first_ns"), block.col("last_ns")
     some = block.col("responses") > 0
-    ok: Mask = np.where(
-        some,
-        (first >= sent) & (first <= last) & (last <= done) & (sent >= 0),
-        (first == -1) & (last == -1),
-    )
+    ok: Mask = ~some | ((first >= sent) & (first <= last) & (last <= done) & (sent >= 0))
     return ok
 
 

@@ -137,7 +137,8 @@ def _plan() -> Plan:
 
 def _block(agent: int, n: int) -> RecordBlock:
     """n arrivals 10 ms apart: two shapes, two models, three request sizes; agent 0 has
-    an outage (1.0-2.0 s) and dropped arrivals, agent 1 sends 10% of its requests late."""
+    an outage (1.0-2.0 s) and dropped arrivals, agent 1 sends 10% of its requests late
+    and streams (three responses each)."""
     buf = RecordBuffer(n)
     for i in range(n):
         t = i * 10_000_000
@@ -149,6 +150,8 @@ def _block(agent: int, n: int) -> RecordBlock:
         elif agent == 1 and i % 10 == 3:
             sent = t + 2_000_000
         done = -1 if sent < 0 else sent + 1_000_000 + 5_000 * (i % 20)
+        if agent == 1:  # streamed: three responses, 0.3 ms apart, before done
+            buf.note_stream(sent + 200_000, sent + 800_000, 3, 3, [300_000, 300_000])
         buf.append(i, t, sent, done, status, (64, 200, 900)[i % 3], 32, 1, i % 2, i % 2)
     block = buf.take(SHAPES)
     assert block is not None
