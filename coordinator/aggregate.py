@@ -7,7 +7,8 @@ TTFT (first response - intended), time to second token (second response - intend
 inter-token latency (every gap between consecutive responses, from the batch's ragged
 gaps column: the distribution over all gaps, not a mean per request), time per output
 token ((last - first) / (tokens - 1), one value per request) and response/token
-counts. Percentiles always come from merged histograms, never from averaged percentiles. Warm-up records are counted apart and excluded.
+counts. Percentiles always come from merged histograms, never from averaged
+percentiles. Warm-up records are counted apart and excluded.
 """
 
 from __future__ import annotations
