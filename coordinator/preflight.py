@@ -153,6 +153,7 @@ async def _preflight_model(
         inputs=m.inputs,
         outputs=m.outputs,
         models=(),
+        stream=dataclasses.replace(plan.stream, decoupled=decoupled),
     )
     one = resolve_inputs(one, info)
     try:
@@ -213,7 +214,7 @@ async def preflight_check(plan: Plan, timeout: float = 5.0) -> PreflightResult:
         # one stream transport for every model: a non-decoupled model answers once, with
         # the final flag, on it as well
         plan = dataclasses.replace(plan, stream=dataclasses.replace(plan.stream, decoupled=True))
-    if plan.stream.decoupled and plan.protocol == "grpc" and plan.compression != "none":
+    if plan.stream.decoupled and plan.compression != "none":
         raise PreflightError("compression: not supported with a decoupled (streaming) model")
     if plan.models:
         resolved = dataclasses.replace(

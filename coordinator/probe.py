@@ -29,7 +29,7 @@ from volley.wire.grpc import USER_AGENT, grpc_timeout_header, grpc_unframe
 from volley.wire.h2 import H2Connection, HeaderInfo
 from volley.wire.http1 import dechunk
 from volley.wire.payloads import Wire
-from volley.wire.stream import parse_stream_response, stream_request
+from volley.wire.stream import parse_sse_event, parse_stream_response, stream_request
 
 
 class ProbeError(Exception):
@@ -511,6 +511,21 @@ class HttpProbe(Probe):
         ihcl = headers.get("inference-header-content-length")
         if not check_http_response(body, int(ihcl) if ihcl else None, wire.expected_outputs):
             return "probe response lacks its outputs"
+        return ""
+
+    async def stream_infer(self, wire: Wire) -> str:
+        """A decoupled model: one generate_stream request, its events read to the end."""
+        status, _, body = await self.request("POST", "", wire.body, head=wire.head)
+        if status != 200:
+            return self._why(status, body)
+        for event in body.replace(b"\r\n", b"\n").split(b"\n\n"):
+            if not event.strip():
+                continue
+            r = parse_sse_event(event, self.plan.stream.token_output)
+            if r is None:
+                return "malformed generate_stream event"
+            if r.error:
+                return r.error.splitlines()[0] if r.error.strip() else "error event"
         return ""
 
     async def statistics(self, name: str = "", version: str = "") -> Snapshot:

@@ -4,6 +4,8 @@
 - `grpc_stream.GrpcStream`: ModelStreamInfer, many requests per stream.
 - `grpc_decoupled.GrpcDecoupled`: ModelStreamInfer for decoupled models, a stream of
   responses per request (chosen when preflight finds the model decoupled).
+- `http_stream.HttpGenerate`: the generate extension's generate_stream (server-sent
+  events) for decoupled models over HTTP.
 - `http.Http`: KServe v2 REST (binary tensor extension) over HTTP/1.1 keep-alive.
 - `grpcio.GrpcioUnary`: the reference path, grpc.aio with tritonclient's stubs.
 """
@@ -16,6 +18,7 @@ from agent.transports.grpc_stream import GrpcStream
 from agent.transports.grpc_unary import GrpcUnary
 from agent.transports.grpcio import GrpcioUnary
 from agent.transports.http import Http
+from agent.transports.http_stream import HttpGenerate
 from volley.plan import Plan, PlanError
 from volley.target import TargetAccess
 from volley.wire.payloads import Payloads
@@ -34,11 +37,11 @@ def make_transport(
     """The plan's transport; `access` holds its header values and TLS material, in
     memory (an agent never reads a file or environment variable a plan names)."""
     if plan.protocol == "http":
+        if plan.stream.decoupled:
+            return HttpGenerate(plan, payloads, complete, clock, start_ns, access)
         http: Transport = Http(plan, payloads, complete, clock, start_ns, access)
         return http
     if plan.stream.decoupled:
-        if plan.protocol != "grpc":
-            raise PlanError(f"protocol {plan.protocol!r}: no streaming transport for it")
         return GrpcDecoupled(plan, payloads, complete, clock, start_ns, access)
     if plan.transport == "stream":
         return GrpcStream(plan, payloads, complete, clock, start_ns, access)

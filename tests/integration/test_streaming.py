@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from agent.transports import make_transport
 from coordinator.preflight import preflight
@@ -28,10 +29,17 @@ FIRST_MS, GAP_MS, COUNT = 20.0, 5.0, 10
 
 
 def _doc(
-    triton: TritonEndpoint, first: float, gap: float, count: int, error_at: int = -1, **extra: Any
+    triton: TritonEndpoint,
+    first: float,
+    gap: float,
+    count: int,
+    error_at: int = -1,
+    protocol: str = "grpc",
+    **extra: Any,
 ) -> dict[str, Any]:
     doc: dict[str, Any] = {
-        "target": triton.grpc_url,
+        "target": triton.http_url if protocol == "http" else triton.grpc_url,
+        "protocol": protocol,
         "model": "tokens",
         "seed": 3,
         "name": "stream",
@@ -91,20 +99,30 @@ def _reference_ttft_ms(url: str, n: int = 12) -> list[float]:
     return out
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
 async def test_two_agents_measure_the_known_stream(
-    triton_server: TritonEndpoint, agent_pair: list[str], tmp_path: Path
+    triton_server: TritonEndpoint, agent_pair: list[str], tmp_path: Path, protocol: str
 ) -> None:
     """First response 20 ms after the model takes the request, then one every 5 ms, ten
     of them: TTFT p50 within 1 ms of 20 ms plus Triton's own overhead (the TTFT of the
     same request with FIRST_MS 0, one at a time), ITL p50 within 0.5 ms of 5 ms, and the
-    response counts exact. An independent client (tritonclient's streaming one, whose
-    callback thread adds its own hop) bounds TTFT from above."""
-    floor = await _floor_ttft_ms(triton_server)
-    before = _reference_ttft_ms(triton_server.grpc_url)
-    doc = _doc(triton_server, FIRST_MS, GAP_MS, COUNT, slos=["itl_p99<30ms", "itl_p50<4ms"])
+    response counts exact; over gRPC ModelStreamInfer and HTTP generate_stream. An
+    independent client (tritonclient's gRPC streaming one, whose callback thread adds
+    its own hop) bounds the gRPC TTFT from above."""
+    floor = await _floor_ttft_ms(triton_server, protocol)
+    grpc = protocol == "grpc"
+    before = _reference_ttft_ms(triton_server.grpc_url) if grpc else []
+    doc = _doc(
+        triton_server,
+        FIRST_MS,
+        GAP_MS,
+        COUNT,
+        protocol=protocol,
+        slos=["itl_p99<30ms", "itl_p50<4ms"],
+    )
     options = RunOptions(out_dir=tmp_path, start_lead_s=1.5)
     result = await execute(plan_from_dict(doc), agent_pair, options)
-    after = _reference_ttft_ms(triton_server.grpc_url)
+    after = _reference_ttft_ms(triton_server.grpc_url) if grpc else []
     s = result.summary
     st = s["stream"]
     ok = s["requests"]["ok"]
@@ -114,17 +132,18 @@ async def test_two_agents_measure_the_known_stream(
     assert st["responses"] == st["tokens"] == ok * COUNT
     assert st["responses_per_request"] == {"min": COUNT, "max": COUNT, "mean": COUNT}
     assert st["itl_samples"] == ok * (COUNT - 1)
-    ref = float(np.median(before + after))
+    ref = float(np.median(before + after)) if grpc else float("nan")
     ttft, itl = st["ttft_ms"]["p50"], st["itl_ms"]["p50"]
     print(
-        f"tokens {FIRST_MS:g}/{GAP_MS:g} ms x{COUNT}: TTFT p50 {ttft:.3f} ms, ITL p50 "
+        f"{protocol} tokens {FIRST_MS:g}/{GAP_MS:g} ms x{COUNT}: TTFT p50 {ttft:.3f} ms, ITL p50 "
         f"{itl:.3f} ms, TPOT p50 {st['tpot_ms']['p50']:.3f} ms, e2e p50 "
         f"{s['latency_ms']['p50']:.3f} ms; Triton's overhead (TTFT at FIRST_MS 0) "
         f"{floor:.3f} ms; tritonclient TTFT p50 {ref:.3f} ms"
     )
-    assert ttft >= FIRST_MS and ref >= FIRST_MS
+    assert ttft >= FIRST_MS
     assert abs(ttft - (FIRST_MS + floor)) <= 1.0
-    assert ttft <= ref + 0.5
+    if grpc:
+        assert FIRST_MS <= ttft <= ref + 0.5
     assert abs(itl - GAP_MS) <= 0.5
     assert abs(st["tpot_ms"]["p50"] - GAP_MS) <= 0.5
     assert st["ttst_ms"]["p50"] >= ttft
@@ -138,7 +157,9 @@ async def test_two_agents_measure_the_known_stream(
     first = raw.column("first_ns").to_numpy()
     intended = raw.column("intended_ns").to_numpy()
     assert set(raw.column("responses").to_numpy().tolist()) == {COUNT}
-    assert (raw.column("last_ns").to_numpy() - first >= (COUNT - 1) * GAP_MS * 1e6 * 0.9).all()
+    # (responses read in one go share a time: on a busy host a few gaps are 0)
+    span = raw.column("last_ns").to_numpy() - first
+    assert (span >= 0).all() and np.median(span) >= (COUNT - 1) * GAP_MS * 1e6 * 0.9
     exact = np.sort(first - intended)[int(np.ceil(len(first) / 2)) - 1] / 1e6
     assert abs(exact - ttft) <= 0.01 * exact
 
@@ -192,10 +213,10 @@ async def test_a_server_stall_shows_in_ttft(
     assert not s["verdict"]["slo_passed"]
 
 
-async def _floor_ttft_ms(triton: TritonEndpoint, n: int = 15) -> float:
+async def _floor_ttft_ms(triton: TritonEndpoint, protocol: str, n: int = 15) -> float:
     """Triton's own overhead on a first response: TTFT p50 of requests with FIRST_MS 0,
     sent one at a time 0.1 s apart (the run's idle gap) by the agents' transport."""
-    plan = await preflight(plan_from_dict(_doc(triton, 0.0, 0.0, 1)))
+    plan = await preflight(plan_from_dict(_doc(triton, 0.0, 0.0, 1, protocol=protocol)))
     access = read_access(plan).here
     payloads = build_payloads(plan, headers=access.headers)
     done: list[tuple[int, ...]] = []
@@ -252,11 +273,17 @@ def _with_inputs(plan: Plan, **values: float) -> Plan:
     return dataclasses.replace(plan, inputs=inputs)
 
 
-async def test_stream_errors_empty_streams_and_timeouts(triton_server: TritonEndpoint) -> None:
-    plan = await preflight(plan_from_dict(_doc(triton_server, 1.0, 1.0, 4, timeout_s=0.3)))
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+async def test_stream_errors_empty_streams_and_timeouts(
+    triton_server: TritonEndpoint, protocol: str
+) -> None:
+    doc = _doc(triton_server, 1.0, 1.0, 4, protocol=protocol, timeout_s=0.3)
+    plan = await preflight(plan_from_dict(doc))
     assert plan.stream.decoupled  # found in the model config
-    # an error at response 2: two responses, then STREAM_ERROR; at 0: UNKNOWN, none
-    for error_at, status, n in ((2, rc.STREAM_ERROR, 2), (0, rc.UNKNOWN, 0)):
+    # an error at response 2: two responses, then STREAM_ERROR; at 0, before any
+    # response: UNKNOWN over gRPC, Triton's HTTP 400 over HTTP
+    first_error = rc.UNKNOWN if protocol == "grpc" else rc.HTTP_ERROR_BASE + 400
+    for error_at, status, n in ((2, rc.STREAM_ERROR, 2), (0, first_error, 0)):
         for (_k, _i, sent, done, code, _p, _b), (first, last, resp, tok, gaps) in await _send(
             _with_inputs(plan, ERROR_AT=error_at), 3
         ):
