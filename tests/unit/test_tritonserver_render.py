@@ -21,7 +21,7 @@ from coordinator.triton import (
 from coordinator.triton.home import _REPO_ROOT
 
 SRC = Path(__file__).resolve().parents[2] / "triton_models"
-MODELS = ["add", "image", "iris", "sleep"]
+MODELS = ["add", "image", "iris", "sleep", "tokens"]
 
 
 def load(repo: Path, model: str) -> Any:
