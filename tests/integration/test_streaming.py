@@ -19,6 +19,9 @@ import pytest
 from agent.transports import make_transport
 from coordinator.preflight import preflight
 from coordinator.run import RunOptions, execute
+from coordinator.sweep.capacity import CapacityInputs
+from coordinator.sweep.runner import SweepSpec, SweepTarget, real_measure, run_sweep
+from coordinator.sweep.search import Measure, SweepSettings
 from tests.triton_fixture import TritonEndpoint
 from volley import records as rc
 from volley.plan import Plan, plan_from_dict
@@ -301,3 +304,42 @@ async def test_stream_errors_empty_streams_and_timeouts(
     slow = _with_inputs(plan, FIRST_MS=100.0, GAP_MS=100.0, COUNT=6)
     for (*_, code, _p, _b), (_f, _l, resp, _t, _g) in await _send(slow, 1):
         assert code == rc.DEADLINE_EXCEEDED and 1 <= resp <= 3
+
+
+async def test_sweep_on_a_ttft_slo_finds_the_knee(
+    triton_server: TritonEndpoint, agent_pair: list[str], tmp_path: Path
+) -> None:
+    """One instance serving FIRST_MS 10 + 4 gaps of 5 ms per request: at most ~1000 / 31
+    requests/s; past it the queue grows and TTFT from the intended time with it, so a
+    sweep on `ttft_p99<100ms` stops there (coarse steps: test time)."""
+    floor = await _floor_ttft_ms(triton_server, "grpc")
+    expected = 1000.0 / (10.0 + 4 * 5.0 + floor)
+    doc = _doc(triton_server, 10.0, 5.0, 5, slos=["ttft_p99<100ms"])
+    doc["validity"] = {"min_requests": 20, "min_duration_s": 1}
+    plan = plan_from_dict(doc)
+    settings = SweepSettings(
+        start=16, growth=1.5, tolerance=0.1, max_steps=5, step_duration_s=2, warmup_s=1
+    )
+    spec = SweepSpec(
+        name="tokens",
+        plan=plan,
+        settings=settings,
+        targets=[SweepTarget("one", triton_server.grpc_url)],
+        capacity=CapacityInputs(1000, headroom=0.0),
+        agents=agent_pair,
+        start_lead_s=START_LEAD_S,
+    )
+    spec.validate()
+
+    def factory(t: SweepTarget, s: SweepSettings) -> Measure:
+        return real_measure(spec, t, s, tmp_path / "sweep", agent_pair, None)
+
+    out_doc = await run_sweep(spec, tmp_path / "sweep", factory)
+    target = out_doc["targets"][0]
+    for s in target["steps"]:
+        print(f"  step {s['load']:g} req/s: {s['kind']} {'; '.join(s['reasons'])[:100]}")
+    out = target["outcome"]
+    print(f"tokens sweep: max {target['max_rps']} req/s, expected ~{expected:.1f}; {out}")
+    assert out["limited_by"] == "server", out
+    assert abs(target["max_rps"] - expected) <= 0.2 * expected
+    assert any("ttft" in r for s in target["steps"] for r in s["reasons"])
