@@ -26,9 +26,42 @@ from volley.records import RecordBlock
 WINDOW_NS = 1_000_000_000
 #: The ragged gaps column of a block rides in `cols` under this key (Aggregator.ingest).
 GAPS_KEY = "gaps_ns"
+#: A bool column in `cols`: the record met every per-request goodput limit.
+GOOD_KEY = "good"
 #: The streaming histograms of Stats (merged and released with the others).
 STREAM_HISTS = ("ttft", "ttst", "itl", "tpot")
 LATE_NS = 1_000_000  #: a send more than 1 ms after its intended time is "late"
+
+
+@dataclass(frozen=True)
+class GoodLimits:
+    """Per-request limits of goodput (ns; -1: none), from the plan's SLOs on TTFT, time
+    per output token and latency: a request is good when it succeeded within all."""
+
+    ttft_ns: int = -1
+    tpot_ns: int = -1
+    latency_ns: int = -1
+
+    @property
+    def any(self) -> bool:
+        return max(self.ttft_ns, self.tpot_ns, self.latency_ns) >= 0
+
+    def good(self, cols: dict[str, npt.NDArray[np.generic]]) -> npt.NDArray[np.bool_]:
+        """Which records are good (successful, and within every limit)."""
+        intended: npt.NDArray[np.int64] = cols["intended_ns"].astype(np.int64)
+        first = cols["first_ns"].astype(np.int64)
+        resp = cols["responses"].astype(np.int64)
+        tokens = cols["tokens"].astype(np.int64)
+        ok: npt.NDArray[np.bool_] = cols["status"] == rc.OK
+        if self.latency_ns >= 0:
+            ok &= cols["done_ns"].astype(np.int64) - intended <= self.latency_ns
+        if self.ttft_ns >= 0:
+            ok &= (resp > 0) & (first - intended <= self.ttft_ns)
+        if self.tpot_ns >= 0:
+            last = cols["last_ns"].astype(np.int64)
+            tpot = np.where(tokens >= 2, (last - first) // np.maximum(tokens - 1, 1), 0)
+            ok &= (resp > 0) & (tpot <= self.tpot_ns)
+        return ok
 
 
 @dataclass
@@ -60,6 +93,9 @@ class Stats:
     ttst: LogHistogram = field(default_factory=LogHistogram)
     itl: LogHistogram = field(default_factory=LogHistogram)
     tpot: LogHistogram = field(default_factory=LogHistogram)
+    #: requests that met every goodput limit (GoodLimits), and their tokens
+    good: int = 0
+    good_tokens: int = 0
 
     def add(
         self, cols: dict[str, npt.NDArray[np.generic]], mask: npt.NDArray[np.bool_] | None = None
@@ -94,6 +130,11 @@ class Stats:
         self.service.record_many(done[ok] - sent[ok])
         self.req_bytes += int(sel("req_bytes")[is_sent].sum(dtype=np.int64))
         self.resp_bytes += int(sel("resp_bytes")[ok].sum(dtype=np.int64))
+        good = cols.get(GOOD_KEY)
+        if good is not None:
+            g = good if mask is None else good[mask]
+            self.good += int(g.sum())
+            self.good_tokens += int(sel("tokens")[g].sum(dtype=np.int64))
         resp_all = cols.get("responses")
         if resp_all is not None and resp_all.any():
             self._add_stream(cols, mask, ok, intended)
@@ -158,6 +199,8 @@ class Stats:
             "streamed",
             "responses",
             "tokens",
+            "good",
+            "good_tokens",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.latency.merge(other.latency)
@@ -195,7 +238,15 @@ def size_bucket(req_bytes: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
 
 
 class Aggregator:
-    def __init__(self, n_agents: int, warmup_ns: int, window_ns: int = WINDOW_NS) -> None:
+    def __init__(
+        self,
+        n_agents: int,
+        warmup_ns: int,
+        window_ns: int = WINDOW_NS,
+        good: GoodLimits | None = None,
+    ) -> None:
+        #: goodput limits per request (None: goodput not measured)
+        self.good = good if good is not None and good.any else None
         self.n_agents = n_agents
         self.warmup_ns = warmup_ns
         self.window_ns = window_ns
@@ -218,6 +269,8 @@ class Aggregator:
         cols = block.columns
         if block.gaps.size:
             cols = {**cols, GAPS_KEY: block.gaps}
+        if self.good is not None:
+            cols = {**cols, GOOD_KEY: self.good.good(cols)}
         self.shapes.update(block.input_shapes)
         tally = self.agents[agent]
         intended = block.col("intended_ns")

@@ -55,6 +55,7 @@ from coordinator.rundir import (
     write_json,
     write_timeseries,
 )
+from coordinator.slo import goodput_limits
 from coordinator.summary import AgentInfo, build_summary
 from volley import spool as spoolfile
 from volley.arrivals import schedule_span_s
@@ -327,7 +328,7 @@ async def collect_run(
         # the run finished without raw records: the others' records are not here to merge
         return _write_recovered_only(run_dir, run_id, spools, failures, old)
 
-    agg = Aggregator(len(infos), int(plan.load.warmup_s * 1e9))
+    agg = Aggregator(len(infos), int(plan.load.warmup_s * 1e9), good=goodput_limits(plan.slos))
     tmp = run_dir / "requests.parquet.tmp"
     writer = RequestWriter(tmp)
     before = existing.num_rows if existing is not None else 0

@@ -272,6 +272,19 @@ class ResponseCounts(TypedDict):
     mean: float
 
 
+class Goodput(TypedDict):
+    """Requests that met every per-request limit the SLOs set (TTFT, time per output
+    token, latency): request-level goodput, and the tokens of those requests."""
+
+    ttft_ms: float | None  #: the limits (None: not limited)
+    tpot_ms: float | None
+    latency_ms: float | None
+    requests: int
+    share: float  #: of the measured requests sent
+    requests_per_s: float
+    tokens_per_s: float
+
+
 class StreamBlock(TypedDict):
     """Streaming (decoupled) requests of the measured period, the successful ones; every
     time from the request's intended send time (coordinator/aggregate.py says how)."""
@@ -287,6 +300,8 @@ class StreamBlock(TypedDict):
     itl_ms: Percentiles  #: inter-token latency: every gap between consecutive responses
     tpot_ms: Percentiles  #: time per output token, (last - first) / (tokens - 1) per request
     itl_samples: int  #: gaps behind itl_ms (0 where they were not kept)
+    #: Set when the plan's SLOs limit TTFT, time per output token or latency.
+    goodput: NotRequired[Goodput]
 
 
 class Summary(TypedDict):

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from coordinator.aggregate import GoodLimits
 from coordinator.documents import SloResult
 from volley.plan import PlanError
 
@@ -99,6 +100,28 @@ def _lookup(summary: Mapping[str, object], path: str) -> float | None:
     return float(cur) if isinstance(cur, int | float) else None
 
 
+def goodput_limits(slos: tuple[str, ...] | list[str]) -> GoodLimits:
+    """Per-request goodput limits from the upper bounds among the SLOs: any percentile of
+    TTFT, time per output token or latency (`ttft_p99<200ms` -> TTFT <= 200 ms), the
+    tightest when several name one figure. Bad SLO texts are left to the plan's check."""
+    limits: dict[str, int] = {}
+    for text in slos:
+        try:
+            slo = parse_slo(text)
+        except PlanError:
+            continue
+        if slo.op not in ("<", "<="):
+            continue
+        fam = slo.metric.split(".")
+        key = {"stream.ttft_ms": "ttft_ns", "stream.tpot_ms": "tpot_ns", "latency_ms": "latency_ns"}
+        name = key.get(".".join(fam[:-1]))
+        if name is None:
+            continue
+        ns = int(slo.value * 1e6)
+        limits[name] = min(limits.get(name, ns), ns)
+    return GoodLimits(**limits)
+
+
 def parse_slo(text: str) -> Slo:
     m = _SLO.match(text)
     if not m:
@@ -121,6 +144,12 @@ def parse_slo(text: str) -> Slo:
             raise PlanError(f"SLO {text!r}: a token latency needs a unit (us, ms or s)")
         family = STREAM_FAMILIES[sm[1]]
         return Slo(text, f"stream.{family}.{sm[2]}", op, value * _UNITS_MS[unit])
+    if metric == "goodput":
+        if unit == "%":
+            value /= 100.0
+        elif unit is not None:
+            raise PlanError(f"SLO {text!r}: goodput is a share: a % or a fraction")
+        return Slo(text, "stream.goodput.share", op, value)
     if metric in ("tokens_per_s", "tokens"):
         if unit not in (None, "/s"):
             raise PlanError(f"SLO {text!r}: tokens/s takes no unit (or /s)")
@@ -137,5 +166,6 @@ def parse_slo(text: str) -> Slo:
         return Slo(text, "throughput_rps", op, value)
     raise PlanError(
         f"SLO {text!r}: unknown metric {metric!r} (use p50..p999, max, mean, "
-        "service.p99, errors, throughput, ttft_p99, itl_p99, ttst_p99, tpot_p99, tokens_per_s)"
+        "service.p99, errors, throughput, ttft_p99, itl_p99, ttst_p99, tpot_p99, tokens_per_s, "
+        "goodput)"
     )

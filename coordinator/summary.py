@@ -6,10 +6,11 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from coordinator.aggregate import AgentTally, Aggregator, Stats
+from coordinator.aggregate import AgentTally, Aggregator, GoodLimits, Stats
 from coordinator.clock import ClockEstimate
 from coordinator.documents import (
     AgentRow,
+    Goodput,
     Lateness,
     ModelRow,
     PayloadRow,
@@ -108,6 +109,21 @@ def stream_block(st: Stats, measured_s: float) -> StreamBlock:
         "itl_ms": hist_ms(st.itl),
         "tpot_ms": hist_ms(st.tpot),
         "itl_samples": st.itl.count,
+    }
+
+
+def goodput_block(st: Stats, limits: GoodLimits, measured_s: float) -> Goodput:
+    def ms(ns: int) -> float | None:
+        return None if ns < 0 else ns / 1e6
+
+    return {
+        "ttft_ms": ms(limits.ttft_ns),
+        "tpot_ms": ms(limits.tpot_ns),
+        "latency_ms": ms(limits.latency_ns),
+        "requests": st.good,
+        "share": round(st.good / st.sent, 6) if st.sent else 0.0,
+        "requests_per_s": round(st.good / measured_s, 3) if measured_s > 0 else 0.0,
+        "tokens_per_s": round(st.good_tokens / measured_s, 3) if measured_s > 0 else 0.0,
     }
 
 
@@ -403,6 +419,8 @@ def build_summary(
     }
     if plan.stream.decoupled or total.streamed:
         summary["stream"] = stream_block(total, measured_s)
+        if agg.good is not None:
+            summary["stream"]["goodput"] = goodput_block(total, agg.good, measured_s)
     # SLOs are judged on the figures above
     samples = {"latency_ms": total.latency.count, "service_time_ms": total.service.count}
     samples.update(stream_samples(total))

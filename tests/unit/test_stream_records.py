@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2
 
-from coordinator.aggregate import Aggregator, Stats
-from coordinator.slo import parse_slo
-from coordinator.summary import stream_block
+from coordinator.aggregate import Aggregator, GoodLimits, Stats
+from coordinator.slo import goodput_limits, parse_slo
+from coordinator.summary import goodput_block, stream_block
 from coordinator.validate import AgentCheck, Fault, RunShape
 from volley import records as rc
 from volley.plan import PlanError, plan_from_dict
@@ -101,6 +101,24 @@ def test_aggregate_streaming_figures_are_exact() -> None:
     assert doc["tokens_per_s"] == 2.0
     assert doc["responses_per_request"] == {"min": 1, "max": 3, "mean": 2.0}
     assert stream_block(Stats(), 1.0)["ttft_ms"]["p50"] == 0.0
+
+
+def test_goodput_counts_requests_within_every_limit() -> None:
+    block = _buffer().take([])
+    assert block is not None
+    # latencies 7, 3, 1 ms and an error; TTFT 2, 2, none
+    assert goodput_limits(["p99<5ms"]) == GoodLimits(latency_ns=5 * MS)
+    limits = goodput_limits(["p99<5ms", "ttft_p99<10ms", "ttft_p50<3ms", "itl_p99<1ms"])
+    assert limits == GoodLimits(ttft_ns=3 * MS, latency_ns=5 * MS)  # the tightest, no ITL
+    assert not goodput_limits(["p99>5ms", "errors<1%"]).any
+    for lim, good in ((GoodLimits(latency_ns=5 * MS), 2), (limits, 1), (GoodLimits(tpot_ns=MS), 1)):
+        agg = Aggregator(1, warmup_ns=0, good=lim)
+        agg.ingest(0, block)
+        assert agg.total().good == good, lim
+    doc = goodput_block(agg.total(), GoodLimits(tpot_ns=MS), 2.0)
+    assert doc["requests"] == 1 and doc["share"] == 0.25 and doc["tokens_per_s"] == 0.5
+    assert doc["tpot_ms"] == 1.0 and doc["ttft_ms"] is None
+    assert parse_slo("goodput>=90%").metric == "stream.goodput.share"
 
 
 def test_bad_stream_records_and_gaps_are_refused() -> None:

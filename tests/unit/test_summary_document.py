@@ -17,6 +17,7 @@ from coordinator.clock import ClockEstimate
 from coordinator.documents import Summary, SummaryError, load_summary
 from coordinator.recovery import add_schedule_counts, count_schedule, find_outages
 from coordinator.run import add_input_pool
+from coordinator.slo import goodput_limits
 from coordinator.stats.documents import ServerSummary
 from coordinator.summary import AgentInfo, build_summary
 from volley import inputs as vin
@@ -160,7 +161,7 @@ def _block(agent: int, n: int) -> RecordBlock:
 
 def _summary() -> Summary:
     plan = _plan()
-    agg = Aggregator(2, warmup_ns=1_000_000_000)
+    agg = Aggregator(2, warmup_ns=1_000_000_000, good=goodput_limits(plan.slos))
     for a in range(2):
         agg.ingest(a, _block(a, 400))
     infos = [

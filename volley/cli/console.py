@@ -129,6 +129,13 @@ def print_summary(summary: Summary, run_dir: Path, console: Console | None = Non
             f"{stream['tokens']} tokens, {stream['tokens_per_s']:.1f} tokens/s; "
             "TTFT and 2nd token from the intended send, inter-token: every gap"
         )
+        good = stream.get("goodput")
+        if good is not None:
+            con.print(
+                f"goodput: {good['requests']} requests ({good['share']:.1%} of those sent) "
+                f"met every SLO limit, {good['requests_per_s']:.2f} req/s, "
+                f"{good['tokens_per_s']:.1f} tokens/s"
+            )
     con.print()
     by_size = summary.get("latency_by_payload") or []
     if len(by_size) > 1:
