@@ -124,7 +124,7 @@ async def test_two_agents_measure_the_known_stream(
         GAP_MS,
         COUNT,
         protocol=protocol,
-        slos=["itl_p99<30ms", "itl_p50<4ms"],
+        slos=["itl_p99<30ms", "itl_p50<4ms", "ttft_p99<200ms"],
     )
     options = RunOptions(out_dir=tmp_path, start_lead_s=START_LEAD_S)
     result = await execute(plan_from_dict(doc), agent_pair, options)
@@ -158,6 +158,8 @@ async def test_two_agents_measure_the_known_stream(
     slo = {r["slo"]: r for r in s["verdict"]["slo"]}
     assert slo["itl_p99<30ms"]["passed"] and not slo["itl_p50<4ms"]["passed"]
     assert not s["verdict"]["slo_passed"]
+    # goodput: every request within the TTFT limit (ITL limits no single request)
+    assert st["goodput"]["requests"] == ok and st["goodput"]["share"] == 1.0
     # raw rows carry the streaming clocks; the merged histogram agrees with them
     raw = pq.read_table(result.run_dir / "requests.parquet")
     first = raw.column("first_ns").to_numpy()
@@ -318,7 +320,7 @@ async def test_sweep_on_a_ttft_slo_finds_the_knee(
     doc["validity"] = {"min_requests": 20, "min_duration_s": 1}
     plan = plan_from_dict(doc)
     settings = SweepSettings(
-        start=16, growth=1.5, tolerance=0.1, max_steps=5, step_duration_s=2, warmup_s=1
+        start=16, growth=1.5, tolerance=0.1, max_steps=4, step_duration_s=2, warmup_s=1
     )
     spec = SweepSpec(
         name="tokens",
