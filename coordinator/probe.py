@@ -29,7 +29,12 @@ from volley.wire.grpc import USER_AGENT, grpc_timeout_header, grpc_unframe
 from volley.wire.h2 import H2Connection, HeaderInfo
 from volley.wire.http1 import dechunk
 from volley.wire.payloads import Wire
-from volley.wire.stream import parse_sse_event, parse_stream_response, stream_request
+from volley.wire.stream import (
+    parse_sse_event,
+    parse_stream_response,
+    request_params,
+    stream_request,
+)
 
 
 class ProbeError(Exception):
@@ -294,7 +299,7 @@ class GrpcProbe(Probe):
     async def stream_infer(self, wire: Wire) -> str:
         """A decoupled model: one request on its own ModelStreamInfer call, read to its
         final response (volley/wire/stream.py)."""
-        body = stream_request(wire.msg, 1)
+        body = stream_request(wire.msg, 1, request_params(self.plan.stream.parameters))
         framed = b"\x00" + struct.pack(">I", len(body)) + body
         try:
             data, _ = await self._call_data("ModelStreamInfer", framed)

@@ -25,7 +25,7 @@ from volley.target import SENSITIVE, TargetAccess
 from volley.wire import h2
 from volley.wire.grpc import U32, USER_AGENT, grpc_frame
 from volley.wire.payloads import Payloads
-from volley.wire.stream import parse_stream_response, stream_request
+from volley.wire.stream import parse_stream_response, request_params, stream_request
 
 
 class DecoupledCall(StreamCall):
@@ -75,6 +75,7 @@ class GrpcDecoupled(GrpcStream):
         scheme = "https" if plan.tls is not None else "http"
         self.hblock = h2.encode_headers(scheme, plan.target, self.path, extra, SENSITIVE)
         self.token_output = plan.stream.token_output
+        self.params = request_params(plan.stream.parameters)
 
     def send(self, key: int, intended: int, pidx: int) -> None:
         conn = self._pick()
@@ -92,7 +93,7 @@ class GrpcDecoupled(GrpcStream):
             self.rbuf[slot] = b""
         rid = self.next_id
         self.next_id = rid + 1
-        msg = stream_request(self.wires[pidx].msg, rid)
+        msg = stream_request(self.wires[pidx].msg, rid, self.params)
         self.in_flight += 1
         sent = self.clock() - self.start
         conn.send_data(sid, grpc_frame(msg, "none"))

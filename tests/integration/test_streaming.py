@@ -302,6 +302,15 @@ async def test_stream_errors_empty_streams_and_timeouts(
         _with_inputs(plan, COUNT=0), 3
     ):
         assert (code, resp, first) == (rc.OK, 0, -1)
+    # request parameters pass through (the model caps COUNT at max_tokens)
+    capped = dataclasses.replace(
+        plan,
+        stream=dataclasses.replace(
+            plan.stream, parameters=(("max_tokens", 2), ("temperature", 0.5), ("stop", "x"))
+        ),
+    )
+    for (*_, code, _p, _b), (_f, _l, resp, _t, _g) in await _send(capped, 2):
+        assert (code, resp) == (rc.OK, 2)
     # past the 0.3 s timeout: DEADLINE_EXCEEDED with what had come; the stream goes on
     slow = _with_inputs(plan, FIRST_MS=100.0, GAP_MS=100.0, COUNT=6)
     for (*_, code, _p, _b), (_f, _l, resp, _t, _g) in await _send(slow, 1):

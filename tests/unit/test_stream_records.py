@@ -14,7 +14,12 @@ from coordinator.validate import AgentCheck, Fault, RunShape
 from volley import records as rc
 from volley.plan import PlanError, plan_from_dict
 from volley.records import RecordBlock, RecordBuffer, concat
-from volley.wire.stream import EMPTY_FINAL_PARAM, parse_stream_response, stream_request
+from volley.wire.stream import (
+    EMPTY_FINAL_PARAM,
+    parse_stream_response,
+    request_params,
+    stream_request,
+)
 
 MS = 1_000_000
 
@@ -152,6 +157,24 @@ def test_token_slos_parse_and_judge() -> None:
     # a run that was not streamed has no such figure: failed, never passed
     unary = parse_slo("ttft_p99<1s").evaluate({"requests": {"ok": 5}})
     assert not unary["passed"] and "stream" in unary["reason"]
+
+
+def test_stream_parameters_in_the_plan() -> None:
+    base = {"target": "127.0.0.1:1", "model": "m", "load": {"rate": 1}}
+    params = {"max_tokens": 64, "temperature": 0.7, "stop": "\n", "greedy": False}
+    plan = plan_from_dict({**base, "stream": {"parameters": params}})
+    assert dict(plan.stream.parameters) == params
+    assert type(plan).from_json(plan.to_json()).stream == plan.stream  # round trip
+    for bad in ({"t": [1]}, {"t": float("nan")}, {"triton_x": 1}, {"": 1}, [1, 2]):
+        with pytest.raises(PlanError):
+            plan_from_dict({**base, "stream": {"parameters": bad}})
+    req = service_pb2.ModelInferRequest.FromString(
+        stream_request(b"", 1, request_params(plan.stream.parameters))
+    )
+    p = req.parameters
+    assert p["max_tokens"].int64_param == 64 and p["temperature"].double_param == 0.7
+    assert p["stop"].string_param == "\n" and p["greedy"].bool_param is False
+    assert p["triton_enable_empty_final_response"].bool_param
 
 
 def test_stream_wire_request_and_responses() -> None:

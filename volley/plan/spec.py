@@ -229,6 +229,9 @@ class StreamSpec:
     decoupled: bool = False
     #: Output whose element count is a response's token count ("" = one per response).
     token_output: str = ""
+    #: Request parameters sent with every request (sampling parameters, max_tokens...):
+    #: (name, value) pairs; gRPC InferParameter by the value's type, HTTP "parameters".
+    parameters: tuple[tuple[str, bool | int | float | str], ...] = ()
 
 
 @dataclass(frozen=True)

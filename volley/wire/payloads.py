@@ -101,7 +101,7 @@ def build_payloads(plan: Plan, seed: int = 0, headers: Sequence[tuple[str, str]]
             if plan.protocol == "http" and plan.stream.decoupled:
                 # the generate extension: a JSON object of inputs, answered as events
                 try:
-                    gen = generate_body(p.body)
+                    gen = generate_body(p.body, plan.stream.parameters)
                 except ValueError as exc:
                     raise PlanError(f"model {m.name}: {exc}") from None
                 head = _generate_head(plan, m.name, m.version, headers)

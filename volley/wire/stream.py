@@ -31,10 +31,33 @@ EMPTY_FINAL_PARAM: bytes = service_pb2.ModelInferRequest(
 FINAL_KEY = "triton_final_response"
 
 
-def stream_request(msg: bytes, rid: int) -> bytes:
-    """A serialized ModelInferRequest with its id (field 3) and the final-response ask."""
+Param = tuple[str, bool | int | float | str]
+
+
+def _param(value: bool | int | float | str) -> service_pb2.InferParameter:
+    if isinstance(value, bool):
+        return service_pb2.InferParameter(bool_param=value)
+    if isinstance(value, int):
+        return service_pb2.InferParameter(int64_param=value)
+    if isinstance(value, float):
+        return service_pb2.InferParameter(double_param=value)
+    return service_pb2.InferParameter(string_param=value)
+
+
+def request_params(params: tuple[Param, ...]) -> bytes:
+    """The plan's request parameters as ModelInferRequest field-4 entries (appended to a
+    serialized request, like EMPTY_FINAL_PARAM), plus the final-response ask."""
+    extra: bytes = service_pb2.ModelInferRequest(
+        parameters={k: _param(v) for k, v in params}
+    ).SerializeToString()
+    return EMPTY_FINAL_PARAM + extra
+
+
+def stream_request(msg: bytes, rid: int, params: bytes = EMPTY_FINAL_PARAM) -> bytes:
+    """A serialized ModelInferRequest with its id (field 3) and `params` (the
+    final-response ask, and the plan's parameters: `request_params`)."""
     idb = b"%d" % rid
-    return msg + EMPTY_FINAL_PARAM + b"\x1a" + bytes((len(idb),)) + idb
+    return msg + params + b"\x1a" + bytes((len(idb),)) + idb
 
 
 @dataclass(slots=True)
@@ -84,9 +107,10 @@ def parse_stream_response(msg: bytes, token_output: str = "") -> StreamResponse 
 
 
 # ---- HTTP: the generate extension ------------------------------------------------------
-def generate_body(msg: bytes) -> bytes:
+def generate_body(msg: bytes, params: tuple[Param, ...] = ()) -> bytes:
     """The JSON object of a generate request from a serialized ModelInferRequest: each
-    input by name, a scalar for one element, else a flat list (BYTES as text)."""
+    input by name, a scalar for one element, else a flat list (BYTES as text), and the
+    plan's request parameters under "parameters"."""
     req = service_pb2.ModelInferRequest.FromString(msg)
     if len(req.raw_input_contents) != len(req.inputs):
         raise ValueError("generate: every input needs its raw contents")
@@ -102,6 +126,8 @@ def generate_body(msg: bytes) -> bytes:
         else:
             values = np.frombuffer(raw, dtype=DTYPES[t.datatype]).tolist()
         doc[t.name] = values[0] if len(values) == 1 else values
+    if params:
+        doc["parameters"] = dict(params)
     return json.dumps(doc, separators=(",", ":")).encode()
 
 

@@ -4,7 +4,8 @@ Inputs FIRST_MS FP32[1], GAP_MS FP32[1], COUNT INT32[1], ERROR_AT INT32[1] (-1: 
 Each request is answered with COUNT responses, each one output TOKEN INT32[1] (its
 position, 0-based): response k is sent FIRST_MS + k * GAP_MS milliseconds after the
 model took the request (deadlines from one start, so sleeping late never drifts), then
-an empty response carrying only the final flag. With ERROR_AT = e in [0, COUNT) the
+an empty response carrying only the final flag. A request parameter `max_tokens`
+(integer) caps COUNT, like an LLM's output length. With ERROR_AT = e in [0, COUNT) the
 response at position e is an error, which ends the stream. Requests are handled one at
 a time (execute returns after the last response), so with one instance a request waits
 for those before it: the model's capacity is 1000 / (FIRST_MS + (COUNT - 1) * GAP_MS)
@@ -28,6 +29,16 @@ def _scalar(request: Any, name: str) -> float | None:
     if tensor is None:
         return None
     return float(tensor.as_numpy().reshape(-1)[0])
+
+
+def _max_tokens(request: Any, default: float) -> float:
+    """The request parameter `max_tokens`, when sent (an integer), else `default`."""
+    try:
+        params = json.loads(request.parameters() or "{}")
+    except ValueError:
+        return default
+    value = params.get("max_tokens")
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else default
 
 
 def _sleep_until(deadline: float) -> None:
@@ -58,6 +69,7 @@ class TritonPythonModel:
             first = _scalar(request, "FIRST_MS") or 0.0
             gap = _scalar(request, "GAP_MS") or 0.0
             count = _scalar(request, "COUNT") or 0.0
+            count = min(count, _max_tokens(request, count))
             err_at = _scalar(request, "ERROR_AT")
             bad = self._bad(first, gap, count)
             if bad:
