@@ -3,6 +3,9 @@ figures built from them (TTFT, TTST, ITL, TPOT, counts), their checks and SLOs."
 
 from __future__ import annotations
 
+import json
+import struct
+
 import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2
@@ -16,6 +19,10 @@ from volley.plan import PlanError, plan_from_dict
 from volley.records import RecordBlock, RecordBuffer, concat
 from volley.wire.stream import (
     EMPTY_FINAL_PARAM,
+    SseReader,
+    generate_body,
+    generate_path,
+    parse_sse_event,
     parse_stream_response,
     request_params,
     stream_request,
@@ -177,6 +184,20 @@ def test_stream_parameters_in_the_plan() -> None:
     assert p["triton_enable_empty_final_response"].bool_param
 
 
+def test_generate_body_from_a_request() -> None:
+    req = service_pb2.ModelInferRequest(model_name="m")
+    for name, dt, shape, raw in (
+        ("PROMPT", "BYTES", [1], struct.pack("<I", 5) + b"hello"),
+        ("IDS", "INT32", [3], np.array([1, 2, 3], "<i4").tobytes()),
+        ("T", "FP32", [1], np.array([0.5], "<f4").tobytes()),
+    ):
+        req.inputs.add(name=name, datatype=dt, shape=shape)
+        req.raw_input_contents.append(raw)
+    body = json.loads(generate_body(req.SerializeToString(), (("max_tokens", 8),)))
+    assert body == {"PROMPT": "hello", "IDS": [1, 2, 3], "T": 0.5, "parameters": {"max_tokens": 8}}
+    assert generate_path("m", "2") == "/v2/models/m/versions/2/generate_stream"
+
+
 def test_stream_wire_request_and_responses() -> None:
     req = service_pb2.ModelInferRequest.FromString(stream_request(b"\x0a\x01m", 42))
     assert req.model_name == "m" and req.id == "42"
@@ -200,3 +221,35 @@ def test_stream_wire_request_and_responses() -> None:
     )
     assert err is not None and err.error == "boom" and err.final and err.rid == 0
     assert parse_stream_response(b"\xff\xff\xff") is None
+
+
+def test_sse_reader_finds_events_however_the_body_is_cut() -> None:
+    body = (
+        b'data: {"TOKEN":0,"model_name":"t"}\n\n'
+        b'data: {"TOKEN":[1,2],"model_name":"t"}\r\n\r\n'
+        b": a comment\n\n"
+        b'data: {"error":"boom"}\n\n'
+    )
+    rng = np.random.default_rng(5)
+    for _ in range(100):
+        cuts = np.sort(rng.choice(np.arange(1, len(body)), size=6, replace=False)).tolist()
+        parts = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+        wire = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+        reader, events = SseReader(), []
+        at = 0
+        while at < len(wire):
+            step = int(rng.integers(1, 12))
+            events += reader.feed(wire[at : at + step])
+            at += step
+        assert reader.done and not reader.bad
+        got = [parse_sse_event(e, "TOKEN") for e in events]
+        assert [(r.data, r.tokens, r.error) for r in got if r is not None] == [
+            (True, 1, ""),
+            (True, 2, ""),
+            (False, 0, ""),
+            (False, 0, "boom"),
+        ]
+    bad = SseReader()
+    bad.feed(b"zz\r\n")
+    assert bad.bad
+    assert parse_sse_event(b"data: [1]") is None
