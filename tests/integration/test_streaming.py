@@ -160,6 +160,9 @@ async def test_two_agents_measure_the_known_stream(
     assert not s["verdict"]["slo_passed"]
     # goodput: every request within the TTFT limit (ITL limits no single request)
     assert st["goodput"]["requests"] == ok and st["goodput"]["share"] == 1.0
+    # the report charts TTFT/ITL and tokens/s over time
+    page = (result.run_dir / "report.html").read_text()
+    assert "tokens-over-time" in page and "TTFT (from intended)" in page
     # raw rows carry the streaming clocks; the merged histogram agrees with them
     raw = pq.read_table(result.run_dir / "requests.parquet")
     first = raw.column("first_ns").to_numpy()
