@@ -171,7 +171,10 @@ async def test_two_agents_measure_the_known_stream(
     # (responses read in one go share a time: on a busy host a few gaps are 0)
     span = raw.column("last_ns").to_numpy() - first
     assert (span >= 0).all() and np.median(span) >= (COUNT - 1) * GAP_MS * 1e6 * 0.9
-    exact = np.sort(first - intended)[int(np.ceil(len(first) / 2)) - 1] / 1e6
+    measured = intended >= 1_000_000_000  # after the warm-up, as the summary
+    ttfts = np.sort((first - intended)[measured])
+    assert len(ttfts) == ok
+    exact = ttfts[int(np.ceil(len(ttfts) / 2)) - 1] / 1e6
     assert abs(exact - ttft) <= 0.01 * exact
 
 
@@ -354,6 +357,8 @@ async def test_sweep_on_a_ttft_slo_finds_the_knee(
         print(f"  step {s['load']:g} req/s: {s['kind']} {'; '.join(s['reasons'])[:100]}")
     out = target["outcome"]
     print(f"tokens sweep: max {target['max_rps']} req/s, expected ~{expected:.1f}; {out}")
-    assert out["limited_by"] == "server", out
+    # a server limit found (bracketed; 4 steps do not narrow it further)
+    assert out["limited_by"] in ("server", "max-steps") and out["fail_load"] is not None, out
+    assert target["max_rps"] < out["fail_load"]
     assert abs(target["max_rps"] - expected) <= 0.2 * expected
     assert any("ttft" in r for s in target["steps"] for r in s["reasons"])
