@@ -333,7 +333,7 @@ class RunSession:
                     msg = None
                 match msg:
                     case Records():
-                        pending.append(RecordBlock(msg.columns, msg.shapes))
+                        pending.append(RecordBlock(msg.columns, msg.shapes, msg.gaps))
                     case Status():
                         self.counters[msg.worker] = msg.counters
                     case Ready():

@@ -8,7 +8,7 @@ process through a multiprocessing queue every `flush_s`.
 
 Messages put on the queue (small frozen dataclasses, picklable; `WorkerMessage`):
   Ready(worker)                        pool built, channel up
-  Records(worker, columns, shapes)     a RecordBlock's columns
+  Records(worker, columns, shapes, gaps)  a RecordBlock's columns (and stream gaps)
   Status(worker, WorkerCounters)       counters and CPU
   Done(worker, error)                  the slice is finished ("" when it went well)
 The agent's pump adds `Exited()` when every worker process is gone.
@@ -91,6 +91,8 @@ class Records:
     worker: int
     columns: dict[str, np.ndarray[Any, Any]]
     shapes: list[str]
+    #: the ragged gaps column of streaming records (volley/records.py)
+    gaps: np.ndarray[Any, Any] = field(default_factory=lambda: np.empty(0, np.int64))
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +177,9 @@ class Worker:
         assert self.payloads is not None
         block = self.buf.take(self.payloads.shapes)
         if block is not None:
-            self.out.put(Records(self.task.worker_index, block.columns, block.input_shapes))
+            self.out.put(
+                Records(self.task.worker_index, block.columns, block.input_shapes, block.gaps)
+            )
 
     def _send_status(self) -> None:
         self.counters.cpu_s = time.process_time() - self.cpu_base
@@ -518,6 +522,10 @@ class Worker:
             self.tp = make_transport(
                 plan, self.payloads, self._complete, self.clock, self.start, access
             )
+        self.tp = make_transport(
+            plan, self.payloads, self._complete, self.clock, self.start, access
+        )
+        self.tp.note_stream = self.buf.note_stream  # streaming figures of the next record
         await self.tp.open()
         # Setup objects live for the whole run: keep the collector off them, and make
         # young collections rare (the hot path makes no reference cycles).

@@ -2,8 +2,13 @@
 
 Kept per agent and per 1 s window (by intended time): latency (done - intended),
 service time (done - sent) and send lateness (sent - intended) histograms, plus
-counts and error codes. Percentiles always come from merged histograms, never
-from averaged percentiles. Warm-up records are counted apart and excluded.
+counts and error codes. Streaming (decoupled) requests add, for successful requests:
+TTFT (first response - intended), time to second token (second response - intended),
+inter-token latency (every gap between consecutive responses, from the batch's ragged
+gaps column: the distribution over all gaps, not a mean per request), time per output
+token ((last - first) / (tokens - 1), one value per request) and response/token
+counts. Percentiles always come from merged histograms, never from averaged
+percentiles. Warm-up records are counted apart and excluded.
 """
 
 from __future__ import annotations
@@ -20,7 +25,44 @@ from volley.histogram import LogHistogram
 from volley.records import RecordBlock
 
 WINDOW_NS = 1_000_000_000
+#: The ragged gaps column of a block rides in `cols` under this key (Aggregator.ingest).
+GAPS_KEY = "gaps_ns"
+#: A bool column in `cols`: the record met every per-request goodput limit.
+GOOD_KEY = "good"
+#: The streaming histograms of Stats (merged and released with the others).
+STREAM_HISTS = ("ttft", "ttst", "itl", "tpot")
 LATE_NS = 1_000_000  #: a send more than 1 ms after its intended time is "late"
+
+
+@dataclass(frozen=True)
+class GoodLimits:
+    """Per-request limits of goodput (ns; -1: none), from the plan's SLOs on TTFT, time
+    per output token and latency: a request is good when it succeeded within all."""
+
+    ttft_ns: int = -1
+    tpot_ns: int = -1
+    latency_ns: int = -1
+
+    @property
+    def any(self) -> bool:
+        return max(self.ttft_ns, self.tpot_ns, self.latency_ns) >= 0
+
+    def good(self, cols: dict[str, npt.NDArray[np.generic]]) -> npt.NDArray[np.bool_]:
+        """Which records are good (successful, and within every limit)."""
+        intended: npt.NDArray[np.int64] = cols["intended_ns"].astype(np.int64)
+        first = cols["first_ns"].astype(np.int64)
+        resp = cols["responses"].astype(np.int64)
+        tokens = cols["tokens"].astype(np.int64)
+        ok: npt.NDArray[np.bool_] = cols["status"] == rc.OK
+        if self.latency_ns >= 0:
+            ok &= cols["done_ns"].astype(np.int64) - intended <= self.latency_ns
+        if self.ttft_ns >= 0:
+            ok &= (resp > 0) & (first - intended <= self.ttft_ns)
+        if self.tpot_ns >= 0:
+            last = cols["last_ns"].astype(np.int64)
+            tpot = np.where(tokens >= 2, (last - first) // np.maximum(tokens - 1, 1), 0)
+            ok &= (resp > 0) & (tpot <= self.tpot_ns)
+        return ok
 
 
 @dataclass
@@ -40,6 +82,21 @@ class Stats:
     service: LogHistogram = field(default_factory=LogHistogram)
     lateness: LogHistogram = field(default_factory=LogHistogram)
     error_codes: Counter[int] = field(default_factory=Counter)
+    #: successful requests that had at least one response with data
+    streamed: int = 0
+    #: responses with data and output tokens of successful requests
+    responses: int = 0
+    tokens: int = 0
+    #: fewest / most responses of a successful streaming request (-1: none yet)
+    responses_min: int = -1
+    responses_max: int = -1
+    ttft: LogHistogram = field(default_factory=LogHistogram)
+    ttst: LogHistogram = field(default_factory=LogHistogram)
+    itl: LogHistogram = field(default_factory=LogHistogram)
+    tpot: LogHistogram = field(default_factory=LogHistogram)
+    #: requests that met every goodput limit (GoodLimits), and their tokens
+    good: int = 0
+    good_tokens: int = 0
 
     def add(
         self, cols: dict[str, npt.NDArray[np.generic]], mask: npt.NDArray[np.bool_] | None = None
@@ -74,6 +131,60 @@ class Stats:
         self.service.record_many(done[ok] - sent[ok])
         self.req_bytes += int(sel("req_bytes")[is_sent].sum(dtype=np.int64))
         self.resp_bytes += int(sel("resp_bytes")[ok].sum(dtype=np.int64))
+        good = cols.get(GOOD_KEY)
+        if good is not None:
+            g = good if mask is None else good[mask]
+            self.good += int(g.sum())
+            self.good_tokens += int(sel("tokens")[g].sum(dtype=np.int64))
+        resp_all = cols.get("responses")
+        if resp_all is not None and resp_all.any():
+            self._add_stream(cols, mask, ok, intended)
+
+    def _add_stream(
+        self,
+        cols: dict[str, npt.NDArray[np.generic]],
+        mask: npt.NDArray[np.bool_] | None,
+        ok: npt.NDArray[np.bool_],
+        intended: npt.NDArray[np.int64],
+    ) -> None:
+        """The streaming figures of the selected records (their successful ones)."""
+        resp_all: npt.NDArray[np.int64] = cols["responses"].astype(np.int64)
+        resp = resp_all if mask is None else resp_all[mask]
+        tokens = cols["tokens"].astype(np.int64)
+        tokens = tokens if mask is None else tokens[mask]
+        first: npt.NDArray[np.int64] = cols["first_ns"]  # type: ignore[assignment]
+        last: npt.NDArray[np.int64] = cols["last_ns"]  # type: ignore[assignment]
+        if mask is not None:
+            first, last = first[mask], last[mask]
+        got = ok & (resp > 0)
+        if not got.any():
+            return
+        r_ok = resp[got]
+        self.streamed += int(got.sum())
+        self.responses += int(r_ok.sum())
+        self.tokens += int(tokens[got].sum())
+        lo, hi = int(r_ok.min()), int(r_ok.max())
+        self.responses_min = lo if self.responses_min < 0 else min(self.responses_min, lo)
+        self.responses_max = max(self.responses_max, hi)
+        self.ttft.record_many(first[got] - intended[got])
+        multi = got & (tokens >= 2)
+        if multi.any():
+            self.tpot.record_many((last[multi] - first[multi]) // (tokens[multi] - 1))
+        gaps: npt.NDArray[np.int64] | None = cols.get(GAPS_KEY)  # type: ignore[assignment]
+        if gaps is None or gaps.size != int(rc.gap_counts(resp_all).sum()):
+            return  # gaps not kept (a block read back from requests.parquet)
+        # the selected successful records' gaps, and each one's first gap (for TTST)
+        rows = got if mask is None else _expand(mask, got)
+        counts = rc.gap_counts(resp_all)
+        mine = np.repeat(rows, counts)
+        self.itl.record_many(gaps[mine])
+        two = rows & (resp_all >= 2)
+        if two.any():
+            starts = np.cumsum(counts) - counts
+            ttst = cols["first_ns"][two].astype(np.int64) - cols["intended_ns"][two].astype(
+                np.int64
+            )
+            self.ttst.record_many(ttst + gaps[starts[two]])
 
     def merge(self, other: Stats) -> None:
         for name in (
@@ -86,12 +197,30 @@ class Stats:
             "late",
             "req_bytes",
             "resp_bytes",
+            "streamed",
+            "responses",
+            "tokens",
+            "good",
+            "good_tokens",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.latency.merge(other.latency)
         self.service.merge(other.service)
         self.lateness.merge(other.lateness)
         self.error_codes.update(other.error_codes)
+        if other.streamed:
+            if self.responses_min < 0 or 0 <= other.responses_min < self.responses_min:
+                self.responses_min = other.responses_min
+            self.responses_max = max(self.responses_max, other.responses_max)
+            for name in STREAM_HISTS:
+                getattr(self, name).merge(getattr(other, name))
+
+
+def _expand(mask: npt.NDArray[np.bool_], sub: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """`sub` (a mask over the records `mask` selects) as a mask over all records."""
+    out = np.zeros(mask.size, np.bool_)
+    out[np.flatnonzero(mask)[sub]] = True
+    return out
 
 
 @dataclass
@@ -110,7 +239,15 @@ def size_bucket(req_bytes: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
 
 
 class Aggregator:
-    def __init__(self, n_agents: int, warmup_ns: int, window_ns: int = WINDOW_NS) -> None:
+    def __init__(
+        self,
+        n_agents: int,
+        warmup_ns: int,
+        window_ns: int = WINDOW_NS,
+        good: GoodLimits | None = None,
+    ) -> None:
+        #: goodput limits per request (None: goodput not measured)
+        self.good = good if good is not None and good.any else None
         self.n_agents = n_agents
         self.warmup_ns = warmup_ns
         self.window_ns = window_ns
@@ -135,6 +272,10 @@ class Aggregator:
         if self.sequences is not None:
             self.sequences.ingest(agent, block)
         cols = block.columns
+        if block.gaps.size:
+            cols = {**cols, GAPS_KEY: block.gaps}
+        if self.good is not None:
+            cols = {**cols, GOOD_KEY: self.good.good(cols)}
         self.shapes.update(block.input_shapes)
         tally = self.agents[agent]
         intended = block.col("intended_ns")
@@ -228,6 +369,9 @@ class Aggregator:
                 st.latency = LogHistogram()
                 st.service = LogHistogram()
                 st.lateness = LogHistogram()
+                for name in STREAM_HISTS:
+                    if getattr(st, name).count:
+                        setattr(st, name, LogHistogram())
 
     def window_keys(self) -> list[int]:
         return sorted({w for w, _ in self.windows} | {w for w, _ in self.completions})

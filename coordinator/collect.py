@@ -56,11 +56,12 @@ from coordinator.rundir import (
     write_timeseries,
 )
 from coordinator.sequences import SequenceStats
+from coordinator.slo import goodput_limits
 from coordinator.summary import AgentInfo, build_summary
 from volley import spool as spoolfile
 from volley.arrivals import schedule_span_s
 from volley.plan import Plan, load_plan_yaml, plan_from_dict
-from volley.records import COLUMNS, RecordBlock, concat
+from volley.records import COLUMNS, STREAM_DEFAULTS, RecordBlock, concat
 from volley.security import ClientSecurity
 from volley.v1 import control_pb2 as pb
 
@@ -201,8 +202,13 @@ def _block_of(table: pa.Table, agent: int) -> RecordBlock | None:
     rows = table.filter(pa.compute.equal(table.column("agent"), agent))
     if rows.num_rows == 0:
         return None
+    names = set(rows.column_names)
     cols: dict[str, npt.NDArray[np.generic]] = {
-        k: rows.column(k).to_numpy().astype(dt, copy=False) for k, dt in COLUMNS.items()
+        # a run written before the streaming columns: their unary values
+        k: rows.column(k).to_numpy().astype(dt, copy=False)
+        if k in names or k not in STREAM_DEFAULTS
+        else np.full(rows.num_rows, STREAM_DEFAULTS[k], dt)
+        for k, dt in COLUMNS.items()
     }
     shape = rows.column("input_shape").combine_chunks()
     if isinstance(shape, pa.DictionaryArray):
@@ -231,7 +237,7 @@ def _dedupe(block: RecordBlock) -> RecordBlock:
     if len(first) == n:
         return block
     first.sort()
-    return RecordBlock({k: v[first] for k, v in block.columns.items()}, block.input_shapes)
+    return block.select(first)
 
 
 def _old_summary(run_dir: Path) -> Summary | None:
@@ -326,6 +332,7 @@ async def collect_run(
     agg = Aggregator(len(infos), int(plan.load.warmup_s * 1e9))
     if plan.sequence is not None:
         agg.sequences = SequenceStats(len(infos), int(plan.load.warmup_s * 1e9))
+    agg = Aggregator(len(infos), int(plan.load.warmup_s * 1e9), good=goodput_limits(plan.slos))
     tmp = run_dir / "requests.parquet.tmp"
     writer = RequestWriter(tmp)
     before = existing.num_rows if existing is not None else 0

@@ -274,6 +274,46 @@ class RecoveredFile(TypedDict):
     note: str
 
 
+class ResponseCounts(TypedDict):
+    """Responses with data per successful streaming request."""
+
+    min: int
+    max: int
+    mean: float
+
+
+class Goodput(TypedDict):
+    """Requests that met every per-request limit the SLOs set (TTFT, time per output
+    token, latency): request-level goodput, and the tokens of those requests."""
+
+    ttft_ms: float | None  #: the limits (None: not limited)
+    tpot_ms: float | None
+    latency_ms: float | None
+    requests: int
+    share: float  #: of the measured requests sent
+    requests_per_s: float
+    tokens_per_s: float
+
+
+class StreamBlock(TypedDict):
+    """Streaming (decoupled) requests of the measured period, the successful ones; every
+    time from the request's intended send time (coordinator/aggregate.py says how)."""
+
+    requests: int  #: successful requests that had at least one response with data
+    responses: int
+    responses_per_request: ResponseCounts
+    tokens: int
+    tokens_per_request_mean: float
+    tokens_per_s: float  #: output tokens of successful requests per measured second
+    ttft_ms: Percentiles  #: time to first token (response)
+    ttst_ms: Percentiles  #: time to second token
+    itl_ms: Percentiles  #: inter-token latency: every gap between consecutive responses
+    tpot_ms: Percentiles  #: time per output token, (last - first) / (tokens - 1) per request
+    itl_samples: int  #: gaps behind itl_ms (0 where they were not kept)
+    #: Set when the plan's SLOs limit TTFT, time per output token or latency.
+    goodput: NotRequired[Goodput]
+
+
 class Summary(TypedDict):
     run_id: str
     name: str
@@ -312,6 +352,8 @@ class Summary(TypedDict):
     recovered: NotRequired[Recovered | RecoveredFile]
     #: A run of stateful sequences (coordinator/sequences.py).
     sequences: NotRequired[SequencesBlock]
+    #: Set when the run's requests were streamed (a decoupled model).
+    stream: NotRequired[StreamBlock]
 
 
 class SummaryError(ValueError):

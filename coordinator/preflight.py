@@ -237,6 +237,10 @@ async def choose_http_body(probe: Probe) -> HttpBody:
     except ProbeError:
         return "json"
     return "binary" if BINARY_TENSOR_EXTENSION in meta.get("extensions", []) else "json"
+def is_decoupled(info: ModelInfo) -> bool:
+    """Whether the model config says `model_transaction_policy { decoupled: true }`."""
+    policy = info.config.get("model_transaction_policy")
+    return isinstance(policy, dict) and policy.get("decoupled") is True
 
 
 async def preflight(plan: Plan, timeout: float = 5.0) -> Plan:
@@ -251,6 +255,11 @@ async def _preflight_model(
     limits, its pool built as every worker will, and a probe with its largest payload."""
     info = await fetch_model_info(probe, plan, m.name, m.version)
     check_sequences(plan, info)  # before the probe: a stateful model refuses plain ones
+    decoupled = plan.stream.decoupled or is_decoupled(info)
+    if decoupled and plan.sequence is not None:
+        raise PreflightError(
+            f"model {m.name!r} is decoupled (streaming): sequences are not supported with it"
+        )
     one = dataclasses.replace(
         plan,
         model=m.name,
@@ -258,6 +267,7 @@ async def _preflight_model(
         inputs=m.inputs,
         outputs=m.outputs,
         models=(),
+        stream=dataclasses.replace(plan.stream, decoupled=decoupled),
     )
     one = resolve_inputs(one, info)
     try:
@@ -280,7 +290,7 @@ async def _preflight_model(
         # a sequence of one step (START and END) on the ID no agent gets
         wire = sequence_probe(plan.sequence, wire)
     try:
-        why = await probe.infer(wire)
+        why = await (probe.decoupled_infer(wire) if decoupled else probe.infer(wire))
     except ProbeError as exc:
         why = str(exc)
     if why:
@@ -294,7 +304,7 @@ async def _preflight_model(
             f"model {m.name!r} rejected the probe request (the largest payload, "
             f"{fmt_bytes(wire.req_bytes)}): {why}"
         )
-    if plan.transport == "stream":  # the load's own method, probed before any load
+    if plan.transport == "stream" and not decoupled:  # the load's method, before any load
         why = await probe.stream_infer(wire)
         if why:
             raise PreflightError(
@@ -397,6 +407,12 @@ async def preflight_check(plan: Plan, timeout: float = 5.0) -> PreflightResult:
     first, described, info = results[0]
     plan = check_sequences(plan, info)
     plan = add_composing(plan, info)
+    if not plan.stream.decoupled and any(is_decoupled(r[2]) for r in results):
+        # one stream transport for every model: a non-decoupled model answers once, with
+        # the final flag, on it as well
+        plan = dataclasses.replace(plan, stream=dataclasses.replace(plan.stream, decoupled=True))
+    if plan.stream.decoupled and plan.compression != "none":
+        raise PreflightError("compression: not supported with a decoupled (streaming) model")
     if plan.models:
         resolved = dataclasses.replace(
             plan, models=models, model=first.name, model_version=first.version

@@ -29,6 +29,12 @@ from volley.wire.grpc import USER_AGENT, grpc_frame, grpc_timeout_header, grpc_u
 from volley.wire.h2 import H2Connection, HeaderInfo
 from volley.wire.http1 import dechunk
 from volley.wire.payloads import Wire
+from volley.wire.stream import (
+    parse_sse_event,
+    parse_stream_response,
+    request_params,
+    stream_request,
+)
 
 
 class ProbeError(Exception):
@@ -86,6 +92,10 @@ class Probe:
     async def stream_infer(self, wire: Wire) -> str:
         """The same over ModelStreamInfer (gRPC only): '' when it answered, else why not."""
         return "ModelStreamInfer is a gRPC method"
+
+    async def decoupled_infer(self, wire: Wire) -> str:
+        """A decoupled model's probe: one request read to its end ("" when it went well)."""
+        raise NotImplementedError
 
     async def statistics(self, name: str = "", version: str = "") -> Snapshot:
         """Triton's cumulative statistics of a model's versions (of every model: name "");
@@ -182,6 +192,16 @@ class GrpcProbe(Probe):
         return h2.encode_headers(scheme, self.plan.target, path, [*extra, *self.headers], SENSITIVE)
 
     async def _call(self, method: str, framed: bytes, compression: str = "none") -> bytes:
+        data, encoding = await self._call_data(method, framed, compression)
+        msg = grpc_unframe(data, encoding)
+        if msg is None:
+            raise ProbeError(f"{method}: malformed gRPC response")
+        return msg
+
+    async def _call_data(
+        self, method: str, framed: bytes, compression: str = "none"
+    ) -> tuple[bytes, str]:
+        """One call (a request stream of one message): the response body, its encoding."""
         conn = self.conn
         if conn is None or not conn.usable:
             raise ProbeError(f"target {self.plan.target}: connection lost")
@@ -202,10 +222,7 @@ class GrpcProbe(Probe):
             if status in (5, 12):
                 raise NotFound(text, rc.status_name(status))
             raise ProbeError(text, rc.status_name(status))
-        msg = grpc_unframe(data, encoding)
-        if msg is None:
-            raise ProbeError(f"{method}: malformed gRPC response")
-        return msg
+        return data, encoding
 
     async def _unary(self, method: str, req: Any, resp_type: Any) -> Any:
         body = req.SerializeToString()
@@ -312,6 +329,29 @@ class GrpcProbe(Probe):
         if len(r.infer_response.outputs) < wire.expected_outputs:
             return "ModelStreamInfer's response lacks its outputs"
         return ""
+
+    async def decoupled_infer(self, wire: Wire) -> str:
+        """A decoupled model: one request on its own ModelStreamInfer call, read to its
+        final response (volley/wire/stream.py)."""
+        body = stream_request(wire.msg, 1, request_params(self.plan.stream.parameters))
+        framed = b"\x00" + struct.pack(">I", len(body)) + body
+        try:
+            data, _ = await self._call_data("ModelStreamInfer", framed)
+        except ProbeError as exc:
+            return str(exc)
+        pos, final = 0, False
+        while len(data) - pos >= 5:
+            (ln,) = struct.unpack_from(">I", data, pos + 1)
+            r = parse_stream_response(data[pos + 5 : pos + 5 + ln], self.plan.stream.token_output)
+            pos += 5 + ln
+            if r is None:
+                return "malformed stream response"
+            if r.error:
+                return r.error.splitlines()[0] if r.error.strip() else "error response"
+            if r.data and r.outputs < wire.expected_outputs:
+                return "probe response lacks its outputs"
+            final = final or r.final
+        return "" if final else "the stream ended without a final response"
 
     async def statistics(self, name: str = "", version: str = "") -> Snapshot:
         r = await self._unary(
@@ -519,6 +559,21 @@ class HttpProbe(Probe):
         ihcl = headers.get("inference-header-content-length")
         if not check_http_response(body, int(ihcl) if ihcl else None, wire.expected_outputs):
             return "probe response lacks its outputs"
+        return ""
+
+    async def decoupled_infer(self, wire: Wire) -> str:
+        """A decoupled model: one generate_stream request, its events read to the end."""
+        status, _, body = await self.request("POST", "", wire.body, head=wire.head)
+        if status != 200:
+            return self._why(status, body)
+        for event in body.replace(b"\r\n", b"\n").split(b"\n\n"):
+            if not event.strip():
+                continue
+            r = parse_sse_event(event, self.plan.stream.token_output)
+            if r is None:
+                return "malformed generate_stream event"
+            if r.error:
+                return r.error.splitlines()[0] if r.error.strip() else "error event"
         return ""
 
     async def statistics(self, name: str = "", version: str = "") -> Snapshot:

@@ -119,6 +119,12 @@ def _stats_row(
         "lateness_p50_ms": late.percentile(50) / 1e6 if late.count else None,
         "lateness_p99_ms": late.percentile(99) / 1e6 if late.count else None,
         "late_fraction": st.late / late.count if late.count else 0.0,
+        # streaming (decoupled) requests, null without any
+        "ttft_p50_ms": st.ttft.percentile(50) / 1e6 if st.ttft.count else None,
+        "ttft_p99_ms": st.ttft.percentile(99) / 1e6 if st.ttft.count else None,
+        "itl_p50_ms": st.itl.percentile(50) / 1e6 if st.itl.count else None,
+        "itl_p99_ms": st.itl.percentile(99) / 1e6 if st.itl.count else None,
+        "tokens": st.tokens,
     }
 
 
@@ -165,6 +171,18 @@ def write_timeseries(path: Path, rows: list[dict[str, Any]]) -> None:
     pq.write_table(table, str(path), compression="zstd")
 
 
+def _stream_histograms(st: Stats) -> dict[str, Any]:
+    """The streaming histograms of a streamed run (none for a unary one)."""
+    if not st.streamed:
+        return {}
+    return {
+        "ttft": st.ttft.to_dict(),
+        "ttst": st.ttst.to_dict(),
+        "itl": st.itl.to_dict(),
+        "tpot": st.tpot.to_dict(),
+    }
+
+
 def write_histograms(path: Path, agg: Aggregator, agent_names: list[str]) -> None:
     """histograms.json: the run's merged histograms (measured period), for the report's
     histogram and percentile curves and for merging runs later."""
@@ -173,10 +191,12 @@ def write_histograms(path: Path, agg: Aggregator, agent_names: list[str]) -> Non
         "latency": total.latency.to_dict(),
         "service_time": total.service.to_dict(),
         "send_lateness": total.lateness.to_dict(),
+        **_stream_histograms(total),
         "agents": {
             name: {
                 "latency": t.measured.latency.to_dict(),
                 "send_lateness": t.measured.lateness.to_dict(),
+                **_stream_histograms(t.measured),
             }
             for name, t in zip(agent_names, agg.agents, strict=True)
         },

@@ -1,4 +1,6 @@
-"""SLO expressions: parse `p99<50ms`, `errors<0.1%`, `throughput>=0.98*offered` (pure)."""
+"""SLO expressions: parse `p99<50ms`, `errors<0.1%`, `throughput>=0.98*offered`, and on
+streaming models `ttft_p99<200ms`, `itl_p99<30ms`, `tpot.p50<10ms`, `tokens_per_s>500`
+(pure)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from coordinator.aggregate import GoodLimits
 from coordinator.documents import SloResult
 from volley.plan import PlanError
 
@@ -20,6 +23,9 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 _UNITS_MS = {"us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1000.0}
 #: The summary's percentile blocks an SLO may name (from latency histograms).
 PERCENTILE_FAMILIES = ("latency_ms", "service_time_ms")
+#: Streaming metrics (summary.json `stream.<family>`): the name an SLO uses -> family.
+STREAM_FAMILIES = {"ttft": "ttft_ms", "ttst": "ttst_ms", "itl": "itl_ms", "tpot": "tpot_ms"}
+_STREAM = re.compile(r"^(ttft|ttst|itl|tpot)[._](p50|p90|p95|p99|p999|max|mean)$")
 _LAT = re.compile(r"^(p50|p90|p95|p99|p999|max|mean)$")
 _SLO = re.compile(
     r"^\s*(?P<metric>[a-z_0-9.]+)\s*(?P<op><=|>=|<|>)\s*(?P<value>[0-9]*\.?[0-9]+)\s*"
@@ -69,14 +75,15 @@ def _nothing_to_judge(
     offered: float | None,
 ) -> str:
     """Why the SLO's figure means nothing ("" when it does)."""
-    family = slo.metric.split(".", 1)[0]
-    if family in PERCENTILE_FAMILIES:
+    parts = slo.metric.split(".")
+    family = parts[1] if parts[0] == "stream" and len(parts) > 2 else parts[0]
+    if family in PERCENTILE_FAMILIES or family in STREAM_FAMILIES.values():
         count = samples.get(family) if samples is not None else None
         if count is None:
             ok = _lookup(summary, "requests.ok")
             count = None if ok is None else int(ok)
         if count is not None and count <= 0:
-            return "no successful request"
+            return "no successful request" if family in PERCENTILE_FAMILIES else "no such value"
     elif slo.metric == "error_rate" and _lookup(summary, "requests.sent") == 0:
         return "no request sent"
     elif slo.relative_to == "offered" and not offered:
@@ -91,6 +98,28 @@ def _lookup(summary: Mapping[str, object], path: str) -> float | None:
             return None
         cur = cur[part]
     return float(cur) if isinstance(cur, int | float) else None
+
+
+def goodput_limits(slos: tuple[str, ...] | list[str]) -> GoodLimits:
+    """Per-request goodput limits from the upper bounds among the SLOs: any percentile of
+    TTFT, time per output token or latency (`ttft_p99<200ms` -> TTFT <= 200 ms), the
+    tightest when several name one figure. Bad SLO texts are left to the plan's check."""
+    limits: dict[str, int] = {}
+    for text in slos:
+        try:
+            slo = parse_slo(text)
+        except PlanError:
+            continue
+        if slo.op not in ("<", "<="):
+            continue
+        fam = slo.metric.split(".")
+        key = {"stream.ttft_ms": "ttft_ns", "stream.tpot_ms": "tpot_ns", "latency_ms": "latency_ns"}
+        name = key.get(".".join(fam[:-1]))
+        if name is None:
+            continue
+        ns = int(slo.value * 1e6)
+        limits[name] = min(limits.get(name, ns), ns)
+    return GoodLimits(**limits)
 
 
 def parse_slo(text: str) -> Slo:
@@ -109,6 +138,22 @@ def parse_slo(text: str) -> Slo:
         if unit not in _UNITS_MS:
             raise PlanError(f"SLO {text!r}: latency needs a unit (us, ms or s)")
         return Slo(text, f"{family}.{stat}", op, value * _UNITS_MS[unit])
+    sm = _STREAM.match(metric)
+    if sm:
+        if unit not in _UNITS_MS:
+            raise PlanError(f"SLO {text!r}: a token latency needs a unit (us, ms or s)")
+        family = STREAM_FAMILIES[sm[1]]
+        return Slo(text, f"stream.{family}.{sm[2]}", op, value * _UNITS_MS[unit])
+    if metric == "goodput":
+        if unit == "%":
+            value /= 100.0
+        elif unit is not None:
+            raise PlanError(f"SLO {text!r}: goodput is a share: a % or a fraction")
+        return Slo(text, "stream.goodput.share", op, value)
+    if metric in ("tokens_per_s", "tokens"):
+        if unit not in (None, "/s"):
+            raise PlanError(f"SLO {text!r}: tokens/s takes no unit (or /s)")
+        return Slo(text, "stream.tokens_per_s", op, value)
     if metric in ("errors", "error_rate"):
         if unit == "%":
             value /= 100.0
@@ -121,5 +166,6 @@ def parse_slo(text: str) -> Slo:
         return Slo(text, "throughput_rps", op, value)
     raise PlanError(
         f"SLO {text!r}: unknown metric {metric!r} (use p50..p999, max, mean, "
-        "service.p99, errors, throughput)"
+        "service.p99, errors, throughput, ttft_p99, itl_p99, ttst_p99, tpot_p99, tokens_per_s, "
+        "goodput)"
     )

@@ -6,10 +6,11 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from coordinator.aggregate import AgentTally, Aggregator, Stats
+from coordinator.aggregate import AgentTally, Aggregator, GoodLimits, Stats
 from coordinator.clock import ClockEstimate
 from coordinator.documents import (
     AgentRow,
+    Goodput,
     Lateness,
     ModelRow,
     PayloadRow,
@@ -17,6 +18,7 @@ from coordinator.documents import (
     RequestCounts,
     ServerBlock,
     ShapeRow,
+    StreamBlock,
     Summary,
 )
 from coordinator.sequences import failed_reasons
@@ -91,6 +93,53 @@ def lateness_ms(st: Stats) -> Lateness:
         "p99": round(h.percentile(99) / 1e6, 4),
         "max": round(h.max_ns / 1e6, 4),
         "late_fraction": round(st.late / h.count, 6),
+    }
+
+
+def stream_block(st: Stats, measured_s: float) -> StreamBlock:
+    """The streaming figures of `st` (summary.json's `stream`)."""
+    n = st.streamed
+    return {
+        "requests": n,
+        "responses": st.responses,
+        "responses_per_request": {
+            "min": max(st.responses_min, 0),
+            "max": max(st.responses_max, 0),
+            "mean": round(st.responses / n, 3) if n else 0.0,
+        },
+        "tokens": st.tokens,
+        "tokens_per_request_mean": round(st.tokens / n, 3) if n else 0.0,
+        "tokens_per_s": round(st.tokens / measured_s, 3) if measured_s > 0 else 0.0,
+        "ttft_ms": hist_ms(st.ttft),
+        "ttst_ms": hist_ms(st.ttst),
+        "itl_ms": hist_ms(st.itl),
+        "tpot_ms": hist_ms(st.tpot),
+        "itl_samples": st.itl.count,
+    }
+
+
+def goodput_block(st: Stats, limits: GoodLimits, measured_s: float) -> Goodput:
+    def ms(ns: int) -> float | None:
+        return None if ns < 0 else ns / 1e6
+
+    return {
+        "ttft_ms": ms(limits.ttft_ns),
+        "tpot_ms": ms(limits.tpot_ns),
+        "latency_ms": ms(limits.latency_ns),
+        "requests": st.good,
+        "share": round(st.good / st.sent, 6) if st.sent else 0.0,
+        "requests_per_s": round(st.good / measured_s, 3) if measured_s > 0 else 0.0,
+        "tokens_per_s": round(st.good_tokens / measured_s, 3) if measured_s > 0 else 0.0,
+    }
+
+
+def stream_samples(st: Stats) -> dict[str, int]:
+    """The values behind each streaming percentile family (for the SLO judge)."""
+    return {
+        "ttft_ms": st.ttft.count,
+        "ttst_ms": st.ttst.count,
+        "itl_ms": st.itl.count,
+        "tpot_ms": st.tpot.count,
     }
 
 
@@ -386,8 +435,13 @@ def build_summary(
     }
     if seq_block is not None:
         summary["sequences"] = seq_block
+    if plan.stream.decoupled or total.streamed:
+        summary["stream"] = stream_block(total, measured_s)
+        if agg.good is not None:
+            summary["stream"]["goodput"] = goodput_block(total, agg.good, measured_s)
     # SLOs are judged on the figures above
     samples = {"latency_ms": total.latency.count, "service_time_ms": total.service.count}
+    samples.update(stream_samples(total))
     slo = [parse_slo(s).evaluate(summary, samples) for s in plan.slos]
     summary["verdict"]["slo"] = slo
     summary["verdict"]["slo_passed"] = all(r["passed"] for r in slo)

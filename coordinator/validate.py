@@ -74,6 +74,7 @@ class Fault(enum.StrEnum):
     MALFORMED_BATCH = "malformed batch"
     BAD_STATUS = "bad status message"
     BAD_START = "start disagrees with the run"
+    BAD_GAPS = "stream gaps disagree with the responses"
     # records (counted in records; a record is counted under its first fault, this order)
     BAD_FIELD = "bad worker, model or shape id"
     UNKNOWN_STATUS = "unknown status code"
@@ -136,6 +137,15 @@ class RunShape:
 def run_shape(plan_json: str) -> RunShape:
     """The run's shape from the plan JSON its agents were sent (parsed once per run)."""
     return RunShape.of(Plan.from_json(plan_json))
+
+
+def _stream_times_ok(block: RecordBlock, sent: I64, done: I64) -> Mask:
+    """Streaming columns: responses in order inside the request's span (sent <= first
+    <= last <= done) when there were any (without responses they are not read)."""
+    first, last = block.col("first_ns"), block.col("last_ns")
+    some = block.col("responses") > 0
+    ok: Mask = ~some | ((first >= sent) & (first <= last) & (last <= done) & (sent >= 0))
+    return ok
 
 
 def _finite_in(x: float, lo: float, hi: float) -> bool:
@@ -266,6 +276,7 @@ class AgentCheck:
         )
         if not shape.open_loop:
             times_ok &= never | (intended == sent)
+        times_ok &= _stream_times_ok(block, sent, done)
         bad_times = ~times_ok
         # index: inside this agent's slice
         if shape.open_loop:
@@ -286,13 +297,18 @@ class AgentCheck:
         if dup is not None:
             bad |= dup
             any_bad = any_bad or bool(dup.any())
+        if block.gaps.size and not (block.gaps_complete() and bool((block.gaps >= 0).all())):
+            # gaps that do not add up to the records' responses: the ITL of this batch is
+            # not kept (its records are, with their first/last times)
+            self.fault(Fault.BAD_GAPS)
+            block = RecordBlock(block.columns, block.input_shapes)
         if not any_bad:
             self.valid += n
             return block
         self._count(bad, (bad_field, unknown, bad_times, outside, dup))
         keep = ~bad
         self.valid += int(keep.sum())
-        return RecordBlock({k: v[keep] for k, v in block.columns.items()}, block.input_shapes)
+        return block.select(keep)
 
     def _duplicates(self, idx: I64, slot: I64, bad: Mask | None) -> Mask:
         """Which in-slice records repeat an index seen before (this run, or earlier in

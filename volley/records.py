@@ -7,7 +7,7 @@ per-record Python objects.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -42,6 +42,10 @@ LIMITED = 103  #: never sent: refused by the agent's rate limit (--max-rate, at 
 SEQ_MISMATCH = 110
 #: never sent: a sequence's start found no free live-sequence slot (`sequence.max_live`)
 SEQ_NO_SLOT = 111
+#: a streaming request answered with an error after at least one response with data
+STREAM_ERROR = 104
+#: a streaming request whose stream ended (or its final flag never came) before its end
+STREAM_CUT = 105
 HTTP_ERROR_BASE = 1000  #: HTTP status s is recorded as 1000 + s
 
 STATUS_NAMES: dict[int, str] = {
@@ -68,6 +72,8 @@ STATUS_NAMES: dict[int, str] = {
     LIMITED: "LIMITED",
     SEQ_MISMATCH: "SEQ_MISMATCH",
     SEQ_NO_SLOT: "SEQ_NO_SLOT",
+    STREAM_ERROR: "STREAM_ERROR",
+    STREAM_CUT: "STREAM_CUT",
 }
 
 
@@ -122,15 +128,64 @@ COLUMNS: dict[str, np.dtype[np.generic]] = {
     "seq_id": np.dtype("<u8"),
     "seq_step": np.dtype("<u2"),
     "seq_flags": np.dtype("<u1"),
+    # streaming (decoupled) requests; a unary record has -1, -1, 0, 0
+    "first_ns": np.dtype("<i8"),
+    "last_ns": np.dtype("<i8"),
+    "responses": np.dtype("<u4"),
+    "tokens": np.dtype("<u4"),
 }
+#: What a record that is not a streaming one holds in the streaming columns.
+STREAM_DEFAULTS: dict[str, int] = {"first_ns": -1, "last_ns": -1, "responses": 0, "tokens": 0}
+GAP_DTYPE = np.dtype("<i8")
+_NO_GAPS: npt.NDArray[np.int64] = np.empty(0, GAP_DTYPE)
+
+
+def gap_counts(responses: npt.NDArray[np.generic]) -> npt.NDArray[np.int64]:
+    """Gaps each record owns in the ragged `gaps` column: max(responses - 1, 0)."""
+    out: npt.NDArray[np.int64] = np.maximum(responses.astype(np.int64) - 1, 0)
+    return out
+
+
+def gap_mask(
+    responses: npt.NDArray[np.generic], keep: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.bool_]:
+    """The gaps of the records `keep` selects (a mask over the ragged column)."""
+    out: npt.NDArray[np.bool_] = np.repeat(keep, gap_counts(responses))
+    return out
 
 
 @dataclass
 class RecordBlock:
-    """Equal-length columns of timing records (see COLUMNS)."""
+    """Equal-length columns of timing records (see COLUMNS), and the ragged `gaps`
+    column of streaming records (`gap_counts(responses)` per record, in their order; may
+    be empty where it was not kept, e.g. a block read back from requests.parquet)."""
 
     columns: dict[str, npt.NDArray[np.generic]]
     input_shapes: list[str]
+    gaps: npt.NDArray[np.int64] = field(default_factory=lambda: _NO_GAPS)
+
+    def gaps_complete(self) -> bool:
+        """Whether `gaps` holds exactly the gaps the `responses` column implies."""
+        resp = self.columns.get("responses")
+        want = 0 if resp is None else int(gap_counts(resp).sum())
+        return int(self.gaps.size) == want
+
+    def select(self, keep: npt.NDArray[np.bool_] | npt.NDArray[np.intp]) -> RecordBlock:
+        """The records `keep` selects (a mask), with their gaps."""
+        gaps = self.gaps
+        if gaps.size and keep.dtype != np.bool_:
+            # indices: their gaps are kept when they select each record at most once, in order
+            if keep.size > 1 and not bool((keep[1:] > keep[:-1]).all()):
+                gaps = _NO_GAPS
+            else:
+                mask = np.zeros(len(self), np.bool_)
+                mask[keep] = True
+                keep = mask
+        if gaps.size and self.gaps_complete():
+            gaps = gaps[gap_mask(self.columns["responses"], keep)]  # type: ignore[arg-type]
+        elif gaps.size:
+            gaps = _NO_GAPS
+        return RecordBlock({k: v[keep] for k, v in self.columns.items()}, self.input_shapes, gaps)
 
     def __len__(self) -> int:
         return int(self.columns["index"].shape[0])
@@ -147,6 +202,8 @@ class RecordBlock:
         for name, dt in COLUMNS.items():
             getattr(msg, name)  # field exists
             setattr(msg, name, np.ascontiguousarray(self.columns[name], dtype=dt).tobytes())
+        if self.gaps.size:
+            msg.gaps_ns = np.ascontiguousarray(self.gaps, dtype=GAP_DTYPE).tobytes()
         return msg
 
     @classmethod
@@ -158,7 +215,11 @@ class RecordBlock:
             if len(raw) != n * dt.itemsize:
                 raise ValueError(f"timing batch column {name}: {len(raw)} bytes for {n} records")
             cols[name] = np.frombuffer(raw, dtype=dt)
-        return cls(cols, list(msg.input_shapes))
+        raw_gaps: bytes = msg.gaps_ns
+        if len(raw_gaps) % GAP_DTYPE.itemsize:
+            raise ValueError(f"timing batch gaps: {len(raw_gaps)} bytes")
+        gaps: npt.NDArray[np.int64] = np.frombuffer(raw_gaps, dtype=GAP_DTYPE)
+        return cls(cols, list(msg.input_shapes), gaps)
 
 
 class RecordBuffer:
@@ -188,8 +249,24 @@ class RecordBuffer:
         self._seq_flags = self._cols["seq_flags"]
         for k in ("seq_id", "seq_step", "seq_flags"):
             self._cols[k].fill(0)
+        for k, v in STREAM_DEFAULTS.items():
+            self._cols[k].fill(v)
+        self._gaps: list[int] = []
         self.n = 0
         self.worker = 0
+
+    def note_stream(
+        self, first: int, last: int, responses: int, tokens: int, gaps: list[int]
+    ) -> None:
+        """The streaming figures of the record appended next (a transport calls this
+        just before it completes a streaming request). `gaps`: max(responses - 1, 0)."""
+        n = self.n
+        self._cols["first_ns"][n] = first
+        self._cols["last_ns"][n] = last
+        self._cols["responses"][n] = responses
+        self._cols["tokens"][n] = tokens
+        if gaps:
+            self._gaps.extend(gaps)
 
     def append(
         self,
@@ -259,8 +336,15 @@ class RecordBuffer:
         n = self.n
         cols = {k: v[:n].copy() for k, v in self._cols.items()}
         cols["worker"].fill(self.worker)
+        gaps = _NO_GAPS
+        if self._gaps:
+            gaps = np.array(self._gaps, GAP_DTYPE)
+            self._gaps = []
+        if self._cols["responses"][:n].any():
+            for k, v in STREAM_DEFAULTS.items():
+                self._cols[k][:n] = v
         self.n = 0
-        return RecordBlock(cols, input_shapes)
+        return RecordBlock(cols, input_shapes, gaps)
 
 
 def concat(blocks: list[RecordBlock]) -> RecordBlock:
@@ -270,6 +354,8 @@ def concat(blocks: list[RecordBlock]) -> RecordBlock:
     shapes: list[str] = []
     lookup: dict[str, int] = {}
     parts: dict[str, list[npt.NDArray[np.generic]]] = {k: [] for k in COLUMNS}
+    whole = all(b.gaps_complete() for b in blocks)
+    gaps = [b.gaps for b in blocks if b.gaps.size] if whole else []
     for b in blocks:
         remap = np.empty(max(len(b.input_shapes), 1), np.uint16)
         for i, s in enumerate(b.input_shapes):
@@ -282,4 +368,8 @@ def concat(blocks: list[RecordBlock]) -> RecordBlock:
             if k == "shape_id" and b.input_shapes and len(col):
                 col = remap[col.astype(np.intp)]
             parts[k].append(col)
-    return RecordBlock({k: np.concatenate(v).astype(COLUMNS[k]) for k, v in parts.items()}, shapes)
+    return RecordBlock(
+        {k: np.concatenate(v).astype(COLUMNS[k]) for k, v in parts.items()},
+        shapes,
+        np.concatenate(gaps).astype(GAP_DTYPE) if gaps else _NO_GAPS,
+    )

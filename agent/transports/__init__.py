@@ -2,6 +2,10 @@
 
 - `grpc_unary.GrpcUnary` (default): ModelInfer over our own HTTP/2 client.
 - `grpc_stream.GrpcStream`: ModelStreamInfer, many requests per stream.
+- `grpc_decoupled.GrpcDecoupled`: ModelStreamInfer for decoupled models, a stream of
+  responses per request (chosen when preflight finds the model decoupled).
+- `http_stream.HttpGenerate`: the generate extension's generate_stream (server-sent
+  events) for decoupled models over HTTP.
 - `http.Http`: KServe v2 REST (binary tensor extension) over HTTP/1.1 keep-alive.
 - `grpcio.GrpcioUnary`: the reference path, grpc.aio with tritonclient's stubs.
 """
@@ -9,10 +13,12 @@
 from __future__ import annotations
 
 from agent.transports.base import Clock, Complete, Transport
+from agent.transports.grpc_decoupled import GrpcDecoupled
 from agent.transports.grpc_stream import GrpcStream
 from agent.transports.grpc_unary import GrpcUnary
 from agent.transports.grpcio import GrpcioUnary
 from agent.transports.http import Http
+from agent.transports.http_stream import HttpGenerate
 from volley.plan import Plan, PlanError
 from volley.target import TargetAccess
 from volley.wire.payloads import Payloads
@@ -31,8 +37,12 @@ def make_transport(
     """The plan's transport; `access` holds its header values and TLS material, in
     memory (an agent never reads a file or environment variable a plan names)."""
     if plan.protocol in ("http", "json"):
+        if plan.stream.decoupled:
+            return HttpGenerate(plan, payloads, complete, clock, start_ns, access)
         http: Transport = Http(plan, payloads, complete, clock, start_ns, access)
         return http
+    if plan.stream.decoupled:
+        return GrpcDecoupled(plan, payloads, complete, clock, start_ns, access)
     if plan.transport == "stream":
         return GrpcStream(plan, payloads, complete, clock, start_ns, access)
     if plan.transport == "grpcio":

@@ -32,6 +32,13 @@ log = logging.getLogger("volley.agent.transport")
 #: complete(key, intended, sent, done, status, pidx, resp_bytes)
 Complete = Callable[[int, int, int, int, int, int, int], None]
 Clock = Callable[[], int]
+#: note_stream(first, last, responses, tokens, gaps): a streaming request's figures,
+#: called just before its `complete` (the worker's RecordBuffer.note_stream)
+NoteStream = Callable[[int, int, int, int, list[int]], None]
+
+
+def _no_note(first: int, last: int, responses: int, tokens: int, gaps: list[int]) -> None:
+    pass
 
 
 class Call:
@@ -78,6 +85,8 @@ class Transport:
             self.ssl = client_ssl_context(plan.tls, access, self.alpn())
         self.server_name = (plan.tls.server_name if plan.tls else "") or None
         self.n_conns = plan.connections
+        #: where a streaming transport notes a request's figures (set by the worker)
+        self.note_stream: NoteStream = _no_note
         self.in_flight = 0
         self.closing = False
         self.loop = asyncio.get_running_loop()

@@ -102,17 +102,11 @@ class GrpcStream(GrpcUnary):
 
     def _send_on(self, conn: UnaryConn, key: int, intended: int, pidx: int, tries: int) -> None:
         """Send on `conn`'s stream (opened first if needed); in_flight already counts it."""
-        slot = conn.slot
-        stream = self.current[slot]
-        if stream is None or stream.conn is not conn or stream.sid not in conn.open:
-            if not conn.has_capacity:
-                self.in_flight -= 1
-                self.fail_soon(key, intended, pidx, rc.RESOURCE_EXHAUSTED)
-                return
-            sid = conn.start_stream(self.hblock, b"", False)
-            stream = StreamState(conn, sid)
-            self.current[slot] = stream
-            self.open_streams[(conn, sid)] = stream
+        stream = self._stream_for(conn)
+        if stream is None:
+            self.in_flight -= 1
+            self.fail_soon(key, intended, pidx, rc.RESOURCE_EXHAUSTED)
+            return
         rid = self.next_id
         self.next_id = rid + 1
         idb = b"%d" % rid
@@ -122,6 +116,20 @@ class GrpcStream(GrpcUnary):
         self.pending[rid] = StreamCall(
             key, intended, sent, pidx, sent + self.timeout_ns, stream, tries + 1
         )
+
+    def _stream_for(self, conn: UnaryConn) -> StreamState | None:
+        """`conn`'s current ModelStreamInfer stream, opened now if it has none (None: the
+        connection has no room for another stream)."""
+        slot = conn.slot
+        stream = self.current[slot]
+        if stream is None or stream.conn is not conn or stream.sid not in conn.open:
+            if not conn.has_capacity:
+                return None
+            sid = conn.start_stream(self.hblock, b"", False)
+            stream = StreamState(conn, sid)
+            self.current[slot] = stream
+            self.open_streams[(conn, sid)] = stream
+        return stream
 
     def on_data(self, conn: UnaryConn, sid: int, data: bytes, end: bool) -> None:
         stream = self.open_streams.get((conn, sid))

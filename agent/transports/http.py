@@ -230,6 +230,9 @@ class H1Conn(asyncio.Protocol):
 class Http(Transport):
     """A pool of HTTP/1.1 connections to the target; one request per connection at a time."""
 
+    #: the connection protocol (generate_stream's reads events: agent/transports/http_stream.py)
+    conn_type: type[H1Conn] = H1Conn
+
     def __init__(
         self,
         plan: Plan,
@@ -268,7 +271,7 @@ class Http(Transport):
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: H1Conn(self),
+                    lambda: self.conn_type(self),
                     self.host,
                     self.port,
                     ssl=self.ssl,

@@ -260,7 +260,37 @@ def percentiles_table(s: Summary) -> str:
             "",
         ]
     )
-    return table(["ms", *keys], rows)
+    stream = s.get("stream")
+    if stream is not None:
+        for label, key in (
+            ("TTFT (from intended)", "ttft_ms"),
+            ("second token (from intended)", "ttst_ms"),
+            ("inter-token (every gap)", "itl_ms"),
+            ("time per output token", "tpot_ms"),
+        ):
+            row = stream[key]  # type: ignore[literal-required]
+            rows.append([label, *(num(row.get(k), 4) for k in keys)])
+    return table(["ms", *keys], rows) + stream_html(s)
+
+
+def stream_html(s: Summary) -> str:
+    """Counts and rates of a streamed run ("" for a unary one)."""
+    st = s.get("stream")
+    if st is None:
+        return ""
+    per = st["responses_per_request"]
+    text = (
+        f"streamed: {st['requests']} requests, {st['responses']} responses "
+        f"({per['min']}-{per['max']} per request, mean {per['mean']:g}), {st['tokens']} "
+        f"tokens, {st['tokens_per_s']:.1f} tokens/s"
+    )
+    good = st.get("goodput")
+    if good is not None:
+        text += (
+            f"; goodput {good['requests']} requests ({good['share']:.1%}), "
+            f"{good['tokens_per_s']:.1f} tokens/s within the SLO limits"
+        )
+    return f"<p>{escape(text)}</p>"
 
 
 def _band(run: RunData) -> tuple[float, float, str] | None:
@@ -303,11 +333,54 @@ def over_time_html(run: RunData) -> str:
         spans=spans,
     )
     marked = " Shaded red: outages (windows with at least half their arrivals in error)."
-    return figure(
-        lat,
-        "Windows by intended send time; percentiles from merged histograms."
-        + (marked if spans else ""),
-    ) + figure(thr, "Achieved counts responses by the window they completed in.")
+    return (
+        figure(
+            lat,
+            "Windows by intended send time; percentiles from merged histograms."
+            + (marked if spans else ""),
+        )
+        + figure(thr, "Achieved counts responses by the window they completed in.")
+        + _tokens_over_time(run, rows, xs, band, spans)
+    )
+
+
+def _tokens_over_time(
+    run: RunData,
+    rows: list[dict[str, Any]],
+    xs: list[float],
+    band: tuple[float, float, str] | None,
+    spans: list[tuple[float, float, str]],
+) -> str:
+    """TTFT and inter-token latency per window, and tokens/s (streamed runs only)."""
+    if run.summary.get("stream") is None or not any(r.get("ttft_p50_ms") for r in rows):
+        return ""
+    window_s = xs[1] - xs[0] if len(xs) > 1 else 1.0
+    chart = svg.line_chart(
+        [
+            svg.Series("TTFT p50", xs, _col(rows, "ttft_p50_ms")),
+            svg.Series("TTFT p99", xs, _col(rows, "ttft_p99_ms")),
+            svg.Series("ITL p50", xs, _col(rows, "itl_p50_ms"), dashed=True),
+            svg.Series("ITL p99", xs, _col(rows, "itl_p99_ms"), dashed=True),
+        ],
+        title="Time to first token and inter-token latency per 1 s window",
+        chart_id="tokens-over-time",
+        x_label="seconds since start",
+        y_label="ms",
+        band=band,
+        spans=spans,
+    )
+    rate = svg.line_chart(
+        [svg.Series("tokens/s", xs, _col(rows, "tokens", 1.0 / window_s))],
+        title="Output tokens per second (successful requests, by intended window)",
+        chart_id="tokens-per-second",
+        x_label="seconds since start",
+        y_label="tokens/s",
+        band=band,
+        spans=spans,
+    )
+    return figure(chart, "TTFT from the intended send time; ITL over every gap.") + figure(
+        rate, "Tokens of the requests scheduled in each window."
+    )
 
 
 def _outage_spans(s: Summary) -> list[tuple[float, float, str]]:

@@ -19,6 +19,7 @@ from coordinator.run.options import Progress, RunOptions
 from coordinator.run.stream import AgentStream, Clock
 from coordinator.rundir import RequestWriter, timeseries_rows
 from coordinator.sequences import SequenceStats
+from coordinator.slo import goodput_limits
 from volley.arrivals import schedule_span_s
 from volley.liveness import SilenceClock
 from volley.plan import Plan
@@ -81,6 +82,9 @@ class RunLoop:
         self.agg = Aggregator(len(streams), int(plan.load.warmup_s * 1e9))
         if plan.sequence is not None:
             self.agg.sequences = SequenceStats(len(streams), int(plan.load.warmup_s * 1e9))
+        self.agg = Aggregator(
+            len(streams), int(plan.load.warmup_s * 1e9), good=goodput_limits(plan.slos)
+        )
         self.names = [s.name for s in streams]
         #: (window, agent index) -> the agent's CPU percent then
         self.cpu: dict[tuple[int, int], float] = {}

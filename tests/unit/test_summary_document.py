@@ -17,6 +17,7 @@ from coordinator.clock import ClockEstimate
 from coordinator.documents import Summary, SummaryError, load_summary
 from coordinator.recovery import add_schedule_counts, count_schedule, find_outages
 from coordinator.run import add_input_pool
+from coordinator.slo import goodput_limits
 from coordinator.stats.documents import ServerSummary
 from coordinator.summary import AgentInfo, build_summary
 from volley import inputs as vin
@@ -138,7 +139,8 @@ def _plan() -> Plan:
 
 def _block(agent: int, n: int) -> RecordBlock:
     """n arrivals 10 ms apart: two shapes, two models, three request sizes; agent 0 has
-    an outage (1.0-2.0 s) and dropped arrivals, agent 1 sends 10% of its requests late."""
+    an outage (1.0-2.0 s) and dropped arrivals, agent 1 sends 10% of its requests late
+    and streams (three responses each)."""
     buf = RecordBuffer(n)
     for i in range(n):
         t = i * 10_000_000
@@ -150,6 +152,8 @@ def _block(agent: int, n: int) -> RecordBlock:
         elif agent == 1 and i % 10 == 3:
             sent = t + 2_000_000
         done = -1 if sent < 0 else sent + 1_000_000 + 5_000 * (i % 20)
+        if agent == 1:  # streamed: three responses, 0.3 ms apart, before done
+            buf.note_stream(sent + 200_000, sent + 800_000, 3, 3, [300_000, 300_000])
         buf.append(i, t, sent, done, status, (64, 200, 900)[i % 3], 32, 1, i % 2, i % 2)
     block = buf.take(SHAPES)
     assert block is not None
@@ -158,7 +162,7 @@ def _block(agent: int, n: int) -> RecordBlock:
 
 def _summary() -> Summary:
     plan = _plan()
-    agg = Aggregator(2, warmup_ns=1_000_000_000)
+    agg = Aggregator(2, warmup_ns=1_000_000_000, good=goodput_limits(plan.slos))
     for a in range(2):
         agg.ingest(a, _block(a, 400))
     infos = [

@@ -21,7 +21,17 @@ from coordinator.triton import (
 from coordinator.triton.home import _REPO_ROOT
 
 SRC = Path(__file__).resolve().parents[2] / "triton_models"
-MODELS = ["accumulator", "accumulator_str", "add", "bls", "image", "iris", "scale", "sleep"]
+MODELS = [
+    "accumulator",
+    "accumulator_str",
+    "add",
+    "bls",
+    "image",
+    "iris",
+    "scale",
+    "sleep",
+    "tokens",
+]
 #: ensembles: no instances or batcher of their own, rendered untouched
 ENSEMBLES = ["pipeline"]
 

@@ -185,7 +185,9 @@ def test_an_agent_slot_outside_the_weights_owns_nothing() -> None:
 
 
 def test_known_status_table() -> None:
-    codes = np.array([0, 16, 17, 99, 100, 101, 102, 103, 104, 1000, 1001, 1999, 2000], np.uint16)
+    codes = np.array(
+        [0, 16, 17, 99, 100, 101, 102, 103, 104, 105, 106, 1000, 1001, 1999, 2000], np.uint16
+    )
     assert known_status(codes).tolist() == [
         True,
         True,
@@ -195,6 +197,8 @@ def test_known_status_table() -> None:
         True,
         True,
         True,  # LIMITED (the agent's rate limit)
+        True,  # STREAM_ERROR (an error after some responses)
+        True,  # STREAM_CUT (the stream ended under a streaming request)
         False,
         False,
         True,

@@ -127,7 +127,31 @@ def print_summary(summary: Summary, run_dir: Path, console: Console | None = Non
         ("service time", summary["service_time_ms"]),
     ):
         lat.add_row(label, *(_ms(row[k]) for k in _PCTS))
+    stream = summary.get("stream")
+    if stream is not None:
+        for label, key in (
+            ("TTFT", "ttft_ms"),
+            ("2nd token", "ttst_ms"),
+            ("inter-token", "itl_ms"),
+            ("per token", "tpot_ms"),
+        ):
+            lat.add_row(label, *(_ms(stream[key][k]) for k in _PCTS))  # type: ignore[literal-required]
     con.print(lat)
+    if stream is not None:
+        per = stream["responses_per_request"]
+        con.print(
+            f"stream: {stream['requests']} requests, {stream['responses']} responses "
+            f"({per['min']}-{per['max']} per request, mean {per['mean']:g}), "
+            f"{stream['tokens']} tokens, {stream['tokens_per_s']:.1f} tokens/s; "
+            "TTFT and 2nd token from the intended send, inter-token: every gap"
+        )
+        good = stream.get("goodput")
+        if good is not None:
+            con.print(
+                f"goodput: {good['requests']} requests ({good['share']:.1%} of those sent) "
+                f"met every SLO limit, {good['requests_per_s']:.2f} req/s, "
+                f"{good['tokens_per_s']:.1f} tokens/s"
+            )
     con.print()
     by_size = summary.get("latency_by_payload") or []
     if len(by_size) > 1:

@@ -295,6 +295,20 @@ class ValiditySpec:
 
 
 @dataclass(frozen=True)
+class StreamSpec:
+    """Streaming (decoupled) models: one request, a stream of responses."""
+
+    #: Resolved from the model config in preflight (`model_transaction_policy
+    #: { decoupled: true }`); a plan may say so itself for a server without model config.
+    decoupled: bool = False
+    #: Output whose element count is a response's token count ("" = one per response).
+    token_output: str = ""
+    #: Request parameters sent with every request (sampling parameters, max_tokens...):
+    #: (name, value) pairs; gRPC InferParameter by the value's type, HTTP "parameters".
+    parameters: tuple[tuple[str, bool | int | float | str], ...] = ()
+
+
+@dataclass(frozen=True)
 class Plan:
     target: str
     model: str
@@ -336,6 +350,7 @@ class Plan:
     composing_models: tuple[str, ...] = ()
     #: Filled in preflight: the steps of an ensemble plan model (in composing_models too).
     ensemble_steps: tuple[str, ...] = ()
+    stream: StreamSpec = field(default_factory=StreamSpec)
 
     # ---- serialisation -------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -56,6 +56,7 @@ from volley.plan.spec import (
     SequenceControls,
     SequenceSpec,
     StageSpec,
+    StreamSpec,
     TlsSpec,
     TraceSpec,
     Transport,
@@ -716,6 +717,7 @@ def plan_from_dict(data: object) -> Plan:
         sequence=_sequence(d.get("sequence")),
         composing_models=_str_list(d.get("composing_models"), "plan.composing_models"),
         ensemble_steps=_str_list(d.get("ensemble_steps"), "plan.ensemble_steps"),
+        stream=_stream(d.get("stream")),
     )
     if plan.sequence is not None:
         if plan.models:
@@ -729,6 +731,42 @@ def plan_from_dict(data: object) -> Plan:
         if plan.load.arrival == "trace":
             raise PlanError("plan.sequence: a trace gives request times, not sequence starts")
     return plan
+
+
+def _stream(raw: Any) -> StreamSpec:
+    d = _dict(raw, "plan.stream")
+    _check_keys(d, {f.name for f in fields(StreamSpec)}, "plan.stream")
+    decoupled = d.get("decoupled", False)
+    if not isinstance(decoupled, bool):
+        raise PlanError("plan.stream.decoupled: expected true or false")
+    token_output = _str(d, "token_output", "plan.stream", "")
+    if len(token_output) > 256:
+        raise PlanError("plan.stream.token_output: longer than 256 characters")
+    raw_params = d.get("parameters") or {}
+    # a mapping (as written), or [name, value] pairs (as plan.to_dict writes them back)
+    if isinstance(raw_params, list) and all(
+        isinstance(p, list | tuple) and len(p) == 2 for p in raw_params
+    ):
+        raw_params = {str(k): v for k, v in raw_params}
+    if not isinstance(raw_params, dict):
+        raise PlanError("plan.stream.parameters: expected a mapping of name: value")
+    if len(raw_params) > 64:
+        raise PlanError("plan.stream.parameters: more than 64 parameters")
+    params: list[tuple[str, bool | int | float | str]] = []
+    for k, v in raw_params.items():
+        if not isinstance(k, str) or not k or len(k) > 128 or k.startswith("triton_"):
+            raise PlanError(f"plan.stream.parameters: bad name {shown(k)}")
+        if isinstance(v, bool | str) or (isinstance(v, int) and -(2**63) <= v < 2**63):
+            if isinstance(v, str) and len(v) > 4096:
+                raise PlanError(f"plan.stream.parameters.{k}: longer than 4096 characters")
+            params.append((k, v))
+        elif isinstance(v, float) and math.isfinite(v):
+            params.append((k, v))
+        else:
+            raise PlanError(
+                f"plan.stream.parameters.{k}: expected a boolean, integer, number or text"
+            )
+    return StreamSpec(decoupled=decoupled, token_output=token_output, parameters=tuple(params))
 
 
 def check_resolved(plan: Plan) -> None:

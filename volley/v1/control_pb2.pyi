@@ -502,6 +502,11 @@ class TimingBatch(_message.Message):
     SEQ_ID_FIELD_NUMBER: _builtins.int
     SEQ_STEP_FIELD_NUMBER: _builtins.int
     SEQ_FLAGS_FIELD_NUMBER: _builtins.int
+    FIRST_NS_FIELD_NUMBER: _builtins.int
+    LAST_NS_FIELD_NUMBER: _builtins.int
+    RESPONSES_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    GAPS_NS_FIELD_NUMBER: _builtins.int
     count: _builtins.int
     index: _builtins.bytes
     """int64: position in the global schedule (-1 closed loop)"""
@@ -534,6 +539,21 @@ class TimingBatch(_message.Message):
     """uint16: 0 = the sequence's first step"""
     seq_flags: _builtins.bytes
     """uint8: FIRST 1, LAST 2, FAILED 4, CLEANUP 8, CUT 16"""
+    first_ns: _builtins.bytes
+    """Streaming (decoupled) requests; unary records have first_ns = last_ns = -1 and
+    responses = tokens = 0.
+    int64: first response with data (-1: none)
+    """
+    last_ns: _builtins.bytes
+    """int64: last response with data (-1: none)"""
+    responses: _builtins.bytes
+    """uint32: responses with data (the empty final one not counted)"""
+    tokens: _builtins.bytes
+    """uint32: output tokens counted from those responses"""
+    gaps_ns: _builtins.bytes
+    """int64, ragged: every gap between consecutive responses with data, record after
+    record (max(responses - 1, 0) per record, in the records' order).
+    """
     @_builtins.property
     def input_shapes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Input shapes referenced by shape_id, as text like "1x224x224x3"."""
@@ -557,10 +577,15 @@ class TimingBatch(_message.Message):
         seq_id: _builtins.bytes = ...,
         seq_step: _builtins.bytes = ...,
         seq_flags: _builtins.bytes = ...,
+        first_ns: _builtins.bytes = ...,
+        last_ns: _builtins.bytes = ...,
+        responses: _builtins.bytes = ...,
+        tokens: _builtins.bytes = ...,
+        gaps_ns: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "count", b"count", "done_ns", b"done_ns", "index", b"index", "input_shapes", b"input_shapes", "intended_ns", b"intended_ns", "model_id", b"model_id", "req_bytes", b"req_bytes", "resp_bytes", b"resp_bytes", "sent_ns", b"sent_ns", "seq_flags", b"seq_flags", "seq_id", b"seq_id", "seq_step", b"seq_step", "shape_id", b"shape_id", "status", b"status", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "count", b"count", "done_ns", b"done_ns", "first_ns", b"first_ns", "gaps_ns", b"gaps_ns", "index", b"index", "input_shapes", b"input_shapes", "intended_ns", b"intended_ns", "last_ns", b"last_ns", "model_id", b"model_id", "req_bytes", b"req_bytes", "resp_bytes", b"resp_bytes", "responses", b"responses", "sent_ns", b"sent_ns", "seq_flags", b"seq_flags", "seq_id", b"seq_id", "seq_step", b"seq_step", "shape_id", b"shape_id", "status", b"status", "tokens", b"tokens", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

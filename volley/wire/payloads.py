@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 
 from volley.mix import ModelMix
-from volley.plan import Plan, plan_models
+from volley.plan import Plan, PlanError, plan_models
 from volley.request import RequestPool, build_plan_pool, http_infer_body
 from volley.wire.grpc import USER_AGENT, grpc_frame
 from volley.wire.kserve_json import json_infer_body
+from volley.wire.stream import generate_body, generate_path
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,27 @@ def build_payloads(plan: Plan, seed: int = 0, headers: Sequence[tuple[str, str]]
         shapes.extend(pool.shapes)
         first = len(wires)
         for p in pool.payloads:
-            if plan.protocol == "http":
+            if plan.protocol == "http" and plan.stream.decoupled:
+                # the generate extension: a JSON object of inputs, answered as events
+                try:
+                    gen = generate_body(p.body, plan.stream.parameters)
+                except ValueError as exc:
+                    raise PlanError(f"model {m.name}: {exc}") from None
+                head = _generate_head(plan, m.name, m.version, headers)
+                head += b"Content-Length: %d\r\n\r\n" % len(gen)
+                wires.append(
+                    Wire(
+                        p.body,
+                        gen,
+                        len(gen),
+                        offset + p.shape_id,
+                        p.batch_size,
+                        model_id,
+                        len(m.outputs),
+                        head,
+                    )
+                )
+            elif plan.protocol == "http":
                 if plan.http_body == "json":
                     body, json_len = json_infer_body(p.body), -1
                 else:
@@ -167,6 +188,21 @@ def _http_encode(body: bytes, compression: str) -> bytes:
     if compression == "deflate":
         return zlib.compress(body, 6)
     return body
+
+
+def _generate_head(
+    plan: Plan, model: str, version: str, headers: Sequence[tuple[str, str]]
+) -> bytes:
+    """generate_stream's request line and headers, without Content-Length."""
+    lines = [
+        f"POST {generate_path(model, version)} HTTP/1.1",
+        f"Host: {plan.target}",
+        f"User-Agent: {USER_AGENT}",
+        "Content-Type: application/json",
+        "Accept: text/event-stream",
+    ]
+    lines += [f"{name}: {value}" for name, value in headers]
+    return ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
 
 def _http_head(
