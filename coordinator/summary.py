@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 from coordinator.aggregate import AgentTally, Aggregator, Stats
 from coordinator.clock import ClockEstimate
-from coordinator.intervals import confidence_block
 from coordinator.documents import (
     AgentRow,
     Lateness,
@@ -20,6 +19,7 @@ from coordinator.documents import (
     ShapeRow,
     Summary,
 )
+from coordinator.intervals import confidence_block
 from coordinator.slo import parse_slo
 from coordinator.stats.documents import unavailable_server
 from coordinator.validate import GARBAGE_SHARE

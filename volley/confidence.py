@@ -240,11 +240,15 @@ def warmup_windows(series: Sequence[float], batch: int = 5) -> int:
 
 
 def stable(series: Sequence[float], windows: int = 5, tolerance: float = 0.1) -> bool:
-    """The last `windows` values' mean is within `tolerance` (relative) of the
-    `windows` before them; False with fewer than 2 x `windows` values."""
+    """The last `windows` values' mean agrees with the `windows` before them: within
+    `tolerance` (relative), or within 3 standard errors of their difference (a noisy but
+    level series, e.g. Poisson counts of a low rate); False with fewer than 2 x `windows`
+    values."""
     if len(series) < 2 * windows:
         return False
-    recent = float(np.mean(series[-windows:]))
-    before = float(np.mean(series[-2 * windows : -windows]))
+    recent_w = np.asarray(series[-windows:], dtype=np.float64)
+    before_w = np.asarray(series[-2 * windows : -windows], dtype=np.float64)
+    recent, before = float(recent_w.mean()), float(before_w.mean())
     scale = max(abs(recent), abs(before))
-    return scale == 0.0 or abs(recent - before) <= tolerance * scale
+    se = math.sqrt((recent_w.var(ddof=1) + before_w.var(ddof=1)) / windows)
+    return scale == 0.0 or abs(recent - before) <= max(tolerance * scale, 3.0 * se)

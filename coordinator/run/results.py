@@ -14,21 +14,29 @@ from coordinator.documents import Summary
 from coordinator.local import SPOOL_FOLDER
 from coordinator.recovery import MANIFEST, add_schedule_counts, count_schedule, find_outages
 from coordinator.report import write_report_safely
-from coordinator.run.loop import RunLoop
+from coordinator.run.loop import RunLoop, StopReason
 from coordinator.run.options import RunResult
 from coordinator.run.stream import AgentStream
 from coordinator.rundir import (
     timeseries_rows,
     write_histograms,
     write_json,
+    write_plan,
     write_timeseries,
 )
 from coordinator.stats.documents import ServerDoc, ServerSummary
 from coordinator.stats.monitor import ServerMonitor, summary_block, write_server_json
 from coordinator.summary import AgentInfo, build_summary
-from volley.arrivals import global_schedule
+from volley.arrivals import global_schedule, schedule_span_s
 from volley.plan import Plan
 from volley.request import PoolDescription
+
+
+def auto_stopped_plan(plan: Plan, cut_ns: int) -> Plan:
+    """The plan a `--duration auto` run amounts to: its duration ends at the stop instant
+    (a whole second), so re-running plan.yaml repeats the measured run."""
+    load = dataclasses.replace(plan.load, duration_s=cut_ns / 1e9)
+    return dataclasses.replace(plan, load=load)
 
 
 def scheduled_total(plan: Plan) -> int | None:
@@ -130,8 +138,15 @@ async def finish(
     """Summary and files of a run that ended (not refused); the agents' spools dropped
     where they delivered everything; channels closed."""
     plan = run.plan
+    stopped = run.stop_reason
+    if run.cut_ns is not None and stopped is StopReason.AUTO:
+        # --duration auto stopped it: the run is the plan with the measured duration
+        plan = auto_stopped_plan(plan, run.cut_ns)
+        expected = scheduled_total(plan)
+        write_plan(run_dir / "plan.yaml", plan)
+        stopped = StopReason.COMPLETED
     infos = [s.info for s in run.streams]
-    measured_s = max(run.span_s - plan.load.warmup_s, 0.0)
+    measured_s = max(schedule_span_s(plan) - plan.load.warmup_s, 0.0)
     server, server_doc = await server_figures(monitor, run.agg.total().ok)
     summary = build_summary(
         plan,
@@ -141,8 +156,19 @@ async def finish(
         measured_s,
         expected,
         server=server,
-        stopped=run.stop_reason.value,
+        stopped=stopped.value,
     )
+    auto = run.opts.auto
+    if run.auto_doc is not None:
+        summary["auto_stop"] = run.auto_doc
+    elif auto is not None:
+        summary["auto_stop"] = {
+            "reason": "max duration" if stopped is StopReason.COMPLETED else stopped.value,
+            "stopped_at_s": round(measured_s, 3),
+            "max_duration_s": round(measured_s, 3),
+            "target_width": auto.target_width,
+            "checks": run.last_look,
+        }
     # requests.scheduled: the schedule's count (regenerated from the plan), beside the
     # records, and what has no record
     add_schedule_counts(summary, count_schedule(plan))

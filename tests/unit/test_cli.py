@@ -82,6 +82,7 @@ def test_run_help_panels() -> None:
         "Inputs",
         "Agents",
         "Output and SLOs",
+        "Statistics",
         "Monitoring",
         "Security",
     ]

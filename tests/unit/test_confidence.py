@@ -190,4 +190,6 @@ def test_stable() -> None:
     assert stable([100.0] * 10)
     assert stable([100.0] * 5 + [105.0] * 5)
     assert not stable([100.0] * 5 + [130.0] * 5)
+    assert stable([100.0, 80, 120, 90, 110, 125.0, 95, 135, 105, 115])  # noisy, level
+    assert not stable([100.0, 98, 102, 99, 101, 150.0, 148, 152, 149, 151])
     assert not stable([100.0] * 9)

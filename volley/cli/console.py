@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from coordinator.documents import AgentRow, IntervalDoc, Summary
+from coordinator.repeats import RepeatsDoc
 
 #: SIMPLE_HEAD in ASCII: a dashed rule under the header, nothing else
 _ASCII_HEAD = box.Box("    \n    \n -- \n    \n    \n    \n    \n    \n", ascii=True)
@@ -281,3 +282,35 @@ def _print_agents(con: Console, agents: list[AgentRow]) -> None:
     con.print()
     con.print(timing)
     con.print()
+
+
+def print_repeats(doc: RepeatsDoc, console: Console | None = None) -> None:
+    """--repeat: each figure's values across runs, their spread, and the runs' own
+    interval widths beside it."""
+    con = console or Console()
+    t = _table(
+        con,
+        f"{len(doc['runs'])} runs: spread between runs vs within-run intervals",
+        "figure",
+        "mean",
+        "min",
+        "max",
+        "sd",
+        "spread",
+        "within",
+        caption="spread: (max - min) / mean between runs; within: the runs' mean relative "
+        "interval width; * the runs differ more than their intervals say",
+    )
+    for name, f in doc["figures"].items():
+        within = "?" if f["within_ratio"] is None else f"{f['within_ratio']:.1%}"
+        t.add_row(
+            name + (" *" if f["spread_exceeds_intervals"] else ""),
+            f"{f['mean']:.4g}",
+            f"{f['min']:.4g}",
+            f"{f['max']:.4g}",
+            f"{f['sd']:.3g}",
+            f"{f['spread_ratio']:.1%}",
+            within,
+        )
+    con.print(t)
+    con.print(f"outcomes: {', '.join(doc['outcomes'])}")
