@@ -25,6 +25,7 @@ from coordinator.rundir import (
     write_timeseries,
 )
 from coordinator.stats.documents import ServerDoc, ServerSummary
+from coordinator.steady import steady_state
 from coordinator.stats.monitor import ServerMonitor, summary_block, write_server_json
 from coordinator.summary import AgentInfo, build_summary
 from volley.arrivals import global_schedule, schedule_span_s
@@ -116,12 +117,15 @@ async def server_figures(monitor: ServerMonitor, client_ok: int) -> tuple[Server
 
 def write_files(run: RunLoop, run_dir: Path, summary: Summary, server_doc: ServerDoc) -> None:
     """timeseries.parquet (sealed rows, then the rest), server.json, histograms.json,
-    summary.json, the report."""
+    summary.json (with its steady state, from the rows), the report."""
     rest = [w for w in run.agg.window_keys() if w not in run.sealed]
-    write_timeseries(
-        run_dir / "timeseries.parquet",
-        run.sealed_rows + timeseries_rows(run.agg, run.names, run.cpu, rest),
-    )
+    rows = run.sealed_rows + timeseries_rows(run.agg, run.names, run.cpu, rest)
+    write_timeseries(run_dir / "timeseries.parquet", rows)
+    steady = steady_state(rows, summary["warmup_s"], summary["duration_s"])
+    if steady is not None:
+        summary["steady_state"] = steady
+        if steady["unsettled_windows"]:
+            summary["verdict"]["warnings"].append(f"steady state: {steady['note']}")
     write_server_json(run_dir / "server.json", server_doc)
     write_histograms(run_dir / "histograms.json", run.agg, run.names)
     write_json(run_dir / "summary.json", summary)
