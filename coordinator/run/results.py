@@ -25,8 +25,8 @@ from coordinator.rundir import (
     write_timeseries,
 )
 from coordinator.stats.documents import ServerDoc, ServerSummary
-from coordinator.steady import steady_state
 from coordinator.stats.monitor import ServerMonitor, summary_block, write_server_json
+from coordinator.steady import steady_state
 from coordinator.summary import AgentInfo, build_summary
 from volley.arrivals import global_schedule, schedule_span_s
 from volley.plan import Plan
