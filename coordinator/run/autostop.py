@@ -40,7 +40,7 @@ class AutoDuration:
     """Settings of `--duration auto` (the plan's duration is the maximum)."""
 
     target_width: float = 0.1
-    stable_windows: int = 5
+    stable_windows: int = 3
     stable_tolerance: float = 0.1
 
 

@@ -65,7 +65,7 @@ def test_look_waits_for_a_decision_and_stable_throughput() -> None:
     # a server falling behind: completions drop in the last windows
     agg2 = Aggregator(1, 0)
     agg2.ingest(0, _records(0, 16, np.random.default_rng(2)))
-    for w in range(9, 15):
+    for w in range(12, 15):
         agg2.completions[(w, 0)] //= 2
     assert not look(plan, agg2, 16.5, AutoDuration()).done
 
