@@ -218,6 +218,9 @@ class Enough(TypedDict):
     needed: int
     had: int
     enough: bool
+    #: how much time correlation inflates the percentile's variance (1: none): the
+    #: requests needed are the independent-values minimum times this
+    design_effect: float
 
 
 class RequestsNeeded(TypedDict):

@@ -19,7 +19,7 @@ from coordinator.documents import (
     ShapeRow,
     Summary,
 )
-from coordinator.intervals import confidence_block
+from coordinator.intervals import run_confidence
 from coordinator.slo import parse_slo
 from coordinator.stats.documents import unavailable_server
 from coordinator.validate import GARBAGE_SHARE
@@ -369,7 +369,7 @@ def build_summary(
             "slo_passed": True,
         },
     }
-    summary["confidence"] = confidence_block(total, measured_s, v.confidence)
+    summary["confidence"] = run_confidence(agg, total, measured_s, v.confidence)
     # SLOs are judged on the figures above and their intervals
     judge_slos(summary, plan, total)
     return summary

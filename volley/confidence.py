@@ -13,6 +13,12 @@ those of the merged histograms.
   reported runs from the *lower edge* of X(l)'s bucket to the *upper edge* of X(u)'s
   bucket (clamped to the exact min and max), so the histogram's own error (buckets
   1 % wide, volley/histogram.py) is folded in, never ignored.
+* **Time correlation** (`design_effect`). Requests of one run are not independent: a
+  slow spell of the server delays many in a row. The variance of the share of values
+  below the percentile is measured across the run's 1 s windows (batch means); its ratio
+  to the independent-values variance divides n into an *effective* count, and the ranks
+  are those of that many independent values. Without it, two runs of the same
+  configuration at 80 % utilisation gave p99 intervals that did not overlap.
 * **Enough values** (`min_samples`). When u would be past n, no upper bound exists
   from the data: the figure cannot be bounded at that confidence. That happens while
   q**n > a/2, so the least n is ceil(ln(a/2) / ln(q)): 368 for p99 at 95 %, 3,688 for
@@ -56,6 +62,7 @@ __all__ = [
     "Interval",
     "Outcome",
     "decide",
+    "design_effect",
     "differ",
     "mean_interval",
     "min_samples",
@@ -122,15 +129,59 @@ def order_ranks(n: int, q: float, level: float) -> tuple[int, int]:
     return max(lo, 0), min(up, n + 1)
 
 
-def percentile_interval(h: LogHistogram, q_pct: float, level: float = DEFAULT_LEVEL) -> Interval:
+def _at_most(h: LogHistogram, value_ns: float) -> int:
+    """Values in buckets whose lower edge is at most `value_ns` (the same buckets in every
+    histogram, so counts of several histograms against one value compare exactly)."""
+    lower, _, counts = h.buckets()
+    return int(counts[lower <= value_ns].sum())
+
+
+def design_effect(batches: Sequence[LogHistogram], q_pct: float, min_batches: int = 8) -> float:
+    """How much time correlation inflates the variance of the q-th percentile, from
+    consecutive batches of a run (its 1 s windows): the variance of the share of values at
+    or below the pooled percentile, estimated across batches (a ratio estimator), over the
+    variance independent values would give, p (1 - p) / n. At least 1; 1 with fewer than
+    `min_batches` non-empty batches (too few to tell). Latencies of a busy queue come in
+    bursts (one slow spell delays many requests), so their percentile moves more from run
+    to run than n independent values would let it; dividing n by this factor (the
+    *effective* number of values) makes the interval honest about it."""
+    full = [b for b in batches if b.count]
+    if len(full) < min_batches or not 0.0 < q_pct < 100.0:
+        return 1.0
+    merged = LogHistogram()
+    for b in full:
+        merged.merge(b)
+    n = merged.count
+    value = merged.percentile(q_pct)
+    ks = np.array([_at_most(b, value) for b in full], dtype=np.float64)
+    ns = np.array([b.count for b in full], dtype=np.float64)
+    p = float(ks.sum()) / n
+    if not 0.0 < p < 1.0:
+        return 1.0
+    m = len(full)
+    var = m / (m - 1) * float(np.sum((ks - p * ns) ** 2)) / (n * n)
+    return max(1.0, var / (p * (1.0 - p) / n))
+
+
+def percentile_interval(
+    h: LogHistogram, q_pct: float, level: float = DEFAULT_LEVEL, deff: float = 1.0
+) -> Interval:
     """The `level` interval of the q-th percentile (0 < q < 100) from a histogram, in ns,
-    bucket error included (see the module docstring). An empty histogram: [0, None]."""
+    bucket error included (see the module docstring). `deff` (`design_effect`): the ranks
+    are those of n / deff independent values, scaled back to n. An empty histogram:
+    [0, None]."""
     n = h.count
     if n == 0:
         return Interval(0.0, None, level)
     if q_pct >= 100.0:
         return Interval(float(h.max_ns), float(h.max_ns), level)
-    lo_rank, hi_rank = order_ranks(n, q_pct / 100.0, level)
+    if deff > 1.0:
+        n_eff = max(1, math.floor(n / deff))
+        lo_eff, hi_eff = order_ranks(n_eff, q_pct / 100.0, level)
+        lo_rank = math.floor(lo_eff * n / n_eff)
+        hi_rank = n + 1 if hi_eff > n_eff else min(math.ceil(hi_eff * n / n_eff), n)
+    else:
+        lo_rank, hi_rank = order_ranks(n, q_pct / 100.0, level)
     lower, upper, counts = h.buckets()
     cum = np.cumsum(counts)
     low = 0.0

@@ -23,7 +23,8 @@ import math
 from dataclasses import dataclass, field
 
 from coordinator.aggregate import Aggregator, Stats
-from coordinator.intervals import confidence_block, metric_interval
+from coordinator.documents import ConfidenceBlock
+from coordinator.intervals import metric_interval, run_confidence
 from coordinator.slo import parse_slo
 from coordinator.summary import hist_ms
 from volley.confidence import Interval, stable
@@ -61,7 +62,7 @@ def completions_per_window(agg: Aggregator, first: int, last: int) -> list[float
     return [float(per.get(w, 0)) for w in range(first, last + 1)]
 
 
-def _figures(total: Stats, measured_s: float, plan: Plan, level: float) -> dict[str, object]:
+def _figures(total: Stats, measured_s: float, block: ConfidenceBlock) -> dict[str, object]:
     """The part of a summary an SLO reads, from the records so far."""
     return {
         "latency_ms": hist_ms(total.latency),
@@ -70,7 +71,7 @@ def _figures(total: Stats, measured_s: float, plan: Plan, level: float) -> dict[
         "throughput_rps": total.ok / measured_s,
         "offered_rps": total.records / measured_s,
         "requests": {"ok": total.ok, "sent": total.sent},
-        "confidence": confidence_block(total, measured_s, level),
+        "confidence": block,
     }
 
 
@@ -99,8 +100,8 @@ def look(plan: Plan, agg: Aggregator, elapsed_s: float, settings: AutoDuration) 
         return Look(False, [f"measured {max(measured_s, 0):g}s of at least {need_s:g}s"])
     total = agg.total()
     level = 1.0 - (1.0 - plan.validity.confidence) / LOOK_STRICTNESS
-    figures = _figures(total, measured_s, plan, level)
-    block = confidence_block(total, measured_s, level)
+    block = run_confidence(agg, total, measured_s, level)
+    figures = _figures(total, measured_s, block)
     samples = {"latency_ms": total.latency.count, "service_time_ms": total.service.count}
     done = True
     checks: list[str] = []
