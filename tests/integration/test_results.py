@@ -237,8 +237,7 @@ async def test_compare_one_vs_two_instances(
 ) -> None:
     """The sleep model (10 ms, one request at a time per instance) at 70/s: one instance
     queues (80% busy), two barely do; compare shows it, and marks the p99 difference as
-    beyond noise, while a repeat of the one-instance run is within it. 10 s per run: 700
-    requests bound p99 (368 needed at 95%) below the maximum."""
+    beyond noise, while a repeat of the one-instance run is within it (10 s per run)."""
     cfg = TritonConfig(
         model_repository=MODEL_REPOSITORY,
         http_port=0,
@@ -265,7 +264,12 @@ async def test_compare_one_vs_two_instances(
     assert "1×KIND_CPU" in html and "2×KIND_CPU" in html
     p99 = next(c for c in comparison(data) if c["figure"] == "latency p99")
     lat = [r.summary["latency_ms"]["p99"] for r in runs]
-    assert all(iv is not None and iv[1] is not None for iv in p99["intervals"]), p99
+    # the queueing instance's latencies come in bursts: its p99 may need more requests
+    # than 10 s hold once that is counted (an open upper end); the two-instance one is
+    # bounded, and below the one-instance lower end
+    assert p99["intervals"][1][1] is not None, p99
+    deffs = [r.summary["confidence"]["requests_needed"]["p99"]["design_effect"] for r in runs]
+    print(f"p99 {lat} ms, intervals {p99['intervals']}, design effects {deffs}")
     # two instances vs one: beyond noise; the same config again: within it
     assert p99["significant_vs_first"] == [True, False], (lat, p99["intervals"])
     assert "beyond noise" in html
