@@ -27,14 +27,20 @@ RELAXED = {
 def test_short_run_is_inconclusive_and_auto_extends_until_decided(
     triton_server: TritonEndpoint, tmp_path: Path
 ) -> None:
+    """One user, 5 ms per request: ~170 requests in 1 s cannot bound a p99 (368 needed at
+    95%); auto runs until they do. Closed loop on purpose: on this shared 2-core host an
+    open loop's stalls delay every arrival queued behind them, so its tail comes in
+    bursts and the p99's effective sample is a tenth of its requests (design effect 12
+    measured at 100/s): 40 s could not bound it, and volley rightly said inconclusive. A
+    closed-loop user waits, so one stall delays one request."""
     plan = tmp_path / "plan.yaml"
     doc = {
         "target": triton_server.grpc_url,
         "model": "sleep",
         "seed": 9,
         "name": "auto",
-        "load": {"mode": "open", "arrival": "poisson", "rate": 100, "duration": "2s"},
-        "inputs": [{"name": "DELAY_MS", "source": "constant", "value": 2.0}],
+        "load": {"mode": "closed", "concurrency": 1, "duration": "1s"},
+        "inputs": [{"name": "DELAY_MS", "source": "constant", "value": 5.0}],
         "validity": RELAXED,
     }
     plan.write_text(yaml.safe_dump(doc))
@@ -76,8 +82,6 @@ def test_short_run_is_inconclusive_and_auto_extends_until_decided(
     (slo,) = a["verdict"]["slo"]
     assert slo["outcome"] == "pass" and slo["interval"]["high"] < 400
     assert a["requests"]["ok"] >= 368 and a["verdict"]["valid"], a["verdict"]
-    # every scheduled arrival before the stop instant has its record, none after it
-    assert a["requests"]["scheduled"] == a["requests"]["recorded"]
     # plan.yaml is the measured run: its duration ends at the stop instant
     assert (
         yaml.safe_load((run_dir / "plan.yaml").read_text())["load"]["duration_s"]
