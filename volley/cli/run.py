@@ -26,7 +26,7 @@ from volley.cli.common import (
     option,
 )
 from volley.cli.planning import _target_options, build_plan, parse_stages
-from volley.plan import Plan, PlanError
+from volley.plan import Plan, PlanError, parse_duration
 
 # The options, one alias each, grouped by panel as `volley run --help` shows them.
 
@@ -330,6 +330,8 @@ def run(
             header_env or [],
         )
         auto = duration is not None and duration.strip().lower() == "auto"
+        if auto:
+            parse_duration(max_duration, "--max-duration")
         load_over: dict[str, Any] = {
             "rate": rate,
             "concurrency": concurrency,
