@@ -196,6 +196,77 @@ class ModelRow(TypedDict):
     server: ServerModelBlock
 
 
+#: An SLO judged on an interval (volley/confidence.py `decide`).
+SloOutcome = Literal["pass", "fail", "inconclusive"]
+
+
+class IntervalDoc(TypedDict):
+    """A confidence interval; `high` is null when the data cannot bound the figure
+    (too few values for that percentile at that level)."""
+
+    low: float
+    high: float | None
+
+
+class PercentileIntervals(TypedDict):
+    """Intervals of a Percentiles block (ms): distribution-free for p50..p999 (bucket
+    error included), approximate (normal) for the mean, exact for the max."""
+
+    p50: IntervalDoc
+    p90: IntervalDoc
+    p95: IntervalDoc
+    p99: IntervalDoc
+    p999: IntervalDoc
+    max: IntervalDoc
+    mean: IntervalDoc
+
+
+class Enough(TypedDict):
+    """Per percentile: successful requests needed for an upper bound at the level, and
+    whether the run had them."""
+
+    needed: int
+    had: int
+    enough: bool
+    #: how much time correlation inflates the percentile's variance (1: none): the
+    #: requests needed are the independent-values minimum times this
+    design_effect: float
+
+
+class RequestsNeeded(TypedDict):
+    p50: Enough
+    p90: Enough
+    p95: Enough
+    p99: Enough
+    p999: Enough
+
+
+class ConfidenceBlock(TypedDict):
+    """summary.confidence: how sure every figure is (volley/confidence.py)."""
+
+    level: float
+    latency_ms: PercentileIntervals
+    service_time_ms: PercentileIntervals
+    throughput_rps: IntervalDoc
+    error_rate: IntervalDoc
+    #: the minimum-sample rule for each latency percentile
+    requests_needed: RequestsNeeded
+    method: str
+
+
+class SteadyState(TypedDict):
+    """summary.steady_state: the warm-up found in the per-window series (MSER-5)."""
+
+    #: windows (1 s) from the end of the planned warm-up that had not settled yet
+    unsettled_windows: int
+    unsettled_s: float
+    #: latency | throughput | "" (which series settled last)
+    by: str
+    #: "excluded" (the figures are from the settled windows) or "reported"
+    action: str
+    note: str
+
+
 class SloResult(TypedDict):
     slo: str
     metric: str
@@ -206,6 +277,10 @@ class SloResult(TypedDict):
     passed: bool
     #: Why it failed without a figure (e.g. "no successful request"); "" when judged.
     reason: str
+    #: pass: the whole interval meets the SLO; fail: none of it does; inconclusive: it
+    #: straddles the threshold or cannot be bounded (too few requests: see reason).
+    outcome: NotRequired[SloOutcome]
+    interval: NotRequired[IntervalDoc]
 
 
 class Verdict(TypedDict):
@@ -214,6 +289,8 @@ class Verdict(TypedDict):
     warnings: list[str]
     slo: list[SloResult]
     slo_passed: bool
+    #: fail if one SLO failed, else inconclusive if one was, else pass.
+    slo_outcome: NotRequired[SloOutcome]
 
 
 class InputPool(PoolDescription):
@@ -314,6 +391,19 @@ class StreamBlock(TypedDict):
     goodput: NotRequired[Goodput]
 
 
+class AutoStopDoc(TypedDict):
+    """summary.auto_stop (`--duration auto`)."""
+
+    #: decided | max duration
+    reason: str
+    #: the measured seconds when it stopped, and the most it could have run
+    stopped_at_s: float
+    max_duration_s: float
+    target_width: float
+    #: one line per SLO percentile / throughput: where it stood at the stop
+    checks: list[str]
+
+
 class Summary(TypedDict):
     run_id: str
     name: str
@@ -354,6 +444,11 @@ class Summary(TypedDict):
     sequences: NotRequired[SequencesBlock]
     #: Set when the run's requests were streamed (a decoupled model).
     stream: NotRequired[StreamBlock]
+    #: Intervals of the figures (absent from summaries before them).
+    confidence: NotRequired[ConfidenceBlock]
+    steady_state: NotRequired[SteadyState]
+    #: `--duration auto`: why and when the coordinator stopped the run.
+    auto_stop: NotRequired[AutoStopDoc]
 
 
 class SummaryError(ValueError):

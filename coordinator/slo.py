@@ -8,10 +8,12 @@ import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from coordinator.aggregate import GoodLimits
-from coordinator.documents import SloResult
+from coordinator.documents import ConfidenceBlock, SloOutcome, SloResult
+from coordinator.intervals import metric_interval, unbounded_note
+from volley.confidence import decide
 from volley.plan import PlanError
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -47,7 +49,11 @@ class Slo:
         """Judge the SLO on a summary. `samples`: the number of values behind each
         percentile family (latency_ms, service_time_ms), from their histograms; without
         it, the summary's successful requests. A percentile of no value, an error rate
-        of no request, a share of nothing offered: failed, with the reason, never passed."""
+        of no request, a share of nothing offered: failed, with the reason, never passed.
+        With the summary's `confidence` block the SLO is judged on the figure's interval:
+        pass (all of it meets the SLO), fail (none of it), inconclusive (it straddles the
+        threshold, or too few requests bound it: the reason says how many are needed);
+        without one, on the point figure (pass or fail)."""
         actual = _lookup(summary, self.metric)
         threshold = self.value
         offered = _lookup(summary, "offered_rps")
@@ -57,15 +63,29 @@ class Slo:
         if not reason and actual is None:
             reason = f"the summary has no {self.metric}"
         passed = not reason and actual is not None and _OPS[self.op](float(actual), threshold)
-        return {
+        outcome: SloOutcome = "pass" if passed else "fail"
+        block = summary.get("confidence")
+        interval = None
+        if isinstance(block, dict) and not reason:
+            conf = cast(ConfidenceBlock, block)
+            interval = metric_interval(conf, self.metric)
+            if interval is not None:
+                outcome = decide(interval, self.op, threshold)
+                if outcome == "inconclusive" and not interval.bounded:
+                    reason = unbounded_note(conf, self.metric)
+        result: SloResult = {
             "slo": self.text,
             "metric": self.metric,
             "op": self.op,
             "threshold": threshold,
-            "actual": None if reason else actual,
-            "passed": bool(passed),
+            "actual": None if reason and outcome == "fail" else actual,
+            "passed": outcome == "pass",
             "reason": reason,
+            "outcome": outcome,
         }
+        if interval is not None:
+            result["interval"] = {"low": interval.low, "high": interval.high}
+        return result
 
 
 def _nothing_to_judge(

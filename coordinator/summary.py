@@ -21,6 +21,7 @@ from coordinator.documents import (
     StreamBlock,
     Summary,
 )
+from coordinator.intervals import run_confidence
 from coordinator.sequences import failed_reasons
 from coordinator.slo import parse_slo
 from coordinator.stats.documents import unavailable_server
@@ -439,10 +440,27 @@ def build_summary(
         summary["stream"] = stream_block(total, measured_s)
         if agg.good is not None:
             summary["stream"]["goodput"] = goodput_block(total, agg.good, measured_s)
-    # SLOs are judged on the figures above
+    summary["confidence"] = run_confidence(agg, total, measured_s, v.confidence)
+    # SLOs are judged on the figures above and their intervals
+    judge_slos(summary, plan, total)
+    return summary
+
+
+def judge_slos(summary: Summary, plan: Plan, total: Stats) -> None:
+    """verdict.slo, slo_passed, slo_outcome (and a warning per SLO percentile the run
+    had too few requests to bound) from the summary's figures and intervals."""
     samples = {"latency_ms": total.latency.count, "service_time_ms": total.service.count}
     samples.update(stream_samples(total))
     slo = [parse_slo(s).evaluate(summary, samples) for s in plan.slos]
-    summary["verdict"]["slo"] = slo
-    summary["verdict"]["slo_passed"] = all(r["passed"] for r in slo)
-    return summary
+    verdict = summary["verdict"]
+    verdict["slo"] = slo
+    verdict["slo_passed"] = all(r["passed"] for r in slo)
+    outcomes = {r.get("outcome", "pass" if r["passed"] else "fail") for r in slo}
+    verdict["slo_outcome"] = (
+        "fail" if "fail" in outcomes else "inconclusive" if "inconclusive" in outcomes else "pass"
+    )
+    verdict["warnings"] += [
+        f"SLO {r['slo']} inconclusive: {r['reason']}"
+        for r in slo
+        if r.get("outcome") == "inconclusive" and r["reason"]
+    ]

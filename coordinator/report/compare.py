@@ -10,6 +10,7 @@ from coordinator.documents import PercentileKey, Summary
 from coordinator.report import svg
 from coordinator.report.data import RunData, curve
 from coordinator.report.html import breakdown_rows, figure, mids, note, num, page, table
+from volley.confidence import Interval, differ
 
 #: (label, getter, unit, better) — better: "lower", "higher" or "" (no judgement)
 Row = tuple[str, Callable[[Summary], Any], str, str]
@@ -116,6 +117,38 @@ def extra_rows(runs: list[RunData]) -> list[Row]:
     return rows
 
 
+#: figure label -> path of its interval in summary.confidence
+INTERVALS: dict[str, tuple[str, ...]] = {
+    "achieved": ("throughput_rps",),
+    "error rate": ("error_rate",),
+    **{f"latency {k}": ("latency_ms", k) for k in ("p50", "p90", "p95", "p99", "p999", "mean")},
+    "service time p50": ("service_time_ms", "p50"),
+    "service time p99": ("service_time_ms", "p99"),
+}
+
+
+def interval_of(s: Summary, label: str) -> Interval | None:
+    """The run's interval of a compared figure (None: no confidence block or figure)."""
+    path = INTERVALS.get(label)
+    conf = s.get("confidence")
+    if path is None or conf is None:
+        return None
+    cur: Any = conf
+    for p in path:
+        cur = cur.get(p) if isinstance(cur, dict) else None
+    if not isinstance(cur, dict):
+        return None
+    return Interval(float(cur["low"]), cur.get("high"), float(conf["level"]))
+
+
+def significant(a: Interval | None, b: Interval | None) -> bool | None:
+    """Do two runs' figures differ beyond noise (their intervals do not overlap,
+    volley/confidence.py `differ`)? None when either has no interval."""
+    if a is None or b is None:
+        return None
+    return differ(a, b)
+
+
 def labels(runs: list[RunData]) -> list[str]:
     names = [r.label for r in runs]
     if len(set(names)) < len(names):
@@ -139,26 +172,42 @@ def comparison(runs: list[RunData]) -> list[dict[str, Any]]:
         values = [get(r.summary) for r in runs]
         if all(v is None for v in values):
             continue
+        ivs = [interval_of(r.summary, label) for r in runs]
         out.append(
             {
                 "figure": label,
                 "unit": unit,
                 "better": better,
                 "values": values,
+                "intervals": [None if iv is None else [iv.low, iv.high] for iv in ivs],
                 "change_vs_first": [delta(values[0], v) for v in values[1:]],
+                #: True: beyond noise; False: within it; None: no intervals to judge
+                "significant_vs_first": [significant(ivs[0], iv) for iv in ivs[1:]],
             }
         )
     return out
 
 
-def _change_cell(d: float | None, better: str) -> str:
+def _change_cell(d: float | None, better: str, sig: bool | None = None) -> str:
     if d is None:
         return "–"
     cls = ""
-    if better and abs(d) >= 0.02:
+    if better and abs(d) >= 0.02 and sig is not False:
         good = d < 0 if better == "lower" else d > 0
         cls = "better" if good else "worse"
-    return f'<span class="{cls}">{d:+.1%}</span>'
+    mark = ""
+    if sig is True:
+        mark = ' <b title="the intervals do not overlap">*</b>'
+    elif sig is False:
+        cls = "noise"
+        mark = ' <span title="the intervals overlap">≈</span>'
+    return f'<span class="{cls}">{d:+.1%}</span>{mark}'
+
+
+def _outcome_cell(v: Any) -> str:
+    outcome = v.get("slo_outcome") or ("pass" if v.get("slo_passed") else "fail")
+    cls = {"pass": "pass", "fail": "fail"}.get(outcome, "warn")
+    return f'<span class="{cls}">{escape(outcome)}</span>'
 
 
 def render_compare(runs: list[RunData]) -> str:
@@ -167,7 +216,8 @@ def render_compare(runs: list[RunData]) -> str:
     body: list[str] = [
         f"<h1>volley · comparing {len(runs)} runs</h1>",
         f'<p class="sub">changes are relative to the first run, <b>{escape(base)}</b>; '
-        "green is better, red worse (±2% or more)</p>",
+        "green is better, red worse (±2% or more); <b>*</b> the difference is beyond noise "
+        "(the runs' confidence intervals do not overlap), ≈ within it (they overlap)</p>",
     ]
     # ---- what each run was
     facts = []
@@ -193,13 +243,7 @@ def render_compare(runs: list[RunData]) -> str:
                 '<span class="pass">valid</span>'
                 if v.get("valid")
                 else '<span class="fail">invalid</span>',
-                "–"
-                if not v.get("slo")
-                else (
-                    '<span class="pass">pass</span>'
-                    if v.get("slo_passed")
-                    else '<span class="fail">fail</span>'
-                ),
+                "–" if not v.get("slo") else _outcome_cell(v),
                 escape(r.path.name),
             ]
         )
@@ -228,7 +272,10 @@ def render_compare(runs: list[RunData]) -> str:
             [
                 escape(c["figure"] + unit),
                 *(num(v, 4) for v in c["values"]),
-                *(_change_cell(d, c["better"]) for d in c["change_vs_first"]),
+                *(
+                    _change_cell(d, c["better"], sig)
+                    for d, sig in zip(c["change_vs_first"], c["significant_vs_first"], strict=True)
+                ),
             ]
         )
     head = ["figure", *names, *(f"{n} vs {base}" for n in names[1:])]

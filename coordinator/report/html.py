@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from html import escape
-from typing import Any
+from typing import Any, cast
 
-from coordinator.documents import Outage, Summary
+from coordinator.documents import IntervalDoc, Outage, Summary
 from coordinator.report import svg
 from coordinator.report.data import RunData, curve
 
@@ -42,6 +42,7 @@ white-space:nowrap}th{background:var(--bg);font-weight:600}
 td:first-child,th:first-child{text-align:left}
 td.l,th.l{text-align:left}.pass{color:var(--ok);font-weight:600}
 .fail{color:var(--bad);font-weight:600}.better{color:var(--ok)}.worse{color:var(--bad)}
+.warn{color:var(--warn);font-weight:600}.noise{color:var(--mut)}td.ci{color:var(--mut)}
 .scroll{overflow-x:auto}
 figure.chart{margin:10px 0 18px;border:1px solid var(--bd);border-radius:8px;
 padding:6px 8px 2px}
@@ -165,10 +166,13 @@ def verdict_html(s: Summary) -> str:
     )
     slos = v.get("slo", [])
     if slos:
+        outcome = v.get("slo_outcome") or ("pass" if v.get("slo_passed") else "fail")
         parts.append(
-            '<span class="badge ok">SLOs PASS</span>'
-            if v.get("slo_passed")
-            else '<span class="badge bad">SLO FAILED</span>'
+            {
+                "pass": '<span class="badge ok">SLOs PASS</span>',
+                "fail": '<span class="badge bad">SLO FAILED</span>',
+                "inconclusive": '<span class="badge warnb">SLO INCONCLUSIVE</span>',
+            }[outcome]
         )
     if s.get("partial"):
         parts.append('<span class="badge warnb">PARTIAL</span>')
@@ -184,22 +188,69 @@ def verdict_html(s: Summary) -> str:
     if slos:
         out.append(
             table(
-                ["SLO", "metric", "actual", "threshold", "result"],
+                ["SLO", "metric", "actual", "interval", "threshold", "result"],
                 (
                     [
                         escape(r["slo"]),
                         escape(r["metric"]),
                         num(r.get("actual")),
+                        _interval_text(r.get("interval")),
                         num(r.get("threshold")),
-                        '<span class="pass">PASS</span>'
-                        if r.get("passed")
-                        else '<span class="fail">FAIL</span>',
+                        _slo_cell(r.get("outcome") or ("pass" if r.get("passed") else "fail")),
                     ]
                     for r in slos
                 ),
                 left=2,
             )
         )
+    return "".join(out)
+
+
+def _interval_text(iv: IntervalDoc | None, digits: int = 4) -> str:
+    """low – high ('?' for an end too few requests bound); '–' without one."""
+    if iv is None:
+        return "–"
+    high = "?" if iv["high"] is None else num(iv["high"], digits)
+    return f"{num(iv['low'], digits)} – {high}"
+
+
+def _slo_cell(outcome: str) -> str:
+    cls = {"pass": "pass", "fail": "fail"}.get(outcome, "warn")
+    return f'<span class="{cls}">{escape(outcome.upper())}</span>'
+
+
+_YES, _NO = '<span class="pass">yes</span>', '<span class="warn">no</span>'
+
+
+def confidence_html(s: Summary) -> str:
+    """What the intervals say, in plain words, and whether the run had enough requests."""
+    conf = s.get("confidence")
+    if conf is None:
+        return ""
+    level = f"{conf['level']:.0%}"
+    need = conf["requests_needed"]
+    needed = cast(dict[str, Any], need)
+    rows = [
+        [
+            k,
+            str(needed[k]["needed"]),
+            '<span class="pass">yes</span>'
+            if needed[k]["enough"]
+            else '<span class="warn">no</span>',
+        ]
+        for k in ("p50", "p90", "p95", "p99", "p999")
+    ]
+    tp, er = conf["throughput_rps"], conf["error_rate"]
+    out = [
+        "<h3>How sure these figures are</h3>",
+        f'<p class="sub">Each figure comes with a {level} confidence interval: had the run '
+        f"been repeated many times under the same conditions, {level} of such intervals would "
+        "hold the true value. Percentile intervals come from the merged histogram (the "
+        "histogram's own 1% buckets are included); a '?' upper end means too few requests "
+        f"to bound that percentile. Throughput {_interval_text(tp, 3)} req/s, error rate "
+        f"{er['low']:.3%} – {'?' if er['high'] is None else format(er['high'], '.3%')}.</p>",
+        table(["percentile", f"requests needed ({level})", "had enough"], rows),
+    ]
     return "".join(out)
 
 
@@ -270,7 +321,21 @@ def percentiles_table(s: Summary) -> str:
         ):
             row = stream[key]  # type: ignore[literal-required]
             rows.append([label, *(num(row.get(k), 4) for k in keys)])
-    return table(["ms", *keys], rows) + stream_html(s)
+    conf = s.get("confidence")
+    if conf is not None:
+        level = f"{conf['level']:.0%}"
+        for label, ivs in (
+            ("latency", conf["latency_ms"]),
+            ("service time", conf["service_time_ms"]),
+        ):
+            docs = cast(dict[str, IntervalDoc], ivs)
+            rows.append(
+                [
+                    f"{label}: {level} interval",
+                    *(f'<span class="noise">{_interval_text(docs[k])}</span>' for k in keys),
+                ]
+            )
+    return table(["ms", *keys], rows) + stream_html(s) + confidence_html(s)
 
 
 def stream_html(s: Summary) -> str:

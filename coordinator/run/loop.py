@@ -2,7 +2,7 @@
 
 Each tick step is a method of `RunLoop` that takes the clock's reading, so a test
 drives it with a fake clock: `seal_windows`, `check_refusal`, `check_liveness`,
-`check_stop`, `check_deadline`, `report_progress`.
+`check_stop`, `check_auto`, `check_deadline`, `report_progress`.
 """
 
 from __future__ import annotations
@@ -10,11 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import math
 import time
 from typing import Any
 
+import numpy as np
+
 from coordinator.agents import AgentState
 from coordinator.aggregate import Aggregator
+from coordinator.documents import AutoStopDoc
+from coordinator.run.autostop import LOOKS_IN_A_ROW, look
 from coordinator.run.options import Progress, RunOptions
 from coordinator.run.stream import AgentStream, Clock
 from coordinator.rundir import RequestWriter, timeseries_rows
@@ -55,6 +60,9 @@ class StopReason(enum.StrEnum):
     DEADLINE = "run overran its deadline"
     #: An agent refused the run: the others are stopped, and execute() raises.
     REFUSED = "another agent refused the run"
+    #: `--duration auto` decided the run had measured enough (not an early stop: the
+    #: measured period ends at the stop instant, `RunLoop.cut_ns`).
+    AUTO = "measured enough (--duration auto)"
 
 
 class RunLoop:
@@ -100,9 +108,24 @@ class RunLoop:
         #: Per agent index: its silence, over the coordinator's own running time.
         self._silence: dict[int, SilenceClock] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        #: `--duration auto`: the stop instant (ns from the start, a whole second, in the
+        #: future when fixed) once decided; records intended from then on are left out.
+        self.cut_ns: int | None = None
+        self.after_cut = 0
+        self.auto_doc: AutoStopDoc | None = None
+        self._good_looks = 0
+        self._next_look_ns = 0
+        self.last_look: list[str] = []
 
     # ---- records from the streams (RecordSink) ------------------------------
     def ingest(self, index: int, block: RecordBlock) -> None:
+        if self.cut_ns is not None:
+            keep = block.col("intended_ns") < self.cut_ns
+            if not keep.all():
+                self.after_cut += int(np.count_nonzero(~keep))
+                block = RecordBlock(
+                    {k: v[keep] for k, v in block.columns.items()}, block.input_shapes
+                )
         self.agg.ingest(index, block)
         if self.writer is not None:
             self.writer.write(index, block)
@@ -153,6 +176,7 @@ class RunLoop:
             return False
         self.check_liveness(now)
         await self.check_stop()
+        await self.check_auto(now)
         await self.check_deadline(now)
         self.report_progress(now)
         return True
@@ -229,6 +253,38 @@ class RunLoop:
         if self.stop_event.is_set() and self.stopped is None:
             self.stopped = StopReason.INTERRUPTED
             await self.stop_all(StopReason.INTERRUPTED)
+
+    async def check_auto(self, now: int) -> None:
+        """`--duration auto`: once a second, look at the figures so far; when they have
+        been enough LOOKS_IN_A_ROW times, fix the stop instant at the next whole second
+        of the run (no record intended from then on has reached us yet, so none is in the
+        figures) and, once it has come, tell every agent to stop."""
+        auto = self.opts.auto
+        if auto is None or self.stopped is not None:
+            return
+        if self.cut_ns is not None:
+            if now >= self.start_ns + self.cut_ns:
+                self.stopped = StopReason.AUTO
+                await self.stop_all(StopReason.AUTO)
+            return
+        if now < self._next_look_ns:
+            return
+        self._next_look_ns = now + 1_000_000_000
+        elapsed_s = (now - self.start_ns) / 1e9
+        seen = look(self.plan, self.agg, elapsed_s, auto)
+        self.last_look = seen.checks
+        self._good_looks = self._good_looks + 1 if seen.done else 0
+        cut_s = math.ceil(elapsed_s)
+        if self._good_looks < LOOKS_IN_A_ROW or cut_s >= self.span_s:
+            return
+        self.cut_ns = cut_s * 1_000_000_000
+        self.auto_doc = {
+            "reason": "decided",
+            "stopped_at_s": round(cut_s - self.plan.load.warmup_s, 3),
+            "max_duration_s": round(self.span_s - self.plan.load.warmup_s, 3),
+            "target_width": auto.target_width,
+            "checks": seen.checks,
+        }
 
     async def check_deadline(self, now: int) -> None:
         """Overdue: tell every agent to stop; still going DEADLINE_GRACE_NS later (or

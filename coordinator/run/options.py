@@ -9,6 +9,7 @@ from pathlib import Path
 
 from coordinator.aggregate import Aggregator
 from coordinator.documents import Summary
+from coordinator.run.autostop import AutoDuration
 from coordinator.summary import AgentInfo
 from volley.plan import Plan
 from volley.security import ClientSecurity
@@ -44,6 +45,9 @@ class RunOptions:
     run_dir: Path | None = None
     #: Agent address -> its spool folder on this host (local agents), for run.json.
     local_spools: dict[str, Path] = field(default_factory=dict)
+    #: `--duration auto`: stop once the figures are decided (the plan's duration is the
+    #: maximum); None: run the plan's duration.
+    auto: AutoDuration | None = None
 
 
 @dataclass

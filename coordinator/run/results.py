@@ -14,21 +14,30 @@ from coordinator.documents import Summary
 from coordinator.local import SPOOL_FOLDER
 from coordinator.recovery import MANIFEST, add_schedule_counts, count_schedule, find_outages
 from coordinator.report import write_report_safely
-from coordinator.run.loop import RunLoop
+from coordinator.run.loop import RunLoop, StopReason
 from coordinator.run.options import RunResult
 from coordinator.run.stream import AgentStream
 from coordinator.rundir import (
     timeseries_rows,
     write_histograms,
     write_json,
+    write_plan,
     write_timeseries,
 )
 from coordinator.stats.documents import ServerDoc, ServerSummary
 from coordinator.stats.monitor import ServerMonitor, summary_block, write_server_json
+from coordinator.steady import steady_state
 from coordinator.summary import AgentInfo, build_summary
-from volley.arrivals import global_schedule
+from volley.arrivals import global_schedule, schedule_span_s
 from volley.plan import Plan
 from volley.request import PoolDescription
+
+
+def auto_stopped_plan(plan: Plan, cut_ns: int) -> Plan:
+    """The plan a `--duration auto` run amounts to: its duration ends at the stop instant
+    (a whole second), so re-running plan.yaml repeats the measured run."""
+    load = dataclasses.replace(plan.load, duration_s=cut_ns / 1e9)
+    return dataclasses.replace(plan, load=load)
 
 
 def scheduled_total(plan: Plan) -> int | None:
@@ -110,12 +119,15 @@ async def server_figures(monitor: ServerMonitor, client_ok: int) -> tuple[Server
 
 def write_files(run: RunLoop, run_dir: Path, summary: Summary, server_doc: ServerDoc) -> None:
     """timeseries.parquet (sealed rows, then the rest), server.json, histograms.json,
-    summary.json, the report."""
+    summary.json (with its steady state, from the rows), the report."""
     rest = [w for w in run.agg.window_keys() if w not in run.sealed]
-    write_timeseries(
-        run_dir / "timeseries.parquet",
-        run.sealed_rows + timeseries_rows(run.agg, run.names, run.cpu, rest),
-    )
+    rows = run.sealed_rows + timeseries_rows(run.agg, run.names, run.cpu, rest)
+    write_timeseries(run_dir / "timeseries.parquet", rows)
+    steady = steady_state(rows, summary["warmup_s"], summary["duration_s"])
+    if steady is not None:
+        summary["steady_state"] = steady
+        if steady["unsettled_windows"]:
+            summary["verdict"]["warnings"].append(f"steady state: {steady['note']}")
     write_server_json(run_dir / "server.json", server_doc)
     write_histograms(run_dir / "histograms.json", run.agg, run.names)
     write_json(run_dir / "summary.json", summary)
@@ -132,8 +144,15 @@ async def finish(
     """Summary and files of a run that ended (not refused); the agents' spools dropped
     where they delivered everything; channels closed."""
     plan = run.plan
+    stopped = run.stop_reason
+    if run.cut_ns is not None and stopped is StopReason.AUTO:
+        # --duration auto stopped it: the run is the plan with the measured duration
+        plan = auto_stopped_plan(plan, run.cut_ns)
+        expected = scheduled_total(plan)
+        write_plan(run_dir / "plan.yaml", plan)
+        stopped = StopReason.COMPLETED
     infos = [s.info for s in run.streams]
-    measured_s = max(run.span_s - plan.load.warmup_s, 0.0)
+    measured_s = max(schedule_span_s(plan) - plan.load.warmup_s, 0.0)
     server, server_doc = await server_figures(monitor, run.agg.total().ok)
     summary = build_summary(
         plan,
@@ -143,8 +162,19 @@ async def finish(
         measured_s,
         expected,
         server=server,
-        stopped=run.stop_reason.value,
+        stopped=stopped.value,
     )
+    auto = run.opts.auto
+    if run.auto_doc is not None:
+        summary["auto_stop"] = run.auto_doc
+    elif auto is not None:
+        summary["auto_stop"] = {
+            "reason": "max duration" if stopped is StopReason.COMPLETED else stopped.value,
+            "stopped_at_s": round(measured_s, 3),
+            "max_duration_s": round(measured_s, 3),
+            "target_width": auto.target_width,
+            "checks": run.last_look,
+        }
     # requests.scheduled: the schedule's count (regenerated from the plan), beside the
     # records, and what has no record
     add_schedule_counts(summary, count_schedule(plan))

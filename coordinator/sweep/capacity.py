@@ -145,6 +145,7 @@ def plan_capacity(
     scaling: ScaleCheck | None = None,
     slos: Sequence[str] = (),
     measured_on: str = "",
+    confidence: float | None = None,
 ) -> CapacityPlan:
     """Replicas = ceil(production * (1 + headroom) / (max per replica * efficiency))."""
     if not max_rps_per_replica > 0:
@@ -161,7 +162,13 @@ def plan_capacity(
     assumptions = [
         f"one replica sustains {max_rps_per_replica:,.1f} req/s under {slo_text} "
         f"(the highest passing step of the sweep{where}; the true limit lies between it "
-        "and the lowest failing step)",
+        "and the lowest failing step)"
+        + (
+            f"; a step passed only when the {confidence:.0%} confidence interval of each SLO "
+            "figure lay wholly within it (undecided steps were measured longer, then failed)"
+            if confidence is not None and slos
+            else ""
+        ),
         f"headroom {inputs.headroom:.0%}: capacity = {inputs.production_rps:,.0f} x "
         f"{1 + inputs.headroom:.2f} = {required:,.0f} req/s",
     ]

@@ -174,6 +174,8 @@ def _kind_cell(s: dict[str, Any]) -> str:
         return '<span class="gen">volley limit</span>'
     if kind == "invalid":
         return '<span class="gen">invalid</span>'
+    if kind == "inconclusive":
+        return '<span class="gen">inconclusive</span>'
     return '<span class="fail">fail</span>'
 
 

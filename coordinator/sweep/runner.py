@@ -336,7 +336,12 @@ def analyse(spec: SweepSpec, results: dict[str, TargetResult]) -> dict[str, Any]
                 ),
             )
             cp = plan_capacity(
-                m, inputs, checks.get(t.name), spec.plan.slos, measured_on=f"{t.name}"
+                m,
+                inputs,
+                checks.get(t.name),
+                spec.plan.slos,
+                measured_on=f"{t.name}",
+                confidence=spec.plan.validity.confidence,
             )
             res = results[t.name].outcome
             if res is not None and (
@@ -481,13 +486,17 @@ def real_measure(
 
     out = steps_dir(sweep_dir, spec, target)
 
-    async def measure(index: int, load: float) -> StepResult:
+    async def measure(index: int, load: float, longer: int = 0) -> StepResult:
         if stop_event is not None and stop_event.is_set():
             raise SweepInterrupted()
         label = f"{index + 1:02d}-{load_label(settings.mode, load)}"
+        step_settings = settings
+        if longer:  # an inconclusive step, measured again for longer
+            step_s = min(settings.step_duration_s * 2**longer, 3600.0)
+            step_settings = replace(settings, step_duration_s=step_s)
         plan = step_plan(
             spec.plan,
-            settings,
+            step_settings,
             load,
             target=target.address,
             model=target.model,

@@ -6,7 +6,11 @@ pass or fail with a reason and a *kind* of failure:
 
 - ``server``    the server missed an SLO, fell behind the offered rate, or erred;
 - ``generator`` volley itself could not keep up: never reported as the server's limit;
-- ``invalid``   the measurement does not count (an agent was lost, too few requests).
+- ``invalid``   the measurement does not count (an agent was lost, too few requests);
+- ``inconclusive`` an SLO's confidence interval straddles its threshold (or too few
+  requests bound it): the step is measured again, longer (twice, then four times the
+  step duration); still undecided, it counts as a failure, so a load passes only when
+  the whole interval meets the SLO.
 
 `next_step()` is the search, a deterministic function of the steps so far (which is
 what makes a sweep resumable: replaying finished steps reproduces the same decisions).
@@ -23,14 +27,16 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, cast
 
 from coordinator.documents import SloResult, Summary
 from volley.plan import MAX_CONCURRENCY, MAX_RATE, Plan, PlanError, plan_from_dict
 
 SweepMode = Literal["rate", "concurrency"]
-StepKind = Literal["pass", "server", "generator", "invalid"]
-LimitedBy = Literal["server", "generator", "invalid", "max-load", "max-steps", "nothing-passed"]
+StepKind = Literal["pass", "server", "generator", "invalid", "inconclusive"]
+LimitedBy = Literal[
+    "server", "generator", "invalid", "inconclusive", "max-load", "max-steps", "nothing-passed"
+]
 
 #: An agent above this share of its workers' CPU is short of CPU, whatever else is true.
 GENERATOR_CPU_BUSY = 0.9
@@ -58,6 +64,8 @@ class SweepSettings:
     #: Measure a step again (at most this often) when volley was the bottleneck or the
     #: step was invalid: both are often transient (a busy host), neither is the server's.
     retries: int = 1
+    #: Measure an inconclusive step again this often, each time twice as long.
+    longer_retries: int = 2
 
     def validate(self) -> None:
         if self.mode not in ("rate", "concurrency"):
@@ -141,7 +149,7 @@ class StepResult:
     def from_dict(cls, data: dict[str, Any]) -> StepResult:
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         step = cls(**known)
-        if step.kind not in ("pass", "server", "generator", "invalid"):
+        if step.kind not in ("pass", "server", "generator", "invalid", "inconclusive"):
             raise PlanError(f"sweep step {step.index}: unknown kind {step.kind!r}")
         return step
 
@@ -196,8 +204,14 @@ def judge(
     error_rate = float(summary.get("error_rate") or 0.0)
     if error_rate > max_error_rate:
         server.append(f"error rate {error_rate:.2%} above {max_error_rate:.2%}")
+    undecided: list[str] = []
     for r in verdict.get("slo") or []:
-        if not r.get("passed"):
+        if r.get("outcome") == "inconclusive":
+            iv = r.get("interval")
+            span = "" if iv is None else f", interval {iv['low']:g}-{iv['high'] or '?'}"
+            why = f": {r['reason']}" if r.get("reason") else ""
+            undecided.append(f"SLO {r.get('slo')} inconclusive{span}{why}")
+        elif not r.get("passed"):
             actual = r.get("actual")
             shown = "none" if actual is None else f"{float(actual):g}"
             server.append(f"SLO {r.get('slo')} failed (actual {shown})")
@@ -240,6 +254,8 @@ def judge(
         return False, "server", server + queued + invalid
     if invalid:
         return False, "invalid", invalid
+    if undecided:
+        return False, "inconclusive", undecided
     return True, "pass", []
 
 
@@ -251,8 +267,10 @@ class Decision:
     """The next load to measure (None: the search is over) and why."""
 
     load: float | None
-    phase: Literal["start", "ramp-up", "ramp-down", "bisect", "retry", "done"]
+    phase: Literal["start", "ramp-up", "ramp-down", "bisect", "retry", "longer", "done"]
     why: str = ""
+    #: "longer": the step is measured 2**longer times the step duration
+    longer: int = 0
 
 
 def _round(settings: SweepSettings, load: float) -> float:
@@ -303,6 +321,10 @@ def next_step(settings: SweepSettings, steps: Sequence[StepResult]) -> Decision:
     if len(steps) >= settings.max_steps:
         return Decision(None, "done", f"stopped after --max-steps {settings.max_steps}")
     last = steps[-1]
+    if last.kind == "inconclusive":
+        longer = sum(1 for s in steps if s.load == last.load and s.kind == "inconclusive")
+        if longer <= settings.longer_retries:
+            return Decision(last.load, "longer", "inconclusive step measured longer", longer)
     if last.kind in ("generator", "invalid"):
         attempts = sum(1 for s in steps if s.load == last.load)
         if attempts <= settings.retries:
@@ -413,6 +435,13 @@ def conclude(settings: SweepSettings, steps: Sequence[StepResult], stop: str) ->
                 f"least {lo.load:g} {unit}, its own limit was not reached "
                 "(add agents or workers and sweep again)"
             )
+        elif hi.kind == "inconclusive":
+            limited = "inconclusive"
+            message = (
+                f"at {hi.load:g} {unit} an SLO stayed inconclusive after measuring longer "
+                f"({'; '.join(hi.reasons[:1])}); the server sustained at least {lo.load:g} "
+                f"{unit} with the whole interval within the SLO"
+            )
         elif hi.kind == "invalid":
             limited = "invalid"
             message = (
@@ -439,7 +468,10 @@ def conclude(settings: SweepSettings, steps: Sequence[StepResult], stop: str) ->
     )
 
 
-Measure = Callable[[int, float], Awaitable[StepResult]]
+class Measure(Protocol):
+    """Measure step `index` at `load`; `longer`: 2**longer times the step duration."""
+
+    def __call__(self, index: int, load: float, longer: int = 0) -> Awaitable[StepResult]: ...
 
 
 async def search(
@@ -463,7 +495,7 @@ async def search(
             step = cast(StepResult, old)
         else:
             previous = ()  # the search diverged: nothing after this can be reused
-            step = await measure(i, d.load)
+            step = await measure(i, d.load, d.longer)
         steps.append(step)
         if on_step is not None:
             on_step(step, reused)

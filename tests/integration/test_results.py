@@ -19,6 +19,7 @@ from tritonclient.grpc import service_pb2_grpc as triton_grpc
 from typer.testing import CliRunner
 
 from coordinator.report import write_compare
+from coordinator.report.compare import comparison
 from coordinator.run import RunOptions, execute
 from coordinator.triton import TritonConfig, TritonServer
 from tests.browser import PageResult, find_chromium, render_page
@@ -187,10 +188,12 @@ def test_cli_slo_exit_codes_and_report_outputs(
         app,
         [
             *common,
+            # 80 requests: enough to bound p90 (35 needed at 95%), not p99 (368), and an
+            # error rate under 1% cannot be shown yet (0 of 80: up to 4.5%)
             "--slo",
-            "p99<10s",
+            "p90<10s",
             "--slo",
-            "errors<1%",
+            "errors<10%",
             "--slo",
             "throughput>=0.5*offered",
             "--metrics-port",
@@ -199,7 +202,7 @@ def test_cli_slo_exit_codes_and_report_outputs(
     )
     assert ok.exit_code == 0, ok.output
     run_ok = Path(ok.output.strip().splitlines()[-1])
-    bad = runner.invoke(app, [*common, "--slo", "p99<1us", "--slo", "errors<1%"])
+    bad = runner.invoke(app, [*common, "--slo", "p99<1us", "--slo", "errors<10%"])
     assert bad.exit_code == 1, bad.output
     run_bad = Path(bad.output.strip().splitlines()[-1])
     v_ok = json.loads((run_ok / "summary.json").read_text())["verdict"]
@@ -233,7 +236,11 @@ async def test_compare_one_vs_two_instances(
     triton_server: TritonEndpoint, agent_pair: list[str], tmp_path: Path
 ) -> None:
     """The sleep model (10 ms, one request at a time per instance) at 70/s: one instance
-    queues (80% busy), two barely do; compare shows it."""
+    queues (80% busy), two barely do; compare shows it, and marks the p99 difference as
+    beyond noise, while a repeat of the one-instance run is within it. The two-instance
+    run is the longer one: its p99 must be bounded, and on a busy host its slow spells
+    come in bursts (design effect 2-3.5 measured here), so 19 s x 70/s = 1,330 requests
+    count as 400-700 independent ones (368 needed)."""
     cfg = TritonConfig(
         model_repository=MODEL_REPOSITORY,
         http_port=0,
@@ -246,16 +253,33 @@ async def test_compare_one_vs_two_instances(
     )
     runs = []
     with TritonServer(cfg) as two:
-        for name, ep in (("one", triton_server), ("two", two)):
-            plan = plan_from_dict(_sleep_plan(ep.grpc_url, 70, 10.0, name=name))
+        for name, ep, secs in (
+            ("one", triton_server, 9),
+            ("two", two, 20),
+            ("one-again", triton_server, 9),
+        ):
+            plan = plan_from_dict(
+                _sleep_plan(ep.grpc_url, 70, 10.0, name=name, duration=f"{secs}s", warmup="1s")
+            )
             opts = RunOptions(out_dir=tmp_path, start_lead_s=1.0, server_metrics=ep.metrics_url)
             runs.append(await execute(plan, agent_pair[:1], opts))
-    one, two_ = (r.summary["server"] for r in runs)
+    one, two_, _again = (r.summary["server"] for r in runs)
     assert (one["instances"], two_["instances"]) == (1, 2)
     assert two_["queue_ms"] < one["queue_ms"]
-    path, _ = write_compare([r.run_dir for r in runs], tmp_path / "compare.html")
+    path, data = write_compare([r.run_dir for r in runs], tmp_path / "compare.html")
     html = path.read_text()
     assert "1×KIND_CPU" in html and "2×KIND_CPU" in html
+    p99 = next(c for c in comparison(data) if c["figure"] == "latency p99")
+    lat = [r.summary["latency_ms"]["p99"] for r in runs]
+    # the queueing instance's latencies come in bursts: its p99 may need more requests
+    # than 10 s hold once that is counted (an open upper end); the two-instance one is
+    # bounded, and below the one-instance lower end
+    assert p99["intervals"][1][1] is not None, p99
+    deffs = [r.summary["confidence"]["requests_needed"]["p99"]["design_effect"] for r in runs]
+    print(f"p99 {lat} ms, intervals {p99['intervals']}, design effects {deffs}")
+    # two instances vs one: beyond noise; the same config again: within it
+    assert p99["significant_vs_first"] == [True, False], (lat, p99["intervals"])
+    assert "beyond noise" in html
     _need_chromium()
     page = await _render(path, tmp_path / "compare.png")
     _charts_ok(

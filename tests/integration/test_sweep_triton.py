@@ -97,7 +97,9 @@ async def test_sweep_finds_the_sleep_knee_and_plans_capacity(
             "seed": 7,
             "load": {"rate": 1, "arrival": "constant"},
             "inputs": [{"name": "DELAY_MS", "source": "constant", "value": DELAY_MS}],
-            "slos": ["p99<100ms"],
+            # a p50: 3 s steps of 75-150 requests cannot bound a p99 (368 at 95%): such
+            # a step would be inconclusive, measured longer, then failed (issue 18)
+            "slos": ["p50<100ms"],
             "validity": {"min_requests": 50},
         }
     )
@@ -181,7 +183,8 @@ async def test_scaling_check_against_two_instances(
                 "seed": 3,
                 "load": {"rate": 1},
                 "inputs": [{"name": "DELAY_MS", "source": "constant", "value": DELAY_MS}],
-                "slos": ["p99<100ms"],
+                # a p50: 2 s steps cannot bound a p99 (368 requests at 95%), see above
+                "slos": ["p50<100ms"],
                 "validity": {"min_requests": 50},
             }
         )

@@ -82,3 +82,11 @@ def test_rank_by_rate_and_by_cost() -> None:
     assert by_cost == {"gpu-batch": 1, "cpu": 2, "gpu": 3, "broken": None}
     assert "lower bound" in rows[0].note and rows[3].note == "no step passed"
     assert cost_per_1k(None, 10) is None and cost_per_1k(1.0, 0) is None
+
+
+def test_the_plan_states_its_confidence() -> None:
+    plan = plan_capacity(100.0, CapacityInputs(production_rps=250.0), slos=["p99<50ms"],
+                         confidence=0.95)  # fmt: skip
+    assert "95% confidence interval" in plan.assumptions[0]
+    plain = plan_capacity(100.0, CapacityInputs(production_rps=250.0))
+    assert "confidence" not in plain.assumptions[0]

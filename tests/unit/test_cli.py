@@ -84,6 +84,7 @@ def test_run_help_panels() -> None:
         "Sequences and composed models",
         "Agents",
         "Output and SLOs",
+        "Statistics",
         "Monitoring",
         "Security",
     ]

@@ -648,6 +648,7 @@ def test_enum_values_are_the_strings_written_today() -> None:
         "interrupted by the user",
         "run overran its deadline",
         "another agent refused the run",
+        "measured enough (--duration auto)",
     ]
     assert [s.value for s in AgentState] == [
         "ready",

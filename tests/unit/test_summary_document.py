@@ -40,6 +40,9 @@ NOT_EXERCISED = {
     "summary.agents[].last_seen_s",
     "summary.agents[].lost_detected_s",
     "summary.agents[].silences",
+    # set by the run (--duration auto) and when a warm-up is found (test_steady_state.py)
+    "summary.auto_stop",
+    "summary.steady_state",
     # the server block's optional figures (batch stats, instances, utilization) are
     # written by coordinator/stats (tests/unit/test_server_stats.py); its required keys
     # are still checked here

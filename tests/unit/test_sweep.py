@@ -29,7 +29,7 @@ def server(capacity: float, generator_limit: float = math.inf) -> Any:
     itself is the bottleneck. Latency rises once the load exceeds the capacity."""
     calls: list[float] = []
 
-    async def measure(index: int, load: float) -> StepResult:
+    async def measure(index: int, load: float, longer: int = 0) -> StepResult:
         calls.append(load)
         if load > generator_limit:
             return StepResult(index, load, False, "generator", ["agent a was the bottleneck"])
@@ -131,7 +131,7 @@ async def test_a_transient_generator_limit_is_retried_and_superseded() -> None:
     seen: set[float] = set()
     inner = server(47.0)
 
-    async def flaky(index: int, load: float) -> StepResult:
+    async def flaky(index: int, load: float, longer: int = 0) -> StepResult:
         if load == 20 and load not in seen:
             seen.add(load)
             return StepResult(index, load, False, "generator", ["busy host"])
@@ -297,3 +297,39 @@ def test_settings_validation() -> None:
             SweepSettings(**bad).validate()  # type: ignore[arg-type]
     s = SweepSettings(start=3, growth=1.5)
     assert SweepSettings.from_dict(s.to_dict()) == s
+
+
+def test_judge_inconclusive_slo() -> None:
+    straddles = summary(verdict={"valid": True, "reasons": [], "slo": [
+        {"slo": "p99<50ms", "passed": False, "actual": 48.0, "outcome": "inconclusive",
+         "interval": {"low": 44.0, "high": 53.0}, "reason": ""}]})
+    ok, kind, why = judge("rate", straddles, 100.0, 0.95, 0.01)
+    assert (ok, kind) == (False, "inconclusive") and "44-53" in why[0]
+    # a failed SLO beside it is the server's
+    both = summary(verdict={"valid": True, "reasons": [], "slo": [
+        *straddles["verdict"]["slo"], {"slo": "errors<1%", "passed": False, "actual": 0.2}]})
+    assert judge("rate", both, 100.0, 0.95, 0.01)[1] == "server"
+
+
+async def test_an_inconclusive_step_is_measured_longer_then_counts_as_a_failure() -> None:
+    """Up to 40/s the SLO is decided (pass); at 80/s it is decided only when measured
+    four times as long; above, never: after two longer tries those loads fail."""
+    calls: list[tuple[float, int]] = []
+
+    async def measure(index: int, load: float, longer: int = 0) -> StepResult:
+        calls.append((load, longer))
+        decided = load <= 40 or (load <= 80 and longer >= 2)
+        kind = "pass" if decided else "inconclusive"
+        return StepResult(index, load, decided, kind, [] if decided else ["SLO inconclusive"],
+                          offered_rps=load, throughput_rps=load,
+                          latency_ms={"mean": 10.0, "p99": 20.0})
+
+    s = SweepSettings(start=20, growth=2, tolerance=0.05, max_steps=20)
+    steps, out = await search(s, measure)
+    assert [st.kind for st in steps[2:5]] == ["inconclusive", "inconclusive", "pass"]
+    assert calls[:5] == [(20, 0), (40, 0), (80, 0), (80, 1), (80, 2)]
+    assert (160, 0) in calls and (160, 1) in calls and (160, 2) in calls
+    assert not any(longer > 2 for _, longer in calls)
+    assert out.max_load is not None and 80 <= out.max_load < 160
+    assert out.limited_by == "inconclusive" and out.fail_load is not None
+    assert out.fail_load <= 160

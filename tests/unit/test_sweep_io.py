@@ -55,7 +55,7 @@ class Fake:
         self.interrupt_at = interrupt_at
 
     def __call__(self, target: SweepTarget, settings: SweepSettings) -> Measure:
-        async def measure(index: int, load: float) -> StepResult:
+        async def measure(index: int, load: float, longer: int = 0) -> StepResult:
             if len(self.calls) == self.interrupt_at:
                 raise SweepInterrupted()
             self.calls.append((target.name, load))

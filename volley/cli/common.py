@@ -1,6 +1,8 @@
 """What every command shares: the exit codes and the one `fail()`.
 
-Exit codes: 0 success, 1 an SLO or validity check failed, 2 bad usage or input.
+Exit codes: 0 success (every SLO passed), 1 an SLO or validity check failed, 2 bad usage
+or input, 3 an SLO was inconclusive (its confidence interval straddles the threshold, or
+too few requests to bound it) and none failed.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any, NoReturn
 
 import typer
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INCONCLUSIVE = 0, 1, 2, 3
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:

@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from coordinator.documents import AgentRow, Summary
+from coordinator.documents import AgentRow, IntervalDoc, Summary
+from coordinator.repeats import RepeatsDoc
 
 #: SIMPLE_HEAD in ASCII: a dashed rule under the header, nothing else
 _ASCII_HEAD = box.Box("    \n    \n -- \n    \n    \n    \n    \n    \n", ascii=True)
@@ -37,6 +38,16 @@ def _ms(v: float) -> str:
         if abs(v) < limit:
             return f"{v:.{digits}f}"
     return f"{v:.0f}"
+
+
+def _ms_or_unbounded(v: float | None) -> str:
+    return "?" if v is None else _ms(v)
+
+
+def _span(iv: IntervalDoc, fmt: str) -> str:
+    """An interval as low-high ('?' for an end the data cannot bound)."""
+    high = "?" if iv["high"] is None else format(iv["high"], fmt)
+    return f"{format(iv['low'], fmt)}-{high}"
 
 
 def _table(
@@ -92,10 +103,25 @@ def print_summary(summary: Summary, run_dir: Path, console: Console | None = Non
         head.add_row(
             "error codes", escape(", ".join(f"{k}: {v}" for k, v in req["error_codes"].items()))
         )
-    head.add_row(
-        "offered / achieved",
-        f"{summary['offered_rps']:.1f} / {summary['throughput_rps']:.1f} req/s",
-    )
+    conf = summary.get("confidence")
+    level = f"{conf['level']:.0%}" if conf else ""
+    achieved = f"{summary['offered_rps']:.1f} / {summary['throughput_rps']:.1f} req/s"
+    if conf:
+        achieved += f"  ({level} CI {_span(conf['throughput_rps'], '.1f')})"
+    head.add_row("offered / achieved", achieved)
+    if conf:
+        err = conf["error_rate"]
+        head.add_row(
+            "error rate",
+            f"{summary['error_rate']:.3%}  ({level} CI {err['low']:.3%}-"
+            f"{'?' if err['high'] is None else format(err['high'], '.3%')})",
+        )
+    steady = summary.get("steady_state")
+    if steady:
+        head.add_row("steady state", escape(steady["note"]))
+    auto = summary.get("auto_stop")
+    if auto:
+        head.add_row("auto duration", escape(f"{auto['reason']} at {auto['stopped_at_s']:g} s"))
     q = summary.get("sequences")
     if q is not None:
         pos = "  ".join(
@@ -122,11 +148,18 @@ def print_summary(summary: Summary, run_dir: Path, console: Console | None = Non
         *_PCTS,
         caption="latency: from the intended send; service time: from the actual send",
     )
-    for label, row in (
-        ("latency", summary["latency_ms"]),
-        ("service time", summary["service_time_ms"]),
+    for label, row, key in (
+        ("latency", summary["latency_ms"], "latency_ms"),
+        ("service time", summary["service_time_ms"], "service_time_ms"),
     ):
         lat.add_row(label, *(_ms(row[k]) for k in _PCTS))
+        if conf:
+            ivs = conf["latency_ms"] if key == "latency_ms" else conf["service_time_ms"]
+            lat.add_row(f"  {level} low", *(_ms(ivs[k]["low"]) for k in _PCTS))
+            lat.add_row(
+                f"  {level} high",
+                *(_ms_or_unbounded(ivs[k]["high"]) for k in _PCTS),
+            )
     stream = summary.get("stream")
     if stream is not None:
         for label, key in (
@@ -136,6 +169,11 @@ def print_summary(summary: Summary, run_dir: Path, console: Console | None = Non
             ("per token", "tpot_ms"),
         ):
             lat.add_row(label, *(_ms(stream[key][k]) for k in _PCTS))  # type: ignore[literal-required]
+    if conf:
+        lat.caption = (
+            f"{lat.caption}; low/high: {level} confidence interval (? = too few requests "
+            "to bound it)"
+        )
     con.print(lat)
     if stream is not None:
         per = stream["responses_per_request"]
@@ -208,9 +246,17 @@ def print_summary(summary: Summary, run_dir: Path, console: Console | None = Non
         )
     verdict = summary["verdict"]
     for r in verdict.get("slo", []):
-        mark = "[green]PASS[/green]" if r["passed"] else "[red]FAIL[/red]"
+        outcome = r.get("outcome", "pass" if r["passed"] else "fail")
+        mark = {
+            "pass": "[green]PASS[/green]",
+            "fail": "[red]FAIL[/red]",
+            "inconclusive": "[yellow]INCONCLUSIVE[/yellow]",
+        }[outcome]
+        iv = r.get("interval")
+        within = f", {level} CI {_span(iv, 'g')}" if iv is not None else ""
         con.print(
-            f"SLO {escape(r['slo'])}: {mark} (actual {r['actual']}, threshold {r['threshold']:g})"
+            f"SLO {escape(r['slo'])}: {mark} (actual {r['actual']}{within}, "
+            f"threshold {r['threshold']:g})"
         )
     for w in verdict.get("warnings", []):
         con.print(f"[yellow]warning:[/yellow] {escape(w)}")
@@ -290,3 +336,35 @@ def _print_agents(con: Console, agents: list[AgentRow]) -> None:
         )
     if recycled:
         con.print()
+
+
+def print_repeats(doc: RepeatsDoc, console: Console | None = None) -> None:
+    """--repeat: each figure's values across runs, their spread, and the runs' own
+    interval widths beside it."""
+    con = console or Console()
+    t = _table(
+        con,
+        f"{len(doc['runs'])} runs: spread between runs vs within-run intervals",
+        "figure",
+        "mean",
+        "min",
+        "max",
+        "sd",
+        "spread",
+        "within",
+        caption="spread: (max - min) / mean between runs; within: the runs' mean relative "
+        "interval width; * the runs differ more than their intervals say",
+    )
+    for name, f in doc["figures"].items():
+        within = "?" if f["within_ratio"] is None else f"{f['within_ratio']:.1%}"
+        t.add_row(
+            name + (" *" if f["spread_exceeds_intervals"] else ""),
+            f"{f['mean']:.4g}",
+            f"{f['min']:.4g}",
+            f"{f['max']:.4g}",
+            f"{f['sd']:.3g}",
+            f"{f['spread_ratio']:.1%}",
+            within,
+        )
+    con.print(t)
+    con.print(f"outcomes: {', '.join(doc['outcomes'])}")

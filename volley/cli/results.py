@@ -72,11 +72,18 @@ def compare(
             "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
             for v in row["values"]
         ]
-        changes = ["-" if d is None else f"{d:+.1%}" for d in row["change_vs_first"]]
+        changes = [
+            "-" if d is None else f"{d:+.1%}" + {True: " *", False: " ≈", None: ""}[sig]
+            for d, sig in zip(row["change_vs_first"], row["significant_vs_first"], strict=True)
+        ]
         unit = f" ({row['unit']})" if row["unit"] else ""
         table.add_row(row["figure"] + unit, *cells, *changes)
     con = Console()
     con.print(table)
+    con.print(
+        "* beyond noise (the runs' confidence intervals do not overlap), ≈ within noise "
+        "(they overlap)"
+    )
     con.print(f"report: {path}")
     if csv_out is not None:
         con.print(f"csv: {csv_out}")

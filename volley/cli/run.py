@@ -11,6 +11,8 @@ import typer
 
 from volley.cli.common import (
     EXIT_FAILED,
+    EXIT_INCONCLUSIVE,
+    EXIT_OK,
     PANEL_AGENTS,
     PANEL_INPUTS,
     PANEL_LOAD,
@@ -30,7 +32,7 @@ from volley.cli.planning import (
     parse_id_range,
     parse_stages,
 )
-from volley.plan import PlanError
+from volley.plan import Plan, PlanError, parse_duration
 
 # The options, one alias each, grouped by panel as `volley run --help` shows them.
 
@@ -109,7 +111,14 @@ HeaderEnv = Annotated[
 Rate = Annotated[float | None, option(PANEL_LOAD, "Open loop: requests per second (total).")]
 Concurrency = Annotated[int | None, option(PANEL_LOAD, "Closed loop: requests in flight (total).")]
 Arrival = Annotated[str | None, option(PANEL_LOAD, "constant | poisson | trace.")]
-Duration = Annotated[str | None, option(PANEL_LOAD, "Load duration, e.g. 30s, 2m.")]
+Duration = Annotated[
+    str | None,
+    option(
+        PANEL_LOAD,
+        "Load duration, e.g. 30s, 2m; or 'auto': run until the SLOs are decided (or their "
+        "intervals are narrow enough) and throughput is stable, at most --max-duration.",
+    ),
+]
 Warmup = Annotated[str | None, option(PANEL_LOAD, "Sent but excluded from results.")]
 Stages = Annotated[
     str | None,
@@ -237,6 +246,30 @@ Name = Annotated[str | None, option(RUN_OUTPUT, "Run name (in the run directory'
 Out = Annotated[Path, option(RUN_OUTPUT, "Parent folder of run directories.")]
 Raw = Annotated[bool, option(RUN_OUTPUT, "Write every request to requests.parquet.")]
 Quiet = Annotated[bool, option(RUN_OUTPUT, "Print only the run directory.")]
+# ---- Statistics
+PANEL_STATS = "Statistics"
+Confidence = Annotated[
+    float | None,
+    option(PANEL_STATS, "Confidence level of every interval and SLO verdict (default 0.95)."),
+]
+MaxDuration = Annotated[
+    str, option(PANEL_STATS, "With --duration auto: the longest the run may go (warm-up included).")
+]
+TargetWidth = Annotated[
+    float,
+    option(
+        PANEL_STATS,
+        "With --duration auto: an undecided SLO percentile is enough once its interval is "
+        "this narrow, relative to the figure (0.1: 10%).",
+    ),
+]
+Repeat = Annotated[
+    int,
+    option(PANEL_STATS, "Run the plan N times; report the spread between runs (repeats.json)."),
+]
+RepeatSeed = Annotated[
+    str, option(PANEL_STATS, "With --repeat: 'fresh' (seed + i for run i) or 'same' seed.")
+]
 # ---- Monitoring
 MetricsPort = Annotated[
     str | None,
@@ -333,6 +366,12 @@ def run(
     out: Out = Path("runs"),
     raw: Raw = True,
     quiet: Quiet = False,
+    # Statistics
+    confidence: Confidence = None,
+    max_duration: MaxDuration = "5m",
+    target_width: TargetWidth = 0.1,
+    repeat: Repeat = 1,
+    repeat_seed: RepeatSeed = "fresh",
     # Monitoring
     metrics_port: MetricsPort = None,
     server_metrics: ServerMetrics = None,
@@ -348,7 +387,13 @@ def run(
     agent_tls_cert: AgentTlsCert = None,
     agent_tls_key: AgentTlsKey = None,
 ) -> None:
-    """Run one load test: plan, split over agents, start together, merge, report."""
+    """Run one load test: plan, split over agents, start together, merge, report.
+
+    Exit codes: 0 the run is valid and every SLO passed (its whole confidence interval
+    meets it); 1 invalid, or an SLO failed; 2 bad usage or input; 3 an SLO was
+    inconclusive (its interval straddles the threshold, or too few requests) and none
+    failed.
+    """
     import uvloop
 
     from coordinator.agents import AgentError, resolve_agents
@@ -356,10 +401,12 @@ def run(
     from coordinator.metrics import parse_listen
     from coordinator.preflight import PreflightError
     from coordinator.progress import live_outputs
+    from coordinator.repeats import write_repeats
     from coordinator.run import RunOptions, execute
+    from coordinator.run.autostop import AutoDuration
     from coordinator.rundir import new_run_dir
     from coordinator.slo import parse_slo
-    from volley.cli.console import print_summary
+    from volley.cli.console import print_repeats, print_summary
     from volley.security import ClientSecurity, SecurityError, load_client_security
 
     try:
@@ -405,11 +452,14 @@ def run(
             header_file or [],
             header_env or [],
         )
+        auto = duration is not None and duration.strip().lower() == "auto"
+        if auto:
+            parse_duration(max_duration, "--max-duration")
         load_over: dict[str, Any] = {
             "rate": rate,
             "concurrency": concurrency,
             "arrival": arrival,
-            "duration": duration,
+            "duration": max_duration if auto else duration,
             "warmup": warmup,
             "max_in_flight": max_in_flight,
         }
@@ -449,6 +499,8 @@ def run(
         )
         for s in plan.slos:
             parse_slo(s)
+        plan = statistics_options(plan, confidence, auto, target_width, repeat, repeat_seed)
+        auto_settings = AutoDuration(target_width=target_width) if auto else None
         addresses = resolve_agents(list(agent or []))
         if metrics_port is not None:
             parse_listen(metrics_port)
@@ -461,7 +513,10 @@ def run(
     stop_event: asyncio.Event | None = None
 
     async def main(
-        addrs: list[str], local: ClientSecurity | None = None, local_run_dir: Path | None = None
+        plan: Plan,
+        addrs: list[str],
+        local: ClientSecurity | None = None,
+        local_run_dir: Path | None = None,
     ) -> Any:
         nonlocal stop_event
         stop_event = asyncio.Event()
@@ -477,6 +532,7 @@ def run(
             server_stats=server_stats,
             # local agents listen on loopback in plaintext, with the token (given or random)
             security=local or security,
+            auto=auto_settings,
         )
         if local_run_dir is not None:  # local agents spool inside it (for volley collect)
             opts.run_dir = local_run_dir
@@ -486,21 +542,80 @@ def run(
             opts.progress = cb
             return await execute(plan, addrs, opts)
 
-    try:
-        if addresses:
-            result = uvloop.run(main(addresses))
-        else:
+    def one_run(plan: Plan) -> Any:
+        try:
+            if addresses:
+                return uvloop.run(main(plan, addresses))
             run_dir = new_run_dir(out, plan.name)
             token = security.token or fresh_token()  # no other local user drives them
             with LocalAgents(local_agents, workers, token=token, run_dir=run_dir) as addrs:
-                result = uvloop.run(main(addrs, ClientSecurity(token=token), run_dir))
-    except (PreflightError, AgentError, PlanError) as exc:
-        fail(str(exc))
-    summary = result.summary
-    if quiet:
-        typer.echo(str(result.run_dir))
-    else:
-        print_summary(summary, result.run_dir)
-    verdict = summary["verdict"]
-    if not verdict["valid"] or not verdict["slo_passed"]:
-        raise typer.Exit(EXIT_FAILED)
+                return uvloop.run(main(plan, addrs, ClientSecurity(token=token), run_dir))
+        except (PreflightError, AgentError, PlanError) as exc:
+            fail(str(exc))
+
+    results = []
+    for i in range(repeat):
+        one = repeated_plan(plan, i, repeat_seed)
+        result = one_run(one)
+        results.append(result)
+        if quiet:
+            typer.echo(str(result.run_dir))
+        else:
+            print_summary(result.summary, result.run_dir)
+        if stop_event is not None and stop_event.is_set():
+            break  # interrupted: no more repeats
+    if repeat > 1:
+        doc = write_repeats(out, [(r.run_dir, r.summary) for r in results])
+        if not quiet:
+            print_repeats(doc)
+    raise typer.Exit(exit_code([r.summary for r in results]))
+
+
+def statistics_options(
+    plan: Plan,
+    confidence: float | None,
+    auto: bool,
+    target_width: float,
+    repeat: int,
+    repeat_seed: str,
+) -> Plan:
+    """--confidence into the plan; --duration auto, --target-width, --repeat checked."""
+    import dataclasses
+
+    if confidence is not None:
+        if not 0.5 <= confidence <= 0.999:
+            raise PlanError(f"--confidence: must be between 0.5 and 0.999, got {confidence:g}")
+        plan = dataclasses.replace(
+            plan, validity=dataclasses.replace(plan.validity, confidence=confidence)
+        )
+    if auto and (plan.load.stages or plan.load.arrival == "trace"):
+        raise PlanError("--duration auto: not with --stages or a trace (their length is theirs)")
+    if not 0.001 <= target_width <= 10:
+        raise PlanError(f"--target-width: must be between 0.001 and 10, got {target_width:g}")
+    if not 1 <= repeat <= 100:
+        raise PlanError(f"--repeat: must be between 1 and 100, got {repeat}")
+    if repeat_seed not in ("fresh", "same"):
+        raise PlanError(f"--repeat-seed: 'fresh' or 'same', got {repeat_seed!r}")
+    return plan
+
+
+def repeated_plan(plan: Plan, i: int, repeat_seed: str) -> Plan:
+    """Run i of --repeat: the same plan, with seed + i when seeds are fresh."""
+    import dataclasses
+
+    if i == 0 or repeat_seed == "same":
+        return plan
+    return dataclasses.replace(plan, seed=(plan.seed + i) % 2**63)
+
+
+def exit_code(summaries: list[Any]) -> int:
+    """The worst outcome of the runs: invalid or failed (1), inconclusive (3), passed (0)."""
+    code = EXIT_OK
+    for summary in summaries:
+        verdict = summary["verdict"]
+        outcome = verdict.get("slo_outcome", "pass" if verdict["slo_passed"] else "fail")
+        if not verdict["valid"] or outcome == "fail":
+            return EXIT_FAILED
+        if outcome == "inconclusive":
+            code = EXIT_INCONCLUSIVE
+    return code

@@ -227,6 +227,7 @@ def _step_line(target: SweepTarget, step: StepResult, mode: str, several: bool) 
         "server": "FAIL",
         "generator": "VOLLEY-LIMITED",
         "invalid": "INVALID",
+        "inconclusive": "INCONCLUSIVE",
     }[step.kind]
     why = f": {'; '.join(step.reasons[:2])}" if step.reasons else ""
     return (

@@ -292,6 +292,8 @@ class ValiditySpec:
     #: Above this share of > 1 ms late sends, the verdict warns.
     warn_late_fraction: float = 0.05
     max_lateness_p99_ms: float = 10.0
+    #: Confidence level of every interval in the summary (volley/confidence.py).
+    confidence: float = 0.95
 
 
 @dataclass(frozen=True)

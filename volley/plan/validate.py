@@ -645,7 +645,12 @@ def plan_from_dict(data: object) -> Plan:
         max_lateness_p99_ms=_num(
             vd, "max_lateness_p99_ms", "plan.validity", default_v.max_lateness_p99_ms
         ),
+        confidence=_num(vd, "confidence", "plan.validity", default_v.confidence),
     )
+    if not 0.5 <= validity.confidence <= 0.999:
+        raise PlanError(
+            f"plan.validity.confidence: must be between 0.5 and 0.999, got {validity.confidence:g}"
+        )
     seed = _int(d, "seed", "plan", 0)
     if not 0 <= seed < 2**63:
         raise PlanError("plan.seed: must be a non-negative 63-bit integer")
