@@ -522,9 +522,6 @@ class Worker:
             self.tp = make_transport(
                 plan, self.payloads, self._complete, self.clock, self.start, access
             )
-        self.tp = make_transport(
-            plan, self.payloads, self._complete, self.clock, self.start, access
-        )
         self.tp.note_stream = self.buf.note_stream  # streaming figures of the next record
         await self.tp.open()
         # Setup objects live for the whole run: keep the collector off them, and make

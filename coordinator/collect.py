@@ -329,10 +329,9 @@ async def collect_run(
         # the run finished without raw records: the others' records are not here to merge
         return _write_recovered_only(run_dir, run_id, spools, failures, old)
 
-    agg = Aggregator(len(infos), int(plan.load.warmup_s * 1e9))
+    agg = Aggregator(len(infos), int(plan.load.warmup_s * 1e9), good=goodput_limits(plan.slos))
     if plan.sequence is not None:
         agg.sequences = SequenceStats(len(infos), int(plan.load.warmup_s * 1e9))
-    agg = Aggregator(len(infos), int(plan.load.warmup_s * 1e9), good=goodput_limits(plan.slos))
     tmp = run_dir / "requests.parquet.tmp"
     writer = RequestWriter(tmp)
     before = existing.num_rows if existing is not None else 0

@@ -87,12 +87,11 @@ class RunLoop:
         self.clock = clock
         self.plan_json = plan.to_json()
         self.span_s = schedule_span_s(plan)
-        self.agg = Aggregator(len(streams), int(plan.load.warmup_s * 1e9))
-        if plan.sequence is not None:
-            self.agg.sequences = SequenceStats(len(streams), int(plan.load.warmup_s * 1e9))
         self.agg = Aggregator(
             len(streams), int(plan.load.warmup_s * 1e9), good=goodput_limits(plan.slos)
         )
+        if plan.sequence is not None:
+            self.agg.sequences = SequenceStats(len(streams), int(plan.load.warmup_s * 1e9))
         self.names = [s.name for s in streams]
         #: (window, agent index) -> the agent's CPU percent then
         self.cpu: dict[tuple[int, int], float] = {}
