@@ -6,8 +6,12 @@ the plan's transport (agent/transport.py) at each intended time. Completed
 requests are appended to a preallocated `RecordBuffer`; blocks go to the agent
 process through a multiprocessing queue every `flush_s`.
 
+A worker started with a `StartGate` (the two-phase start) prepares first (payload
+pool, connections), reports Ready with how long that took, and waits for the agent to
+open the gate with the agreed start instant.
+
 Messages put on the queue (small frozen dataclasses, picklable; `WorkerMessage`):
-  Ready(worker)                        pool built, channel up
+  Ready(worker, prepare_ns)            pool built, connections open
   Records(worker, columns, shapes)     a RecordBlock's columns
   Status(worker, WorkerCounters)       counters and CPU
   Done(worker, error)                  the slice is finished ("" when it went well)
@@ -79,6 +83,24 @@ class WorkerCounters:
 @dataclass(frozen=True, slots=True)
 class Ready:
     worker: int
+    #: from the worker's entry to pool built and connections open, ns
+    prepare_ns: int = 0
+
+
+@dataclass(frozen=True)
+class StartGate:
+    """The start instant of a two-phase start, shared by the agent with its workers:
+    `at` (a shared int64, monotonic ns) is valid once `go` is set."""
+
+    go: Event
+    at: Any  #: multiprocessing RawValue("q")
+
+    def wait(self, stop: Event, poll_s: float = 0.05) -> int:
+        """Block until the gate opens (its instant) or `stop` is set (0)."""
+        while not self.go.wait(poll_s):
+            if stop.is_set():
+                return 0
+        return int(self.at.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +144,12 @@ class Worker:
         out: Queue[Any],
         stop: Event,
         clock: Callable[[], int] = time.monotonic_ns,
+        gate: StartGate | None = None,
     ) -> None:
         self.task = task
+        #: two-phase start: the start instant comes through the gate once prepared
+        self.gate = gate
+        self.entered_ns = time.monotonic_ns()
         self.plan = Plan.from_json(task.plan_json)
         self.out = out
         self.stop_event = stop
@@ -512,9 +538,20 @@ class Worker:
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 50, 1000)
-        self.cpu_base = time.process_time()
-        self.out.put(Ready(self.task.worker_index))
+        self.out.put(Ready(self.task.worker_index, time.monotonic_ns() - self.entered_ns))
         loop = asyncio.get_running_loop()
+        if self.gate is not None:
+            gate, stop = self.gate, self.stop_event
+            at = await loop.run_in_executor(None, gate.wait, stop)
+            if at == 0:  # stopped before the start: nothing sent
+                with contextlib.suppress(Exception):
+                    await self.tp.close()
+                self._send_status()
+                self.out.put(Done(self.task.worker_index, ""))
+                return
+            self.start = at
+            self.tp.start = at
+        self.cpu_base = time.process_time()
         ticker = loop.create_task(self._ticker())
         sweeper = loop.create_task(self._sweeper())
         error = ""
@@ -554,13 +591,15 @@ class Worker:
             self._record(i, t, -1, -1, rc.NOT_SENT, 0, 0, 0, w.shape_id, w.model_id)
 
 
-def worker_main(task: WorkerTask, out: Queue[Any], stop: Event) -> None:
+def worker_main(
+    task: WorkerTask, out: Queue[Any], stop: Event, gate: StartGate | None = None
+) -> None:
     """Entry point of a worker process (spawned)."""
     import uvloop
 
     np.seterr(all="ignore")
     try:
-        uvloop.run(Worker(task, out, stop).run())
+        uvloop.run(Worker(task, out, stop, gate=gate).run())
     except KeyboardInterrupt:
         pass
     except Exception as exc:

@@ -129,7 +129,14 @@ LocalAgents = Annotated[
     int, option(PANEL_AGENTS, "Without --agent: spawn this many agents on this machine.")
 ]
 Workers = Annotated[int, option(PANEL_AGENTS, "Worker processes per agent (0: agent default).")]
-StartLead = Annotated[float, option(PANEL_AGENTS, "Seconds from start command to start.")]
+StartLead = Annotated[
+    float,
+    option(
+        PANEL_AGENTS,
+        "At least this many seconds from the start command to the start (0: the lead "
+        "measured once every agent is prepared: round trips, clocks, fan-out).",
+    ),
+]
 
 # ---- Output and SLOs
 Slo = Annotated[
@@ -218,7 +225,7 @@ def run(
     agent: Agent = None,
     local_agents: LocalAgents = 1,
     workers: Workers = 0,
-    start_lead: StartLead = 2.0,
+    start_lead: StartLead = 0.0,
     # Output and SLOs
     slo: Slo = None,
     name: Name = None,
