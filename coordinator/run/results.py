@@ -151,7 +151,7 @@ async def finish(
     annotate(summary, run.streams, run.start_ns, run_dir, run.opts.local_spools)
     summary["outages"] = find_outages(run.agg)
     if run.two_phase:
-        summary["start"] = start_block(run, summary)
+        summary["start"] = start_block(infos, run.lead_ns, summary)
         summary["verdict"]["warnings"] += start_lines(run)
     write_files(run, run_dir, summary, server_doc)
     # The run is stored: agents that delivered everything may drop their spools; the

@@ -24,6 +24,7 @@ from coordinator.agents import AgentError
 from coordinator.documents import StartBlock, Summary
 from coordinator.run.loop import RunLoop, StopReason
 from coordinator.run.stream import AgentStream
+from coordinator.summary import AgentInfo
 
 #: The lead is never shorter than this.
 MIN_LEAD_NS = 20_000_000
@@ -114,17 +115,16 @@ async def send_start(run: RunLoop, timeout_s: float = 2.0) -> None:
         raise StartProblem("; ".join(bad))
 
 
-def start_block(run: RunLoop, summary: Summary) -> StartBlock:
-    """summary.json's `start`: how the agents were prepared and started."""
-    infos = [s.info for s in run.streams]
+def start_block(infos: list[AgentInfo], lead_ns: int, summary: Summary) -> StartBlock:
+    """summary.json's `start`: how the agents were prepared and started (two-phase)."""
     prep = [(i.prepare_s, i) for i in infos if i.prepare_s is not None]
     margins = [i.start_margin_ms for i in infos if i.start_margin_ms is not None]
     skews = [abs(k) for r in summary["agents"] if (k := r["start_skew_ms"]) is not None]
     slow = max(prep, key=lambda p: p[0], default=None)
     late = [i.id or i.address for i in infos if (i.start_margin_ms or 0.0) < 0]
     return {
-        "two_phase": run.two_phase,
-        "lead_ms": round(run.lead_ns / 1e6, 3),
+        "two_phase": True,
+        "lead_ms": round(lead_ns / 1e6, 3),
         "agents": len(infos),
         "prepare_s_max": slow[0] if slow else None,
         "prepare_s_median": round(statistics.median(p for p, _ in prep), 4) if prep else None,

@@ -42,8 +42,9 @@ REFUSALS = (
 
 #: Keepalive pings in flight at once to one agent (a stalled agent does not pile them up).
 MAX_PINGS_IN_FLIGHT = 4
-#: The round trips of this many recent keepalives are kept (the start lead uses them).
-RECENT_RTTS = 16
+#: The round trips of this many recent keepalives are kept (the start lead uses them:
+#: about the last 3 s of the preparation).
+RECENT_RTTS = 6
 #: A preparation longer than this (an hour) is taken for garbage, not a figure.
 MAX_PREPARE_NS = 3600 * 1_000_000_000
 

@@ -17,6 +17,7 @@ from coordinator.clock import ClockEstimate
 from coordinator.documents import Summary, SummaryError, load_summary
 from coordinator.recovery import add_schedule_counts, count_schedule, find_outages
 from coordinator.run import add_input_pool
+from coordinator.run.start import start_block
 from coordinator.stats.documents import ServerSummary
 from coordinator.summary import AgentInfo, build_summary
 from volley import inputs as vin
@@ -38,6 +39,8 @@ NOT_EXERCISED = {
     "summary.agents[].last_seen_s",
     "summary.agents[].lost_detected_s",
     "summary.agents[].silences",
+    # an agent that started late (tests/unit/test_startup_verdict.py)
+    "summary.agents[].startup",
     # the server block's optional figures (batch stats, instances, utilization) are
     # written by coordinator/stats (tests/unit/test_server_stats.py); its required keys
     # are still checked here
@@ -197,7 +200,9 @@ def _summary() -> Summary:
             }
         ],
     }
+    infos[0].prepare_s, infos[0].start_margin_ms = 1.5, 40.0
     summary = build_summary(plan, "r1", agg, infos, 3.0, 900, server=server)
+    summary["start"] = start_block(infos, 45_000_000, summary)
     two = plan.with_agents([AgentSpec("127.0.0.1:7001", 2), AgentSpec("127.0.0.1:7002", 1)])
     add_schedule_counts(summary, count_schedule(two))
     summary["outages"] = find_outages(agg)
