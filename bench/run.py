@@ -62,7 +62,9 @@ def _proc_cpu_s(pid: int) -> float:
 
 
 def volley_run(doc: dict[str, Any], out: Path, workers: int = 1) -> dict[str, Any]:
-    """One real run (a local agent process with `workers` worker processes)."""
+    """One real run (a local agent process with `workers` worker processes), as `volley run
+    --local-agents 1` runs it; CPU split per process over the load (start instant to the
+    last tick): the coordinator (this process), the agent process, its workers."""
     plan = plan_from_dict(doc)
     local = LocalAgents(1, workers)
     with local as addrs:
@@ -70,18 +72,30 @@ def volley_run(doc: dict[str, Any], out: Path, workers: int = 1) -> dict[str, An
         marks: dict[str, float] = {}
 
         def progress(p: Progress) -> None:
-            if p.elapsed_s >= 0 and "start" not in marks:
+            if p.elapsed_s < 0:
+                return
+            if "start" not in marks:
                 marks["start"] = _proc_cpu_s(pid)
+                marks["coord_start"] = time.process_time()
+            marks["coord_end"] = time.process_time()
+            marks["end"] = _proc_cpu_s(pid)
 
-        opts = RunOptions(out_dir=out, start_lead_s=1.5, progress=progress, security=local.security)
+        opts = RunOptions(out_dir=out, progress=progress, security=local.security)
+        t_end = time.process_time()
         result = asyncio.run(execute(plan, addrs, opts))
-        agent_cpu = _proc_cpu_s(pid) - marks.get("start", 0.0)
+        finish_cpu = time.process_time() - marks.get("coord_end", t_end)
+        agent_cpu = marks.get("end", 0.0) - marks.get("start", 0.0)
+        coord_cpu = marks.get("coord_end", 0.0) - marks.get("coord_start", 0.0)
     s = result.summary
     a = s["agents"][0]
     raw = result.run_dir / "requests.parquet"
     import pyarrow.parquet as pq
 
     rows = pq.read_metadata(raw).num_rows if raw.exists() else 0
+    sent = max(s["requests"]["sent"] + s["warmup_requests"]["sent"], 1)
+    worker_us = a["cpu_us_per_request"] or 0.0
+    agent_us = round(agent_cpu / sent * 1e6, 1)
+    coord_us = round(coord_cpu / sent * 1e6, 1)
     return {
         "transport": f"{plan.protocol}/{plan.transport if plan.protocol == 'grpc' else 'h1'}",
         "offered_rps": s["offered_rps"],
@@ -90,7 +104,11 @@ def volley_run(doc: dict[str, Any], out: Path, workers: int = 1) -> dict[str, An
         "errors": s["requests"]["errors"],
         "worker_cpu_us_per_request": a["cpu_us_per_request"],
         #: the agent's own process (merging worker blocks, streaming to the coordinator)
-        "agent_process_us_per_request": round(agent_cpu / max(s["requests"]["sent"], 1) * 1e6, 1),
+        "agent_process_us_per_request": agent_us,
+        #: the coordinator (ingest, histograms, raw records, ticks) during the load
+        "coordinator_us_per_request": coord_us,
+        "whole_tree_us_per_request": round(worker_us + agent_us + coord_us, 1),
+        "coordinator_finish_cpu_s": round(finish_cpu, 3),
         "latency_p50_ms": s["latency_ms"]["p50"],
         "latency_p99_ms": s["latency_ms"]["p99"],
         "service_p50_ms": s["service_time_ms"]["p50"],

@@ -65,27 +65,34 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
     expected = scheduled_total(plan)
     writer = RequestWriter(run_dir / "requests.parquet") if plan.raw_records else None
     run = RunLoop(plan, streams, opts, run_id=run_id, writer=writer)
+    # coordinator.stats: the server monitor's 'before' sample while the agents prepare
+    # (no load yet); it samples windows from the start instant on
+    monitor = ServerMonitor.for_plan(plan, opts.server_metrics, opts.server_stats)
+    monitor.prime(plan.load.warmup_s)
     # two-phase start: every agent prepares (workers, pools, connections) first
     try:
         await prepare(run, opts.prepare_timeout_s)
-    except StartProblem:
+        bad = run.refusal()
+        if bad is not None:
+            await run.shutdown()
+            raise AgentError(f"agent {bad.info.address} refuses the run: {bad.refused}")
+    except AgentError:
+        monitor.abort()
         remove_unused_run_dir(run_dir)
         raise
     except BaseException:
+        monitor.abort()
         await run.shutdown(failed=True)
         raise
-    bad = run.refusal()
-    if bad is not None:
-        await run.shutdown()
-        remove_unused_run_dir(run_dir)
-        raise AgentError(f"agent {bad.info.address} refuses the run: {bad.refused}")
     start_ns = run.agree_start(start_lead_ns(streams))
+    monitor.set_start(start_ns)
     infos = [s.info for s in streams]
     write_manifest(run_dir, run_id, infos, start_ns, run.span_s, expected, opts.local_spools)
-    await send_start(run)
-    # coordinator.stats: the server monitor samples from the start instant on
-    monitor = ServerMonitor.for_plan(plan, opts.server_metrics, opts.server_stats)
-    monitor.begin(start_ns, plan.load.warmup_s)
+    try:
+        await send_start(run)
+    except BaseException:
+        monitor.abort()
+        raise
 
     # ---- main loop ------------------------------------------------------------
     try:
