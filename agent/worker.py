@@ -327,6 +327,8 @@ class Worker:
         #: at least 0.1 ms: a timer can fire ~0.1 ms after its whole-ms delay
         self._spin_ns = max(int(plan.load.spin_us * 1000), 100_000)
         self._spin_us_ns = int(plan.load.spin_us * 1000)
+        #: arrivals due this soon after the one that woke the worker go with it
+        self._horizon_ns = int(plan.load.send_horizon_us * 1000)
         self._chunks = global_schedule(plan).chunks()
         self._idx: list[int] = []
         self._ts: list[int] = []
@@ -378,31 +380,46 @@ class Worker:
         cap = self._cap
         backlog = self.backlog
         send = self._issue
+        horizon = self._horizon_ns
         now = clock() - start
-        while True:
-            idx, ts, pidx = self._idx, self._ts, self._pidx
-            pos, n = self._pos, len(ts)
-            while pos < n:
-                t = ts[pos]
-                if t > now:
+        # due: every arrival up to `horizon` after now (sent early by at most that, each
+        # stamped with its true send time, never before the start); several go out in one
+        # write
+        edge = now + horizon if now >= 0 else now
+        corked = False
+        try:
+            while True:
+                idx, ts, pidx = self._idx, self._ts, self._pidx
+                pos, n = self._pos, len(ts)
+                while pos < n:
+                    t = ts[pos]
+                    if t > edge:
+                        break
+                    if not corked and pos + 1 < n and ts[pos + 1] <= edge:
+                        tp.cork()
+                        corked = True
+                    i, p = idx[pos], pidx[pos]
+                    pos += 1
+                    if tp.in_flight < cap:
+                        send(i, t, p)
+                    elif len(backlog) < self.plan.load.max_backlog:
+                        backlog.append((i, t, p))  # goes out late when a slot frees
+                    else:
+                        w = self.wires[p]
+                        self._record(i, t, -1, -1, rc.DROPPED, 0, 0, 0, w.shape_id, w.model_id)
+                    now = clock() - start
+                    edge = now + horizon if now >= 0 else now
+                self._pos = pos
+                if pos < n:
                     break
-                i, p = idx[pos], pidx[pos]
-                pos += 1
-                if tp.in_flight < cap:
-                    send(i, t, p)
-                elif len(backlog) < self.plan.load.max_backlog:
-                    backlog.append((i, t, p))  # goes out late when a slot frees
-                else:
-                    w = self.wires[p]
-                    self._record(i, t, -1, -1, rc.DROPPED, 0, 0, 0, w.shape_id, w.model_id)
+                if not self._next_chunk():
+                    self._finished.set_result(None)
+                    return
                 now = clock() - start
-            self._pos = pos
-            if pos < n:
-                break
-            if not self._next_chunk():
-                self._finished.set_result(None)
-                return
-            now = clock() - start
+                edge = now + horizon if now >= 0 else now
+        finally:
+            if corked:
+                tp.uncork()
         # uvloop's timers have whole-millisecond delays (rounded to the nearest) and fire
         # ~0.1 ms after them: ask for the whole ms that ends just before the arrival is
         # due, and yield to the loop (`call_soon`, a spin) only for the last `margin`.

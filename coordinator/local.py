@@ -24,6 +24,27 @@ from types import TracebackType
 from coordinator.agents import AgentError
 from volley.security import PARENT_ENV, TOKEN_ENV, ClientSecurity
 
+#: With local agents the coordinator lowers its own priority this much (nice), so that
+#: its bursts (ingest, histograms, Parquet, the terminal) never delay a worker's send on
+#: a shared core; the workers keep theirs (raising theirs would need privileges).
+COORDINATOR_NICE = 5
+
+
+def lower_own_priority(step: int = COORDINATOR_NICE) -> int:
+    """Renice every thread of this process by `step` (Linux nice is per thread; threads
+    started later inherit it from the main thread). Returns the main thread's new nice
+    value, or -1 where the platform has no setpriority."""
+    if not hasattr(os, "setpriority"):
+        return -1
+    tids = [0]
+    with contextlib.suppress(OSError):
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    for tid in tids:
+        with contextlib.suppress(OSError):
+            now = os.getpriority(os.PRIO_PROCESS, tid)
+            os.setpriority(os.PRIO_PROCESS, tid, min(now + step, 19))
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
 
 def fresh_token() -> str:
     """A random token for one run's local agents."""
@@ -49,8 +70,12 @@ class LocalAgents:
         startup_timeout_s: float = 30.0,
         token: str = "",
         run_dir: Path | None = None,
+        protect_workers: bool = True,
     ) -> None:
         self.count = count
+        #: lower this (the coordinator's) priority once the agents run (COORDINATOR_NICE)
+        self.protect_workers = protect_workers
+        self.nice = 0
         #: The agents' token: the caller's, else a fresh random one for this run.
         self.token = token or fresh_token()
         cores = os.cpu_count() or 1
@@ -113,6 +138,9 @@ class LocalAgents:
                     )
                 time.sleep(0.05)
             self.addresses.append(f"127.0.0.1:{f.read_text().strip()}")
+        if self.protect_workers and os.getpriority(os.PRIO_PROCESS, 0) < COORDINATOR_NICE:
+            # the agents (and the workers they spawn) keep the priority they started with
+            self.nice = lower_own_priority()
         return self.addresses
 
     def __exit__(

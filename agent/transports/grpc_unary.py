@@ -90,6 +90,16 @@ class GrpcUnary(Transport):
         if self.waiting:
             self.on_writable(conn)
 
+    def cork(self) -> None:
+        for c in self.conns:
+            if c is not None:
+                c.cork()
+
+    def uncork(self) -> None:
+        for c in self.conns:
+            if c is not None:
+                c.uncork()
+
     def _pick(self) -> UnaryConn | None:
         n = self.n_conns
         for _ in range(n):
