@@ -96,6 +96,9 @@ SPOOL_STATUS_S = 1.0
 #: A prepared session whose start instant has not come this long after it was
 #: prepared stops (the coordinator gave up on the run, or never will start it).
 START_WAIT_S = 120.0
+#: Before the start instant the coordinator may stay silent this long (at least): a host
+#: busy spawning many agents' workers can starve its keepalives, and nothing is sent yet.
+PREPARE_GRACE_S = 30.0
 
 log = logging.getLogger("volley.agent")
 
@@ -244,7 +247,8 @@ class RunSession:
         else:
             heard = now if self.attached else self.detached_at
         silent = self.silence.check(now, heard)
-        if silent > s.grace_s:
+        grace = s.grace_s if self.start_at_ns else max(s.grace_s, PREPARE_GRACE_S)
+        if silent > grace:
             if s.keepalive_s > 0:
                 self.stop(f"coordinator gone (no keepalive for {silent:.1f}s)")
             else:

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from coordinator.aggregate import Aggregator  # noqa: E402
-from coordinator.local import LocalAgents  # noqa: E402
+from coordinator.local import LocalAgents, protect_workers  # noqa: E402
 from coordinator.run import Progress, RunOptions, execute  # noqa: E402
 from coordinator.rundir import RequestWriter  # noqa: E402
 from coordinator.triton import TritonConfig, TritonServer, locate_triton_home  # noqa: E402
@@ -91,7 +91,9 @@ def volley_run(doc: dict[str, Any], out: Path, workers: int = 1) -> dict[str, An
             marks["coord_end"] = time.process_time()
             marks["end"] = _proc_cpu_s(pid)
 
-        opts = RunOptions(out_dir=out, progress=progress, security=local.security)
+        opts = RunOptions(
+            out_dir=out, progress=progress, security=local.security, at_start=protect_workers
+        )
         t_end = time.process_time()
         result = asyncio.run(execute(plan, addrs, opts))
         finish_cpu = time.process_time() - marks.get("coord_end", t_end)

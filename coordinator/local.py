@@ -46,6 +46,15 @@ def lower_own_priority(step: int = COORDINATOR_NICE) -> int:
     return os.getpriority(os.PRIO_PROCESS, 0)
 
 
+def protect_workers() -> None:
+    """`RunOptions.at_start` of a run on local agents: from the start instant on, the
+    coordinator runs below its agents' workers (they keep the priority they started
+    with). Not before: while the agents prepare (spawning, importing) the coordinator's
+    keepalives must reach them, or they stop for want of a coordinator."""
+    if hasattr(os, "getpriority") and os.getpriority(os.PRIO_PROCESS, 0) < COORDINATOR_NICE:
+        lower_own_priority()
+
+
 def fresh_token() -> str:
     """A random token for one run's local agents."""
     return secrets.token_urlsafe(32)
@@ -70,12 +79,8 @@ class LocalAgents:
         startup_timeout_s: float = 30.0,
         token: str = "",
         run_dir: Path | None = None,
-        protect_workers: bool = True,
     ) -> None:
         self.count = count
-        #: lower this (the coordinator's) priority once the agents run (COORDINATOR_NICE)
-        self.protect_workers = protect_workers
-        self.nice = 0
         #: The agents' token: the caller's, else a fresh random one for this run.
         self.token = token or fresh_token()
         cores = os.cpu_count() or 1
@@ -138,9 +143,6 @@ class LocalAgents:
                     )
                 time.sleep(0.05)
             self.addresses.append(f"127.0.0.1:{f.read_text().strip()}")
-        if self.protect_workers and os.getpriority(os.PRIO_PROCESS, 0) < COORDINATOR_NICE:
-            # the agents (and the workers they spawn) keep the priority they started with
-            self.nice = lower_own_priority()
         return self.addresses
 
     def __exit__(

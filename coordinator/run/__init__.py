@@ -93,6 +93,8 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
     except BaseException:
         monitor.abort()
         raise
+    if opts.at_start is not None:
+        opts.at_start()
 
     # ---- main loop ------------------------------------------------------------
     try:

@@ -46,6 +46,9 @@ class RunOptions:
     #: The run directory, made by the caller (local agents spool inside it); None: a new
     #: one under out_dir.
     run_dir: Path | None = None
+    #: Called once every agent has its start instant (local agents: the coordinator
+    #: lowers its priority below their workers', `coordinator.local.protect_workers`).
+    at_start: Callable[[], None] | None = None
     #: Agent address -> its spool folder on this host (local agents), for run.json.
     local_spools: dict[str, Path] = field(default_factory=dict)
 

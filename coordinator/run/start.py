@@ -58,10 +58,12 @@ def _name(s: AgentStream) -> str:
 
 def _problem(run: RunLoop, timeout_s: float, timed_out: bool) -> str:
     """What stops the start, naming the agents (empty: every agent is prepared)."""
-    failed = [s for s in run.streams if not s.prepared and not s.active and not s.refused]
+    failed = [s for s in run.streams if not s.active and not s.refused]
     if failed:
         return "; ".join(
-            f"{_name(s)} failed to prepare: {s.info.error or s.state.value}" for s in failed
+            f"{_name(s)} {'ended before the start' if s.prepared else 'failed to prepare'}: "
+            f"{s.info.error or s.end_message or s.state.value}"
+            for s in failed
         )
     slow = [s for s in run.streams if not s.prepared]
     if timed_out and slow:

@@ -124,6 +124,8 @@ class AgentStream:
         self.access: CoordinatorAccess | None = None
         #: Two-phase start: the agent reported Prepared (every worker ready).
         self.prepared = False
+        #: Why the agent says its run ended (its Finished's final status message).
+        self.end_message = ""
         #: Round trips of its recent keepalive pings, ns (while preparing: the load on
         #: the control plane right before the start).
         self.rtts: list[int] = []
@@ -264,6 +266,7 @@ class AgentStream:
             f = ev.finished
             if f.HasField("final_status") and check.status(f.final_status):
                 info.cpu_seconds = f.final_status.cpu_seconds or info.cpu_seconds
+                self.end_message = clean_text(f.final_status.message)
             self.state = AgentState.DONE if f.ok else AgentState.FAILED
             info.error = clean_text(f.error)
             return True

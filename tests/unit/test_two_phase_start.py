@@ -210,3 +210,16 @@ async def test_agent_takes_one_start_for_its_prepared_run_only() -> None:
     assert session.gate.go.is_set() and session.gate.at.value == at == session.start_at_ns
     again = await service.Start(pb.StartRequest(run_id="r1", start_at_agent_ns=at + S), ctx)  # type: ignore[arg-type]
     assert not again.accepted and session.start_at_ns == at  # the first instant stands
+
+
+async def test_a_prepared_agent_that_ends_before_the_start_is_named() -> None:
+    run = _run()
+    for i in range(2):
+        _client(run, i).events.put_nowait(_started(i))
+    _client(run, 0).events.put_nowait(_prepared(100))
+    final = pb.AgentStatus(message="coordinator gone (no keepalive for 5.1s)")
+    _client(run, 0).events.put_nowait(
+        pb.RunEvent(finished=pb.Finished(run_id="r1", ok=True, final_status=final))
+    )
+    with pytest.raises(StartProblem, match=r"agent a0 .* ended before the start: coordinator gone"):
+        await prepare(run, timeout_s=10)

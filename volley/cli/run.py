@@ -251,7 +251,7 @@ def run(
     import uvloop
 
     from coordinator.agents import AgentError, resolve_agents
-    from coordinator.local import LocalAgents, fresh_token, local_spool_dir
+    from coordinator.local import LocalAgents, fresh_token, local_spool_dir, protect_workers
     from coordinator.metrics import parse_listen
     from coordinator.preflight import PreflightError
     from coordinator.progress import live_outputs
@@ -354,6 +354,7 @@ def run(
             security=local or security,
         )
         if local_run_dir is not None:  # local agents spool inside it (for volley collect)
+            opts.at_start = protect_workers  # the coordinator below their workers
             opts.run_dir = local_run_dir
             opts.local_spools = {a: local_spool_dir(local_run_dir, i) for i, a in enumerate(addrs)}
         labels = {"name": plan.name, "model": plan.model, "target": plan.target}
