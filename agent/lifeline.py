@@ -40,9 +40,12 @@ def exit_with_parent_from_env() -> None:
         die_with_parent(int(value), signal.SIGTERM)
 
 
-def worker_entry(task: Any, out: Queue[Any], stop: Event, parent_pid: int) -> None:
-    """Entry point of an agent worker process: lifeline first, then the hot loop."""
+def worker_entry(
+    task: Any, out: Queue[Any], stop: Event, parent_pid: int, gate: Any = None
+) -> None:
+    """Entry point of an agent worker process: lifeline first, then the hot loop
+    (`gate`: agent.worker.StartGate of a two-phase start)."""
     die_with_parent(parent_pid)
     from agent.worker import worker_main
 
-    worker_main(task, out, stop)
+    worker_main(task, out, stop, gate)

@@ -126,7 +126,10 @@ class AgentService(pb_grpc.AgentControlServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"plan larger than {MAX_PLAN_CHARS} characters"
             )
-        if request.start_at_agent_ns - time.monotonic_ns() > MAX_START_LEAD_NS:
+        if (
+            not request.prepare_first
+            and request.start_at_agent_ns - time.monotonic_ns() > MAX_START_LEAD_NS
+        ):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"start instant more than {MAX_START_LEAD_NS // 10**9}s ahead",
@@ -196,7 +199,7 @@ class AgentService(pb_grpc.AgentControlServicer):
                 plan=plan,
                 plan_json=plan_json,
                 agent_index=request.agent_index,
-                start_at_ns=request.start_at_agent_ns,
+                start_at_ns=0 if request.prepare_first else request.start_at_agent_ns,
                 workers=workers,
                 expected_outputs=len(plan.outputs),
                 heartbeat_s=self.cfg.heartbeat_s,
@@ -305,6 +308,32 @@ class AgentService(pb_grpc.AgentControlServicer):
             return pb.StopReply(stopped=False)
         self.session.stop(request.reason or "stopped by coordinator")
         return pb.StopReply(stopped=True)
+
+    async def Start(
+        self,
+        request: pb.StartRequest,
+        context: grpc.aio.ServicerContext[pb.StartRequest, pb.StartReply],
+    ) -> pb.StartReply:
+        """The start instant of a prepared run (two-phase start)."""
+        now = time.monotonic_ns()
+        session = self.session
+        if session is None or session.spec.run_id != request.run_id:
+            return pb.StartReply(accepted=False, agent_ns=now, error="no such run here")
+        if request.start_at_agent_ns - now > MAX_START_LEAD_NS:
+            return pb.StartReply(
+                accepted=False,
+                agent_ns=now,
+                error=f"start instant more than {MAX_START_LEAD_NS // 10**9}s ahead",
+            )
+        if not session.set_start(request.start_at_agent_ns):
+            return pb.StartReply(accepted=False, agent_ns=now, error="the run has its start")
+        if request.start_at_agent_ns < now:
+            log.warning(
+                "run %s: the start instant came %.1f ms after it passed",
+                request.run_id,
+                (now - request.start_at_agent_ns) / 1e6,
+            )
+        return pb.StartReply(accepted=True, agent_ns=now)
 
     async def Collect(
         self,

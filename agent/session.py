@@ -35,6 +35,7 @@ from agent.worker import (
     Exited,
     Ready,
     Records,
+    StartGate,
     Status,
     WorkerCounters,
     WorkerMessage,
@@ -52,6 +53,10 @@ class SessionState(enum.StrEnum):
 
     READY = "ready"  #: created, no worker yet
     WAITING = "waiting"  #: workers started, before the start instant
+    #: two-phase start: workers spawning, building pools, opening connections
+    PREPARING = "preparing"
+    #: two-phase start: every worker ready, waiting for the start instant (Start)
+    PREPARED = "prepared"
     RUNNING = "running"  #: past the start instant
     DONE = "done"  #: every worker finished without error
     FAILED = "failed"  #: a worker reported an error or exited unexpectedly
@@ -63,6 +68,7 @@ class SessionSpec:
     plan: Plan
     plan_json: str
     agent_index: int
+    #: the start instant (agent clock); 0: prepare first, the instant comes by `set_start`
     start_at_ns: int
     workers: int
     expected_outputs: int
@@ -87,6 +93,12 @@ OUTBOX_EVENTS = 256
 OUTBOX_BYTES = 64 * 1024 * 1024
 #: A status event goes to the spool this often (the stream gets one every heartbeat).
 SPOOL_STATUS_S = 1.0
+#: A prepared session whose start instant has not come this long after it was
+#: prepared stops (the coordinator gave up on the run, or never will start it).
+START_WAIT_S = 120.0
+#: Before the start instant the coordinator may stay silent this long (at least): a host
+#: busy spawning many agents' workers can starve its keepalives, and nothing is sent yet.
+PREPARE_GRACE_S = 30.0
 
 log = logging.getLogger("volley.agent")
 
@@ -97,6 +109,14 @@ class RunSession:
         self._ctx = mp.get_context("spawn")
         self._queue: Any = self._ctx.Queue()
         self._stop = self._ctx.Event()
+        #: the start instant, shared with the workers (two-phase start: opened by Start)
+        self.gate = StartGate(self._ctx.Event(), self._ctx.RawValue("q", 0))
+        self.start_at_ns = 0
+        if spec.start_at_ns:
+            self.set_start(spec.start_at_ns)
+        #: monotonic ns: the session was made (the Run arrived), every worker was ready
+        self.created_ns = time.monotonic_ns()
+        self.prepared_ns = 0
         self._procs: list[Any] = []
         self.state: SessionState = SessionState.READY
         self.counters: dict[int, WorkerCounters] = {}
@@ -121,6 +141,16 @@ class RunSession:
         if not self._stop.is_set():
             self.stop_reason = reason
             self._stop.set()
+
+    def set_start(self, at_ns: int) -> bool:
+        """The agreed start instant (agent clock) is known: open the workers' gate.
+        False when the session already has one."""
+        if self.start_at_ns:
+            return False
+        self.start_at_ns = at_ns
+        self.gate.at.value = at_ns
+        self.gate.go.set()
+        return True
 
     def touch(self) -> None:
         """The coordinator is alive (a keepalive ping for this run arrived)."""
@@ -217,13 +247,19 @@ class RunSession:
         else:
             heard = now if self.attached else self.detached_at
         silent = self.silence.check(now, heard)
-        if silent > s.grace_s:
+        grace = s.grace_s if self.start_at_ns else max(s.grace_s, PREPARE_GRACE_S)
+        if silent > grace:
             if s.keepalive_s > 0:
                 self.stop(f"coordinator gone (no keepalive for {silent:.1f}s)")
             else:
                 self.stop(f"coordinator gone ({self.detach_reason} {silent:.1f}s ago)")
+        if not self.start_at_ns:
+            waited = (time.monotonic_ns() - self.prepared_ns) / 1e9
+            if self.prepared_ns and waited > START_WAIT_S:
+                self.stop(f"prepared, but no start instant came in {START_WAIT_S:g}s")
+            return
         if s.max_duration_s > 0:
-            limit_ns = s.start_at_ns + int((s.max_duration_s + s.plan.timeout_s + 5.0) * 1e9)
+            limit_ns = self.start_at_ns + int((s.max_duration_s + s.plan.timeout_s + 5.0) * 1e9)
             if time.monotonic_ns() > limit_ns:
                 self.stop(f"the agent's duration limit of {s.max_duration_s:g}s was reached")
 
@@ -262,7 +298,7 @@ class RunSession:
             )
             p = self._ctx.Process(
                 target=worker_entry,
-                args=(task, self._queue, self._stop, os.getpid()),
+                args=(task, self._queue, self._stop, os.getpid(), self.gate),
                 daemon=True,
                 name=f"volley-worker-{w}",
             )
@@ -308,7 +344,9 @@ class RunSession:
         self._start_workers()
         pump = threading.Thread(target=self._pump, args=(loop, aq, finished), daemon=True)
         pump.start()
-        self.state = SessionState.WAITING
+        two_phase = not self.start_at_ns
+        self.state = SessionState.PREPARING if two_phase else SessionState.WAITING
+        ready: dict[int, int] = {}
         yield pb.RunEvent(
             started=pb.Started(
                 run_id=s.run_id,
@@ -337,15 +375,26 @@ class RunSession:
                     case Status():
                         self.counters[msg.worker] = msg.counters
                     case Ready():
-                        if time.monotonic_ns() < s.start_at_ns:
-                            self.state = SessionState.WAITING
+                        ready[msg.worker] = msg.prepare_ns
+                        if two_phase and len(ready) == s.workers and not self.prepared_ns:
+                            self.prepared_ns = time.monotonic_ns()
+                            if not self.start_at_ns:
+                                self.state = SessionState.PREPARED
+                            yield pb.RunEvent(prepared=self._prepared(ready))
                     case Done():
                         done[msg.worker] = msg.error
                     case Exited():
                         for w in range(s.workers):
                             done.setdefault(w, "worker process exited unexpectedly")
-                if self.state is SessionState.WAITING and time.monotonic_ns() >= s.start_at_ns:
-                    self.state = SessionState.RUNNING
+                if self.start_at_ns and self.state in (
+                    SessionState.WAITING,
+                    SessionState.PREPARED,
+                    SessionState.PREPARING,
+                ):
+                    if time.monotonic_ns() >= self.start_at_ns:
+                        self.state = SessionState.RUNNING
+                    elif self.state is SessionState.PREPARED:
+                        self.state = SessionState.WAITING
                 now = time.monotonic()
                 if pending and (now - last_flush >= s.flush_s or sum(map(len, pending)) > 65536):
                     yield pb.RunEvent(timings=concat(pending).to_proto())
@@ -378,6 +427,16 @@ class RunSession:
             self._stop.set()
             finished.set()
             await loop.run_in_executor(None, self._join)
+
+    def _prepared(self, ready: dict[int, int]) -> pb.Prepared:
+        s = self.spec
+        return pb.Prepared(
+            run_id=s.run_id,
+            workers=s.workers,
+            prepare_ns=self.prepared_ns - self.created_ns,
+            worker_prepare_ns=[ready[w] for w in sorted(ready)],
+            agent_ns=self.prepared_ns,
+        )
 
     def _join(self) -> None:
         deadline = time.monotonic() + 5.0

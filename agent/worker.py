@@ -6,8 +6,12 @@ the plan's transport (agent/transport.py) at each intended time. Completed
 requests are appended to a preallocated `RecordBuffer`; blocks go to the agent
 process through a multiprocessing queue every `flush_s`.
 
+A worker started with a `StartGate` (the two-phase start) prepares first (payload
+pool, connections), reports Ready with how long that took, and waits for the agent to
+open the gate with the agreed start instant.
+
 Messages put on the queue (small frozen dataclasses, picklable; `WorkerMessage`):
-  Ready(worker)                        pool built, channel up
+  Ready(worker, prepare_ns)            pool built, connections open
   Records(worker, columns, shapes, gaps)  a RecordBlock's columns (and stream gaps)
   Status(worker, WorkerCounters)       counters and CPU
   Done(worker, error)                  the slice is finished ("" when it went well)
@@ -84,6 +88,24 @@ class WorkerCounters:
 @dataclass(frozen=True, slots=True)
 class Ready:
     worker: int
+    #: from the worker's entry to pool built and connections open, ns
+    prepare_ns: int = 0
+
+
+@dataclass(frozen=True)
+class StartGate:
+    """The start instant of a two-phase start, shared by the agent with its workers:
+    `at` (a shared int64, monotonic ns) is valid once `go` is set."""
+
+    go: Event
+    at: Any  #: multiprocessing RawValue("q")
+
+    def wait(self, stop: Event, poll_s: float = 0.05) -> int:
+        """Block until the gate opens (its instant) or `stop` is set (0)."""
+        while not self.go.wait(poll_s):
+            if stop.is_set():
+                return 0
+        return int(self.at.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +151,12 @@ class Worker:
         out: Queue[Any],
         stop: Event,
         clock: Callable[[], int] = time.monotonic_ns,
+        gate: StartGate | None = None,
     ) -> None:
         self.task = task
+        #: two-phase start: the start instant comes through the gate once prepared
+        self.gate = gate
+        self.entered_ns = time.monotonic_ns()
         self.plan = Plan.from_json(task.plan_json)
         self.out = out
         self.stop_event = stop
@@ -313,6 +339,8 @@ class Worker:
         #: at least 0.1 ms: a timer can fire ~0.1 ms after its whole-ms delay
         self._spin_ns = max(int(plan.load.spin_us * 1000), 100_000)
         self._spin_us_ns = int(plan.load.spin_us * 1000)
+        #: arrivals due this soon after the one that woke the worker go with it
+        self._horizon_ns = int(plan.load.send_horizon_us * 1000)
         self._chunks = global_schedule(plan).chunks()
         self._idx: list[int] = []
         self._ts: list[int] = []
@@ -364,31 +392,46 @@ class Worker:
         cap = self._cap
         backlog = self.backlog
         send = self._issue
+        horizon = self._horizon_ns
         now = clock() - start
-        while True:
-            idx, ts, pidx = self._idx, self._ts, self._pidx
-            pos, n = self._pos, len(ts)
-            while pos < n:
-                t = ts[pos]
-                if t > now:
+        # due: every arrival up to `horizon` after now (sent early by at most that, each
+        # stamped with its true send time, never before the start); several go out in one
+        # write
+        edge = now + horizon if now >= 0 else now
+        corked = False
+        try:
+            while True:
+                idx, ts, pidx = self._idx, self._ts, self._pidx
+                pos, n = self._pos, len(ts)
+                while pos < n:
+                    t = ts[pos]
+                    if t > edge:
+                        break
+                    if not corked and pos + 1 < n and ts[pos + 1] <= edge:
+                        tp.cork()
+                        corked = True
+                    i, p = idx[pos], pidx[pos]
+                    pos += 1
+                    if tp.in_flight < cap:
+                        send(i, t, p)
+                    elif len(backlog) < self.plan.load.max_backlog:
+                        backlog.append((i, t, p))  # goes out late when a slot frees
+                    else:
+                        w = self.wires[p]
+                        self._record(i, t, -1, -1, rc.DROPPED, 0, 0, 0, w.shape_id, w.model_id)
+                    now = clock() - start
+                    edge = now + horizon if now >= 0 else now
+                self._pos = pos
+                if pos < n:
                     break
-                i, p = idx[pos], pidx[pos]
-                pos += 1
-                if tp.in_flight < cap:
-                    send(i, t, p)
-                elif len(backlog) < self.plan.load.max_backlog:
-                    backlog.append((i, t, p))  # goes out late when a slot frees
-                else:
-                    w = self.wires[p]
-                    self._record(i, t, -1, -1, rc.DROPPED, 0, 0, 0, w.shape_id, w.model_id)
+                if not self._next_chunk():
+                    self._finished.set_result(None)
+                    return
                 now = clock() - start
-            self._pos = pos
-            if pos < n:
-                break
-            if not self._next_chunk():
-                self._finished.set_result(None)
-                return
-            now = clock() - start
+                edge = now + horizon if now >= 0 else now
+        finally:
+            if corked:
+                tp.uncork()
         # uvloop's timers have whole-millisecond delays (rounded to the nearest) and fire
         # ~0.1 ms after them: ask for the whole ms that ends just before the arrival is
         # due, and yield to the loop (`call_soon`, a spin) only for the last `margin`.
@@ -529,9 +572,20 @@ class Worker:
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 50, 1000)
-        self.cpu_base = time.process_time()
-        self.out.put(Ready(self.task.worker_index))
+        self.out.put(Ready(self.task.worker_index, time.monotonic_ns() - self.entered_ns))
         loop = asyncio.get_running_loop()
+        if self.gate is not None:
+            gate, stop = self.gate, self.stop_event
+            at = await loop.run_in_executor(None, gate.wait, stop)
+            if at == 0:  # stopped before the start: nothing sent
+                with contextlib.suppress(Exception):
+                    await self.tp.close()
+                self._send_status()
+                self.out.put(Done(self.task.worker_index, ""))
+                return
+            self.start = at
+            self.tp.start = at
+        self.cpu_base = time.process_time()
         ticker = loop.create_task(self._ticker())
         sweeper = loop.create_task(self._sweeper())
         error = ""
@@ -573,13 +627,15 @@ class Worker:
             self._record(i, t, -1, -1, rc.NOT_SENT, 0, 0, 0, w.shape_id, w.model_id)
 
 
-def worker_main(task: WorkerTask, out: Queue[Any], stop: Event) -> None:
+def worker_main(
+    task: WorkerTask, out: Queue[Any], stop: Event, gate: StartGate | None = None
+) -> None:
     """Entry point of a worker process (spawned)."""
     import uvloop
 
     np.seterr(all="ignore")
     try:
-        uvloop.run(Worker(task, out, stop).run())
+        uvloop.run(Worker(task, out, stop, gate=gate).run())
     except KeyboardInterrupt:
         pass
     except Exception as exc:

@@ -7,7 +7,12 @@ Starts its own CPU Triton (triton_models/), then measures against it:
   2. closed loop at concurrency 32, volley vs the plain loop;
   3. ~220 KB image requests (`image`, IMAGE 256x286x3 UINT8);
   4. send lateness vs rate (gRPC unary);
-  5. coordinator ingest rate (records/s per core) and bytes per record on disk.
+  5. coordinator ingest rate (records/s per core) and bytes per record on disk;
+  6. the whole process tree (coordinator + agent + worker, as `volley run --local-agents
+     1` runs it) per request at 2,000 req/s, split per process, and its idle cost at
+     1 req/s (cores), beside the peers' figures;
+  7. scale (bench/scale.py): 64 real local agents' two-phase start, and 100 synthetic
+     agents at 20,000 records/s each into the real coordinator.
 Results: bench/results/bench-<UTC time>.json and a printed table.
 
 Caveat: on a small machine the server and the generator share the cores; timings are
@@ -34,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from coordinator.aggregate import Aggregator  # noqa: E402
-from coordinator.local import LocalAgents  # noqa: E402
+from coordinator.local import LocalAgents, protect_workers  # noqa: E402
 from coordinator.run import Progress, RunOptions, execute  # noqa: E402
 from coordinator.rundir import RequestWriter  # noqa: E402
 from coordinator.triton import TritonConfig, TritonServer, locate_triton_home  # noqa: E402
@@ -50,6 +55,12 @@ REFERENCE_US = {
     "h2load (C HTTP/2 client)": "~22",
     "k6, ~220 KB image requests": "~7,700",
 }
+#: Whole process tree per request at 2,000 req/s Poisson, measured side by side against
+#: one CPU Triton (issue 19): the peers' figures volley's targets are ratios of.
+PEERS_WHOLE_TREE_US = {"k6": 328, "Locust": 233, "MLPerf LoadGen": 272, "h2load (C)": 19}
+#: Targets (issue 19): whole tree <= 0.2x k6 (~60 µs), idle <= 0.01 cores at 1 req/s.
+TARGET_RATIO_TO_K6 = 0.2
+TARGET_IDLE_CORES = 0.01
 
 
 def _proc_cpu_s(pid: int) -> float:
@@ -62,7 +73,9 @@ def _proc_cpu_s(pid: int) -> float:
 
 
 def volley_run(doc: dict[str, Any], out: Path, workers: int = 1) -> dict[str, Any]:
-    """One real run (a local agent process with `workers` worker processes)."""
+    """One real run (a local agent process with `workers` worker processes), as `volley run
+    --local-agents 1` runs it; CPU split per process over the load (start instant to the
+    last tick): the coordinator (this process), the agent process, its workers."""
     plan = plan_from_dict(doc)
     local = LocalAgents(1, workers)
     with local as addrs:
@@ -70,18 +83,32 @@ def volley_run(doc: dict[str, Any], out: Path, workers: int = 1) -> dict[str, An
         marks: dict[str, float] = {}
 
         def progress(p: Progress) -> None:
-            if p.elapsed_s >= 0 and "start" not in marks:
+            if p.elapsed_s < 0:
+                return
+            if "start" not in marks:
                 marks["start"] = _proc_cpu_s(pid)
+                marks["coord_start"] = time.process_time()
+            marks["coord_end"] = time.process_time()
+            marks["end"] = _proc_cpu_s(pid)
 
-        opts = RunOptions(out_dir=out, start_lead_s=1.5, progress=progress, security=local.security)
+        opts = RunOptions(
+            out_dir=out, progress=progress, security=local.security, at_start=protect_workers
+        )
+        t_end = time.process_time()
         result = asyncio.run(execute(plan, addrs, opts))
-        agent_cpu = _proc_cpu_s(pid) - marks.get("start", 0.0)
+        finish_cpu = time.process_time() - marks.get("coord_end", t_end)
+        agent_cpu = marks.get("end", 0.0) - marks.get("start", 0.0)
+        coord_cpu = marks.get("coord_end", 0.0) - marks.get("coord_start", 0.0)
     s = result.summary
     a = s["agents"][0]
     raw = result.run_dir / "requests.parquet"
     import pyarrow.parquet as pq
 
     rows = pq.read_metadata(raw).num_rows if raw.exists() else 0
+    sent = max(s["requests"]["sent"] + s["warmup_requests"]["sent"], 1)
+    worker_us = a["cpu_us_per_request"] or 0.0
+    agent_us = round(agent_cpu / sent * 1e6, 1)
+    coord_us = round(coord_cpu / sent * 1e6, 1)
     return {
         "transport": f"{plan.protocol}/{plan.transport if plan.protocol == 'grpc' else 'h1'}",
         "offered_rps": s["offered_rps"],
@@ -90,7 +117,11 @@ def volley_run(doc: dict[str, Any], out: Path, workers: int = 1) -> dict[str, An
         "errors": s["requests"]["errors"],
         "worker_cpu_us_per_request": a["cpu_us_per_request"],
         #: the agent's own process (merging worker blocks, streaming to the coordinator)
-        "agent_process_us_per_request": round(agent_cpu / max(s["requests"]["sent"], 1) * 1e6, 1),
+        "agent_process_us_per_request": agent_us,
+        #: the coordinator (ingest, histograms, raw records, ticks) during the load
+        "coordinator_us_per_request": coord_us,
+        "whole_tree_us_per_request": round(worker_us + agent_us + coord_us, 1),
+        "coordinator_finish_cpu_s": round(finish_cpu, 3),
         "latency_p50_ms": s["latency_ms"]["p50"],
         "latency_p99_ms": s["latency_ms"]["p99"],
         "service_p50_ms": s["service_time_ms"]["p50"],
@@ -213,6 +244,24 @@ def main() -> None:
             v = rate[name]["worker_cpu_us_per_request"]
             rate[name]["ratio_to_plain_aio"] = round(v / plain_us, 3) if plain_us and v else None
         results["add_2000rps_poisson"] = rate
+        u = rate["grpc_unary"]
+        results["whole_tree_2000rps"] = {
+            "worker_us": u["worker_cpu_us_per_request"],
+            "agent_us": u["agent_process_us_per_request"],
+            "coordinator_us": u["coordinator_us_per_request"],
+            "whole_tree_us": u["whole_tree_us_per_request"],
+            "ratio_to_k6": round(u["whole_tree_us_per_request"] / PEERS_WHOLE_TREE_US["k6"], 3),
+            "target_ratio_to_k6": TARGET_RATIO_TO_K6,
+            "lateness_p99_ms": u["lateness_p99_ms"],
+            "peers_us": PEERS_WHOLE_TREE_US,
+        }
+        idle_doc = doc()
+        idle_doc["load"].update(rate=1, duration=f"{max(dur * 2, 10)}s")
+        idle = volley_run(idle_doc, tmp / "runs")
+        idle["whole_tree_cores"] = round(idle["whole_tree_us_per_request"] * 1 / 1e6, 5)
+        idle["target_cores"] = TARGET_IDLE_CORES
+        print("idle", idle, flush=True)
+        results["idle_1rps"] = idle
         two = volley_run(doc(), tmp / "runs", workers=2)
         two["note"] = "2 worker processes on a 2-core machine shared with the server"
         print("two workers", two, flush=True)
@@ -269,6 +318,10 @@ def main() -> None:
 
         results["coordinator"] = ingest_bench()
         print("coordinator", results["coordinator"], flush=True)
+        if not a.quick:
+            import scale
+
+            results["scale"] = scale.run_all(g, tmp, 64, 100, 20_000, dur)
     finally:
         server.stop()
 
@@ -319,6 +372,41 @@ def print_table(r: dict[str, Any]) -> None:
                 f"  {x['rate']:5d}/s: p50 {x['lateness_p50_ms']} ms, p99 {x['lateness_p99_ms']}"
                 f" ms, >1 ms {x['late_fraction']:.1%}, CPU {x['worker_cpu_us_per_request']} µs"
             )
+    w = r.get("whole_tree_2000rps")
+    if w:
+        print(
+            f"== whole tree per request, 2,000 req/s: {w['whole_tree_us']} µs = worker "
+            f"{w['worker_us']} + agent {w['agent_us']} + coordinator {w['coordinator_us']} "
+            f"(ratio to k6 {w['ratio_to_k6']}, target <= {w['target_ratio_to_k6']}); "
+            f"lateness p99 {w['lateness_p99_ms']} ms"
+        )
+        peers = ", ".join(f"{k} {v} µs" for k, v in w["peers_us"].items())
+        print(f"   peers, whole tree, same setup (issue 19): {peers}")
+        print(f"   references (brief): {', '.join(f'{k} {v}' for k, v in REFERENCE_US.items())}")
+    idle = r.get("idle_1rps")
+    if idle:
+        print(
+            f"== idle cost at 1 req/s: {idle['whole_tree_cores']} cores "
+            f"(target <= {idle['target_cores']})"
+        )
+    sc = r.get("scale", {})
+    if "many_local_agents" in sc:
+        m = sc["many_local_agents"]
+        print(
+            f"== {m['agents']} local agents: start skew median {m['start_skew_ms_median']} ms, "
+            f"max {m['start_skew_ms_max']} ms, {m['within_5ms']} within 5 ms; "
+            f"coordinator {m['coordinator_cpu_s']} s CPU, {m['coordinator_max_rss_mb']} MB"
+        )
+    if "synthetic_agents" in sc:
+        y = sc["synthetic_agents"]
+        print(
+            f"== {y['agents']} synthetic agents x {y['records_per_s_each']:.0f} records/s: "
+            f"{y['records']:,} of {y['scheduled']:,} records in, {y['invalid_records']} invalid, "
+            f"{y['agents_done']} agents done; {y['records_per_coordinator_cpu_s']:,} records per "
+            f"coordinator CPU-second ({y['coordinator_us_per_record']} µs/record), wall "
+            f"{y['coordinator_wall_s']} s for {y['duration_s']} s of load, "
+            f"{y['coordinator_max_rss_mb']} MB"
+        )
     c = r["coordinator"]
     print(
         f"== coordinator: ingest {c['ingest_records_per_s_per_core'] / 1e6:.2f} M records/s/core,"

@@ -198,6 +198,19 @@ class AgentClient:
             return False
         return True
 
+    async def start(self, run_id: str, at_agent_ns: int, timeout_s: float = 2.0) -> pb.StartReply:
+        """The start instant of a prepared run (two-phase start); AgentError when the
+        agent cannot be told."""
+        try:
+            reply: pb.StartReply = await self.stub.Start(
+                pb.StartRequest(run_id=run_id, start_at_agent_ns=at_agent_ns),
+                timeout=timeout_s,
+                metadata=self.md,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise AgentError(f"agent {self.address}: start failed: {_describe(exc)}") from None
+        return reply
+
     async def stop(self, run_id: str, reason: str, timeout_s: float = 2.0) -> bool:
         try:
             reply: pb.StopReply = await self.stub.Stop(

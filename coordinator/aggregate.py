@@ -32,6 +32,9 @@ GOOD_KEY = "good"
 #: The streaming histograms of Stats (merged and released with the others).
 STREAM_HISTS = ("ttft", "ttst", "itl", "tpot")
 LATE_NS = 1_000_000  #: a send more than 1 ms after its intended time is "late"
+#: An agent whose first send was later than LATE_NS started late (start-up); its sends
+#: up to this long after it started are its start-up's, not its steady state's.
+STARTUP_SETTLE_NS = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,8 @@ class AgentTally:
     first_intended_ns: int = 2**62
     first_skew_ns: int = 0
     last_done_ns: int = 0
+    #: measured sends of an agent that started late, until it caught up (start-up)
+    startup: Stats = field(default_factory=Stats)
 
 
 def size_bucket(req_bytes: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
@@ -299,6 +304,11 @@ class Aggregator:
                 tally.first_intended_ns = int(intended[i])
                 tally.first_skew_ns = int(sent[i] - intended[i])
             tally.last_done_ns = max(tally.last_done_ns, int(done.max()))
+            if tally.first_skew_ns > LATE_NS:
+                until = tally.first_intended_ns + tally.first_skew_ns + STARTUP_SETTLE_NS
+                early = measured & sent_mask & (intended < until)
+                if early.any():
+                    tally.startup.add(cols, early)
         win = intended // self.window_ns
         wmin, wmax = int(win.min()), int(win.max())
         for w in [wmin] if wmin == wmax else np.unique(win).tolist():

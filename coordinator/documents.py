@@ -154,6 +154,13 @@ class AgentRow(TypedDict):
     lost_detected_s: NotRequired[float | None]
     #: Times it was declared missing and then heard from again (its stream stayed open).
     silences: NotRequired[list[SilenceRow]]
+    #: Two-phase start (set by the run): from its Run to every worker ready (s), how
+    #: long before the start instant its Start arrived (ms, < 0: after it).
+    prepare_s: NotRequired[float | None]
+    start_margin_ms: NotRequired[float | None]
+    #: Its first sends were late because it started late (start-up), not for lack of
+    #: capacity: what happened (empty when it started on time).
+    startup: NotRequired[str]
 
 
 class PayloadRow(TypedDict):
@@ -404,6 +411,24 @@ class AutoStopDoc(TypedDict):
     checks: list[str]
 
 
+class StartBlock(TypedDict):
+    """`start` (set by a run with the two-phase start): how the agents were prepared and
+    started. Skews are |first send - its intended time| per agent."""
+
+    two_phase: bool
+    lead_ms: float  #: from the agreed start being fixed to the instant
+    agents: int
+    prepare_s_max: float | None
+    prepare_s_median: float | None
+    slowest_agent: str
+    #: the smallest margin between an agent's Start and the instant (ms; < 0: late)
+    margin_ms_min: float | None
+    start_late_agents: list[str]
+    skew_ms_max: float | None
+    skew_ms_median: float | None
+    agents_within_5ms: int
+
+
 class Summary(TypedDict):
     run_id: str
     name: str
@@ -449,6 +474,8 @@ class Summary(TypedDict):
     steady_state: NotRequired[SteadyState]
     #: `--duration auto`: why and when the coordinator stopped the run.
     auto_stop: NotRequired[AutoStopDoc]
+    #: Set by a run with the two-phase start.
+    start: NotRequired[StartBlock]
 
 
 class SummaryError(ValueError):

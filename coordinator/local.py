@@ -24,6 +24,36 @@ from types import TracebackType
 from coordinator.agents import AgentError
 from volley.security import PARENT_ENV, TOKEN_ENV, ClientSecurity
 
+#: With local agents the coordinator lowers its own priority this much (nice), so that
+#: its bursts (ingest, histograms, Parquet, the terminal) never delay a worker's send on
+#: a shared core; the workers keep theirs (raising theirs would need privileges).
+COORDINATOR_NICE = 5
+
+
+def lower_own_priority(step: int = COORDINATOR_NICE) -> int:
+    """Renice every thread of this process by `step` (Linux nice is per thread; threads
+    started later inherit it from the main thread). Returns the main thread's new nice
+    value, or -1 where the platform has no setpriority."""
+    if not hasattr(os, "setpriority"):
+        return -1
+    tids = [0]
+    with contextlib.suppress(OSError):
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    for tid in tids:
+        with contextlib.suppress(OSError):
+            now = os.getpriority(os.PRIO_PROCESS, tid)
+            os.setpriority(os.PRIO_PROCESS, tid, min(now + step, 19))
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def protect_workers() -> None:
+    """`RunOptions.at_start` of a run on local agents: from the start instant on, the
+    coordinator runs below its agents' workers (they keep the priority they started
+    with). Not before: while the agents prepare (spawning, importing) the coordinator's
+    keepalives must reach them, or they stop for want of a coordinator."""
+    if hasattr(os, "getpriority") and os.getpriority(os.PRIO_PROCESS, 0) < COORDINATOR_NICE:
+        lower_own_priority()
+
 
 def fresh_token() -> str:
     """A random token for one run's local agents."""

@@ -21,6 +21,7 @@ from rich.text import Text
 
 from coordinator.agents import AgentState
 from coordinator.aggregate import Stats
+from coordinator.many import AgentLine, choose
 
 if TYPE_CHECKING:
     from coordinator.run import Progress
@@ -143,7 +144,15 @@ def render(f: LiveFigures, title: str = "") -> Group:
         AgentState.FAILED: "red",
         AgentState.MISSING: "red",
     }
-    for a in f.agents:
+    shown = choose(
+        [
+            AgentLine(
+                a.state, a.lateness_p99_ms, a.state in (AgentState.FAILED, AgentState.MISSING)
+            )
+            for a in f.agents
+        ]
+    )
+    for a in (f.agents[i] for i in shown.indices):
         table.add_row(
             a.name,
             Text(a.state, style=colors.get(a.state, "")),
@@ -154,6 +163,8 @@ def render(f: LiveFigures, title: str = "") -> Group:
             f"{a.cpu_percent:.0f}%",
             _ms(a.lateness_p99_ms),
         )
+    if shown.rest:
+        return Group(head, Text(shown.states, style="dim"), table, Text(shown.rest, style="dim"))
     return Group(head, table)
 
 

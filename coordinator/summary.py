@@ -60,6 +60,11 @@ class AgentInfo:
     retried: int = 0
     reconnects: int = 0
     connect_errors: int = 0
+    #: two-phase start: from its Run to every worker ready (s), each worker's own share
+    prepare_s: float | None = None
+    worker_prepare_s: list[float] = field(default_factory=list)
+    #: how long before the start instant its Start arrived (ms; < 0: after it)
+    start_margin_ms: float | None = None
 
 
 def hist_ms(h: LogHistogram) -> Percentiles:
@@ -171,21 +176,51 @@ def sends_later_than(h: LogHistogram, limit_ns: float) -> int:
     return int(counts[lower > limit_ns].sum())
 
 
-def _saturation(plan: Plan, st: Stats, info: AgentInfo, span_s: float) -> tuple[bool, str]:
+def _late_reasons(plan: Plan, st: Stats, startup: Stats | None) -> tuple[list[str], bool]:
+    """Lateness beyond the plan's limits: (what, and whether it was all start-up's).
+
+    `startup`: the sends of an agent that started late, until it caught up
+    (AgentTally.startup). Lateness that goes away once those are left out was the
+    start-up's, not a lack of capacity."""
     v = plan.validity
     late = lateness_ms(st)
+    limit_ns = v.max_lateness_p99_ms * 1e6
+    why: list[str] = []
+    if late["late_fraction"] > v.max_late_fraction:
+        why.append(f"{late['late_fraction']:.1%} of sends >1 ms late")
+    over = sends_later_than(st.lateness, limit_ns)
+    if late["p99"] > v.max_lateness_p99_ms and over >= MIN_LATE_SENDS:
+        why.append(f"send lateness p99 {late['p99']:.1f} ms")
+    if not why or startup is None or startup.sent == 0:
+        return why, False
+    # the steady state: every send but the start-up's
+    n = st.lateness.count - startup.lateness.count
+    steady_late = st.late - startup.late
+    steady_over = over - sends_later_than(startup.lateness, limit_ns)
+    capacity = n > 0 and (
+        steady_late / n > v.max_late_fraction
+        or (steady_over >= MIN_LATE_SENDS and steady_over > 0.01 * n)
+    )
+    return why, not capacity
+
+
+def _saturation(
+    plan: Plan,
+    st: Stats,
+    info: AgentInfo,
+    span_s: float,
+    startup: Stats | None = None,
+    skew_ns: int = 0,
+) -> tuple[bool, str]:
+    """(saturated, why): whether the agent lacked capacity. An agent whose lateness was
+    only its start-up's (it started `skew_ns` late) is not saturated: `startup_note`."""
     cpu_avg = (info.cpu_seconds / span_s * 100.0) if span_s > 0 else 0.0
     util = cpu_avg / (100.0 * max(info.workers, 1))
     why: list[str] = []
     if plan.load.mode == "open" and st.sent:
-        if late["late_fraction"] > v.max_late_fraction:
-            why.append(f"{late['late_fraction']:.1%} of sends >1 ms late")
-        limit_ns = v.max_lateness_p99_ms * 1e6
-        if (
-            late["p99"] > v.max_lateness_p99_ms
-            and sends_later_than(st.lateness, limit_ns) >= MIN_LATE_SENDS
-        ):
-            why.append(f"send lateness p99 {late['p99']:.1f} ms")
+        lateness, startup_only = _late_reasons(plan, st, startup)
+        if not startup_only:
+            why += lateness
     if st.dropped:
         why.append(f"{st.dropped} arrivals dropped at the in-flight cap")
     if util > 0.95:
@@ -197,6 +232,29 @@ def _saturation(plan: Plan, st: Stats, info: AgentInfo, span_s: float) -> tuple[
     return True, (
         f"agent {info.id or info.address} was the bottleneck ({', '.join(why)}): "
         f"give it ~{need - workers} more worker(s) (or add an agent) to keep up"
+    )
+
+
+def startup_note(plan: Plan, st: Stats, info: AgentInfo, startup: Stats, skew_ns: int) -> str:
+    """Why an agent that started late broke the lateness limits (empty when it did not,
+    or when it lacked capacity beyond its start-up): start-up named, not capacity."""
+    if plan.load.mode != "open" or not st.sent or startup.sent == 0:
+        return ""
+    lateness, startup_only = _late_reasons(plan, st, startup)
+    if not lateness or not startup_only:
+        return ""
+    prep = f", prepared in {info.prepare_s:.2f}s" if info.prepare_s is not None else ""
+    got = (
+        f", its start instant arrived {info.start_margin_ms:.1f} ms before the instant"
+        if info.start_margin_ms is not None
+        else ""
+    )
+    return (
+        f"agent {info.id or info.address} started {skew_ns / 1e6:.0f} ms late (start-up, "
+        f"not capacity{prep}{got}): {startup.late} of its first {startup.sent} sends were "
+        f">1 ms late while it caught up ({', '.join(lateness)}); past its start-up it kept "
+        "up. Leave the start-up out with a warm-up (--warmup) or give the start a longer "
+        "lead (--start-lead)"
     )
 
 
@@ -277,8 +335,9 @@ def _agent_row(
 ) -> AgentRow:
     """One agent's figures over the measured period (span_s: measured + warm-up)."""
     st = tally.measured
-    saturated, why = _saturation(plan, st, info, span_s)
-    return {
+    saturated, why = _saturation(plan, st, info, span_s, tally.startup, tally.first_skew_ns)
+    startup = startup_note(plan, st, info, tally.startup, tally.first_skew_ns)
+    row: AgentRow = {
         "id": info.id or info.address,
         "address": info.address,
         "host": info.host,
@@ -315,6 +374,12 @@ def _agent_row(
         "reconnects": info.reconnects,
         "connect_errors": info.connect_errors,
     }
+    if info.prepare_s is not None or info.start_margin_ms is not None:
+        row["prepare_s"] = info.prepare_s
+        row["start_margin_ms"] = info.start_margin_ms
+    if startup:
+        row["startup"] = startup
+    return row
 
 
 def _fault_lines(agents: list[AgentInfo], tallies: list[AgentTally]) -> tuple[list[str], list[str]]:
@@ -360,6 +425,7 @@ def build_summary(
         for info, tally in zip(agents, agg.agents, strict=True)
     ]
     reasons = [r["saturation"] for r in rows if r["saturated"]]
+    reasons += [r["startup"] for r in rows if r.get("startup")]
     # ---- verdict ---------------------------------------------------------
     v = plan.validity
     partial = [a for a in agents if a.state in ("failed", "missing")]

@@ -171,6 +171,13 @@ class Transport:
         """Open every connection (failures are retried as requests come)."""
         await asyncio.gather(*(self._connect(i) for i in range(self.n_conns)))
 
+    def cork(self) -> None:
+        """Several requests are about to be sent at once (one wake-up): a transport that
+        can, holds their bytes until `uncork` and writes them together."""
+
+    def uncork(self) -> None:
+        """Write what `cork` held."""
+
     # overridden
     async def connect_slot(self, slot: int) -> None:
         raise NotImplementedError

@@ -126,6 +126,17 @@ class GrpcUnary(Transport):
         for key, intended, pidx, _ in waiting:
             self.in_flight -= 1
             self.fail_soon(key, intended, pidx, rc.UNAVAILABLE)
+    def cork(self) -> None:
+        for c in self.conns:
+            if c is not None:
+                c.cork()
+
+    def uncork(self) -> None:
+        # draining ones too: a connection corked in this wake-up is written out even if
+        # it was moved to `draining` since
+        for c in [*self.conns, *self.draining]:
+            if c is not None:
+                c.uncork()
 
     def _pick(self) -> UnaryConn | None:
         n = self.n_conns

@@ -15,6 +15,7 @@ from html import escape
 from typing import Any, cast
 
 from coordinator.documents import IntervalDoc, Outage, Summary
+from coordinator.many import AgentLine, choose
 from coordinator.report import svg
 from coordinator.report.data import RunData, curve
 
@@ -580,7 +581,20 @@ def distribution_html(run: RunData) -> str:
 def agents_html(run: RunData) -> str:
     s = run.summary
     rows = []
-    for a in s.get("agents", []):
+    agents = s.get("agents", [])
+    # many agents: the flagged and the latest first, the rest in a fold (coordinator/many.py)
+    shown = choose(
+        [
+            AgentLine(
+                str(a.get("state")),
+                a.get("send_lateness_ms", {}).get("p99"),
+                bool(a.get("saturated") or a.get("startup"))
+                or a.get("state") in ("failed", "missing"),
+            )
+            for a in agents
+        ]
+    )
+    for a in agents:
         late = a.get("send_lateness_ms", {})
         off = a.get("clock_offset_ms")
         rows.append(
@@ -605,38 +619,54 @@ def agents_html(run: RunData) -> str:
                 '<span class="fail">yes</span>' if a.get("saturated") else "no",
             ]
         )
-    out = [
-        table(
-            [
-                "agent",
-                "host",
-                "workers",
-                "state",
-                "sent",
-                "ok",
-                "errors",
-                "req/s",
-                "p50 ms",
-                "p99 ms",
-                "late p50 ms",
-                "late p99 ms",
-                ">1 ms late",
-                "clock offset ms",
-                "start skew ms",
-                "CPU avg",
-                "CPU µs/req",
-                "saturated",
-            ],
-            rows,
-            left=2,
-        )
+    head = [
+        "agent",
+        "host",
+        "workers",
+        "state",
+        "sent",
+        "ok",
+        "errors",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "late p50 ms",
+        "late p99 ms",
+        ">1 ms late",
+        "clock offset ms",
+        "start skew ms",
+        "CPU avg",
+        "CPU µs/req",
+        "saturated",
     ]
+    out = [table(head, [rows[i] for i in shown.indices], left=2)]
+    if shown.rest:
+        out.append(note(f"{shown.states}; {shown.rest}"))
+        out.append(
+            f"<details><summary>all {len(rows)} agents</summary>"
+            f"{table(head, rows, left=2)}</details>"
+        )
+    start = s.get("start")
+    if start:
+        out.append(
+            note(
+                f"two-phase start: every agent prepared (slowest {start['slowest_agent']}, "
+                f"{start['prepare_s_max']}s), then a lead of {start['lead_ms']:.0f} ms; start "
+                f"skew at most {start['skew_ms_max']} ms, {start['agents_within_5ms']} of "
+                f"{start['agents']} agents within 5 ms"
+            )
+        )
     for a in s.get("agents", []):
         if a.get("saturation"):
             out.append(note(a["saturation"]))
+        if a.get("startup"):
+            out.append(note(a["startup"]))
         if a.get("error"):
             out.append(note(f"agent {a.get('id')}: {a['error']}"))
     names = run.agents()
+    if shown.rest:  # many agents: chart the listed ones only
+        keep = {str(agents[i].get("id")) for i in shown.indices}
+        names = [n for n in names if n in keep]
     if names:
         band = _band(run)
         late_series = []

@@ -1,7 +1,8 @@
 """The coordinator's run: preflight, handshake, clocks, one synchronized start, merge, write.
 
 `execute()` is the async core of `volley run`: startup (preflight, agents' Hello and
-clock probes, run directory, start instant), main loop (`loop.RunLoop`: one event
+clock probes, run directory, the two-phase start of `start.py`: every agent prepared,
+then the start instant with a measured lead), main loop (`loop.RunLoop`: one event
 stream per agent, merged as batches arrive; heartbeats, stop and deadline watched),
 shutdown (`results.finish`: summary and files).
 """
@@ -21,6 +22,7 @@ from coordinator.run.results import (
     remove_unused_run_dir,
     scheduled_total,
 )
+from coordinator.run.start import StartProblem, prepare, send_start, start_lead_ns
 from coordinator.run.stream import REFUSALS, AgentStream, handshake
 from coordinator.rundir import RequestWriter, new_run_dir, write_plan
 from coordinator.stats.monitor import ServerMonitor
@@ -36,6 +38,7 @@ __all__ = [
     "RunLoop",
     "RunOptions",
     "RunResult",
+    "StartProblem",
     "StopReason",
     "add_input_pool",
     "execute",
@@ -65,15 +68,38 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
     expected = scheduled_total(plan)
     writer = RequestWriter(run_dir / "requests.parquet") if plan.raw_records else None
     run = RunLoop(plan, streams, opts, run_id=run_id, writer=writer)
-    start_ns = run.agree_start()
-    # coordinator.stats: the server monitor samples from the start instant on
+    # coordinator.stats: the server monitor's 'before' sample while the agents prepare
+    # (no load yet); it samples windows from the start instant on
     monitor = ServerMonitor.for_plan(plan, opts.server_metrics, opts.server_stats)
-    monitor.begin(start_ns, plan.load.warmup_s)
+    monitor.prime(plan.load.warmup_s)
+    # two-phase start: every agent prepares (workers, pools, connections) first
+    try:
+        await prepare(run, opts.prepare_timeout_s)
+        bad = run.refusal()
+        if bad is not None:
+            await run.shutdown()
+            raise AgentError(f"agent {bad.info.address} refuses the run: {bad.refused}")
+    except AgentError:
+        monitor.abort()
+        remove_unused_run_dir(run_dir)
+        raise
+    except BaseException:
+        monitor.abort()
+        await run.shutdown(failed=True)
+        raise
+    start_ns = run.agree_start(start_lead_ns(streams))
+    monitor.set_start(start_ns)
     infos = [s.info for s in streams]
     write_manifest(run_dir, run_id, infos, start_ns, run.span_s, expected, opts.local_spools)
+    try:
+        await send_start(run)
+    except BaseException:
+        monitor.abort()
+        raise
+    if opts.at_start is not None:
+        opts.at_start()
 
     # ---- main loop ------------------------------------------------------------
-    run.startup()
     try:
         await run.main_loop()
     except BaseException:

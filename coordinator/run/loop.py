@@ -115,6 +115,11 @@ class RunLoop:
         self._good_looks = 0
         self._next_look_ns = 0
         self.last_look: list[str] = []
+        #: Two-phase start (coordinator/run/start.py): the streams opened with
+        #: prepare_first at `opened_ns`; the lead the start instant got, ns.
+        self.two_phase = False
+        self.opened_ns = 0
+        self.lead_ns = 0
 
     # ---- records from the streams (RecordSink) ------------------------------
     def ingest(self, index: int, block: RecordBlock) -> None:
@@ -133,11 +138,21 @@ class RunLoop:
         self.cpu[(window, index)] = percent
 
     # ---- startup ------------------------------------------------------------
-    def agree_start(self) -> int:
-        """Fix the start instant (coordinator clock) and each agent's view of it."""
-        clocks = [s.info.clock for s in self.streams]
-        max_rtt = max((c.rtt_ns if c else 0) for c in clocks)
-        self.start_ns = self.clock() + int(self.opts.start_lead_s * 1e9) + max_rtt
+    def agree_start(self, lead_ns: int | None = None) -> int:
+        """Fix the start instant (coordinator clock) and each agent's view of it.
+
+        One-phase (lead_ns None): the start lead plus the worst RTT from now. Two-phase
+        (the agents are prepared; lead_ns from `start.start_lead_ns`): now plus that
+        lead, and no earlier than `start_lead_s` after the streams were opened."""
+        now = self.clock()
+        if lead_ns is None:
+            clocks = [s.info.clock for s in self.streams]
+            max_rtt = max((c.rtt_ns if c else 0) for c in clocks)
+            self.start_ns = now + int(self.opts.start_lead_s * 1e9) + max_rtt
+        else:
+            floor = self.opened_ns + int(self.opts.start_lead_s * 1e9)
+            self.start_ns = max(now + lead_ns, floor)
+        self.lead_ns = self.start_ns - now
         for s in self.streams:
             assert s.info.clock is not None
             s.start_at_agent_ns = s.info.clock.to_agent(self.start_ns)
@@ -146,10 +161,13 @@ class RunLoop:
         self.next_seal_ns = self.start_ns + SEAL_EVERY_NS
         return self.start_ns
 
-    def startup(self) -> None:
-        """Open every agent's Run stream, and its keepalive."""
+    def startup(self, prepare_first: bool = False) -> None:
+        """Open every agent's Run stream, and its keepalive (`prepare_first`: the
+        two-phase start, the instant comes later by Start)."""
+        self.two_phase = prepare_first
+        self.opened_ns = self.clock()
         for s in self.streams:
-            req = s.request(self.run_id, self.plan_json, self.opts.keepalive_s)
+            req = s.request(self.run_id, self.plan_json, self.opts.keepalive_s, prepare_first)
             s.task = asyncio.create_task(s.consume(req, self))
         if self.opts.keepalive_s > 0:
             self._pingers = [

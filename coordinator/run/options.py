@@ -18,8 +18,12 @@ from volley.security import ClientSecurity
 @dataclass
 class RunOptions:
     out_dir: Path = Path("runs")
-    #: Seconds between the start command and the agreed start instant.
-    start_lead_s: float = 2.0
+    #: At least this many seconds between opening the agents' Run streams and the agreed
+    #: start instant (0: only the lead measured once every agent is prepared).
+    start_lead_s: float = 0.0
+    #: Two-phase start: every agent must be prepared (workers spawned, pools built,
+    #: connections open) within this many seconds, or the run stops naming the slow ones.
+    prepare_timeout_s: float = 60.0
     connect_timeout_s: float = 5.0
     #: An agent silent for this long is declared missing (agents send a heartbeat
     #: every 0.25 s and the check runs every 0.1 s: detection within 3 s).
@@ -43,6 +47,9 @@ class RunOptions:
     #: The run directory, made by the caller (local agents spool inside it); None: a new
     #: one under out_dir.
     run_dir: Path | None = None
+    #: Called once every agent has its start instant (local agents: the coordinator
+    #: lowers its priority below their workers', `coordinator.local.protect_workers`).
+    at_start: Callable[[], None] | None = None
     #: Agent address -> its spool folder on this host (local agents), for run.json.
     local_spools: dict[str, Path] = field(default_factory=dict)
     #: `--duration auto`: stop once the figures are decided (the plan's duration is the

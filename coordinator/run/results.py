@@ -16,6 +16,7 @@ from coordinator.recovery import MANIFEST, add_schedule_counts, count_schedule, 
 from coordinator.report import write_report_safely
 from coordinator.run.loop import RunLoop, StopReason
 from coordinator.run.options import RunResult
+from coordinator.run.start import start_block, start_lines
 from coordinator.run.stream import AgentStream
 from coordinator.rundir import (
     timeseries_rows,
@@ -181,6 +182,9 @@ async def finish(
     add_input_pool(summary, pool, infos)
     annotate(summary, run.streams, run.start_ns, run_dir, run.opts.local_spools)
     summary["outages"] = find_outages(run.agg)
+    if run.two_phase:
+        summary["start"] = start_block(infos, run.lead_ns, summary)
+        summary["verdict"]["warnings"] += start_lines(run)
     write_files(run, run_dir, summary, server_doc)
     # The run is stored: agents that delivered everything may drop their spools; the
     # others keep theirs for `volley collect`.

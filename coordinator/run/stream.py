@@ -42,6 +42,11 @@ REFUSALS = (
 
 #: Keepalive pings in flight at once to one agent (a stalled agent does not pile them up).
 MAX_PINGS_IN_FLIGHT = 4
+#: The round trips of this many recent keepalives are kept (the start lead uses them:
+#: about the last 3 s of the preparation).
+RECENT_RTTS = 6
+#: A preparation longer than this (an hour) is taken for garbage, not a figure.
+MAX_PREPARE_NS = 3600 * 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,10 @@ class RunClient(Protocol):
     async def keepalive(self, run_id: str, timeout_s: float = 1.0) -> bool: ...
 
     async def stop(self, run_id: str, reason: str, timeout_s: float = 2.0) -> bool: ...
+
+    async def start(
+        self, run_id: str, at_agent_ns: int, timeout_s: float = 2.0
+    ) -> pb.StartReply: ...
 
     async def discard(
         self, run_id: str, slot: int | None = None, timeout_s: float = 5.0
@@ -113,6 +122,13 @@ class AgentStream:
         self.check: AgentCheck | None = None
         #: Header values and target TLS files, read by the coordinator (execute()).
         self.access: CoordinatorAccess | None = None
+        #: Two-phase start: the agent reported Prepared (every worker ready).
+        self.prepared = False
+        #: Why the agent says its run ended (its Finished's final status message).
+        self.end_message = ""
+        #: Round trips of its recent keepalive pings, ns (while preparing: the load on
+        #: the control plane right before the start).
+        self.rtts: list[int] = []
 
     @property
     def state(self) -> AgentState:
@@ -155,8 +171,16 @@ class AgentStream:
             )
         self.info.last_seen_ns = now_ns
 
-    def request(self, run_id: str, plan_json: str, keepalive_s: float) -> pb.RunRequest:
+    def worst_rtt_ns(self) -> int:
+        """The larger of its best handshake round trip and its recent keepalives'."""
+        best = self.info.clock.rtt_ns if self.info.clock else 0
+        return max([best, *self.rtts])
+
+    def request(
+        self, run_id: str, plan_json: str, keepalive_s: float, prepare_first: bool = False
+    ) -> pb.RunRequest:
         return pb.RunRequest(
+            prepare_first=prepare_first,
             run_id=run_id,
             plan_json=plan_json,
             agent_index=self.index,
@@ -218,6 +242,16 @@ class AgentStream:
         elif kind == "started":
             check.started(ev.started)
             self.started = True
+        elif kind == "prepared":
+            p = ev.prepared
+            if 0 <= p.prepare_ns < MAX_PREPARE_NS:
+                info.prepare_s = round(p.prepare_ns / 1e9, 4)
+            info.worker_prepare_s = [
+                round(n / 1e9, 4)
+                for n in p.worker_prepare_ns[: max(check.workers, 1)]
+                if 0 <= n < MAX_PREPARE_NS
+            ]
+            self.prepared = True
         elif kind == "status":
             st = ev.status
             if not check.status(st):
@@ -238,6 +272,7 @@ class AgentStream:
                 info.retried = max(info.retried, f.final_status.retried)
                 info.reconnects = max(info.reconnects, f.final_status.reconnects)
                 info.connect_errors = max(info.connect_errors, f.final_status.connect_errors)
+                self.end_message = clean_text(f.final_status.message)
             self.state = AgentState.DONE if f.ok else AgentState.FAILED
             info.error = clean_text(f.error)
             return True
@@ -247,13 +282,17 @@ class AgentStream:
         """Tell the agent the coordinator is still here (it stops the run otherwise): one
         ping every period, not waiting for the previous answer, so that an agent that was
         paused finds fresh pings as soon as it resumes (at most MAX_PINGS_IN_FLIGHT)."""
-        pings: set[asyncio.Task[bool]] = set()
+        pings: set[asyncio.Task[None]] = set()
+
+        async def ping() -> None:
+            t0 = self.clock()
+            if await self.client.keepalive(run_id, timeout_s=max(period_s * 2, 1.0)):
+                self.rtts = [*self.rtts[1 - RECENT_RTTS :], self.clock() - t0]
+
         try:
             while self.active:
                 if len(pings) < MAX_PINGS_IN_FLIGHT:
-                    t = asyncio.create_task(
-                        self.client.keepalive(run_id, timeout_s=max(period_s * 2, 1.0))
-                    )
+                    t = asyncio.create_task(ping())
                     pings.add(t)
                     t.add_done_callback(pings.discard)
                 await asyncio.sleep(period_s)

@@ -118,6 +118,8 @@ class ServerMonitor:
         self._prev: tuple[float, Snapshot] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._starting: asyncio.Task[None] | None = None
+        #: two-phase start (`prime`): set once the start instant is known (`set_start`)
+        self._start_known: asyncio.Event | None = None
 
     @classmethod
     def for_plan(cls, plan: Plan, metrics: str | None, enabled: bool = True) -> ServerMonitor:
@@ -137,6 +139,19 @@ class ServerMonitor:
     def begin(self, start_ns: int, warmup_s: float) -> None:
         """start() in the background (the run's start does not wait for the server)."""
         self._starting = asyncio.create_task(self.start(start_ns, warmup_s))
+
+    def prime(self, warmup_s: float) -> None:
+        """Like begin(), before the start instant is known (the agents are preparing: no
+        load yet): metadata and the 'before' sample now, windows from `set_start`'s
+        instant on."""
+        self._start_known = asyncio.Event()
+        self._starting = asyncio.create_task(self.start(0, warmup_s))
+
+    def set_start(self, start_ns: int) -> None:
+        """The start instant of a primed monitor."""
+        self._start_ns = start_ns
+        if self._start_known is not None:
+            self._start_known.set()
 
     def abort(self) -> None:
         for t in [*self._tasks, *([self._starting] if self._starting else [])]:
@@ -169,8 +184,10 @@ class ServerMonitor:
 
     # -- lifecycle
     async def start(self, start_ns: int, warmup_s: float) -> None:
-        """Take the 'before' sample now and sample each window from `start_ns` on."""
-        self._start_ns = start_ns
+        """Take the 'before' sample now and sample each window from `start_ns` on (primed:
+        from the instant `set_start` gives)."""
+        if self._start_known is None:
+            self._start_ns = start_ns
         self._warmup_s = warmup_s
         if not self.enabled:
             return
@@ -192,6 +209,8 @@ class ServerMonitor:
         except (OSError, ValueError) as exc:
             self.metrics_ok = False
             self.metrics_note = f"metrics from {self.metrics_url} unavailable: {exc}"
+        if self._start_known is not None:
+            await self._start_known.wait()
         if self.stats_ok or self.metrics_ok:
             self._tasks.append(asyncio.create_task(self._poll()))
             if warmup_s > 0 and self.stats_ok:

@@ -595,6 +595,9 @@ def test_refusals_are_one_line_exit_2(triton_server: TritonEndpoint, tmp_path: P
 class _GarbageAgent(pb_grpc.AgentControlServicer):
     """Answers the handshake, then streams malformed and absurd events."""
 
+    def __init__(self) -> None:
+        self.go = asyncio.Event()  # its Start came (two-phase start)
+
     async def Hello(self, request: Any, context: Any) -> pb.HelloReply:
         return pb.HelloReply(protocol_version=1, agent_id="liar", workers=1, cores=1)
 
@@ -606,6 +609,9 @@ class _GarbageAgent(pb_grpc.AgentControlServicer):
     async def Run(self, request: Any, context: Any) -> AsyncIterator[pb.RunEvent]:
         rng = np.random.default_rng(1)
         yield pb.RunEvent(started=pb.Started(run_id=request.run_id, workers=1))
+        if request.prepare_first:
+            yield pb.RunEvent(prepared=pb.Prepared(run_id=request.run_id, workers=1))
+            await self.go.wait()
         for n in (3, 5, 1000):  # right lengths, absurd values
             cols = {
                 "index": rng.integers(-(2**62), 2**62, n),
@@ -639,6 +645,10 @@ class _GarbageAgent(pb_grpc.AgentControlServicer):
 
     async def Stop(self, request: Any, context: Any) -> pb.StopReply:
         return pb.StopReply(stopped=True)
+
+    async def Start(self, request: Any, context: Any) -> pb.StartReply:
+        self.go.set()
+        return pb.StartReply(accepted=True, agent_ns=time.monotonic_ns())
 
 
 async def test_coordinator_survives_a_garbage_agent(

@@ -68,6 +68,8 @@ class _RogueAgent(pb_grpc.AgentControlServicer):
     def __init__(self) -> None:
         #: records of its own slice it sent once, validly
         self.valid = 0
+        #: the two-phase start: its Start came
+        self.go = asyncio.Event()
 
     async def Hello(self, request: Any, context: Any) -> pb.HelloReply:
         return pb.HelloReply(
@@ -88,6 +90,9 @@ class _RogueAgent(pb_grpc.AgentControlServicer):
         half = mine_i.size // 2
         self.valid = half
         yield pb.RunEvent(started=pb.Started(run_id=request.run_id, agent_index=k, scheduled=7))
+        if request.prepare_first:
+            yield pb.RunEvent(prepared=pb.Prepared(run_id=request.run_id, workers=1))
+            await self.go.wait()
         for st in (
             pb.AgentStatus(cpu_percent=math.nan, cpu_seconds=1.0),
             pb.AgentStatus(cpu_percent=5.0, cpu_seconds=math.inf),
@@ -106,6 +111,10 @@ class _RogueAgent(pb_grpc.AgentControlServicer):
 
     async def Stop(self, request: Any, context: Any) -> pb.StopReply:
         return pb.StopReply(stopped=True)
+
+    async def Start(self, request: Any, context: Any) -> pb.StartReply:
+        self.go.set()
+        return pb.StartReply(accepted=True, agent_ns=time.monotonic_ns())
 
     async def Collect(self, request: Any, context: Any) -> AsyncIterator[pb.RunEvent]:
         for _ in ():

@@ -658,7 +658,15 @@ def test_enum_values_are_the_strings_written_today() -> None:
         "missing",
         "stopped",
     ]
-    assert [s.value for s in SessionState] == ["ready", "waiting", "running", "done", "failed"]
+    assert [s.value for s in SessionState] == [
+        "ready",
+        "waiting",
+        "preparing",
+        "prepared",
+        "running",
+        "done",
+        "failed",
+    ]
     assert [s for s in AgentState if s.partial] == [AgentState.FAILED, AgentState.MISSING]
     assert AgentInfo(0, "a").state == AgentState.READY
 

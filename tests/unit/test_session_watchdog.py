@@ -15,7 +15,7 @@ GRACE_S = 2.0
 T0 = 1000.0
 
 
-def _session(keepalive_s: float = 0.5) -> RunSession:
+def _session(keepalive_s: float = 0.5, start_at_ns: int = 1) -> RunSession:
     plan = plan_from_dict(
         {
             "target": "127.0.0.1:8001",
@@ -28,7 +28,7 @@ def _session(keepalive_s: float = 0.5) -> RunSession:
         plan=plan,
         plan_json=plan.to_json(),
         agent_index=0,
-        start_at_ns=0,
+        start_at_ns=start_at_ns,  # 0: prepared first, its Start not come yet
         workers=1,
         expected_outputs=1,
         keepalive_s=keepalive_s,
@@ -105,3 +105,18 @@ def test_silence_clock_credits_at_most_the_max_gap(gap: float) -> None:
     assert watch.check(T0 + gap, T0) == pytest.approx(min(gap, 0.5))
     # heard during the gap: only the part within the credit counts
     assert watch.check(T0 + gap + 10, T0 + gap + 1) == pytest.approx(0.5)
+
+
+def test_before_its_start_a_prepared_session_waits_longer_for_a_silent_coordinator() -> None:
+    """While the agents prepare (a host spawning many workers starves the coordinator's
+    keepalives) nothing is sent yet: the grace is PREPARE_GRACE_S, then the usual one."""
+    from agent.session import PREPARE_GRACE_S
+
+    s = _session(start_at_ns=0)
+    assert _beats(s, T0, T0 + 2) is None
+    stopped = _beats(s, T0 + 2.25, T0 + 40, touch_every=None)
+    assert stopped is not None and stopped - T0 == pytest.approx(2 + PREPARE_GRACE_S, abs=0.3)
+    late = _session(start_at_ns=0)
+    assert _beats(late, T0, T0 + 2) is None
+    late.set_start(10**18)  # the Start came: back to the run's grace
+    assert _beats(late, T0 + 2.25, T0 + 10, touch_every=None) == T0 + 4.0

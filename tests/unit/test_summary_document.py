@@ -17,6 +17,7 @@ from coordinator.clock import ClockEstimate
 from coordinator.documents import Summary, SummaryError, load_summary
 from coordinator.recovery import add_schedule_counts, count_schedule, find_outages
 from coordinator.run import add_input_pool
+from coordinator.run.start import start_block
 from coordinator.slo import goodput_limits
 from coordinator.stats.documents import ServerSummary
 from coordinator.summary import AgentInfo, build_summary
@@ -43,6 +44,8 @@ NOT_EXERCISED = {
     # set by the run (--duration auto) and when a warm-up is found (test_steady_state.py)
     "summary.auto_stop",
     "summary.steady_state",
+    # an agent that started late (tests/unit/test_startup_verdict.py)
+    "summary.agents[].startup",
     # the server block's optional figures (batch stats, instances, utilization) are
     # written by coordinator/stats (tests/unit/test_server_stats.py); its required keys
     # are still checked here
@@ -205,7 +208,9 @@ def _summary() -> Summary:
             }
         ],
     }
+    infos[0].prepare_s, infos[0].start_margin_ms = 1.5, 40.0
     summary = build_summary(plan, "r1", agg, infos, 3.0, 900, server=server)
+    summary["start"] = start_block(infos, 45_000_000, summary)
     two = plan.with_agents([AgentSpec("127.0.0.1:7001", 2), AgentSpec("127.0.0.1:7002", 1)])
     add_schedule_counts(summary, count_schedule(two))
     summary["outages"] = find_outages(agg)

@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from coordinator.documents import AgentRow, IntervalDoc, Summary
+from coordinator.many import AgentLine, choose
 from coordinator.repeats import RepeatsDoc
 
 #: SIMPLE_HEAD in ASCII: a dashed rule under the header, nothing else
@@ -292,7 +293,19 @@ def _print_agents(con: Console, agents: list[AgentRow]) -> None:
         "CPU µs/req",
         caption="late: send lateness; clock: offset from this machine ± uncertainty",
     )
-    for a in agents:
+    shown = choose(
+        [
+            AgentLine(
+                str(a["state"]),
+                a["send_lateness_ms"]["p99"],
+                a["saturated"] or bool(a.get("startup")) or a["state"] in ("failed", "missing"),
+            )
+            for a in agents
+        ]
+    )
+    if shown.rest:
+        con.print(escape(shown.states))
+    for a in (agents[i] for i in shown.indices):
         offset = (
             "-"
             if a["clock_offset_ms"] is None
@@ -319,6 +332,8 @@ def _print_agents(con: Console, agents: list[AgentRow]) -> None:
             cpu,
         )
     con.print(load)
+    if shown.rest:
+        con.print(f"  {escape(shown.rest)}")
     con.print()
     con.print(timing)
     con.print()

@@ -231,7 +231,14 @@ LocalAgents = Annotated[
     int, option(PANEL_AGENTS, "Without --agent: spawn this many agents on this machine.")
 ]
 Workers = Annotated[int, option(PANEL_AGENTS, "Worker processes per agent (0: agent default).")]
-StartLead = Annotated[float, option(PANEL_AGENTS, "Seconds from start command to start.")]
+StartLead = Annotated[
+    float,
+    option(
+        PANEL_AGENTS,
+        "At least this many seconds from the start command to the start (0: the lead "
+        "measured once every agent is prepared: round trips, clocks, fan-out).",
+    ),
+]
 
 # ---- Output and SLOs
 Slo = Annotated[
@@ -359,7 +366,7 @@ def run(
     agent: Agent = None,
     local_agents: LocalAgents = 1,
     workers: Workers = 0,
-    start_lead: StartLead = 2.0,
+    start_lead: StartLead = 0.0,
     # Output and SLOs
     slo: Slo = None,
     name: Name = None,
@@ -397,7 +404,7 @@ def run(
     import uvloop
 
     from coordinator.agents import AgentError, resolve_agents
-    from coordinator.local import LocalAgents, fresh_token, local_spool_dir
+    from coordinator.local import LocalAgents, fresh_token, local_spool_dir, protect_workers
     from coordinator.metrics import parse_listen
     from coordinator.preflight import PreflightError
     from coordinator.progress import live_outputs
@@ -535,6 +542,7 @@ def run(
             auto=auto_settings,
         )
         if local_run_dir is not None:  # local agents spool inside it (for volley collect)
+            opts.at_start = protect_workers  # the coordinator below their workers
             opts.run_dir = local_run_dir
             opts.local_spools = {a: local_spool_dir(local_run_dir, i) for i, a in enumerate(addrs)}
         labels = {"name": plan.name, "model": plan.model, "target": plan.target}

@@ -38,6 +38,9 @@ GRPC_MAX_MESSAGE_BYTES = 2**31 - 1
 MAX_IN_FLIGHT = 100_000
 #: Per worker: arrivals waiting for an in-flight slot.
 MAX_BACKLOG = 1_000_000
+#: An arrival is sent at most this early (one wake-up for those due close together); the
+#: coordinator takes sends up to 1 ms before their time (coordinator/validate.py).
+MAX_SEND_HORIZON_US = 1000.0
 MAX_STAGES = 10_000
 MAX_TIMEOUT_S = 3600.0
 MAX_INPUTS = 256
@@ -87,6 +90,10 @@ class LoadSpec:
     #: at the arrival's nanosecond (Linux); "loop": the event loop's whole-ms timers
     #: (~15% less CPU per request, sends ~0.5 ms late on average).
     timer: Literal["precise", "loop"] = "precise"
+    #: Open loop: one wake-up also sends the arrivals due within this many microseconds
+    #: after the first (each stamped with its true send time: up to this much early),
+    #: their requests written to a connection at once. 0 = one arrival per wake-up.
+    send_horizon_us: float = 200.0
 
     @property
     def total_s(self) -> float:

@@ -32,6 +32,7 @@ from volley.plan.spec import (
     MAX_POOL_BYTES,
     MAX_POOL_PAYLOADS,
     MAX_RATE,
+    MAX_SEND_HORIZON_US,
     MAX_SEQUENCE_ID,
     MAX_SEQUENCE_LENGTH,
     MAX_STAGES,
@@ -214,6 +215,7 @@ def _load(raw: object) -> LoadSpec:
         spin_us=_num(d, "spin_us", "load", 0.0),
         trace=trace,
         timer=cast(Any, _choice(d, "timer", "load", "precise", ("precise", "loop"))),
+        send_horizon_us=_num(d, "send_horizon_us", "load", 200.0),
     )
     _validate_load(spec)
     return spec
@@ -280,6 +282,11 @@ def _validate_load(s: LoadSpec) -> None:
         raise PlanError(f"load.max_in_flight: must be between 0 and {MAX_IN_FLIGHT}")
     if not 0 <= s.spin_us <= 100_000:
         raise PlanError("load.spin_us: must be between 0 and 100000")
+    if not 0 <= s.send_horizon_us <= MAX_SEND_HORIZON_US:
+        raise PlanError(
+            f"load.send_horizon_us: must be between 0 and {MAX_SEND_HORIZON_US:g} "
+            "(a send is never more than 1 ms early)"
+        )
     if s.max_backlog < 0 or s.max_backlog > MAX_BACKLOG:
         raise PlanError(f"load.max_backlog: must be between 0 and {MAX_BACKLOG}")
 

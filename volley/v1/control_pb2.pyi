@@ -185,6 +185,7 @@ class RunRequest(_message.Message):
     HEADERS_FIELD_NUMBER: _builtins.int
     TARGET_TLS_FIELD_NUMBER: _builtins.int
     PLAN_UPLOADED_FIELD_NUMBER: _builtins.int
+    PREPARE_FIRST_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     plan_json: _builtins.str
     """The fully resolved plan as JSON (the same document as plan.yaml). Every agent
@@ -207,6 +208,11 @@ class RunRequest(_message.Message):
     """
     plan_uploaded: _builtins.bool
     """plan_json is empty: the plan came first through UploadPlan under this run id."""
+    prepare_first: _builtins.bool
+    """Two-phase start: prepare (spawn the workers, build their payload pools, open
+    their connections), report Prepared, and wait for the start instant, which comes
+    by Start (start_at_agent_ns is then 0 and ignored).
+    """
     @_builtins.property
     def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeaderValue]:
         """What reaching the target takes, read by the coordinator (where `volley run`
@@ -235,10 +241,11 @@ class RunRequest(_message.Message):
         headers: _abc.Iterable[Global___HeaderValue] | None = ...,
         target_tls: Global___TargetTls | None = ...,
         plan_uploaded: _builtins.bool = ...,
+        prepare_first: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["target_tls", b"target_tls"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_index", b"agent_index", "clock_offset_ns", b"clock_offset_ns", "headers", b"headers", "keepalive_ms", b"keepalive_ms", "plan_json", b"plan_json", "plan_uploaded", b"plan_uploaded", "run_id", b"run_id", "start_at_agent_ns", b"start_at_agent_ns", "target_tls", b"target_tls", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_index", b"agent_index", "clock_offset_ns", b"clock_offset_ns", "headers", b"headers", "keepalive_ms", b"keepalive_ms", "plan_json", b"plan_json", "plan_uploaded", b"plan_uploaded", "prepare_first", b"prepare_first", "run_id", b"run_id", "start_at_agent_ns", b"start_at_agent_ns", "target_tls", b"target_tls", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -380,6 +387,56 @@ class StopReply(_message.Message):
 Global___StopReply: _TypeAlias = StopReply  # noqa: Y015
 
 @_typing.final
+class StartRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    START_AT_AGENT_NS_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    start_at_agent_ns: _builtins.int
+    """The agreed start instant in the agent's clock (monotonic ns), as in RunRequest."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        start_at_agent_ns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id", "start_at_agent_ns", b"start_at_agent_ns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartRequest: _TypeAlias = StartRequest  # noqa: Y015
+
+@_typing.final
+class StartReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    AGENT_NS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    accepted: _builtins.bool
+    """False when the agent has no prepared run of that id, or it already has its start."""
+    agent_ns: _builtins.int
+    """Agent monotonic clock when the Start was handled (its margin to the instant)."""
+    error: _builtins.str
+    def __init__(
+        self,
+        *,
+        accepted: _builtins.bool = ...,
+        agent_ns: _builtins.int = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "agent_ns", b"agent_ns", "error", b"error"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartReply: _TypeAlias = StartReply  # noqa: Y015
+
+@_typing.final
 class CollectRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -418,6 +475,7 @@ class RunEvent(_message.Message):
     TIMINGS_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     FINISHED_FIELD_NUMBER: _builtins.int
+    PREPARED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def started(self) -> Global___Started: ...
     @_builtins.property
@@ -426,6 +484,8 @@ class RunEvent(_message.Message):
     def status(self) -> Global___AgentStatus: ...
     @_builtins.property
     def finished(self) -> Global___Finished: ...
+    @_builtins.property
+    def prepared(self) -> Global___Prepared: ...
     def __init__(
         self,
         *,
@@ -433,16 +493,57 @@ class RunEvent(_message.Message):
         timings: Global___TimingBatch | None = ...,
         status: Global___AgentStatus | None = ...,
         finished: Global___Finished | None = ...,
+        prepared: Global___Prepared | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "finished", b"finished", "started", b"started", "status", b"status", "timings", b"timings"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "finished", b"finished", "prepared", b"prepared", "started", b"started", "status", b"status", "timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "finished", b"finished", "started", b"started", "status", b"status", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "finished", b"finished", "prepared", b"prepared", "started", b"started", "status", b"status", "timings", b"timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "timings", "status", "finished"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "timings", "status", "finished", "prepared"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___RunEvent: _TypeAlias = RunEvent  # noqa: Y015
+
+@_typing.final
+class Prepared(_message.Message):
+    """Two-phase start: every worker is spawned, has built its payload pool and opened its
+    connections; the agent waits for Start.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    WORKERS_FIELD_NUMBER: _builtins.int
+    PREPARE_NS_FIELD_NUMBER: _builtins.int
+    WORKER_PREPARE_NS_FIELD_NUMBER: _builtins.int
+    AGENT_NS_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    workers: _builtins.int
+    prepare_ns: _builtins.int
+    """From the Run request to the last worker ready, ns."""
+    agent_ns: _builtins.int
+    """agent clock when sent"""
+    @_builtins.property
+    def worker_prepare_ns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Each worker's own preparation (pool and connections, after its process started), ns."""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        workers: _builtins.int = ...,
+        prepare_ns: _builtins.int = ...,
+        worker_prepare_ns: _abc.Iterable[_builtins.int] | None = ...,
+        agent_ns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_ns", b"agent_ns", "prepare_ns", b"prepare_ns", "run_id", b"run_id", "worker_prepare_ns", b"worker_prepare_ns", "workers", b"workers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Prepared: _TypeAlias = Prepared  # noqa: Y015
 
 @_typing.final
 class Started(_message.Message):

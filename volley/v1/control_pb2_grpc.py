@@ -59,6 +59,11 @@ class AgentControlStub:
                 request_serializer=volley_dot_v1_dot_control__pb2.StopRequest.SerializeToString,
                 response_deserializer=volley_dot_v1_dot_control__pb2.StopReply.FromString,
                 _registered_method=True)
+        self.Start = channel.unary_unary(
+                '/volley.v1.AgentControl/Start',
+                request_serializer=volley_dot_v1_dot_control__pb2.StartRequest.SerializeToString,
+                response_deserializer=volley_dot_v1_dot_control__pb2.StartReply.FromString,
+                _registered_method=True)
         self.Collect = channel.unary_stream(
                 '/volley.v1.AgentControl/Collect',
                 request_serializer=volley_dot_v1_dot_control__pb2.CollectRequest.SerializeToString,
@@ -110,6 +115,14 @@ class AgentControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Start(self, request, context):
+        """The start instant of a run that was prepared first (RunRequest.prepare_first):
+        sent once every agent has reported Prepared.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Collect(self, request, context):
         """Replay what the agent spooled locally for a run (every event it produced:
         Started, TimingBatch, AgentStatus, Finished; each slot's events begin with its
@@ -147,6 +160,11 @@ def add_AgentControlServicer_to_server(servicer, server):
                     servicer.Stop,
                     request_deserializer=volley_dot_v1_dot_control__pb2.StopRequest.FromString,
                     response_serializer=volley_dot_v1_dot_control__pb2.StopReply.SerializeToString,
+            ),
+            'Start': grpc.unary_unary_rpc_method_handler(
+                    servicer.Start,
+                    request_deserializer=volley_dot_v1_dot_control__pb2.StartRequest.FromString,
+                    response_serializer=volley_dot_v1_dot_control__pb2.StartReply.SerializeToString,
             ),
             'Collect': grpc.unary_stream_rpc_method_handler(
                     servicer.Collect,
@@ -289,6 +307,33 @@ class AgentControl:
             '/volley.v1.AgentControl/Stop',
             volley_dot_v1_dot_control__pb2.StopRequest.SerializeToString,
             volley_dot_v1_dot_control__pb2.StopReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Start(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/volley.v1.AgentControl/Start',
+            volley_dot_v1_dot_control__pb2.StartRequest.SerializeToString,
+            volley_dot_v1_dot_control__pb2.StartReply.FromString,
             options,
             channel_credentials,
             insecure,

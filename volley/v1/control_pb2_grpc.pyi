@@ -53,6 +53,10 @@ class AgentControlStub:
     """
     Stop: _grpc.UnaryUnaryMultiCallable[_control_pb2.StopRequest, _control_pb2.StopReply]
     """Stop a run early (the stream then ends with a Finished event)."""
+    Start: _grpc.UnaryUnaryMultiCallable[_control_pb2.StartRequest, _control_pb2.StartReply]
+    """The start instant of a run that was prepared first (RunRequest.prepare_first):
+    sent once every agent has reported Prepared.
+    """
     Collect: _grpc.UnaryStreamMultiCallable[_control_pb2.CollectRequest, _control_pb2.RunEvent]
     """Replay what the agent spooled locally for a run (every event it produced:
     Started, TimingBatch, AgentStatus, Finished; each slot's events begin with its
@@ -83,6 +87,10 @@ class AgentControlAsyncStub(AgentControlStub):
     """
     Stop: _aio.UnaryUnaryMultiCallable[_control_pb2.StopRequest, _control_pb2.StopReply]  # type: ignore[assignment]
     """Stop a run early (the stream then ends with a Finished event)."""
+    Start: _aio.UnaryUnaryMultiCallable[_control_pb2.StartRequest, _control_pb2.StartReply]  # type: ignore[assignment]
+    """The start instant of a run that was prepared first (RunRequest.prepare_first):
+    sent once every agent has reported Prepared.
+    """
     Collect: _aio.UnaryStreamMultiCallable[_control_pb2.CollectRequest, _control_pb2.RunEvent]  # type: ignore[assignment]
     """Replay what the agent spooled locally for a run (every event it produced:
     Started, TimingBatch, AgentStatus, Finished; each slot's events begin with its
@@ -140,6 +148,16 @@ class AgentControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.StopReply, _abc.Awaitable[_control_pb2.StopReply]]:
         """Stop a run early (the stream then ends with a Finished event)."""
+
+    @_abc_1.abstractmethod
+    def Start(
+        self,
+        request: _control_pb2.StartRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.StartReply, _abc.Awaitable[_control_pb2.StartReply]]:
+        """The start instant of a run that was prepared first (RunRequest.prepare_first):
+        sent once every agent has reported Prepared.
+        """
 
     @_abc_1.abstractmethod
     def Collect(

@@ -367,6 +367,8 @@ class Connection(asyncio.Protocol, Generic[S]):
         self._reset: dict[int, None] = {}
         #: the first line of an HTTP/1 answer to our preface
         self._http1 = ""
+        #: corked (`cork`): new streams' frames wait here and go in one write (`uncork`)
+        self._corked: list[bytes] | None = None
 
     # ---- state -----------------------------------------------------------------------
     @property
@@ -739,6 +741,28 @@ class Connection(asyncio.Protocol, Generic[S]):
             self.transport.close()
 
     # ---- sending ---------------------------------------------------------------------
+    def cork(self) -> None:
+        """Hold the frames of streams started from now on; `uncork` writes them at once
+        (one system call for the requests of one wake-up)."""
+        if self._corked is None:
+            self._corked = []
+
+    def uncork(self) -> None:
+        held, self._corked = self._corked, None
+        t = self.transport
+        if held and t is not None and not t.is_closing():
+            t.writelines(held)
+
+    def _cork_out(self) -> None:
+        """Write what the cork holds now (still corked): any other frame goes after the
+        streams started before it, in order."""
+        held = self._corked
+        t = self.transport
+        if held and t is not None:
+            self._corked = []
+            if not t.is_closing():
+                t.writelines(held)
+
     def start_stream(self, header_block: bytes, body: bytes, end_stream: bool) -> int:
         """Open a stream: HEADERS (+ DATA with `body`). Returns the stream id.
 
@@ -753,6 +777,8 @@ class Connection(asyncio.Protocol, Generic[S]):
         n = len(body)
         window = self.init_window
         if n == 0:
+            if self._corked:
+                self._cork_out()
             t.write(
                 frame_header(
                     len(header_block), HEADERS, END_HEADERS | (END_STREAM if end_stream else 0), sid
@@ -766,13 +792,18 @@ class Connection(asyncio.Protocol, Generic[S]):
         if n <= self.max_frame and n <= window and n <= self.conn_window and not self.blocked:
             self.conn_window -= n
             flags = END_STREAM if end_stream else 0
-            if n < 16384:
+            corked = self._corked
+            if corked is not None:
+                corked += (hdr, frame_header(n, DATA, flags, sid), body)
+            elif n < 16384:
                 t.write(hdr + frame_header(n, DATA, flags, sid) + body)
             else:
                 t.writelines((hdr, frame_header(n, DATA, flags, sid), body))
             if not end_stream:
                 self.windows[sid] = window - n
             return sid
+        if self._corked:
+            self._cork_out()
         t.write(hdr)
         self.windows[sid] = window
         self.blocked.append(_Queued(sid, memoryview(body), end_stream))
@@ -781,6 +812,8 @@ class Connection(asyncio.Protocol, Generic[S]):
 
     def send_data(self, sid: int, body: bytes, end_stream: bool = False) -> None:
         """More DATA on an open stream (bidirectional streaming)."""
+        if self._corked:
+            self._cork_out()
         t = self.transport
         assert t is not None
         n = len(body)
@@ -794,6 +827,8 @@ class Connection(asyncio.Protocol, Generic[S]):
         self._flush_blocked()
 
     def _flush_blocked(self) -> None:
+        if self._corked:
+            self._cork_out()
         t = self.transport
         if t is None or self.state is _CLOSED:
             return
@@ -829,6 +864,8 @@ class Connection(asyncio.Protocol, Generic[S]):
 
     def _control(self, data: bytes) -> None:
         """Write a control frame, unless the transport is gone or closing."""
+        if self._corked:
+            self._cork_out()
         t = self.transport
         if t is not None and not t.is_closing():
             t.write(data)
