@@ -30,6 +30,7 @@ from tests.triton_fixture import MODEL_REPOSITORY, TritonEndpoint, require_trito
 from volley.plan import plan_from_dict
 from volley.v1 import control_pb2 as pb
 from volley.v1 import control_pb2_grpc as pb_grpc
+from volley.version import PROTOCOL_VERSION
 
 pytestmark = pytest.mark.triton
 
@@ -97,7 +98,7 @@ def _busy(addr: str, token: str = "") -> bool:
     md = (("authorization", f"Bearer {token}"),) if token else ()
     with grpc.insecure_channel(addr) as ch:
         reply = pb_grpc.AgentControlStub(ch).Hello(
-            pb.HelloRequest(protocol_version=2), metadata=md, timeout=5
+            pb.HelloRequest(protocol_version=PROTOCOL_VERSION), metadata=md, timeout=5
         )
     return bool(reply.busy)
 

@@ -24,6 +24,7 @@ from coordinator.rundir import RequestWriter
 from tests.agent_thread import agent_in_thread
 from volley.records import COLUMNS, RecordBlock
 from volley.v1 import control_pb2 as pb
+from volley.version import PROTOCOL_VERSION
 
 TOKEN = "fuzz-token-0123456789"
 METHODS = {
@@ -168,7 +169,7 @@ def test_agent_still_serves_and_refused_everything(fuzz_agent: tuple[AgentServer
     with grpc.insecure_channel(fuzz_agent[1]) as ch:
         hello = pb.HelloReply.FromString(
             ch.unary_unary("/volley.v1.AgentControl/Hello")(
-                pb.HelloRequest(protocol_version=2).SerializeToString(), timeout=5
+                pb.HelloRequest(protocol_version=PROTOCOL_VERSION).SerializeToString(), timeout=5
             )
         )
     assert hello.agent_id == "fuzz" and not hello.busy

@@ -30,6 +30,7 @@ from volley.security import (
 )
 from volley.v1 import control_pb2 as pb
 from volley.v1 import control_pb2_grpc as pb_grpc
+from volley.version import PROTOCOL_VERSION
 
 TOKEN = "s3cret-token-for-tests-0123456789"
 
@@ -89,7 +90,7 @@ def test_token_auth_end_to_end(caplog: pytest.LogCaptureFixture) -> None:
         addr = f"127.0.0.1:{server.port}"
         with grpc.insecure_channel(addr) as ch:
             stub = pb_grpc.AgentControlStub(ch)
-            hello = pb.HelloRequest(protocol_version=2)
+            hello = pb.HelloRequest(protocol_version=PROTOCOL_VERSION)
             for md in ((), (("authorization", "Bearer wrong-token-123"),)):
                 with pytest.raises(grpc.RpcError) as ei:
                     stub.Hello(hello, metadata=md, timeout=5)
