@@ -19,24 +19,11 @@ import struct
 import numpy as np
 from tritonclient.grpc import service_pb2
 
+from volley.inputs.shapes import DTYPES
 from volley.plan import PlanError
 
 #: Little-endian dtypes of KServe v2 numeric datatypes (BF16: its raw 16 bits).
-_NUMERIC: dict[str, np.dtype[np.generic]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-    "BF16": np.dtype("<u2"),
-}
+_NUMERIC: dict[str, np.dtype[np.generic]] = {**DTYPES, "BF16": np.dtype("<u2")}
 _LEN = struct.Struct("<I")
 
 
