@@ -272,6 +272,12 @@ class SteadyState(TypedDict):
     #: "excluded" (the figures are from the settled windows) or "reported"
     action: str
     note: str
+    #: `--warmup auto`: seconds and requests (records) left out of the figures, the
+    #: windows judged, and the settle rule that decided it
+    excluded_s: NotRequired[float]
+    excluded_requests: NotRequired[int]
+    windows_judged: NotRequired[int]
+    rule: NotRequired[str]
 
 
 class SloResult(TypedDict):

@@ -1020,6 +1020,9 @@ def render_run(run: RunData) -> str:
         verdict_html(s),
         cards_html(s),
     ]
+    steady = s.get("steady_state")
+    if isinstance(steady, dict) and steady.get("note"):
+        body.append(f'<p class="sub">steady state: {escape(str(steady["note"]))}</p>')
     for n in run.notes:
         body.append(note(n))
     body += [

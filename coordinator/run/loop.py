@@ -213,7 +213,8 @@ class RunLoop:
         if old:
             self.sealed_rows += timeseries_rows(self.agg, self.names, self.cpu, old)
             self.sealed.update(old)
-            self.agg.release_windows(set(old))
+            if not self.plan.load.warmup_auto:  # an auto warm-up re-merges them at the end
+                self.agg.release_windows(set(old))
         return old
 
     def refusal(self) -> AgentStream | None:

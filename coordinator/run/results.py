@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import shutil
 from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
 from coordinator.agents import AgentState
-from coordinator.documents import Summary
+from coordinator.aggregate import Aggregator
+from coordinator.documents import SteadyState, Summary
 from coordinator.local import SPOOL_FOLDER
 from coordinator.recovery import MANIFEST, add_schedule_counts, count_schedule, find_outages
 from coordinator.report import write_report_safely
@@ -27,7 +30,7 @@ from coordinator.rundir import (
 )
 from coordinator.stats.documents import ServerDoc, ServerSummary
 from coordinator.stats.monitor import ServerMonitor, summary_block, write_server_json
-from coordinator.steady import steady_state
+from coordinator.steady import detect, exclude_start, excluded_state, steady_state
 from coordinator.summary import AgentInfo, build_summary
 from volley.arrivals import global_schedule, schedule_span_s
 from volley.plan import Plan
@@ -118,19 +121,51 @@ async def server_figures(monitor: ServerMonitor, client_ok: int) -> tuple[Server
     return summary_block(server_doc, client_ok), server_doc
 
 
-def write_files(run: RunLoop, run_dir: Path, summary: Summary, server_doc: ServerDoc) -> None:
-    """timeseries.parquet (sealed rows, then the rest), server.json, histograms.json,
-    summary.json (with its steady state, from the rows), the report."""
+def all_rows(run: RunLoop) -> list[dict[str, Any]]:
+    """The timeseries rows of the run: sealed ones, then the rest."""
     rest = [w for w in run.agg.window_keys() if w not in run.sealed]
-    rows = run.sealed_rows + timeseries_rows(run.agg, run.names, run.cpu, rest)
+    return run.sealed_rows + timeseries_rows(run.agg, run.names, run.cpu, rest)
+
+
+def auto_warmup(
+    run: RunLoop, plan: Plan, measured_s: float
+) -> tuple[Plan, Aggregator, float, SteadyState]:
+    """`--warmup auto`: the plan (warm-up = the detected cut), aggregator (measured totals
+    re-merged from the windows from the cut on) and measured seconds the summary is built
+    from, and its steady_state block."""
+    rows = all_rows(run)
+    d, by, rule, judged = detect(rows, plan.load.warmup_s, measured_s)
+    if d == 0:
+        return plan, run.agg, measured_s, excluded_state(0, by, rule, plan.load.warmup_s, 0, judged)
+    cut = math.ceil(plan.load.warmup_s - 1e-9) + d
+    agg = exclude_start(run.agg, cut)
+    excluded = run.agg.total().records - agg.total().records
+    steady = excluded_state(d, by, rule, plan.load.warmup_s, excluded, judged)
+    load = dataclasses.replace(plan.load, warmup_s=float(cut))
+    measured_s -= cut - plan.load.warmup_s
+    return dataclasses.replace(plan, load=load), agg, measured_s, steady
+
+
+def write_files(
+    run: RunLoop,
+    run_dir: Path,
+    summary: Summary,
+    server_doc: ServerDoc,
+    steady: SteadyState | None = None,
+    agg: Aggregator | None = None,
+) -> None:
+    """timeseries.parquet (sealed rows, then the rest), server.json, histograms.json,
+    summary.json (with its steady state, from the rows, unless given), the report."""
+    rows = all_rows(run)
     write_timeseries(run_dir / "timeseries.parquet", rows)
-    steady = steady_state(rows, summary["warmup_s"], summary["duration_s"])
+    if steady is None:
+        steady = steady_state(rows, summary["warmup_s"], summary["duration_s"])
     if steady is not None:
         summary["steady_state"] = steady
-        if steady["unsettled_windows"]:
+        if steady["unsettled_windows"] and steady["action"] == "reported":
             summary["verdict"]["warnings"].append(f"steady state: {steady['note']}")
     write_server_json(run_dir / "server.json", server_doc)
-    write_histograms(run_dir / "histograms.json", run.agg, run.names)
+    write_histograms(run_dir / "histograms.json", agg or run.agg, run.names)
     write_json(run_dir / "summary.json", summary)
     write_report_safely(run_dir)
 
@@ -155,10 +190,13 @@ async def finish(
     infos = [s.info for s in run.streams]
     measured_s = max(schedule_span_s(plan) - plan.load.warmup_s, 0.0)
     server, server_doc = await server_figures(monitor, run.agg.total().ok)
+    agg, steady, built = run.agg, None, plan
+    if plan.load.warmup_auto:
+        built, agg, measured_s, steady = auto_warmup(run, plan, measured_s)
     summary = build_summary(
-        plan,
+        built,
         run.run_id,
-        run.agg,
+        agg,
         infos,
         measured_s,
         expected,
@@ -185,7 +223,7 @@ async def finish(
     if run.two_phase:
         summary["start"] = start_block(infos, run.lead_ns, summary)
         summary["verdict"]["warnings"] += start_lines(run)
-    write_files(run, run_dir, summary, server_doc)
+    write_files(run, run_dir, summary, server_doc, steady, agg)
     # The run is stored: agents that delivered everything may drop their spools; the
     # others keep theirs for `volley collect`.
     await asyncio.gather(

@@ -119,7 +119,14 @@ Duration = Annotated[
         "intervals are narrow enough) and throughput is stable, at most --max-duration.",
     ),
 ]
-Warmup = Annotated[str | None, option(PANEL_LOAD, "Sent but excluded from results.")]
+Warmup = Annotated[
+    str | None,
+    option(
+        PANEL_LOAD,
+        "Sent but excluded from results (e.g. 5s); 'auto': detect it from the 1 s windows "
+        "(MSER-5, at most half the run) and leave the unsettled start out of the figures.",
+    ),
+]
 Stages = Annotated[
     str | None,
     option(PANEL_LOAD, "Ramps, e.g. '10s:100,20s:400' (rate, or concurrency with --concurrency)."),

@@ -78,6 +78,9 @@ class LoadSpec:
     stages: tuple[StageSpec, ...] = ()
     duration_s: float = 30.0
     warmup_s: float = 0.0
+    #: `warmup: auto`: the warm-up is detected after the run (MSER-5 on the 1 s windows,
+    #: coordinator/steady.py) and its unsettled windows are left out of the figures.
+    warmup_auto: bool = False
     #: Open loop: per-agent cap on requests in flight; 0 = no cap (bounded by backlog).
     max_in_flight: int = 1024
     #: Open loop: arrivals waiting for a free in-flight slot before they are dropped.

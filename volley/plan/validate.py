@@ -182,7 +182,9 @@ def _load(raw: object) -> LoadSpec:
         _stage(s, i, stage_key) for i, s in enumerate(_list(d.get("stages"), "load.stages"))
     )
     duration_s = parse_duration(d.get("duration", d.get("duration_s", 30.0)), "load.duration")
-    warmup_s = parse_duration(d.get("warmup", d.get("warmup_s", 0.0)), "load.warmup")
+    raw_warmup = d.get("warmup", d.get("warmup_s", 0.0))
+    warmup_auto = raw_warmup == "auto" or d.get("warmup_auto") is True
+    warmup_s = 0.0 if raw_warmup == "auto" else parse_duration(raw_warmup, "load.warmup")
     trace: TraceSpec | None = None
     if d.get("trace") is not None:
         t = _dict(d["trace"], "load.trace")
@@ -210,6 +212,7 @@ def _load(raw: object) -> LoadSpec:
         stages=stages,
         duration_s=duration_s,
         warmup_s=warmup_s,
+        warmup_auto=warmup_auto,
         max_in_flight=_int(d, "max_in_flight", "load", 1024),
         max_backlog=_int(d, "max_backlog", "load", 10_000),
         spin_us=_num(d, "spin_us", "load", 0.0),
@@ -274,6 +277,8 @@ def _validate_load(s: LoadSpec) -> None:
         raise PlanError("load.duration: must be > 0")
     if s.total_s > MAX_DURATION_S:
         raise PlanError(f"load.duration: above the hard limit of {MAX_DURATION_S:g}s")
+    if s.warmup_auto and (s.stages or s.trace is not None):
+        raise PlanError("load.warmup: 'auto' needs a steady load (no stages or trace)")
     if s.warmup_s >= s.total_s > 0:
         raise PlanError("load.warmup: must be shorter than the duration")
     if len(s.stages) > MAX_STAGES:
