@@ -14,6 +14,10 @@ import pytest
 from tritonclient.grpc import service_pb2
 
 import volley.inputs as vin
+from coordinator.sweep.capacity import CapacityInputs, plan_capacity
+from coordinator.sweep.html import render_report
+from coordinator.sweep.runner import TargetResult, tokens_per_request
+from coordinator.sweep.search import StepResult, SweepOutcome
 from volley.plan import Plan, PlanError, plan_from_dict
 from volley.wire.payloads import build_payloads
 from volley.wire.stream import drawn_values
@@ -128,3 +132,38 @@ def test_max_tokens_drawn_per_payload_from_a_distribution() -> None:
         with pytest.raises(PlanError, match="max_tokens"):
             _plan(stream={"parameters": {"max_tokens": bad}})
     assert _plan(stream={"parameters": {"stop": "a.b|c"}}).stream.parameters == (("stop", "a.b|c"),)
+
+
+def _step(index: int, load: float, passed: bool, tps: float | None, rps: float) -> StepResult:
+    kind: Any = "pass" if passed else "server"
+    return StepResult(index, load, passed, kind, [], load, rps, tokens_per_s=tps)
+
+
+def test_capacity_plan_in_tokens_per_s_beside_requests_per_s() -> None:
+    res = TargetResult(
+        steps=[_step(0, 10, True, 79.6, 9.95), _step(1, 20, True, 160.4, 20.05)],
+        outcome=SweepOutcome("rate", 20.0, 20.05, 1, 30.0, "server", "", "", None, 2),
+    )
+    tpr = tokens_per_request(res)
+    assert tpr == pytest.approx(8.0, rel=1e-3)  # the highest passing step's tokens/s / req/s
+    cp = plan_capacity(20.0, CapacityInputs(100.0, headroom=0.5), tokens_per_request=tpr)
+    assert cp.replicas == 8 and cp.max_tokens_per_s_per_replica == pytest.approx(160.0, rel=1e-3)
+    assert cp.required_tokens_per_s == pytest.approx(150 * 8.0, rel=1e-3)
+    assert any("tokens/s" in a for a in cp.assumptions)
+    doc = {"mode": "rate", "capacity": {"one": cp.to_dict()}, "targets": []}
+    page = render_report(doc)
+    assert "160.0 tokens/s</b>" in page and "20.0 req/s" in page
+    # a unary model: no tokens anywhere, the plan in req/s only
+    unary = TargetResult(
+        steps=[_step(0, 10, True, None, 9.9)],
+        outcome=SweepOutcome("rate", 10.0, 9.9, 0, None, "max-steps", "", "", None, 1),
+    )
+    assert tokens_per_request(unary) is None
+    cp = plan_capacity(10.0, CapacityInputs(100.0), tokens_per_request=None)
+    assert cp.max_tokens_per_s_per_replica is None and "tokens/s" not in render_report(
+        {"mode": "rate", "capacity": {"one": cp.to_dict()}, "targets": []}
+    )
+    assert StepResult.from_dict(_step(0, 1, True, 5.0, 1.0).to_dict()).tokens_per_s == 5.0
+    # the step's own mean tokens per request wins over the ratio of two rates
+    res.steps[1] = dataclasses.replace(res.steps[1], tokens_per_request=8.0)
+    assert tokens_per_request(res) == 8.0
