@@ -470,9 +470,9 @@ def step_from_summary(
         settings.mode, summary, tp, settings.min_throughput_ratio, plan.validity.max_error_rate
     )
     verdict = summary.get("verdict") or {}
-    stream = summary.get("stream") or {}
-    tokens_s = stream.get("tokens_per_s") if isinstance(stream, dict) else None
-    per_req = stream.get("tokens_per_request_mean") if isinstance(stream, dict) else None
+    stream = summary.get("stream")
+    tokens_s = stream.get("tokens_per_s") if stream is not None else None
+    per_req = stream.get("tokens_per_request_mean") if stream is not None else None
     return StepResult(
         index=index,
         load=load,
