@@ -134,6 +134,12 @@ class CapacityPlan:
     cost_per_hour: float | None
     cost_per_1k_rps: float | None
     assumptions: list[str] = field(default_factory=list)
+    #: Streamed (decoupled) models: output tokens per request at the highest passing step,
+    #: and the same plan in tokens/s (None for unary models).
+    tokens_per_request: float | None = None
+    max_tokens_per_s_per_replica: float | None = None
+    planned_tokens_per_s_per_replica: float | None = None
+    required_tokens_per_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -146,8 +152,11 @@ def plan_capacity(
     slos: Sequence[str] = (),
     measured_on: str = "",
     confidence: float | None = None,
+    tokens_per_request: float | None = None,
 ) -> CapacityPlan:
-    """Replicas = ceil(production * (1 + headroom) / (max per replica * efficiency))."""
+    """Replicas = ceil(production * (1 + headroom) / (max per replica * efficiency)).
+    With `tokens_per_request` (a streamed model's tokens/s over req/s at the highest
+    passing step) every rate is also stated in output tokens/s."""
     if not max_rps_per_replica > 0:
         raise PlanError("cannot plan capacity: no maximum sustainable rate was measured")
     inputs.validate()
@@ -198,6 +207,14 @@ def plan_capacity(
         )
     if cost is not None:
         assumptions.append(f"one replica-hour costs {cost:g}")
+    tpr = tokens_per_request if tokens_per_request and tokens_per_request > 0 else None
+    if tpr is not None:
+        assumptions.append(
+            f"tokens: {tpr:,.2f} output tokens per request, as measured at the highest passing "
+            f"step, so one replica streams {max_rps_per_replica * tpr:,.1f} tokens/s "
+            f"({max_rps_per_replica:,.1f} req/s) and the target needs {required * tpr:,.0f} "
+            "tokens/s (the same prompt and output-length mix as the sweep)"
+        )
     return CapacityPlan(
         production_rps=inputs.production_rps,
         headroom=inputs.headroom,
@@ -212,6 +229,10 @@ def plan_capacity(
         cost_per_hour=round(replicas * cost, 4) if cost is not None else None,
         cost_per_1k_rps=cost_per_1k(cost, per_replica),
         assumptions=assumptions,
+        tokens_per_request=round(tpr, 3) if tpr is not None else None,
+        max_tokens_per_s_per_replica=round(max_rps_per_replica * tpr, 3) if tpr else None,
+        planned_tokens_per_s_per_replica=round(per_replica * tpr, 3) if tpr else None,
+        required_tokens_per_s=round(required * tpr, 3) if tpr else None,
     )
 
 

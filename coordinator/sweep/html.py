@@ -181,10 +181,13 @@ def _kind_cell(s: dict[str, Any]) -> str:
 
 def _steps_table(t: dict[str, Any], mode: str) -> str:
     unit = "rate (req/s)" if mode == "rate" else "concurrency"
+    streamed = any(s.get("tokens_per_s") is not None for s in t.get("steps") or [])
     rows = [
         "<table><tr><th>#</th><th>"
         + unit
-        + "</th><th>offered/s</th><th>achieved/s</th><th>p50 ms</th><th>p99 ms</th>"
+        + "</th><th>offered/s</th><th>achieved/s</th>"
+        + ("<th>tokens/s</th>" if streamed else "")
+        + "<th>p50 ms</th><th>p99 ms</th>"
         "<th>errors</th><th>result</th><th class=l>why</th><th class=l>run</th></tr>"
     ]
     for s in t.get("steps") or []:
@@ -193,13 +196,27 @@ def _steps_table(t: dict[str, Any], mode: str) -> str:
         rows.append(
             f"<tr><td>{s['index'] + 1}</td><td>{s['load']:g}</td>"
             f"<td>{_fmt(s.get('offered_rps'))}</td><td>{_fmt(s.get('throughput_rps'))}</td>"
-            f"<td>{_fmt(lat.get('p50'), 2)}</td><td>{_fmt(lat.get('p99'), 2)}</td>"
+            + (f"<td>{_fmt(s.get('tokens_per_s'))}</td>" if streamed else "")
+            + f"<td>{_fmt(lat.get('p50'), 2)}</td><td>{_fmt(lat.get('p99'), 2)}</td>"
             f"<td>{float(s.get('error_rate') or 0):.2%}</td><td>{_kind_cell(s)}</td>"
             f"<td class=l>{escape('; '.join(s.get('reasons') or []))}</td>"
             f'<td class=l><a href="{run}/summary.json">{run}</a></td></tr>'
         )
     rows.append("</table>")
     return "".join(rows)
+
+
+def _tokens_line(cp: dict[str, Any]) -> str:
+    """A streamed model's plan in tokens/s beside req/s ("" for unary models)."""
+    if cp.get("max_tokens_per_s_per_replica") is None:
+        return ""
+    return (
+        f"Per replica: <b>{cp['max_tokens_per_s_per_replica']:,.1f} tokens/s</b> "
+        f"({cp['max_rps_per_replica']:,.1f} req/s, {cp['tokens_per_request']:,.2f} tokens per "
+        f"request), planned at {cp['planned_tokens_per_s_per_replica']:,.1f} tokens/s "
+        f"({cp['planned_rps_per_replica']:,.1f} req/s); the target needs "
+        f"{cp['required_tokens_per_s']:,.0f} tokens/s.<br>"
+    )
 
 
 def render_report(doc: dict[str, Any]) -> str:
@@ -287,7 +304,9 @@ def render_report(doc: dict[str, Any]) -> str:
             f"<b>{cp['replicas']} replica(s)</b> for {cp['production_rps']:,.0f} req/s with "
             f"{cp['headroom']:.0%} headroom ({cp['required_rps']:,.0f} req/s of capacity), "
             f"{cp['gpus']:g} GPU(s), {cp['cpus']:g} CPU(s); utilisation at the target "
-            f"{cp['utilization']:.0%}{cost}.<br>Assumptions:<ul>"
+            f"{cp['utilization']:.0%}{cost}.<br>"
+            + _tokens_line(cp)
+            + "Assumptions:<ul>"
             + "".join(f"<li>{escape(a)}</li>" for a in cp.get("assumptions") or [])
             + "</ul></div>"
         )

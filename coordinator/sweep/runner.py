@@ -270,6 +270,22 @@ def max_rps(outcome: SweepOutcome | None) -> float | None:
     return outcome.max_throughput_rps
 
 
+def tokens_per_request(result: TargetResult | None) -> float | None:
+    """A streamed model's output tokens per request at the highest passing step (its mean
+    over successful requests, else its tokens/s over its throughput); None for unary
+    models or when nothing passed."""
+    if result is None or result.outcome is None or result.outcome.max_step is None:
+        return None
+    for s in reversed(result.steps):
+        if s.index == result.outcome.max_step:
+            if s.tokens_per_request is not None:
+                return s.tokens_per_request
+            if s.tokens_per_s is None or s.throughput_rps <= 0:
+                return None
+            return s.tokens_per_s / s.throughput_rps
+    return None
+
+
 def analyse(spec: SweepSpec, results: dict[str, TargetResult]) -> dict[str, Any]:
     """Ranking, scaling checks and capacity plans from the targets' outcomes (pure)."""
     out: dict[str, Any] = {"ranking": [], "scaling": {}, "capacity": {}}
@@ -342,6 +358,7 @@ def analyse(spec: SweepSpec, results: dict[str, TargetResult]) -> dict[str, Any]
                 spec.plan.slos,
                 measured_on=f"{t.name}",
                 confidence=spec.plan.validity.confidence,
+                tokens_per_request=tokens_per_request(results.get(t.name)),
             )
             res = results[t.name].outcome
             if res is not None and (
@@ -453,6 +470,9 @@ def step_from_summary(
         settings.mode, summary, tp, settings.min_throughput_ratio, plan.validity.max_error_rate
     )
     verdict = summary.get("verdict") or {}
+    stream = summary.get("stream")
+    tokens_s = stream.get("tokens_per_s") if stream is not None else None
+    per_req = stream.get("tokens_per_request_mean") if stream is not None else None
     return StepResult(
         index=index,
         load=load,
@@ -468,6 +488,8 @@ def step_from_summary(
         slo=list(verdict.get("slo") or []),
         duration_s=float(summary.get("duration_s") or 0.0),
         run_dir=run_dir,
+        tokens_per_s=round(float(tokens_s), 3) if tokens_s is not None else None,
+        tokens_per_request=round(float(per_req), 4) if per_req is not None else None,
     )
 
 

@@ -141,6 +141,10 @@ class StepResult:
     slo: list[SloResult] = field(default_factory=list)
     duration_s: float = 0.0
     run_dir: str = ""
+    #: Streamed (decoupled) models: output tokens/s of the step (None for unary models).
+    tokens_per_s: float | None = None
+    #: ... and its mean output tokens per successful request.
+    tokens_per_request: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -9,6 +9,7 @@ import dataclasses
 import queue
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from volley import records as rc
 from volley.plan import Plan, plan_from_dict
 from volley.target import read_access
 from volley.wire.payloads import build_payloads
+from volley.wire.stream import drawn_values
 
 FIRST_MS, GAP_MS, COUNT = 20.0, 5.0, 10
 #: Worker processes of a fresh agent take 1-3 s to be ready on a loaded 2-core host: a
@@ -357,8 +359,49 @@ async def test_sweep_on_a_ttft_slo_finds_the_knee(
         print(f"  step {s['load']:g} req/s: {s['kind']} {'; '.join(s['reasons'])[:100]}")
     out = target["outcome"]
     print(f"tokens sweep: max {target['max_rps']} req/s, expected ~{expected:.1f}; {out}")
+    # every step records tokens/s (5 per request); the plan states tokens/s beside req/s
+    for s in target["steps"]:
+        if s["kind"] == "pass":
+            assert s["tokens_per_request"] == 5.0, s
+            assert s["tokens_per_s"] == pytest.approx(5 * s["throughput_rps"], rel=0.1), s
+    cp = out_doc["capacity"]["one"]
+    assert cp["tokens_per_request"] == 5.0, cp  # exact: every request streamed 5
+    assert cp["max_tokens_per_s_per_replica"] == pytest.approx(
+        cp["max_rps_per_replica"] * cp["tokens_per_request"], rel=1e-3
+    )
+    assert cp["required_tokens_per_s"] == pytest.approx(1000 * cp["tokens_per_request"], rel=1e-3)
+    tps, rps = cp["max_tokens_per_s_per_replica"], cp["max_rps_per_replica"]
+    print(f"capacity: {tps} tokens/s = {rps} req/s x {cp['tokens_per_request']}")
+    page = (tmp_path / "sweep" / "sweep.html").read_text()
+    assert "tokens/s</b>" in page and "<th>tokens/s</th>" in page
     # a server limit found (bracketed; 4 steps do not narrow it further)
     assert out["limited_by"] in ("server", "max-steps") and out["fail_load"] is not None, out
     assert target["max_rps"] < out["fail_load"]
     assert abs(target["max_rps"] - expected) <= 0.2 * expected
     assert any("ttft" in r for s in target["steps"] for r in s["reasons"])
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+async def test_max_tokens_drawn_per_request(triton_server: TritonEndpoint, protocol: str) -> None:
+    """`max_tokens: uniform(2, 9)` drawn per payload: the model caps COUNT 64 at it, so
+    each request's response count is its payload's drawn value, and together they cover
+    the distribution."""
+    doc = _doc(triton_server, 0.0, 0.2, 64, protocol=protocol)
+    doc["stream"] = {"parameters": {"max_tokens": "uniform(2, 9)"}}
+    doc["input_pool"] = {"payloads": 16}
+    plan = await preflight(plan_from_dict(doc))
+    assert plan.stream.decoupled and plan.stream.drawn == (("max_tokens", "2..9"),)
+    payloads = build_payloads(plan)
+    want = [dict(v)["max_tokens"] for v in drawn_values(plan.stream.drawn, 16, plan.seed)]
+    got = await _send(plan, 48)
+    counts = [
+        (want[pidx], resp) for (_k, _i, _s, _d, code, pidx, _b), (_f, _l, resp, _t, _g) in got
+    ]
+    assert all(code == rc.OK for (_k, _i, _s, _d, code, _p, _b), _ in got)
+    assert all(w == r for w, r in counts), counts  # each request capped at its own draw
+    assert {r for _, r in counts} >= {2, 9} and len({r for _, r in counts}) >= 6
+    assert len(payloads.wires) == 16
+    mean = sum(r for _, r in counts) / len(counts)
+    spread = sorted(Counter(r for _, r in counts).items())
+    print(f"{protocol} max_tokens 2..9: responses per request {spread}, mean {mean:.2f}")
+    assert 4.0 <= mean <= 7.0  # the distribution's mean is 5.5

@@ -152,6 +152,9 @@ def build_plan(
     vary: dict[str, str] | None = None,
     input_data: str | None = None,
     sequence: dict[str, Any] | None = None,
+    max_tokens: str | None = None,
+    prompts: str | None = None,
+    prompt_input: str | None = None,
 ) -> Plan:
     """Merge a plan file with command-line options (options win) and validate.
 
@@ -184,6 +187,28 @@ def build_plan(
         if isinstance(i, dict) and isinstance(i.get("name"), str):
             specs[i["name"]] = dict(i)
     _apply_input_options(specs, inputs, shapes, vary or {}, input_data)
+    if prompt_input and not prompts:
+        raise PlanError("--prompt-input needs --prompts FILE")
+    if prompts:
+        # "" = the model's only BYTES input (preflight names it)
+        from volley.inputs.sources import read_prompts
+
+        read_prompts(prompts)  # a bad file fails here, before any server is asked
+        name = prompt_input or ""
+        specs.setdefault(name, {"name": name}).update(source="prompts", path=prompts)
+    if max_tokens is not None:
+        stream = data.get("stream") or {}
+        if not isinstance(stream, dict) or not isinstance(stream.get("parameters") or {}, dict):
+            raise PlanError("stream: expected a mapping with a parameters mapping")
+        value: Any = max_tokens.strip()
+        if value.lstrip("-").isdigit():
+            value = int(value)
+        elif "(" not in value and ".." not in value and "|" not in value:
+            raise PlanError(f"--max-tokens {max_tokens}: expected an integer or a distribution")
+        data["stream"] = {
+            **stream,
+            "parameters": {**(stream.get("parameters") or {}), "max_tokens": value},
+        }
     if specs:
         data["inputs"] = list(specs.values())
     resolve_trace(data)

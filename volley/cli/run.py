@@ -179,6 +179,26 @@ BatchSize = Annotated[
 InputData = Annotated[
     str | None, option(PANEL_INPUTS, "perf_analyzer-style JSON input data for its inputs.")
 ]
+Prompts = Annotated[
+    str | None,
+    option(
+        PANEL_INPUTS,
+        'Prompts for a BYTES input: a JSONL file (one object a line, its "text" or '
+        '"prompt") or a text file (one prompt a line).',
+    ),
+]
+PromptInput = Annotated[
+    str | None,
+    option(PANEL_INPUTS, "The input --prompts fills (default: the model's only BYTES input)."),
+]
+MaxTokens = Annotated[
+    str | None,
+    option(
+        PANEL_INPUTS,
+        "Streamed models: the max_tokens request parameter, an integer or a distribution "
+        "drawn per payload, e.g. 128 or 'uniform(16, 64)'.",
+    ),
+]
 
 # ---- Sequences and composed models
 PANEL_SEQUENCES = "Sequences and composed models"
@@ -360,6 +380,9 @@ def run(
     vary: Vary = None,
     batch_size: BatchSize = None,
     input_data: InputData = None,
+    prompts: Prompts = None,
+    prompt_input: PromptInput = None,
+    max_tokens: MaxTokens = None,
     # Sequences and composed models
     sequence_length: SeqLength = None,
     sequence_think: SeqThink = None,
@@ -510,6 +533,9 @@ def run(
                 "check": sequence_check,
                 "drain_s": sequence_drain,
             },
+            max_tokens=max_tokens,
+            prompts=prompts,
+            prompt_input=prompt_input,
         )
         for s in plan.slos:
             parse_slo(s)

@@ -290,6 +290,12 @@ def print_result(doc: dict[str, Any], sweep_dir: Path) -> None:
             f"= {cp['required_rps']:,.0f} req/s: {cp['gpus']:g} GPU(s), {cp['cpus']:g} CPU(s)"
             f"{cost}; {cp['utilization']:.0%} utilised at the target"
         )
+        if cp.get("max_tokens_per_s_per_replica") is not None:
+            typer.echo(
+                f"  per replica {cp['max_tokens_per_s_per_replica']:,.1f} tokens/s = "
+                f"{cp['max_rps_per_replica']:,.1f} req/s x {cp['tokens_per_request']:,.2f} "
+                f"tokens per request; the target needs {cp['required_tokens_per_s']:,.0f} tokens/s"
+            )
         for a in cp["assumptions"]:
             typer.echo(f"  - {a}")
     typer.echo(f"\nresults: {sweep_dir / SWEEP_FILE}  report: {sweep_dir / REPORT_FILE}")

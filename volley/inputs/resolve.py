@@ -32,6 +32,16 @@ def resolve_specs(
     """Fill datatypes and dims from the model's metadata and check what the user said."""
     given = {s.name: s for s in plan.inputs}
     names = [n for n, _, _ in model_inputs]
+    if "" in given:  # --prompts without --prompt-input: the model's only BYTES input
+        texts = [n for n, dt, _ in model_inputs if dt == "BYTES"]
+        if len(texts) != 1:
+            raise PlanError(
+                f"--prompts: model {shown(model_name)} has {len(texts)} BYTES inputs "
+                f"({', '.join(texts) or 'none'}); name one with --prompt-input"
+            )
+        if texts[0] in given:
+            raise PlanError(f"input {shown(texts[0])}: given twice (and by --prompts)")
+        given[texts[0]] = dataclasses.replace(given.pop(""), name=texts[0])
     unknown = sorted(set(given) - set(names))
     if unknown:
         raise PlanError(
@@ -115,7 +125,7 @@ def resolve_specs(
                 raise input_error(name, f"aspect {spec.aspect} must be > 0")
         elif spec.source == "files" and all(d >= 0 for d in model_item):
             fixed = tuple(model_item)  # images are resized to the model's fixed size
-        elif spec.source in ("files", "json"):
+        elif spec.source in ("files", "json", "prompts"):
             pass  # shapes come with the data
         elif any(d < 0 for d in model_item):
             ex = "x".join("224" if d < 0 else str(d) for d in model_item)
@@ -139,13 +149,15 @@ def resolve_specs(
                 raise input_error(
                     name, f"constant {shown(spec.value)} is not a valid {datatype}"
                 ) from None
-        if spec.source == "json" and spec.varies:
+        if spec.source == "prompts" and datatype != "BYTES":
+            raise input_error(name, f"prompts fill a BYTES input, this one is {datatype}")
+        if spec.source in ("json", "prompts") and spec.varies:
             raise input_error(name, "a JSON input-data file gives its own shapes")
         if fixed is not None and spec.source == "files":
             # Files take the shape as the size to resize images to (a drawn shape).
             spec = dataclasses.replace(spec, shape=(), dims=tuple(str(d) for d in fixed))
             fixed = None
-        elif fixed is not None and spec.source == "json":
+        elif fixed is not None and spec.source in ("json", "prompts"):
             # JSON entries without a "shape" take this one (as perf_analyzer's --shape).
             spec = dataclasses.replace(spec, shape=fixed)
             fixed = None

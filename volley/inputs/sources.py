@@ -232,6 +232,64 @@ def load_json(
     return out
 
 
+#: Prompts embedded at most (a prompts file's longer lines are refused).
+MAX_PROMPT_BYTES = 1 << 20
+
+
+def read_prompts(path: str) -> list[str]:
+    """The prompts of a file: JSONL (each line an object with "text", else "prompt") when
+    its first non-blank line is a JSON object, else plain text (one prompt a line)."""
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PlanError(f"prompts {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise PlanError(f"prompts {path}: not UTF-8 text") from None
+    lines = [(i + 1, ln) for i, ln in enumerate(text.splitlines()) if ln.strip()]
+    if not lines:
+        raise PlanError(f"prompts {path}: no prompts in the file")
+    out: list[str] = []
+    jsonl = lines[0][1].lstrip().startswith("{")
+    for n, line in lines:
+        prompt: object = line
+        if jsonl:
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                raise PlanError(f"prompts {path}: line {n} is not a JSON object") from None
+            if not isinstance(doc, dict):
+                raise PlanError(f"prompts {path}: line {n} is not a JSON object")
+            prompt = doc.get("text", doc.get("prompt"))
+            if not isinstance(prompt, str):
+                raise PlanError(f'prompts {path}: line {n} has no "text" or "prompt" string')
+        assert isinstance(prompt, str)
+        if len(prompt.encode()) > MAX_PROMPT_BYTES:
+            raise PlanError(f"prompts {path}: line {n} is over {fmt_bytes(MAX_PROMPT_BYTES)}")
+        out.append(prompt)
+    return out
+
+
+def load_prompts(
+    spec: InputSpec, seed: int, batched: bool, max_items: int, max_bytes: int
+) -> InputSpec:
+    """Embed a prompts file's prompts (a subset of `max_items`) for a BYTES input."""
+    prompts = read_prompts(spec.path)
+    chosen = _subset(len(prompts), max_items, seed)
+    items, total = [], 0
+    limit = min(max_bytes, MAX_EMBED_BYTES)
+    for i in chosen:
+        where = f"prompts {spec.path}: line {i + 1} input {shown(spec.name)}"
+        data, shape = _json_tensor(spec, [prompts[i]], batched, where)
+        total += len(data)
+        if total > limit:
+            raise PlanError(
+                f"prompts {spec.path}: the prompts used total more than {fmt_bytes(limit)} "
+                "(input_pool.max_bytes)"
+            )
+        items.append(DataItem(kind="tensor", data=b64(data), shape=shape, name=f"prompt {i + 1}"))
+    return dataclasses.replace(spec, items=tuple(items))
+
+
 def embed_sources(plan: Plan) -> Plan:
     """Read every files/json source of a resolved plan into embedded items (coordinator)."""
     pool = plan.input_pool
@@ -243,6 +301,8 @@ def embed_sources(plan: Plan) -> Plan:
             continue
         if spec.source == "files":
             inputs[j] = load_files(spec, plan.seed, pool.payloads, pool.max_bytes)
+        elif spec.source == "prompts":
+            inputs[j] = load_prompts(spec, plan.seed, batched, pool.payloads, pool.max_bytes)
         elif spec.source == "json":
             json_paths.setdefault(spec.path, []).append(j)
     for path, idx in json_paths.items():

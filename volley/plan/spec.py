@@ -105,8 +105,8 @@ class LoadSpec:
         return self.duration_s
 
 
-Source = Literal["random", "zeros", "constant", "files", "json"]
-SOURCES: tuple[str, ...] = ("random", "zeros", "constant", "files", "json")
+Source = Literal["random", "zeros", "constant", "files", "json", "prompts"]
+SOURCES: tuple[str, ...] = ("random", "zeros", "constant", "files", "json", "prompts")
 #: Input keys that make an input's shape vary from payload to payload.
 VARY_KEYS = ("dims", "shapes", "pixels")
 
@@ -152,7 +152,9 @@ class InputSpec:
     layout: str = ""
     #: BYTES inputs: bytes per element (distribution).
     length: str = ""
-    #: files: a directory (or one file); json: a perf_analyzer --input-data JSON file.
+    #: files: a directory (or one file); json: a perf_analyzer --input-data JSON file;
+    #: prompts: a JSONL ("text" or "prompt" per line) or text file (one prompt a line),
+    #: for a BYTES input (name "": the model's only BYTES input, named in preflight).
     path: str = ""
     #: Filled by the coordinator from `path`.
     items: tuple[DataItem, ...] = ()
@@ -318,6 +320,9 @@ class StreamSpec:
     #: Request parameters sent with every request (sampling parameters, max_tokens...):
     #: (name, value) pairs; gRPC InferParameter by the value's type, HTTP "parameters".
     parameters: tuple[tuple[str, bool | int | float | str], ...] = ()
+    #: Request parameters drawn per payload of the pool from a distribution (volley/dist.py),
+    #: e.g. ("max_tokens", "16..64"): (name, distribution text); integer values (int64).
+    drawn: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

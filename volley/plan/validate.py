@@ -328,7 +328,7 @@ def _input(raw: object, i: int) -> InputSpec:
     d = _dict(raw, where)
     _check_keys(d, {f.name for f in fields(InputSpec)}, where)
     name = _str(d, "name", where, "")
-    if not name:
+    if not name and d.get("source") != "prompts":
         raise PlanError(f"{where}.name: required")
     where = f"input {clipped(name, 60)}"
     shape_raw = _list(d.get("shape"), f"{where}.shape")
@@ -402,9 +402,9 @@ def _input(raw: object, i: int) -> InputSpec:
         raise PlanError(f"{where}: give either a fixed shape or {varying[0]}, not both")
     if spec.aspect and not spec.pixels:
         raise PlanError(f"{where}.aspect: needs pixels (the image area) too")
-    if spec.source in ("files", "json") and not spec.path and not spec.items:
+    if spec.source in ("files", "json", "prompts") and not spec.path and not spec.items:
         raise PlanError(f"{where}: source {spec.source} needs a path")
-    if spec.source == "json" and varying:
+    if spec.source in ("json", "prompts") and varying:
         raise PlanError(f"{where}: a JSON input-data file gives its own shapes ({varying[0]})")
     if spec.source == "constant" and spec.value is None:
         raise PlanError(f"{where}: source constant needs a value")
@@ -770,9 +770,19 @@ def _stream(raw: Any) -> StreamSpec:
     if len(raw_params) > 64:
         raise PlanError("plan.stream.parameters: more than 64 parameters")
     params: list[tuple[str, bool | int | float | str]] = []
-    for k, v in raw_params.items():
+    raw_drawn = d.get("drawn") or []
+    if not isinstance(raw_drawn, list | tuple) or not all(
+        isinstance(p, list | tuple) and len(p) == 2 for p in raw_drawn
+    ):
+        raise PlanError("plan.stream.drawn: expected [name, distribution] pairs")
+    drawn: list[tuple[str, str]] = []
+    for k, v in [*raw_drawn, *raw_params.items()]:
         if not isinstance(k, str) or not k or len(k) > 128 or k.startswith("triton_"):
             raise PlanError(f"plan.stream.parameters: bad name {shown(k)}")
+        dist = _drawn_dist(k, v)
+        if dist:
+            drawn.append((k, dist))
+            continue
         if isinstance(v, bool | str) or (isinstance(v, int) and -(2**63) <= v < 2**63):
             if isinstance(v, str) and len(v) > 4096:
                 raise PlanError(f"plan.stream.parameters.{k}: longer than 4096 characters")
@@ -783,7 +793,37 @@ def _stream(raw: Any) -> StreamSpec:
             raise PlanError(
                 f"plan.stream.parameters.{k}: expected a boolean, integer, number or text"
             )
-    return StreamSpec(decoupled=decoupled, token_output=token_output, parameters=tuple(params))
+    if len(drawn) + len(params) > 64:
+        raise PlanError("plan.stream.parameters: more than 64 parameters")
+    return StreamSpec(
+        decoupled=decoupled,
+        token_output=token_output,
+        parameters=tuple(params),
+        drawn=tuple(drawn),
+    )
+
+
+def _drawn_dist(name: str, value: object) -> str:
+    """A parameter's value as a distribution's text when it is one (a mapping, or text in
+    the distribution syntax that is not a constant: "uniform(16, 64)", "16..64", "8|32"),
+    else "" (a plain value)."""
+    if not isinstance(value, dict) and not (
+        isinstance(value, str) and any(c in value for c in "(.|")
+    ):
+        return ""
+    try:
+        dist = parse_dist(value)
+    except DistError as exc:
+        if isinstance(value, str) and not re.match(
+            r"\s*(uniform|normal|lognormal|choice)\s*\(", value
+        ):
+            return ""  # plain text that only looks like one
+        raise PlanError(f"plan.stream.parameters.{name}: {exc}") from None
+    if dist.is_fixed:
+        return ""
+    if dist.min() < -(2**62) or dist.max() > 2**62:
+        raise PlanError(f"plan.stream.parameters.{name}: {dist} is out of the int64 range")
+    return str(dist)
 
 
 def check_resolved(plan: Plan) -> None:

@@ -23,7 +23,7 @@ from volley.plan import Plan, PlanError, plan_models
 from volley.request import RequestPool, build_plan_pool, http_infer_body
 from volley.wire.grpc import USER_AGENT, grpc_frame
 from volley.wire.kserve_json import json_infer_body
-from volley.wire.stream import generate_body, generate_path
+from volley.wire.stream import drawn_values, generate_body, generate_path, param_entries
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,21 @@ class Payloads:
         return int(self.pick(np.asarray([index], np.int64))[0])
 
 
+def _widen(pool: RequestPool) -> RequestPool:
+    """A pool of the configured size from a smaller one (repeats, same weights in all), so
+    parameters drawn per payload (plan.stream.drawn) get as many draws as configured."""
+    n = len(pool.payloads)
+    k = -(-pool.requested // n) if n else 1
+    if k <= 1:
+        return pool
+    return dataclasses.replace(
+        pool,
+        payloads=pool.payloads * k,
+        weights=[w / k for w in pool.weights] * k,
+        draws=pool.draws * k,
+    )
+
+
 def build_payloads(plan: Plan, seed: int = 0, headers: Sequence[tuple[str, str]] = ()) -> Payloads:
     """Build and serialize every model's request pool once, framed for the plan's protocol.
 
@@ -97,15 +112,26 @@ def build_payloads(plan: Plan, seed: int = 0, headers: Sequence[tuple[str, str]]
             models=(),
         )
         pool = build_plan_pool(one)
+        if plan.stream.drawn and plan.stream.decoupled:
+            pool = _widen(pool)
         pools.append(pool)
         offset = len(shapes)
         shapes.extend(pool.shapes)
         first = len(wires)
-        for p in pool.payloads:
+        drawn = drawn_values(
+            plan.stream.drawn if plan.stream.decoupled else (),
+            len(pool.payloads),
+            plan.seed,
+            model_id,
+        )
+        for p, own in zip(pool.payloads, drawn, strict=True):
+            if own and plan.protocol != "http":
+                # this payload's drawn parameters (max_tokens...) travel in its message
+                p = dataclasses.replace(p, body=p.body + param_entries(own))
             if plan.protocol == "http" and plan.stream.decoupled:
                 # the generate extension: a JSON object of inputs, answered as events
                 try:
-                    gen = generate_body(p.body, plan.stream.parameters)
+                    gen = generate_body(p.body, (*plan.stream.parameters, *own))
                 except ValueError as exc:
                     raise PlanError(f"model {m.name}: {exc}") from None
                 head = _generate_head(plan, m.name, m.version, headers)

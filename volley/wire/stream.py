@@ -21,6 +21,7 @@ from urllib.parse import quote
 import numpy as np
 from tritonclient.grpc import service_pb2
 
+from volley.dist import parse_dist
 from volley.inputs import DTYPES
 
 #: ModelInferRequest field 4 (parameters) entry asking for the flag-only final response;
@@ -51,6 +52,35 @@ def request_params(params: tuple[Param, ...]) -> bytes:
         parameters={k: _param(v) for k, v in params}
     ).SerializeToString()
     return EMPTY_FINAL_PARAM + extra
+
+
+def drawn_values(
+    drawn: tuple[tuple[str, str], ...], n: int, seed: int, model_id: int = 0
+) -> list[tuple[Param, ...]]:
+    """Per payload of a pool of `n`, the value of each drawn request parameter: integers
+    from each distribution, stratified (each of the n draws from its own 1/n of the CDF,
+    in a seeded shuffled order), so every worker of every agent draws the same ones."""
+    if not drawn or n <= 0:
+        return [()] * max(n, 0)
+    rng = np.random.default_rng([seed, 0x70CE, model_id])
+    cols: list[list[int]] = []
+    for _name, text in drawn:
+        d = parse_dist(text)
+        u = (rng.permutation(n) + rng.random(n)) / n
+        cols.append([round(d.quantile(float(x))) for x in u])
+    return [
+        tuple((name, col[k]) for (name, _), col in zip(drawn, cols, strict=True)) for k in range(n)
+    ]
+
+
+def param_entries(params: tuple[Param, ...]) -> bytes:
+    """Request parameters as ModelInferRequest field-4 entries (to append to a request)."""
+    if not params:
+        return b""
+    out: bytes = service_pb2.ModelInferRequest(
+        parameters={k: _param(v) for k, v in params}
+    ).SerializeToString()
+    return out
 
 
 def stream_request(msg: bytes, rid: int, params: bytes = EMPTY_FINAL_PARAM) -> bytes:
