@@ -72,12 +72,12 @@ def test_short_run_is_inconclusive_and_auto_extends_until_decided(
     assert slo["interval"]["high"] is None and "368" in slo["reason"]
     assert s["requests"]["ok"] < 368 and not s["confidence"]["requests_needed"]["p99"]["enough"]
 
-    auto = runner.invoke(app, [*common, "--duration", "auto", "--max-duration", "40s"])
+    auto = runner.invoke(app, [*common, "--duration", "auto", "--max-duration", "60s"])
     assert auto.exit_code == 0, auto.output
     run_dir = Path(auto.output.strip().splitlines()[-1])
     a = json.loads((run_dir / "summary.json").read_text())
     stop = a["auto_stop"]
-    assert stop["reason"] == "decided" and stop["stopped_at_s"] < 38, stop
+    assert stop["reason"] == "decided" and stop["stopped_at_s"] < 58, stop
     assert a["duration_s"] == stop["stopped_at_s"] and float(a["duration_s"]).is_integer()
     (slo,) = a["verdict"]["slo"]
     assert slo["outcome"] == "pass" and slo["interval"]["high"] < 400

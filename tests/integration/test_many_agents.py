@@ -32,7 +32,9 @@ async def test_24_agents_start_together(triton_server: TritonEndpoint, tmp_path:
             "seed": 3,
             "name": "many",
             "load": {"mode": "open", "arrival": "constant", "rate": 240, "duration": "2s"},
-            "validity": {"min_duration_s": 1, "min_requests": 10},
+            # 48 processes on 2 cores wake late: what this test judges is the start, so
+            # late timer wake-ups alone do not make an agent the bottleneck here
+            "validity": {"min_duration_s": 1, "min_requests": 10, "max_late_fraction": 1.0},
         }
     )
     local = LocalAgents(AGENTS, workers=1, startup_timeout_s=120)

@@ -255,7 +255,7 @@ async def test_compare_one_vs_two_instances(
     with TritonServer(cfg) as two:
         for name, ep, secs in (
             ("one", triton_server, 9),
-            ("two", two, 20),
+            ("two", two, 30),
             ("one-again", triton_server, 9),
         ):
             plan = plan_from_dict(
