@@ -152,7 +152,10 @@ async def test_two_agents_measure_the_known_stream(
     # within 1 ms of the configuration plus Triton's own overhead; the overhead is
     # measured alone before the run and on a busy host reads high (3.1 ms once, against
     # 1.5-1.9 ms quiet), so a TTFT below FIRST_MS + overhead is not held against it
-    assert ttft - (FIRST_MS + floor) <= 1.0
+    # (over gRPC tritonclient's own TTFT in the same minutes is a second measure of the
+    # overhead: the larger of the two is taken, as one read alone varies by ~1 ms here)
+    overhead = max(floor, ref - FIRST_MS) if grpc else floor
+    assert ttft - (FIRST_MS + overhead) <= 1.0
     if grpc:
         assert FIRST_MS <= ttft <= ref + 0.5
     assert abs(itl - GAP_MS) <= 0.5
