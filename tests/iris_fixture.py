@@ -7,7 +7,6 @@ test module."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 import urllib.request
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.triton import find_free_ports
 from tests.triton_fixture import REPO_ROOT, in_ci
 
 VENV = REPO_ROOT / ".venv-mlserver" / "bin"
@@ -28,13 +28,6 @@ BUILT = REPO_ROOT / "triton_models" / "iris" / "1" / "iris.onnx"
 class IrisService:
     url: str  #: "127.0.0.1:PORT"
     model: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _up(url: str) -> bool:
@@ -61,7 +54,7 @@ def iris_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IrisServi
             capture_output=True,
             timeout=120,
         )
-    port = _free_port()
+    (port,) = find_free_ports(1)
     log = work / "uvicorn.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.triton import find_free_ports
 from tests.triton_fixture import REPO_ROOT, in_ci
 
 MLSERVER = REPO_ROOT / ".venv-mlserver" / "bin" / "mlserver"
@@ -31,13 +31,6 @@ class MLServerEndpoint:
     grpc_url: str
     http_url: str
     log_path: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _ready(http_url: str) -> bool:
@@ -56,7 +49,7 @@ def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLServerEndpo
         pytest.skip(".venv-mlserver is missing (make install)")
     work = tmp_path_factory.mktemp("mlserver")
     shutil.copytree(MODELS, work / "models")
-    grpc_port, http_port, metrics_port = _free_port(), _free_port(), _free_port()
+    grpc_port, http_port, metrics_port = find_free_ports(3)
     (work / "models" / "settings.json").write_text(
         json.dumps(
             {

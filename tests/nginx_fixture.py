@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.triton import find_free_ports
 from tests.triton_fixture import TritonEndpoint, in_ci
 
 #: Requests per client connection before nginx recycles it (nginx's default is 1000).
@@ -37,13 +38,6 @@ class NginxProxy:
     grpc_url: str  #: "127.0.0.1:PORT": grpc_pass to Triton's gRPC port
     http_url: str  #: "127.0.0.1:PORT": proxy_pass to Triton's HTTP port
     error_log: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _config(work: Path, triton: TritonEndpoint, grpc_port: int, http_port: int) -> str:
@@ -108,7 +102,7 @@ def nginx_proxy(triton_server: TritonEndpoint, tmp_path: Path) -> Iterator[Nginx
         pytest.skip("nginx is not installed (make nginx)")
     work = tmp_path / "nginx"
     work.mkdir()
-    grpc_port, http_port = _free_port(), _free_port()
+    grpc_port, http_port = find_free_ports(2)
     conf = work / "nginx.conf"
     conf.write_text(_config(work, triton_server, grpc_port, http_port))
     log = work / "error.log"
