@@ -14,7 +14,7 @@ from volley.mix import ModelMix
 from volley.plan import PlanError, plan_from_dict
 from volley.request import check_http_response, http_infer_body
 from volley.schedule import worker_slice
-from volley.wire import h2
+from volley.wire import h2, h2frames
 from volley.wire.grpc import grpc_frame, grpc_timeout_header, grpc_unframe
 from volley.wire.http1 import dechunk
 from volley.wire.payloads import build_payloads
@@ -38,7 +38,7 @@ def test_request_header_block_decodes_and_hides_secrets() -> None:
         ("te", "trailers"),
         ("authorization", "Bearer x"),
     ]
-    assert not h2._hpack_mutates(block)  # literals without indexing only
+    assert not h2frames._hpack_mutates(block)  # literals without indexing only
     assert b"\x10\x0dauthorization" in block  # never-indexed representation
 
 
@@ -46,10 +46,11 @@ def test_hpack_mutation_scan_matches_a_real_encoder() -> None:
     enc = Encoder()
     first = enc.encode([(":status", "200"), ("content-type", "application/grpc")])
     again = enc.encode([(":status", "200"), ("content-type", "application/grpc")])
-    assert h2._hpack_mutates(first)  # adds content-type to the dynamic table
-    assert not h2._hpack_mutates(again)  # indexed references only
+    assert h2frames._hpack_mutates(first)  # adds content-type to the dynamic table
+    assert not h2frames._hpack_mutates(again)  # indexed references only
     for n in (1, 14, 15, 127, 128, 300, 70000):
-        assert decode_integer(h2._hpack_int(n, 4, 0), 4) == (n, len(h2._hpack_int(n, 4, 0)))
+        encoded = h2frames._hpack_int(n, 4, 0)
+        assert decode_integer(encoded, 4) == (n, len(encoded))
 
 
 def test_header_info_and_status_mappings() -> None:
