@@ -9,7 +9,8 @@ from typing import Any
 from coordinator.documents import PercentileKey, Summary
 from coordinator.report import svg
 from coordinator.report.data import RunData, curve
-from coordinator.report.html import breakdown_rows, figure, mids, note, num, page, table
+from coordinator.report.page import figure, mids, note, num, page, table
+from coordinator.report.server import breakdown_rows
 from volley.confidence import Interval, differ
 
 #: (label, getter, unit, better) — better: "lower", "higher" or "" (no judgement)

@@ -7,7 +7,7 @@ from html import escape
 
 from coordinator.documents import Summary
 from coordinator.report import svg
-from coordinator.report.html import figure, note, num, table
+from coordinator.report.page import figure, note, num, table
 
 
 def sequences_html(s: Summary) -> str:
