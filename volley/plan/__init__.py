@@ -5,7 +5,9 @@ pure data: parsing and validation here do no I/O beyond what the caller hands in
 Re-running a resolved plan (seed included) repeats the same global schedule.
 
 Modules: `spec` (the dataclasses, hard limits, PlanError), `text` (durations,
-addresses), `validate` (documents to a Plan).
+addresses), `validate` (documents to a Plan), whose sections are read by `fields`
+(one field, named where it is), `load_section`, `inputs_section` (inputs, pool, models),
+`target_section` (tls, headers), `sequence_section` (sequence, stream).
 """
 
 from volley.plan.spec import (
