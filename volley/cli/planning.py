@@ -231,7 +231,20 @@ def parse_id_range(text: str) -> list[int]:
     return [lo, hi]
 
 
-def _json_service_options(
+def _file_section(plan_file: Path | None, key: str) -> object:
+    """The plan file's own `key` section (None without a plan file)."""
+    if plan_file is None:
+        return None
+    return load_plan_yaml(read_text_file(plan_file, "plan file")).get(key)
+
+
+def _file_mapping(plan_file: Path | None, key: str) -> dict[str, Any]:
+    """The plan file's `key` section as a mapping the options then override."""
+    raw = _file_section(plan_file, key)
+    return dict(raw) if isinstance(raw, dict) else {}
+
+
+def json_service_options(
     plan_file: Path | None, overrides: dict[str, Any], given: dict[str, Any]
 ) -> None:
     """--json-* and --expect-* options onto the plan file's json_service (options win).
@@ -242,10 +255,7 @@ def _json_service_options(
     template = given.get("template")
     if isinstance(template, str) and template.startswith("@"):
         given["template"] = read_text_file(Path(template[1:]), "--json-template")
-    base: dict[str, Any] = {}
-    if plan_file is not None:
-        raw = load_plan_yaml(read_text_file(plan_file, "plan file")).get("json_service")
-        base = dict(raw) if isinstance(raw, dict) else {}
+    base = _file_mapping(plan_file, "json_service")
     if "template" in given:
         base.pop("bodies", None)
         base.pop("bodies_file", None)
@@ -256,7 +266,7 @@ def _json_service_options(
     overrides["json_service"] = {**base, **given}
 
 
-def _target_options(
+def target_options(
     plan_file: Path | None,
     overrides: dict[str, Any],
     tls: bool,
@@ -269,11 +279,7 @@ def _target_options(
 
     given = {k: v for k, v in tls_fields.items() if v is not None}
     if tls or given:
-        base: dict[str, Any] = {}
-        if plan_file is not None:
-            raw = load_plan_yaml(read_text_file(plan_file, "plan file")).get("tls")
-            base = dict(raw) if isinstance(raw, dict) else {}
-        overrides["tls"] = {**base, "enabled": True, **given}
+        overrides["tls"] = {**_file_mapping(plan_file, "tls"), "enabled": True, **given}
     headers: list[dict[str, str]] = []
     for path in header_files:
         text = read_file_bytes(path, "--header-file").decode("utf-8", "replace")
@@ -287,7 +293,5 @@ def _target_options(
             raise PlanError(f"--header-env: expected NAME=ENVVAR, got {shown(item)}")
         headers.append({"name": name, "env": env})
     if headers:
-        if plan_file is not None:
-            raw_h = load_plan_yaml(read_text_file(plan_file, "plan file")).get("headers")
-            headers = [*(raw_h if isinstance(raw_h, list) else []), *headers]
-        overrides["headers"] = headers
+        raw_h = _file_section(plan_file, "headers")
+        overrides["headers"] = [*(raw_h if isinstance(raw_h, list) else []), *headers]
