@@ -293,7 +293,7 @@ def test_parse_trace_limits(monkeypatch: pytest.MonkeyPatch) -> None:
         parse_trace("1\n", "gaps", speed=0)
     with pytest.raises(ValueError):
         parse_trace("1\n", "gaps", unit="min")  # type: ignore[arg-type]
-    monkeypatch.setattr(sched, "MAX_TRACE_ENTRIES", 5)
+    monkeypatch.setattr(sched.schedules, "MAX_TRACE_ENTRIES", 5)  # where parse_trace reads it
     parse_trace("1\n" * 5, "gaps")
     with pytest.raises(ValueError, match="more than"):
         parse_trace("1\n" * 6, "gaps")
