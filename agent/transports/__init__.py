@@ -23,7 +23,22 @@ from volley.plan import Plan, PlanError
 from volley.target import TargetAccess
 from volley.wire.payloads import Payloads
 
-__all__ = ["Clock", "Complete", "Transport", "make_transport"]
+__all__ = ["Clock", "Complete", "Transport", "make_transport", "transport_class"]
+
+
+def transport_class(plan: Plan) -> type[Transport]:
+    """Which transport carries the plan's requests."""
+    if plan.protocol in ("http", "json"):
+        return HttpGenerate if plan.stream.decoupled else Http
+    if plan.stream.decoupled:
+        return GrpcDecoupled
+    if plan.transport == "stream":
+        return GrpcStream
+    if plan.transport == "grpcio":
+        return GrpcioUnary
+    if plan.protocol != "grpc":
+        raise PlanError(f"protocol {plan.protocol!r} is not supported")
+    return GrpcUnary
 
 
 def make_transport(
@@ -36,17 +51,4 @@ def make_transport(
 ) -> Transport:
     """The plan's transport; `access` holds its header values and TLS material, in
     memory (an agent never reads a file or environment variable a plan names)."""
-    if plan.protocol in ("http", "json"):
-        if plan.stream.decoupled:
-            return HttpGenerate(plan, payloads, complete, clock, start_ns, access)
-        http: Transport = Http(plan, payloads, complete, clock, start_ns, access)
-        return http
-    if plan.stream.decoupled:
-        return GrpcDecoupled(plan, payloads, complete, clock, start_ns, access)
-    if plan.transport == "stream":
-        return GrpcStream(plan, payloads, complete, clock, start_ns, access)
-    if plan.transport == "grpcio":
-        return GrpcioUnary(plan, payloads, complete, clock, start_ns, access)
-    if plan.protocol != "grpc":
-        raise PlanError(f"protocol {plan.protocol!r} is not supported")
-    return GrpcUnary(plan, payloads, complete, clock, start_ns, access)
+    return transport_class(plan)(plan, payloads, complete, clock, start_ns, access)

@@ -87,6 +87,8 @@ class Transport:
         self.n_conns = plan.connections
         #: where a streaming transport notes a request's figures (set by the worker)
         self.note_stream: NoteStream = _no_note
+        #: the output whose elements a streaming transport counts as tokens
+        self.token_output = plan.stream.token_output
         self.in_flight = 0
         self.closing = False
         self.loop = asyncio.get_running_loop()
@@ -104,6 +106,11 @@ class Transport:
         #: connection attempts that failed (refused, reset, TLS, timed out): counted apart
         #: from request errors
         self.connect_errors = 0
+        self.setup(plan, access)
+
+    def setup(self, plan: Plan, access: TargetAccess) -> None:
+        """A transport's own state, made once the common state above is (each subclass
+        calls its parent's first): one constructor signature for every transport."""
 
     def alpn(self) -> list[str] | None:
         return None

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 from typing import cast
 
-from agent.transports.base import Call, Clock, Complete
+from agent.transports.base import Call
 from agent.transports.grpc_stream import GrpcStream, StreamCall, StreamState
-from agent.transports.grpc_unary import UnaryConn
+from agent.transports.grpc_unary import UnaryConn, grpc_header_block
 from volley import records as rc
 from volley.plan import Plan
-from volley.target import SENSITIVE, TargetAccess
-from volley.wire import h2
-from volley.wire.grpc import U32, USER_AGENT, grpc_frame
-from volley.wire.payloads import Payloads
+from volley.target import TargetAccess
+from volley.wire.grpc import U32, grpc_frame
 from volley.wire.stream import parse_stream_response, request_params, stream_request
 
 
@@ -57,27 +55,11 @@ class DecoupledCall(StreamCall):
 class GrpcDecoupled(GrpcStream):
     """ModelStreamInfer for decoupled models: N responses per request."""
 
-    def __init__(
-        self,
-        plan: Plan,
-        payloads: Payloads,
-        complete: Complete,
-        clock: Clock,
-        start_ns: int,
-        access: TargetAccess,
-    ) -> None:
-        super().__init__(plan, payloads, complete, clock, start_ns, access)
+    def setup(self, plan: Plan, access: TargetAccess) -> None:
+        super().setup(plan, access)
         # The stream outlives any request: no grpc-timeout on it (timeouts are per
-        # request, found by `sweep`).
-        extra = [
-            ("content-type", "application/grpc"),
-            ("te", "trailers"),
-            ("user-agent", USER_AGENT),
-            *access.headers,
-        ]
-        scheme = "https" if plan.tls is not None else "http"
-        self.hblock = h2.encode_headers(scheme, plan.target, self.path, extra, SENSITIVE)
-        self.token_output = plan.stream.token_output
+        # request, found by `sweep`); compression is refused with decoupled models.
+        self.hblock = grpc_header_block(plan, self.path, access, deadline=False)
         self.params = request_params(plan.stream.parameters)
 
     def _send_on(self, conn: UnaryConn, key: int, intended: int, pidx: int, tries: int) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from tritonclient.grpc import service_pb2
 
-from agent.transports.base import Call, Clock, Complete
+from agent.transports.base import Call
 from agent.transports.grpc_unary import MAX_TRIES, GrpcUnary, UnaryConn
 from volley import records as rc
 from volley.plan import Plan
@@ -19,7 +19,6 @@ from volley.target import TargetAccess
 from volley.wire import h2
 from volley.wire.grpc import MODEL_STREAM_INFER, U32, grpc_frame
 from volley.wire.h2 import HeaderInfo
-from volley.wire.payloads import Payloads
 
 
 class StreamState:
@@ -66,16 +65,8 @@ class GrpcStream(GrpcUnary):
 
     path = MODEL_STREAM_INFER
 
-    def __init__(
-        self,
-        plan: Plan,
-        payloads: Payloads,
-        complete: Complete,
-        clock: Clock,
-        start_ns: int,
-        access: TargetAccess,
-    ) -> None:
-        super().__init__(plan, payloads, complete, clock, start_ns, access)
+    def setup(self, plan: Plan, access: TargetAccess) -> None:
+        super().setup(plan, access)
         #: connection slot -> its current stream (None: none open)
         self.current: list[StreamState | None] = [None] * self.n_conns
         #: (connection, stream id) -> open stream, current or draining

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import collections
 
-from agent.transports.base import Call, Clock, Complete, Transport
+from agent.transports.base import Call, Transport
 from volley import records as rc
 from volley.plan import Plan
 from volley.request import check_response
@@ -25,7 +25,6 @@ from volley.wire.grpc import (
     grpc_unframe,
 )
 from volley.wire.h2 import Connection, HeaderInfo
-from volley.wire.payloads import Payloads
 
 #: Sends of one request at most (the first and transparent retries).
 MAX_TRIES = 4
@@ -54,22 +53,33 @@ class UnaryCall(Call):
 UnaryConn = Connection[UnaryCall]
 
 
+def grpc_header_block(plan: Plan, path: str, access: TargetAccess, deadline: bool = True) -> bytes:
+    """The one HTTP/2 header block of a gRPC transport's streams, encoded once: content
+    type, trailers, user agent, `grpc-timeout` (unless `deadline` is False: a stream that
+    outlives any request), compression, then the plan's own headers."""
+    extra = [
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+        ("user-agent", USER_AGENT),
+    ]
+    if deadline:
+        extra.append(("grpc-timeout", grpc_timeout_header(plan.timeout_s)))
+    if plan.compression != "none":
+        extra.append(("grpc-encoding", plan.compression))
+        extra.append(("grpc-accept-encoding", f"{plan.compression},identity"))
+    extra += access.headers
+    scheme = "https" if plan.tls is not None else "http"
+    return h2.encode_headers(scheme, plan.target, path, extra, SENSITIVE)
+
+
 # ---- gRPC unary ------------------------------------------------------------------------
 class GrpcUnary(Transport):
     """ModelInfer calls, one HTTP/2 stream each, round-robin over the connections."""
 
     path = MODEL_INFER
 
-    def __init__(
-        self,
-        plan: Plan,
-        payloads: Payloads,
-        complete: Complete,
-        clock: Clock,
-        start_ns: int,
-        access: TargetAccess,
-    ) -> None:
-        super().__init__(plan, payloads, complete, clock, start_ns, access)
+    def setup(self, plan: Plan, access: TargetAccess) -> None:
+        super().setup(plan, access)
         self.conns: list[UnaryConn | None] = [None] * self.n_conns
         self.rr = 0
         #: connections that received GOAWAY and were replaced, until their calls end
@@ -79,18 +89,7 @@ class GrpcUnary(Transport):
         #: requests waiting for stream capacity (peer's MAX_CONCURRENT_STREAMS) or for a
         #: connection being opened: (key, intended, pidx, sends so far)
         self.waiting: collections.deque[tuple[int, int, int, int]] = collections.deque()
-        extra = [
-            ("content-type", "application/grpc"),
-            ("te", "trailers"),
-            ("user-agent", USER_AGENT),
-            ("grpc-timeout", grpc_timeout_header(plan.timeout_s)),
-        ]
-        if plan.compression != "none":
-            extra.append(("grpc-encoding", plan.compression))
-            extra.append(("grpc-accept-encoding", f"{plan.compression},identity"))
-        extra += access.headers
-        scheme = "https" if plan.tls is not None else "http"
-        self.hblock = h2.encode_headers(scheme, plan.target, self.path, extra, SENSITIVE)
+        self.hblock = grpc_header_block(plan, self.path, access)
 
     def alpn(self) -> list[str] | None:
         return ["h2"]
@@ -126,6 +125,7 @@ class GrpcUnary(Transport):
         for key, intended, pidx, _ in waiting:
             self.in_flight -= 1
             self.fail_soon(key, intended, pidx, rc.UNAVAILABLE)
+
     def cork(self) -> None:
         for c in self.conns:
             if c is not None:

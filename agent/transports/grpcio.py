@@ -16,12 +16,11 @@ from collections.abc import Awaitable, Callable
 import grpc
 from tritonclient.grpc import service_pb2
 
-from agent.transports.base import Clock, Complete, Transport
+from agent.transports.base import Transport
 from volley import records as rc
 from volley.plan import Plan
 from volley.request import check_response
 from volley.target import TargetAccess
-from volley.wire.payloads import Payloads
 
 #: "/inference.GRPCInferenceService/ModelInfer", from tritonclient's service descriptor.
 _SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
@@ -41,16 +40,8 @@ UnaryCallable = Callable[..., Awaitable[bytes]]
 class GrpcioUnary(Transport):
     """One grpc.aio unary call per request, round-robin over `connections` channels."""
 
-    def __init__(
-        self,
-        plan: Plan,
-        payloads: Payloads,
-        complete: Complete,
-        clock: Clock,
-        start_ns: int,
-        access: TargetAccess,
-    ) -> None:
-        super().__init__(plan, payloads, complete, clock, start_ns, access)
+    def setup(self, plan: Plan, access: TargetAccess) -> None:
+        super().setup(plan, access)
         self.channels: list[grpc.aio.Channel | None] = [None] * self.n_conns
         self.calls: list[UnaryCallable | None] = [None] * self.n_conns
         self.tasks: set[asyncio.Task[None]] = set()

@@ -27,14 +27,13 @@ import ssl
 import zlib
 from typing import cast
 
-from agent.transports.base import Call, Clock, Complete, Transport
+from agent.transports.base import Call, Transport
 from volley import records as rc
 from volley.plan import Plan
 from volley.request import check_http_response
 from volley.target import TargetAccess
 from volley.wire.http1 import dechunk
 from volley.wire.json_service import answer_ok
-from volley.wire.payloads import Payloads
 
 #: Hard bound on connections per worker (each is a socket and a server slot).
 MAX_CONNECTIONS = 1024
@@ -233,16 +232,8 @@ class Http(Transport):
     #: the connection protocol (generate_stream's reads events: agent/transports/http_stream.py)
     conn_type: type[H1Conn] = H1Conn
 
-    def __init__(
-        self,
-        plan: Plan,
-        payloads: Payloads,
-        complete: Complete,
-        clock: Clock,
-        start_ns: int,
-        access: TargetAccess,
-    ) -> None:
-        super().__init__(plan, payloads, complete, clock, start_ns, access)
+    def setup(self, plan: Plan, access: TargetAccess) -> None:
+        super().setup(plan, access)
         self.heads = [w.head for w in self.wires]
         #: protocol json: the plain JSON service's answer check (None: KServe v2)
         self.json_service = plan.json_service if plan.protocol == "json" else None

@@ -3,17 +3,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from agent.transports.base import Call
 from agent.transports.http import H1Call, H1Conn, Http
+from volley.plan import Plan
+from volley.target import TargetAccess
 
 
 class HttpSequence(Http):
     """`send_step(key, intended, pidx, (head, body))`: one step of the sequence `key`."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def setup(self, plan: Plan, access: TargetAccess) -> None:
+        super().setup(plan, access)
         self.bodies: dict[int, tuple[bytes, bytes]] = {}
         #: never read over HTTP (sequence.check is gRPC's)
         self.value: int | None = None

@@ -11,12 +11,9 @@ A request past its timeout closes its connection (which cancels it in Triton).
 
 from __future__ import annotations
 
-from agent.transports.base import Call, Clock, Complete
+from agent.transports.base import Call
 from agent.transports.http import H1Call, H1Conn, Http
 from volley import records as rc
-from volley.plan import Plan
-from volley.target import TargetAccess
-from volley.wire.payloads import Payloads
 from volley.wire.stream import SseReader, parse_sse_event
 
 #: what a request that had begun is recorded as when its connection ends under it
@@ -128,18 +125,6 @@ class HttpGenerate(Http):
     """generate_stream over a pool of HTTP/1.1 connections, N responses per request."""
 
     conn_type = SseConn
-
-    def __init__(
-        self,
-        plan: Plan,
-        payloads: Payloads,
-        complete: Complete,
-        clock: Clock,
-        start_ns: int,
-        access: TargetAccess,
-    ) -> None:
-        super().__init__(plan, payloads, complete, clock, start_ns, access)
-        self.token_output = plan.stream.token_output
 
     def _start(self, conn: H1Conn, key: int, intended: int, pidx: int, tries: int = 0) -> None:
         sent = self.clock() - self.start
