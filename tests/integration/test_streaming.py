@@ -71,6 +71,23 @@ def _doc(
     return doc
 
 
+def _one_response_inputs(first_ms: float) -> list[Any]:
+    """tritonclient gRPC inputs of the tokens model: one response after `first_ms`."""
+    import tritonclient.grpc as tg
+
+    inputs = []
+    for name, dt, v in (
+        ("FIRST_MS", "FP32", first_ms),
+        ("GAP_MS", "FP32", 0.0),
+        ("COUNT", "INT32", 1),
+        ("ERROR_AT", "INT32", -1),
+    ):
+        x = tg.InferInput(name, [1], dt)
+        x.set_data_from_numpy(np.array([v], np.float32 if dt == "FP32" else np.int32))
+        inputs.append(x)
+    return inputs
+
+
 def _reference_ttft_ms(url: str, n: int = 12) -> list[float]:
     """TTFT of the same model and inputs timed by tritonclient's own streaming client
     (send to first response), one request at a time: what Triton adds to FIRST_MS."""
@@ -84,16 +101,7 @@ def _reference_ttft_ms(url: str, n: int = 12) -> list[float]:
 
     client = tg.InferenceServerClient(url)
     client.start_stream(callback=callback)
-    inputs = []
-    for name, dt, v in (
-        ("FIRST_MS", "FP32", FIRST_MS),
-        ("GAP_MS", "FP32", 0.0),
-        ("COUNT", "INT32", 1),
-        ("ERROR_AT", "INT32", -1),
-    ):
-        x = tg.InferInput(name, [1], dt)
-        x.set_data_from_numpy(np.array([v], np.float32 if dt == "FP32" else np.int32))
-        inputs.append(x)
+    inputs = _one_response_inputs(FIRST_MS)
     out = []
     try:
         for i in range(n):
@@ -197,17 +205,7 @@ async def test_a_server_stall_shows_in_ttft(
         client = tg.InferenceServerClient(triton_server.grpc_url)
         done = threading.Event()
         client.start_stream(callback=lambda result, error: done.set())
-        inputs = []
-        for name, dt, v in (
-            ("FIRST_MS", "FP32", 1000.0),
-            ("GAP_MS", "FP32", 0.0),
-            ("COUNT", "INT32", 1),
-            ("ERROR_AT", "INT32", -1),
-        ):
-            x = tg.InferInput(name, [1], dt)
-            x.set_data_from_numpy(np.array([v], np.float32 if dt == "FP32" else np.int32))
-            inputs.append(x)
-        client.async_stream_infer("tokens", inputs)
+        client.async_stream_infer("tokens", _one_response_inputs(1000.0))
         done.wait(10)
         client.stop_stream()
         client.close()
@@ -239,32 +237,16 @@ async def _floor_ttft_ms(triton: TritonEndpoint, protocol: str, n: int = 15) -> 
     """Triton's own overhead on a first response: TTFT p50 of requests with FIRST_MS 0,
     sent one at a time 0.1 s apart (the run's idle gap) by the agents' transport."""
     plan = await preflight(plan_from_dict(_doc(triton, 0.0, 0.0, 1, protocol=protocol)))
-    access = read_access(plan).here
-    payloads = build_payloads(plan, headers=access.headers)
-    done: list[tuple[int, ...]] = []
-    notes: list[tuple[Any, ...]] = []
-    start = time.monotonic_ns()
-    tp = make_transport(plan, payloads, lambda *a: done.append(a), time.monotonic_ns, start, access)
-    tp.note_stream = lambda *a: notes.append(a)
-    await tp.open()
-    try:
-        for i in range(n):
-            tp.send(i, tp.now(), payloads.pick_one(i))
-            t0 = time.monotonic()
-            while len(done) <= i and time.monotonic() - t0 < 5:
-                await asyncio.sleep(0.001)
-            await asyncio.sleep(0.1)
-    finally:
-        tp.abort_all(rc.CANCELLED)
-        await tp.close()
-    ttft = [(note[0] - d[1]) / 1e6 for d, note in zip(done, notes, strict=True)]
+    pairs = await _send(plan, n, gap_s=0.1)
+    ttft = [(note[0] - d[1]) / 1e6 for d, note in pairs]
     return float(np.median(ttft[2:]))  # the first ones warm the path up
 
 
 async def _send(
-    plan: Plan, n: int, wait_s: float = 10.0
+    plan: Plan, n: int, wait_s: float = 10.0, gap_s: float | None = None
 ) -> list[tuple[tuple[int, ...], tuple[Any, ...]]]:
-    """n requests through a fresh transport: (completion, streaming note) pairs."""
+    """n requests through a fresh transport: (completion, streaming note) pairs. All at
+    once, or (gap_s) one at a time, each answered (at most 5 s) before a gap_s pause."""
     access = read_access(plan).here
     payloads = build_payloads(plan, headers=access.headers)
     done: list[tuple[int, ...]] = []
@@ -276,6 +258,11 @@ async def _send(
     try:
         for i in range(n):
             tp.send(i, tp.now(), payloads.pick_one(i))
+            if gap_s is not None:
+                t0 = time.monotonic()
+                while len(done) <= i and time.monotonic() - t0 < 5:
+                    await asyncio.sleep(0.001)
+                await asyncio.sleep(gap_s)
         t0 = time.monotonic()
         while len(done) < n and time.monotonic() - t0 < wait_s:
             await asyncio.sleep(0.005)
