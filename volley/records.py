@@ -313,22 +313,24 @@ class RecordBuffer:
         model_id: int = 0,
     ) -> bool:
         """A sequence step's record: `append` plus its sequence ID, step and flags."""
+        # `append`'s body again, on purpose: calling `append` from here measured 40-135 ns
+        # (5-15%) more per record (timeit, interleaved, CPython 3.11, 2-core host, s4).
         n = self.n
         self._seq_id[n] = seq_id
         self._seq_step[n] = step
         self._seq_flags[n] = flags
-        return self.append(
-            index,
-            intended,
-            sent,
-            done,
-            status,
-            req_bytes,
-            resp_bytes,
-            batch_size,
-            shape_id,
-            model_id,
-        )
+        self._index[n] = index
+        self._intended[n] = intended
+        self._sent[n] = sent
+        self._done[n] = done
+        self._status[n] = status
+        self._req[n] = req_bytes
+        self._resp[n] = resp_bytes
+        self._batch[n] = batch_size
+        self._shape[n] = shape_id
+        self._model[n] = model_id
+        self.n = n + 1
+        return self.n >= self.capacity
 
     def take(self, input_shapes: list[str]) -> RecordBlock | None:
         if self.n == 0:
