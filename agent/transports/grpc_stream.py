@@ -227,21 +227,9 @@ class GrpcStream(GrpcUnary):
         for stream in [s for s in self.open_streams.values() if s.conn is conn]:
             self._maybe_half_close(stream)
 
-    def on_connection_lost(self, conn: UnaryConn, message: str) -> None:
-        slot = conn.slot
-        if 0 <= slot < self.n_conns and self.conns[slot] is conn:
-            self.conns[slot] = None
-        if conn in self.draining:
-            self.draining.remove(conn)
-        if message != "closed":
-            self.last_error = message
+    def _lost_calls(self, conn: UnaryConn) -> None:
         for stream in [s for s in self.open_streams.values() if s.conn is conn]:
             self._stream_over(stream, rc.UNAVAILABLE)
-        if self.waiting and not self.closing and not self._any_usable():
-            if conn.goaways and 0 <= slot < self.n_conns:
-                self._want_connect(slot)
-            if not self.connecting():
-                self._fail_waiting()
 
     def on_writable(self, conn: UnaryConn) -> None:
         if self._in_writable or conn.slot < 0:  # from send_data below; in its handshake
@@ -256,10 +244,7 @@ class GrpcStream(GrpcUnary):
 
     def sweep(self) -> None:
         now = self.clock() - self.start
-        while self.waiting and self.waiting[0][1] + self.timeout_ns <= now:
-            key, intended, pidx, _ = self.waiting.popleft()
-            self.in_flight -= 1
-            self.fail_soon(key, intended, pidx, rc.DEADLINE_EXCEEDED)
+        self._expire_waiting(now)
         expired = []
         for rid, st in self.pending.items():
             if st.deadline > now:

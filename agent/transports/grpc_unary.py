@@ -252,15 +252,19 @@ class GrpcUnary(Transport):
             self.draining.remove(conn)
         if message != "closed":
             self.last_error = message
-        streams = list(conn.streams.values())
-        conn.streams.clear()
-        for st in streams:  # taken by the server, then lost: errors
-            self._finish(st, rc.UNAVAILABLE, 0)
+        self._lost_calls(conn)
         if self.waiting and not self.closing and not self._any_usable():
             if conn.goaways and 0 <= slot < self.n_conns:
                 self._want_connect(slot)
             if not self.connecting():
                 self._fail_waiting()
+
+    def _lost_calls(self, conn: UnaryConn) -> None:
+        """`conn` is gone: its calls were taken by the server, then lost (errors)."""
+        streams = list(conn.streams.values())
+        conn.streams.clear()
+        for st in streams:
+            self._finish(st, rc.UNAVAILABLE, 0)
 
     def on_writable(self, conn: UnaryConn) -> None:
         if conn.slot < 0:  # still in its handshake: connect_slot hands it the waiting
@@ -270,12 +274,16 @@ class GrpcUnary(Transport):
             self._start(conn, key, intended, pidx, tries)
 
     # ---- timeouts and shutdown ---------------------------------------------------------
-    def sweep(self) -> None:
-        now = self.clock() - self.start
+    def _expire_waiting(self, now: int) -> None:
+        """Requests that waited for a connection or capacity past their timeout."""
         while self.waiting and self.waiting[0][1] + self.timeout_ns <= now:
             key, intended, pidx, _ = self.waiting.popleft()
             self.in_flight -= 1
             self.fail_soon(key, intended, pidx, rc.DEADLINE_EXCEEDED)
+
+    def sweep(self) -> None:
+        now = self.clock() - self.start
+        self._expire_waiting(now)
         for conn in [*self.conns, *self.draining]:
             if conn is None or not conn.streams:
                 continue

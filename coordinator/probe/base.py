@@ -1,11 +1,15 @@
-"""What every probe answers (`Probe`), and how it fails (`ProbeError`, `NotFound`)."""
+"""What every probe answers and holds (`Probe`: the target, its TLS and headers), and how
+it fails (`ProbeError`, `NotFound`)."""
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 from coordinator.stats.counters import Snapshot
 from coordinator.stats.documents import ServerInfo
+from volley.plan import Plan
+from volley.target import client_ssl_context, read_access, target_host_port
 from volley.wire.payloads import Wire
 
 
@@ -29,6 +33,20 @@ Tensor = tuple[str, str, tuple[int, ...]]
 class Probe:
     #: The plan's headers as the coordinator sends them (values read here, never sent on).
     headers: tuple[tuple[str, str], ...] = ()
+    #: what the probe's TLS offers by ALPN
+    alpn: tuple[str, ...] = ()
+
+    def __init__(self, plan: Plan, timeout: float) -> None:
+        """The plan's target, TLS and headers, read here on the coordinator (env, files)."""
+        self.plan = plan
+        self.timeout = timeout
+        self.host, self.port = target_host_port(plan)
+        access = read_access(plan).here
+        self.ssl: ssl.SSLContext | None = (
+            client_ssl_context(plan.tls, access, list(self.alpn)) if plan.tls is not None else None
+        )
+        self.server_name = (plan.tls.server_name if plan.tls else "") or None
+        self.headers = access.headers
 
     async def open(self) -> None: ...
 

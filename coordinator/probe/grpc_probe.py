@@ -5,7 +5,6 @@ preflight checks exactly the wire the load will use (TLS and ALPN, headers, comp
 from __future__ import annotations
 
 import asyncio
-import ssl
 import struct
 from typing import Any
 
@@ -17,7 +16,7 @@ from coordinator.stats.documents import ServerInfo
 from volley import records as rc
 from volley.plan import Plan
 from volley.request import check_response
-from volley.target import SENSITIVE, client_ssl_context, read_access, target_host_port
+from volley.target import SENSITIVE
 from volley.wire import h2
 from volley.wire.grpc import USER_AGENT, grpc_frame, grpc_timeout_header, grpc_unframe
 from volley.wire.h2 import H2Connection, HeaderInfo
@@ -76,16 +75,10 @@ class _Sink:
 
 
 class GrpcProbe(Probe):
+    alpn = ("h2",)
+
     def __init__(self, plan: Plan, timeout: float) -> None:
-        self.plan = plan
-        self.timeout = timeout
-        self.host, self.port = target_host_port(plan)
-        access = read_access(plan).here  # on the coordinator: env, files and TLS read here
-        self.ssl: ssl.SSLContext | None = (
-            client_ssl_context(plan.tls, access, ["h2"]) if plan.tls is not None else None
-        )
-        self.server_name = (plan.tls.server_name if plan.tls else "") or None
-        self.headers = access.headers
+        super().__init__(plan, timeout)
         self.sink = _Sink()
         self.conn: H2Connection | None = None
 

@@ -15,7 +15,6 @@ from coordinator.stats.counters import Snapshot, StatisticsError, parse_json
 from coordinator.stats.documents import ServerInfo
 from volley.plan import Plan
 from volley.request import check_http_response
-from volley.target import client_ssl_context, read_access, target_host_port
 from volley.wire.grpc import USER_AGENT
 from volley.wire.http1 import dechunk
 from volley.wire.payloads import Wire
@@ -27,16 +26,10 @@ from volley.wire.stream import (
 class HttpProbe(Probe):
     """KServe v2 REST over one HTTP/1.1 keep-alive connection."""
 
+    alpn = ("http/1.1",)
+
     def __init__(self, plan: Plan, timeout: float) -> None:
-        self.plan = plan
-        self.timeout = timeout
-        self.host, self.port = target_host_port(plan)
-        access = read_access(plan).here  # on the coordinator: env, files and TLS read here
-        self.ssl: ssl.SSLContext | None = (
-            client_ssl_context(plan.tls, access, ["http/1.1"]) if plan.tls is not None else None
-        )
-        self.server_name = (plan.tls.server_name if plan.tls else "") or None
-        self.headers = access.headers
+        super().__init__(plan, timeout)
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 

@@ -4,7 +4,8 @@ tokens of streams), errors by status code and outages, the latency distribution.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from html import escape
 from typing import Any
 
@@ -19,9 +20,12 @@ def over_time_html(run: RunData) -> str:
     if not rows:
         return note("no time series in this run directory")
     xs = mids(rows)
-    band = warmup_band(run)
     spans = _outage_spans(run.summary)
-    lat = svg.line_chart(
+    # every chart over time: the same x axis, warm-up band and outage spans
+    chart = functools.partial(
+        svg.line_chart, x_label="seconds since start", band=warmup_band(run), spans=spans
+    )
+    lat = chart(
         [
             svg.Series("p50", xs, col(rows, "latency_p50_ms")),
             svg.Series("p90", xs, col(rows, "latency_p90_ms")),
@@ -30,12 +34,9 @@ def over_time_html(run: RunData) -> str:
         ],
         title="Latency percentiles per 1 s window (from intended send time)",
         chart_id="latency-over-time",
-        x_label="seconds since start",
         y_label="ms",
-        band=band,
-        spans=spans,
     )
-    thr = svg.line_chart(
+    thr = chart(
         [
             svg.Series("achieved", xs, col(rows, "achieved_rps"), color=svg.color(1)),
             svg.Series("offered", xs, col(rows, "offered_rps"), color=svg.color(0), dashed=True),
@@ -43,10 +44,7 @@ def over_time_html(run: RunData) -> str:
         ],
         title="Throughput: offered (scheduled) vs achieved (successful responses)",
         chart_id="throughput-over-time",
-        x_label="seconds since start",
         y_label="requests/s",
-        band=band,
-        spans=spans,
     )
     marked = " Shaded red: outages (windows with at least half their arrivals in error)."
     return (
@@ -56,7 +54,7 @@ def over_time_html(run: RunData) -> str:
             + (marked if spans else ""),
         )
         + figure(thr, "Achieved counts responses by the window they completed in.")
-        + _tokens_over_time(run, rows, xs, band, spans)
+        + _tokens_over_time(run, rows, xs, chart)
     )
 
 
@@ -64,14 +62,13 @@ def _tokens_over_time(
     run: RunData,
     rows: list[dict[str, Any]],
     xs: list[float],
-    band: tuple[float, float, str] | None,
-    spans: list[tuple[float, float, str]],
+    chart: Callable[..., str],
 ) -> str:
     """TTFT and inter-token latency per window, and tokens/s (streamed runs only)."""
     if run.summary.get("stream") is None or not any(r.get("ttft_p50_ms") for r in rows):
         return ""
     window_s = xs[1] - xs[0] if len(xs) > 1 else 1.0
-    chart = svg.line_chart(
+    ttft = chart(
         [
             svg.Series("TTFT p50", xs, col(rows, "ttft_p50_ms")),
             svg.Series("TTFT p99", xs, col(rows, "ttft_p99_ms")),
@@ -80,21 +77,15 @@ def _tokens_over_time(
         ],
         title="Time to first token and inter-token latency per 1 s window",
         chart_id="tokens-over-time",
-        x_label="seconds since start",
         y_label="ms",
-        band=band,
-        spans=spans,
     )
-    rate = svg.line_chart(
+    rate = chart(
         [svg.Series("tokens/s", xs, col(rows, "tokens", 1.0 / window_s))],
         title="Output tokens per second (successful requests, by intended window)",
         chart_id="tokens-per-second",
-        x_label="seconds since start",
         y_label="tokens/s",
-        band=band,
-        spans=spans,
     )
-    return figure(chart, "TTFT from the intended send time; ITL over every gap.") + figure(
+    return figure(ttft, "TTFT from the intended send time; ITL over every gap.") + figure(
         rate, "Tokens of the requests scheduled in each window."
     )
 

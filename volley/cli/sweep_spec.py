@@ -105,6 +105,14 @@ def _text_keys(d: dict[Any, Any], where: str) -> None:
         raise PlanError(f"{where}: key {shown(bad)} is not a name")
 
 
+def _merge_options(d: dict[str, Any], allowed: set[str], cli: dict[str, Any], where: str) -> None:
+    """A file section's keys checked, then the options given on the command line over it."""
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise PlanError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    d.update((k, v) for k, v in cli.items() if v is not None)
+
+
 def settings_from(yaml_sweep: dict[str, Any], cli: dict[str, Any]) -> SweepSettings:
     d = _mapping(yaml_sweep, "sweep")
     allowed = {
@@ -119,12 +127,7 @@ def settings_from(yaml_sweep: dict[str, Any], cli: dict[str, Any]) -> SweepSetti
         "min_throughput_ratio",
         "retries",
     }
-    unknown = sorted(set(d) - allowed)
-    if unknown:
-        raise PlanError(f"sweep: unknown key(s) {', '.join(unknown)}")
-    for k, v in cli.items():
-        if v is not None:
-            d[k] = v
+    _merge_options(d, allowed, cli, "sweep")
     mode = str(d.get("mode", "rate"))
     if mode not in ("rate", "concurrency"):
         raise PlanError(f"--mode must be rate or concurrency, got {shown(mode)}")
@@ -171,12 +174,7 @@ def capacity_from(yaml_cap: dict[str, Any], cli: dict[str, Any]) -> CapacityInpu
         "cpus_per_replica",
         "cost_per_hour",
     }
-    unknown = sorted(set(d) - allowed)
-    if unknown:
-        raise PlanError(f"capacity: unknown key(s) {', '.join(unknown)}")
-    for k, v in cli.items():
-        if v is not None:
-            d[k] = v
+    _merge_options(d, allowed, cli, "capacity")
     if d.get("production_rate") is None:
         extra = [k for k in ("headroom", "gpus_per_replica", "cpus_per_replica") if k in d]
         if extra:
