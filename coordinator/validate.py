@@ -40,7 +40,7 @@ import numpy.typing as npt
 from volley import records as rc
 from volley.arrivals import global_schedule, schedule_span_s
 from volley.plan import Plan, plan_models
-from volley.records import RecordBlock
+from volley.records import RecordBlock, concat
 from volley.schedule import ArrivalSchedule, weighted_pattern
 from volley.v1 import control_pb2 as pb
 
@@ -352,3 +352,46 @@ class AgentCheck:
             if new:
                 self.fault(kind, new)
                 counted |= m
+
+
+def record_keys(block: RecordBlock) -> npt.NDArray[np.void]:
+    """One key per record (schedule index, worker, sent, intended): what tells one
+    record from another when the same agent's records come from two places."""
+    key = np.empty(len(block), dtype=[("i", "<i8"), ("w", "<u2"), ("s", "<i8"), ("t", "<i8")])
+    key["i"] = block.columns["index"]
+    key["w"] = block.columns["worker"]
+    key["s"] = block.columns["sent_ns"]
+    key["t"] = block.columns["intended_ns"]
+    return key
+
+
+def vet_recovered(
+    check: AgentCheck, stored: RecordBlock | None, spooled: list[RecordBlock]
+) -> RecordBlock | None:
+    """`volley collect`: one agent's records from its spool (as the agent sent them, batch
+    by batch) and from the run directory (`stored`, vetted when the run wrote them),
+    through the same checks as a live run: a spooled duplicate, a bad clock, an unknown
+    code or an index of another slice is dropped and counted in `check.faults`. A stored
+    record that is an exact copy of a kept spooled one (`record_keys`) is that record,
+    counted once; the other stored ones are vetted after the spool's (a full spool lacks
+    the end of the run). None: no record at all."""
+    kept: list[RecordBlock] = []
+    for blk in spooled:
+        if not check.batch_shapes_ok(blk):
+            check.fault(Fault.MALFORMED_BATCH)
+            continue
+        good = check.records(blk)
+        if len(good):
+            kept.append(good)
+    spool = concat(kept) if kept else None
+    if stored is not None and len(stored):
+        if spool is not None:
+            both = np.concatenate([record_keys(spool), record_keys(stored)])
+            _, inverse = np.unique(both, return_inverse=True)
+            inverse = inverse.reshape(-1)
+            new = ~np.isin(inverse[len(spool) :], inverse[: len(spool)])
+            stored = stored.select(new) if not bool(new.all()) else stored
+        rest = check.records(stored)
+        if len(rest):
+            kept.append(rest)
+    return concat(kept) if kept else None
