@@ -412,3 +412,27 @@ def test_the_good_new_files_get_to_the_load(base: Path, no_load: None) -> None:
         _run(d / "p.yaml", d / "runs", "--input-data", str(d / "in.json")),
     ):
         assert res.exit_code == 2 and "fuzz: the" in res.stderr, res.output
+
+
+def test_a_json_bodies_file_is_read_up_to_the_plan_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bodies file larger than any plan an agent takes is refused after reading that
+    much (not read whole into memory); a body holding U+2028 stays one body."""
+    from coordinator import preflight
+    from volley.plan import plan_from_dict
+
+    f = tmp_path / "bodies.jsonl"
+    doc = {
+        "target": "127.0.0.1:1",
+        "protocol": "json",
+        "load": {"rate": 5, "duration": "1s"},
+        "json_service": {"path": "/p", "bodies_file": str(f)},
+    }
+    f.write_text('{"a": "x\u2028y"}\r\n{"b": 2}\n')
+    got = preflight.read_json_bodies(plan_from_dict(doc)).json_service
+    assert got is not None and got.bodies == ('{"a": "x\u2028y"}', '{"b": 2}')
+    monkeypatch.setattr(preflight, "MAX_BODIES_FILE_BYTES", 1000)
+    f.write_text('{"a": 1}\n' * 200)
+    with pytest.raises(PreflightError, match=r"over 1.0 kB \(the largest plan an agent takes\)"):
+        preflight.read_json_bodies(plan_from_dict(doc))
