@@ -436,3 +436,25 @@ def test_a_json_bodies_file_is_read_up_to_the_plan_limit(
     f.write_text('{"a": 1}\n' * 200)
     with pytest.raises(PreflightError, match=r"over 1.0 kB \(the largest plan an agent takes\)"):
         preflight.read_json_bodies(plan_from_dict(doc))
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "needle"),
+    [
+        ("--start-lead", "nan", "--start-lead: expected seconds from 0 to 590"),
+        ("--start-lead", "inf", "--start-lead"),
+        ("--start-lead", "-1", "--start-lead"),
+        ("--start-lead", "1e300", "--start-lead"),
+        ("--workers", "-3", "--workers: expected 0"),
+        ("--workers", str(2**40), "--workers"),
+    ],
+)
+def test_start_lead_and_workers_are_checked(
+    base: Path, no_load: None, option: str, value: str, needle: str
+) -> None:
+    """A NaN --start-lead was a ValueError once the agents were running."""
+    d = _workdir(base)
+    (d / "p.yaml").write_bytes(PLAN_BYTES)
+    res = _run(d / "p.yaml", d / "runs", option, value)
+    check_result(res)
+    assert res.exit_code == 2 and needle in res.stderr, res.output
