@@ -4,9 +4,15 @@ any bytes, JSON nested past the parser's recursion limit included, are a bad ans
 
 from __future__ import annotations
 
+import http.server
+import threading
+from pathlib import Path
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
+from volley.cli import app
 from volley.plan import JsonServiceSpec
 from volley.request import check_http_response
 from volley.wire.json_service import answer_ok
@@ -47,3 +53,40 @@ def test_a_huge_list_index_in_expect_field_is_no_match() -> None:
     spec = JsonServiceSpec(path="/p", template="{}", expect_field="a." + "9" * 5000)
     assert answer_ok(200, b'{"a": [1, 2]}', spec) is False
     assert answer_ok(200, b'{"a": [1, 2]}', JsonServiceSpec(template="{}", expect_field="a.-2"))
+
+
+class _DeepServer(http.server.BaseHTTPRequestHandler):
+    """Ready, then every JSON answer nested past the parser's recursion limit."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        body = b"" if "health" in self.path else DEEP[0]
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_GET
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_preflight_on_a_server_answering_deep_json_is_one_line(tmp_path: Path) -> None:
+    """The server's metadata/config/model list nested 100,000 deep: `volley run` says
+    what is malformed in one line (exit 2), not a RecursionError traceback."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DeepServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        target = f"127.0.0.1:{server.server_address[1]}"
+        argv = ["run", "--protocol", "http", "--target", target, "--model", "m"]
+        argv += ["--rate", "5", "--duration", "1s", "--agent", "127.0.0.1:1"]
+        res = CliRunner().invoke(app, [*argv, "--out", str(tmp_path)])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    assert res.exit_code == 2 and "malformed" in res.stderr, res.output
+    assert res.stderr.strip().count("\n") == 0
