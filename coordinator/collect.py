@@ -58,14 +58,18 @@ from coordinator.rundir import (
 from coordinator.sequences import SequenceStats
 from coordinator.slo import goodput_limits
 from coordinator.summary import AgentInfo, build_summary
+from coordinator.validate import AgentCheck, Fault, RunShape, clean_text, record_keys, vet_recovered
 from volley import spool as spoolfile
 from volley.arrivals import schedule_span_s
 from volley.plan import Plan, load_plan_yaml, plan_from_dict
-from volley.records import COLUMNS, STREAM_DEFAULTS, RecordBlock, concat
+from volley.records import COLUMNS, STREAM_DEFAULTS, RecordBlock
 from volley.security import ClientSecurity
 from volley.v1 import control_pb2 as pb
 
 log = logging.getLogger("volley.collect")
+
+#: An agent id from a spool is cut to this many characters.
+MAX_ID_TEXT = 200
 
 
 class CollectError(Exception):
@@ -86,6 +90,12 @@ class AgentSpool:
     notes: list[str] = field(default_factory=list)
     #: the spool folder read directly (a local agent), None: replayed by the agent
     folder: Path | None = None
+    #: what it said when its run started, and batches that could not be decoded
+    started: pb.Started | None = None
+    malformed: int = 0
+    #: what the checks dropped (records) and what it got wrong (fault -> count)
+    invalid: int = 0
+    faults: dict[str, int] = field(default_factory=dict)
 
     def state(self) -> tuple[str, str]:
         """(state, why) of the agent's slice as its spool tells it."""
@@ -93,9 +103,9 @@ class AgentSpool:
         if f is None:
             return "missing", "its spool ends without a finish (the agent was killed?)"
         if not f.ok:
-            return "failed", f.error or "failed"
+            return "failed", clean_text(f.error) or "failed"
         if f.final_status.message:
-            return "stopped", f.final_status.message
+            return "stopped", clean_text(f.final_status.message)
         return "done", ""
 
 
@@ -132,8 +142,9 @@ class _SpoolParser:
             self.cur = AgentSpool(
                 index=int(ev.started.agent_index),
                 address=self.address,
-                agent_id=ev.started.agent_id,
+                agent_id=clean_text(ev.started.agent_id, MAX_ID_TEXT),
                 folder=self.folder,
+                started=ev.started,
             )
             self.out.append(self.cur)
             return
@@ -149,6 +160,7 @@ class _SpoolParser:
                 block = RecordBlock.from_proto(ev.timings)
             except ValueError as exc:
                 cur.notes.append(f"skipped a malformed batch ({exc})")
+                cur.malformed += 1
                 return
             cur.blocks.append(block)
             cur.records += len(block)
@@ -228,12 +240,7 @@ def _dedupe(block: RecordBlock) -> RecordBlock:
     n = len(block)
     if n == 0:
         return block
-    key = np.empty(n, dtype=[("i", "<i8"), ("w", "<u2"), ("s", "<i8"), ("t", "<i8")])
-    key["i"] = block.columns["index"]
-    key["w"] = block.columns["worker"]
-    key["s"] = block.columns["sent_ns"]
-    key["t"] = block.columns["intended_ns"]
-    _, first = np.unique(key, return_index=True)
+    _, first = np.unique(record_keys(block), return_index=True)
     if len(first) == n:
         return block
     first.sort()
@@ -317,6 +324,7 @@ async def collect_run(
         if sp.index in by_slot:
             by_slot[sp.index].blocks += sp.blocks
             by_slot[sp.index].records += sp.records
+            by_slot[sp.index].malformed += sp.malformed
         else:
             by_slot[sp.index] = sp
     spools = [by_slot[k] for k in sorted(by_slot)]
@@ -325,9 +333,10 @@ async def collect_run(
 
     req_path = run_dir / "requests.parquet"
     existing, how = _read_existing(req_path)
+    checks = _checks(plan, infos, spools, old_rows)
     if old is not None and existing is None:
         # the run finished without raw records: the others' records are not here to merge
-        return _write_recovered_only(run_dir, run_id, spools, failures, old)
+        return _write_recovered_only(run_dir, run_id, spools, failures, old, checks)
 
     agg = Aggregator(len(infos), int(plan.load.warmup_s * 1e9), good=goodput_limits(plan.slos))
     if plan.sequence is not None:
@@ -342,17 +351,18 @@ async def collect_run(
     warmup_ns = int(plan.load.warmup_s * 1e9)
     try:
         for info in infos:
-            parts: list[RecordBlock] = []
-            if existing is not None:
-                blk = _block_of(existing, info.index)
-                if blk is not None:
-                    parts.append(blk)
+            stored = _block_of(existing, info.index) if existing is not None else None
             got = spooled.get(info.index)
-            if got is not None:
-                parts.extend(got.blocks)
-            if not parts:
-                continue
-            merged = _dedupe(concat(parts))
+            if got is None:
+                if stored is None:
+                    continue
+                merged = stored  # not collected: what the run stored (and vetted)
+            else:
+                vetted = vet_recovered(checks[info.index], stored, got.blocks)
+                info.invalid_records = checks[info.index].invalid
+                if vetted is None:
+                    continue
+                merged = _dedupe(vetted)
             agg.ingest(info.index, merged)
             writer.write(info.index, merged)
             after += len(merged)
@@ -363,7 +373,8 @@ async def collect_run(
         req_path.replace(run_dir / "requests.parquet.broken")
     tmp.replace(req_path)
 
-    stopped = _apply_states(infos, spools, old_rows)
+    stopped = _apply_states(infos, spools, old_rows, checks)
+    _note_faults(spools, checks)
     if not stopped and old is None:
         stopped = "the coordinator ended before the run did"
     counts = count_schedule(plan, last_index)
@@ -435,11 +446,48 @@ def _latest(
     return last_index, last_done_ns
 
 
+def _checks(
+    plan: Plan, infos: list[AgentInfo], spools: list[AgentSpool], old_rows: list[AgentRow]
+) -> dict[int, AgentCheck]:
+    """One AgentCheck per collected slot, as a live run builds them (its faults go to the
+    agent's AgentInfo, so summary.json reports them the same way); the spool's undecodable
+    batches and a Started that disagrees with the run counted already. An agent not
+    collected keeps the invalid records and faults the run's summary had for it."""
+    shape = RunShape.of(plan)
+    spooled = {sp.index: sp for sp in spools}
+    out: dict[int, AgentCheck] = {}
+    for info in infos:
+        sp = spooled.get(info.index)
+        row = old_rows[info.index] if info.index < len(old_rows) else None
+        if sp is None:
+            if row:
+                info.invalid_records = int(row.get("invalid_records") or 0)
+                info.faults.update({str(k): int(v) for k, v in (row.get("faults") or {}).items()})
+            continue
+        check = AgentCheck(shape, info.index, info.workers, info.cores, info.faults)
+        if sp.malformed:
+            check.fault(Fault.MALFORMED_BATCH, sp.malformed)
+        if sp.started is not None:
+            check.started(sp.started)
+        out[info.index] = check
+    return out
+
+
+def _note_faults(spools: list[AgentSpool], checks: dict[int, AgentCheck]) -> None:
+    for sp in spools:
+        c = checks[sp.index]
+        sp.invalid, sp.faults = c.invalid, dict(sorted(c.faults.items()))
+
+
 def _apply_states(
-    infos: list[AgentInfo], spools: list[AgentSpool], old_rows: list[AgentRow]
+    infos: list[AgentInfo],
+    spools: list[AgentSpool],
+    old_rows: list[AgentRow],
+    checks: dict[int, AgentCheck],
 ) -> str:
     """Fill the agents' states (from their spools, else the old summary); returns why the
-    run stopped early, if it did."""
+    run stopped early, if it did. A spooled status with bad numbers is not read (counted
+    as a live run counts it)."""
     stopped = ""
     spooled = {sp.index: sp for sp in spools}
     for info in infos:
@@ -450,7 +498,7 @@ def _apply_states(
             info.state, info.error = sp.state()
             info.id = info.id or sp.agent_id
             st = sp.finished.final_status if sp.finished is not None else sp.last_status
-            if st is not None:
+            if st is not None and checks[info.index].status(st):
                 info.cpu_seconds = st.cpu_seconds
                 info.retried, info.reconnects = st.retried, st.reconnects
                 info.connect_errors = st.connect_errors
@@ -473,17 +521,22 @@ def _write_recovered_only(
     spools: list[AgentSpool],
     failures: dict[str, str],
     old: Summary,
+    checks: dict[int, AgentCheck],
 ) -> CollectReport:
     path = run_dir / "recovered.parquet"
     writer = RequestWriter(path)
     n = 0
     try:
         for sp in spools:
-            blk = _dedupe(concat(sp.blocks))
+            vetted = vet_recovered(checks[sp.index], None, sp.blocks)
+            if vetted is None:
+                continue
+            blk = _dedupe(vetted)
             writer.write(sp.index, blk)
             n += len(blk)
     finally:
         writer.close()
+    _note_faults(spools, checks)
     old["recovered"] = {
         "at_unix": round(time.time(), 3),
         "file": path.name,

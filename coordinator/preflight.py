@@ -237,6 +237,8 @@ async def choose_http_body(probe: Probe) -> HttpBody:
     except ProbeError:
         return "json"
     return "binary" if BINARY_TENSOR_EXTENSION in meta.get("extensions", []) else "json"
+
+
 def is_decoupled(info: ModelInfo) -> bool:
     """Whether the model config says `model_transaction_policy { decoupled: true }`."""
     policy = info.config.get("model_transaction_policy")
@@ -317,6 +319,10 @@ async def _preflight_model(
     return resolved, described, info
 
 
+#: A bodies file travels inside the plan: no larger than the plan an agent takes.
+MAX_BODIES_FILE_BYTES = 128 * 1024 * 1024
+
+
 def read_json_bodies(plan: Plan) -> Plan:
     """protocol json: the bodies file (JSON Lines: one JSON document a line, blank lines
     skipped) read here, on the coordinator, into the plan; agents never read files."""
@@ -325,14 +331,23 @@ def read_json_bodies(plan: Plan) -> Plan:
         return plan
     from volley.plan.service import json_service_from
 
+    where = f"json bodies file {spec.bodies_file}"
     try:
-        with open(spec.bodies_file, encoding="utf-8") as f:
-            lines = [line.strip() for line in f]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PreflightError(f"json bodies file {spec.bodies_file}: {exc}") from None
-    bodies = [line for line in lines if line]
+        with open(spec.bodies_file, "rb") as f:
+            data = f.read(MAX_BODIES_FILE_BYTES + 1)
+    except OSError as exc:
+        raise PreflightError(f"{where}: {exc.strerror or exc}") from None
+    if len(data) > MAX_BODIES_FILE_BYTES:
+        raise PreflightError(
+            f"{where}: over {fmt_bytes(MAX_BODIES_FILE_BYTES)} (the largest plan an agent takes)"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PreflightError(f"{where}: not UTF-8 text (byte {exc.start})") from None
+    bodies = [line.strip() for line in text.split("\n") if line.strip()]
     if not bodies:
-        raise PreflightError(f"json bodies file {spec.bodies_file}: no bodies in it")
+        raise PreflightError(f"{where}: no bodies in it")
     raw = {
         "path": spec.path,
         "bodies": bodies,

@@ -10,7 +10,8 @@ dropped is counted by kind (`Fault`) in the agent's `AgentInfo` (`invalid_record
 
 What a record must be (`AgentCheck.records`):
 - fields: `worker` < the agent's workers (when known), `model_id` < the plan's models,
-  `shape_id` < the batch's shape table (when it has one);
+  `shape_id` < the batch's shape table (when it has one); sequences: `seq_id` inside the
+  agent's correlation ID range (0 only on a step never sent);
 - status: a volley code (`volley.records.known_status`);
 - times, ns from the start: 0 <= intended <= the load's span; sent is -1 (never sent:
   then done is -1 and the status one of `records.NEVER_SENT`, and only then) or
@@ -40,8 +41,9 @@ import numpy.typing as npt
 from volley import records as rc
 from volley.arrivals import global_schedule, schedule_span_s
 from volley.plan import Plan, plan_models
-from volley.records import RecordBlock
+from volley.records import RecordBlock, concat
 from volley.schedule import ArrivalSchedule, weighted_pattern
+from volley.sequence import agent_range
 from volley.v1 import control_pb2 as pb
 
 #: Records may complete this long after the load's span plus the request timeout (the
@@ -77,6 +79,7 @@ class Fault(enum.StrEnum):
     BAD_GAPS = "stream gaps disagree with the responses"
     # records (counted in records; a record is counted under its first fault, this order)
     BAD_FIELD = "bad worker, model or shape id"
+    BAD_SEQ_ID = "correlation id outside its range"
     UNKNOWN_STATUS = "unknown status code"
     BAD_TIMES = "bad clock"
     OUTSIDE_SLICE = "index outside its slice"
@@ -85,6 +88,7 @@ class Fault(enum.StrEnum):
 
 RECORD_FAULTS = (
     Fault.BAD_FIELD,
+    Fault.BAD_SEQ_ID,
     Fault.UNKNOWN_STATUS,
     Fault.BAD_TIMES,
     Fault.OUTSIDE_SLICE,
@@ -106,6 +110,8 @@ class RunShape:
     #: sequences: later steps and ENDs come after the span (drain + a step's timeout)
     sequences: bool = False
     sequence_tail_ns: int = 0
+    #: sequences: each agent's correlation IDs [lo, hi) (volley.sequence.agent_range)
+    seq_ranges: tuple[tuple[int, int], ...] = ()
 
     @classmethod
     def of(cls, plan: Plan) -> RunShape:
@@ -130,6 +136,9 @@ class RunShape:
             models=len(plan_models(plan)),
             sequences=plan.sequence is not None,
             sequence_tail_ns=math.ceil(tail_s * 1e9),
+            seq_ranges=tuple(agent_range(plan, k) for k in range(len(plan.agent_weights)))
+            if plan.sequence is not None
+            else (),
         )
 
 
@@ -195,6 +204,10 @@ class AgentCheck:
         n, p = shape.scheduled, self.period
         self.slice_size = (n // p) * self.per_period + int((self.rank[: n % p] >= 0).sum())
         self.seen: npt.NDArray[np.uint8] = np.zeros((self.slice_size + 7) // 8, np.uint8)
+        lo, hi = (
+            shape.seq_ranges[agent_index] if 0 <= agent_index < len(shape.seq_ranges) else (0, 0)
+        )
+        self.seq_lo, self.seq_hi = np.uint64(lo), np.uint64(hi)
 
     @classmethod
     def for_run(
@@ -264,9 +277,14 @@ class AgentCheck:
             bad_field |= block.col("worker") >= self.workers
         if block.input_shapes:
             bad_field |= block.col("shape_id") >= len(block.input_shapes)
+        never = sent == -1
+        bad_seq: Mask | None = None
+        if shape.sequences:
+            # its own correlation IDs; 0 only on a step never sent (no slot was free)
+            ids = block.columns["seq_id"]
+            bad_seq = ~(((ids >= self.seq_lo) & (ids < self.seq_hi)) | ((ids == 0) & never))
         unknown = ~rc.known_status(status)  # type: ignore[arg-type]
         # times (and the status they imply)
-        never = sent == -1
         unsent_code = np.isin(status, rc.NEVER_SENT)
         times_ok = (intended >= 0) & (intended <= self.max_intended_ns) & (never == unsent_code)
         times_ok &= np.where(
@@ -286,6 +304,8 @@ class AgentCheck:
             slot = None
             outside = idx != -1
         bad = bad_field | unknown | bad_times | outside
+        if bad_seq is not None:
+            bad |= bad_seq
         any_bad = bool(bad.any())
         # sequences: every step carries its start's index; a start is seen once
         skip = (
@@ -305,7 +325,7 @@ class AgentCheck:
         if not any_bad:
             self.valid += n
             return block
-        self._count(bad, (bad_field, unknown, bad_times, outside, dup))
+        self._count(bad, (bad_field, bad_seq, unknown, bad_times, outside, dup))
         keep = ~bad
         self.valid += int(keep.sum())
         return block.select(keep)
@@ -352,3 +372,46 @@ class AgentCheck:
             if new:
                 self.fault(kind, new)
                 counted |= m
+
+
+def record_keys(block: RecordBlock) -> npt.NDArray[np.void]:
+    """One key per record (schedule index, worker, sent, intended): what tells one
+    record from another when the same agent's records come from two places."""
+    key = np.empty(len(block), dtype=[("i", "<i8"), ("w", "<u2"), ("s", "<i8"), ("t", "<i8")])
+    key["i"] = block.columns["index"]
+    key["w"] = block.columns["worker"]
+    key["s"] = block.columns["sent_ns"]
+    key["t"] = block.columns["intended_ns"]
+    return key
+
+
+def vet_recovered(
+    check: AgentCheck, stored: RecordBlock | None, spooled: list[RecordBlock]
+) -> RecordBlock | None:
+    """`volley collect`: one agent's records from its spool (as the agent sent them, batch
+    by batch) and from the run directory (`stored`, vetted when the run wrote them),
+    through the same checks as a live run: a spooled duplicate, a bad clock, an unknown
+    code or an index of another slice is dropped and counted in `check.faults`. A stored
+    record that is an exact copy of a kept spooled one (`record_keys`) is that record,
+    counted once; the other stored ones are vetted after the spool's (a full spool lacks
+    the end of the run). None: no record at all."""
+    kept: list[RecordBlock] = []
+    for blk in spooled:
+        if not check.batch_shapes_ok(blk):
+            check.fault(Fault.MALFORMED_BATCH)
+            continue
+        good = check.records(blk)
+        if len(good):
+            kept.append(good)
+    spool = concat(kept) if kept else None
+    if stored is not None and len(stored):
+        if spool is not None:
+            both = np.concatenate([record_keys(spool), record_keys(stored)])
+            _, inverse = np.unique(both, return_inverse=True)
+            inverse = inverse.reshape(-1)
+            new = ~np.isin(inverse[len(spool) :], inverse[: len(spool)])
+            stored = stored.select(new) if not bool(new.all()) else stored
+        rest = check.records(stored)
+        if len(rest):
+            kept.append(rest)
+    return concat(kept) if kept else None

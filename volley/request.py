@@ -418,7 +418,7 @@ def check_http_response(body: bytes, header_length: int | None, expected_outputs
     head = body if header_length is None else body[:header_length]
     try:
         doc = json.loads(head)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return False
     outputs = doc.get("outputs") if isinstance(doc, dict) else None
     return isinstance(outputs, list) and len(outputs) >= expected_outputs

@@ -64,7 +64,8 @@ def verdict_html(s: Summary) -> str:
                         num(r.get("actual")),
                         _interval_text(r.get("interval")),
                         num(r.get("threshold")),
-                        _slo_cell(r.get("outcome") or ("pass" if r.get("passed") else "fail")),
+                        _slo_cell(r.get("outcome") or ("pass" if r.get("passed") else "fail"))
+                        + (f" ({escape(r['reason'])})" if r.get("reason") else ""),
                     ]
                     for r in slos
                 ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,8 +12,13 @@ from coordinator.aggregate import Aggregator
 from coordinator.documents import Summary
 from coordinator.run.autostop import AutoDuration
 from coordinator.summary import AgentInfo
-from volley.plan import Plan
+from volley.plan import Plan, PlanError
 from volley.security import ClientSecurity
+
+#: The longest start lead (agents refuse a start instant more than 600 s ahead).
+MAX_START_LEAD_S = 590.0
+#: Workers per agent a run may ask for (RunRequest.workers; each agent caps it anyway).
+MAX_WORKERS = 4096
 
 
 @dataclass
@@ -55,6 +61,19 @@ class RunOptions:
     #: `--duration auto`: stop once the figures are decided (the plan's duration is the
     #: maximum); None: run the plan's duration.
     auto: AutoDuration | None = None
+
+    def __post_init__(self) -> None:
+        """What the CLI passes through unchecked (--start-lead, --workers): a NaN lead
+        was a ValueError once the agents were running; PlanError (one line) instead."""
+        if not (math.isfinite(self.start_lead_s) and 0.0 <= self.start_lead_s <= MAX_START_LEAD_S):
+            raise PlanError(
+                f"--start-lead: expected seconds from 0 to {MAX_START_LEAD_S:g} "
+                f"(an agent takes a start at most that far ahead), got {self.start_lead_s:g}"
+            )
+        if not 0 <= self.workers <= MAX_WORKERS:
+            raise PlanError(
+                f"--workers: expected 0 (each agent's default) to {MAX_WORKERS}, got {self.workers}"
+            )
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import grpc
 
 from coordinator.agents import AgentClient, AgentError, AgentState
+from coordinator.clock import ClockEstimate
 from coordinator.run.options import RunOptions
 from coordinator.summary import AgentInfo
 from coordinator.validate import AgentCheck, Fault, clean_text
@@ -45,6 +46,8 @@ MAX_PINGS_IN_FLIGHT = 4
 #: The round trips of this many recent keepalives are kept (the start lead uses them:
 #: about the last 3 s of the preparation).
 RECENT_RTTS = 6
+#: An agent's id and host name (its Hello) are cut to this many characters.
+MAX_NAME_TEXT = 200
 #: A preparation longer than this (an hour) is taken for garbage, not a figure.
 MAX_PREPARE_NS = 3600 * 1_000_000_000
 
@@ -302,6 +305,22 @@ class AgentStream:
             await asyncio.gather(*pings, return_exceptions=True)
 
 
+def hello_info(
+    index: int, address: str, reply: pb.HelloReply, workers: int, clock: ClockEstimate
+) -> AgentInfo:
+    """What an agent's Hello says of it; its id and host are its own free text, cleaned
+    (printable, one line, bounded) before they reach a terminal or a file."""
+    return AgentInfo(
+        index=index,
+        address=address,
+        id=clean_text(reply.agent_id, MAX_NAME_TEXT),
+        host=clean_text(reply.host, MAX_NAME_TEXT),
+        workers=min(workers or reply.workers, reply.workers),
+        cores=reply.cores,
+        clock=clock,
+    )
+
+
 async def handshake(addresses: list[str], opts: RunOptions) -> list[AgentStream]:
     """Hello and clock probes with every agent; AgentError (all closed) if one fails."""
     clients = [AgentClient(a, opts.connect_timeout_s, opts.security) for a in addresses]
@@ -309,16 +328,7 @@ async def handshake(addresses: list[str], opts: RunOptions) -> list[AgentStream]
     async def one(i: int, c: AgentClient) -> AgentStream:
         reply = await c.hello()
         clock = await c.probe_clock(opts.clock_samples)
-        info = AgentInfo(
-            index=i,
-            address=c.address,
-            id=reply.agent_id,
-            host=reply.host,
-            workers=min(opts.workers or reply.workers, reply.workers),
-            cores=reply.cores,
-            clock=clock,
-        )
-        return AgentStream(i, c, info)
+        return AgentStream(i, c, hello_info(i, c.address, reply, opts.workers, clock))
 
     results = await asyncio.gather(
         *(one(i, c) for i, c in enumerate(clients)), return_exceptions=True

@@ -116,9 +116,21 @@ async def _run(address: str, req: pb.RunRequest) -> tuple[str, str]:
     return "OK", ""
 
 
-def _request(plan: Plan, **fields: Any) -> pb.RunRequest:
+#: The transports added since (their plan fields): each gets its headers from the same
+#: place, and must read nothing a plan names either.
+NEWER_KINDS: dict[str, dict[str, Any]] = {
+    "json service": {
+        "protocol": "json",
+        "json_service": {"path": "/predict", "template": '{"x": "$X"}'},
+    },
+    "generate (SSE)": {"stream": {"decoupled": True, "parameters": {"max_tokens": 4}}},
+    "http sequence": {"sequence": {"length": "2"}},
+}
+
+
+def _request(plan: Plan, run_id: str = "secrets1", **fields: Any) -> pb.RunRequest:
     return pb.RunRequest(
-        run_id="secrets1",
+        run_id=run_id,
         plan_json=plan.to_json(),
         start_at_agent_ns=time.monotonic_ns() + 300_000_000,
         keepalive_ms=0,
@@ -136,6 +148,11 @@ async def test_plan_naming_agent_env_file_or_tls_is_refused(
         _plan(target, headers=[{"name": "x-leak", "file": str(canary)}]),
         _plan(target, tls={"ca": str(canary)}),
         _plan(target, tls={"ca": str(canary), "cert": str(canary), "key": str(canary)}),
+        *(
+            _plan(target, headers=[{"name": "x-leak", where: leak}], **extra)
+            for extra in NEWER_KINDS.values()
+            for where, leak in (("env", "VOLLEY_CANARY"), ("file", str(canary)))
+        ),
     ]
     for plan in plans:
         code, details = await _run(address, _request(plan))
@@ -154,14 +171,12 @@ async def test_agent_sends_the_coordinators_values_not_its_own(
 ) -> None:
     address, canary, log = canary_agent
     target = recorder.address
-    plan = _plan(
-        target,
-        headers=[
-            {"name": "x-from-env", "env": "VOLLEY_CANARY"},
-            {"name": "x-from-file", "file": str(canary)},
-            {"name": "x-plain", "value": "plain-value"},
-        ],
-    )
+    plan_headers = [
+        {"name": "x-from-env", "env": "VOLLEY_CANARY"},
+        {"name": "x-from-file", "file": str(canary)},
+        {"name": "x-plain", "value": "plain-value"},
+    ]
+    plan = _plan(target, headers=plan_headers)
     values = [
         pb.HeaderValue(name="x-from-env", value=COORD_SECRET + "-env"),
         pb.HeaderValue(name="x-from-file", value=COORD_SECRET + "-file"),
@@ -175,6 +190,16 @@ async def test_agent_sends_the_coordinators_values_not_its_own(
     assert f"x-from-file: {COORD_SECRET}-file".encode() in seen
     assert b"x-plain: plain-value" in seen
     assert CANARY_ENV.encode() not in seen and CANARY_FILE.encode() not in seen
+    # the newer transports: the coordinator's values too, never the agent's canaries
+    for i, (kind, extra) in enumerate(NEWER_KINDS.items()):
+        recorder.seen.clear()
+        newer = _plan(target, headers=plan_headers, **extra)
+        code, details = await _run(address, _request(newer, f"secrets-new{i}", headers=values))
+        assert code == "OK", (kind, details)
+        seen = bytes(recorder.seen)
+        assert f"x-from-env: {COORD_SECRET}-env".encode() in seen, (kind, seen[:300])
+        assert f"x-from-file: {COORD_SECRET}-file".encode() in seen, kind
+        assert CANARY_ENV.encode() not in seen and CANARY_FILE.encode() not in seen, kind
     assert COORD_SECRET not in log.read_text()
 
 

@@ -136,9 +136,15 @@ def test_recovered_measured_period() -> None:
     assert recovered_measured_s(closed, None, None, 2_750_000_000, True) == 4.0
 
 
-def _spool_run(tmp_path: Path, cut: list[int], finished: bool = False) -> Path:
+def _spool_run(
+    tmp_path: Path,
+    cut: list[int],
+    finished: bool = False,
+    extra: dict[int, list[pb.RunEvent]] | None = None,
+) -> Path:
     """A run directory as a SIGKILLed coordinator leaves it, with two local agents' spool
-    files inside it: agent k has the arrivals of its slice below cut[k]."""
+    files inside it: agent k has the arrivals of its slice below cut[k] (then the events
+    extra[k])."""
     from agent.spool import SpoolWriter
     from volley.schedule import worker_slice
 
@@ -165,6 +171,8 @@ def _spool_run(tmp_path: Path, cut: list[int], finished: bool = False) -> Path:
         block = buf.take(["1"])
         assert block is not None
         w.write(pb.RunEvent(timings=block.to_proto()))
+        for ev in (extra or {}).get(k, []):
+            w.write(ev)
         if finished:
             w.write(pb.RunEvent(finished=pb.Finished(run_id="r1", ok=True)))
         w.close()
@@ -236,3 +244,72 @@ def test_normal_run_counts_the_schedule(tmp_path: Path) -> None:
     assert s["requests"]["no_record"] == 75 == s["agents"][1]["no_record"]
     assert s["agents"][0]["no_record"] == 0
     assert any("75 of 400 scheduled requests have no record" in r for r in s["verdict"]["reasons"])
+
+
+# ---------------------------------------------------------------- recovered records vetted
+def _rogue_batch() -> tuple[pb.RunEvent, dict[str, int]]:
+    """Agent 0's bad records, one kind each (its slice: the even indices), and the
+    faults they should be counted under."""
+    buf = RecordBuffer(16)
+    ms = 1_000_000
+    buf.append(2, 20 * ms, 20 * ms + 10, 22 * ms, rc.OK, 10, 10, 1, 0)  # dup of a good one
+    buf.append(4, 40 * ms, 40 * ms + 10, 42 * ms, rc.OK, 10, 10, 1, 0)  # dup again
+    buf.append(3, 30 * ms, 30 * ms + 10, 32 * ms, rc.OK, 10, 10, 1, 0)  # agent 1's index
+    buf.append(10**9, 30 * ms, 30 * ms + 10, 32 * ms, rc.OK, 10, 10, 1, 0)  # past the schedule
+    buf.append(6, 60 * ms, 60 * ms + 10, 62 * ms, 999, 10, 10, 1, 0)  # unknown code
+    buf.append(8, 80 * ms, 80 * ms + 10, 70 * ms, rc.OK, 10, 10, 1, 0)  # done before sent
+    buf.append(12, -5, 10, 20, rc.OK, 10, 10, 1, 0)  # intended before the start
+    buf.append(14, 140 * ms, 140 * ms, 10**18, rc.OK, 10, 10, 1, 0)  # done past the horizon
+    block = buf.take(["1"])
+    assert block is not None
+    want = {
+        "duplicate index": 2,
+        "index outside its slice": 2,
+        "unknown status code": 1,
+        "bad clock": 3,
+    }
+    return pb.RunEvent(timings=block.to_proto()), want
+
+
+def test_collect_vets_spooled_records_as_a_live_run(tmp_path: Path) -> None:
+    """A spool with bad and duplicated records (a rogue or broken agent 0): `collect`
+    drops and counts them per agent as a live run's AgentCheck does, agent 1's figures
+    stay exact, requests.parquet holds no invalid row, a record both in the run
+    directory and in the spool counts once (not a duplicate)."""
+    from coordinator.rundir import RequestWriter
+    from volley.spool import read_events
+
+    # agent 0's spool ends with a rogue part: bad records, a malformed batch, a heartbeat
+    # with NaN CPU
+    rogue, want = _rogue_batch()
+    bad = [
+        rogue,
+        pb.RunEvent(timings=pb.TimingBatch(count=3, index=b"\x00" * 5)),
+        pb.RunEvent(status=pb.AgentStatus(cpu_percent=float("nan"), cpu_seconds=1e300)),
+    ]
+    run_dir = _spool_run(tmp_path, cut=[300, 300], extra={0: bad})
+    # the run directory kept agent 0's first batch whole (the coordinator wrote it before
+    # it died): exact copies of spooled records
+    events = list(read_events(local_spool_dir(run_dir, 0), "r1", 0))
+    first = next(rc.RecordBlock.from_proto(e.timings) for e in events if e.HasField("timings"))
+    (run_dir / "requests.parquet").unlink()
+    w = RequestWriter(run_dir / "requests.parquet")
+    w.write(0, first.select(first.col("index") < 100))
+    w.close()
+    res = CliRunner().invoke(app, ["collect", str(run_dir)], env={"VOLLEY_TOKEN": ""})
+    assert res.exit_code == 0, res.output
+    s = json.loads((run_dir / "summary.json").read_text())
+    a0, a1 = s["agents"]
+    assert a0["invalid_records"] == sum(want.values()) == 8
+    assert a0["faults"] == {**want, "malformed batch": 1, "bad status message": 1}
+    assert a0["cpu_seconds"] == 0.0  # the NaN heartbeat was not read
+    assert (a0["recorded"], a0["no_record"]) == (100, 50)  # 50 copies counted once
+    assert (a1["recorded"], a1["no_record"]) == (100, 50) and a1["invalid_records"] == 0
+    assert a1["faults"] == {}
+    assert s["requests"]["error_codes"] == {"UNAVAILABLE": 20}  # not STATUS_999
+    assert any("agent local-0: 8 invalid records dropped" in w for w in s["verdict"]["warnings"])
+    t = pq.read_table(run_dir / "requests.parquet")
+    assert t.num_rows == 300
+    idx = np.asarray(t.column("index"))[np.asarray(t.column("agent")) == 0]
+    assert len(set(idx.tolist())) == idx.size == 150 and (idx % 2 == 0).all()
+    assert "dropped 8 invalid records" in res.output and "duplicate index: 2" in res.output

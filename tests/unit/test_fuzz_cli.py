@@ -314,3 +314,147 @@ def test_the_good_files_get_to_the_load(base: Path, good_run: Path, no_load: Non
         assert res.exit_code == 2 and "fuzz: the" in res.stderr, (what, res.output)
     for res in _results(good_run, d):
         assert res.exit_code == 0, res.output
+
+
+# ------------------------------------------ the newer file options: prompts, JSON service
+PROMPTS_BYTES = b'{"text": "hello"}\n{"prompt": "caf\xc3\xa9"}\n\n{"text": "x", "n": 1}\n'
+TEMPLATE_BYTES = b'{"features": "$X", "k": [1, 2.5, null, true, "s"]}'
+INPUT_DATA_BYTES = b'{"data": [{"X": [1.0, 2.0, 3.0, 4.0]}, [{"X": {"content": [5, 6, 7, 8]}}]]}'
+#: JSON-ish damage: deep nesting, NaN, huge numbers, non-UTF-8, NUL, odd types
+JSONISH = st.one_of(
+    st.sampled_from(
+        [
+            b"[" * 5000,
+            b'{"text":' * 5000,
+            b'{"text": NaN}',
+            b'{"a": 1e400, "features": "$X"}',
+            b'{"text": ' + b"9" * 5000 + b"}",
+            b"\xff\xfe{}",
+            b"\x00" * 10,
+            b"null",
+            b'"$X"',
+            b"[]",
+            b'{"text": ["a"]}',
+        ]
+    ),
+    st.binary(max_size=200),
+)
+
+
+def _json_run(d: Path, *extra: str) -> Result:
+    argv = ["run", "--protocol", "json", "--target", "127.0.0.1:1", "--json-path", "/p"]
+    argv += ["--rate", "5", "--duration", "1s", "--agent", "127.0.0.1:1", "--out", str(d)]
+    return RUNNER.invoke(app, [*argv, "--quiet", *extra])
+
+
+@FUZZ
+@given(st.sampled_from(["prompts", "template", "input-data"]), st.data())
+def test_new_file_options_as_bytes(
+    base: Path, no_load: None, which: str, data: st.DataObject
+) -> None:
+    """--prompts, --json-template @FILE and --input-data files of any bytes: one line and
+    exit 2, or on to the load."""
+    good = {"prompts": PROMPTS_BYTES, "template": TEMPLATE_BYTES}.get(which, INPUT_DATA_BYTES)
+    d = _workdir(base)
+    f = d / "in.txt"
+    f.write_bytes(data.draw(st.one_of(mangled(good), JSONISH)))
+    if which == "prompts":
+        plan = d / "plan.yaml"
+        plan.write_text(yaml.safe_dump(_mutate(PLAN, ("inputs",), [])))
+        res = _run(plan, d / "runs", "--prompts", str(f), "--prompt-input", "TEXT")
+    elif which == "template":
+        res = _json_run(d, "--json-template", f"@{f}", "--input", "X=random", "--shape", "X=4")
+    else:
+        (d / "p.yaml").write_bytes(PLAN_BYTES)
+        res = _run(d / "p.yaml", d / "runs", "--input-data", str(f))
+    check_result(res)
+
+
+@settings(FUZZ, max_examples=60)
+@given(st.one_of(mangled(b'{"a": 1}\n\n[1, 2]\n"x"\n{"b": {"c": null}}\n'), JSONISH))
+def test_json_bodies_files_as_bytes(base: Path, data: bytes) -> None:
+    """The --json-bodies file (read by the coordinator's preflight): the bodies, or one
+    PreflightError line naming the file."""
+    from coordinator.preflight import read_json_bodies
+    from volley.plan import plan_from_dict
+
+    d = _workdir(base)
+    f = d / "bodies.jsonl"
+    f.write_bytes(data)
+    plan = plan_from_dict(
+        {
+            "target": "127.0.0.1:1",
+            "protocol": "json",
+            "load": {"rate": 5, "duration": "1s"},
+            "json_service": {"path": "/p", "bodies_file": str(f)},
+        }
+    )
+    try:
+        got = read_json_bodies(plan)
+    except PreflightError as exc:
+        assert str(f) in str(exc) and "\n" not in str(exc) and len(str(exc)) < 1000
+    else:
+        assert got.json_service is not None and got.json_service.bodies
+
+
+def test_the_good_new_files_get_to_the_load(base: Path, no_load: None) -> None:
+    d = _workdir(base)
+    (d / "pr.jsonl").write_bytes(PROMPTS_BYTES)
+    (d / "t.json").write_bytes(TEMPLATE_BYTES)
+    (d / "in.json").write_bytes(INPUT_DATA_BYTES)
+    (d / "plan.yaml").write_text(yaml.safe_dump(_mutate(PLAN, ("inputs",), [])))
+    (d / "p.yaml").write_bytes(PLAN_BYTES)
+    for res in (
+        _run(d / "plan.yaml", d / "runs", "--prompts", str(d / "pr.jsonl")),
+        _json_run(
+            d, "--json-template", f"@{d / 't.json'}", "--input", "X=random", "--shape", "X=4"
+        ),
+        _run(d / "p.yaml", d / "runs", "--input-data", str(d / "in.json")),
+    ):
+        assert res.exit_code == 2 and "fuzz: the" in res.stderr, res.output
+
+
+def test_a_json_bodies_file_is_read_up_to_the_plan_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bodies file larger than any plan an agent takes is refused after reading that
+    much (not read whole into memory); a body holding U+2028 stays one body."""
+    from coordinator import preflight
+    from volley.plan import plan_from_dict
+
+    f = tmp_path / "bodies.jsonl"
+    doc = {
+        "target": "127.0.0.1:1",
+        "protocol": "json",
+        "load": {"rate": 5, "duration": "1s"},
+        "json_service": {"path": "/p", "bodies_file": str(f)},
+    }
+    f.write_text('{"a": "x\u2028y"}\r\n{"b": 2}\n')
+    got = preflight.read_json_bodies(plan_from_dict(doc)).json_service
+    assert got is not None and got.bodies == ('{"a": "x\u2028y"}', '{"b": 2}')
+    monkeypatch.setattr(preflight, "MAX_BODIES_FILE_BYTES", 1000)
+    f.write_text('{"a": 1}\n' * 200)
+    with pytest.raises(PreflightError, match=r"over 1.0 kB \(the largest plan an agent takes\)"):
+        preflight.read_json_bodies(plan_from_dict(doc))
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "needle"),
+    [
+        ("--start-lead", "nan", "--start-lead: expected seconds from 0 to 590"),
+        ("--start-lead", "inf", "--start-lead"),
+        ("--start-lead", "-1", "--start-lead"),
+        ("--start-lead", "1e300", "--start-lead"),
+        ("--workers", "-3", "--workers: expected 0"),
+        ("--workers", str(2**40), "--workers"),
+    ],
+)
+def test_start_lead_and_workers_are_checked(
+    base: Path, no_load: None, option: str, value: str, needle: str
+) -> None:
+    """A NaN --start-lead was a ValueError once the agents were running."""
+    d = _workdir(base)
+    (d / "p.yaml").write_bytes(PLAN_BYTES)
+    res = _run(d / "p.yaml", d / "runs", option, value)
+    check_result(res)
+    assert res.exit_code == 2 and needle in res.stderr, res.output

@@ -240,6 +240,13 @@ def _with_input(**fields: Any) -> str:
     return json.dumps(doc)
 
 
+def _json_service(template: str) -> str:
+    doc: dict[str, Any] = json.loads(json.dumps(RESOLVED))
+    doc.update(protocol="json", models=[], json_service={"path": "/p", "template": template})
+    doc["inputs"] = [{"name": "X", "datatype": "FP32", "shape": [1, 4], "source": "random"}]
+    return json.dumps(doc)
+
+
 @pytest.mark.parametrize(
     ("plan_json", "needle"),
     [
@@ -259,6 +266,13 @@ def _with_input(**fields: Any) -> str:
         (json.dumps(RESOLVED)[:-1] + ', "seed": ' + "9" * 5000 + "}", "digits"),
         (json.dumps({**RESOLVED, "load": {"rate": 10**400}}), "load.rate"),
         ('{"a":' * 100_000 + "1" + "}" * 100_000, "nested too deeply"),
+        # newer fields: a JSON service template with NaN / out-of-range numbers (it is
+        # written again per body as strict JSON), request parameters, sequences
+        (_json_service('{"x": "$X", "a": NaN}'), "NaN has no JSON form"),
+        (_json_service('{"x": "$X", "a": -1e999}'), "out of a double's range"),
+        (json.dumps({**RESOLVED, "stream": {"parameters": [["n", 10**400]]}}), "parameters"),
+        (json.dumps({**RESOLVED, "sequence": {"length": "0..nan"}}), "sequence.length"),
+        (json.dumps({**RESOLVED, "connections": 2**64}), "connections"),
     ],
 )
 def test_bad_plans_are_invalid_argument(channel: grpc.Channel, plan_json: str, needle: str) -> None:

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,6 +23,8 @@ from volley import plan as vp
 from volley.cli import app
 from volley.cli.planning import build_plan
 from volley.plan import DATATYPES, Plan, PlanError, check_resolved, load_plan_yaml, plan_from_dict
+from volley.target import access_for_run
+from volley.wire.payloads import build_payloads
 
 BASE: dict[str, Any] = {
     "target": "127.0.0.1:8001",
@@ -296,3 +301,224 @@ def test_agent_plan_json_nested_deep(path: tuple[Any, ...], depth: int, bracket:
 
 def test_the_resolved_plan_is_accepted() -> None:
     agent_decode(json.dumps(RESOLVED))
+
+
+# ------------------------------------------------ newer plan fields, decoded and built
+#: Where a plan may name a file or environment variable: the agent must read none.
+CANARY_DIR = "/nonexistent-volley-canary"
+CANARY_ENV = "VOLLEY_FUZZ_CANARY"
+CANARY_VALUE = "canary-secret-value"
+_X = {"name": "X", "datatype": "FP32", "shape": [1, 4], "source": "random", "model_dims": [-1, 4]}
+_P = {"name": "P", "datatype": "BYTES", "shape": [1], "source": "prompts", "model_dims": [1]}
+#: Resolved plans of the features added since round one: protocol json (template and
+#: bodies), decoupled streaming with request parameters, generate (SSE), sequences, HTTP
+#: bodies and connections, headers by value, file, env and operator secret.
+NEW_BASES: list[dict[str, Any]] = [
+    {
+        **RESOLVED,
+        "protocol": "json",
+        "models": [],
+        "inputs": [{**_X, "model_dims": []}],
+        "json_service": {
+            "path": "/predict",
+            "template": '{"features": "$X", "n": [1, 2.5, null, true, "s"]}',
+            "expect_status": 200,
+            "expect_field": "a.b",
+        },
+    },
+    {
+        **RESOLVED,
+        "protocol": "json",
+        "models": [],
+        "inputs": [{**_X, "model_dims": []}],
+        "json_service": {"path": "/p", "bodies": ['{"a": 1}', "[1, 2]", '"x"']},
+    },
+    {
+        **RESOLVED,
+        "models": [],
+        "transport": "stream",
+        "inputs": [
+            {**_P, "items": [{"kind": "tensor", "data": "AQAAAGE=", "shape": [1]}]},
+        ],
+        "stream": {
+            "decoupled": True,
+            "token_output": "Y",
+            "parameters": [["max_tokens", 16], ["temperature", 0.5], ["stop", "x"]],
+            "drawn": [["max_tokens", "4..32"]],
+        },
+    },
+    {
+        **RESOLVED,
+        "models": [],
+        "protocol": "http",
+        "http_body": "json",
+        "connections": 4,
+        "compression": "gzip",
+        "inputs": [_X],
+        "headers": [
+            {"name": "x-plain", "value": "v"},
+            {"name": "x-file", "file": f"{CANARY_DIR}/token"},
+            {"name": "x-env", "env": CANARY_ENV},
+            {"name": "x-secret", "secret": "s1"},
+        ],
+        "tls": {"enabled": True, "ca": f"{CANARY_DIR}/ca.pem"},
+    },
+    {
+        **RESOLVED,
+        "models": [],
+        "inputs": [
+            {**_X, "shape": [1, 1], "model_dims": [-1, 1]},
+            {
+                "name": "F",
+                "datatype": "BYTES",
+                "shape": [1],
+                "source": "files",
+                "path": f"{CANARY_DIR}/in",
+                "model_dims": [1],
+            },
+            {
+                "name": "J",
+                "datatype": "BYTES",
+                "shape": [1],
+                "source": "json",
+                "path": f"{CANARY_DIR}/in.json",
+                "model_dims": [1],
+            },
+        ],
+        "load": {"mode": "closed", "concurrency": 4, "duration": "5s"},
+        "sequence": {
+            "length": "2..5",
+            "think_ms": "0..3",
+            "id_type": "string",
+            "id_prefix": "s-",
+            "id_range": [1, 1000],
+            "drain_s": 2,
+            "check": "X:Y",
+            "agent_ranges": [[1, 500], [500, 1000]],
+            "controls": {"start": "START", "end": "END", "ready": "READY", "corrid": "CORRID"},
+        },
+    },
+]
+#: the fields these bases add (the others are fuzzed above)
+NEW_FIELDS = {
+    "protocol",
+    "json_service",
+    "transport",
+    "inputs",
+    "stream",
+    "http_body",
+    "connections",
+    "compression",
+    "headers",
+    "tls",
+    "sequence",
+}
+NEW_PATHS = [(b, p) for b, doc in enumerate(NEW_BASES) for p in _paths(doc) if p[0] in NEW_FIELDS]
+new_leaves = st.one_of(
+    odd_leaves,
+    st.sampled_from(
+        [
+            f"{CANARY_DIR}/x",
+            f"@{CANARY_DIR}/x",
+            CANARY_ENV,
+            '{"a": NaN}',
+            '{"a": 1e400}',
+            "[" * 2000,
+            "$X",
+            "$nope",
+            "stream",
+            "grpcio",
+            "json",
+            "http",
+            "binary",
+            "1..0",
+            "0..nan",
+        ]
+    ),
+)
+new_values = st.recursive(
+    new_leaves,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+_watching: list[str] = []
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if _watching and event == "open" and CANARY_DIR in str(args[0]):
+        _watching.append(str(args[0]))
+
+
+sys.addaudithook(_audit)
+
+
+def agent_builds(text: str) -> None:
+    """agent/service.py Run (decode, check, header values and TLS without reading
+    anything), then what its workers do before the first send (agent/worker.py run:
+    build_payloads). Nothing opens a file the plan names, no canary reaches a request,
+    and what is refused is a PlanError."""
+    os.environ[CANARY_ENV] = CANARY_VALUE
+    _watching[:] = ["on"]
+    try:
+        agent_decode(text)
+        plan = Plan.from_json(text)
+        # what the coordinator read and sent (RunRequest.headers), as a live run does
+        sent_values = [(h.name, "coordinator-value") for h in plan.headers]
+        named = any(h.env or h.file for h in plan.headers)
+        access = access_for_run(
+            plan, sent_values if named else [], b"ca", b"", b"", {"s1": "operator-value"}
+        )
+        payloads = build_payloads(plan, headers=access.headers)
+        sent = repr(access.headers).encode() + b"".join(
+            w.msg + w.body + w.head for w in payloads.wires
+        )
+        assert CANARY_VALUE.encode() not in sent
+    finally:
+        opened, _watching[:] = _watching[1:], []
+        os.environ.pop(CANARY_ENV, None)
+    assert not opened, opened
+
+
+def _agent_builds_or_plan_error(text: str) -> None:
+    try:
+        agent_builds(text)
+    except PlanError as exc:
+        assert str(exc) and "\n" not in str(exc) and len(str(exc)) < 1000, str(exc)[:300]
+        assert CANARY_VALUE not in str(exc)
+
+
+@pytest.mark.parametrize("base", range(len(NEW_BASES)))
+def test_the_new_bases_are_built_or_refused_without_reading(base: int) -> None:
+    """Each base as sent: built, or (headers/TLS naming files) refused, reading nothing."""
+    _agent_builds_or_plan_error(json.dumps(NEW_BASES[base]))
+    plain = {k: v for k, v in NEW_BASES[base].items() if k not in ("headers", "tls")}
+    agent_builds(json.dumps(plain))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(range(len(NEW_BASES))), st.lists(st.data(), min_size=1, max_size=1))
+def test_agent_new_fields_mutated(base: int, draws: list[st.DataObject]) -> None:
+    doc = NEW_BASES[base]
+    data = draws[0]
+    paths = [p for b, p in NEW_PATHS if b == base]
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(paths))
+        with contextlib.suppress(KeyError, IndexError, TypeError):  # path gone
+            doc = _mutate(doc, path, data.draw(new_values))
+    _agent_builds_or_plan_error(json.dumps(doc))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(NEW_PATHS), st.integers(1, 3000), st.sampled_from("[{"))
+def test_agent_new_fields_nested_deep(
+    where: tuple[int, tuple[Any, ...]], depth: int, bracket: str
+) -> None:
+    base, path = where
+    marker = "__deep__"
+    text = json.dumps(_mutate(NEW_BASES[base], path, marker))
+    opening, closing = ("[", "]") if bracket == "[" else ('{"a":', "}")
+    _agent_builds_or_plan_error(
+        text.replace(f'"{marker}"', opening * depth + "1" + closing * depth, 1)
+    )

@@ -220,3 +220,32 @@ def test_cli_certs(tmp_path: Path) -> None:
     assert (tmp_path / "ca.pem").exists() and (tmp_path / "token").exists()
     res = CliRunner().invoke(app, ["certs", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "already" in res.output
+
+
+def _server_settings(port: int) -> dict[int, int]:
+    """The agent's HTTP/2 SETTINGS, read off a raw connection (no gRPC client)."""
+    import socket
+    import struct
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        data = b""
+        while len(data) < 9 or len(data) < 9 + int.from_bytes(data[:3], "big"):
+            chunk = s.recv(4096)
+            assert chunk, "connection closed before SETTINGS"
+            data += chunk
+    length, kind = int.from_bytes(data[:3], "big"), data[3]
+    assert kind == 4  # the server's first frame is its SETTINGS
+    body = data[9 : 9 + length]
+    return dict(struct.unpack(">HI", body[i : i + 6]) for i in range(0, len(body), 6))
+
+
+def test_an_agent_caps_streams_per_connection() -> None:
+    """However many calls an unauthenticated client opens on one connection, the agent
+    lets it hold at most MAX_STREAMS_PER_CONNECTION at once (HTTP/2 SETTINGS 0x3)."""
+    from agent.server import MAX_STREAMS_PER_CONNECTION
+
+    cfg = AgentConfig(listen="127.0.0.1:0", workers=1, token="a-token-for-this-test")
+    with agent_in_thread(cfg) as server:
+        settings = _server_settings(server.port)
+    assert settings.get(3) == MAX_STREAMS_PER_CONNECTION == 16, settings

@@ -4,13 +4,18 @@ fail with the reason, never pass."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+from rich.console import Console
 
 from coordinator.aggregate import Aggregator
+from coordinator.report.html import verdict_html
 from coordinator.slo import parse_slo
 from coordinator.summary import AgentInfo, build_summary
 from volley import records as rc
 from volley.arrivals import global_schedule
+from volley.cli.console import print_summary
 from volley.plan import Plan, plan_from_dict
 from volley.records import COLUMNS, RecordBlock
 
@@ -71,3 +76,17 @@ def test_slo_sample_counts_come_from_the_histograms() -> None:
     missing = parse_slo("service.p99<1ms").evaluate({"requests": {"ok": 5}})
     assert not missing["passed"]
     assert missing["reason"] == "the summary has no service_time_ms.p99"
+
+
+def test_the_reason_is_shown_in_the_terminal_and_the_report(tmp_path: Path) -> None:
+    """summary.json's SLO reason reaches the terminal summary and report.html."""
+    plan = _plan(("p99<50ms",))
+    agg = Aggregator(1, 0)
+    agg.ingest(0, _timeouts(plan))
+    summary = build_summary(plan, "r1", agg, [AgentInfo(index=0, address="a0:1")], 3.0, None)
+    con = Console(record=True, width=200)
+    print_summary(summary, tmp_path, con)
+    line = next(x for x in con.export_text().splitlines() if x.startswith("SLO p99<50ms"))
+    assert line.endswith("FAIL (actual none, threshold 50): no successful request"), line
+    html = verdict_html(summary)
+    assert "FAIL</span> (no successful request)</td>" in html

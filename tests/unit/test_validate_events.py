@@ -433,3 +433,15 @@ async def test_an_agent_error_text_is_cleaned() -> None:
     await _play(loop)
     err = loop.streams[1].info.error
     assert err.startswith("boom [2J!!") and len(err) == 500
+
+
+def test_an_agent_id_and_host_from_hello_are_cleaned() -> None:
+    """A rogue agent's Hello: an id with terminal escapes and 100 kB, a host with a
+    newline; what reaches the terminal and summary.json is one printable, short line."""
+    from coordinator.run.stream import MAX_NAME_TEXT, hello_info
+
+    reply = pb.HelloReply(agent_id="evil\x1b[2J\x1b]0;x\x07" + "x" * 100_000, host="h\nost")
+    clock = ClockEstimate(offset_ns=0, uncertainty_ns=1, rtt_ns=1, samples=1)
+    info = hello_info(0, "a:1", reply, 0, clock)
+    assert info.id.startswith("evil [2J ]0;x ") and len(info.id) == MAX_NAME_TEXT
+    assert info.id.isprintable() and info.host == "h ost"

@@ -255,9 +255,11 @@ def print_summary(summary: Summary, run_dir: Path, console: Console | None = Non
         }[outcome]
         iv = r.get("interval")
         within = f", {level} CI {_span(iv, 'g')}" if iv is not None else ""
+        why = f": {escape(r['reason'])}" if r.get("reason") else ""
+        actual = "none" if r["actual"] is None else r["actual"]
         con.print(
-            f"SLO {escape(r['slo'])}: {mark} (actual {r['actual']}{within}, "
-            f"threshold {r['threshold']:g})"
+            f"SLO {escape(r['slo'])}: {mark} (actual {actual}{within}, "
+            f"threshold {r['threshold']:g}){why}"
         )
     for w in verdict.get("warnings", []):
         con.print(f"[yellow]warning:[/yellow] {escape(w)}")

@@ -143,6 +143,9 @@ def collect(
         )
         for note in sp.notes:
             typer.echo(f"  note: {note}")
+        if sp.faults:
+            kinds = ", ".join(f"{k}: {n}" for k, n in sp.faults.items())
+            typer.echo(f"  dropped {sp.invalid} invalid records, ignored invalid events ({kinds})")
     for why in report.failures.values():
         typer.echo(f"not collected: {why}", err=True)
     typer.echo(

@@ -21,7 +21,7 @@ from volley.inputs.shapes import (
     shape_text,
 )
 from volley.plan import DataItem, InputSpec, Plan, PlanError
-from volley.shown import shown
+from volley.shown import clipped, shown
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 RAW_EXTS = {".bin", ".raw", ".dat"}
@@ -92,8 +92,10 @@ def read_input_data(path: str) -> list[dict[str, Any]]:
         doc = json.loads(Path(path).expanduser().read_text())
     except OSError as exc:
         raise PlanError(f"input data {path}: {exc.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PlanError(f"input data {path}: not valid JSON ({exc})") from None
+    except ValueError as exc:  # not JSON, not UTF-8, an integer too long to convert
+        raise PlanError(f"input data {path}: not valid JSON ({clipped(str(exc), 120)})") from None
+    except RecursionError:
+        raise PlanError(f"input data {path}: nested too deep") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         raise PlanError(f'input data {path}: expected {{"data": [...]}} (perf_analyzer layout)')
     entries: list[dict[str, Any]] = []
@@ -255,7 +257,7 @@ def read_prompts(path: str) -> list[str]:
         if jsonl:
             try:
                 doc = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise PlanError(f"prompts {path}: line {n} is not a JSON object") from None
             if not isinstance(doc, dict):
                 raise PlanError(f"prompts {path}: line {n} is not a JSON object")

@@ -6,6 +6,7 @@ must name inputs of the plan. Bodies are bounded like payload pools."""
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from volley.plan.spec import (
@@ -39,6 +40,26 @@ def placeholders(doc: object) -> list[str]:
 def _json(text: str, where: str) -> Any:
     try:
         return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise PlanError(f"{where}: not JSON ({clipped(str(exc), 120)})") from None
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} has no JSON form")
+
+
+def _finite(text: str) -> float:
+    x = float(text)
+    if not math.isfinite(x):
+        raise ValueError(f"{clipped(text, 40)} is out of a double's range")
+    return x
+
+
+def _template_json(text: str, where: str) -> Any:
+    """A template is parsed and written again per body (strict JSON): NaN, Infinity and
+    numbers beyond a double's range are refused here, not when the first body is built."""
+    try:
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
     except (ValueError, RecursionError) as exc:
         raise PlanError(f"{where}: not JSON ({clipped(str(exc), 120)})") from None
 
@@ -87,7 +108,7 @@ def json_service_from(raw: object, inputs: tuple[InputSpec, ...]) -> JsonService
         if len(template) > MAX_TEMPLATE_BYTES:
             raise PlanError(f"plan.json_service.template: over {MAX_TEMPLATE_BYTES} bytes")
         names = {s.name for s in inputs}
-        for name in placeholders(_json(template, "plan.json_service.template")):
+        for name in placeholders(_template_json(template, "plan.json_service.template")):
             if name not in names:
                 raise PlanError(
                     f"plan.json_service.template: ${clipped(name, 60)} names no input "

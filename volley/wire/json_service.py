@@ -98,6 +98,7 @@ def field_present(doc: Any, path: str) -> bool:
         elif (
             isinstance(doc, list)
             and part.lstrip("-").isdigit()
+            and len(part) <= 18  # an index of a list in memory (int() of 5000 digits raises)
             and -len(doc) <= int(part) < len(doc)
         ):
             doc = doc[int(part)]

@@ -182,7 +182,7 @@ def parse_sse_event(event: bytes, token_output: str = "") -> StreamResponse | No
         return StreamResponse(0, "", False, False, 0, 0)  # a comment or keep-alive
     try:
         doc = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(doc, dict):
         return None
