@@ -516,6 +516,15 @@ def test_refusals_are_one_line_exit_2(triton_server: TritonEndpoint, tmp_path: P
     no_env = {"VOLLEY_TOKEN": ""}
     try:
         (_, a_guarded, log_guarded), (_, a_fenced, _), (_, a_mtls, _) = map(wait_agent, starting)
+
+        def via_mtls(creds: dict[str, Path]) -> list[str]:
+            """To the mTLS agent, with the client certificate of `creds`."""
+            return [
+                *("--agent", a_mtls, "--agent-tls-ca", str(fleet["ca.pem"])),
+                *("--agent-tls-cert", str(creds["client.pem"])),
+                *("--agent-tls-key", str(creds["client.key"])),
+            ]
+
         cases = [
             ([*base, "--rate", "10", "--agent", a_guarded], no_env, "authentication refused"),
             (
@@ -534,23 +543,7 @@ def test_refusals_are_one_line_exit_2(triton_server: TritonEndpoint, tmp_path: P
                 "in-flight cap 1000 is above this agent's limit of 64",
             ),
             ([*base, "--rate", "10", "--agent", a_fenced], no_env, "not on this agent's allowlist"),
-            (
-                [
-                    *base,
-                    "--rate",
-                    "10",
-                    "--agent",
-                    a_mtls,
-                    "--agent-tls-ca",
-                    str(fleet["ca.pem"]),
-                    "--agent-tls-cert",
-                    str(other["client.pem"]),
-                    "--agent-tls-key",
-                    str(other["client.key"]),
-                ],
-                no_env,
-                "TLS",
-            ),
+            ([*base, "--rate", "10", *via_mtls(other)], no_env, "TLS"),
         ]
         # each refusal is its own short process: they run side by side
         for (args, _env, needle), (code, text) in zip(
@@ -581,25 +574,7 @@ def test_refusals_are_one_line_exit_2(triton_server: TritonEndpoint, tmp_path: P
                 ],
                 no_env,
             ),
-            (
-                [
-                    *base,
-                    "--rate",
-                    "20",
-                    "--agent",
-                    a_mtls,
-                    "--agent-tls-ca",
-                    str(fleet["ca.pem"]),
-                    "--agent-tls-cert",
-                    str(fleet["client.pem"]),
-                    "--agent-tls-key",
-                    str(fleet["client.key"]),
-                    "--quiet",
-                    "--name",
-                    "mtls",
-                ],
-                no_env,
-            ),
+            ([*base, "--rate", "20", *via_mtls(fleet), "--quiet", "--name", "mtls"], no_env),
         ]
         (code, text), (code2, text2) = _run_clis(good)
         assert code in (0, 1), text  # 1: too short to be a valid run
