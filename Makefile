@@ -72,8 +72,11 @@ nginx:
 	      { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light >/dev/null; }; \
 	  else echo "nginx not installed and not root: the proxy tests will skip"; fi; }
 
+# Unit tests on two processes (pytest-xdist; none of them times anything tightly), then
+# the integration tests one at a time (they measure latency on a shared machine).
 test: install lint browser nginx
-	$(PYTHON) -m pytest -q -ra tests
+	$(PYTHON) -m pytest -q -ra -n 2 tests/unit
+	$(PYTHON) -m pytest -q -ra tests/integration
 
 test-fast: $(VENV)/.installed
 	$(PYTHON) -m pytest -q -ra tests/unit

@@ -167,6 +167,14 @@ class SequenceDriver:
         w = self.w
         assert tp is not None and w.payloads is not None
         s.timer = None
+        early = intended - self.now()
+        if early > 0:
+            # a loop timer fired before the step's time (uvloop's whole-ms timers can, by
+            # up to ~1.5 ms): wait the rest; a step is never sent before its intended time
+            s.timer = asyncio.get_running_loop().call_later(
+                early / 1e9, self._send, s, intended, end_only
+            )
+            return
         pacer = w.pacer
         if pacer is not None and self.now() < pacer.free_at():
             # the agent's --max-rate: the step waits for its turn (as closed-loop users do)
@@ -269,7 +277,10 @@ class SequenceDriver:
         """The load is over: every live sequence gets its END (after its step in flight)."""
         self.ending = True
         for s in list(self.live.values()):
-            if s.in_flight:
+            if s.in_flight or s.step == 0:
+                # a step in flight, or a start still held (the agent's --max-rate): its
+                # END follows its answer (an END of a sequence never started would be
+                # one more sequence ended than started)
                 s.cut = True
             else:
                 if s.timer is not None:
@@ -295,8 +306,10 @@ class SequenceDriver:
                 if w.stopping or w.stop_event.is_set():
                     w.stopping = True
                     return
-                gap = t - self.now()
-                if gap > 0:
+                # a loop timer may fire early (uvloop: up to ~1.5 ms): a start is never
+                # sent before its intended time (the coordinator refuses one sent > 1 ms
+                # before it, which would leave its sequence counted ended, not started)
+                while (gap := t - self.now()) > 0:
                     await asyncio.sleep(gap / 1e9)
                 s = self._begin(i)
                 if s is None:

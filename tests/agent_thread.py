@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from agent.config import AgentConfig
@@ -70,6 +71,30 @@ def spawn_agent(
 ) -> tuple[subprocess.Popen[bytes], str, Path]:
     """Start `python -m volley agent` (optionally under `prefix`, e.g. ip netns exec);
     returns (process, HOST:PORT, log path) once it listens."""
+    return wait_agent(start_agent(tmp, name, args, env, listen, workers, prefix), timeout_s)
+
+
+@dataclass
+class StartingAgent:
+    """An agent process started, not yet known to listen (`wait_agent`)."""
+
+    proc: subprocess.Popen[bytes]
+    name: str
+    host: str
+    port_file: Path
+    log_path: Path
+
+
+def start_agent(
+    tmp: Path,
+    name: str,
+    args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    listen: str = "127.0.0.1:0",
+    workers: int = 1,
+    prefix: Sequence[str] = (),
+) -> StartingAgent:
+    """`spawn_agent` without the wait: several agents import and start side by side."""
     port_file = tmp / f"{name}.port"
     log_path = tmp / f"{name}.log"
     argv = [
@@ -94,16 +119,22 @@ def spawn_agent(
     full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=REPO)
+    return StartingAgent(proc, name, listen.rsplit(":", 1)[0], port_file, log_path)
+
+
+def wait_agent(
+    a: StartingAgent, timeout_s: float = 30.0
+) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """(process, HOST:PORT, log path) once the started agent listens."""
     deadline = time.monotonic() + timeout_s
-    while not (port_file.exists() and port_file.read_text().strip()):
-        if proc.poll() is not None:
-            raise RuntimeError(f"agent {name} exited: {log_path.read_text()[-2000:]}")
+    while not (a.port_file.exists() and a.port_file.read_text().strip()):
+        if a.proc.poll() is not None:
+            raise RuntimeError(f"agent {a.name} exited: {a.log_path.read_text()[-2000:]}")
         if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"agent {name} did not start: {log_path.read_text()[-2000:]}")
+            a.proc.kill()
+            raise RuntimeError(f"agent {a.name} did not start: {a.log_path.read_text()[-2000:]}")
         time.sleep(0.05)
-    host = listen.rsplit(":", 1)[0]
-    return proc, f"{host}:{port_file.read_text().strip()}", log_path
+    return a.proc, f"{a.host}:{a.port_file.read_text().strip()}", a.log_path
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from agent.config import AgentConfig
 from agent.server import AgentServer
-from tests.triton_fixture import TritonEndpoint, triton_server  # noqa: F401
+from tests.triton_fixture import TritonEndpoint, triton_server, triton_sleep_x2  # noqa: F401
 
 
 @pytest.fixture

@@ -138,3 +138,27 @@ def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonEn
         yield endpoint
     finally:
         _release()
+
+
+@pytest.fixture(scope="session")
+def triton_sleep_x2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    """A second tritonserver serving only `sleep`, with 2 instances, for the session:
+    the compare test (1 vs 2 instances) and the sweep's scaling check both measure it
+    (the sleep model keeps no state; each run reads its own window of the statistics),
+    so it starts once, not once per test."""
+    cfg = TritonConfig(
+        model_repository=MODEL_REPOSITORY,
+        http_port=0,
+        grpc_port=0,
+        metrics_port=0,
+        instances=2,
+        models=["sleep"],
+        state_dir=tmp_path_factory.mktemp("triton2"),
+        triton_home=require_triton_home(),
+    )
+    server = TritonServer(cfg)
+    server.start(timeout_s=STARTUP_TIMEOUT_S)
+    try:
+        yield server
+    finally:
+        server.stop()

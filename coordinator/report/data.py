@@ -122,7 +122,11 @@ def _timeseries(path: Path) -> list[dict[str, Any]]:
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise ReportError(f"timeseries.parquet unreadable: {clipped(str(exc))}") from None
     schema = table.schema
-    if table.num_rows and not {"t_s", "agent"} <= set(schema.names):
+    try:
+        names = schema.names
+    except ValueError as exc:  # a column name that is not UTF-8
+        raise ReportError(f"timeseries.parquet unreadable: {clipped(str(exc))}") from None
+    if table.num_rows and not {"t_s", "agent"} <= set(names):
         raise ReportError("timeseries.parquet unreadable: no t_s or agent column")
     for f in schema:
         t = f.type

@@ -25,7 +25,7 @@ import pytest
 
 from coordinator.run import RunOptions, execute
 from coordinator.triton import TritonConfig, TritonServer, find_free_ports
-from tests.agent_thread import REPO, spawn_agent, stop_process
+from tests.agent_thread import REPO, start_agent, stop_process, wait_agent
 from tests.triton_fixture import MODEL_REPOSITORY, TritonEndpoint, require_triton_home
 from volley.plan import plan_from_dict
 from volley.v1 import control_pb2 as pb
@@ -113,12 +113,14 @@ def _wait_idle(addr: str, timeout: float = 30.0, token: str = "") -> float:
 
 @pytest.fixture
 def two_agents(tmp_path: Path) -> Iterator[list[tuple[subprocess.Popen[bytes], str, Path]]]:
-    agents = [spawn_agent(tmp_path, f"a{i}", args=["--coordinator-grace", "2s"]) for i in range(2)]
+    # both import and start side by side, then each is waited for
+    grace = ["--coordinator-grace", "2s"]
+    starting = [start_agent(tmp_path, f"a{i}", args=grace) for i in range(2)]
     try:
-        yield agents
+        yield [wait_agent(a) for a in starting]
     finally:
-        for proc, _, _ in agents:
-            stop_process(proc)
+        for a in starting:
+            stop_process(a.proc)
 
 
 # ---------------------------------------------------------------- agent killed
@@ -467,10 +469,14 @@ async def test_triton_killed_and_restarted_mid_run(
 
 
 # ---------------------------------------------------------------- refusals
-def _run_cli(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
-    p = _volley("run", *args, env=env)
-    out, err = p.communicate(timeout=120)
-    return p.returncode, err + out
+def _run_clis(runs: list[tuple[list[str], dict[str, str] | None]]) -> list[tuple[int, str]]:
+    """`volley run` with each argument list, all started at once; (exit code, output) each."""
+    procs = [_volley("run", *args, env=env) for args, env in runs]
+    out: list[tuple[int, str]] = []
+    for p in procs:
+        o, e = p.communicate(timeout=120)
+        out.append((p.returncode, e + o))
+    return out
 
 
 def test_refusals_are_one_line_exit_2(triton_server: TritonEndpoint, tmp_path: Path) -> None:
@@ -483,28 +489,42 @@ def test_refusals_are_one_line_exit_2(triton_server: TritonEndpoint, tmp_path: P
     wrong_file = tmp_path / "wrong"
     wrong_file.write_text("not-the-token-0000")
     url = triton_server.grpc_url
-    guarded, a_guarded, log_guarded = spawn_agent(
-        tmp_path,
-        "guarded",
-        args=["--allow-target", url, "--max-rate", "50", "--max-in-flight", "64"],
-        env={"VOLLEY_TOKEN": TOKEN},
-    )
-    fenced, a_fenced, _ = spawn_agent(tmp_path, "fenced", args=["--allow-target", "127.0.0.1:1"])
-    mtls, a_mtls, _ = spawn_agent(
-        tmp_path,
-        "mtls",
-        args=[
-            "--tls-cert",
-            str(fleet["agent.pem"]),
-            "--tls-key",
-            str(fleet["agent.key"]),
-            "--tls-client-ca",
-            str(fleet["ca.pem"]),
-        ],
-    )
+    # the three agents import and start side by side (then each is waited for)
+    starting = [
+        start_agent(
+            tmp_path,
+            "guarded",
+            args=["--allow-target", url, "--max-rate", "50", "--max-in-flight", "64"],
+            env={"VOLLEY_TOKEN": TOKEN},
+        ),
+        start_agent(tmp_path, "fenced", args=["--allow-target", "127.0.0.1:1"]),
+        start_agent(
+            tmp_path,
+            "mtls",
+            args=[
+                "--tls-cert",
+                str(fleet["agent.pem"]),
+                "--tls-key",
+                str(fleet["agent.key"]),
+                "--tls-client-ca",
+                str(fleet["ca.pem"]),
+            ],
+        ),
+    ]
+    procs = [a.proc for a in starting]
     base = ["--target", url, "--model", "add", "--duration", "1s", "--out", str(tmp_path / "r")]
     no_env = {"VOLLEY_TOKEN": ""}
     try:
+        (_, a_guarded, log_guarded), (_, a_fenced, _), (_, a_mtls, _) = map(wait_agent, starting)
+
+        def via_mtls(creds: dict[str, Path]) -> list[str]:
+            """To the mTLS agent, with the client certificate of `creds`."""
+            return [
+                *("--agent", a_mtls, "--agent-tls-ca", str(fleet["ca.pem"])),
+                *("--agent-tls-cert", str(creds["client.pem"])),
+                *("--agent-tls-key", str(creds["client.key"])),
+            ]
+
         cases = [
             ([*base, "--rate", "10", "--agent", a_guarded], no_env, "authentication refused"),
             (
@@ -523,72 +543,48 @@ def test_refusals_are_one_line_exit_2(triton_server: TritonEndpoint, tmp_path: P
                 "in-flight cap 1000 is above this agent's limit of 64",
             ),
             ([*base, "--rate", "10", "--agent", a_fenced], no_env, "not on this agent's allowlist"),
-            (
-                [
-                    *base,
-                    "--rate",
-                    "10",
-                    "--agent",
-                    a_mtls,
-                    "--agent-tls-ca",
-                    str(fleet["ca.pem"]),
-                    "--agent-tls-cert",
-                    str(other["client.pem"]),
-                    "--agent-tls-key",
-                    str(other["client.key"]),
-                ],
-                no_env,
-                "TLS",
-            ),
+            ([*base, "--rate", "10", *via_mtls(other)], no_env, "TLS"),
         ]
-        for args, env, needle in cases:
-            code, text = _run_cli(args, env)
+        # each refusal is its own short process: they run side by side
+        for (args, _env, needle), (code, text) in zip(
+            cases, _run_clis([(args, env) for args, env, _ in cases]), strict=True
+        ):
             assert code == 2, (args, text)
             assert needle in text, (needle, text)
             assert text.strip().count("\n") == 0, text
             assert "Traceback" not in text
         assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
-        # with the right credentials and within the limits, the same agents run
-        code, text = _run_cli(
-            [
-                *base,
-                "--rate",
-                "20",
-                "--agent",
-                a_guarded,
-                "--token-file",
-                str(token_file),
-                "--max-in-flight",
-                "32",
-                "--quiet",
-            ],
-            no_env,
-        )
+        # with the right credentials and within the limits, the same agents run (the
+        # two runs side by side: each only has to succeed)
+        good = [
+            (
+                [
+                    *base,
+                    "--rate",
+                    "20",
+                    "--agent",
+                    a_guarded,
+                    "--token-file",
+                    str(token_file),
+                    "--max-in-flight",
+                    "32",
+                    "--quiet",
+                    "--name",
+                    "guarded",
+                ],
+                no_env,
+            ),
+            ([*base, "--rate", "20", *via_mtls(fleet), "--quiet", "--name", "mtls"], no_env),
+        ]
+        (code, text), (code2, text2) = _run_clis(good)
         assert code in (0, 1), text  # 1: too short to be a valid run
         assert json.loads((Path(text.strip()) / "summary.json").read_text())["requests"]["ok"]
-        code, text = _run_cli(
-            [
-                *base,
-                "--rate",
-                "20",
-                "--agent",
-                a_mtls,
-                "--agent-tls-ca",
-                str(fleet["ca.pem"]),
-                "--agent-tls-cert",
-                str(fleet["client.pem"]),
-                "--agent-tls-key",
-                str(fleet["client.key"]),
-                "--quiet",
-            ],
-            no_env,
-        )
-        assert code in (0, 1), text
+        assert code2 in (0, 1), text2
         log = log_guarded.read_text()
         assert "refused unauthenticated call" in log and "refused run" in log
         assert TOKEN not in log
     finally:
-        for p in (guarded, fenced, mtls):
+        for p in procs:
             stop_process(p)
 
 

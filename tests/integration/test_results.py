@@ -21,9 +21,9 @@ from typer.testing import CliRunner
 from coordinator.report import write_compare
 from coordinator.report.compare import comparison
 from coordinator.run import RunOptions, execute
-from coordinator.triton import TritonConfig, TritonServer
+from coordinator.triton import TritonServer
 from tests.browser import PageResult, find_chromium, render_page
-from tests.triton_fixture import MODEL_REPOSITORY, TritonEndpoint, in_ci, require_triton_home
+from tests.triton_fixture import TritonEndpoint, in_ci
 from volley.cli import app
 from volley.plan import plan_from_dict
 
@@ -233,7 +233,10 @@ def test_cli_slo_exit_codes_and_report_outputs(
 
 
 async def test_compare_one_vs_two_instances(
-    triton_server: TritonEndpoint, agent_pair: list[str], tmp_path: Path
+    triton_server: TritonEndpoint,
+    triton_sleep_x2: TritonServer,
+    agent_pair: list[str],
+    tmp_path: Path,
 ) -> None:
     """The sleep model (10 ms, one request at a time per instance) at 70/s: one instance
     queues (80% busy), two barely do; compare shows it, and marks the p99 difference as
@@ -241,28 +244,18 @@ async def test_compare_one_vs_two_instances(
     run is the longer one: its p99 must be bounded, and on a busy host its slow spells
     come in bursts (design effect 2-3.5 measured here), so 19 s x 70/s = 1,330 requests
     count as 400-700 independent ones (368 needed)."""
-    cfg = TritonConfig(
-        model_repository=MODEL_REPOSITORY,
-        http_port=0,
-        grpc_port=0,
-        metrics_port=0,
-        instances=2,
-        models=["sleep"],
-        state_dir=tmp_path / "triton2",
-        triton_home=require_triton_home(),
-    )
     runs = []
-    with TritonServer(cfg) as two:
-        for name, ep, secs in (
-            ("one", triton_server, 9),
-            ("two", two, 30),
-            ("one-again", triton_server, 9),
-        ):
-            plan = plan_from_dict(
-                _sleep_plan(ep.grpc_url, 70, 10.0, name=name, duration=f"{secs}s", warmup="1s")
-            )
-            opts = RunOptions(out_dir=tmp_path, start_lead_s=1.0, server_metrics=ep.metrics_url)
-            runs.append(await execute(plan, agent_pair[:1], opts))
+    two = triton_sleep_x2  # the session's 2-instance server (shared with the sweep test)
+    for name, ep, secs in (
+        ("one", triton_server, 9),
+        ("two", two, 30),
+        ("one-again", triton_server, 9),
+    ):
+        plan = plan_from_dict(
+            _sleep_plan(ep.grpc_url, 70, 10.0, name=name, duration=f"{secs}s", warmup="1s")
+        )
+        opts = RunOptions(out_dir=tmp_path, start_lead_s=1.0, server_metrics=ep.metrics_url)
+        runs.append(await execute(plan, agent_pair[:1], opts))
     one, two_, _again = (r.summary["server"] for r in runs)
     assert (one["instances"], two_["instances"]) == (1, 2)
     assert two_["queue_ms"] < one["queue_ms"]

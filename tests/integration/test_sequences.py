@@ -224,9 +224,22 @@ async def test_agents_max_rate_paces_sequence_steps(
     triton_server: TritonEndpoint, tmp_path: Path
 ) -> None:
     """An agent's --max-rate holds for sequence steps too: they wait for their turn."""
-    from tests.agent_thread import spawn_agent, stop_process
+    from agent.config import AgentConfig, AgentLimits
+    from agent.server import AgentServer
 
-    proc, addr, _log = spawn_agent(tmp_path, "paced", args=["--max-rate", "20"], workers=1)
+    # the agent in this process (its worker a real process), as agent_pair's are: no
+    # second interpreter to import and stop
+    server = AgentServer(
+        AgentConfig(
+            listen="127.0.0.1:0",
+            workers=1,
+            agent_id="paced",
+            limits=AgentLimits(max_rate=20),
+            spool_dir=str(tmp_path / "spool"),
+        )
+    )
+    await server.start()
+    addr = f"127.0.0.1:{server.port}"
     try:
         doc = _doc(
             triton_server,
@@ -238,7 +251,7 @@ async def test_agents_max_rate_paces_sequence_steps(
             plan_from_dict(doc), [addr], RunOptions(out_dir=tmp_path, start_lead_s=2.0)
         )
     finally:
-        stop_process(proc)
+        await server.stop(0.5)
     s = result.summary
     check_sequence_run(result.run_dir, dict(s), agents=1)
     sent = np.sort(raw_columns(result.run_dir)["sent_ns"])

@@ -30,8 +30,8 @@ from coordinator.sweep.runner import (
     run_sweep,
 )
 from coordinator.sweep.search import Measure, SweepSettings
-from coordinator.triton import TritonConfig, TritonServer
-from tests.triton_fixture import MODEL_REPOSITORY, TritonEndpoint, require_triton_home
+from coordinator.triton import TritonServer
+from tests.triton_fixture import TritonEndpoint
 from volley.cli import app
 from volley.plan import plan_from_dict
 
@@ -161,53 +161,46 @@ async def test_sweep_finds_the_sleep_knee_and_plans_capacity(
 
 
 async def test_scaling_check_against_two_instances(
-    triton_server: TritonEndpoint, agent_pair: list[str], tmp_path: Path
+    triton_server: TritonEndpoint,
+    triton_sleep_x2: TritonServer,
+    agent_pair: list[str],
+    tmp_path: Path,
 ) -> None:
     """The same sweep against a second Triton serving the sleep model with 2 instances:
     the sleep model does not use CPU, so 2 instances should scale about linearly."""
-    cfg = TritonConfig(
-        model_repository=MODEL_REPOSITORY,
-        http_port=0,
-        grpc_port=0,
-        metrics_port=0,
-        instances=2,
-        models=["sleep"],
-        state_dir=tmp_path / "triton2",
-        triton_home=require_triton_home(),
+    two = triton_sleep_x2  # the session's (shared with the compare test)
+    plan = plan_from_dict(
+        {
+            "target": triton_server.grpc_url,
+            "model": "sleep",
+            "seed": 3,
+            "load": {"rate": 1},
+            "inputs": [{"name": "DELAY_MS", "source": "constant", "value": DELAY_MS}],
+            # a p50: 2 s steps cannot bound a p99 (368 requests at 95%), see above
+            "slos": ["p50<100ms"],
+            "validity": {"min_requests": 50},
+        }
     )
-    with TritonServer(cfg) as two:
-        plan = plan_from_dict(
-            {
-                "target": triton_server.grpc_url,
-                "model": "sleep",
-                "seed": 3,
-                "load": {"rate": 1},
-                "inputs": [{"name": "DELAY_MS", "source": "constant", "value": DELAY_MS}],
-                # a p50: 2 s steps cannot bound a p99 (368 requests at 95%), see above
-                "slos": ["p50<100ms"],
-                "validity": {"min_requests": 50},
-            }
-        )
-        spec = SweepSpec(
-            name="scale",
-            plan=plan,
-            # coarse on purpose: this checks the scaling, the other test the precision
-            settings=SweepSettings(
-                start=40, growth=1.3, tolerance=0.15, max_steps=5, step_duration_s=2, warmup_s=1
-            ),
-            targets=[
-                SweepTarget("one", triton_server.grpc_url),
-                SweepTarget("one-x2", two.grpc_url, replicas=2, scale_of="one"),
-            ],
-            capacity=CapacityInputs(1000, headroom=0.0),
-            agents=agent_pair[:1],
-        )
-        spec.validate()
+    spec = SweepSpec(
+        name="scale",
+        plan=plan,
+        # coarse on purpose: this checks the scaling, the other test the precision
+        settings=SweepSettings(
+            start=40, growth=1.3, tolerance=0.15, max_steps=5, step_duration_s=2, warmup_s=1
+        ),
+        targets=[
+            SweepTarget("one", triton_server.grpc_url),
+            SweepTarget("one-x2", two.grpc_url, replicas=2, scale_of="one"),
+        ],
+        capacity=CapacityInputs(1000, headroom=0.0),
+        agents=agent_pair[:1],
+    )
+    spec.validate()
 
-        def factory(t: SweepTarget, s: SweepSettings) -> Measure:
-            return real_measure(spec, t, s, tmp_path / "sweep", agent_pair[:1], None)
+    def factory(t: SweepTarget, s: SweepSettings) -> Measure:
+        return real_measure(spec, t, s, tmp_path / "sweep", agent_pair[:1], None)
 
-        doc = await run_sweep(spec, tmp_path / "sweep", factory)
+    doc = await run_sweep(spec, tmp_path / "sweep", factory)
     sc = doc["scaling"]["one-x2"]
     print(f"\nscaling check: {sc}")
     assert "error" not in sc, sc
@@ -222,11 +215,33 @@ def test_cli_sweep_and_resume(triton_server: TritonEndpoint, tmp_path: Path) -> 
     """The command line end to end (local agent process), then --resume of the finished
     sweep measures nothing again."""
     args = [
-        "sweep", "--target", triton_server.grpc_url, "--model", "sleep",
-        "--input", f"DELAY_MS={DELAY_MS:g}", "--start", "10", "--growth", "2",
-        "--max-steps", "2", "--step-duration", "2s", "--warmup", "0.5s",
-        "--min-requests", "15", "--workers", "1", "--production-rate", "100",
-        "--headroom", "20%", "--out", str(tmp_path),
+        "sweep",
+        "--target",
+        triton_server.grpc_url,
+        "--model",
+        "sleep",
+        "--input",
+        f"DELAY_MS={DELAY_MS:g}",
+        "--start",
+        "10",
+        "--growth",
+        "2",
+        "--max-steps",
+        "2",
+        "--step-duration",
+        "2s",
+        "--warmup",
+        "0.5s",
+        "--min-requests",
+        "15",
+        "--workers",
+        "1",
+        "--production-rate",
+        "100",
+        "--headroom",
+        "20%",
+        "--out",
+        str(tmp_path),
     ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output

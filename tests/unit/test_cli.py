@@ -252,9 +252,13 @@ def test_run_command_plans_a_random_seed(
 ) -> None:
     """`volley run` itself: the plan that reaches the agents carries the random seed."""
     import coordinator.local
+    import coordinator.preflight
     import coordinator.run
 
     seen: list[Any] = []
+
+    async def fake_preflight(plan: Any) -> Any:  # the CLI's own, before local agents
+        return None
 
     async def fake_execute(plan: Any, addrs: list[str], opts: Any) -> Any:
         seen.append(plan)
@@ -266,6 +270,7 @@ def test_run_command_plans_a_random_seed(
 
     monkeypatch.setattr(coordinator.run, "execute", fake_execute)
     monkeypatch.setattr(coordinator.local, "LocalAgents", fake_local)
+    monkeypatch.setattr(coordinator.preflight, "preflight_check", fake_preflight)
     f = tmp_path / "plan.yaml"
     f.write_text(PLAN_WITHOUT_SEED)
     res = CliRunner().invoke(app, ["run", str(f), "--quiet", "--out", str(tmp_path)])

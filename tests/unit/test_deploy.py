@@ -461,11 +461,21 @@ def test_image_entrypoint_runs_volley_help() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     entry = re.search(r'^ENTRYPOINT \["([^"]+)"\]', text, re.M)
     assert entry and entry.group(1) == "volley"
-    for args in ([], ["agent"], ["run"], ["triton"], ["report"]):
-        res = subprocess.run([sys.executable, "-m", "volley", *args, "--help"],
-                             capture_output=True, text=True, timeout=60)
-        assert res.returncode == 0, (args, res.stderr)
-        assert "Usage" in res.stdout
+    # the five processes start side by side (each is an interpreter importing volley)
+    commands = ([], ["agent"], ["run"], ["triton"], ["report"])
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "volley", *args, "--help"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in commands
+    ]
+    for args, p in zip(commands, procs, strict=True):
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, (args, err)
+        assert "Usage" in out
 
 
 def test_agents_by_dns_name_and_headless_service_name() -> None:

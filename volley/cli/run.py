@@ -122,7 +122,7 @@ def run(
     from coordinator.agents import AgentError, resolve_agents
     from coordinator.local import LocalAgents, fresh_token, local_spool_dir, protect_workers
     from coordinator.metrics import parse_listen
-    from coordinator.preflight import PreflightError
+    from coordinator.preflight import PreflightError, preflight_check
     from coordinator.progress import live_outputs
     from coordinator.repeats import write_repeats
     from coordinator.run import RunOptions, execute
@@ -273,6 +273,7 @@ def run(
         try:
             if addresses:
                 return uvloop.run(main(plan, addresses))
+            uvloop.run(preflight_check(plan))  # a bad target or model: before any agent spawns
             run_dir = new_run_dir(out, plan.name)
             token = security.token or fresh_token()  # no other local user drives them
             with LocalAgents(local_agents, workers, token=token, run_dir=run_dir) as addrs:
