@@ -125,7 +125,7 @@ class HttpProbe(Probe):
     def _why(status: int, body: bytes) -> str:
         try:
             err = json.loads(body).get("error", "")
-        except (ValueError, AttributeError):
+        except (ValueError, RecursionError, AttributeError):
             err = ""
         return f"HTTP {status}" + (f": {str(err).splitlines()[0]}" if err else "")
 
@@ -149,7 +149,7 @@ class HttpProbe(Probe):
             return []
         try:
             return sorted({m["name"] for m in json.loads(body)})
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, RecursionError, KeyError, TypeError):
             return []
 
     async def server_metadata(self) -> ServerInfo:
@@ -163,7 +163,7 @@ class HttpProbe(Probe):
                 "version": str(m["version"]),
                 "extensions": [str(e) for e in m.get("extensions", [])],
             }
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, RecursionError, KeyError, TypeError, AttributeError) as exc:
             raise ProbeError(f"server metadata: malformed ({exc})") from None
 
     async def metadata(
@@ -179,7 +179,7 @@ class HttpProbe(Probe):
             )
             outputs = tuple(t["name"] for t in m.get("outputs", []))
             return m.get("name", name), tuple(m.get("versions", [])), inputs, outputs
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, RecursionError, KeyError, TypeError) as exc:
             raise ProbeError(f"model {name!r} metadata: malformed ({exc})") from None
 
     async def config(self, name: str, version: str) -> dict[str, Any]:
@@ -188,7 +188,7 @@ class HttpProbe(Probe):
             return {}
         try:
             cfg = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             return {}
         return cfg if isinstance(cfg, dict) else {}
 
@@ -229,7 +229,7 @@ class HttpProbe(Probe):
             raise ProbeError(f"statistics: {self._why(status, body)}", f"HTTP_{status}")
         try:
             return parse_json(json.loads(body))
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ProbeError("statistics: the answer is not JSON") from None
         except StatisticsError as exc:
             raise ProbeError(str(exc)) from None
