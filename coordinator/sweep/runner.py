@@ -38,6 +38,7 @@ from coordinator.sweep.document import (
     tokens_per_request,
     write_atomic,
 )
+from coordinator.sweep.conns import failure_kind
 from coordinator.sweep.search import (
     Measure,
     StepResult,
@@ -152,6 +153,10 @@ def step_from_summary(
         run_dir=run_dir,
         tokens_per_s=round(float(tokens_s), 3) if tokens_s is not None else None,
         tokens_per_request=round(float(per_req), 4) if per_req is not None else None,
+        connections=summary.get("connections"),
+        failed_first=failure_kind(summary, passed, reasons)
+        if settings.mode == "connections"
+        else "",
     )
 
 
