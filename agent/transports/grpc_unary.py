@@ -29,6 +29,9 @@ from volley.wire.h2 import Connection, HeaderInfo
 
 #: Sends of one request at most (the first and transparent retries).
 MAX_TRIES = 4
+#: `--connections`: a held connection drained sooner than this after it opened is
+#: replaced after a back-off, not at once.
+CHURN_S = 1.0
 
 
 class UnaryCall(Call):
@@ -93,6 +96,8 @@ class GrpcUnary(Transport):
         self.hblock = grpc_header_block(plan, self.path, access)
         #: when each slot's idle connection was last pinged (held connections only)
         self._pinged = [0.0] * self.n_conns
+        #: when each slot's connection opened (loop time)
+        self._opened_at = [0.0] * self.n_conns
 
     def alpn(self) -> list[str] | None:
         return ["h2"]
@@ -118,6 +123,7 @@ class GrpcUnary(Transport):
             self.reconnects += 1
         self.had_conn[slot] = True
         self.conns[slot] = conn
+        self._opened_at[slot] = self.loop.time()
         if self.waiting:
             self.on_writable(conn)
 
@@ -270,6 +276,13 @@ class GrpcUnary(Transport):
         slot = conn.slot
         self.figures.goaways_received += 1
         if 0 <= slot < self.n_conns and self.conns[slot] is conn:
+            now = self.loop.time()
+            if self.fixed and now - self._opened_at[slot] < CHURN_S:
+                # a held connection drained right after it opened (a proxy out of
+                # connections reclaims idle ones): back off, do not churn with it
+                self._next_try[slot] = now + self._backoff[slot]
+                self._backoff[slot] = min(self._backoff[slot] * 2, 1.0)
+                return
             self._next_try[slot] = 0.0  # a drained connection is no failure: no back-off
             self._want_connect(slot)
 

@@ -8,9 +8,13 @@ connections). The search is the sweep's own (search.py `next_step`: up by `growt
 until a step fails, then bisecting, on whole connections); a step fails, besides the
 usual reasons (SLOs: 'slowed'; the server fell behind; request errors), when any
 connection attempt failed, a held connection was reset or closed by the server, or
-fewer than N were held at the end. `failure_kind` names what failed first, the step's
-`failed_first`: refused, reset, tls, timeout, other (a connection error of that kind),
-not-held, slowed, errors (request errors), or "" (passed or not the server's).
+the server drained one (GOAWAY; HTTP/1.1: `Connection: close`: nginx does so to idle
+connections when it runs out of `worker_connections`), or fewer than N were held at the
+end. `failure_kind` names what failed first, the step's `failed_first`: refused, reset,
+tls, timeout, other (a connection error of that kind), goaway, not-held, slowed, errors
+(request errors), or "" (passed or not the server's). A held connection recycled by
+`keepalive_requests` also counts: at a low rate per connection (1 req/s: 1,000 s for
+nginx's default 1,000 requests) a step never reaches it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from coordinator.documents import Summary
 from volley.conns import KINDS, ConnBlock
 
 #: Failure kinds of a connections step, in the order they are blamed.
-FAILURE_KINDS = (*(k.value for k in KINDS), "not-held", "slowed", "errors")
+FAILURE_KINDS = (*(k.value for k in KINDS), "goaway", "not-held", "slowed", "errors")
 
 
 def step_rate(connections: int, rate_per_connection: float) -> float:
@@ -41,6 +45,11 @@ def connection_reasons(block: ConnBlock | None, wanted: int) -> list[str]:
         out.append(f"connection errors: {text} (of {block['wanted']} wanted)")
     if block["resets_received"]:
         out.append(f"{block['resets_received']} held connections reset or closed by the server")
+    if block["goaways_received"]:
+        out.append(
+            f"{block['goaways_received']} GOAWAYs (or Connection: close) on held connections: "
+            "the server drained them"
+        )
     if block["held"] < block["wanted"]:
         out.append(f"{block['held']} of {block['wanted']} connections held at the end")
     return out
@@ -59,6 +68,8 @@ def failure_kind(summary: Summary, passed: bool, server_reasons: list[str]) -> s
             return errors[0][1]
         if block["resets_received"]:
             return "reset"
+        if block["goaways_received"]:
+            return "goaway"
         if block["held"] < block["wanted"]:
             return "not-held"
     if any(r.startswith(("SLO ", "throughput ")) for r in server_reasons):

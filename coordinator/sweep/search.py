@@ -243,9 +243,10 @@ def judge(
     error_rate = float(summary.get("error_rate") or 0.0)
     if error_rate > max_error_rate:
         server.append(f"error rate {error_rate:.2%} above {max_error_rate:.2%}")
-    if mode == "connections":  # any connection error, reset or connection not held fails
+    held: list[str] = []
+    if mode == "connections":  # any connection error, reset, drain or one not held fails
         block = summary.get("connections")
-        server += connection_reasons(block, block["wanted"] if block else 0)
+        held = connection_reasons(block, block["wanted"] if block else 0)
     undecided: list[str] = []
     for r in verdict.get("slo") or []:
         if r.get("outcome") == "inconclusive":
@@ -288,6 +289,8 @@ def judge(
             if text not in invalid:
                 invalid.append(text)
 
+    if held:  # the server did not hold the connections: what followed is its consequence
+        return False, "server", held + server + generator + invalid
     if generator:
         return False, "generator", generator + server + invalid
     if summary.get("partial"):
