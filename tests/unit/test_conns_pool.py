@@ -72,31 +72,36 @@ async def _slow_server(delay_s: float) -> tuple[asyncio.Server, list[int], set[i
     return await asyncio.start_server(handle, "127.0.0.1", 0), opened, served
 
 
-async def _burst(tp: Http, n: int, done: list[tuple[int, ...]]) -> None:
-    await tp.open()
-    for key in range(n):
-        tp.send(key, 0, 0)
-    for _ in range(400):  # bounded: 4 s at most
-        if len(done) == n:
-            break
-        await asyncio.sleep(0.01)
-    tp.note_held()
-    await tp.close()
-
-
-async def test_held_http_connections_cap_the_pool_and_requests_wait_counted() -> None:
+async def _burst(
+    n: int, cap: int = 0, **plan: Any
+) -> tuple[Http, list[tuple[int, ...]], list[int], set[int]]:
+    """`n` requests sent at once through an HTTP pool (its cap: `cap_pool(cap)` when
+    given) to a server answering each after 50 ms; (transport, completions, opened, served)."""
     server, opened, served = await _slow_server(0.05)
     port = server.sockets[0].getsockname()[1]
-    plan = worker_plan(_plan(port, "http", connections_total=4), 0, 1, 0)
+    p = worker_plan(_plan(port, "http", **plan), 0, 1, 0)
     done: list[tuple[int, ...]] = []
-    tp = Http(
-        plan, build_payloads(plan), lambda *a: done.append(a), time.monotonic_ns, 0, TargetAccess()
-    )
+    tp = Http(p, build_payloads(p), lambda *a: done.append(a), time.monotonic_ns, 0, TargetAccess())
+    if cap:
+        tp.cap_pool(cap)
     try:
-        await _burst(tp, 20, done)
+        await tp.open()
+        for key in range(n):
+            tp.send(key, 0, 0)
+        for _ in range(400):  # bounded: 4 s at most
+            if len(done) == n:
+                break
+            await asyncio.sleep(0.01)
+        tp.note_held()
+        await tp.close()
     finally:
         server.close()
         await server.wait_closed()
+    return tp, done, opened, served
+
+
+async def test_held_http_connections_cap_the_pool_and_requests_wait_counted() -> None:
+    tp, done, opened, served = await _burst(20, connections_total=4)
     assert [d[4] for d in done] == [rc.OK] * 20
     f = tp.figures
     assert opened == [4, 4] and (f.wanted, f.opened, f.held) == (4, 4, 4)
@@ -105,19 +110,7 @@ async def test_held_http_connections_cap_the_pool_and_requests_wait_counted() ->
 
 
 async def test_without_connections_the_pool_stops_at_the_workers_in_flight_share() -> None:
-    server, opened, _ = await _slow_server(0.05)
-    port = server.sockets[0].getsockname()[1]
-    plan = _plan(port, "http")
-    done: list[tuple[int, ...]] = []
-    tp = Http(
-        plan, build_payloads(plan), lambda *a: done.append(a), time.monotonic_ns, 0, TargetAccess()
-    )
-    tp.cap_pool(6)
-    try:
-        await _burst(tp, 20, done)
-    finally:
-        server.close()
-        await server.wait_closed()
+    tp, done, opened, _ = await _burst(20, cap=6)
     assert [d[4] for d in done] == [rc.OK] * 20
     assert opened[0] == 6 and tp.figures.waited == 14
 
