@@ -98,6 +98,8 @@ class GrpcUnary(Transport):
         self._pinged = [0.0] * self.n_conns
         #: when each slot's connection opened (loop time)
         self._opened_at = [0.0] * self.n_conns
+        #: back-off of each slot whose connections are drained as soon as they open
+        self._churn = [0.0] * self.n_conns
 
     def alpn(self) -> list[str] | None:
         return ["h2"]
@@ -279,10 +281,11 @@ class GrpcUnary(Transport):
             now = self.loop.time()
             if self.fixed and now - self._opened_at[slot] < CHURN_S:
                 # a held connection drained right after it opened (a proxy out of
-                # connections reclaims idle ones): back off, do not churn with it
-                self._next_try[slot] = now + self._backoff[slot]
-                self._backoff[slot] = min(self._backoff[slot] * 2, 1.0)
+                # connections reclaims idle ones): back off (doubling to 1 s), no churn
+                wait = self._churn[slot] = min(max(self._churn[slot] * 2, 0.05), 1.0)
+                self._next_try[slot] = now + wait
                 return
+            self._churn[slot] = 0.0
             self._next_try[slot] = 0.0  # a drained connection is no failure: no back-off
             self._want_connect(slot)
 

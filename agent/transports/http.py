@@ -41,6 +41,9 @@ MAX_CONNECTIONS = 1024
 MAX_HEAD = 64 * 1024
 #: Sends of one request at most (the first and transparent retries).
 MAX_TRIES = 4
+#: `--connections`: a held connection closed sooner than this after it opened is
+#: replaced after a back-off, not at once.
+CHURN_S = 1.0
 
 
 class H1Call(Call):
@@ -70,6 +73,8 @@ class H1Conn(asyncio.Protocol):
         self.closed = False
         #: responses completed on this connection (a reused one may be closed under us)
         self.served = 0
+        #: when it opened (loop time): a held one closed soon after is churn
+        self.opened_at = asyncio.get_running_loop().time()
         #: bytes of the answer to the request in flight received so far (any)
         self.answered = False
         #: we closed it (timeout, bad answer, Connection: close), not the server
@@ -411,14 +416,15 @@ class Http(Transport):
         ):
             self._spawn_grow()
         elif self.fixed and not self.closing and self.total + self.opening < self.n_conns:
-            self._hold_again(conn.served > 0)
+            self._hold_again(self.loop.time() - conn.opened_at >= CHURN_S)
 
-    def _hold_again(self, served: bool) -> None:
+    def _hold_again(self, lasted: bool) -> None:
         """`--connections`: a held connection that ended is opened again, at once when
-        it had served requests, else after a back-off (a server that closes every
-        connection it accepts is not hammered)."""
-        delay = 0.0 if served else self._regrow_s
-        self._regrow_s = 0.05 if served else min(self._regrow_s * 2, 1.0)
+        it had lasted CHURN_S, else after a back-off doubling to 1 s (a server that
+        closes the connections it accepts, or a proxy out of connections reclaiming
+        idle ones, is not hammered)."""
+        delay = 0.0 if lasted else self._regrow_s
+        self._regrow_s = 0.05 if lasted else min(self._regrow_s * 2, 1.0)
         self.opening += 1  # counted now, so that the pool does not grow past its share
         self.loop.call_later(delay, self._regrow)
 
