@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.documents import Summary
+from coordinator.sweep.conns import failure_kind
 from coordinator.sweep.document import (
     SWEEP_FILE,
     TargetResult,
@@ -38,7 +39,6 @@ from coordinator.sweep.document import (
     tokens_per_request,
     write_atomic,
 )
-from coordinator.sweep.conns import failure_kind
 from coordinator.sweep.search import (
     Measure,
     StepResult,
