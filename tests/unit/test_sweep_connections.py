@@ -6,9 +6,11 @@ holds `limit` connections and then fails one way or another."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from typer.testing import CliRunner
 
 from coordinator.documents import Summary
 from coordinator.sweep.conns import failure_kind, step_rate
@@ -20,6 +22,7 @@ from coordinator.sweep.search import (
     search,
     step_plan,
 )
+from volley.cli import app
 from volley.conns import KINDS
 from volley.plan import PlanError, plan_from_dict
 
@@ -129,3 +132,21 @@ def test_a_connections_step_holds_n_at_the_per_connection_rate() -> None:
         SweepSettings(mode="connections", rate_per_connection=0).validate()
     with pytest.raises(PlanError, match="whole connections"):
         SweepSettings(mode="connections", start=2.5).validate()
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (["--mode", "connections", "--rate-per-connection", "0"], "--rate-per-connection"),
+        (["--mode", "connections", "--start", "2.5"], "whole connections"),
+        (["--mode", "sockets"], "rate, concurrency or connections"),
+    ],
+)
+def test_bad_connections_sweep_options_are_one_line(
+    tmp_path: Path, extra: list[str], named: str
+) -> None:
+    args = ["sweep", "--target", "127.0.0.1:1", "--model", "m", *extra, "--out", str(tmp_path)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    lines = [x for x in res.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and named in lines[0], res.output
