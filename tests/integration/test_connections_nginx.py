@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from coordinator.sweep.runner import SweepSpec, SweepTarget, real_measure, run_sweep
-from coordinator.sweep.search import Measure, SweepSettings
+from coordinator.sweep.search import SweepSettings
 from tests.nginx_limit_fixture import LimitedNginx, nginx_limited  # noqa: F401
 from tests.triton_fixture import TritonEndpoint
 from volley.plan import plan_from_dict
@@ -60,13 +60,12 @@ async def test_a_connections_sweep_finds_nginx_worker_connections(
     spec.validate()
     sweep_dir = tmp_path / "sweep"
 
-    def factory(t: SweepTarget, s: SweepSettings) -> Measure:
-        return real_measure(spec, t, s, sweep_dir, agent_pair, None)
-
     t0 = time.monotonic()
-    doc = await run_sweep(spec, sweep_dir, factory)
+    doc = await run_sweep(
+        spec, sweep_dir, lambda t, s: real_measure(spec, t, s, sweep_dir, agent_pair, None)
+    )
     took = time.monotonic() - t0
-    target = doc["targets"][0]
+    (target,) = doc["targets"]
     out = target["outcome"]
     for s in target["steps"]:
         c = s["connections"] or {}
