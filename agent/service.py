@@ -16,6 +16,7 @@ import grpc
 
 from agent import spool
 from agent.config import AgentConfig
+from agent.conns import check_fds
 from agent.limits import check_plan, send_time_note
 from agent.session import RunSession, SessionSpec
 from volley.plan import Plan, PlanError, check_resolved
@@ -179,6 +180,10 @@ class AgentService(pb_grpc.AgentControlServicer):
                 grpc.StatusCode.RESOURCE_EXHAUSTED, "agent is busy with another run"
             )
         workers = min(request.workers or self.cfg.workers, self.cfg.workers)
+        refusal = check_fds(plan, request.agent_index, workers)  # connections vs descriptors
+        if refusal:
+            log.warning("refused run %s from %s: %s", request.run_id, context.peer(), refusal)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"agent refuses: {refusal}")
         keepalive_s = request.keepalive_ms / 1000.0
         spool.prune(self.spool_root, active=request.run_id)
         writer = spool.SpoolWriter(

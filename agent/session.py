@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.config import AgentLimits
+from agent.conns import merged_figures
 from agent.lifeline import worker_entry
 from agent.spool import SpoolWriter
 from agent.worker import (
@@ -279,6 +280,7 @@ class RunSession:
             retried=sum(c.retried for c in cs),
             reconnects=sum(c.reconnects for c in cs),
             connect_errors=sum(c.connect_errors for c in cs),
+            connections=merged_figures(c.conns for c in cs),
         )
 
     def _start_workers(self) -> None:

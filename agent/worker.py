@@ -34,12 +34,14 @@ from typing import Any
 import numpy as np
 
 from agent.config import AgentLimits
+from agent.conns import fit_pool, raise_nofile, worker_plan
 from agent.limits import Pacer, worker_quotas
 from agent.sequences import SequenceDriver
 from agent.timer import LoopTimer, make_timer
 from agent.transports import Transport, make_transport
 from volley import records as rc
 from volley.arrivals import concurrency_profile, global_schedule
+from volley.conns import ConnFigures
 from volley.plan import Plan
 from volley.records import RecordBuffer
 from volley.schedule import split_count, worker_slice
@@ -83,6 +85,8 @@ class WorkerCounters:
     reconnects: int = 0
     connect_errors: int = 0
     first_send_lateness_ns: int | None = None
+    #: what happened to the connections (volley/conns.py)
+    conns: ConnFigures | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +218,7 @@ class Worker:
             self.counters.retried = self.tp.retried
             self.counters.reconnects = self.tp.reconnects
             self.counters.connect_errors = self.tp.connect_errors
+            self.counters.conns = self.tp.conn_figures()
         self.out.put(Status(self.task.worker_index, self.counters))
 
     def _record(
@@ -552,7 +557,8 @@ class Worker:
 
     # ---- main ----------------------------------------------------------
     async def run(self) -> None:
-        plan = self.plan
+        t = self.task  # `connections`: this worker's share of the plan's (agent/conns.py)
+        plan = self.plan = worker_plan(self.plan, t.agent_index, t.workers, t.worker_index)
         # Every worker builds the same pools from the plan (seed included): request i's
         # payload does not depend on how the schedule is split.
         access = self.task.access
@@ -566,6 +572,7 @@ class Worker:
                 plan, self.payloads, self._complete, self.clock, self.start, access
             )
         self.tp.note_stream = self.buf.note_stream  # streaming figures of the next record
+        fit_pool(self.tp, plan, t.workers, t.worker_index)
         await self.tp.open()
         # Setup objects live for the whole run: keep the collector off them, and make
         # young collections rare (the hot path makes no reference cycles).
@@ -602,6 +609,7 @@ class Worker:
         finally:
             ticker.cancel()
             sweeper.cancel()
+            self.tp.note_held()
             with contextlib.suppress(Exception):
                 await self.tp.close()
             self._flush()
@@ -634,6 +642,7 @@ def worker_main(
     import uvloop
 
     np.seterr(all="ignore")
+    raise_nofile()  # each connection is a descriptor
     try:
         uvloop.run(Worker(task, out, stop, gate=gate).run())
     except KeyboardInterrupt:

@@ -30,6 +30,7 @@ from typing import (
 
 from coordinator.sequences import SequencesBlock
 from coordinator.stats.documents import PlanModelRow, ServerSummary
+from volley.conns import ConnBlock
 from volley.plan import Arrival, Mode, Protocol
 from volley.request import PoolDescription
 from volley.shown import shown
@@ -144,6 +145,9 @@ class AgentRow(TypedDict):
     #: Connection attempts that failed (refused, reset, TLS, timed out), apart from the
     #: request errors (the requests they left unsendable are errors UNAVAILABLE).
     connect_errors: NotRequired[int]
+    #: Its connections to the target: wanted, opened, held at the end, connect times,
+    #: connection errors by kind, resets and GOAWAYs received (volley/conns.py).
+    connections: NotRequired[ConnBlock]
     #: Open loop: the agent's slice of the schedule has `scheduled` arrivals (measured
     #: period), `recorded` of them with a record, `no_record` without.
     recorded: NotRequired[int]
@@ -482,6 +486,8 @@ class Summary(TypedDict):
     auto_stop: NotRequired[AutoStopDoc]
     #: Set by a run with the two-phase start.
     start: NotRequired[StartBlock]
+    #: Every agent's `connections` merged (absent from older summaries).
+    connections: NotRequired[ConnBlock]
 
 
 class SummaryError(ValueError):

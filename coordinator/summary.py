@@ -27,6 +27,7 @@ from coordinator.slo import parse_slo
 from coordinator.stats.documents import unavailable_server
 from coordinator.validate import GARBAGE_SHARE
 from volley import records as rc
+from volley.conns import ConnFigures, describe, run_connections
 from volley.histogram import LogHistogram
 from volley.plan import Plan
 
@@ -60,6 +61,8 @@ class AgentInfo:
     retried: int = 0
     reconnects: int = 0
     connect_errors: int = 0
+    #: what happened to its connections to the target (its last status; volley/conns.py)
+    conns: ConnFigures | None = None
     #: two-phase start: from its Run to every worker ready (s), each worker's own share
     prepare_s: float | None = None
     worker_prepare_s: list[float] = field(default_factory=list)
@@ -374,6 +377,8 @@ def _agent_row(
         "reconnects": info.reconnects,
         "connect_errors": info.connect_errors,
     }
+    if info.conns is not None:
+        row["connections"] = info.conns.block()
     if info.prepare_s is not None or info.start_margin_ms is not None:
         row["prepare_s"] = info.prepare_s
         row["start_margin_ms"] = info.start_margin_ms
@@ -502,6 +507,11 @@ def build_summary(
     }
     if seq_block is not None:
         summary["sequences"] = seq_block
+    conns = run_connections([a.conns for a in agents])
+    if conns is not None:
+        summary["connections"] = conns
+        if conns["errors_total"] or conns["resets_received"]:
+            warnings.append(f"connections: {describe(conns)}")
     if plan.stream.decoupled or total.streamed:
         summary["stream"] = stream_block(total, measured_s)
         if agg.good is not None:

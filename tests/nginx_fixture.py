@@ -15,7 +15,8 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +41,9 @@ class NginxProxy:
     error_log: Path
 
 
-def _config(work: Path, triton: TritonEndpoint, grpc_port: int, http_port: int) -> str:
+def config_head(work: Path, worker_connections: int) -> str:
+    """An nginx configuration up to the inside of its `http` block: one worker process,
+    its files in `work`."""
     temp = "\n".join(
         f"  {kind}_temp_path {work / kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -52,11 +55,17 @@ def _config(work: Path, triton: TritonEndpoint, grpc_port: int, http_port: int) 
 worker_processes 1;
 pid {work / "nginx.pid"};
 error_log {work / "error.log"} warn;
-events {{ worker_connections 4096; }}
+events {{ worker_connections {worker_connections}; }}
 http {{
   access_log off;
 {temp}
-  client_max_body_size 64m;
+"""
+
+
+def _config(work: Path, triton: TritonEndpoint, grpc_port: int, http_port: int) -> str:
+    return (
+        config_head(work, 4096)
+        + f"""  client_max_body_size 64m;
   upstream triton_grpc {{ server {triton.grpc_url}; keepalive 16; }}
   upstream triton_http {{ server {triton.http_url}; keepalive 16; }}
   server {{
@@ -75,6 +84,7 @@ http {{
   }}
 }}
 """
+    )
 
 
 def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -90,9 +100,8 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None
     pytest.fail("nginx did not listen within 10 s", pytrace=False)
 
 
-@pytest.fixture
-def nginx_proxy(triton_server: TritonEndpoint, tmp_path: Path) -> Iterator[NginxProxy]:
-    """nginx proxying gRPC and HTTP to the session's Triton, stopped after the test."""
+def nginx_binary() -> str:
+    """Debian's nginx; the test is skipped without it (failed where `CI` is set)."""
     binary = shutil.which("nginx") or next(
         (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).is_file()), None
     )
@@ -100,11 +109,17 @@ def nginx_proxy(triton_server: TritonEndpoint, tmp_path: Path) -> Iterator[Nginx
         if in_ci():
             pytest.fail("CI is set but nginx is not installed (make nginx)", pytrace=False)
         pytest.skip("nginx is not installed (make nginx)")
-    work = tmp_path / "nginx"
+    return binary
+
+
+@contextmanager
+def serve_nginx(work: Path, config: str, ports: Sequence[int]) -> Iterator[Path]:
+    """nginx with `config` (written into `work`) until the block ends, once it listens on
+    every one of `ports`; yields its error log."""
+    binary = nginx_binary()
     work.mkdir()
-    grpc_port, http_port = find_free_ports(2)
     conf = work / "nginx.conf"
-    conf.write_text(_config(work, triton_server, grpc_port, http_port))
+    conf.write_text(config)
     log = work / "error.log"
     proc = subprocess.Popen(
         [binary, "-p", str(work), "-c", str(conf), "-e", str(log), "-g", "daemon off;"],
@@ -112,9 +127,9 @@ def nginx_proxy(triton_server: TritonEndpoint, tmp_path: Path) -> Iterator[Nginx
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_listening(grpc_port, proc, log)
-        _wait_listening(http_port, proc, log)
-        yield NginxProxy(f"127.0.0.1:{grpc_port}", f"127.0.0.1:{http_port}", log)
+        for port in ports:
+            _wait_listening(port, proc, log)
+        yield log
     finally:
         proc.terminate()
         try:
@@ -122,3 +137,14 @@ def nginx_proxy(triton_server: TritonEndpoint, tmp_path: Path) -> Iterator[Nginx
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5.0)
+
+
+@pytest.fixture
+def nginx_proxy(triton_server: TritonEndpoint, tmp_path: Path) -> Iterator[NginxProxy]:
+    """nginx proxying gRPC and HTTP to the session's Triton, stopped after the test."""
+    nginx_binary()
+    work = tmp_path / "nginx"
+    grpc_port, http_port = find_free_ports(2)
+    config = _config(work, triton_server, grpc_port, http_port)
+    with serve_nginx(work, config, (grpc_port, http_port)) as log:
+        yield NginxProxy(f"127.0.0.1:{grpc_port}", f"127.0.0.1:{http_port}", log)

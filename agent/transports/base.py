@@ -23,6 +23,7 @@ import logging
 import ssl
 from collections.abc import Callable
 
+from volley.conns import ConnFigures
 from volley.plan import Plan
 from volley.target import TargetAccess, client_ssl_context, target_host_port
 from volley.wire.payloads import Payloads
@@ -106,6 +107,10 @@ class Transport:
         #: connection attempts that failed (refused, reset, TLS, timed out): counted apart
         #: from request errors
         self.connect_errors = 0
+        #: `--connections N`: the worker's share is opened before the start and held
+        self.fixed = plan.connections_total > 0
+        #: what happened to the connections (volley/conns.py), by kind
+        self.figures = ConnFigures(wanted=self.n_conns)
         self.setup(plan, access)
 
     def setup(self, plan: Plan, access: TargetAccess) -> None:
@@ -117,6 +122,30 @@ class Transport:
 
     def now(self) -> int:
         return self.clock() - self.start
+
+    def open_count(self) -> int:
+        """Connections open now (overridden)."""
+        return 0
+
+    def note_held(self) -> None:
+        """The load is over: how many connections are still held."""
+        self.figures.held = self.open_count()
+
+    def conn_figures(self) -> ConnFigures:
+        if not self.closing:
+            self.figures.held = self.open_count()
+        return self.figures
+
+    def cap_pool(self, worker_cap: int) -> None:
+        """The worker's share of the in-flight cap (0: none): a pool sized on demand
+        grows no further (agent/transports/http.py)."""
+
+    def connect_done(self, t0: int, exc: BaseException | None) -> None:
+        """A connection attempt begun at clock `t0` succeeded (exc None) or failed."""
+        if exc is None:
+            self.figures.connected(self.clock() - t0)
+        else:
+            self.figures.failed(exc)
 
     def fail_soon(self, key: int, intended: int, pidx: int, status: int) -> None:
         """A request that could not be sent: completed on the next loop turn (so a closed

@@ -243,6 +243,7 @@ class GrpcStream(GrpcUnary):
             self._in_writable = False
 
     def sweep(self) -> None:
+        self.keepalive()
         now = self.clock() - self.start
         self._expire_waiting(now)
         expired = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 
+from agent.conns import ping_idle
 from agent.transports.base import Call, Transport
 from volley import records as rc
 from volley.plan import Plan
@@ -28,6 +29,9 @@ from volley.wire.h2 import Connection, HeaderInfo
 
 #: Sends of one request at most (the first and transparent retries).
 MAX_TRIES = 4
+#: `--connections`: a held connection drained sooner than this after it opened is
+#: replaced after a back-off, not at once.
+CHURN_S = 1.0
 
 
 class UnaryCall(Call):
@@ -90,6 +94,12 @@ class GrpcUnary(Transport):
         #: connection being opened: (key, intended, pidx, sends so far)
         self.waiting: collections.deque[tuple[int, int, int, int]] = collections.deque()
         self.hblock = grpc_header_block(plan, self.path, access)
+        #: when each slot's idle connection was last pinged (held connections only)
+        self._pinged = [0.0] * self.n_conns
+        #: when each slot's connection opened (loop time)
+        self._opened_at = [0.0] * self.n_conns
+        #: back-off of each slot whose connections are drained as soon as they open
+        self._churn = [0.0] * self.n_conns
 
     def alpn(self) -> list[str] | None:
         return ["h2"]
@@ -98,7 +108,13 @@ class GrpcUnary(Transport):
         old = self.conns[slot]
         if old is not None and old.usable:
             return
-        conn = await h2.open_connection(self, self.host, self.port, self.ssl, self.server_name)
+        t0 = self.clock()
+        try:
+            conn = await h2.open_connection(self, self.host, self.port, self.ssl, self.server_name)
+        except (ConnectionError, OSError) as exc:
+            self.connect_done(t0, exc)
+            raise
+        self.connect_done(t0, None)
         conn.slot = slot
         if self.closing:
             conn.close()
@@ -109,6 +125,7 @@ class GrpcUnary(Transport):
             self.reconnects += 1
         self.had_conn[slot] = True
         self.conns[slot] = conn
+        self._opened_at[slot] = self.loop.time()
         if self.waiting:
             self.on_writable(conn)
 
@@ -116,6 +133,25 @@ class GrpcUnary(Transport):
         """Requests that waited for a connection fail when none is left to carry them."""
         if self.waiting and not self.connecting() and not self._any_usable():
             self._fail_waiting()
+
+    def open_count(self) -> int:
+        return sum(1 for c in self.conns if c is not None and c.usable)
+
+    def keepalive(self) -> None:
+        """Held connections (`--connections`): PING the idle ones (agent/conns.py)."""
+        if self.fixed:
+            ping_idle(self.conns, self.loop.time(), self._pinged)
+
+    def tally_lost(self, conn: UnaryConn, message: str) -> None:
+        """A connection ended: one the server reset or closed without a GOAWAY counts in
+        `resets_received`; a held one (`--connections`) is opened again at once."""
+        if self.closing or conn.slot < 0 or message == "closed":
+            return
+        if not conn.goaways:
+            self.figures.resets_received += 1
+        slot = conn.slot
+        if self.fixed and slot < self.n_conns and self.conns[slot] is None:
+            self._want_connect(slot)
 
     def _any_usable(self) -> bool:
         return any(c is not None and c.usable for c in self.conns)
@@ -240,7 +276,16 @@ class GrpcUnary(Transport):
     def on_goaway(self, conn: UnaryConn) -> None:
         """New requests go to a fresh connection, opened now."""
         slot = conn.slot
+        self.figures.goaways_received += 1
         if 0 <= slot < self.n_conns and self.conns[slot] is conn:
+            now = self.loop.time()
+            if self.fixed and now - self._opened_at[slot] < CHURN_S:
+                # a held connection drained right after it opened (a proxy out of
+                # connections reclaims idle ones): back off (doubling to 1 s), no churn
+                wait = self._churn[slot] = min(max(self._churn[slot] * 2, 0.05), 1.0)
+                self._next_try[slot] = now + wait
+                return
+            self._churn[slot] = 0.0
             self._next_try[slot] = 0.0  # a drained connection is no failure: no back-off
             self._want_connect(slot)
 
@@ -248,6 +293,7 @@ class GrpcUnary(Transport):
         slot = conn.slot
         if 0 <= slot < self.n_conns and self.conns[slot] is conn:
             self.conns[slot] = None
+        self.tally_lost(conn, message)
         if conn in self.draining:
             self.draining.remove(conn)
         if message != "closed":
@@ -282,6 +328,7 @@ class GrpcUnary(Transport):
             self.fail_soon(key, intended, pidx, rc.DEADLINE_EXCEEDED)
 
     def sweep(self) -> None:
+        self.keepalive()
         now = self.clock() - self.start
         self._expire_waiting(now)
         for conn in [*self.conns, *self.draining]:

@@ -29,6 +29,7 @@ from typing import cast
 
 from agent.transports.base import Call, Transport
 from volley import records as rc
+from volley.conns import pool_limit
 from volley.plan import Plan
 from volley.request import check_http_response
 from volley.target import TargetAccess
@@ -40,6 +41,9 @@ MAX_CONNECTIONS = 1024
 MAX_HEAD = 64 * 1024
 #: Sends of one request at most (the first and transparent retries).
 MAX_TRIES = 4
+#: `--connections`: a held connection closed sooner than this after it opened is
+#: replaced after a back-off, not at once.
+CHURN_S = 1.0
 
 
 class H1Call(Call):
@@ -69,6 +73,8 @@ class H1Conn(asyncio.Protocol):
         self.closed = False
         #: responses completed on this connection (a reused one may be closed under us)
         self.served = 0
+        #: when it opened (loop time): a held one closed soon after is churn
+        self.opened_at = asyncio.get_running_loop().time()
         #: bytes of the answer to the request in flight received so far (any)
         self.answered = False
         #: we closed it (timeout, bad answer, Connection: close), not the server
@@ -241,24 +247,45 @@ class Http(Transport):
         self.busy: dict[H1Conn, None] = {}  #: in send order (for timeouts)
         self.opening = 0
         self.total = 0
-        cap = plan.load.max_in_flight if plan.load.mode == "open" else 0
-        self.limit = min(MAX_CONNECTIONS, max(plan.connections, cap or MAX_CONNECTIONS))
+        #: the pool's cap: the plan's share when fixed, else set by `cap_pool` (the
+        #: worker's in-flight share; volley/conns.py `pool_limit`)
+        self.limit = pool_limit(plan.connections, self.fixed, 0, MAX_CONNECTIONS)
         #: (key, intended, pidx, sends so far)
         self.waiting: collections.deque[tuple[int, int, int, int]] = collections.deque()
         self._fails = 0
         #: connections the server closed after serving, not yet replaced
         self._owed = 0
+        #: back-off before a held connection that served nothing is opened again
+        self._regrow_s = 0.05
 
     def alpn(self) -> list[str] | None:
         return ["http/1.1"]
+
+    def cap_pool(self, worker_cap: int) -> None:
+        self.limit = pool_limit(self.n_conns, self.fixed, worker_cap, MAX_CONNECTIONS)
+
+    def open_count(self) -> int:
+        return self.total
 
     async def connect_slot(self, slot: int) -> None:
         conn = await self._open()
         self._idle(conn)
 
-    async def _open(self) -> H1Conn:
+    async def _open(self, reserved: bool = False) -> H1Conn:
+        """A new connection; `reserved`: already counted in `opening` (`_spawn_grow`)."""
         loop = self.loop
-        self.opening += 1
+        if not reserved:
+            self.opening += 1
+        t0 = self.clock()
+        try:
+            conn = await self._connect_h1(loop)
+        except ConnectionError as exc:
+            self.connect_done(t0, exc)
+            raise
+        self.connect_done(t0, None)
+        return conn
+
+    async def _connect_h1(self, loop: asyncio.AbstractEventLoop) -> H1Conn:
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(
@@ -284,9 +311,15 @@ class Http(Transport):
             self.reconnects += 1
         return conn
 
+    def _spawn_grow(self) -> None:
+        """One more connection, counted in `opening` at once: a burst of sends in one
+        wake-up sees it and does not open a connection per request past the cap."""
+        self.opening += 1
+        self.loop.create_task(self._grow())
+
     async def _grow(self) -> None:
         try:
-            conn = await self._open()
+            conn = await self._open(reserved=True)
         except ConnectionError as exc:
             self.last_error = str(exc)
             self.connect_errors += 1
@@ -320,7 +353,8 @@ class Http(Transport):
         self.in_flight += 1
         idle = self.idle
         while idle:
-            conn = idle.pop()
+            # held connections take turns (the least recently used); else the warmest
+            conn = idle.pop(0) if self.fixed else idle.pop()
             if not conn.closed:
                 self._start(conn, key, intended, pidx)
                 return
@@ -339,10 +373,12 @@ class Http(Transport):
     def _wait(self, key: int, intended: int, pidx: int, tries: int) -> None:
         """No idle connection: wait for one, opening a new one if the pool may grow."""
         self.waiting.append((key, intended, pidx, tries))
-        if self.total + self.opening < self.limit and len(self.waiting) > self.opening:
+        if self.total + self.opening >= self.limit:
+            self.figures.waited += 1  # the pool is full: it waits for a free connection
+        elif len(self.waiting) > self.opening:
             if self._fails and self.loop.time() < self._next_try[0]:
                 return
-            self.loop.create_task(self._grow())
+            self._spawn_grow()
 
     def finish(self, conn: H1Conn, st: Call, status: int, resp_bytes: int) -> None:
         self.busy.pop(conn, None)
@@ -351,6 +387,7 @@ class Http(Transport):
             if not conn.closed:
                 if not conn.keep:
                     self._owed += 1  # the server asked: a fresh connection replaces it
+                    self.figures.goaways_received += 1
                 conn.abort()
             return
         self._idle(conn)
@@ -361,6 +398,8 @@ class Http(Transport):
             self.idle.remove(conn)
         if not conn.retired and conn.served:
             self._owed += 1  # a kept-alive connection the server closed
+        if not conn.retired and not self.closing:
+            self.figures.resets_received += 1  # the server reset or closed it
         st, conn.st = conn.st, None
         if st is not None:
             if conn.served and not conn.answered and st.tries < MAX_TRIES and not self.closing:
@@ -375,7 +414,25 @@ class Http(Transport):
             and not self.closing
             and self.total + self.opening < self.limit
         ):
-            self.loop.create_task(self._grow())
+            self._spawn_grow()
+        elif self.fixed and not self.closing and self.total + self.opening < self.n_conns:
+            self._hold_again(self.loop.time() - conn.opened_at >= CHURN_S)
+
+    def _hold_again(self, lasted: bool) -> None:
+        """`--connections`: a held connection that ended is opened again, at once when
+        it had lasted CHURN_S, else after a back-off doubling to 1 s (a server that
+        closes the connections it accepts, or a proxy out of connections reclaiming
+        idle ones, is not hammered)."""
+        delay = 0.0 if lasted else self._regrow_s
+        self._regrow_s = 0.05 if lasted else min(self._regrow_s * 2, 1.0)
+        self.opening += 1  # counted now, so that the pool does not grow past its share
+        self.loop.call_later(delay, self._regrow)
+
+    def _regrow(self) -> None:
+        if self.closing:
+            self.opening -= 1
+        else:
+            self.loop.create_task(self._grow())  # (reserved in `_hold_again`)
 
     def _fail_waiting(self, status: int) -> None:
         waiting, self.waiting = self.waiting, collections.deque()

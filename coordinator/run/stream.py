@@ -22,6 +22,7 @@ from coordinator.clock import ClockEstimate
 from coordinator.run.options import RunOptions
 from coordinator.summary import AgentInfo
 from coordinator.validate import AgentCheck, Fault, clean_text
+from volley.conns import status_figures
 from volley.records import RecordBlock
 from volley.target import CoordinatorAccess
 from volley.v1 import control_pb2 as pb
@@ -263,6 +264,7 @@ class AgentStream:
             info.retried = max(info.retried, st.retried)
             info.reconnects = max(info.reconnects, st.reconnects)
             info.connect_errors = max(info.connect_errors, st.connect_errors)
+            info.conns = status_figures(st, info.conns)
             info.cpu_percent = st.cpu_percent
             info.cpu_percent_peak = max(info.cpu_percent_peak, st.cpu_percent)
             w = check.cpu_window(st.agent_ns, self.start_at_agent_ns)
@@ -275,6 +277,7 @@ class AgentStream:
                 info.retried = max(info.retried, f.final_status.retried)
                 info.reconnects = max(info.reconnects, f.final_status.reconnects)
                 info.connect_errors = max(info.connect_errors, f.final_status.connect_errors)
+                info.conns = status_figures(f.final_status, info.conns)
                 self.end_message = clean_text(f.final_status.message)
             self.state = AgentState.DONE if f.ok else AgentState.FAILED
             info.error = clean_text(f.error)

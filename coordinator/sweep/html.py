@@ -180,7 +180,7 @@ def _kind_cell(s: dict[str, Any]) -> str:
 
 
 def _steps_table(t: dict[str, Any], mode: str) -> str:
-    unit = "rate (req/s)" if mode == "rate" else "concurrency"
+    unit = {"rate": "rate (req/s)", "connections": "connections held"}.get(mode, "concurrency")
     streamed = any(s.get("tokens_per_s") is not None for s in t.get("steps") or [])
     rows = [
         "<table><tr><th>#</th><th>"
@@ -250,6 +250,9 @@ def render_report(doc: dict[str, Any]) -> str:
         max_txt = "-" if t.get("max_rps") is None else f"{t['max_rps']:,.1f} req/s"
         if mode == "concurrency" and o.get("max_load") is not None:
             max_txt += f" (concurrency {o['max_load']:g})"
+        if mode == "connections" and o.get("max_load") is not None:
+            first = f"; {o['failed_first']} first" if o.get("failed_first") else ""
+            max_txt = f"{o['max_load']:g} connections held cleanly{first}"
         knee_txt = (
             f"{kn['throughput_rps']:,.1f} req/s @ {kn['latency_ms']:.1f} ms mean" if kn else "-"
         )

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.documents import Summary
+from coordinator.sweep.conns import failure_kind
 from coordinator.sweep.document import (
     SWEEP_FILE,
     TargetResult,
@@ -152,6 +153,10 @@ def step_from_summary(
         run_dir=run_dir,
         tokens_per_s=round(float(tokens_s), 3) if tokens_s is not None else None,
         tokens_per_request=round(float(per_req), 4) if per_req is not None else None,
+        connections=summary.get("connections"),
+        failed_first=failure_kind(summary, passed, reasons)
+        if settings.mode == "connections"
+        else "",
     )
 
 

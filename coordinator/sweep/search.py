@@ -30,9 +30,32 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Protocol, cast
 
 from coordinator.documents import SloResult, Summary
-from volley.plan import MAX_CONCURRENCY, MAX_RATE, Plan, PlanError, plan_from_dict
+from coordinator.sweep.conns import connection_reasons, step_rate
+from volley.conns import ConnBlock
+from volley.plan import (
+    MAX_CONCURRENCY,
+    MAX_CONNECTIONS_TOTAL,
+    MAX_RATE,
+    Plan,
+    PlanError,
+    plan_from_dict,
+)
 
-SweepMode = Literal["rate", "concurrency"]
+#: rate: req/s; concurrency: requests in flight; connections: connections held (each at
+#: `rate_per_connection`; coordinator/sweep/conns.py)
+SweepMode = Literal["rate", "concurrency", "connections"]
+#: The modes whose loads are whole numbers.
+WHOLE = ("concurrency", "connections")
+#: Largest per-connection rate of a connections sweep.
+MAX_RATE_PER_CONNECTION = 1000.0
+
+
+def _hard(mode: SweepMode) -> float:
+    if mode == "rate":
+        return MAX_RATE
+    return float(MAX_CONCURRENCY if mode == "concurrency" else MAX_CONNECTIONS_TOTAL)
+
+
 StepKind = Literal["pass", "server", "generator", "invalid", "inconclusive"]
 LimitedBy = Literal[
     "server", "generator", "invalid", "inconclusive", "max-load", "max-steps", "nothing-passed"
@@ -66,15 +89,24 @@ class SweepSettings:
     retries: int = 1
     #: Measure an inconclusive step again this often, each time twice as long.
     longer_retries: int = 2
+    #: Mode connections: requests per second each held connection carries.
+    rate_per_connection: float = 1.0
 
     def validate(self) -> None:
-        if self.mode not in ("rate", "concurrency"):
-            raise PlanError(f"sweep mode must be rate or concurrency, got {self.mode!r}")
-        hard = MAX_RATE if self.mode == "rate" else float(MAX_CONCURRENCY)
+        if self.mode not in ("rate", "concurrency", "connections"):
+            raise PlanError(
+                f"sweep mode must be rate, concurrency or connections, got {self.mode!r}"
+            )
+        hard = _hard(self.mode)
         if not 0 < self.start <= hard:
             raise PlanError(f"--start must be > 0 and at most {hard:g}, got {self.start:g}")
-        if self.mode == "concurrency" and self.start != int(self.start):
-            raise PlanError(f"--start must be a whole concurrency, got {self.start:g}")
+        if self.mode in WHOLE and self.start != int(self.start):
+            raise PlanError(f"--start must be a whole {self.mode}, got {self.start:g}")
+        if not 0 < self.rate_per_connection <= MAX_RATE_PER_CONNECTION:
+            raise PlanError(
+                f"--rate-per-connection must be > 0 and at most {MAX_RATE_PER_CONNECTION:g}, "
+                f"got {self.rate_per_connection:g}"
+            )
         if not 1.0 < self.growth <= 100.0:
             raise PlanError(f"--growth must be > 1 and <= 100, got {self.growth:g}")
         if not 0.0 < self.tolerance < 1.0:
@@ -100,13 +132,12 @@ class SweepSettings:
 
     @property
     def ceiling(self) -> float:
-        hard = MAX_RATE if self.mode == "rate" else float(MAX_CONCURRENCY)
-        return self.max_load or hard
+        return self.max_load or _hard(self.mode)
 
     @property
     def floor(self) -> float:
         """Stepping down after a failing first step stops below this load."""
-        return 1.0 if self.mode == "concurrency" else self.start / self.growth**4
+        return 1.0 if self.mode in WHOLE else self.start / self.growth**4
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -145,6 +176,10 @@ class StepResult:
     tokens_per_s: float | None = None
     #: ... and its mean output tokens per successful request.
     tokens_per_request: float | None = None
+    #: Mode connections: what the step's connections did (summary.json's `connections`)
+    #: and what failed first (coordinator/sweep/conns.py `failure_kind`; "" passed).
+    connections: ConnBlock | None = None
+    failed_first: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -199,7 +234,7 @@ def judge(
     offered = float(summary.get("offered_rps") or 0.0)
     server: list[str] = []
     behind = False
-    if mode == "rate" and offered > 0 and throughput_rps < min_throughput_ratio * offered:
+    if mode != "concurrency" and offered > 0 and throughput_rps < min_throughput_ratio * offered:
         behind = True
         server.append(
             f"throughput {throughput_rps:.1f}/s below {min_throughput_ratio:.0%} of the "
@@ -208,6 +243,10 @@ def judge(
     error_rate = float(summary.get("error_rate") or 0.0)
     if error_rate > max_error_rate:
         server.append(f"error rate {error_rate:.2%} above {max_error_rate:.2%}")
+    held: list[str] = []
+    if mode == "connections":  # any connection error, reset, drain or one not held fails
+        block = summary.get("connections")
+        held = connection_reasons(block, block["wanted"] if block else 0)
     undecided: list[str] = []
     for r in verdict.get("slo") or []:
         if r.get("outcome") == "inconclusive":
@@ -250,6 +289,8 @@ def judge(
             if text not in invalid:
                 invalid.append(text)
 
+    if held:  # the server did not hold the connections: what followed is its consequence
+        return False, "server", held + server + generator + invalid
     if generator:
         return False, "generator", generator + server + invalid
     if summary.get("partial"):
@@ -278,7 +319,7 @@ class Decision:
 
 
 def _round(settings: SweepSettings, load: float) -> float:
-    if settings.mode == "concurrency":
+    if settings.mode in WHOLE:
         return float(max(1, round(load)))
     # 4 significant digits: readable names, and replays compare equal
     digits = max(0, 3 - math.floor(math.log10(load))) if load > 0 else 0
@@ -315,6 +356,8 @@ def bracket(steps: Sequence[StepResult]) -> tuple[StepResult | None, StepResult 
 def _close_enough(settings: SweepSettings, lo: float, hi: float) -> bool:
     if settings.mode == "concurrency":
         return hi - lo <= 1
+    if settings.mode == "connections":  # whole connections, within the tolerance
+        return hi - lo <= max(1.0, math.floor(settings.tolerance * lo))
     return hi - lo <= settings.tolerance * lo
 
 
@@ -340,12 +383,12 @@ def next_step(settings: SweepSettings, steps: Sequence[StepResult]) -> Decision:
         if top >= settings.ceiling:
             return Decision(None, "done", f"every step passed up to the ceiling {top:g}")
         nxt = _round(settings, min(top * settings.growth, settings.ceiling))
-        if settings.mode == "concurrency":
+        if settings.mode in WHOLE:
             nxt = max(nxt, top + 1)
         return Decision(nxt, "ramp-up")
     if lo is None:  # nothing passed: step down
         nxt = _round(settings, hi.load / settings.growth)
-        if settings.mode == "concurrency" and nxt >= hi.load:
+        if settings.mode in WHOLE and nxt >= hi.load:
             nxt = hi.load - 1
         if nxt < settings.floor * 0.999 or nxt in measured:  # 0.999: rounding to 4 digits
             return Decision(None, "done", f"no step passed, down to {hi.load:g}")
@@ -353,7 +396,7 @@ def next_step(settings: SweepSettings, steps: Sequence[StepResult]) -> Decision:
     if _close_enough(settings, lo.load, hi.load):
         return Decision(None, "done", "bracket within tolerance")
     nxt = _round(settings, (lo.load + hi.load) / 2)
-    if settings.mode == "concurrency":
+    if settings.mode in WHOLE:
         nxt = float(math.floor((lo.load + hi.load) / 2))
     if nxt in measured or not lo.load < nxt < hi.load:
         return Decision(None, "done", "bracket as narrow as the load's resolution")
@@ -405,6 +448,9 @@ class SweepOutcome:
     stop: str
     knee: Knee | None
     steps: int
+    #: Mode connections: what failed first at the lowest failing step (refused, reset,
+    #: tls, timeout, other, not-held, slowed, errors; coordinator/sweep/conns.py)
+    failed_first: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -414,7 +460,9 @@ class SweepOutcome:
 
 def conclude(settings: SweepSettings, steps: Sequence[StepResult], stop: str) -> SweepOutcome:
     lo, hi = bracket(steps)
-    unit = "req/s" if settings.mode == "rate" else "in flight"
+    unit = {"rate": "req/s", "concurrency": "in flight", "connections": "connections"}[
+        settings.mode
+    ]
     k = knee(steps)
     limited: LimitedBy
     if lo is None:
@@ -458,6 +506,8 @@ def conclude(settings: SweepSettings, steps: Sequence[StepResult], stop: str) ->
         else:
             limited = "server"
             message = f"the server's limit lies {bracket_text}"
+            if hi.failed_first:
+                message += f" ({hi.failed_first} first at {hi.load:g})"
     return SweepOutcome(
         mode=settings.mode,
         max_load=lo.load if lo else None,
@@ -469,6 +519,7 @@ def conclude(settings: SweepSettings, steps: Sequence[StepResult], stop: str) ->
         stop=stop,
         knee=k,
         steps=len(steps),
+        failed_first=hi.failed_first if hi else "",
     )
 
 
@@ -509,6 +560,8 @@ def load_label(mode: SweepMode, load: float) -> str:
     """A step's load as it appears in its directory name: ``40rps``, ``c8``."""
     if mode == "concurrency":
         return f"c{int(load)}"
+    if mode == "connections":
+        return f"n{int(load)}"
     return f"{load:g}rps"
 
 
@@ -529,7 +582,11 @@ def step_plan(
     is lengthened, up to 4x, until it holds the plan's minimum request count)."""
     measured = settings.step_duration_s
     v = base.validity
-    if settings.mode == "rate":
+    conns = settings.mode == "connections"
+    if conns:
+        load, held = step_rate(int(load), settings.rate_per_connection), int(load)
+        base = replace(base, connections_total=held)
+    if settings.mode == "rate" or conns:
         need = v.min_requests * 1.1 / load
         if need > measured:
             measured = min(math.ceil(round(need * 10, 6)) / 10, 4 * settings.step_duration_s)

@@ -23,6 +23,7 @@ from coordinator.stats.documents import ServerSummary
 from coordinator.summary import AgentInfo, build_summary
 from volley import inputs as vin
 from volley import records as rc
+from volley.conns import ConnFigures
 from volley.plan import AgentSpec, Plan, plan_from_dict
 from volley.records import RecordBlock, RecordBuffer
 from volley.request import build_plan_pool
@@ -209,6 +210,8 @@ def _summary() -> Summary:
         ],
     }
     infos[0].prepare_s, infos[0].start_margin_ms = 1.5, 40.0
+    infos[0].conns = ConnFigures(wanted=4, held=3)  # connections: agents[] and the run's
+    infos[0].conns.connected(400_000)
     summary = build_summary(plan, "r1", agg, infos, 3.0, 900, server=server)
     summary["start"] = start_block(infos, 45_000_000, summary)
     two = plan.with_agents([AgentSpec("127.0.0.1:7001", 2), AgentSpec("127.0.0.1:7002", 1)])

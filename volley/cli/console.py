@@ -18,6 +18,7 @@ from rich.table import Table
 from coordinator.documents import AgentRow, IntervalDoc, Summary
 from coordinator.many import AgentLine, choose
 from coordinator.repeats import RepeatsDoc
+from volley.conns import describe
 
 #: SIMPLE_HEAD in ASCII: a dashed rule under the header, nothing else
 _ASCII_HEAD = box.Box("    \n    \n -- \n    \n    \n    \n    \n    \n", ascii=True)
@@ -230,6 +231,7 @@ def print_summary(summary: Summary, run_dir: Path, console: Console | None = Non
     )
     con.print()
     _print_agents(con, summary["agents"])
+    _print_connections(con, summary)
 
     server = summary.get("server") or {}
     if server.get("queue_ms") is not None:
@@ -275,6 +277,14 @@ def print_summary(summary: Summary, run_dir: Path, console: Console | None = Non
     if recovery:
         con.print(f"[yellow]recover:[/yellow] {escape(recovery['hint'])}")
     con.print(f"results: {run_dir}", overflow="fold")
+
+
+def _print_connections(con: Console, summary: Summary) -> None:
+    """`--connections N` (or connections that failed): held, connect times, by kind."""
+    conns = summary.get("connections")
+    if conns is not None and (conns["wanted"] > len(summary["agents"]) or conns["errors_total"]):
+        con.print(f"connections: {escape(describe(conns))}", overflow="fold")
+        con.print()
 
 
 def _print_agents(con: Console, agents: list[AgentRow]) -> None:

@@ -37,6 +37,7 @@ def run(
     protocol: o.Protocol = None,
     transport: o.Transport = None,
     connections: o.Connections = None,
+    connections_per_worker: o.ConnectionsPerWorker = None,
     compression: o.Compression = None,
     http_body: o.HttpBody = None,
     timeout: o.Timeout = None,
@@ -149,7 +150,8 @@ def run(
             "batch_size": batch_size,
             "protocol": protocol,
             "transport": transport,
-            "connections": connections,
+            "connections": connections_per_worker,
+            "connections_total": connections,
             "compression": compression,
             "composing_models": [m for m in composing_models.split(",") if m]
             if composing_models

@@ -66,7 +66,17 @@ Transport = Annotated[
     ),
 ]
 Connections = Annotated[
-    int | None, option(PANEL_TARGET, "Connections to the target per agent worker.")
+    int | None,
+    option(
+        PANEL_TARGET,
+        "Connections to the target in all, split over the agents and workers like the "
+        "schedule, opened before the start and held for the run; requests spread over "
+        "them (an HTTP/1.1 pool is capped at its share).",
+    ),
+]
+ConnectionsPerWorker = Annotated[
+    int | None,
+    option(PANEL_TARGET, "Connections per agent worker instead (the plan file's `connections`)."),
 ]
 Compression = Annotated[
     str | None, option(PANEL_TARGET, "Request compression: none, gzip or deflate.")

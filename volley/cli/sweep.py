@@ -68,6 +68,9 @@ def print_result(doc: dict[str, Any], sweep_dir: Path) -> None:
         head = f"{t['name']} ({t['address']}, {t['model']})"
         if t.get("max_rps") is not None:
             extra = f" at concurrency {o['max_load']:g}" if mode == "concurrency" else ""
+            if mode == "connections":
+                first = f", {o['failed_first']} first above it" if o.get("failed_first") else ""
+                extra = f" with {o['max_load']:g} connections held cleanly{first}"
             typer.echo(f"{head}: max sustainable {t['max_rps']:,.1f} req/s{extra}")
         else:
             typer.echo(f"{head}: no maximum")
@@ -157,7 +160,16 @@ Slo = Annotated[
     option(SEARCH, "e.g. 'p99<50ms', 'errors<0.1%' (repeatable); each step must meet them."),
 ]
 Mode = Annotated[
-    str | None, option(SEARCH, "rate (open loop, default) or concurrency (closed loop).")
+    str | None,
+    option(
+        SEARCH,
+        "rate (open loop, default), concurrency (closed loop) or connections (N held, "
+        "each at --rate-per-connection: the highest N held cleanly).",
+    ),
+]
+RatePerConnection = Annotated[
+    float | None,
+    option(SEARCH, "--mode connections: requests per second on each held connection (default 1)."),
 ]
 Start = Annotated[float | None, option(SEARCH, "First load (req/s or concurrency).")]
 Growth = Annotated[float | None, option(SEARCH, "Ramp factor until a step fails.")]
@@ -244,6 +256,7 @@ def sweep_cmd(
     warmup: Warmup = None,
     min_throughput_ratio: MinThroughputRatio = None,
     retries: Retries = None,
+    rate_per_connection: RatePerConnection = None,
     min_requests: MinRequests = None,
     # Capacity plan
     production_rate: ProductionRate = None,
@@ -304,6 +317,7 @@ def sweep_cmd(
                 "--min-throughput-ratio": min_throughput_ratio,
                 "--raw": raw,
                 "--retries": retries,
+                "--rate-per-connection": rate_per_connection,
             }
             extra = [k for k, v in given.items() if v is not None and v != []]
             if extra:
@@ -348,6 +362,7 @@ def sweep_cmd(
                 min_throughput_ratio=min_throughput_ratio,
                 min_requests=min_requests,
                 retries=retries,
+                rate_per_connection=rate_per_connection,
                 production_rate=production_rate,
                 headroom=headroom,
                 gpus_per_replica=gpus_per_replica,

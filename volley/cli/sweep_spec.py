@@ -8,14 +8,14 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from coordinator.sweep.capacity import CapacityInputs, parse_fraction
 from coordinator.sweep.runner import (
     SweepSpec,
     SweepTarget,
 )
-from coordinator.sweep.search import SweepSettings
+from coordinator.sweep.search import SweepMode, SweepSettings
 from volley.cli.common import (
     kv,
 )
@@ -126,11 +126,12 @@ def settings_from(yaml_sweep: dict[str, Any], cli: dict[str, Any]) -> SweepSetti
         "warmup",
         "min_throughput_ratio",
         "retries",
+        "rate_per_connection",
     }
     _merge_options(d, allowed, cli, "sweep")
     mode = str(d.get("mode", "rate"))
-    if mode not in ("rate", "concurrency"):
-        raise PlanError(f"--mode must be rate or concurrency, got {shown(mode)}")
+    if mode not in ("rate", "concurrency", "connections"):
+        raise PlanError(f"--mode must be rate, concurrency or connections, got {shown(mode)}")
     defaults = SweepSettings()
 
     def num(key: str, default: float) -> float:
@@ -148,8 +149,8 @@ def settings_from(yaml_sweep: dict[str, Any], cli: dict[str, Any]) -> SweepSetti
         d.get("min_throughput_ratio", defaults.min_throughput_ratio), "--min-throughput-ratio", 1.0
     )
     s = SweepSettings(
-        mode="concurrency" if mode == "concurrency" else "rate",
-        start=num("start", defaults.start if mode == "rate" else 1.0),
+        mode=cast(SweepMode, mode),  # one of the three, checked above
+        start=num("start", {"rate": defaults.start, "connections": 8.0}.get(mode, 1.0)),
         growth=num("growth", defaults.growth),
         tolerance=tolerance,
         max_steps=int(num("max_steps", defaults.max_steps)),
@@ -160,6 +161,7 @@ def settings_from(yaml_sweep: dict[str, Any], cli: dict[str, Any]) -> SweepSetti
         warmup_s=parse_duration(d.get("warmup", defaults.warmup_s), "--warmup"),
         min_throughput_ratio=ratio,
         retries=int(num("retries", defaults.retries)),
+        rate_per_connection=num("rate_per_connection", defaults.rate_per_connection),
     )
     s.validate()
     return s
@@ -251,6 +253,7 @@ def build_spec(**o: Any) -> SweepSpec:
             "warmup": o["warmup"],
             "min_throughput_ratio": o["min_throughput_ratio"],
             "retries": o["retries"],
+            "rate_per_connection": o.get("rate_per_connection"),
         },
     )
 
@@ -283,9 +286,10 @@ def build_spec(**o: Any) -> SweepSpec:
     }
     base_load = dict(_mapping(plan_doc.get("load"), "plan.load"))
     base_load.pop("stages", None)
-    if settings.mode == "rate":
+    if settings.mode in ("rate", "connections"):
         base_load.pop("concurrency", None)
-        load["rate"] = settings.start
+        per = settings.rate_per_connection if settings.mode == "connections" else 1.0
+        load["rate"] = settings.start * per
     else:
         base_load.pop("rate", None)
         load["concurrency"] = int(settings.start)

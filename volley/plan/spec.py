@@ -47,6 +47,8 @@ MAX_INPUTS = 256
 MAX_DIMS = 16
 MAX_NAMES = 1024  #: outputs, SLOs
 MAX_NAME_CHARS = 200
+#: `connections_total`: all agents together.
+MAX_CONNECTIONS_TOTAL = 1_000_000
 
 
 class PlanError(ValueError):
@@ -350,6 +352,10 @@ class Plan:
     transport: Transport = "unary"
     #: Connections to the target per agent worker (HTTP/2 multiplexes streams on each).
     connections: int = 1
+    #: Connections to the target in all (`--connections N`), split over agents and
+    #: workers like the schedule (volley/conns.py), opened before the start and held
+    #: for the run; HTTP/1.1 pools are capped at their share. 0: `connections` per worker.
+    connections_total: int = 0
     compression: Compression = "none"
     #: HTTP: binary tensor extension (Triton's `binary_tensor_data`) or KServe v2 JSON
     http_body: HttpBody = "auto"

@@ -28,6 +28,7 @@ from volley.plan.load_section import load_section
 from volley.plan.sequence_section import sequence_section, stream_section
 from volley.plan.service import json_service_from
 from volley.plan.spec import (
+    MAX_CONNECTIONS_TOTAL,
     MAX_INPUTS,
     MAX_NAME_CHARS,
     MAX_TIMEOUT_S,
@@ -125,6 +126,11 @@ def plan_from_dict(data: object) -> Plan:
     connections = get_int(d, "connections", "plan", 1)
     if not 1 <= connections <= 1024:
         raise PlanError("plan.connections: must be between 1 and 1024")
+    connections_total = get_int(d, "connections_total", "plan", 0)
+    if not 0 <= connections_total <= MAX_CONNECTIONS_TOTAL:
+        raise PlanError(
+            f"plan.connections_total: must be between 0 and {MAX_CONNECTIONS_TOTAL} (0: per worker)"
+        )
     compression = cast(
         Compression,
         get_choice(d, "compression", "plan", "none", ("none", "gzip", "deflate")),
@@ -176,6 +182,7 @@ def plan_from_dict(data: object) -> Plan:
             get_choice(d, "transport", "plan", "unary", ("unary", "stream", "grpcio")),
         ),
         connections=connections,
+        connections_total=connections_total,
         compression=compression,
         http_body=cast(
             HttpBody, get_choice(d, "http_body", "plan", "auto", ("auto", "binary", "json"))

@@ -709,6 +709,7 @@ class AgentStatus(_message.Message):
     RETRIED_FIELD_NUMBER: _builtins.int
     RECONNECTS_FIELD_NUMBER: _builtins.int
     CONNECT_ERRORS_FIELD_NUMBER: _builtins.int
+    CONNECTIONS_FIELD_NUMBER: _builtins.int
     state: _builtins.str
     """ready | waiting | running | draining | done | failed"""
     sent: _builtins.int
@@ -731,6 +732,10 @@ class AgentStatus(_message.Message):
     """Connections opened to replace one the server closed or drained; cumulative."""
     connect_errors: _builtins.int
     """Connection attempts that failed (refused, reset, TLS, timed out); cumulative."""
+    @_builtins.property
+    def connections(self) -> Global___ConnectionFigures:
+        """What happened to the agent's connections to the target, its workers together."""
+
     def __init__(
         self,
         *,
@@ -747,14 +752,90 @@ class AgentStatus(_message.Message):
         retried: _builtins.int = ...,
         reconnects: _builtins.int = ...,
         connect_errors: _builtins.int = ...,
+        connections: Global___ConnectionFigures | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["connections", b"connections"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_ns", b"agent_ns", "completed", b"completed", "connect_errors", b"connect_errors", "cpu_percent", b"cpu_percent", "cpu_seconds", b"cpu_seconds", "dropped", b"dropped", "errors", b"errors", "in_flight", b"in_flight", "message", b"message", "reconnects", b"reconnects", "retried", b"retried", "sent", b"sent", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_ns", b"agent_ns", "completed", b"completed", "connect_errors", b"connect_errors", "connections", b"connections", "cpu_percent", b"cpu_percent", "cpu_seconds", b"cpu_seconds", "dropped", b"dropped", "errors", b"errors", "in_flight", b"in_flight", "message", b"message", "reconnects", b"reconnects", "retried", b"retried", "sent", b"sent", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AgentStatus: _TypeAlias = AgentStatus  # noqa: Y015
+
+@_typing.final
+class ConnectionFigures(_message.Message):
+    """Connections to the target (volley/conns.py ConnFigures): cumulative, except `held`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WANTED_FIELD_NUMBER: _builtins.int
+    OPENED_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    RESET_FIELD_NUMBER: _builtins.int
+    TLS_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    OTHER_FIELD_NUMBER: _builtins.int
+    RESETS_RECEIVED_FIELD_NUMBER: _builtins.int
+    GOAWAYS_RECEIVED_FIELD_NUMBER: _builtins.int
+    WAITED_FIELD_NUMBER: _builtins.int
+    CONNECT_OFFSET_FIELD_NUMBER: _builtins.int
+    CONNECT_COUNTS_FIELD_NUMBER: _builtins.int
+    CONNECT_TOTAL_NS_FIELD_NUMBER: _builtins.int
+    CONNECT_MIN_NS_FIELD_NUMBER: _builtins.int
+    CONNECT_MAX_NS_FIELD_NUMBER: _builtins.int
+    wanted: _builtins.int
+    """the agent's share of the plan's connections"""
+    opened: _builtins.int
+    """connection attempts that succeeded (first ones and replacements)"""
+    held: _builtins.int
+    """open now (in the final status: when the load ended)"""
+    refused: _builtins.int
+    """failed connection attempts by kind"""
+    reset: _builtins.int
+    tls: _builtins.int
+    timeout: _builtins.int
+    other: _builtins.int
+    resets_received: _builtins.int
+    """open connections the server reset or closed"""
+    goaways_received: _builtins.int
+    """GOAWAY (HTTP/2) or Connection: close (HTTP/1.1)"""
+    waited: _builtins.int
+    """requests that waited for a connection of a full pool"""
+    connect_offset: _builtins.int
+    """connect times, ns: a LogHistogram (volley/histogram.py) as its dense span"""
+    connect_total_ns: _builtins.int
+    connect_min_ns: _builtins.int
+    connect_max_ns: _builtins.int
+    @_builtins.property
+    def connect_counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        wanted: _builtins.int = ...,
+        opened: _builtins.int = ...,
+        held: _builtins.int = ...,
+        refused: _builtins.int = ...,
+        reset: _builtins.int = ...,
+        tls: _builtins.int = ...,
+        timeout: _builtins.int = ...,
+        other: _builtins.int = ...,
+        resets_received: _builtins.int = ...,
+        goaways_received: _builtins.int = ...,
+        waited: _builtins.int = ...,
+        connect_offset: _builtins.int = ...,
+        connect_counts: _abc.Iterable[_builtins.int] | None = ...,
+        connect_total_ns: _builtins.int = ...,
+        connect_min_ns: _builtins.int = ...,
+        connect_max_ns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connect_counts", b"connect_counts", "connect_max_ns", b"connect_max_ns", "connect_min_ns", b"connect_min_ns", "connect_offset", b"connect_offset", "connect_total_ns", b"connect_total_ns", "goaways_received", b"goaways_received", "held", b"held", "opened", b"opened", "other", b"other", "refused", b"refused", "reset", b"reset", "resets_received", b"resets_received", "timeout", b"timeout", "tls", b"tls", "waited", b"waited", "wanted", b"wanted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConnectionFigures: _TypeAlias = ConnectionFigures  # noqa: Y015
 
 @_typing.final
 class Finished(_message.Message):

@@ -1,0 +1,87 @@
+"""`volley sweep --mode connections`: how many simultaneous connections the target (or a
+proxy in front of it) holds cleanly (pure; no I/O).
+
+A step at N holds N connections (`plan.connections_total`, split over the agents and
+workers, opened before the start) for the step, each carrying `rate_per_connection`
+requests per second (an open-loop schedule of N x that rate, spread over the held
+connections). The search is the sweep's own (search.py `next_step`: up by `growth`
+until a step fails, then bisecting, on whole connections); a step fails, besides the
+usual reasons (SLOs: 'slowed'; the server fell behind; request errors), when any
+connection attempt failed, a held connection was reset or closed by the server, or
+the server drained one (GOAWAY; HTTP/1.1: `Connection: close`: nginx does so to idle
+connections when it runs out of `worker_connections`), or fewer than N were held at the
+end. `failure_kind` names what failed first, the step's `failed_first`: refused, reset,
+tls, timeout, other (a connection error of that kind), goaway, not-held, slowed, errors
+(request errors), or "" (passed or not the server's). A held connection recycled by
+`keepalive_requests` also counts: at a low rate per connection (1 req/s: 1,000 s for
+nginx's default 1,000 requests) a step never reaches it.
+"""
+
+from __future__ import annotations
+
+import math
+
+from coordinator.documents import Summary
+from volley.conns import KINDS, ConnBlock
+
+#: Failure kinds of a connections step, in the order they are blamed.
+FAILURE_KINDS = (*(k.value for k in KINDS), "goaway", "not-held", "slowed", "errors")
+
+
+def step_rate(connections: int, rate_per_connection: float) -> float:
+    """The step's offered rate: every held connection at `rate_per_connection`."""
+    return round(connections * rate_per_connection, 6)
+
+
+def connection_reasons(block: ConnBlock | None, wanted: int) -> list[str]:
+    """Why a step did not hold its connections cleanly ([] when it did)."""
+    if block is None:
+        return [f"no connection figures came back (wanted {wanted})"]
+    out: list[str] = []
+    errors = [(k, v) for k, v in block["errors"].items() if v]
+    if errors:
+        errors.sort(key=lambda kv: -kv[1])
+        text = ", ".join(f"{v} {k}" for k, v in errors)
+        out.append(f"connection errors: {text} (of {block['wanted']} wanted)")
+    if block["resets_received"]:
+        out.append(f"{block['resets_received']} held connections reset or closed by the server")
+    if block["goaways_received"]:
+        out.append(
+            f"{block['goaways_received']} GOAWAYs (or Connection: close) on held connections: "
+            "the server drained them"
+        )
+    if block["held"] < block["wanted"]:
+        out.append(f"{block['held']} of {block['wanted']} connections held at the end")
+    return out
+
+
+def failure_kind(summary: Summary, passed: bool, server_reasons: list[str]) -> str:
+    """What failed first at a step (see the module docstring)."""
+    if passed:
+        return ""
+    block = summary.get("connections")
+    if block is not None:
+        errors = sorted(
+            ((v, k) for k, v in block["errors"].items() if v), key=lambda vk: (-vk[0], vk[1])
+        )
+        if errors:
+            return errors[0][1]
+        if block["resets_received"]:
+            return "reset"
+        if block["goaways_received"]:
+            return "goaway"
+        if block["held"] < block["wanted"]:
+            return "not-held"
+    if any(r.startswith(("SLO ", "throughput ")) for r in server_reasons):
+        return "slowed"
+    if any(r.startswith("error rate") for r in server_reasons):
+        return "errors"
+    return ""
+
+
+def connect_p99_ms(summary: Summary) -> float | None:
+    block = summary.get("connections")
+    if block is None or not block["connect_ms"]:
+        return None
+    v = block["connect_ms"].get("p99")
+    return float(v) if v is not None and math.isfinite(v) else None
