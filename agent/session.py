@@ -100,7 +100,21 @@ START_WAIT_S = 120.0
 #: busy spawning many agents' workers can starve its keepalives, and nothing is sent yet.
 PREPARE_GRACE_S = 30.0
 
+#: The pump thread looks this often whether every worker process is gone (one that died
+#: without its Done); messages wake it at once.
+PUMP_POLL_S = 1.0
+#: While the workers' figures do not move, the heartbeat (a status to the coordinator,
+#: the watchdog's look) comes this often, else every `heartbeat_s`: the coordinator's
+#: liveness limit (2.5 s) is longer, and each wake-up is idle cost.
+IDLE_HEARTBEAT_S = 1.0
+
 log = logging.getLogger("volley.agent")
+
+
+def beat_period(moved: bool, heartbeat_s: float) -> float:
+    """The time to the next heartbeat (a status event, the watchdog's look): a heartbeat
+    while the figures move, IDLE_HEARTBEAT_S (at least a heartbeat) while they do not."""
+    return heartbeat_s if moved else max(IDLE_HEARTBEAT_S, heartbeat_s)
 
 
 class RunSession:
@@ -135,7 +149,8 @@ class RunSession:
         self._last_spool_status = 0.0
         #: The coordinator's silence, over this agent's own running time (the watchdog
         #: checks it every heartbeat; a longer gap between checks is the agent's own pause).
-        self.silence = SilenceClock(max(2 * spec.heartbeat_s, 0.5))
+        #: An idle agent looks every IDLE_HEARTBEAT_S: a gap up to a quarter past it counts.
+        self.silence = SilenceClock(max(1.25 * beat_period(False, spec.heartbeat_s), 0.5))
 
     def stop(self, reason: str) -> None:
         if not self._stop.is_set():
@@ -281,6 +296,14 @@ class RunSession:
             connect_errors=sum(c.connect_errors for c in cs),
         )
 
+    def _moving(self) -> tuple[int, ...]:
+        """The workers' counters a status carries, less the CPU."""
+        return tuple(
+            v
+            for c in self.counters.values()
+            for v in (c.sent, c.completed, c.errors, c.dropped, c.in_flight, c.retried)
+        )
+
     def _start_workers(self) -> None:
         s = self.spec
         for w in range(s.workers):
@@ -324,7 +347,7 @@ class RunSession:
     ) -> None:
         while not finished.is_set():
             try:
-                msg = self._queue.get(timeout=0.1)
+                msg = self._queue.get(timeout=PUMP_POLL_S)
             except queue.Empty:
                 if all(not p.is_alive() for p in self._procs):
                     # drain what is left, then report dead workers
@@ -360,11 +383,15 @@ class RunSession:
         last_flush = last_beat = time.monotonic()
         cpu_mark = (time.monotonic(), 0.0)
         cpu_percent = 0.0
+        told: tuple[Any, ...] = ()
+        beat_s = s.heartbeat_s
         try:
             while len(done) < s.workers:
-                timeout = max(
-                    0.0, min(last_flush + s.flush_s, last_beat + s.heartbeat_s) - time.monotonic()
-                )
+                # nothing pending: no flush to wake for, only the heartbeat
+                wake = last_beat + beat_s
+                if pending:
+                    wake = min(wake, last_flush + s.flush_s)
+                timeout = max(0.0, wake - time.monotonic())
                 try:
                     msg = await asyncio.wait_for(aq.get(), timeout=timeout)
                 except TimeoutError:
@@ -402,7 +429,7 @@ class RunSession:
                     last_flush = now
                 elif now - last_flush >= s.flush_s:
                     last_flush = now
-                if now - last_beat >= s.heartbeat_s:
+                if now - last_beat >= beat_s:
                     self._watchdog(now)
                     cpu = sum(c.cpu_s for c in self.counters.values())
                     dt = now - cpu_mark[0]
@@ -410,6 +437,9 @@ class RunSession:
                         cpu_percent = max(0.0, (cpu - cpu_mark[1]) / dt * 100.0)
                     cpu_mark = (now, cpu)
                     last_beat = now
+                    figures = (self.state, self.stop_reason, *self._moving())
+                    beat_s = beat_period(figures != told, s.heartbeat_s)
+                    told = figures
                     yield pb.RunEvent(status=self.status(cpu_percent))
             if pending:
                 yield pb.RunEvent(timings=concat(pending).to_proto())

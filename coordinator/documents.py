@@ -417,6 +417,18 @@ class AutoStopDoc(TypedDict):
     checks: list[str]
 
 
+class AffinityDoc(TypedDict):
+    """`affinity` (local agents): which cores the workers and the rest were pinned to
+    (`coordinator/affinity.py`); `pinned` False with a `note` when nothing was."""
+
+    pinned: bool
+    allowed_cores: list[int]
+    coordinator_cores: list[int]
+    #: per local agent, its workers' cores
+    worker_cores: list[list[int]]
+    note: str
+
+
 class StartBlock(TypedDict):
     """`start` (set by a run with the two-phase start): how the agents were prepared and
     started. Skews are |first send - its intended time| per agent."""
@@ -482,6 +494,7 @@ class Summary(TypedDict):
     auto_stop: NotRequired[AutoStopDoc]
     #: Set by a run with the two-phase start.
     start: NotRequired[StartBlock]
+    affinity: NotRequired[AffinityDoc]
 
 
 class SummaryError(ValueError):

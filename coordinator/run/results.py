@@ -220,6 +220,8 @@ async def finish(
     add_input_pool(summary, pool, infos)
     annotate(summary, run.streams, run.start_ns, run_dir, run.opts.local_spools)
     summary["outages"] = find_outages(run.agg)
+    if run.opts.affinity is not None:
+        summary["affinity"] = run.opts.affinity
     if run.two_phase:
         summary["start"] = start_block(infos, run.lead_ns, summary)
         summary["verdict"]["warnings"] += start_lines(run)

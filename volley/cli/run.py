@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -33,6 +33,9 @@ from volley.cli.planning import (
     parse_stages,
 )
 from volley.plan import Plan, PlanError, parse_duration
+
+if TYPE_CHECKING:
+    from coordinator.documents import AffinityDoc
 
 # The options, one alias each, grouped by panel as `volley run --help` shows them.
 
@@ -258,6 +261,14 @@ LocalAgents = Annotated[
     int, option(PANEL_AGENTS, "Without --agent: spawn this many agents on this machine.")
 ]
 Workers = Annotated[int, option(PANEL_AGENTS, "Worker processes per agent (0: agent default).")]
+Pin = Annotated[
+    bool,
+    option(
+        PANEL_AGENTS,
+        "Local agents: each worker on a core of its own, the coordinator and the agents' "
+        "main processes on the others, where the host has the cores (summary.json: affinity).",
+    ),
+]
 StartLead = Annotated[
     float,
     option(
@@ -396,6 +407,7 @@ def run(
     agent: Agent = None,
     local_agents: LocalAgents = 1,
     workers: Workers = 0,
+    pin: Pin = True,
     start_lead: StartLead = 0.0,
     # Output and SLOs
     slo: Slo = None,
@@ -557,6 +569,7 @@ def run(
         addrs: list[str],
         local: ClientSecurity | None = None,
         local_run_dir: Path | None = None,
+        pinning: AffinityDoc | None = None,
     ) -> Any:
         nonlocal stop_event
         stop_event = asyncio.Event()
@@ -573,6 +586,7 @@ def run(
             # local agents listen on loopback in plaintext, with the token (given or random)
             security=local or security,
             auto=auto_settings,
+            affinity=pinning,
         )
         if local_run_dir is not None:  # local agents spool inside it (for volley collect)
             opts.at_start = protect_workers  # the coordinator below their workers
@@ -589,8 +603,12 @@ def run(
                 return uvloop.run(main(plan, addresses))
             run_dir = new_run_dir(out, plan.name)
             token = security.token or fresh_token()  # no other local user drives them
-            with LocalAgents(local_agents, workers, token=token, run_dir=run_dir) as addrs:
-                return uvloop.run(main(plan, addrs, ClientSecurity(token=token), run_dir))
+            local = LocalAgents(local_agents, workers, token=token, run_dir=run_dir, pin=pin)
+            with local as addrs:
+                pinning = local.affinity.doc()
+                if pinning["note"] and pin and not quiet:
+                    typer.echo(f"note: {pinning['note']}", err=True)
+                return uvloop.run(main(plan, addrs, ClientSecurity(token=token), run_dir, pinning))
         except (PreflightError, AgentError, PlanError) as exc:
             fail(str(exc))
 
