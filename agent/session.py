@@ -111,6 +111,24 @@ IDLE_HEARTBEAT_S = 1.0
 log = logging.getLogger("volley.agent")
 
 
+#: A timing batch leaves the agent once its oldest record has waited `flush_s` and it
+#: holds BATCH_RECORDS records, or once that record has waited BATCH_HOLD_S, whichever is
+#: first (or at once past MAX_BATCH_RECORDS): the coordinator pays ~1-2 ms per batch
+#: whatever its size, so a slow run sends few small batches, a fast one few big ones.
+BATCH_RECORDS = 256
+BATCH_HOLD_S = 1.0
+MAX_BATCH_RECORDS = 65536
+
+
+def batch_due(age_s: float, records: int, flush_s: float) -> bool:
+    """The pending records (the oldest `age_s` old) go to the coordinator now."""
+    if records > MAX_BATCH_RECORDS:
+        return True
+    if records == 0:
+        return False
+    return age_s >= max(BATCH_HOLD_S, flush_s) or (age_s >= flush_s and records >= BATCH_RECORDS)
+
+
 def beat_period(moved: bool, heartbeat_s: float) -> float:
     """The time to the next heartbeat (a status event, the watchdog's look): a heartbeat
     while the figures move, IDLE_HEARTBEAT_S (at least a heartbeat) while they do not."""
@@ -380,7 +398,8 @@ class RunSession:
         )
         pending: list[RecordBlock] = []
         done: dict[int, str] = {}
-        last_flush = last_beat = time.monotonic()
+        last_beat = pending_since = time.monotonic()
+        pending_n = 0
         cpu_mark = (time.monotonic(), 0.0)
         cpu_percent = 0.0
         told: tuple[Any, ...] = ()
@@ -389,8 +408,9 @@ class RunSession:
             while len(done) < s.workers:
                 # nothing pending: no flush to wake for, only the heartbeat
                 wake = last_beat + beat_s
-                if pending:
-                    wake = min(wake, last_flush + s.flush_s)
+                if pending:  # the earliest the batch can be due
+                    first = s.flush_s if pending_n >= BATCH_RECORDS else BATCH_HOLD_S
+                    wake = min(wake, pending_since + first)
                 timeout = max(0.0, wake - time.monotonic())
                 try:
                     msg = await asyncio.wait_for(aq.get(), timeout=timeout)
@@ -398,7 +418,11 @@ class RunSession:
                     msg = None
                 match msg:
                     case Records():
-                        pending.append(RecordBlock(msg.columns, msg.shapes, msg.gaps))
+                        block = RecordBlock(msg.columns, msg.shapes, msg.gaps)
+                        if not pending:
+                            pending_since = time.monotonic()
+                        pending.append(block)
+                        pending_n += len(block)
                     case Status():
                         self.counters[msg.worker] = msg.counters
                     case Ready():
@@ -423,12 +447,9 @@ class RunSession:
                     elif self.state is SessionState.PREPARED:
                         self.state = SessionState.WAITING
                 now = time.monotonic()
-                if pending and (now - last_flush >= s.flush_s or sum(map(len, pending)) > 65536):
+                if batch_due(now - pending_since, pending_n, s.flush_s):
                     yield pb.RunEvent(timings=concat(pending).to_proto())
-                    pending = []
-                    last_flush = now
-                elif now - last_flush >= s.flush_s:
-                    last_flush = now
+                    pending, pending_n = [], 0
                 if now - last_beat >= beat_s:
                     self._watchdog(now)
                     cpu = sum(c.cpu_s for c in self.counters.values())
