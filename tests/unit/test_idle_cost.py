@@ -7,7 +7,14 @@ import os
 
 import pytest
 
-from agent.session import IDLE_HEARTBEAT_S, beat_period
+from agent.session import (
+    BATCH_HOLD_S,
+    BATCH_RECORDS,
+    IDLE_HEARTBEAT_S,
+    MAX_BATCH_RECORDS,
+    batch_due,
+    beat_period,
+)
 from agent.worker import pin_from_env, sweep_delay
 from coordinator.affinity import plan_affinity
 from volley.security import WORKER_CPUS_ENV
@@ -26,6 +33,19 @@ def test_the_heartbeat_slows_while_nothing_moves() -> None:
     assert beat_period(False, 0.25) == IDLE_HEARTBEAT_S
     # a heartbeat configured longer than the idle one is kept
     assert beat_period(False, 2.0) == 2.0
+
+
+def test_a_timing_batch_waits_for_records_or_its_hold_time() -> None:
+    flush = 0.1
+    assert not batch_due(5.0, 0, flush)  # nothing to send
+    # a fast run: the flush interval and enough records
+    assert batch_due(flush, BATCH_RECORDS, flush)
+    assert not batch_due(flush / 2, BATCH_RECORDS, flush)
+    # a slow one: a few records wait up to the hold time, then go
+    assert not batch_due(BATCH_HOLD_S - 0.01, 3, flush)
+    assert batch_due(BATCH_HOLD_S, 1, flush)
+    # too many: at once
+    assert batch_due(0.0, MAX_BATCH_RECORDS + 1, flush)
 
 
 def test_each_worker_gets_its_own_core_and_the_rest_the_others() -> None:
