@@ -72,12 +72,14 @@ def _proc_cpu_s(pid: int) -> float:
         return 0.0
 
 
-def volley_run(doc: dict[str, Any], out: Path, workers: int = 1) -> dict[str, Any]:
+def volley_run(
+    doc: dict[str, Any], out: Path, workers: int = 1, pin: bool = True
+) -> dict[str, Any]:
     """One real run (a local agent process with `workers` worker processes), as `volley run
     --local-agents 1` runs it; CPU split per process over the load (start instant to the
     last tick): the coordinator (this process), the agent process, its workers."""
     plan = plan_from_dict(doc)
-    local = LocalAgents(1, workers)
+    local = LocalAgents(1, workers, pin=pin)
     with local as addrs:
         pid = local.procs[0].pid
         marks: dict[str, float] = {}
@@ -97,7 +99,11 @@ def volley_run(doc: dict[str, Any], out: Path, workers: int = 1) -> dict[str, An
             marks["t_end"] = time.monotonic()
 
         opts = RunOptions(
-            out_dir=out, progress=progress, security=local.security, at_start=protect_workers
+            out_dir=out,
+            progress=progress,
+            security=local.security,
+            at_start=protect_workers,
+            affinity=local.affinity.doc(),
         )
         t_end = time.process_time()
         result = uvloop.run(execute(plan, addrs, opts))  # as `volley run` runs it
@@ -140,6 +146,8 @@ def volley_run(doc: dict[str, Any], out: Path, workers: int = 1) -> dict[str, An
         "lateness_p99_ms": s["send_lateness_ms"]["p99"],
         "late_fraction": s["send_lateness_ms"]["late_fraction"],
         "bytes_per_record": raw.stat().st_size / rows if rows else None,
+        "pinned": local.affinity.pinned,
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
         "run_dir": str(result.run_dir),
     }
 

@@ -435,6 +435,8 @@ class StartBlock(TypedDict):
 
     two_phase: bool
     lead_ms: float  #: from the agreed start being fixed to the instant
+    #: the ready round before it: one keepalive to every agent at once, to the last reply
+    ready_round_ms: float
     agents: int
     prepare_s_max: float | None
     prepare_s_median: float | None

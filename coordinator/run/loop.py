@@ -122,6 +122,8 @@ class RunLoop:
         self.two_phase = False
         self.opened_ns = 0
         self.lead_ns = 0
+        #: the ready round before the instant was fixed (start.ready_round), ns
+        self.round_ns = 0
 
     # ---- records from the streams (RecordSink) ------------------------------
     def ingest(self, index: int, block: RecordBlock) -> None:
