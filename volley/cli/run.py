@@ -606,9 +606,10 @@ def run(
             local = LocalAgents(local_agents, workers, token=token, run_dir=run_dir, pin=pin)
             with local as addrs:
                 pinning = local.affinity.doc()
-                if pinning["note"] and pin and not quiet:
-                    typer.echo(f"note: {pinning['note']}", err=True)
-                return uvloop.run(main(plan, addrs, ClientSecurity(token=token), run_dir, pinning))
+                done = uvloop.run(main(plan, addrs, ClientSecurity(token=token), run_dir, pinning))
+            if pinning["note"] and pin and not quiet:  # after the run: errors stay one line
+                typer.echo(f"note: {pinning['note']}", err=True)
+            return done
         except (PreflightError, AgentError, PlanError) as exc:
             fail(str(exc))
 
