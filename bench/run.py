@@ -42,9 +42,11 @@ from coordinator.aggregate import Aggregator  # noqa: E402
 from coordinator.local import LocalAgents, protect_workers  # noqa: E402
 from coordinator.run import Progress, RunOptions, execute  # noqa: E402
 from coordinator.rundir import RequestWriter  # noqa: E402
-from coordinator.triton import TritonConfig, TritonServer, locate_triton_home  # noqa: E402
 from volley.plan import plan_from_dict  # noqa: E402
 from volley.records import COLUMNS, RecordBlock  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from scale import bench_triton  # noqa: E402
 
 #: The brief's reference figures on this machine kind (µs of generator CPU per request).
 REFERENCE_US = {
@@ -227,18 +229,7 @@ def main() -> None:
         "reference_us_per_request": REFERENCE_US,
     }
     tmp = Path(tempfile.mkdtemp(prefix="volley-bench-"))
-    server = TritonServer(
-        TritonConfig(
-            model_repository=ROOT / "triton_models",
-            http_port=0,
-            grpc_port=0,
-            metrics_port=0,
-            device="cpu",
-            state_dir=tmp / "triton",
-            triton_home=locate_triton_home(None),
-        )
-    )
-    server.start(timeout_s=90)
+    server = bench_triton(tmp)
     g, h = server.grpc_url, server.http_url
     print(f"triton up: grpc {g}, http {h}", flush=True)
 
@@ -363,18 +354,7 @@ def cost_only(dur: float) -> dict[str, Any]:
     """`--only cost`: the whole tree at 2,000 req/s and the idle cost at 1 req/s, alone
     (a before/after figure in the same minutes), with the host's load average."""
     tmp = Path(tempfile.mkdtemp(prefix="volley-bench-"))
-    server = TritonServer(
-        TritonConfig(
-            model_repository=ROOT / "triton_models",
-            http_port=0,
-            grpc_port=0,
-            metrics_port=0,
-            device="cpu",
-            state_dir=tmp / "triton",
-            triton_home=locate_triton_home(None),
-        )
-    )
-    server.start(timeout_s=90)
+    server = bench_triton(tmp)
     base: dict[str, Any] = {
         "target": server.grpc_url,
         "model": "add",
