@@ -237,8 +237,6 @@ async def choose_http_body(probe: Probe) -> HttpBody:
     except ProbeError:
         return "json"
     return "binary" if BINARY_TENSOR_EXTENSION in meta.get("extensions", []) else "json"
-
-
 def is_decoupled(info: ModelInfo) -> bool:
     """Whether the model config says `model_transaction_policy { decoupled: true }`."""
     policy = info.config.get("model_transaction_policy")

@@ -126,7 +126,6 @@ class GrpcUnary(Transport):
         for key, intended, pidx, _ in waiting:
             self.in_flight -= 1
             self.fail_soon(key, intended, pidx, rc.UNAVAILABLE)
-
     def cork(self) -> None:
         for c in self.conns:
             if c is not None:

@@ -222,33 +222,11 @@ def test_cli_sweep_and_resume(triton_server: TritonEndpoint, tmp_path: Path) -> 
     """The command line end to end (local agent process), then --resume of the finished
     sweep measures nothing again."""
     args = [
-        "sweep",
-        "--target",
-        triton_server.grpc_url,
-        "--model",
-        "sleep",
-        "--input",
-        f"DELAY_MS={DELAY_MS:g}",
-        "--start",
-        "10",
-        "--growth",
-        "2",
-        "--max-steps",
-        "2",
-        "--step-duration",
-        "2s",
-        "--warmup",
-        "0.5s",
-        "--min-requests",
-        "15",
-        "--workers",
-        "1",
-        "--production-rate",
-        "100",
-        "--headroom",
-        "20%",
-        "--out",
-        str(tmp_path),
+        "sweep", "--target", triton_server.grpc_url, "--model", "sleep",
+        "--input", f"DELAY_MS={DELAY_MS:g}", "--start", "10", "--growth", "2",
+        "--max-steps", "2", "--step-duration", "2s", "--warmup", "0.5s",
+        "--min-requests", "15", "--workers", "1", "--production-rate", "100",
+        "--headroom", "20%", "--out", str(tmp_path),
     ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output

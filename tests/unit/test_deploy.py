@@ -149,11 +149,7 @@ def test_dockerfile() -> None:
     assert json.loads(entry) == ["volley"]
     (cmd,) = [rest for op, rest in ins if op == "CMD"]
     assert json.loads(cmd) == [
-        "agent",
-        "--listen",
-        "0.0.0.0:7070",
-        "--token-file",
-        TOKEN_PATH,
+        "agent", "--listen", "0.0.0.0:7070", "--token-file", TOKEN_PATH,
     ]
     assert ops.index("USER") < ops.index("ENTRYPOINT")
     # everything COPY'd from the build context exists
@@ -216,23 +212,9 @@ def test_compose_agents_coordinator_and_secrets() -> None:
         assert "ports" not in svcs[n], "agents must not be published on the host"
     coord = svcs["coordinator"]
     assert coord["command"] == [
-        "run",
-        "--target",
-        "triton:8001",
-        "--model",
-        "add",
-        "--rate",
-        "500",
-        "--duration",
-        "30s",
-        "--agent",
-        "agent-1:7070",
-        "--agent",
-        "agent-2:7070",
-        "--token-file",
-        TOKEN_PATH,
-        "--out",
-        "/runs",
+        "run", "--target", "triton:8001", "--model", "add", "--rate", "500",
+        "--duration", "30s", "--agent", "agent-1:7070", "--agent", "agent-2:7070",
+        "--token-file", TOKEN_PATH, "--out", "/runs",
     ]
     assert "volley_token" in coord["secrets"]
     assert any(v.endswith(":/runs") for v in coord["volumes"])
@@ -480,12 +462,8 @@ def test_image_entrypoint_runs_volley_help() -> None:
     entry = re.search(r'^ENTRYPOINT \["([^"]+)"\]', text, re.M)
     assert entry and entry.group(1) == "volley"
     for args in ([], ["agent"], ["run"], ["triton"], ["report"]):
-        res = subprocess.run(
-            [sys.executable, "-m", "volley", *args, "--help"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        res = subprocess.run([sys.executable, "-m", "volley", *args, "--help"],
+                             capture_output=True, text=True, timeout=60)
         assert res.returncode == 0, (args, res.stderr)
         assert "Usage" in res.stdout
 
