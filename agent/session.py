@@ -101,7 +101,40 @@ START_WAIT_S = 120.0
 #: busy spawning many agents' workers can starve its keepalives, and nothing is sent yet.
 PREPARE_GRACE_S = 30.0
 
+#: The pump thread looks this often whether every worker process is gone (one that died
+#: without its Done); messages wake it at once.
+PUMP_POLL_S = 1.0
+#: While the workers' figures do not move, the heartbeat (a status to the coordinator,
+#: the watchdog's look) comes this often, else every `heartbeat_s`: the coordinator's
+#: liveness limit (2.5 s) is longer, and each wake-up is idle cost.
+IDLE_HEARTBEAT_S = 1.0
+
 log = logging.getLogger("volley.agent")
+
+
+#: A timing batch leaves the agent once its oldest record has waited `flush_s` and it
+#: holds BATCH_RECORDS records, or once that record has waited BATCH_HOLD_S, whichever is
+#: first (or at once past MAX_BATCH_RECORDS): the coordinator pays ~1-2 ms per batch
+#: whatever its size, so a fast run sends fewer, bigger batches. The hold bounds what a
+#: killed agent loses (records not yet sent) and how late the live view is: 0.25 s.
+BATCH_RECORDS = 256
+BATCH_HOLD_S = 0.25
+MAX_BATCH_RECORDS = 65536
+
+
+def batch_due(age_s: float, records: int, flush_s: float) -> bool:
+    """The pending records (the oldest `age_s` old) go to the coordinator now."""
+    if records > MAX_BATCH_RECORDS:
+        return True
+    if records == 0:
+        return False
+    return age_s >= max(BATCH_HOLD_S, flush_s) or (age_s >= flush_s and records >= BATCH_RECORDS)
+
+
+def beat_period(moved: bool, heartbeat_s: float) -> float:
+    """The time to the next heartbeat (a status event, the watchdog's look): a heartbeat
+    while the figures move, IDLE_HEARTBEAT_S (at least a heartbeat) while they do not."""
+    return heartbeat_s if moved else max(IDLE_HEARTBEAT_S, heartbeat_s)
 
 
 class RunSession:
@@ -136,7 +169,8 @@ class RunSession:
         self._last_spool_status = 0.0
         #: The coordinator's silence, over this agent's own running time (the watchdog
         #: checks it every heartbeat; a longer gap between checks is the agent's own pause).
-        self.silence = SilenceClock(max(2 * spec.heartbeat_s, 0.5))
+        #: An idle agent looks every IDLE_HEARTBEAT_S: a gap up to a quarter past it counts.
+        self.silence = SilenceClock(max(1.25 * beat_period(False, spec.heartbeat_s), 0.5))
 
     def stop(self, reason: str) -> None:
         if not self._stop.is_set():
@@ -283,6 +317,14 @@ class RunSession:
             connections=merged_figures(c.conns for c in cs),
         )
 
+    def _moving(self) -> tuple[int, ...]:
+        """The workers' counters a status carries, less the CPU."""
+        return tuple(
+            v
+            for c in self.counters.values()
+            for v in (c.sent, c.completed, c.errors, c.dropped, c.in_flight, c.retried)
+        )
+
     def _start_workers(self) -> None:
         s = self.spec
         for w in range(s.workers):
@@ -326,7 +368,7 @@ class RunSession:
     ) -> None:
         while not finished.is_set():
             try:
-                msg = self._queue.get(timeout=0.1)
+                msg = self._queue.get(timeout=PUMP_POLL_S)
             except queue.Empty:
                 if all(not p.is_alive() for p in self._procs):
                     # drain what is left, then report dead workers
@@ -359,21 +401,31 @@ class RunSession:
         )
         pending: list[RecordBlock] = []
         done: dict[int, str] = {}
-        last_flush = last_beat = time.monotonic()
+        last_beat = pending_since = time.monotonic()
+        pending_n = 0
         cpu_mark = (time.monotonic(), 0.0)
         cpu_percent = 0.0
+        told: tuple[Any, ...] = ()
+        beat_s = s.heartbeat_s
         try:
             while len(done) < s.workers:
-                timeout = max(
-                    0.0, min(last_flush + s.flush_s, last_beat + s.heartbeat_s) - time.monotonic()
-                )
+                # nothing pending: no flush to wake for, only the heartbeat
+                wake = last_beat + beat_s
+                if pending:  # the earliest the batch can be due
+                    first = s.flush_s if pending_n >= BATCH_RECORDS else BATCH_HOLD_S
+                    wake = min(wake, pending_since + first)
+                timeout = max(0.0, wake - time.monotonic())
                 try:
                     msg = await asyncio.wait_for(aq.get(), timeout=timeout)
                 except TimeoutError:
                     msg = None
                 match msg:
                     case Records():
-                        pending.append(RecordBlock(msg.columns, msg.shapes, msg.gaps))
+                        block = RecordBlock(msg.columns, msg.shapes, msg.gaps)
+                        if not pending:
+                            pending_since = time.monotonic()
+                        pending.append(block)
+                        pending_n += len(block)
                     case Status():
                         self.counters[msg.worker] = msg.counters
                     case Ready():
@@ -398,13 +450,10 @@ class RunSession:
                     elif self.state is SessionState.PREPARED:
                         self.state = SessionState.WAITING
                 now = time.monotonic()
-                if pending and (now - last_flush >= s.flush_s or sum(map(len, pending)) > 65536):
+                if batch_due(now - pending_since, pending_n, s.flush_s):
                     yield pb.RunEvent(timings=concat(pending).to_proto())
-                    pending = []
-                    last_flush = now
-                elif now - last_flush >= s.flush_s:
-                    last_flush = now
-                if now - last_beat >= s.heartbeat_s:
+                    pending, pending_n = [], 0
+                if now - last_beat >= beat_s:
                     self._watchdog(now)
                     cpu = sum(c.cpu_s for c in self.counters.values())
                     dt = now - cpu_mark[0]
@@ -412,6 +461,9 @@ class RunSession:
                         cpu_percent = max(0.0, (cpu - cpu_mark[1]) / dt * 100.0)
                     cpu_mark = (now, cpu)
                     last_beat = now
+                    figures = (self.state, self.stop_reason, *self._moving())
+                    beat_s = beat_period(figures != told, s.heartbeat_s)
+                    told = figures
                     yield pb.RunEvent(status=self.status(cpu_percent))
             if pending:
                 yield pb.RunEvent(timings=concat(pending).to_proto())

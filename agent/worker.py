@@ -24,8 +24,9 @@ import asyncio
 import collections
 import contextlib
 import gc
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
@@ -45,6 +46,7 @@ from volley.conns import ConnFigures
 from volley.plan import Plan
 from volley.records import RecordBuffer
 from volley.schedule import split_count, worker_slice
+from volley.security import WORKER_CPUS_ENV
 from volley.target import TargetAccess
 from volley.wire.payloads import Payloads, Wire, build_payloads
 
@@ -53,6 +55,16 @@ from volley.wire.payloads import Payloads, Wire, build_payloads
 MAX_USER_BACKOFF_S = 1.0
 #: Open loop: the in-flight cap of a plan without one.
 _NO_CAP = 1 << 62
+#: A worker whose counters did not move sends its status this often (else every flush),
+#: and its ticker, finding nothing to send, sleeps this long.
+IDLE_STATUS_S = 1.0
+
+
+def sweep_delay(period_s: float, timeout_s: float, idle: bool) -> float:
+    """The timeout sweeper's next sleep. With nothing in flight (`idle`) no request can
+    time out before a whole timeout from now (one sent right away is due then at the
+    earliest), so it sleeps that long; the next sweep after it is again `period_s` on."""
+    return max(timeout_s, period_s) if idle else period_s
 
 
 @dataclass(frozen=True)
@@ -170,6 +182,9 @@ class Worker:
         self.buf.worker = task.worker_index
         self.counters = WorkerCounters()
         self.stopping = False
+        #: the ticker found nothing to send last time: it sleeps IDLE_STATUS_S, and the
+        #: next completion flushes at once
+        self.quiet = False
         self.payloads: Payloads | None = None
         self.wires: list[Wire] = []
         self.tp: Transport | None = None
@@ -241,22 +256,46 @@ class Worker:
                 c.dropped += 1
             else:
                 c.errors += 1
-        if self.buf.append(index, intended, sent, done, status, req, resp, batch, shape, model):
+        if (
+            self.buf.append(index, intended, sent, done, status, req, resp, batch, shape, model)
+            or self.quiet
+        ):
             self._flush()
+            self.quiet = False
+
+    def _counts(self) -> tuple[int, ...]:
+        """What a status tells the agent, less the CPU (unchanged: nothing to tell)."""
+        c, tp = self.counters, self.tp
+        moving = (tp.in_flight, tp.retried, tp.reconnects, tp.connect_errors) if tp else ()
+        return (c.sent, c.completed, c.errors, c.dropped, len(self.backlog), *moving)
 
     async def _ticker(self) -> None:
+        """Every flush interval: records to the agent; a status when the counters moved,
+        else one every IDLE_STATUS_S (a message costs a pickle, a feeder-thread wake-up
+        and the agent's reading it: idle, the worker stays quiet)."""
+        told: tuple[int, ...] = ()
+        told_at = time.monotonic()
         while True:
-            await asyncio.sleep(self.task.flush_s)
+            await asyncio.sleep(IDLE_STATUS_S if self.quiet else self.task.flush_s)
             if self.stop_event.is_set():
                 self.stopping = True
+            had_records = self.buf.n > 0
             self._flush()
-            self._send_status()
+            now, counts = time.monotonic(), self._counts()
+            moved = counts != told
+            if moved or now - told_at >= IDLE_STATUS_S:
+                self._send_status()
+                told, told_at = counts, now
+            # nothing moved: wake once a second (a completion meanwhile is sent at once)
+            self.quiet = not (moved or had_records)
 
     async def _sweeper(self) -> None:
-        """Finds requests past their timeout (precision: a fiftieth of the timeout)."""
+        """Finds requests past their timeout (precision: a fiftieth of the timeout);
+        with nothing in flight it sleeps a whole timeout (`sweep_delay`)."""
         period = min(max(self.plan.timeout_s / 50, 0.002), 0.1)
         while True:
-            await asyncio.sleep(period)
+            idle = self.tp is None or (self.tp.in_flight == 0 and not self.backlog)
+            await asyncio.sleep(sweep_delay(period, self.plan.timeout_s, idle))
             if self.tp is not None:
                 self.tp.sweep()
 
@@ -275,19 +314,23 @@ class Worker:
                 c.dropped += 1
             else:
                 c.errors += 1
-        if self.buf.append(
-            key if key >= 0 else -1,
-            intended,
-            sent,
-            done,
-            status,
-            w.req_bytes if sent >= 0 else 0,
-            resp,
-            w.batch_size,
-            w.shape_id,
-            w.model_id,
+        if (
+            self.buf.append(
+                key if key >= 0 else -1,
+                intended,
+                sent,
+                done,
+                status,
+                w.req_bytes if sent >= 0 else 0,
+                resp,
+                w.batch_size,
+                w.shape_id,
+                w.model_id,
+            )
+            or self.quiet
         ):
-            self._flush()
+            self._flush()  # full, or the first record after a quiet spell: at once
+            self.quiet = False
         if key < 0:
             uid = -1 - key
             if status == rc.UNAVAILABLE:
@@ -635,12 +678,27 @@ class Worker:
             self._record(i, t, -1, -1, rc.NOT_SENT, 0, 0, 0, w.shape_id, w.model_id)
 
 
+def pin_from_env(worker_index: int, env: Mapping[str, str] = os.environ) -> int:
+    """A local agent's worker pins itself to its own core (`WORKER_CPUS_ENV`, set by the
+    coordinator's --local-agents); the core, or -1 when none is given or it cannot."""
+    cores = [int(c) for c in env.get(WORKER_CPUS_ENV, "").split(",") if c.strip().isdigit()]
+    if not cores or not hasattr(os, "sched_setaffinity"):
+        return -1
+    core = cores[worker_index % len(cores)]
+    try:
+        os.sched_setaffinity(0, {core})
+    except OSError:
+        return -1
+    return core
+
+
 def worker_main(
     task: WorkerTask, out: Queue[Any], stop: Event, gate: StartGate | None = None
 ) -> None:
     """Entry point of a worker process (spawned)."""
     import uvloop
 
+    pin_from_env(task.worker_index)
     np.seterr(all="ignore")
     raise_nofile()  # each connection is a descriptor
     try:

@@ -23,7 +23,6 @@ Run: `make bench` or `python bench/run.py [--duration 5] [--quick]`.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import subprocess
@@ -37,14 +36,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+import uvloop  # noqa: E402
 
 from coordinator.aggregate import Aggregator  # noqa: E402
 from coordinator.local import LocalAgents, protect_workers  # noqa: E402
 from coordinator.run import Progress, RunOptions, execute  # noqa: E402
 from coordinator.rundir import RequestWriter  # noqa: E402
-from coordinator.triton import TritonConfig, TritonServer, locate_triton_home  # noqa: E402
 from volley.plan import plan_from_dict  # noqa: E402
 from volley.records import COLUMNS, RecordBlock  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from scale import bench_triton  # noqa: E402
 
 #: The brief's reference figures on this machine kind (µs of generator CPU per request).
 REFERENCE_US = {
@@ -72,30 +74,41 @@ def _proc_cpu_s(pid: int) -> float:
         return 0.0
 
 
-def volley_run(doc: dict[str, Any], out: Path, workers: int = 1) -> dict[str, Any]:
+def volley_run(
+    doc: dict[str, Any], out: Path, workers: int = 1, pin: bool = True
+) -> dict[str, Any]:
     """One real run (a local agent process with `workers` worker processes), as `volley run
     --local-agents 1` runs it; CPU split per process over the load (start instant to the
     last tick): the coordinator (this process), the agent process, its workers."""
     plan = plan_from_dict(doc)
-    local = LocalAgents(1, workers)
+    local = LocalAgents(1, workers, pin=pin)
     with local as addrs:
         pid = local.procs[0].pid
         marks: dict[str, float] = {}
 
         def progress(p: Progress) -> None:
-            if p.elapsed_s < 0:
+            # marks at whole seconds of the run only: reading /proc every tick is the
+            # bench's own cost, not the coordinator's
+            if p.elapsed_s < 0 or marks.get("window") == p.window:
                 return
+            marks["window"] = p.window
             if "start" not in marks:
                 marks["start"] = _proc_cpu_s(pid)
                 marks["coord_start"] = time.process_time()
+                marks["t_start"] = time.monotonic()
             marks["coord_end"] = time.process_time()
             marks["end"] = _proc_cpu_s(pid)
+            marks["t_end"] = time.monotonic()
 
         opts = RunOptions(
-            out_dir=out, progress=progress, security=local.security, at_start=protect_workers
+            out_dir=out,
+            progress=progress,
+            security=local.security,
+            at_start=protect_workers,
+            affinity=local.affinity.doc(),
         )
         t_end = time.process_time()
-        result = asyncio.run(execute(plan, addrs, opts))
+        result = uvloop.run(execute(plan, addrs, opts))  # as `volley run` runs it
         finish_cpu = time.process_time() - marks.get("coord_end", t_end)
         agent_cpu = marks.get("end", 0.0) - marks.get("start", 0.0)
         coord_cpu = marks.get("coord_end", 0.0) - marks.get("coord_start", 0.0)
@@ -121,6 +134,12 @@ def volley_run(doc: dict[str, Any], out: Path, workers: int = 1) -> dict[str, An
         #: the coordinator (ingest, histograms, raw records, ticks) during the load
         "coordinator_us_per_request": coord_us,
         "whole_tree_us_per_request": round(worker_us + agent_us + coord_us, 1),
+        #: the whole tree's CPU over the measured wall time (the idle figure), cores
+        "whole_tree_cores": round(
+            (worker_us * sent / 1e6 + agent_cpu + coord_cpu)
+            / max(marks.get("t_end", 0.0) - marks.get("t_start", 0.0), 1e-9),
+            5,
+        ),
         "coordinator_finish_cpu_s": round(finish_cpu, 3),
         "latency_p50_ms": s["latency_ms"]["p50"],
         "latency_p99_ms": s["latency_ms"]["p99"],
@@ -129,6 +148,8 @@ def volley_run(doc: dict[str, Any], out: Path, workers: int = 1) -> dict[str, An
         "lateness_p99_ms": s["send_lateness_ms"]["p99"],
         "late_fraction": s["send_lateness_ms"]["late_fraction"],
         "bytes_per_record": raw.stat().st_size / rows if rows else None,
+        "pinned": local.affinity.pinned,
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
         "run_dir": str(result.run_dir),
     }
 
@@ -192,7 +213,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
     ap.add_argument("--quick", action="store_true", help="fewer scenarios (CI smoke)")
+    ap.add_argument(
+        "--only",
+        choices=["cost"],
+        help="cost: only the whole tree at 2,000 req/s and the idle cost at 1 req/s",
+    )
     a = ap.parse_args()
+    if a.only == "cost":
+        print(json.dumps(cost_only(a.duration), indent=2))
+        return
     dur = a.duration
     results: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -200,18 +229,7 @@ def main() -> None:
         "reference_us_per_request": REFERENCE_US,
     }
     tmp = Path(tempfile.mkdtemp(prefix="volley-bench-"))
-    server = TritonServer(
-        TritonConfig(
-            model_repository=ROOT / "triton_models",
-            http_port=0,
-            grpc_port=0,
-            metrics_port=0,
-            device="cpu",
-            state_dir=tmp / "triton",
-            triton_home=locate_triton_home(None),
-        )
-    )
-    server.start(timeout_s=90)
+    server = bench_triton(tmp)
     g, h = server.grpc_url, server.http_url
     print(f"triton up: grpc {g}, http {h}", flush=True)
 
@@ -258,7 +276,6 @@ def main() -> None:
         idle_doc = doc()
         idle_doc["load"].update(rate=1, duration=f"{max(dur * 2, 10)}s")
         idle = volley_run(idle_doc, tmp / "runs")
-        idle["whole_tree_cores"] = round(idle["whole_tree_us_per_request"] * 1 / 1e6, 5)
         idle["target_cores"] = TARGET_IDLE_CORES
         print("idle", idle, flush=True)
         results["idle_1rps"] = idle
@@ -331,6 +348,47 @@ def main() -> None:
     path.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
     print(f"\nresults: {path}")
+
+
+def cost_only(dur: float) -> dict[str, Any]:
+    """`--only cost`: the whole tree at 2,000 req/s and the idle cost at 1 req/s, alone
+    (a before/after figure in the same minutes), with the host's load average."""
+    tmp = Path(tempfile.mkdtemp(prefix="volley-bench-"))
+    server = bench_triton(tmp)
+    base: dict[str, Any] = {
+        "target": server.grpc_url,
+        "model": "add",
+        "seed": 1,
+        "name": "bench",
+        "validity": {"min_duration_s": 1, "min_requests": 10},
+    }
+    out: dict[str, Any] = {"loadavg_before": os.getloadavg()}
+    try:
+        tree = volley_run(
+            {
+                **base,
+                "load": {"mode": "open", "arrival": "poisson", "rate": 2000, "duration": f"{dur}s"},
+            },
+            tmp / "runs",
+        )
+        idle = volley_run(
+            {
+                **base,
+                "load": {
+                    "mode": "open",
+                    "arrival": "poisson",
+                    "rate": 1,
+                    "duration": f"{max(dur * 2, 10)}s",
+                },
+            },
+            tmp / "runs",
+        )
+    finally:
+        server.stop()
+    out["whole_tree_2000rps"] = {k: tree[k] for k in tree if k != "run_dir"}
+    out["idle_1rps"] = {k: idle[k] for k in idle if k != "run_dir"}
+    out["loadavg_after"] = os.getloadavg()
+    return out
 
 
 def print_table(r: dict[str, Any]) -> None:

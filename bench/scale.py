@@ -148,14 +148,8 @@ def synthetic(
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--agents", type=int, default=64, help="real local agents")
-    ap.add_argument("--synthetic", type=int, default=100, help="synthetic agents")
-    ap.add_argument("--records", type=float, default=20_000, help="records/s per synthetic")
-    ap.add_argument("--duration", type=float, default=5.0, help="synthetic run, seconds")
-    a = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="volley-scale-"))
+def bench_triton(tmp: Path) -> TritonServer:
+    """The benches' own CPU Triton (triton_models/, free ports, state under `tmp`), up."""
     server = TritonServer(
         TritonConfig(
             model_repository=ROOT / "triton_models",
@@ -168,6 +162,18 @@ def main() -> None:
         )
     )
     server.start(timeout_s=90)
+    return server
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--agents", type=int, default=64, help="real local agents")
+    ap.add_argument("--synthetic", type=int, default=100, help="synthetic agents")
+    ap.add_argument("--records", type=float, default=20_000, help="records/s per synthetic")
+    ap.add_argument("--duration", type=float, default=5.0, help="synthetic run, seconds")
+    a = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="volley-scale-"))
+    server = bench_triton(tmp)
     results: dict[str, Any] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
         results.update(run_all(server.grpc_url, tmp, a.agents, a.synthetic, a.records, a.duration))

@@ -345,10 +345,16 @@ class Aggregator:
                     st.add(cols, was_sent & (sizes == b))
             if block.input_shapes:
                 sid = block.col("shape_id")
-                for k in np.unique(sid[was_sent]).tolist():
+                sent_sid = sid[was_sent]
+                # one shape for every record (the common case): the block's figures merge
+                one = uniform and sent_sid.size > 0 and int(sent_sid.min()) == int(sent_sid.max())
+                for k in [int(sent_sid[0])] if one else np.unique(sent_sid).tolist():
                     name = block.input_shapes[k] if k < len(block.input_shapes) else f"#{k}"
                     st = self.by_shape.setdefault(name, Stats())
-                    st.add(cols, was_sent & (sid == k))
+                    if one:
+                        st.merge(block_stats)
+                    else:
+                        st.add(cols, was_sent & (sid == k))
             models = block.col("model_id")
             mm = models[measured]
             if int(mm.min()) == int(mm.max()):

@@ -421,12 +421,26 @@ class AutoStopDoc(TypedDict):
     checks: list[str]
 
 
+class AffinityDoc(TypedDict):
+    """`affinity` (local agents): which cores the workers and the rest were pinned to
+    (`coordinator/affinity.py`); `pinned` False with a `note` when nothing was."""
+
+    pinned: bool
+    allowed_cores: list[int]
+    coordinator_cores: list[int]
+    #: per local agent, its workers' cores
+    worker_cores: list[list[int]]
+    note: str
+
+
 class StartBlock(TypedDict):
     """`start` (set by a run with the two-phase start): how the agents were prepared and
     started. Skews are |first send - its intended time| per agent."""
 
     two_phase: bool
     lead_ms: float  #: from the agreed start being fixed to the instant
+    #: the ready round before it: one keepalive to every agent at once, to the last reply
+    ready_round_ms: float
     agents: int
     prepare_s_max: float | None
     prepare_s_median: float | None
@@ -488,6 +502,7 @@ class Summary(TypedDict):
     start: NotRequired[StartBlock]
     #: Every agent's `connections` merged (absent from older summaries).
     connections: NotRequired[ConnBlock]
+    affinity: NotRequired[AffinityDoc]
 
 
 class SummaryError(ValueError):

@@ -21,6 +21,14 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from coordinator.affinity import (
+    AffinityPlan,
+    allowed_cores,
+    pin_pid,
+    pin_threads,
+    plan_affinity,
+    unpin,
+)
 from coordinator.agents import AgentError
 from volley.security import PARENT_ENV, TOKEN_ENV, ClientSecurity
 
@@ -79,6 +87,7 @@ class LocalAgents:
         startup_timeout_s: float = 30.0,
         token: str = "",
         run_dir: Path | None = None,
+        pin: bool = True,
     ) -> None:
         self.count = count
         #: The agents' token: the caller's, else a fresh random one for this run.
@@ -91,6 +100,10 @@ class LocalAgents:
         self.addresses: list[str] = []
         #: None: spools in the temporary folder (gone at exit)
         self.run_dir = run_dir
+        #: each worker on its own core, the rest (this process, the agents) on the others
+        #: (coordinator/affinity.py; `pin` False: nothing pinned)
+        self.affinity: AffinityPlan = plan_affinity(allowed_cores(), count, self.workers, pin)
+        self._unpin: dict[int, tuple[int, ...]] = {}
 
     def spool_dir(self, i: int) -> Path:
         if self.run_dir is None:
@@ -127,8 +140,13 @@ class LocalAgents:
             env = dict(os.environ)
             env[TOKEN_ENV] = self.token  # through the environment, never argv
             env[PARENT_ENV] = str(os.getpid())  # a killed coordinator takes them with it
+            env.update(self.affinity.env(i))  # its workers' cores
             self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env))
+            if self.affinity.pinned:  # its main process off the workers' cores
+                pin_pid(self.procs[-1].pid, self.affinity.rest)
             files.append(port_file)
+        if self.affinity.pinned:  # and this one (given back at exit)
+            self._unpin = pin_threads(self.affinity.rest)
         deadline = time.monotonic() + self.startup_timeout_s
         for i, f in enumerate(files):
             while not (f.exists() and f.read_text().strip()):
@@ -158,6 +176,8 @@ class LocalAgents:
                 p.kill()
                 p.wait(timeout=5)
         self.procs = []
+        unpin(self._unpin)
+        self._unpin = {}
         self._tmp.cleanup()
         if self.run_dir is not None:
             _tidy(self.run_dir)

@@ -71,6 +71,11 @@ _NLOG: Final = len(_EDGES) - 1
 _NBUCKETS: Final = LINEAR_LIMIT_NS + _NLOG
 
 
+#: `record_many` records this many values or fewer one by one (numpy's per-call overhead
+#: dominates small arrays: ~100 µs for one value against ~4 µs, measured on a busy VM).
+_FEW: Final = 16
+
+
 def _bucket_index(values: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     """Global bucket index of each (already non-negative) value; vectorised, exact."""
     big = np.maximum(values, LINEAR_LIMIT_NS)
@@ -216,7 +221,9 @@ class LogHistogram:
         elif arr.dtype.kind not in "iub":
             raise TypeError(f"expected an integer array of nanoseconds, got dtype {arr.dtype}")
         v = arr.astype(np.int64, copy=False).ravel()
-        if v.size == 0:
+        if v.size <= _FEW:  # a few values: one by one is ~20x cheaper than vectorised
+            for x in v.tolist():
+                self.record(x)
             return
         vmin = int(v.min())
         if vmin < 0:
@@ -241,11 +248,17 @@ class LogHistogram:
         if other._count == 0:
             self._negatives += other._negatives
             return
-        nz = np.flatnonzero(other._counts)
-        lo = other._offset + int(nz[0])
-        hi = other._offset + int(nz[-1])
+        if len(other._counts) <= 4 * _FEW:  # a small one: cheaper without numpy calls
+            counts = other._counts.tolist()
+            first = next(i for i, c in enumerate(counts) if c)
+            last = len(counts) - 1 - next(i for i, c in enumerate(reversed(counts)) if c)
+        else:
+            nz = np.flatnonzero(other._counts)
+            first, last = int(nz[0]), int(nz[-1])
+        lo = other._offset + first
+        hi = other._offset + last
         self._ensure_range(lo, hi)
-        src = other._counts[int(nz[0]) : int(nz[-1]) + 1]
+        src = other._counts[first : last + 1]
         start = lo - self._offset
         self._counts[start : start + len(src)] += src
         self._update_stats(other._count, other._total, other._min, other._max)

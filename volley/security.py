@@ -23,6 +23,9 @@ import grpc
 TOKEN_ENV = "VOLLEY_TOKEN"
 #: Set by a parent that wants its `volley agent` child to exit with it (--local-agents).
 PARENT_ENV = "VOLLEY_EXIT_WITH_PARENT"
+#: A local agent's workers' cores ("3,4": worker w pins itself to the w-th, round robin),
+#: set by the coordinator's `--local-agents` (coordinator/affinity.py).
+WORKER_CPUS_ENV = "VOLLEY_WORKER_CPUS"
 AUTH_KEY = "authorization"
 BEARER = "Bearer "
 MIN_TOKEN_CHARS = 8

@@ -22,7 +22,13 @@ from coordinator.run.results import (
     remove_unused_run_dir,
     scheduled_total,
 )
-from coordinator.run.start import StartProblem, prepare, send_start, start_lead_ns
+from coordinator.run.start import (
+    StartProblem,
+    prepare,
+    ready_round,
+    send_start,
+    start_lead_ns,
+)
 from coordinator.run.stream import REFUSALS, AgentStream, handshake
 from coordinator.rundir import RequestWriter, new_run_dir, write_plan
 from coordinator.stats.monitor import ServerMonitor
@@ -87,7 +93,9 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
         monitor.abort()
         await run.shutdown(failed=True)
         raise
-    start_ns = run.agree_start(start_lead_ns(streams))
+    # the fan-out to every agent as it is now, right before the instant is fixed
+    round_ns = await ready_round(run)
+    start_ns = run.agree_start(start_lead_ns(streams, round_ns))
     monitor.set_start(start_ns)
     infos = [s.info for s in streams]
     write_manifest(run_dir, run_id, infos, start_ns, run.span_s, expected, opts.local_spools)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coordinator.aggregate import Aggregator
-from coordinator.documents import Summary
+from coordinator.documents import AffinityDoc, Summary
 from coordinator.run.autostop import AutoDuration
 from coordinator.summary import AgentInfo
 from volley.plan import Plan, PlanError
@@ -35,8 +35,9 @@ class RunOptions:
     #: every 0.25 s and the check runs every 0.1 s: detection within 3 s).
     heartbeat_timeout_s: float = 2.5
     #: The coordinator's keepalive to each agent during a run (agents stop a run whose
-    #: coordinator stays silent past their grace period).
-    keepalive_s: float = 0.5
+    #: coordinator stays silent past their grace period, at least 4 keepalives: 5 s by
+    #: default). Once a second: each ping costs both sides a gRPC call (the idle cost).
+    keepalive_s: float = 1.0
     #: Token / TLS for the control plane.
     security: ClientSecurity | None = None
     clock_samples: int = 16
@@ -61,6 +62,9 @@ class RunOptions:
     #: `--duration auto`: stop once the figures are decided (the plan's duration is the
     #: maximum); None: run the plan's duration.
     auto: AutoDuration | None = None
+    #: Local agents: which cores the workers and the rest were pinned to (summary.json's
+    #: `affinity`; coordinator/affinity.py); None: not local agents.
+    affinity: AffinityDoc | None = None
 
     def __post_init__(self) -> None:
         """What the CLI passes through unchecked (--start-lead, --workers): a NaN lead

@@ -220,8 +220,10 @@ async def finish(
     add_input_pool(summary, pool, infos)
     annotate(summary, run.streams, run.start_ns, run_dir, run.opts.local_spools)
     summary["outages"] = find_outages(run.agg)
+    if run.opts.affinity is not None:
+        summary["affinity"] = run.opts.affinity
     if run.two_phase:
-        summary["start"] = start_block(infos, run.lead_ns, summary)
+        summary["start"] = start_block(infos, run.lead_ns, summary, run.round_ns)
         summary["verdict"]["warnings"] += start_lines(run)
     write_files(run, run_dir, summary, server_doc, steady, agg)
     # The run is stored: agents that delivered everything may drop their spools; the

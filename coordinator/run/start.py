@@ -4,10 +4,15 @@
    agent spawns its workers, which build their payload pools and open their
    connections, and reports `Prepared` (how long it took). A refusal, a failure or an
    agent not ready in time is a `StartProblem` naming the agents (nothing was sent).
-2. `start_lead_ns(streams)`: the lead from "now" to the start instant, from what was
-   measured: the worst control-plane round trip (handshake probes and the keepalives
-   sent while the agents prepared, i.e. under the preparation's load), the clocks'
-   uncertainty and the fan-out of one Start message per agent.
+2. `ready_round(run)`: once every agent is prepared, one keepalive to each agent, all at
+   once, as the Start messages will go: how long the whole round took (the last reply)
+   is the fan-out to every agent on this host under its load right now.
+   `start_lead_ns(streams, round_ns)`: the lead from "now" to the start instant, from
+   what was measured: the worst control-plane round trip (handshake probes and the
+   keepalives sent while the agents prepared, i.e. under the preparation's load), the
+   clocks' uncertainty, the fan-out of one Start message per agent, and ROUND_FACTOR
+   times the ready round (64 agents on 2 busy cores: the round takes ~0.5-1 s, which
+   the per-agent fan-out estimate alone missed).
 3. `send_start(run)`: one `Start` per agent, at once; each reply says when the agent
    took it (its margin to the instant: `AgentInfo.start_margin_ms`).
 
@@ -23,7 +28,7 @@ import statistics
 from coordinator.agents import AgentError
 from coordinator.documents import StartBlock, Summary
 from coordinator.run.loop import RunLoop, StopReason
-from coordinator.run.stream import AgentStream
+from coordinator.run.stream import RECENT_RTTS, AgentStream
 from coordinator.summary import AgentInfo
 
 #: The lead is never shorter than this.
@@ -36,20 +41,45 @@ LEAD_RTTS = 4
 FANOUT_NS = 2_000_000
 #: ... and it never exceeds this (a control plane this slow is reported, not waited on).
 MAX_LEAD_NS = 5_000_000_000
-#: How often the coordinator looks at the agents' preparation.
-POLL_S = 0.01
+#: ... nor than this many ready rounds (Start goes out as a round like it; the rest is
+#: slack for a host whose load varies from one second to the next) ...
+ROUND_FACTOR = 3
+#: ... and it never exceeds this (a control plane this slow is reported, not waited on).
+MAX_ROUND_LEAD_NS = 30_000_000_000
+#: How often the coordinator looks at the agents' preparation (each look wakes it: on a
+#: host busy preparing many agents, fewer looks leave it to them).
+POLL_S = 0.05
+#: A ready round waits this long for its slowest reply.
+ROUND_TIMEOUT_S = 5.0
 
 
 class StartProblem(AgentError):
     """The agents could not all be prepared or started; the message names them."""
 
 
-def start_lead_ns(streams: list[AgentStream]) -> int:
-    """The lead from now to the start instant, from measured round trips and clocks."""
+def start_lead_ns(streams: list[AgentStream], round_ns: int = 0) -> int:
+    """The lead from now to the start instant, from measured round trips and clocks, and
+    the ready round (`ready_round`: 0 when there was none)."""
     rtt = max((s.worst_rtt_ns() for s in streams), default=0)
     unc = max(((s.info.clock.uncertainty_ns if s.info.clock else 0) for s in streams), default=0)
-    lead = LEAD_RTTS * rtt + 2 * unc + FANOUT_NS * len(streams)
-    return min(max(MIN_LEAD_NS, lead), MAX_LEAD_NS)
+    lead = min(max(MIN_LEAD_NS, LEAD_RTTS * rtt + 2 * unc + FANOUT_NS * len(streams)), MAX_LEAD_NS)
+    by_round = min(ROUND_FACTOR * round_ns + 2 * unc, MAX_ROUND_LEAD_NS) if round_ns > 0 else 0
+    return max(lead, by_round)
+
+
+async def ready_round(run: RunLoop, timeout_s: float = ROUND_TIMEOUT_S) -> int:
+    """One keepalive to every agent at once (the agents are prepared): ns until the last
+    reply came (or the timeout), i.e. what a round of Start messages takes now. Each
+    reply's round trip joins that agent's recent ones (`AgentStream.rtts`)."""
+    t0 = run.clock()
+
+    async def one(s: AgentStream) -> None:
+        if await s.client.keepalive(run.run_id, timeout_s=timeout_s):
+            s.rtts = [*s.rtts[1 - RECENT_RTTS :], run.clock() - t0]
+
+    await asyncio.gather(*(one(s) for s in run.streams), return_exceptions=True)
+    run.round_ns = run.clock() - t0
+    return run.round_ns
 
 
 def _name(s: AgentStream) -> str:
@@ -117,7 +147,9 @@ async def send_start(run: RunLoop, timeout_s: float = 2.0) -> None:
         raise StartProblem("; ".join(bad))
 
 
-def start_block(infos: list[AgentInfo], lead_ns: int, summary: Summary) -> StartBlock:
+def start_block(
+    infos: list[AgentInfo], lead_ns: int, summary: Summary, round_ns: int = 0
+) -> StartBlock:
     """summary.json's `start`: how the agents were prepared and started (two-phase)."""
     prep = [(i.prepare_s, i) for i in infos if i.prepare_s is not None]
     margins = [i.start_margin_ms for i in infos if i.start_margin_ms is not None]
@@ -127,6 +159,7 @@ def start_block(infos: list[AgentInfo], lead_ns: int, summary: Summary) -> Start
     return {
         "two_phase": True,
         "lead_ms": round(lead_ns / 1e6, 3),
+        "ready_round_ms": round(round_ns / 1e6, 3),
         "agents": len(infos),
         "prepare_s_max": slow[0] if slow else None,
         "prepare_s_median": round(statistics.median(p for p, _ in prep), 4) if prep else None,

@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import io
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import typer
 from rich.console import Console
 from typer.testing import CliRunner
 
+from coordinator.affinity import plan_affinity
 from coordinator.aggregate import Aggregator
 from coordinator.clock import ClockEstimate
 from coordinator.stats.documents import unavailable_server
@@ -264,9 +263,15 @@ def test_run_command_plans_a_random_seed(
         seen.append(plan)
         raise PlanError("stopped by the test")
 
-    @contextlib.contextmanager
-    def fake_local(*args: Any, **kwargs: Any) -> Iterator[list[str]]:
-        yield ["127.0.0.1:1"]
+    class fake_local:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.affinity = plan_affinity([], 1, 1)
+
+        def __enter__(self) -> list[str]:
+            return ["127.0.0.1:1"]
+
+        def __exit__(self, *exc: object) -> None:
+            pass
 
     monkeypatch.setattr(coordinator.run, "execute", fake_execute)
     monkeypatch.setattr(coordinator.local, "LocalAgents", fake_local)

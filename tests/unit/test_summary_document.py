@@ -12,6 +12,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints, is
 
 import pytest
 
+from coordinator.affinity import plan_affinity
 from coordinator.aggregate import Aggregator
 from coordinator.clock import ClockEstimate
 from coordinator.documents import Summary, SummaryError, load_summary
@@ -214,6 +215,7 @@ def _summary() -> Summary:
     infos[0].conns.connected(400_000)
     summary = build_summary(plan, "r1", agg, infos, 3.0, 900, server=server)
     summary["start"] = start_block(infos, 45_000_000, summary)
+    summary["affinity"] = plan_affinity([0, 1, 2], 1, 2).doc()
     two = plan.with_agents([AgentSpec("127.0.0.1:7001", 2), AgentSpec("127.0.0.1:7002", 1)])
     add_schedule_counts(summary, count_schedule(two))
     summary["outages"] = find_outages(agg)

@@ -13,9 +13,12 @@ from coordinator.run import AgentStream, RunLoop, RunOptions
 from coordinator.run.start import (
     FANOUT_NS,
     LEAD_RTTS,
+    MAX_ROUND_LEAD_NS,
     MIN_LEAD_NS,
+    ROUND_FACTOR,
     StartProblem,
     prepare,
+    ready_round,
     send_start,
     start_block,
     start_lead_ns,
@@ -110,6 +113,36 @@ async def test_the_lead_comes_from_the_worst_round_trip_and_the_clocks() -> None
     assert start_lead_ns(run.streams) == LEAD_RTTS * 9 * MS + 2 * 2 * MS + 3 * FANOUT_NS
 
 
+@dataclass
+class SlowPingClient(StartClient):
+    """A fake agent whose keepalive reply comes `delay_ns` of the fake clock later."""
+
+    clock: FakeClock = field(default_factory=FakeClock)
+    delay_ns: int = 0
+
+    async def keepalive(self, run_id: str, timeout_s: float = 1.0) -> bool:
+        self.clock.now += self.delay_ns
+        return True
+
+
+async def test_the_ready_round_makes_the_lead_on_a_busy_host() -> None:
+    """64 agents on 2 busy cores: each round trip alone is short, but the round to all of
+    them takes long; the lead is ROUND_FACTOR rounds, not the per-agent estimate."""
+    clock = FakeClock()
+    run = _run(3, clock=clock)
+    for i, s in enumerate(run.streams):
+        s.client = SlowPingClient(f"agent{i}:7070", clock=clock, delay_ns=100 * MS)
+    round_ns = await ready_round(run)
+    assert round_ns == run.round_ns == 300 * MS  # the last of three replies
+    assert [s.rtts[-1] for s in run.streams] == [100 * MS, 200 * MS, 300 * MS]
+    # the round trips measured now are kept with the others (the RTT formula sees them)
+    unc = 2 * 1  # the fake clocks' ±1 ns, twice
+    rtt_lead = LEAD_RTTS * 300 * MS + unc + 3 * FANOUT_NS
+    assert start_lead_ns(run.streams, 0) == rtt_lead
+    assert start_lead_ns(run.streams, 500 * MS) == max(rtt_lead, ROUND_FACTOR * 500 * MS + unc)
+    assert start_lead_ns(run.streams, 3600 * S) == MAX_ROUND_LEAD_NS  # bounded
+
+
 async def test_start_lead_option_is_a_floor_from_opening_the_streams() -> None:
     clock = FakeClock()
     run = _run(clock=clock, start_lead_s=1.5)
@@ -165,10 +198,11 @@ async def test_start_block_reports_prepare_margins_and_skews() -> None:
     infos[0].prepare_s, infos[1].prepare_s = 0.5, 1.25
     infos[0].start_margin_ms, infos[1].start_margin_ms = 30.0, 12.5
     rows = [{"start_skew_ms": 0.4}, {"start_skew_ms": -7.0}]
-    block = start_block(infos, 42 * MS, {"agents": rows})  # type: ignore[typeddict-item]
+    block = start_block(infos, 42 * MS, {"agents": rows}, 9 * MS)  # type: ignore[typeddict-item]
     assert block == {
         "two_phase": True,
         "lead_ms": 42.0,
+        "ready_round_ms": 9.0,
         "agents": 2,
         "prepare_s_max": 1.25,
         "prepare_s_median": 0.875,

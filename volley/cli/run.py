@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -26,6 +26,9 @@ from volley.cli.planning import (
     target_options,
 )
 from volley.plan import Plan, PlanError, parse_duration
+
+if TYPE_CHECKING:
+    from coordinator.documents import AffinityDoc
 
 
 def run(
@@ -83,6 +86,7 @@ def run(
     agent: o.Agent = None,
     local_agents: o.LocalAgents = 1,
     workers: o.Workers = 0,
+    pin: o.Pin = True,
     start_lead: o.StartLead = 0.0,
     # Output and SLOs
     slo: o.Slo = None,
@@ -245,6 +249,7 @@ def run(
         addrs: list[str],
         local: ClientSecurity | None = None,
         local_run_dir: Path | None = None,
+        pinning: AffinityDoc | None = None,
     ) -> Any:
         nonlocal stop_event
         stop_event = asyncio.Event()
@@ -261,6 +266,7 @@ def run(
             # local agents listen on loopback in plaintext, with the token (given or random)
             security=local or security,
             auto=auto_settings,
+            affinity=pinning,
         )
         if local_run_dir is not None:  # local agents spool inside it (for volley collect)
             opts.at_start = protect_workers  # the coordinator below their workers
@@ -278,8 +284,13 @@ def run(
             uvloop.run(preflight_check(plan))  # a bad target or model: before any agent spawns
             run_dir = new_run_dir(out, plan.name)
             token = security.token or fresh_token()  # no other local user drives them
-            with LocalAgents(local_agents, workers, token=token, run_dir=run_dir) as addrs:
-                return uvloop.run(main(plan, addrs, ClientSecurity(token=token), run_dir))
+            local = LocalAgents(local_agents, workers, token=token, run_dir=run_dir, pin=pin)
+            with local as addrs:
+                pinning = local.affinity.doc()
+                done = uvloop.run(main(plan, addrs, ClientSecurity(token=token), run_dir, pinning))
+            if pinning["note"] and pin and not quiet:  # after the run: errors stay one line
+                typer.echo(f"note: {pinning['note']}", err=True)
+            return done
         except (PreflightError, AgentError, PlanError) as exc:
             fail(str(exc))
 

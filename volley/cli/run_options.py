@@ -251,6 +251,14 @@ LocalAgents = Annotated[
     int, option(PANEL_AGENTS, "Without --agent: spawn this many agents on this machine.")
 ]
 Workers = Annotated[int, option(PANEL_AGENTS, "Worker processes per agent (0: agent default).")]
+Pin = Annotated[
+    bool,
+    option(
+        PANEL_AGENTS,
+        "Local agents: each worker on a core of its own, the coordinator and the agents' "
+        "main processes on the others, where the host has the cores (summary.json: affinity).",
+    ),
+]
 StartLead = Annotated[
     float,
     option(

@@ -1,0 +1,84 @@
+"""Periodic work in proportion to activity (issue 19's idle cost), and where local agents'
+workers run (CPU affinity). Pure rules and fake inputs: nothing sleeps."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from agent.session import (
+    BATCH_HOLD_S,
+    BATCH_RECORDS,
+    IDLE_HEARTBEAT_S,
+    MAX_BATCH_RECORDS,
+    batch_due,
+    beat_period,
+)
+from agent.worker import pin_from_env, sweep_delay
+from coordinator.affinity import plan_affinity
+from volley.security import WORKER_CPUS_ENV
+
+
+def test_the_sweeper_sleeps_a_whole_timeout_with_nothing_in_flight() -> None:
+    # busy: a fiftieth of the timeout; idle: nothing can time out before a timeout
+    assert sweep_delay(0.1, 30.0, idle=False) == 0.1
+    assert sweep_delay(0.1, 30.0, idle=True) == 30.0
+    # a timeout shorter than the period never shortens the sleep below the period
+    assert sweep_delay(0.1, 0.05, idle=True) == 0.1
+
+
+def test_the_heartbeat_slows_while_nothing_moves() -> None:
+    assert beat_period(True, 0.25) == 0.25
+    assert beat_period(False, 0.25) == IDLE_HEARTBEAT_S
+    # a heartbeat configured longer than the idle one is kept
+    assert beat_period(False, 2.0) == 2.0
+
+
+def test_a_timing_batch_waits_for_records_or_its_hold_time() -> None:
+    flush = 0.1
+    assert not batch_due(5.0, 0, flush)  # nothing to send
+    # a fast run: the flush interval and enough records
+    assert batch_due(flush, BATCH_RECORDS, flush)
+    assert not batch_due(flush / 2, BATCH_RECORDS, flush)
+    # a slow one: a few records wait up to the hold time, then go
+    assert not batch_due(BATCH_HOLD_S - 0.01, 3, flush)
+    assert batch_due(BATCH_HOLD_S, 1, flush)
+    # too many: at once
+    assert batch_due(0.0, MAX_BATCH_RECORDS + 1, flush)
+
+
+def test_each_worker_gets_its_own_core_and_the_rest_the_others() -> None:
+    a = plan_affinity([0, 1, 2, 3, 4], agents=2, workers=2)
+    assert a.pinned and a.rest == (0,)
+    assert a.workers == ((1, 2), (3, 4))
+    assert a.env(1) == {WORKER_CPUS_ENV: "3,4"}
+    doc = a.doc()
+    assert doc["worker_cores"] == [[1, 2], [3, 4]] and doc["coordinator_cores"] == [0]
+    one = plan_affinity([0, 1], agents=1, workers=1)
+    assert one.pinned and one.rest == (0,) and one.workers == ((1,),)
+
+
+def test_too_few_cores_or_turned_off_pins_nothing_and_says_why() -> None:
+    few = plan_affinity([0, 1], agents=1, workers=2)
+    assert not few.pinned and few.env(0) == {}
+    assert few.note == (
+        "workers not pinned: 2 worker(s) need 3 cores (one each and one for the "
+        "coordinator), 2 allowed"
+    )
+    off = plan_affinity([0, 1, 2, 3], agents=1, workers=1, enabled=False)
+    assert not off.pinned and "--no-pin" in off.note
+    assert not plan_affinity([], 1, 1).pinned
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux affinity")
+def test_a_worker_pins_itself_to_its_core_from_the_environment() -> None:
+    before = os.sched_getaffinity(0)
+    core = max(before)
+    try:
+        assert pin_from_env(1, {WORKER_CPUS_ENV: f"{min(before)},{core}"}) == core
+        assert os.sched_getaffinity(0) == {core}
+    finally:
+        os.sched_setaffinity(0, before)
+    assert pin_from_env(0, {}) == -1
+    assert pin_from_env(0, {WORKER_CPUS_ENV: "x,"}) == -1
