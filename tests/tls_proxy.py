@@ -55,9 +55,7 @@ def make_cert(directory: Path, name: str = "volley-test") -> tuple[Path, Path]:
 class TlsProxy:
     """TLS on 127.0.0.1:<free port> -> plain TCP to `upstream` ('host:port')."""
 
-    def __init__(
-        self, upstream: str, cert: Path, key: Path, client_ca: Path | None = None
-    ) -> None:
+    def __init__(self, upstream: str, cert: Path, key: Path, client_ca: Path | None = None) -> None:
         self.upstream = upstream
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(cert, key)

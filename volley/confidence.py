@@ -120,6 +120,7 @@ def order_ranks(n: int, q: float, level: float) -> tuple[int, int]:
     """1-based ranks (l, u) of the order-statistic interval for the q-quantile of n values:
     l = 0 means no lower bound from the data, u = n + 1 no upper bound."""
     from scipy import stats as sps  # lazily: ~1.3 s to import, off the agent's start
+
     half = (1.0 - _check_level(level)) / 2.0
     # l: the largest rank with P(B <= l - 1) <= half (B ~ Binomial(n, q))
     k = int(sps.binom.ppf(half, n, q))
@@ -199,6 +200,7 @@ def percentile_interval(
 def proportion_interval(k: int, n: int, level: float = DEFAULT_LEVEL) -> Interval:
     """Clopper-Pearson interval of a proportion k / n (n = 0: [0, 1])."""
     from scipy import stats as sps  # lazily: ~1.3 s to import, off the agent's start
+
     half = (1.0 - _check_level(level)) / 2.0
     if n <= 0:
         return Interval(0.0, 1.0, level)
@@ -210,6 +212,7 @@ def proportion_interval(k: int, n: int, level: float = DEFAULT_LEVEL) -> Interva
 def rate_interval(count: int, seconds: float, level: float = DEFAULT_LEVEL) -> Interval:
     """Exact Poisson (Garwood) interval of a rate: `count` events in `seconds`."""
     from scipy import stats as sps  # lazily: ~1.3 s to import, off the agent's start
+
     half = (1.0 - _check_level(level)) / 2.0
     if seconds <= 0:
         return Interval(0.0, None, level)
@@ -221,6 +224,7 @@ def rate_interval(count: int, seconds: float, level: float = DEFAULT_LEVEL) -> I
 def mean_interval(h: LogHistogram, level: float = DEFAULT_LEVEL) -> Interval:
     """Approximate interval of the mean (normal, histogram variance, bucket error added)."""
     from scipy import stats as sps  # lazily: ~1.3 s to import, off the agent's start
+
     n = h.count
     if n == 0:
         return Interval(0.0, None, level)

@@ -27,8 +27,9 @@ def test_parse_fraction() -> None:
 
 
 def test_replicas_follow_from_the_measured_maximum() -> None:
-    inputs = CapacityInputs(12_000, headroom=0.3, gpus_per_replica=1, cpus_per_replica=4,
-                            cost_per_hour=2.5)
+    inputs = CapacityInputs(
+        12_000, headroom=0.3, gpus_per_replica=1, cpus_per_replica=4, cost_per_hour=2.5
+    )
     cp = plan_capacity(46.9, inputs, slos=["p99<100ms"], measured_on="sleep")
     assert cp.required_rps == pytest.approx(15_600)
     assert cp.replicas == math.ceil(15_600 / 46.9) == 333
@@ -69,12 +70,24 @@ def test_bad_inputs() -> None:
 
 
 def test_rank_by_rate_and_by_cost() -> None:
-    rows = rank_configs([
-        {"name": "cpu", "max_rps": 50.0, "cost_per_hour": 0.1, "limited_by": "server"},
-        {"name": "gpu", "max_rps": 900.0, "cost_per_hour": 3.0, "limited_by": "server"},
-        {"name": "gpu-batch", "max_rps": 2000.0, "cost_per_hour": 3.0, "limited_by": "generator"},
-        {"name": "broken", "max_rps": None, "cost_per_hour": 1.0, "limited_by": "nothing-passed"},
-    ])
+    rows = rank_configs(
+        [
+            {"name": "cpu", "max_rps": 50.0, "cost_per_hour": 0.1, "limited_by": "server"},
+            {"name": "gpu", "max_rps": 900.0, "cost_per_hour": 3.0, "limited_by": "server"},
+            {
+                "name": "gpu-batch",
+                "max_rps": 2000.0,
+                "cost_per_hour": 3.0,
+                "limited_by": "generator",
+            },
+            {
+                "name": "broken",
+                "max_rps": None,
+                "cost_per_hour": 1.0,
+                "limited_by": "nothing-passed",
+            },
+        ]
+    )
     assert [r.name for r in rows] == ["gpu-batch", "gpu", "cpu", "broken"]
     assert [r.rank_by_rate for r in rows] == [1, 2, 3, None]
     by_cost = {r.name: r.rank_by_cost for r in rows}

@@ -149,7 +149,11 @@ def test_dockerfile() -> None:
     assert json.loads(entry) == ["volley"]
     (cmd,) = [rest for op, rest in ins if op == "CMD"]
     assert json.loads(cmd) == [
-        "agent", "--listen", "0.0.0.0:7070", "--token-file", TOKEN_PATH,
+        "agent",
+        "--listen",
+        "0.0.0.0:7070",
+        "--token-file",
+        TOKEN_PATH,
     ]
     assert ops.index("USER") < ops.index("ENTRYPOINT")
     # everything COPY'd from the build context exists
@@ -212,9 +216,23 @@ def test_compose_agents_coordinator_and_secrets() -> None:
         assert "ports" not in svcs[n], "agents must not be published on the host"
     coord = svcs["coordinator"]
     assert coord["command"] == [
-        "run", "--target", "triton:8001", "--model", "add", "--rate", "500",
-        "--duration", "30s", "--agent", "agent-1:7070", "--agent", "agent-2:7070",
-        "--token-file", TOKEN_PATH, "--out", "/runs",
+        "run",
+        "--target",
+        "triton:8001",
+        "--model",
+        "add",
+        "--rate",
+        "500",
+        "--duration",
+        "30s",
+        "--agent",
+        "agent-1:7070",
+        "--agent",
+        "agent-2:7070",
+        "--token-file",
+        TOKEN_PATH,
+        "--out",
+        "/runs",
     ]
     assert "volley_token" in coord["secrets"]
     assert any(v.endswith(":/runs") for v in coord["volumes"])

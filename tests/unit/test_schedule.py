@@ -403,7 +403,15 @@ def test_concurrency_profile() -> None:
     c = ConcurrencyProfile.from_stages([Stage(10, 10), Stage(0, 3), Stage(5, 3)], start=0)
     assert c.duration_ns == 15 * 10**9
     assert [c.level_at(x) for x in (0, 0.4, 0.5, 1.0, 4.96, 9.99, 10.0, 12, 15)] == [
-        0, 0, 1, 1, 5, 10, 3, 3, 3,
+        0,
+        0,
+        1,
+        1,
+        5,
+        10,
+        3,
+        3,
+        3,
     ]
     assert c.level_at(-0.1) == 0 and c.level_at(15.01) == 0
     assert c.max_level == 10

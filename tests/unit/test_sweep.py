@@ -158,8 +158,13 @@ def _step(i: int, load: float, ok: bool) -> StepResult:
 
 
 def test_bracket_is_conservative_with_noise() -> None:
-    steps = [_step(0, 10, True), _step(1, 40, False), _step(2, 20, True), _step(3, 30, False),
-             _step(4, 50, True)]  # a lucky pass above a failure does not count
+    steps = [
+        _step(0, 10, True),
+        _step(1, 40, False),
+        _step(2, 20, True),
+        _step(3, 30, False),
+        _step(4, 50, True),
+    ]  # a lucky pass above a failure does not count
     lo, hi = bracket(steps)
     assert lo is not None and hi is not None
     assert (lo.load, hi.load) == (20, 30)
@@ -185,11 +190,23 @@ async def test_resume_replays_finished_steps_without_measuring() -> None:
 
 def test_knee_is_the_highest_power() -> None:
     def st_(i: int, load: float, tp: float, mean: float, kind: str = "pass") -> StepResult:
-        return StepResult(i, load, kind == "pass", kind, [], throughput_rps=tp,  # type: ignore[arg-type]
-                          latency_ms={"mean": mean})
+        return StepResult(
+            i,
+            load,
+            kind == "pass",
+            kind,
+            [],
+            throughput_rps=tp,  # type: ignore[arg-type]
+            latency_ms={"mean": mean},
+        )
 
-    steps = [st_(0, 10, 10, 20), st_(1, 20, 20, 21), st_(2, 40, 39, 30),
-             st_(3, 80, 45, 900, "server"), st_(4, 100, 200, 1, "generator")]
+    steps = [
+        st_(0, 10, 10, 20),
+        st_(1, 20, 20, 21),
+        st_(2, 40, 39, 30),
+        st_(3, 80, 45, 900, "server"),
+        st_(4, 100, 200, 1, "generator"),
+    ]
     k = knee(steps)
     assert k is not None and k.index == 2  # 39/30 > 20/21; the volley-limited step never counts
 
@@ -204,12 +221,13 @@ def summary(**kw: Any) -> dict[str, Any]:
         "error_rate": 0.0,
         "partial": False,
         "agents": [
-            {"id": "a", "workers": 1, "saturated": False, "saturation": "",
-             "cpu_percent_avg": 30.0}
+            {"id": "a", "workers": 1, "saturated": False, "saturation": "", "cpu_percent_avg": 30.0}
         ],
-        "verdict": {"valid": True, "reasons": [], "slo": [
-            {"slo": "p99<50ms", "passed": True, "actual": 20.0}
-        ]},
+        "verdict": {
+            "valid": True,
+            "reasons": [],
+            "slo": [{"slo": "p99<50ms", "passed": True, "actual": 20.0}],
+        },
     }
     base.update(kw)
     return base
@@ -219,13 +237,26 @@ def test_judge_pass_and_server_failures() -> None:
     assert judge("rate", summary(), 99.0, 0.95, 0.01) == (True, "pass", [])
     ok, kind, why = judge("rate", summary(), 80.0, 0.95, 0.01)
     assert (ok, kind) == (False, "server") and "fell behind" in why[0]
-    slo_fail = summary(verdict={"valid": True, "reasons": [], "slo": [
-        {"slo": "p99<50ms", "passed": False, "actual": 73.5}]})
+    slo_fail = summary(
+        verdict={
+            "valid": True,
+            "reasons": [],
+            "slo": [{"slo": "p99<50ms", "passed": False, "actual": 73.5}],
+        }
+    )
     ok, kind, why = judge("rate", slo_fail, 100.0, 0.95, 0.01)
     assert (ok, kind) == (False, "server") and "p99<50ms" in why[0] and "73.5" in why[0]
-    errs = summary(error_rate=0.2, verdict={"valid": False, "reasons": [
-        "error rate 20.00% above 1.00%", "3 successful requests, fewer than the 100 minimum"],
-        "slo": []})
+    errs = summary(
+        error_rate=0.2,
+        verdict={
+            "valid": False,
+            "reasons": [
+                "error rate 20.00% above 1.00%",
+                "3 successful requests, fewer than the 100 minimum",
+            ],
+            "slo": [],
+        },
+    )
     ok, kind, why = judge("rate", errs, 100.0, 0.95, 0.01)
     assert (ok, kind) == (False, "server") and why == ["error rate 20.00% above 1.00%"]
     # closed loop: no offered rate to keep up with
@@ -233,33 +264,61 @@ def test_judge_pass_and_server_failures() -> None:
 
 
 def test_judge_generator_saturation_is_volleys() -> None:
-    busy = summary(agents=[{"id": "a", "workers": 1, "saturated": True, "cpu_percent_avg": 99.0,
-                            "saturation": "agent a was the bottleneck (CPU 99% of 1 workers)"}],
-                   verdict={"valid": False, "reasons": ["agent a was the bottleneck (...)"],
-                            "slo": []})
+    busy = summary(
+        agents=[
+            {
+                "id": "a",
+                "workers": 1,
+                "saturated": True,
+                "cpu_percent_avg": 99.0,
+                "saturation": "agent a was the bottleneck (CPU 99% of 1 workers)",
+            }
+        ],
+        verdict={"valid": False, "reasons": ["agent a was the bottleneck (...)"], "slo": []},
+    )
     ok, kind, why = judge("rate", busy, 70.0, 0.95, 0.01)
     assert (ok, kind) == (False, "generator") and "bottleneck" in why[0]
     # late sends with CPU to spare while the server fell behind: the in-flight cap filled
-    queued = summary(agents=[{"id": "a", "workers": 2, "saturated": True, "cpu_percent_avg": 40.0,
-                              "saturation": "agent a was the bottleneck (arrivals dropped)"}])
+    queued = summary(
+        agents=[
+            {
+                "id": "a",
+                "workers": 2,
+                "saturated": True,
+                "cpu_percent_avg": 40.0,
+                "saturation": "agent a was the bottleneck (arrivals dropped)",
+            }
+        ]
+    )
     ok, kind, why = judge("rate", queued, 60.0, 0.95, 0.01)
     assert (ok, kind) == (False, "server") and any("in-flight cap" in w for w in why)
 
 
 def test_judge_invalid_measurements() -> None:
-    short = summary(verdict={"valid": False, "reasons": [
-        "measured for 1.0s, less than the 5s minimum"], "slo": []})
+    short = summary(
+        verdict={
+            "valid": False,
+            "reasons": ["measured for 1.0s, less than the 5s minimum"],
+            "slo": [],
+        }
+    )
     assert judge("rate", short, 100.0, 0.95, 0.01) == (
-        False, "invalid", ["measured for 1.0s, less than the 5s minimum"])
-    lost = summary(partial=True, verdict={"valid": False, "reasons": ["agent b missing"],
-                                          "slo": []})
+        False,
+        "invalid",
+        ["measured for 1.0s, less than the 5s minimum"],
+    )
+    lost = summary(
+        partial=True, verdict={"valid": False, "reasons": ["agent b missing"], "slo": []}
+    )
     ok, kind, why = judge("rate", lost, 10.0, 0.95, 0.01)
     assert (ok, kind) == (False, "invalid") and "partial" in why[0]
 
 
 def test_completion_rate_uses_whole_measured_windows() -> None:
-    rows = [{"agent": "all", "window": w, "achieved_rps": r}
-            for w, r in enumerate([5.0, 40.0, 44.0, 46.0, 90.0])]
+    rows = [
+        {"agent": "all", "window": w, "achieved_rps": r}
+        for w, r in enumerate([5.0, 40.0, 44.0, 46.0, 90.0])
+    ]
     rows.append({"agent": "a0", "window": 2, "achieved_rps": 1000.0})  # per-agent rows ignored
     assert completion_rate(rows, 1.0, 4.0) == pytest.approx(130.0 / 3)
     assert completion_rate(rows, 0.5, 4.5) == pytest.approx(130.0 / 3)  # partial windows out
@@ -270,8 +329,13 @@ def test_completion_rate_uses_whole_measured_windows() -> None:
 
 
 def _base(**kw: Any) -> Any:
-    doc: dict[str, Any] = {"target": "127.0.0.1:1", "model": "m", "load": {"rate": 1},
-                           "validity": {"min_duration_s": 5, "min_requests": 100}, **kw}
+    doc: dict[str, Any] = {
+        "target": "127.0.0.1:1",
+        "model": "m",
+        "load": {"rate": 1},
+        "validity": {"min_duration_s": 5, "min_requests": 100},
+        **kw,
+    }
     return plan_from_dict(doc)
 
 
@@ -290,9 +354,16 @@ def test_step_plan_sets_the_load_and_a_reachable_validity() -> None:
 
 
 def test_settings_validation() -> None:
-    for bad in (dict(growth=1.0), dict(tolerance=0.0), dict(start=0), dict(max_steps=0),
-                dict(mode="concurrency", start=1.5), dict(max_load=5, start=10),
-                dict(min_throughput_ratio=1.5), dict(retries=9)):
+    for bad in (
+        dict(growth=1.0),
+        dict(tolerance=0.0),
+        dict(start=0),
+        dict(max_steps=0),
+        dict(mode="concurrency", start=1.5),
+        dict(max_load=5, start=10),
+        dict(min_throughput_ratio=1.5),
+        dict(retries=9),
+    ):
         with pytest.raises(PlanError):
             SweepSettings(**bad).validate()  # type: ignore[arg-type]
     s = SweepSettings(start=3, growth=1.5)
@@ -300,14 +371,35 @@ def test_settings_validation() -> None:
 
 
 def test_judge_inconclusive_slo() -> None:
-    straddles = summary(verdict={"valid": True, "reasons": [], "slo": [
-        {"slo": "p99<50ms", "passed": False, "actual": 48.0, "outcome": "inconclusive",
-         "interval": {"low": 44.0, "high": 53.0}, "reason": ""}]})
+    straddles = summary(
+        verdict={
+            "valid": True,
+            "reasons": [],
+            "slo": [
+                {
+                    "slo": "p99<50ms",
+                    "passed": False,
+                    "actual": 48.0,
+                    "outcome": "inconclusive",
+                    "interval": {"low": 44.0, "high": 53.0},
+                    "reason": "",
+                }
+            ],
+        }
+    )
     ok, kind, why = judge("rate", straddles, 100.0, 0.95, 0.01)
     assert (ok, kind) == (False, "inconclusive") and "44-53" in why[0]
     # a failed SLO beside it is the server's
-    both = summary(verdict={"valid": True, "reasons": [], "slo": [
-        *straddles["verdict"]["slo"], {"slo": "errors<1%", "passed": False, "actual": 0.2}]})
+    both = summary(
+        verdict={
+            "valid": True,
+            "reasons": [],
+            "slo": [
+                *straddles["verdict"]["slo"],
+                {"slo": "errors<1%", "passed": False, "actual": 0.2},
+            ],
+        }
+    )
     assert judge("rate", both, 100.0, 0.95, 0.01)[1] == "server"
 
 
@@ -320,9 +412,16 @@ async def test_an_inconclusive_step_is_measured_longer_then_counts_as_a_failure(
         calls.append((load, longer))
         decided = load <= 40 or (load <= 80 and longer >= 2)
         kind = "pass" if decided else "inconclusive"
-        return StepResult(index, load, decided, kind, [] if decided else ["SLO inconclusive"],
-                          offered_rps=load, throughput_rps=load,
-                          latency_ms={"mean": 10.0, "p99": 20.0})
+        return StepResult(
+            index,
+            load,
+            decided,
+            kind,
+            [] if decided else ["SLO inconclusive"],
+            offered_rps=load,
+            throughput_rps=load,
+            latency_ms={"mean": 10.0, "p99": 20.0},
+        )
 
     s = SweepSettings(start=20, growth=2, tolerance=0.05, max_steps=20)
     steps, out = await search(s, measure)

@@ -29,8 +29,9 @@ CAPACITY = {"one": 47.0, "two": 120.0, "one-x2": 90.0}
 
 
 def make_spec(**kw: Any) -> SweepSpec:
-    plan = plan_from_dict({"target": "127.0.0.1:9", "model": "sleep", "load": {"rate": 1},
-                           "slos": ["p99<100ms"]})
+    plan = plan_from_dict(
+        {"target": "127.0.0.1:9", "model": "sleep", "load": {"rate": 1}, "slos": ["p99<100ms"]}
+    )
     spec = SweepSpec(
         name="t",
         plan=plan,
@@ -62,8 +63,13 @@ class Fake:
             ok = load <= CAPACITY[target.name]
             mean = 20.0 if ok else 400.0
             return StepResult(
-                index, load, ok, "pass" if ok else "server", [] if ok else ["SLO failed"],
-                offered_rps=load, throughput_rps=min(load, CAPACITY[target.name]),
+                index,
+                load,
+                ok,
+                "pass" if ok else "server",
+                [] if ok else ["SLO failed"],
+                offered_rps=load,
+                throughput_rps=min(load, CAPACITY[target.name]),
                 latency_ms={"p50": mean, "p99": mean * 2, "mean": mean},
                 run_dir=f"steps/{target.name}/{index + 1:02d}",
             )
@@ -87,7 +93,8 @@ async def test_sweep_document_ranking_scaling_and_capacity(tmp_path: Path) -> No
     assert by_name["one-x2"]["start"] == pytest.approx(round(one["max_rps"] * 2 * 0.8, 1))
     sc = doc["scaling"]["one-x2"]
     assert sc["of"] == "one" and sc["efficiency"] == pytest.approx(
-        by_name["one-x2"]["max_rps"] / (2 * one["max_rps"]), rel=1e-3)
+        by_name["one-x2"]["max_rps"] / (2 * one["max_rps"]), rel=1e-3
+    )
     assert not sc["linear"] or sc["efficiency"] >= 0.9
     # ranking: the scaling check is not a configuration of its own
     assert [r["name"] for r in doc["ranking"]] == ["two", "one"]
@@ -112,8 +119,9 @@ async def test_interrupted_sweep_resumes_without_repeating_steps(tmp_path: Path)
     assert sum(len(v) for v in previous.values()) == 9
     again = Fake()
     reused: list[bool] = []
-    doc = await run_sweep(spec2, tmp_path, again, previous, old["created"],
-                          lambda t, s, r: reused.append(r))
+    doc = await run_sweep(
+        spec2, tmp_path, again, previous, old["created"], lambda t, s, r: reused.append(r)
+    )
     assert reused.count(True) == 9 and len(again.calls) == reused.count(False)
     fresh = await run_sweep(make_spec(), tmp_path / "fresh", Fake())
     assert [t["steps"] for t in doc["targets"]] == [t["steps"] for t in fresh["targets"]]
@@ -129,13 +137,45 @@ def test_load_sweep_rejects_other_directories(tmp_path: Path) -> None:
 
 
 def _spec_args(**kw: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {k: None for k in (
-        "file", "target", "model", "model_version", "input_", "shape", "slo", "arrival",
-        "max_in_flight", "timeout", "seed", "name", "mode", "start", "growth", "tolerance",
-        "max_steps", "max_load", "step_duration", "warmup", "min_throughput_ratio",
-        "min_requests", "retries", "production_rate", "headroom", "gpus_per_replica",
-        "cpus_per_replica", "cost_per_hour", "scale_check_target", "agent", "local_agents",
-        "workers", "raw", "start_lead")}
+    base: dict[str, Any] = {
+        k: None
+        for k in (
+            "file",
+            "target",
+            "model",
+            "model_version",
+            "input_",
+            "shape",
+            "slo",
+            "arrival",
+            "max_in_flight",
+            "timeout",
+            "seed",
+            "name",
+            "mode",
+            "start",
+            "growth",
+            "tolerance",
+            "max_steps",
+            "max_load",
+            "step_duration",
+            "warmup",
+            "min_throughput_ratio",
+            "min_requests",
+            "retries",
+            "production_rate",
+            "headroom",
+            "gpus_per_replica",
+            "cpus_per_replica",
+            "cost_per_hour",
+            "scale_check_target",
+            "agent",
+            "local_agents",
+            "workers",
+            "raw",
+            "start_lead",
+        )
+    }
     base["scale_check_replicas"] = 2
     base.update(kw)
     return base
@@ -165,8 +205,10 @@ scale_check: {target: "127.0.0.1:9003", replicas: 2}
     assert spec.settings.start == 20 and spec.settings.tolerance == pytest.approx(0.05)
     assert spec.settings.step_duration_s == 3 and spec.settings.max_steps == 9
     assert [(t.name, t.address, t.cost_per_hour) for t in spec.targets] == [
-        ("one", "127.0.0.1:9001", 0.5), ("batched", "127.0.0.1:9002", 1.5),
-        ("one-x2", "127.0.0.1:9003", 0.5)]
+        ("one", "127.0.0.1:9001", 0.5),
+        ("batched", "127.0.0.1:9002", 1.5),
+        ("one-x2", "127.0.0.1:9003", 0.5),
+    ]
     assert spec.targets[2].scale_of == "one" and spec.targets[2].replicas == 2
     assert spec.capacity == CapacityInputs(3000, 0.25, 0.0, 2.0, None)
     # command-line options win over the file
@@ -188,8 +230,10 @@ scale_check: {target: "127.0.0.1:9003", replicas: 2}
         (["--target", "127.0.0.1:1", "--model", "m", "--cost-per-hour", "x=1"], "no target"),
         (["--target", "127.0.0.1:1", "--model", "m", "--slo", "p99 under 5"], "SLO"),
         (["--target", "a=127.0.0.1:1", "--target", "a=127.0.0.1:2", "--model", "m"], "twice"),
-        (["--target", "127.0.0.1:1", "--model", "m", "--production-rate", "-5"],
-         "--production-rate"),
+        (
+            ["--target", "127.0.0.1:1", "--model", "m", "--production-rate", "-5"],
+            "--production-rate",
+        ),
         (["--target", "127.0.0.1:1", "--model", "m", "--arrival", "trace"], "arrival"),
         (["--resume", "/nonexistent-sweep-dir"], "not a sweep directory"),
     ],

@@ -46,4 +46,5 @@ def test_sealed_rows_equal_rows_at_the_end() -> None:
     assert rows == whole
     # counts and error codes survive the release (outage detection uses them)
     assert sum(st.errors for st in agg.windows.values()) == sum(
-        r["errors"] for r in whole if r["agent"] == "all")
+        r["errors"] for r in whole if r["agent"] == "all"
+    )
