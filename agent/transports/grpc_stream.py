@@ -12,7 +12,7 @@ from __future__ import annotations
 from tritonclient.grpc import service_pb2
 
 from agent.transports.base import Call
-from agent.transports.grpc_unary import MAX_TRIES, GrpcUnary, UnaryConn
+from agent.transports.grpc_unary import MAX_TRIES, GrpcUnary, UnaryConn, grpc_header_block
 from volley import records as rc
 from volley.plan import Plan
 from volley.target import TargetAccess
@@ -75,6 +75,10 @@ class GrpcStream(GrpcUnary):
         self.pending: dict[int, StreamCall] = {}
         self.next_id = 1
         self._in_writable = False
+        # No grpc-timeout on the stream: it outlives every request on it (a server keeping
+        # the per-request timeout for the whole stream ends it, and the requests then in
+        # flight, every `timeout` seconds); each request's own timeout is ours to keep.
+        self.hblock = grpc_header_block(plan, self.path, access, deadline=False)
 
     def send(self, key: int, intended: int, pidx: int) -> None:
         self._send(key, intended, pidx, 0)

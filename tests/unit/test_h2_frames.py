@@ -975,3 +975,28 @@ async def test_a_refused_stream_sends_its_requests_again(monkeypatch: pytest.Mon
     )
     assert sorted((d[0], d[1], d[4]) for d in done) == [(0, 10, rc.OK), (1, 11, rc.OK)]
     assert (tp.retried, tp.reconnects, tp.in_flight) == (2, 1, 0)
+
+
+async def test_only_unary_calls_carry_the_request_timeout() -> None:
+    """A ModelStreamInfer stream outlives its requests: with `grpc-timeout` on it, Triton
+    ended the stream (and the requests then in flight, as DEADLINE_EXCEEDED) every
+    `timeout` seconds. Unary calls carry it; the stream's own header block does not."""
+    from hpack import Decoder
+
+    plan = plan_from_dict(
+        {
+            "target": "127.0.0.1:8001",
+            "model": "add",
+            "load": {"rate": 10, "duration": "1s"},
+            "inputs": [{"name": "A", "datatype": "FP32", "shape": [4]}],
+            "timeout_s": 3,
+        }
+    )
+    payloads = build_payloads(plan)
+    names: dict[str, dict[str, str]] = {}
+    for cls in (GrpcUnary, GrpcStream):
+        tp = cls(plan, payloads, lambda *a: None, time.monotonic_ns, 0, TargetAccess())
+        names[cls.__name__] = dict(Decoder().decode(tp.hblock))
+    assert names["GrpcUnary"]["grpc-timeout"] == "3000m"
+    assert "grpc-timeout" not in names["GrpcStream"]
+    assert names["GrpcStream"][":path"].endswith("/ModelStreamInfer")
