@@ -259,7 +259,12 @@ def from_proto(m: pb.ConnectionFigures) -> ConnFigures:
 
 def describe(fig: ConnBlock) -> str:
     """One line: `60/60 held, connect p50 0.3 ms p99 2.1 ms, errors: 3 reset`."""
-    parts = [f"{fig['held']}/{fig['wanted']} held", f"{fig['opened']} opened"]
+    held, wanted = fig["held"], fig["wanted"]
+    # an on-demand pool (HTTP/1.1 without --connections) may grow past what was asked
+    parts = [
+        f"{held}/{wanted} held" if held <= wanted else f"{held} held (pool grew from {wanted})"
+    ]
+    parts.append(f"{fig['opened']} opened")
     ms = fig["connect_ms"]
     if ms:
         parts.append(f"connect p50 {ms['p50']:g} ms p99 {ms['p99']:g} ms")

@@ -18,6 +18,7 @@ from volley.conns import (
     ConnFigures,
     classify,
     connection_share,
+    describe,
     fd_refusal,
     from_proto,
     pool_limit,
@@ -142,3 +143,10 @@ def test_idle_held_http2_connections_are_pinged_once_per_interval() -> None:
     assert frame[3] == h2.PING and len(frame) == 9 + 8  # type PING, 8 bytes of payload
     ping_idle(conns, 2 * PING_INTERVAL_S + 2, last)
     assert len(idle.transport.written) == 2
+
+
+def test_the_line_says_when_an_on_demand_pool_grew_past_what_was_asked() -> None:
+    held = ConnFigures(wanted=4, opened=4, held=4).block()
+    grown = ConnFigures(wanted=1, opened=922, held=922).block()  # HTTP/1.1 on demand
+    assert describe(held).startswith("4/4 held; 4 opened")
+    assert describe(grown).startswith("922 held (pool grew from 1); 922 opened")
