@@ -7,6 +7,7 @@ then reads and answers nothing)."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 from agent.conns import PING_INTERVAL_S, PING_TIMEOUT_S, ping_idle, worker_plan
@@ -140,6 +141,51 @@ async def test_a_real_silent_peer_is_found_counted_as_timeout_and_replaced() -> 
     finally:
         quiet.set()
         for w in accepted:
+            w.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_grpcio_held_channels_are_connected_timed_and_counted() -> None:
+    """`--transport grpcio` with held connections: its lazy channels are made to connect
+    in the prepare, so opened/held/connect time are measured (against a peer that
+    completes the HTTP/2 handshake), and a refused target is a connection error."""
+    from agent.transports.grpcio import GrpcioUnary
+
+    writers: list[asyncio.StreamWriter] = []
+    quiet = asyncio.Event()
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        writers.append(w)
+        await r.readexactly(len(h2.PREFACE))
+        w.write(h2.frame(h2.SETTINGS, 0, 0, b"") + h2.frame(h2.SETTINGS, h2.ACK, 0, b""))
+        await w.drain()
+        await quiet.wait()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    dead = free.getsockname()[1]
+    free.close()  # nothing listens there now
+    try:
+        for target, held in ((port, 2), (dead, 0)):
+            plan = _plan(target)
+            tp = GrpcioUnary(
+                plan, build_payloads(plan), lambda *a: None, time.monotonic_ns, 0, TargetAccess()
+            )
+            await tp.open()
+            tp.note_held()
+            f = tp.figures
+            await tp.close()
+            assert (f.wanted, f.held, f.opened) == (2, held, held), target
+            if held:
+                assert f.connect_ns.count == 2 and f.errors == {}
+            else:
+                assert f.errors_total == 2 and tp.connect_errors == 2
+    finally:
+        quiet.set()
+        for w in writers:
             w.close()
         server.close()
         await server.wait_closed()
