@@ -123,7 +123,7 @@ def _no_connect_time(summary: Mapping[str, object]) -> str:
     if not isinstance(block, dict):
         return "no connection figures (this transport reports none)"
     if not block.get("connect_ms"):
-        return "no connection was opened and timed (the grpcio transport times none)"
+        return "no connection was opened and timed (grpcio times only held ones: --connections)"
     return ""
 
 

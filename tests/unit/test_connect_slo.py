@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from coordinator.documents import Summary
 from coordinator.slo import parse_slo
-from coordinator.sweep.conns import failure_kind
-from coordinator.sweep.search import StepResult, SweepSettings, judge, search
+from coordinator.sweep.search import StepResult, SweepSettings, search
+from tests.unit.test_sweep_connections import judged_step
 from volley.cli import app
 from volley.conns import KINDS
 from volley.plan import PlanError
@@ -100,16 +100,7 @@ async def test_a_sweep_step_fails_when_connect_time_grows_past_the_slo() -> None
         n = int(load)
         seen.append(n)
         s = _summary(n, 4.0 if n <= 40 else 80.0, ["connect_p99<50ms", "p99<50ms"])
-        passed, kind, reasons = judge("connections", s, 2.0 * n, 0.95, 0.01)
-        return StepResult(
-            index,
-            load,
-            passed,
-            kind,
-            reasons,
-            connections=s.get("connections"),
-            failed_first=failure_kind(s, passed, reasons),
-        )
+        return judged_step(index, load, s, 2.0 * n)
 
     steps, outcome = await search(settings, measure)
     assert outcome.max_load is not None and 38 <= outcome.max_load <= 40

@@ -2,7 +2,8 @@
 deadline closes the connection (frame by frame through a fake transport, on a clock the
 test sets), counted as a `timeout` connection error and replaced after a back-off; and
 the same against a real silent peer on loopback (it completes the preface and SETTINGS,
-then reads and answers nothing)."""
+then reads and answers nothing). Also: the grpcio transport's held channels, connected
+in the prepare against such a peer, are timed and counted."""
 
 from __future__ import annotations
 
@@ -84,40 +85,56 @@ def _plan(port: int) -> Plan:
     )
 
 
+class SilentPeer:
+    """A loopback server that completes the HTTP/2 preface and SETTINGS exchange, then
+    reads and answers nothing (a frozen server, a proxy dropping the flow)."""
+
+    def __init__(self) -> None:
+        self.accepted: list[asyncio.StreamWriter] = []
+        self.quiet = asyncio.Event()
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.quiet.set()
+        for w in self.accepted:
+            w.close()
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        self.accepted.append(w)
+        await r.readexactly(len(h2.PREFACE))
+        w.write(h2.frame(h2.SETTINGS, 0, 0, b"") + h2.frame(h2.SETTINGS, h2.ACK, 0, b""))
+        await w.drain()
+        await self.quiet.wait()  # silent from here on, until the test ends
+
+
 async def test_a_real_silent_peer_is_found_counted_as_timeout_and_replaced() -> None:
     """A server that completes the handshake, then stops answering (a frozen process,
     a proxy dropping the flow): both held connections are closed as silent, counted as
     `timeout` connection errors (not resets), and opened again after the back-off."""
-    accepted: list[asyncio.StreamWriter] = []
-    quiet = asyncio.Event()
-
-    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        accepted.append(w)
-        await r.readexactly(len(h2.PREFACE))
-        w.write(h2.frame(h2.SETTINGS, 0, 0, b"") + h2.frame(h2.SETTINGS, h2.ACK, 0, b""))
-        await w.drain()
-        await quiet.wait()  # silent from here on, until the test ends
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    plan = _plan(port)
-    done: list[tuple[int, ...]] = []
-    tp = GrpcUnary(
-        plan,
-        build_payloads(plan),
-        lambda *a: done.append(a),
-        time.monotonic_ns,
-        0,
-        TargetAccess(),
-    )
-    loop = asyncio.get_running_loop()
-    try:
+    peer = SilentPeer()
+    async with peer as port:
+        plan = _plan(port)
+        done: list[tuple[int, ...]] = []
+        tp = GrpcUnary(
+            plan,
+            build_payloads(plan),
+            lambda *a: done.append(a),
+            time.monotonic_ns,
+            0,
+            TargetAccess(),
+        )
         await tp.open()
         assert tp.open_count() == 2 and tp.figures.opened == 2
         first = list(tp.conns)
         # the worker's sweeps, on a shifted clock: the PINGs go, then their deadline passes
-        base = loop.time()
-        tp._pinged = [base - PING_INTERVAL_S] * 2
+        tp._pinged = [asyncio.get_running_loop().time() - PING_INTERVAL_S] * 2
         tp.keepalive()
         assert all(c is not None and c.ping_sent >= 0 for c in first)
         tp.send(0, 0, 0)  # a request on a connection whose PING is out: lost with it
@@ -135,15 +152,9 @@ async def test_a_real_silent_peer_is_found_counted_as_timeout_and_replaced() -> 
             if tp.open_count() == 2:
                 break
             await asyncio.sleep(0.01)
-        assert tp.open_count() == 2 and f.opened == 4 and len(accepted) == 4
+        assert tp.open_count() == 2 and f.opened == 4 and len(peer.accepted) == 4
         assert [d[4] for d in done] == [rc.UNAVAILABLE]
         await tp.close()
-    finally:
-        quiet.set()
-        for w in accepted:
-            w.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_grpcio_held_channels_are_connected_timed_and_counted() -> None:
@@ -152,23 +163,11 @@ async def test_grpcio_held_channels_are_connected_timed_and_counted() -> None:
     completes the HTTP/2 handshake), and a refused target is a connection error."""
     from agent.transports.grpcio import GrpcioUnary
 
-    writers: list[asyncio.StreamWriter] = []
-    quiet = asyncio.Event()
-
-    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        writers.append(w)
-        await r.readexactly(len(h2.PREFACE))
-        w.write(h2.frame(h2.SETTINGS, 0, 0, b"") + h2.frame(h2.SETTINGS, h2.ACK, 0, b""))
-        await w.drain()
-        await quiet.wait()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     free = socket.socket()
     free.bind(("127.0.0.1", 0))
     dead = free.getsockname()[1]
     free.close()  # nothing listens there now
-    try:
+    async with SilentPeer() as port:
         for target, held in ((port, 2), (dead, 0)):
             plan = _plan(target)
             tp = GrpcioUnary(
@@ -182,10 +181,4 @@ async def test_grpcio_held_channels_are_connected_timed_and_counted() -> None:
             if held:
                 assert f.connect_ns.count == 2 and f.errors == {}
             else:
-                assert f.errors_total == 2 and tp.connect_errors == 2
-    finally:
-        quiet.set()
-        for w in writers:
-            w.close()
-        server.close()
-        await server.wait_closed()
+                assert f.errors == {ConnErrorKind.OTHER: 2} and tp.connect_errors == 2
