@@ -7,7 +7,9 @@
 - `raise_nofile`: a worker raises its soft RLIMIT_NOFILE to the hard limit (each
   connection is a descriptor); `check_fds` refuses a share that cannot fit.
 - `ping_idle`: HTTP/2 PING on a connection with no stream open, so that a connection a
-  proxy silently dropped is found (the write meets a reset) while it is held idle.
+  proxy dropped is found while it is held idle: a reset meets the write, and a PING
+  left unanswered for `PING_TIMEOUT_S` (a proxy or NAT dropping it silently, a frozen
+  server) closes the connection as silent (counted as a `timeout` connection error).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from volley.conns import (
+    ConnErrorKind,
     ConnFigures,
     agent_connections,
     connection_share,
@@ -35,6 +38,9 @@ if TYPE_CHECKING:
 
 #: An idle HTTP/2 connection is pinged this often (gRPC's keepalive, client side).
 PING_INTERVAL_S = 5.0
+#: A PING unanswered this long means the peer went silent (gRPC's keepalive timeout,
+#: here the interval: one unanswered PING, not several, is enough to stop holding it).
+PING_TIMEOUT_S = 5.0
 
 
 def worker_plan(plan: Plan, agent: int, workers: int, worker: int) -> Plan:
@@ -81,20 +87,35 @@ def check_fds(plan: Plan, agent: int, workers: int) -> str | None:
     return fd_refusal(share, workers, soft, limit)
 
 
-_PING = h2.frame(h2.PING, 0, 0, b"volley\0\0")
-
-
 def ping_idle(conns: Sequence[h2.Connection[Any] | None], now: float, last: list[float]) -> None:
     """PING every open connection without streams once per PING_INTERVAL_S (`last`:
     when each slot was last pinged). A dropped connection's reset then arrives as
-    `connection_lost` (counted in `resets_received`) instead of at the next request."""
+    `connection_lost` (counted in `resets_received`) instead of at the next request;
+    one that leaves a PING unanswered for PING_TIMEOUT_S (busy or idle) is closed as
+    silent (`Connection.close_silent`: its sink hears `connection_lost`)."""
     for i, c in enumerate(conns):
-        if c is None or c.open or not c.usable or now - last[i] < PING_INTERVAL_S:
+        if c is None:
+            continue
+        if c.ping_overdue(now, PING_TIMEOUT_S):
+            c.close_silent(
+                f"connection went silent: no PING ACK within {PING_TIMEOUT_S:g}s "
+                f"(dropped by a proxy or NAT, or the server is frozen)"
+            )
+            continue
+        if c.open or not c.usable or now - last[i] < PING_INTERVAL_S:
             continue
         last[i] = now
-        t = c.transport
-        if t is not None and not t.is_closing():
-            t.write(_PING)
+        c.ping(now)
+
+
+def lost_silent(tp: Transport, slot: int) -> None:
+    """A held connection of `slot` went silent: a `timeout` connection error (also in
+    `connect_errors`), and the slot's next connection waits its back-off, as after a
+    failed attempt (a frozen server's next handshake times out, and the back-off doubles
+    to 1 s)."""
+    tp.connect_errors += 1
+    tp.figures.count(ConnErrorKind.TIMEOUT)
+    tp.note_backoff(slot)
 
 
 def merged_figures(figures: Iterable[ConnFigures | None]) -> pb.ConnectionFigures:

@@ -1,6 +1,7 @@
 """SLO expressions: parse `p99<50ms`, `errors<0.1%`, `throughput>=0.98*offered`, and on
-streaming models `ttft_p99<200ms`, `itl_p99<30ms`, `tpot.p50<10ms`, `tokens_per_s>500`
-(pure)."""
+streaming models `ttft_p99<200ms`, `itl_p99<30ms`, `tpot.p50<10ms`, `tokens_per_s>500`,
+and the connect time of the run's connections `connect_p99<50ms` (`connect_p50`,
+`connect_max`; summary.json `connections.connect_ms`) (pure)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ PERCENTILE_FAMILIES = ("latency_ms", "service_time_ms")
 #: Streaming metrics (summary.json `stream.<family>`): the name an SLO uses -> family.
 STREAM_FAMILIES = {"ttft": "ttft_ms", "ttst": "ttst_ms", "itl": "itl_ms", "tpot": "tpot_ms"}
 _STREAM = re.compile(r"^(ttft|ttst|itl|tpot)[._](p50|p90|p95|p99|p999|max|mean)$")
+#: Connect time (TCP, TLS, HTTP/2 SETTINGS) of the run's connections: summary.json
+#: `connections.connect_ms.<stat>`.
+_CONNECT = re.compile(r"^connect[._](p50|p99|max)$")
 _LAT = re.compile(r"^(p50|p90|p95|p99|p999|max|mean)$")
 _SLO = re.compile(
     r"^\s*(?P<metric>[a-z_0-9.]+)\s*(?P<op><=|>=|<|>)\s*(?P<value>[0-9]*\.?[0-9]+)\s*"
@@ -104,10 +108,22 @@ def _nothing_to_judge(
             count = None if ok is None else int(ok)
         if count is not None and count <= 0:
             return "no successful request" if family in PERCENTILE_FAMILIES else "no such value"
+    elif family == "connections":
+        return _no_connect_time(summary)
     elif slo.metric == "error_rate" and _lookup(summary, "requests.sent") == 0:
         return "no request sent"
     elif slo.relative_to == "offered" and not offered:
         return "nothing offered"
+    return ""
+
+
+def _no_connect_time(summary: Mapping[str, object]) -> str:
+    """Why a connect-time SLO has nothing to judge ("" when it has)."""
+    block = summary.get("connections")
+    if not isinstance(block, dict):
+        return "no connection figures (this transport reports none)"
+    if not block.get("connect_ms"):
+        return "no connection was opened and timed (grpcio times only held ones: --connections)"
     return ""
 
 
@@ -158,6 +174,11 @@ def parse_slo(text: str) -> Slo:
         if unit not in _UNITS_MS:
             raise PlanError(f"SLO {text!r}: latency needs a unit (us, ms or s)")
         return Slo(text, f"{family}.{stat}", op, value * _UNITS_MS[unit])
+    cm = _CONNECT.match(metric)
+    if cm:
+        if unit not in _UNITS_MS:
+            raise PlanError(f"SLO {text!r}: a connect time needs a unit (us, ms or s)")
+        return Slo(text, f"connections.connect_ms.{cm[1]}", op, value * _UNITS_MS[unit])
     sm = _STREAM.match(metric)
     if sm:
         if unit not in _UNITS_MS:
@@ -187,5 +208,5 @@ def parse_slo(text: str) -> Slo:
     raise PlanError(
         f"SLO {text!r}: unknown metric {metric!r} (use p50..p999, max, mean, "
         "service.p99, errors, throughput, ttft_p99, itl_p99, ttst_p99, tpot_p99, tokens_per_s, "
-        "goodput)"
+        "goodput, connect_p50, connect_p99, connect_max)"
     )

@@ -140,8 +140,12 @@ class ConnFigures:
 
     def failed(self, exc: BaseException) -> ConnErrorKind:
         kind = classify(exc)
-        self.errors[kind] = self.errors.get(kind, 0) + 1
+        self.count(kind)
         return kind
+
+    def count(self, kind: ConnErrorKind) -> None:
+        """One connection error of `kind` (a held connection found silent: TIMEOUT)."""
+        self.errors[kind] = self.errors.get(kind, 0) + 1
 
     @property
     def errors_total(self) -> int:

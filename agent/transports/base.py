@@ -189,12 +189,16 @@ class Transport:
             if self.errors_logged < 5:
                 self.errors_logged += 1
                 log.warning("connection to %s failed: %s", self.plan.target, exc)
-            self._next_try[slot] = self.loop.time() + self._backoff[slot]
-            self._backoff[slot] = min(self._backoff[slot] * 2, 1.0)
+            self.note_backoff(slot)
             self._connecting.discard(slot)
             self.connect_failed()
         finally:
             self._connecting.discard(slot)
+
+    def note_backoff(self, slot: int) -> None:
+        """`slot`'s next connection waits its back-off, which doubles (to 1 s)."""
+        self._next_try[slot] = self.loop.time() + self._backoff[slot]
+        self._backoff[slot] = min(self._backoff[slot] * 2, 1.0)
 
     def connecting(self) -> bool:
         """A connection is being opened (requests may wait for it)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import collections
 
-from agent.conns import ping_idle
+from agent.conns import lost_silent, ping_idle
 from agent.transports.base import Call, Transport
 from volley import records as rc
 from volley.plan import Plan
@@ -138,18 +138,26 @@ class GrpcUnary(Transport):
         return sum(1 for c in self.conns if c is not None and c.usable)
 
     def keepalive(self) -> None:
-        """Held connections (`--connections`): PING the idle ones (agent/conns.py)."""
+        """Held connections (`--connections`): PING the idle ones (agent/conns.py), close
+        the silent ones, and open again a slot left empty once its back-off is over."""
         if self.fixed:
             ping_idle(self.conns, self.loop.time(), self._pinged)
+            for i, c in enumerate(self.conns):
+                if c is None:
+                    self._want_connect(i)
 
     def tally_lost(self, conn: UnaryConn, message: str) -> None:
         """A connection ended: one the server reset or closed without a GOAWAY counts in
-        `resets_received`; a held one (`--connections`) is opened again at once."""
+        `resets_received`; one gone silent (PING unanswered) is a `timeout` connection
+        error, replaced after the slot's back-off; a held one (`--connections`) is opened
+        again (at once, but for that back-off)."""
         if self.closing or conn.slot < 0 or message == "closed":
             return
-        if not conn.goaways:
-            self.figures.resets_received += 1
         slot = conn.slot
+        if conn.silent:
+            lost_silent(self, slot)
+        elif not conn.goaways:
+            self.figures.resets_received += 1
         if self.fixed and slot < self.n_conns and self.conns[slot] is None:
             self._want_connect(slot)
 

@@ -6,6 +6,13 @@ own HTTP/2 client, volley/wire/h2.py), but it is the reference gRPC implementati
 cross-check figures, or when a proxy in front of the server needs what only grpcio
 does. Requests are the same pre-serialized ModelInferRequest bytes (identity
 serializers), so payloads, records and results are identical.
+
+Held connections (`--connections`): grpc.aio channels connect lazily, so each channel
+is made to connect in the prepare (`get_state(try_to_connect=True)`, then waited for
+READY, at most CONNECT_TIMEOUT_S): its connect time and failures (kind `timeout`, or
+`other`: grpcio says TRANSIENT_FAILURE, never why) are counted like the other
+transports', and `held` is the channels READY at the end. Reconnects grpcio makes by
+itself inside a channel are not seen (nor counted).
 """
 
 from __future__ import annotations
@@ -31,6 +38,27 @@ _COMPRESSION = {
     "gzip": grpc.Compression.Gzip,
     "deflate": grpc.Compression.Deflate,
 }
+
+
+#: A held channel not READY this long after it was asked to connect has failed.
+CONNECT_TIMEOUT_S = 5.0
+
+_READY = grpc.ChannelConnectivity.READY
+_FAILED = grpc.ChannelConnectivity.TRANSIENT_FAILURE
+
+
+async def wait_ready(channel: grpc.aio.Channel, timeout_s: float) -> None:
+    """Connect `channel` now and wait for READY (TimeoutError; OSError on a failure)."""
+
+    async def ready() -> None:
+        state = channel.get_state(try_to_connect=True)
+        while state != _READY:
+            if state == _FAILED:
+                raise OSError("grpcio: the channel failed to connect (TRANSIENT_FAILURE)")
+            await channel.wait_for_state_change(state)
+            state = channel.get_state(try_to_connect=True)
+
+    await asyncio.wait_for(ready(), timeout_s)
 
 
 #: A grpc.aio unary-unary multicallable with identity serializers: bytes in, bytes out.
@@ -72,6 +100,15 @@ class GrpcioUnary(Transport):
             channel = grpc.aio.secure_channel(self.plan.target, creds, options=options)
         else:
             channel = grpc.aio.insecure_channel(self.plan.target, options=options)
+        if self.fixed:  # held: connected now, timed and counted (module docstring)
+            t0 = self.clock()
+            try:
+                await wait_ready(channel, CONNECT_TIMEOUT_S)
+            except (TimeoutError, OSError) as exc:
+                self.connect_done(t0, exc)
+                await channel.close()
+                raise ConnectionError(f"{self.plan.target}: {exc or 'no answer in time'}") from exc
+            self.connect_done(t0, None)
         self.channels[slot] = channel
         self.calls[slot] = channel.unary_unary(MODEL_INFER_METHOD)
 
@@ -109,6 +146,12 @@ class GrpcioUnary(Transport):
             status = rc.CANCELLED
         self.in_flight -= 1
         self.complete(key, intended, sent, self.clock() - self.start, status, pidx, nbytes)
+
+    def open_count(self) -> int:
+        """Held channels READY now (without `--connections`: none is counted)."""
+        if not self.fixed:
+            return 0
+        return sum(1 for c in self.channels if c is not None and c.get_state() == _READY)
 
     def sweep(self) -> None:
         """grpcio enforces each call's deadline itself."""

@@ -11,8 +11,10 @@ connection attempt failed, a held connection was reset or closed by the server, 
 the server drained one (GOAWAY; HTTP/1.1: `Connection: close`: nginx does so to idle
 connections when it runs out of `worker_connections`), or fewer than N were held at the
 end. `failure_kind` names what failed first, the step's `failed_first`: refused, reset,
-tls, timeout, other (a connection error of that kind), goaway, not-held, slowed, errors
-(request errors), or "" (passed or not the server's). A held connection recycled by
+tls, timeout (a connection error of that kind; timeout also when a held connection left
+a PING unanswered), other, goaway, not-held, connect-slow (a connect-time SLO such as
+`connect_p99<50ms` failed), slowed (another SLO, or throughput), errors (request
+errors), or "" (passed or not the server's). A held connection recycled by
 `keepalive_requests` also counts: at a low rate per connection (1 req/s: 1,000 s for
 nginx's default 1,000 requests) a step never reaches it.
 """
@@ -25,7 +27,14 @@ from coordinator.documents import Summary
 from volley.conns import KINDS, ConnBlock
 
 #: Failure kinds of a connections step, in the order they are blamed.
-FAILURE_KINDS = (*(k.value for k in KINDS), "goaway", "not-held", "slowed", "errors")
+FAILURE_KINDS = (
+    *(k.value for k in KINDS),
+    "goaway",
+    "not-held",
+    "connect-slow",
+    "slowed",
+    "errors",
+)
 
 
 def step_rate(connections: int, rate_per_connection: float) -> float:
@@ -72,6 +81,13 @@ def failure_kind(summary: Summary, passed: bool, server_reasons: list[str]) -> s
             return "goaway"
         if block["held"] < block["wanted"]:
             return "not-held"
+    failed = [
+        r
+        for r in summary["verdict"].get("slo") or []
+        if not r.get("passed") and r.get("outcome") != "inconclusive"
+    ]
+    if any(r.get("metric", "").startswith("connections.") for r in failed):
+        return "connect-slow"
     if any(r.startswith(("SLO ", "throughput ")) for r in server_reasons):
         return "slowed"
     if any(r.startswith("error rate") for r in server_reasons):

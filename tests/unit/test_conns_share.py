@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import errno
 import ssl
-from typing import Any
 
 import pytest
 
-from agent.conns import PING_INTERVAL_S, check_fds, ping_idle, worker_plan
+from agent.conns import check_fds, worker_plan
 from volley.conns import (
     FD_RESERVE,
     ConnErrorKind,
@@ -26,7 +25,6 @@ from volley.conns import (
     to_proto,
 )
 from volley.plan import AgentSpec, PlanError, plan_from_dict
-from volley.wire import h2
 
 
 @pytest.mark.parametrize(
@@ -112,37 +110,6 @@ def test_figures_merge_and_cross_the_control_plane_intact() -> None:
     assert 0.24 <= block["connect_ms"]["p50"] <= 0.26  # percentiles of the merged histogram
     assert 39.5 <= block["connect_ms"]["p99"] <= 40.5
     assert run_connections([None, None]) is None
-
-
-class _FakeTransport:
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-
-    def is_closing(self) -> bool:
-        return False
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-
-class _FakeConn:
-    def __init__(self, streams: int) -> None:
-        self.open = dict.fromkeys(range(streams))
-        self.usable = True
-        self.transport = _FakeTransport()
-
-
-def test_idle_held_http2_connections_are_pinged_once_per_interval() -> None:
-    idle, busy = _FakeConn(0), _FakeConn(2)
-    conns: list[Any] = [idle, busy, None]
-    last = [0.0, 0.0, 0.0]
-    ping_idle(conns, PING_INTERVAL_S + 1, last)
-    ping_idle(conns, PING_INTERVAL_S + 2, last)  # too soon again: nothing
-    assert len(idle.transport.written) == 1 and busy.transport.written == []
-    frame = idle.transport.written[0]
-    assert frame[3] == h2.PING and len(frame) == 9 + 8  # type PING, 8 bytes of payload
-    ping_idle(conns, 2 * PING_INTERVAL_S + 2, last)
-    assert len(idle.transport.written) == 2
 
 
 def test_the_line_says_when_an_on_demand_pool_grew_past_what_was_asked() -> None:

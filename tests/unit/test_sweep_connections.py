@@ -66,21 +66,26 @@ def _summary(n: int, limit: int, fail: str, rate: float) -> Summary:
     return cast(Summary, doc)
 
 
+def judged_step(index: int, load: float, s: Summary, offered: float) -> StepResult:
+    """A connections step's result from its summary, judged as the sweep judges it."""
+    passed, kind, reasons = judge("connections", s, offered, 0.95, 0.01)
+    return StepResult(
+        index,
+        load,
+        passed,
+        kind,
+        reasons,
+        connections=s.get("connections"),
+        failed_first=failure_kind(s, passed, reasons),
+    )
+
+
 def _measure(settings: SweepSettings, limit: int, fail: str, seen: list[int]) -> Any:
     async def measure(index: int, load: float, longer: int = 0) -> StepResult:
         n = int(load)
         seen.append(n)
         s = _summary(n, limit, fail, settings.rate_per_connection)
-        passed, kind, reasons = judge("connections", s, n * 1.0, 0.95, 0.01)
-        return StepResult(
-            index,
-            load,
-            passed,
-            kind,
-            reasons,
-            connections=s.get("connections"),
-            failed_first=failure_kind(s, passed, reasons),
-        )
+        return judged_step(index, load, s, n * 1.0)
 
     return measure
 

@@ -273,8 +273,9 @@ Slo = Annotated[
     list[str] | None,
     option(
         RUN_OUTPUT,
-        "Pass/fail rule (repeatable): e.g. 'p99<50ms', 'errors<0.1%' or "
-        "'throughput>=0.98*offered'.",
+        "Pass/fail rule (repeatable): e.g. 'p99<50ms', 'errors<0.1%', "
+        "'throughput>=0.98*offered', or the connect time 'connect_p99<50ms' (connect_p50, "
+        "connect_max).",
     ),
 ]
 Name = Annotated[str | None, option(RUN_OUTPUT, "Run name (in the run directory's name).")]

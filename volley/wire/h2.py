@@ -114,6 +114,7 @@ __all__ = [
     "GOAWAY",
     "HEADERS",
     "INTERNAL_ERROR",
+    "KEEPALIVE_PING",
     "MAX_HEADER_BLOCK",
     "MAX_RECV_FRAME",
     "MAX_STREAM_ID",
@@ -153,6 +154,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("volley.wire.h2")
+
+#: The opaque data of our keep-alive PING (`Connection.ping`); its ACK carries it back.
+KEEPALIVE_PING = b"volley\0\0"
 
 
 S = TypeVar("S")
@@ -255,6 +259,11 @@ class Connection(asyncio.Protocol, Generic[S]):
         self._http1 = ""
         #: corked (`cork`): new streams' frames wait here and go in one write (`uncork`)
         self._corked: list[bytes] | None = None
+        #: when our keep-alive PING still unanswered was sent (the caller's clock, `ping`;
+        #: -1.0: none outstanding)
+        self.ping_sent = -1.0
+        #: closed by us because the peer left a PING unanswered past its deadline
+        self.silent = False
 
     # ---- state -----------------------------------------------------------------------
     @property
@@ -498,6 +507,8 @@ class Connection(asyncio.Protocol, Generic[S]):
                 self.fail(FRAME_SIZE_ERROR, f"PING frame of {len(payload)} bytes")
             elif not flags & ACK:
                 self._control(frame(PING, ACK, 0, payload))
+            elif payload == KEEPALIVE_PING:
+                self.ping_sent = -1.0  # answered: the peer is alive
         elif ftype == RST_STREAM:
             if sid == 0:
                 self.fail(PROTOCOL_ERROR, "RST_STREAM frame on stream 0")
@@ -761,6 +772,31 @@ class Connection(asyncio.Protocol, Generic[S]):
         reset[sid] = None
         if len(reset) > RESET_MEMORY:
             del reset[next(iter(reset))]
+
+    # ---- keep-alive --------------------------------------------------------------------
+    def ping(self, now: float) -> None:
+        """A keep-alive PING, unless one is still unanswered; `now` (any clock the caller
+        keeps) is when it went, for `ping_overdue`."""
+        t = self.transport
+        if self.state is _CLOSED or self.ping_sent >= 0 or t is None or t.is_closing():
+            return
+        self.ping_sent = now
+        self._control(frame(PING, 0, 0, KEEPALIVE_PING))
+
+    def ping_overdue(self, now: float, limit: float) -> bool:
+        """Our PING has gone unanswered for `limit` or longer (same clock as `ping`)."""
+        return self.ping_sent >= 0 and now - self.ping_sent >= limit and self.state is not _CLOSED
+
+    def close_silent(self, message: str) -> None:
+        """The peer stopped answering (a proxy or NAT dropped the connection without a
+        reset, a frozen server): aborted at once (a close would wait to flush to a peer
+        that reads nothing), `silent` set, open streams fail, the sink is told."""
+        if self.state is _CLOSED:
+            return
+        self.silent = True
+        if self.transport is not None:
+            self.transport.abort()
+        self._lost(message)
 
     def stream_closed(self, sid: int) -> None:
         self.open.pop(sid, None)
