@@ -34,6 +34,9 @@ from volley.records import RecordBlock
 #: for, or the last stream ending, wakes it at once). Each wake-up costs ~0.1-0.2 ms of
 #: CPU on a busy VM: the idle cost counts them.
 TICK_S = 0.25
+#: With no records arriving (an idle or very slow run) the loop ticks this often instead,
+#: or sooner when an agent's silence would pass the heartbeat timeout (`tick_period`).
+IDLE_TICK_S = 1.0
 #: How often finished windows are sealed (rows computed, histograms freed).
 SEAL_EVERY_NS = 5_000_000_000
 #: A window this many seconds past the request timeout gets no more records.
@@ -52,6 +55,15 @@ MAX_TICK_GAP_NS = 500_000_000
 #: counted the same way) before its stream is cut and it is told to stop; events arriving
 #: meanwhile take it back.
 MISSING_WAIT_S = 7.5
+
+
+def tick_period(records_arrived: bool, due_s: float) -> float:
+    """The main loop's next wait: TICK_S while records arrive, else IDLE_TICK_S, but never
+    past `due_s` (the earliest an open stream's silence passes its limit) by more than a
+    tick, so an agent is declared missing as promptly as at TICK_S."""
+    if records_arrived:
+        return TICK_S
+    return max(TICK_S, min(IDLE_TICK_S, due_s))
 
 
 class StopReason(enum.StrEnum):
@@ -108,6 +120,13 @@ class RunLoop:
         self._pingers: list[asyncio.Task[None]] = []
         #: Per agent index: its silence, over the coordinator's own running time.
         self._silence: dict[int, SilenceClock] = {}
+        #: blocks ingested so far, and at the last tick (`tick_period`); the time until
+        #: the first open stream's silence passes its limit, s (`check_liveness`)
+        self._blocks = 0
+        self._blocks_seen = 0
+        self._due_s = IDLE_TICK_S
+        #: the wait the main loop chose last: the silence clocks credit that much + slack
+        self._period_s = TICK_S
         self._background: set[asyncio.Task[Any]] = set()
         #: `--duration auto`: the stop instant (ns from the start, a whole second, in the
         #: future when fixed) once decided; records intended from then on are left out.
@@ -134,6 +153,7 @@ class RunLoop:
                 block = RecordBlock(
                     {k: v[keep] for k, v in block.columns.items()}, block.input_shapes
                 )
+        self._blocks += 1
         self.agg.ingest(index, block)
         if self.writer is not None:
             self.writer.write(index, block)
@@ -193,10 +213,14 @@ class RunLoop:
                 wake: list[asyncio.Future[Any]] = [] if stopper.done() else [stopper]
                 if len(last) == 1:  # the last stream: its end wakes the loop too
                     wake.append(last[0])
+                self._period_s = tick_period(self._blocks != self._blocks_seen, self._due_s)
+                self._blocks_seen = self._blocks
                 if wake:
-                    await asyncio.wait(wake, timeout=TICK_S, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(
+                        wake, timeout=self._period_s, return_when=asyncio.FIRST_COMPLETED
+                    )
                 else:
-                    await asyncio.sleep(TICK_S)
+                    await asyncio.sleep(self._period_s)
                 if not await self.on_tick(self.clock()):
                     break
         finally:
@@ -252,16 +276,24 @@ class RunLoop:
         it back: `AgentStream.heard`). Missing and silent MISSING_WAIT_S longer, or the run
         is over without it: its stream is cut and it is told to stop (best effort)."""
         limit_s = self.opts.heartbeat_timeout_s
+        # a longer wait chosen on purpose (IDLE_TICK_S) is running time too
+        max_gap = MAX_TICK_GAP_NS + int(max(self._period_s - TICK_S, 0.0) * 1e9)
+        due_s = IDLE_TICK_S
         for s in self.streams:
             if s.task is None or s.task.done():
                 continue  # ended, or never started
             watch = self._silence.setdefault(s.index, SilenceClock(MAX_TICK_GAP_NS))
+            watch.max_gap = max_gap
             silent = watch.check(now, s.info.last_seen_ns) / 1e9
             if s.state is AgentState.MISSING:
                 if silent > limit_s + MISSING_WAIT_S or self.over_without(s, now):
                     self.cut(s)
+                due_s = min(due_s, limit_s + MISSING_WAIT_S - silent)
             elif silent > limit_s:
                 s.mark_lost(f"no heartbeat for {silent:.1f}s", now)
+            else:
+                due_s = min(due_s, limit_s - silent)
+        self._due_s = due_s
 
     def over_without(self, missing: AgentStream, now: int) -> bool:
         """The run is over but for missing agents: every other stream has ended (or is

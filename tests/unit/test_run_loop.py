@@ -23,6 +23,7 @@ from coordinator.run import (
     RunOptions,
     StopReason,
 )
+from coordinator.run.loop import IDLE_TICK_S, TICK_S, tick_period
 from coordinator.run.results import annotate
 from coordinator.run.stream import MAX_PINGS_IN_FLIGHT, Silence
 from coordinator.rundir import timeseries_rows
@@ -674,3 +675,37 @@ def test_enum_values_are_the_strings_written_today() -> None:
 @pytest.mark.parametrize("reason", list(StopReason))
 def test_stop_reason_is_falsy_only_when_completed(reason: StopReason) -> None:
     assert bool(reason.value) is (reason is not StopReason.COMPLETED)
+
+
+def test_tick_period_is_slow_only_while_no_records_arrive() -> None:
+    assert tick_period(True, 10.0) == TICK_S
+    assert tick_period(False, 10.0) == IDLE_TICK_S
+    # an agent's silence passes its limit in 0.4 s: the loop looks then, not 1 s later
+    assert tick_period(False, 0.4) == pytest.approx(0.4)
+    assert tick_period(False, -1.0) == TICK_S  # overdue: a normal tick
+
+
+async def test_idle_ticks_count_their_whole_gap_and_shorten_before_the_limit() -> None:
+    """Ticks 1 s apart on purpose (no records): each whole second is the agents'
+    silence (a 0.5 s credit would let a silent agent live twice as long), and the wait
+    shrinks so that the silent agent is declared missing when it passes 2.5 s."""
+    loop, clients, clock = _loop(n=1, heartbeat_timeout_s=2.5)
+    start = loop.agree_start()
+    clock.at(start, 0.0)
+    loop.startup()
+    await _settle()
+    clients[0].events.put_nowait(_status(clock.now))
+    await _settle()
+    assert await loop.on_tick(clock.now)
+    s = loop.streams[0]
+    t = 0.0
+    waits = []
+    while s.state is not AgentState.MISSING and t < 10:
+        loop._period_s = tick_period(False, loop._due_s)
+        waits.append(round(loop._period_s, 3))
+        t += loop._period_s
+        assert await loop.on_tick(clock.at(start, t))
+    assert waits[:2] == [IDLE_TICK_S, IDLE_TICK_S]
+    assert waits[2] == pytest.approx(0.5)  # 2.0 s silent: the limit is 0.5 s away
+    assert s.state is AgentState.MISSING and t <= 2.5 + TICK_S + 1e-9
+    await loop.shutdown()
