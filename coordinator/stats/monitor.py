@@ -2,7 +2,8 @@
 
 `ServerMonitor` reads every model's statistics (`source.Source`: the plan's protocol,
 TLS and headers) before the load, at the end of the warm-up, once per 1 s window and
-after the last response. Deltas give per-request means of queue and compute (input,
+after the last response (a slow open-loop run: every `sample_interval_s`, up to 5 s, so
+that a window holds some requests and an idle run costs little). Deltas give per-request means of queue and compute (input,
 infer, output) time, success/failure counts and batch statistics, per model and per
 version; window deltas are computed as samples come, so only the latest snapshot is
 kept. It also scrapes Triton's Prometheus endpoint once per window.
@@ -21,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -64,6 +66,26 @@ log = logging.getLogger("volley.server_stats")
 #: Monotonic time in ns, and a sleep (tests give fake ones).
 Clock = Callable[[], int]
 Sleep = Callable[[float], Awaitable[None]]
+
+#: A slow open-loop run's windows are made long enough to hold about this many requests,
+#: up to MAX_SAMPLE_S (each sample is a statistics request and a scrape: idle cost).
+SAMPLE_REQUESTS = 10
+MAX_SAMPLE_S = 5.0
+
+
+def sample_interval_s(plan: Plan) -> float:
+    """The monitor's window: 1 s, or for an open-loop run slower than SAMPLE_REQUESTS/s
+    (its peak rate) whole seconds up to MAX_SAMPLE_S. Closed loop and traces: 1 s (their
+    rate is not known ahead). The run's and the measured period's figures come from the
+    samples at the start, the end of the warm-up and the end, whatever the window."""
+    load = plan.load
+    if load.mode != "open" or load.trace is not None:
+        return 1.0
+    peak = max([load.rate, *(s.target for s in load.stages)])
+    if peak <= 0:
+        return 1.0
+    return float(min(MAX_SAMPLE_S, max(1, math.ceil(SAMPLE_REQUESTS / peak))))
+
 
 PLAN_MODELS_SOURCE = "triton statistics extension (all clients of these models)"
 
@@ -132,6 +154,7 @@ class ServerMonitor:
             url,
             note,
             models=[(m.name, m.version) for m in plan_models(plan)],
+            interval_s=sample_interval_s(plan),
             enabled=enabled,
             composing=composing_roles(plan),
         )

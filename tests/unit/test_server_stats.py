@@ -32,7 +32,12 @@ from coordinator.stats.counters import (
     version_figures,
 )
 from coordinator.stats.documents import ModelConfigDoc, ServerDoc, ServerInfo
-from coordinator.stats.monitor import ServerMonitor, summary_block
+from coordinator.stats.monitor import (
+    MAX_SAMPLE_S,
+    ServerMonitor,
+    sample_interval_s,
+    summary_block,
+)
 from coordinator.stats.prometheus import (
     parse_metrics,
     resolve_metrics_url,
@@ -622,3 +627,41 @@ async def test_source_timeout_is_a_source_error() -> None:
     finally:
         await source.close()
         await server.stop(0)
+
+
+def test_sample_interval_follows_the_open_loop_peak_rate() -> None:
+    def plan(**load: Any) -> Any:
+        return plan_from_dict({"target": "127.0.0.1:8001", "model": "m", "load": load})
+
+    assert sample_interval_s(plan(rate=2000, duration="5s")) == 1.0
+    assert sample_interval_s(plan(rate=10, duration="5s")) == 1.0
+    assert sample_interval_s(plan(rate=4, duration="5s")) == 3.0
+    assert sample_interval_s(plan(rate=1, duration="5s")) == MAX_SAMPLE_S
+    # a ramp: its peak decides (its fast stage gets per-second windows)
+    ramp = plan(stages=[{"duration": "5s", "target": 1}, {"duration": "5s", "target": 100}])
+    assert sample_interval_s(ramp) == 1.0
+    assert sample_interval_s(plan(mode="closed", concurrency=1, duration="5s")) == 1.0
+
+
+async def test_slow_windows_keep_the_figures_exact() -> None:
+    """5 s windows: fewer samples, each window's span and deltas exact, and the measured
+    period still runs from the end-of-warm-up sample to the end."""
+    clock = FakeClock()
+    source = FakeSource(clock)
+    mon = ServerMonitor(
+        source, "fake:8001", "m", None, interval_s=5.0, clock=clock, sleep=clock.sleep
+    )
+    mon.begin(start_ns=1_000_000_000, warmup_s=1.5)
+    await clock.advance_to(1.0 + 12.2)
+    doc = await mon.stop()
+    assert source.calls == [-1.0, 0.0, 1.5, 5.0, 10.0, 12.2]
+    stats = doc["statistics"]
+    assert doc["interval_s"] == 5.0
+    assert [(w["window"], w["t_s"], w["span_s"]) for w in stats["windows"]] == [
+        (0, 0.0, 5.0),
+        (1, 5.0, 5.0),
+    ]
+    assert all(w["models"]["m"]["success"] == 75 for w in stats["windows"])
+    measured = stats["measured"]
+    assert measured is not None
+    assert measured["m"]["success"] == (122 - 15) + (61 - 7)
