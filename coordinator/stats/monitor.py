@@ -1,12 +1,13 @@
 """The server's side of a run: Triton's statistics and Prometheus metrics over time.
 
 `ServerMonitor` reads every model's statistics (`source.Source`: the plan's protocol,
-TLS and headers) before the load, at the end of the warm-up, once per 1 s window and
-after the last response (a slow open-loop run: every `sample_interval_s`, up to 5 s, so
-that a window holds some requests and an idle run costs little). Deltas give per-request means of queue and compute (input,
-infer, output) time, success/failure counts and batch statistics, per model and per
-version; window deltas are computed as samples come, so only the latest snapshot is
-kept. It also scrapes Triton's Prometheus endpoint once per window.
+TLS and headers) before the load, at the end of the warm-up, once per 1 s window (a
+slow open-loop run: `sample_interval_s`, up to 5 s, so that a window holds some
+requests and an idle run costs little) and after the last response. Deltas give
+per-request means of queue and compute (input, infer, output) time, success/failure
+counts and batch statistics, per model and per version; window deltas are computed as
+samples come, so only the latest snapshot is kept. It also scrapes Triton's Prometheus
+endpoint once per window.
 
 A server without the statistics extension (any KServe v2 server that is not Triton),
 or an unreachable metrics endpoint, is not an error: that part is "unavailable" with a
