@@ -131,6 +131,13 @@ def batch_due(age_s: float, records: int, flush_s: float) -> bool:
     return age_s >= max(BATCH_HOLD_S, flush_s) or (age_s >= flush_s and records >= BATCH_RECORDS)
 
 
+def brisk(sent: int, elapsed_s: float, heartbeat_s: float) -> bool:
+    """`sent` requests went out over the last `elapsed_s`: at least one per heartbeat, so
+    that a status every heartbeat carries news. Slower (1 req/s), a status a second
+    says as much for a quarter of the wake-ups."""
+    return sent > 0 and sent * heartbeat_s >= elapsed_s
+
+
 def beat_period(moved: bool, heartbeat_s: float) -> float:
     """The time to the next heartbeat (a status event, the watchdog's look): a heartbeat
     while the figures move, IDLE_HEARTBEAT_S (at least a heartbeat) while they do not."""
@@ -406,6 +413,7 @@ class RunSession:
         cpu_mark = (time.monotonic(), 0.0)
         cpu_percent = 0.0
         told: tuple[Any, ...] = ()
+        told_sent = 0
         beat_s = s.heartbeat_s
         try:
             while len(done) < s.workers:
@@ -461,9 +469,13 @@ class RunSession:
                         cpu_percent = max(0.0, (cpu - cpu_mark[1]) / dt * 100.0)
                     cpu_mark = (now, cpu)
                     last_beat = now
-                    figures = (self.state, self.stop_reason, *self._moving())
-                    beat_s = beat_period(figures != told, s.heartbeat_s)
-                    told = figures
+                    # fast heartbeats while the state changes or requests go out at
+                    # least one a heartbeat; else once a second (still with the figures)
+                    figures = (self.state, self.stop_reason)
+                    sent = sum(c.sent for c in self.counters.values())
+                    busy = brisk(sent - told_sent, dt, s.heartbeat_s)
+                    beat_s = beat_period(figures != told or busy, s.heartbeat_s)
+                    told, told_sent = figures, sent
                     yield pb.RunEvent(status=self.status(cpu_percent))
             if pending:
                 yield pb.RunEvent(timings=concat(pending).to_proto())

@@ -14,6 +14,7 @@ from agent.session import (
     MAX_BATCH_RECORDS,
     batch_due,
     beat_period,
+    brisk,
 )
 from agent.worker import pin_from_env, sweep_delay
 from coordinator.affinity import plan_affinity
@@ -33,6 +34,16 @@ def test_the_heartbeat_slows_while_nothing_moves() -> None:
     assert beat_period(False, 0.25) == IDLE_HEARTBEAT_S
     # a heartbeat configured longer than the idle one is kept
     assert beat_period(False, 2.0) == 2.0
+
+
+def test_heartbeats_are_fast_only_at_a_request_a_heartbeat_or_more() -> None:
+    assert brisk(2000, 1.0, 0.25)  # a busy run: every quarter second has news
+    assert brisk(1, 0.25, 0.25)  # one request in a fast beat
+    assert brisk(4, 1.0, 0.25)
+    # 1 req/s: one request a second is news once a second, not four times
+    assert not brisk(1, 1.0, 0.25)
+    assert not brisk(3, 1.0, 0.25)
+    assert not brisk(0, 0.25, 0.25)  # nothing sent
 
 
 def test_a_timing_batch_waits_for_records_or_its_hold_time() -> None:
