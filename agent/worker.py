@@ -185,6 +185,9 @@ class Worker:
         #: the ticker found nothing to send last time: it sleeps IDLE_STATUS_S, and the
         #: next completion flushes at once
         self.quiet = False
+        #: the counters the last status told, and when (`_tell`)
+        self._told: tuple[int, ...] = ()
+        self._told_at = time.monotonic()
         self.payloads: Payloads | None = None
         self.wires: list[Wire] = []
         self.tp: Transport | None = None
@@ -260,8 +263,20 @@ class Worker:
             self.buf.append(index, intended, sent, done, status, req, resp, batch, shape, model)
             or self.quiet
         ):
-            self._flush()
-            self.quiet = False
+            self._wake_flush()
+
+    def _wake_flush(self) -> None:
+        """The buffer is full, or this is the first record after a quiet spell: the
+        records go at once. After a quiet spell the status goes with them (one wake-up
+        for both here and in the agent; the ticker then has nothing new to tell)."""
+        self._flush()
+        if self.quiet:
+            self._tell()
+        self.quiet = False
+
+    def _tell(self) -> None:
+        self._send_status()
+        self._told, self._told_at = self._counts(), time.monotonic()
 
     def _counts(self) -> tuple[int, ...]:
         """What a status tells the agent, less the CPU (unchanged: nothing to tell)."""
@@ -273,19 +288,15 @@ class Worker:
         """Every flush interval: records to the agent; a status when the counters moved,
         else one every IDLE_STATUS_S (a message costs a pickle, a feeder-thread wake-up
         and the agent's reading it: idle, the worker stays quiet)."""
-        told: tuple[int, ...] = ()
-        told_at = time.monotonic()
         while True:
             await asyncio.sleep(IDLE_STATUS_S if self.quiet else self.task.flush_s)
             if self.stop_event.is_set():
                 self.stopping = True
             had_records = self.buf.n > 0
             self._flush()
-            now, counts = time.monotonic(), self._counts()
-            moved = counts != told
-            if moved or now - told_at >= IDLE_STATUS_S:
-                self._send_status()
-                told, told_at = counts, now
+            moved = self._counts() != self._told
+            if moved or time.monotonic() - self._told_at >= IDLE_STATUS_S:
+                self._tell()
             # nothing moved: wake once a second (a completion meanwhile is sent at once)
             self.quiet = not (moved or had_records)
 
@@ -329,8 +340,7 @@ class Worker:
             )
             or self.quiet
         ):
-            self._flush()  # full, or the first record after a quiet spell: at once
-            self.quiet = False
+            self._wake_flush()
         if key < 0:
             uid = -1 - key
             if status == rc.UNAVAILABLE:

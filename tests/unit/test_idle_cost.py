@@ -93,3 +93,34 @@ def test_a_worker_pins_itself_to_its_core_from_the_environment() -> None:
         os.sched_setaffinity(0, before)
     assert pin_from_env(0, {}) == -1
     assert pin_from_env(0, {WORKER_CPUS_ENV: "x,"}) == -1
+
+
+class _Out:
+    def __init__(self) -> None:
+        self.items: list[object] = []
+
+    def put(self, item: object) -> None:
+        self.items.append(item)
+
+
+def test_a_quiet_workers_first_record_and_its_status_leave_together() -> None:
+    """After a quiet spell the first completion sends its record and a status in the same
+    wake-up; the ticker's next look then has nothing new to tell. Not quiet: records
+    wait for the ticker, and no status goes with them."""
+    import multiprocessing as mp
+    from types import SimpleNamespace
+
+    from agent.worker import Records, Status, Worker, WorkerTask
+    from volley import records as rc
+    from volley.plan import plan_from_dict
+
+    plan = plan_from_dict({"target": "127.0.0.1:1", "model": "m", "load": {"rate": 1}})
+    out = _Out()
+    w = Worker(WorkerTask(plan.to_json(), "r", 0, 0, 1, 0), out, mp.get_context("spawn").Event())  # type: ignore[arg-type]
+    w.payloads = SimpleNamespace(shapes=["1"])  # type: ignore[assignment]
+    w.quiet = True
+    w._record(0, 10, 11, 12, rc.OK, 1, 1, 1, 0)
+    assert [type(m) for m in out.items] == [Records, Status]
+    assert not w.quiet and w._counts() == w._told
+    w._record(1, 20, 21, 22, rc.OK, 1, 1, 1, 0)  # not quiet: held for the ticker
+    assert len(out.items) == 2 and w.buf.n == 1
