@@ -116,18 +116,23 @@ log = logging.getLogger("volley.agent")
 #: holds BATCH_RECORDS records, or once that record has waited BATCH_HOLD_S, whichever is
 #: first (or at once past MAX_BATCH_RECORDS): the coordinator pays ~1-2 ms per batch
 #: whatever its size, so a fast run sends fewer, bigger batches. The hold bounds what a
-#: killed agent loses (records not yet sent) and how late the live view is: 0.25 s.
+#: killed agent loses (records not yet sent) and how late the live view is: 0.25 s. A
+#: record arriving a hold or more after the last batch left goes at once (`batch_due`).
 BATCH_RECORDS = 256
 BATCH_HOLD_S = 0.25
 MAX_BATCH_RECORDS = 65536
 
 
-def batch_due(age_s: float, records: int, flush_s: float) -> bool:
-    """The pending records (the oldest `age_s` old) go to the coordinator now."""
+def batch_due(age_s: float, records: int, flush_s: float, since_last_s: float = 0.0) -> bool:
+    """The pending records (the oldest `age_s` old) go to the coordinator now. The last
+    batch left `since_last_s` ago: past BATCH_HOLD_S, holding these gathers nothing (a
+    slow run), so they go at once, in the wake-up that brought them."""
     if records > MAX_BATCH_RECORDS:
         return True
     if records == 0:
         return False
+    if since_last_s >= BATCH_HOLD_S:
+        return True
     return age_s >= max(BATCH_HOLD_S, flush_s) or (age_s >= flush_s and records >= BATCH_RECORDS)
 
 
@@ -409,6 +414,7 @@ class RunSession:
         pending: list[RecordBlock] = []
         done: dict[int, str] = {}
         last_beat = pending_since = time.monotonic()
+        last_batch = last_beat - BATCH_HOLD_S  # when the last timing batch left
         pending_n = 0
         cpu_mark = (time.monotonic(), 0.0)
         cpu_percent = 0.0
@@ -421,7 +427,7 @@ class RunSession:
                 wake = last_beat + beat_s
                 if pending:  # the earliest the batch can be due
                     first = s.flush_s if pending_n >= BATCH_RECORDS else BATCH_HOLD_S
-                    wake = min(wake, pending_since + first)
+                    wake = min(wake, pending_since + first, last_batch + BATCH_HOLD_S)
                 timeout = max(0.0, wake - time.monotonic())
                 try:
                     msg = await asyncio.wait_for(aq.get(), timeout=timeout)
@@ -458,9 +464,9 @@ class RunSession:
                     elif self.state is SessionState.PREPARED:
                         self.state = SessionState.WAITING
                 now = time.monotonic()
-                if batch_due(now - pending_since, pending_n, s.flush_s):
+                if batch_due(now - pending_since, pending_n, s.flush_s, now - last_batch):
                     yield pb.RunEvent(timings=concat(pending).to_proto())
-                    pending, pending_n = [], 0
+                    pending, pending_n, last_batch = [], 0, now
                 if now - last_beat >= beat_s:
                     self._watchdog(now)
                     cpu = sum(c.cpu_s for c in self.counters.values())

@@ -57,6 +57,10 @@ def test_a_timing_batch_waits_for_records_or_its_hold_time() -> None:
     assert batch_due(BATCH_HOLD_S, 1, flush)
     # too many: at once
     assert batch_due(0.0, MAX_BATCH_RECORDS + 1, flush)
+    # a slow run: the last batch left a hold ago, holding gathers nothing: at once
+    assert batch_due(0.0, 1, flush, since_last_s=BATCH_HOLD_S)
+    assert not batch_due(0.0, 1, flush, since_last_s=BATCH_HOLD_S / 2)
+    assert not batch_due(0.0, 0, flush, since_last_s=5.0)
 
 
 def test_each_worker_gets_its_own_core_and_the_rest_the_others() -> None:
