@@ -36,8 +36,9 @@ class RunOptions:
     heartbeat_timeout_s: float = 2.5
     #: The coordinator's keepalive to each agent during a run (agents stop a run whose
     #: coordinator stays silent past their grace period, at least 4 keepalives: 5 s by
-    #: default). Once a second: each ping costs both sides a gRPC call (the idle cost).
-    keepalive_s: float = 1.0
+    #: default). Every 1.25 s, the longest period that keeps that grace at 5 s: each ping
+    #: costs both sides a gRPC call (the idle cost).
+    keepalive_s: float = 1.25
     #: Token / TLS for the control plane.
     security: ClientSecurity | None = None
     clock_samples: int = 16
