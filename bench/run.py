@@ -134,9 +134,12 @@ def volley_run(
         #: the coordinator (ingest, histograms, raw records, ticks) during the load
         "coordinator_us_per_request": coord_us,
         "whole_tree_us_per_request": round(worker_us + agent_us + coord_us, 1),
-        #: the whole tree's CPU over the measured wall time (the idle figure), cores
+        #: the whole tree's CPU per second (the idle figure), cores: the workers' CPU over
+        #: the run's span (both whole-run figures), the agent process and the coordinator
+        #: between the marks (they fall on ticks, up to 1 s apart when idle)
         "whole_tree_cores": round(
-            (worker_us * sent / 1e6 + agent_cpu + coord_cpu)
+            a["cpu_seconds"] / max(s["duration_s"] + s["warmup_s"], 1e-9)
+            + (agent_cpu + coord_cpu)
             / max(marks.get("t_end", 0.0) - marks.get("t_start", 0.0), 1e-9),
             5,
         ),
