@@ -60,11 +60,18 @@ _NO_CAP = 1 << 62
 IDLE_STATUS_S = 1.0
 
 
-def sweep_delay(period_s: float, timeout_s: float, idle: bool) -> float:
+#: Held connections (`--connections`) are looked after by the sweep (PINGs, their
+#: deadlines, reopening empty slots): it runs at least this often while they are held.
+HELD_UPKEEP_S = 1.0
+
+
+def sweep_delay(period_s: float, timeout_s: float, idle: bool, held: bool = False) -> float:
     """The timeout sweeper's next sleep. With nothing in flight (`idle`) no request can
     time out before a whole timeout from now (one sent right away is due then at the
-    earliest), so it sleeps that long; the next sweep after it is again `period_s` on."""
-    return max(timeout_s, period_s) if idle else period_s
+    earliest), so it sleeps that long; the next sweep after it is again `period_s` on.
+    While connections are `held`, their upkeep rides on the sweep: at most HELD_UPKEEP_S."""
+    delay = max(timeout_s, period_s) if idle else period_s
+    return min(delay, HELD_UPKEEP_S) if held else delay
 
 
 @dataclass(frozen=True)
@@ -185,6 +192,9 @@ class Worker:
         #: the ticker found nothing to send last time: it sleeps IDLE_STATUS_S, and the
         #: next completion flushes at once
         self.quiet = False
+        #: set by the first record after a quiet spell: the ticker's idle sleep ends, so
+        #: the records after it wait a flush interval, not the rest of IDLE_STATUS_S
+        self._woken = asyncio.Event()
         #: the counters the last status told, and when (`_tell`)
         self._told: tuple[int, ...] = ()
         self._told_at = time.monotonic()
@@ -272,6 +282,7 @@ class Worker:
         self._flush()
         if self.quiet:
             self._tell()
+            self._woken.set()
         self.quiet = False
 
     def _tell(self) -> None:
@@ -289,7 +300,13 @@ class Worker:
         else one every IDLE_STATUS_S (a message costs a pickle, a feeder-thread wake-up
         and the agent's reading it: idle, the worker stays quiet)."""
         while True:
-            await asyncio.sleep(IDLE_STATUS_S if self.quiet else self.task.flush_s)
+            if self.quiet:  # until IDLE_STATUS_S, or a flush interval after a record comes
+                self._woken.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._woken.wait(), IDLE_STATUS_S)
+                    await asyncio.sleep(self.task.flush_s)
+            else:
+                await asyncio.sleep(self.task.flush_s)
             if self.stop_event.is_set():
                 self.stopping = True
             had_records = self.buf.n > 0
@@ -306,7 +323,8 @@ class Worker:
         period = min(max(self.plan.timeout_s / 50, 0.002), 0.1)
         while True:
             idle = self.tp is None or (self.tp.in_flight == 0 and not self.backlog)
-            await asyncio.sleep(sweep_delay(period, self.plan.timeout_s, idle))
+            held = self.tp is not None and self.tp.fixed
+            await asyncio.sleep(sweep_delay(period, self.plan.timeout_s, idle, held))
             if self.tp is not None:
                 self.tp.sweep()
 

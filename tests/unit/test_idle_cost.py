@@ -27,6 +27,9 @@ def test_the_sweeper_sleeps_a_whole_timeout_with_nothing_in_flight() -> None:
     assert sweep_delay(0.1, 30.0, idle=True) == 30.0
     # a timeout shorter than the period never shortens the sleep below the period
     assert sweep_delay(0.1, 0.05, idle=True) == 0.1
+    # held connections (--connections) are looked after by the sweep: at least each second
+    assert sweep_delay(0.1, 30.0, idle=True, held=True) == 1.0
+    assert sweep_delay(0.1, 30.0, idle=False, held=True) == 0.1
 
 
 def test_the_heartbeat_slows_while_nothing_moves() -> None:
@@ -128,3 +131,34 @@ def test_a_quiet_workers_first_record_and_its_status_leave_together() -> None:
     assert not w.quiet and w._counts() == w._told
     w._record(1, 20, 21, 22, rc.OK, 1, 1, 1, 0)  # not quiet: held for the ticker
     assert len(out.items) == 2 and w.buf.n == 1
+
+
+async def test_after_a_quiet_spell_the_next_records_wait_a_flush_interval_not_a_second() -> None:
+    """The quiet ticker sleeps up to IDLE_STATUS_S; the first record after it goes at once
+    and wakes the ticker, so the records that follow wait one flush interval (0.1 s), not
+    the rest of that second."""
+    import asyncio
+    import multiprocessing as mp
+    import time
+    from types import SimpleNamespace
+
+    from agent.worker import IDLE_STATUS_S, Records, Worker, WorkerTask
+    from volley import records as rc
+    from volley.plan import plan_from_dict
+
+    plan = plan_from_dict({"target": "127.0.0.1:1", "model": "m", "load": {"rate": 1}})
+    out = _Out()
+    w = Worker(WorkerTask(plan.to_json(), "r", 0, 0, 1, 0), out, mp.get_context("spawn").Event())  # type: ignore[arg-type]
+    w.payloads = SimpleNamespace(shapes=["1"])  # type: ignore[assignment]
+    w.quiet = True
+    ticker = asyncio.create_task(w._ticker())
+    await asyncio.sleep(0.05)  # the ticker is in its quiet sleep
+    w._record(0, 10, 11, 12, rc.OK, 1, 1, 1, 0)  # goes at once, wakes the ticker
+    w._record(1, 20, 21, 22, rc.OK, 1, 1, 1, 0)  # held for the ticker
+    t0 = time.monotonic()
+    while w.buf.n and time.monotonic() - t0 < IDLE_STATUS_S:
+        await asyncio.sleep(0.01)
+    waited = time.monotonic() - t0
+    ticker.cancel()
+    assert w.buf.n == 0 and sum(isinstance(m, Records) for m in out.items) == 2
+    assert waited < 0.5 * IDLE_STATUS_S, waited
