@@ -85,6 +85,9 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
         if bad is not None:
             await run.shutdown()
             raise AgentError(f"agent {bad.info.address} refuses the run: {bad.refused}")
+        # the fan-out to every agent as it is now, right before the instant is fixed
+        # (inside: a cancellation here ends the prepared agents' runs too)
+        round_ns = await ready_round(run)
     except AgentError:
         monitor.abort()
         remove_unused_run_dir(run_dir)
@@ -93,8 +96,6 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
         monitor.abort()
         await run.shutdown(failed=True)
         raise
-    # the fan-out to every agent as it is now, right before the instant is fixed
-    round_ns = await ready_round(run)
     start_ns = run.agree_start(start_lead_ns(streams, round_ns))
     monitor.set_start(start_ns)
     infos = [s.info for s in streams]
