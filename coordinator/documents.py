@@ -30,7 +30,7 @@ from typing import (
 
 from coordinator.sequences import SequencesBlock
 from coordinator.stats.documents import PlanModelRow, ServerSummary
-from volley.conns import ConnBlock
+from volley.conns import ConnBlock, RunConnBlock
 from volley.plan import Arrival, Mode, Protocol
 from volley.request import PoolDescription
 from volley.shown import shown
@@ -501,7 +501,7 @@ class Summary(TypedDict):
     #: Set by a run with the two-phase start.
     start: NotRequired[StartBlock]
     #: Every agent's `connections` merged (absent from older summaries).
-    connections: NotRequired[ConnBlock]
+    connections: NotRequired[RunConnBlock]
     affinity: NotRequired[AffinityDoc]
 
 

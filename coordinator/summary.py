@@ -507,7 +507,7 @@ def build_summary(
     }
     if seq_block is not None:
         summary["sequences"] = seq_block
-    conns = run_connections([a.conns for a in agents])
+    conns = run_connections([a.conns for a in agents], plan.connections_total > 0)
     if conns is not None:
         summary["connections"] = conns
         if conns["errors_total"] or conns["resets_received"]:

@@ -96,12 +96,13 @@ def fd_refusal(share: int, workers: int, soft: int, hard: int) -> str | None:
 def pool_limit(connections: int, fixed: bool, in_flight_cap: int, hard_max: int) -> int:
     """How many HTTP/1.1 connections a worker's pool may hold.
 
-    fixed (`--connections` given): exactly its share: requests beyond it wait for a
-    free connection (counted in `waited`). Otherwise: as many as the worker may have
+    fixed (`--connections` given): exactly its share, however large (the descriptor
+    check bounds it; the pool opens them all): requests beyond it wait for a free
+    connection (counted in `waited`). Otherwise: as many as the worker may have
     requests in flight (its share of the in-flight cap; 0: no cap), at least
     `connections`, at most `hard_max`."""
     if fixed:
-        return max(1, min(connections, hard_max))
+        return max(1, connections)
     cap = in_flight_cap if in_flight_cap > 0 else hard_max
     return max(1, min(hard_max, max(connections, cap)))
 
@@ -118,6 +119,13 @@ class ConnBlock(TypedDict):
     resets_received: int
     goaways_received: int
     waited: int
+
+
+class RunConnBlock(ConnBlock, total=False):
+    """summary.json's run-wide `connections`."""
+
+    #: `--connections N` held them (else each worker opened its own as it needed them)
+    fixed: bool
 
 
 @dataclass
@@ -195,15 +203,20 @@ class ConnFigures:
         }
 
 
-def run_connections(figures: Sequence[ConnFigures | None]) -> ConnBlock | None:
-    """The run's `connections` block: every agent's figures merged (None: none came)."""
+def run_connections(
+    figures: Sequence[ConnFigures | None], fixed: bool = False
+) -> RunConnBlock | None:
+    """The run's `connections` block: every agent's figures merged (None: none came);
+    `fixed`: the plan held them (`--connections N`)."""
     got = [f for f in figures if f is not None]
     if not got or not any(f.wanted or f.opened or f.errors for f in got):
         return None
     total = ConnFigures()
     for f in got:
         total.merge(f)
-    return total.block()
+    block = cast(RunConnBlock, total.block())
+    block["fixed"] = fixed
+    return block
 
 
 def to_proto(fig: ConnFigures) -> pb.ConnectionFigures:

@@ -70,6 +70,7 @@ def test_an_agent_refuses_fewer_connections_than_workers_or_more_than_its_descri
 
 def test_the_pool_is_capped_at_the_share_or_the_in_flight_cap() -> None:
     assert pool_limit(6, True, 500, 1024) == 6  # --connections: exactly the share
+    assert pool_limit(3000, True, 500, 1024) == 3000  # all of it: they are all opened
     assert pool_limit(1, False, 256, 1024) == 256  # the worker's in-flight share
     assert pool_limit(1, False, 0, 1024) == 1024  # no cap: the hard bound
     assert pool_limit(8, False, 4, 1024) == 8  # never below `connections`
@@ -117,3 +118,25 @@ def test_the_line_says_when_an_on_demand_pool_grew_past_what_was_asked() -> None
     grown = ConnFigures(wanted=1, opened=922, held=922).block()  # HTTP/1.1 on demand
     assert describe(held).startswith("4/4 held; 4 opened")
     assert describe(grown).startswith("922 held (pool grew from 1); 922 opened")
+
+
+def test_the_console_shows_connections_only_when_held_or_failing() -> None:
+    """An ordinary run (each worker's own connection) prints no connections line; a run
+    with `--connections N`, or with connection errors or resets, does."""
+    import io
+    from typing import Any, cast
+
+    from rich.console import Console
+
+    from volley.cli.console import _print_connections
+
+    def shown(**over: Any) -> str:
+        block = {**ConnFigures(wanted=4, opened=4, held=4).block(), **over}
+        out = io.StringIO()
+        summary = cast(Any, {"connections": block, "agents": [{}, {}]})
+        _print_connections(Console(file=out, width=100), summary)
+        return out.getvalue()
+
+    assert shown() == ""  # 2 agents x 2 workers, one connection each: nothing to say
+    assert shown(fixed=True).startswith("connections: 4/4 held")
+    assert "1 reset" in shown(errors_total=1, errors={"reset": 1})

@@ -282,7 +282,9 @@ def print_summary(summary: Summary, run_dir: Path, console: Console | None = Non
 def _print_connections(con: Console, summary: Summary) -> None:
     """`--connections N` (or connections that failed): held, connect times, by kind."""
     conns = summary.get("connections")
-    if conns is not None and (conns["wanted"] > len(summary["agents"]) or conns["errors_total"]):
+    if conns is not None and (
+        conns.get("fixed") or conns["errors_total"] or conns["resets_received"]
+    ):
         con.print(f"connections: {escape(describe(conns))}", overflow="fold")
         con.print()
 
