@@ -329,14 +329,6 @@ class RunSession:
             connections=merged_figures(c.conns for c in cs),
         )
 
-    def _moving(self) -> tuple[int, ...]:
-        """The workers' counters a status carries, less the CPU."""
-        return tuple(
-            v
-            for c in self.counters.values()
-            for v in (c.sent, c.completed, c.errors, c.dropped, c.in_flight, c.retried)
-        )
-
     def _start_workers(self) -> None:
         s = self.spec
         for w in range(s.workers):
