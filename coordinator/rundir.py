@@ -63,6 +63,7 @@ class RequestWriter:
         self._pending: list[tuple[int, RecordBlock]] = []
         self._rows = 0
         self.records = 0
+        self._flushed = False
 
     def write(self, agent: int, block: RecordBlock) -> None:
         n = len(block)
@@ -71,7 +72,10 @@ class RequestWriter:
         self._pending.append((agent, block))
         self._rows += n
         self.records += n
-        if self._rows >= 256_000 or len(self._pending) >= 64:  # bounded, few tiny tables
+        # bounded, few tiny tables; the first row group early, so the writer's buffers
+        # (~8 MB) are taken at the start of a run, not in its middle
+        due = 8 if not self._flushed else 64
+        if self._rows >= 256_000 or len(self._pending) >= due:
             self.flush()
 
     def flush(self) -> None:
@@ -80,6 +84,7 @@ class RequestWriter:
         blocks = self._pending
         self._pending = []
         self._rows = 0
+        self._flushed = True
         shapes: dict[str, int] = {}  # every block's input shapes, in one dictionary
         agents, shape_idx = [], []
         for agent, b in blocks:

@@ -79,3 +79,18 @@ def test_requests_parquet_one_table_per_row_group(tmp_path: Path) -> None:
     assert t.column("agent").to_pylist() == [0, 0, 0, 2, 2]
     assert t.column("input_shape").to_pylist() == ["a", "b", "a", "c", "c"]
     assert t.column("index").to_pylist() == [0, 1, 2, 0, 1]
+
+
+def test_the_first_row_group_is_written_early_then_every_64_blocks(tmp_path: Path) -> None:
+    """The writer's buffers are taken by its first row group: after 8 blocks, so at the
+    start of a run (a one-off ~8 MB read as growth mid-run otherwise); then every 64."""
+    path = tmp_path / "requests.parquet"
+    w = RequestWriter(path)
+    for i in range(8 + 64 + 3):
+        w.write(0, _block(2, ["a"]))
+        if i == 6:
+            assert w._pending and not w._flushed  # 7 blocks: still waiting
+    assert len(w._pending) == 3  # 8, then 64, were written
+    w.close()
+    meta = pq.ParquetFile(path).metadata
+    assert [meta.row_group(g).num_rows for g in range(meta.num_row_groups)] == [16, 128, 6]
