@@ -235,7 +235,7 @@ class AgentService(pb_grpc.AgentControlServicer):
         finally:
             if not session.finished:
                 session.detach("the Run stream closed")
-        if not session.finished:
+        if not (session.finished or session.reported_end):
             await context.abort(
                 grpc.StatusCode.ABORTED,
                 f"{session.detach_reason}; the agent keeps the run's records in its spool "

@@ -174,6 +174,9 @@ class RunSession:
         self.detached_at = 0.0
         self.detach_reason = ""
         self.finished = False
+        #: The Finished event has been emitted (the workers may still be exiting): a Run
+        #: stream the coordinator closes from here on is the normal end, not a detach.
+        self.reported_end = False
         self._outbox: asyncio.Queue[pb.RunEvent | None] = asyncio.Queue()
         self._outbox_bytes = 0
         self._task: asyncio.Task[None] | None = None
@@ -209,7 +212,7 @@ class RunSession:
             self.attached = False
             self.detached_at = time.monotonic()
             self.detach_reason = reason
-            if not self.finished:
+            if not (self.finished or self.reported_end):
                 log.warning(
                     "run %s: %s; carrying on detached (records spooled to %s)",
                     self.spec.run_id,
@@ -247,6 +250,8 @@ class RunSession:
 
     def _emit(self, ev: pb.RunEvent) -> None:
         kind = ev.WhichOneof("event")
+        if kind == "finished":
+            self.reported_end = True
         if self.spool is not None:
             now = time.monotonic()
             if kind != "status" or now - self._last_spool_status >= SPOOL_STATUS_S:

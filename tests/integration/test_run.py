@@ -88,11 +88,15 @@ async def test_sleep_model_latency_matches_delay(
 ) -> None:
     """At a low rate, latency is the model's delay plus what the server itself adds.
 
-    On this VM the python backend adds 1-3 ms to any request that sleeps (Triton's
-    own compute_infer statistic shows it too), so the check is against an independent
-    client timing the same span (send to response) before and after the run: volley's
-    service time must agree with it within 1 ms, its latency from the intended time may
-    only add the send lateness (under 1 ms at p50), and nothing is below the delay."""
+    On this VM the python backend adds 1-3 ms to any request that sleeps, and that
+    addition drifts from minute to minute, so the check is against the server's own
+    account of the same requests: Triton's statistics over the measured period time each
+    request from its arrival to its response, so volley's mean service time (send to
+    response) can only be longer, by what the client, loopback and Triton's gRPC front
+    end before its clock starts add (0.5-0.8 ms here; the bound is 2 ms).
+    An independent client (tritonclient's, before and after the run) may not be faster
+    than volley by more than 1 ms; the latency from the intended time may only add the
+    send lateness (under 1 ms at p50); nothing is below the delay."""
     delay_ms = 20.0
     doc = _plan(triton_server, arrival="constant", rate=10, duration="4s")
     doc.update(
@@ -106,15 +110,21 @@ async def test_sleep_model_latency_matches_delay(
     s = result.summary
     assert s["requests"]["ok"] == 40
     p50 = s["latency_ms"]["p50"]
-    service = s["service_time_ms"]["p50"]
+    service = s["service_time_ms"]
+    server = s["server"]
+    assert server["available"] and server.get("success") == 40, server
+    server_ms = server.get("request_ms")
+    assert server_ms is not None
     ref = float(np.median(before + after))
     print(
-        f"sleep {delay_ms} ms: volley p50 latency {p50:.3f} ms (service "
-        f"{s['service_time_ms']['p50']:.3f} ms), reference client p50 {ref:.3f} ms"
+        f"sleep {delay_ms} ms: volley p50 latency {p50:.3f} ms, service p50 "
+        f"{service['p50']:.3f} mean {service['mean']:.3f} ms; server's request mean "
+        f"{server_ms:.3f} ms; reference client p50 {ref:.3f} ms"
     )
-    assert p50 >= service >= delay_ms
-    assert abs(service - ref) <= 1.0
-    assert p50 - service <= 1.0
+    assert p50 >= service["p50"] >= delay_ms
+    assert server_ms <= service["mean"] <= server_ms + 2.0
+    assert service["p50"] <= ref + 1.0
+    assert p50 - service["p50"] <= 1.0
 
 
 def test_cli_bad_inputs_are_one_line_exit_2(triton_server: TritonEndpoint, tmp_path: Path) -> None:
