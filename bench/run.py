@@ -341,7 +341,7 @@ def main() -> None:
         if not a.quick:
             import scale
 
-            results["scale"] = scale.run_all(g, tmp, 64, 100, 20_000, dur)
+            results["scale"] = scale.run_all(g, tmp, 64, 2.0, 100, 20_000, dur)
     finally:
         server.stop()
 

@@ -1,8 +1,9 @@
 """Scale benchmarks (part of `make bench`; alone: `python bench/scale.py`).
 
 1. `many_local`: N real local agents (default 64, one worker each, `--local-agents N`)
-   at a low rate against Triton: the two-phase start's figures (slowest preparation,
-   lead, Start margins, start skew per agent), coordinator CPU and memory.
+   at a low rate (default 2 req/s each, `--rate-each`) against Triton: the two-phase
+   start's figures (slowest preparation, lead, Start margins, start skew per agent),
+   coordinator CPU and memory.
 2. `synthetic`: A synthetic agents (bench/synthetic_agents.py, default 100 in 4
    processes) driving the real coordinator over the real control plane at R records/s
    each (default 20,000): ingest rate, coordinator CPU per record and memory, whether
@@ -48,7 +49,7 @@ def _doc(target: str, rate: float, duration_s: float, raw: bool) -> dict[str, An
     }
 
 
-def many_local(target: str, out: Path, agents: int = 64, rate_each: float = 10.0) -> dict[str, Any]:
+def many_local(target: str, out: Path, agents: int = 64, rate_each: float = 2.0) -> dict[str, Any]:
     """N real agent processes: how they were prepared and started."""
     plan = plan_from_dict(_doc(target, agents * rate_each, 3.0, raw=True))
     local = LocalAgents(agents, workers=1, startup_timeout_s=300)
@@ -168,6 +169,12 @@ def bench_triton(tmp: Path) -> TritonServer:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--agents", type=int, default=64, help="real local agents")
+    ap.add_argument(
+        "--rate-each",
+        type=float,
+        default=2.0,
+        help="req/s per real agent (64 agents and Triton on 2 cores: 10/s each saturates them)",
+    )
     ap.add_argument("--synthetic", type=int, default=100, help="synthetic agents")
     ap.add_argument("--records", type=float, default=20_000, help="records/s per synthetic")
     ap.add_argument("--duration", type=float, default=5.0, help="synthetic run, seconds")
@@ -176,7 +183,9 @@ def main() -> None:
     server = bench_triton(tmp)
     results: dict[str, Any] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
-        results.update(run_all(server.grpc_url, tmp, a.agents, a.synthetic, a.records, a.duration))
+        results.update(
+            run_all(server.grpc_url, tmp, a.agents, a.rate_each, a.synthetic, a.records, a.duration)
+        )
     finally:
         server.stop()
     out_dir = ROOT / "bench" / "results"
@@ -187,11 +196,17 @@ def main() -> None:
 
 
 def run_all(
-    target: str, tmp: Path, agents: int, syn: int, records: float, duration_s: float
+    target: str,
+    tmp: Path,
+    agents: int,
+    rate_each: float,
+    syn: int,
+    records: float,
+    duration_s: float,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if agents:
-        out["many_local_agents"] = many_local(target, tmp / "runs", agents)
+        out["many_local_agents"] = many_local(target, tmp / "runs", agents, rate_each)
         print("many local agents", json.dumps(out["many_local_agents"]), flush=True)
     if syn:
         out["synthetic_agents"] = synthetic(target, tmp / "runs", syn, records, duration_s)
