@@ -12,6 +12,7 @@ Where the spools come from: a remote agent replays its spool (Collect RPC); a lo
 agent (`--local-agents`, which dies with its coordinator) spooled inside the run
 directory, at the folder run.json names (`agents[].spool_dir`), and its files are read
 directly (`volley/spool.py`). The spools are dropped afterwards (unless `keep`).
+Reading them is `spools.py`; checking what they hold, as a live run does, is `vet.py`.
 
 The rebuilt figures: the measured duration comes from the records
 (`recovery.recovered_measured_s`: the normal run's measured period, cut where the
@@ -25,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -36,8 +37,17 @@ import pyarrow.parquet as pq
 
 from coordinator.agents import AgentClient, describe_error
 from coordinator.aggregate import Aggregator
+from coordinator.collect.spools import (
+    MAX_ID_TEXT,
+    AgentSpool,
+    CollectError,
+    _discard,
+    _SpoolParser,
+    fetch_spools,
+    read_spool_folder,
+)
+from coordinator.collect.vet import _apply_states, _checks, _dedupe, _note_faults
 from coordinator.documents import AgentRow, Summary, SummaryError, load_summary
-from coordinator.local import SPOOL_FOLDER
 from coordinator.recovery import (
     add_schedule_counts,
     agent_infos,
@@ -57,56 +67,30 @@ from coordinator.rundir import (
 )
 from coordinator.sequences import SequenceStats
 from coordinator.slo import goodput_limits
-from coordinator.summary import AgentInfo, build_summary
-from coordinator.validate import AgentCheck, Fault, RunShape, clean_text, record_keys, vet_recovered
-from volley import spool as spoolfile
+from coordinator.summary import build_summary
+from coordinator.validate import AgentCheck, vet_recovered
 from volley.arrivals import schedule_span_s
 from volley.plan import Plan, load_plan_yaml, plan_from_dict
 from volley.records import COLUMNS, STREAM_DEFAULTS, RecordBlock
 from volley.security import ClientSecurity
-from volley.v1 import control_pb2 as pb
+
+__all__ = [
+    "MAX_ID_TEXT",
+    "AgentSpool",
+    "CollectError",
+    "CollectReport",
+    "_SpoolParser",
+    "_apply_states",
+    "_checks",
+    "_dedupe",
+    "_discard",
+    "_note_faults",
+    "collect_run",
+    "fetch_spools",
+    "read_spool_folder",
+]
 
 log = logging.getLogger("volley.collect")
-
-#: An agent id from a spool is cut to this many characters.
-MAX_ID_TEXT = 200
-
-
-class CollectError(Exception):
-    """Nothing could be recovered; the message says why (one line)."""
-
-
-@dataclass
-class AgentSpool:
-    """What one agent had spooled for the run."""
-
-    index: int
-    address: str
-    agent_id: str = ""
-    blocks: list[RecordBlock] = field(default_factory=list)
-    records: int = 0
-    finished: pb.Finished | None = None
-    last_status: pb.AgentStatus | None = None
-    notes: list[str] = field(default_factory=list)
-    #: the spool folder read directly (a local agent), None: replayed by the agent
-    folder: Path | None = None
-    #: what it said when its run started, and batches that could not be decoded
-    started: pb.Started | None = None
-    malformed: int = 0
-    #: what the checks dropped (records) and what it got wrong (fault -> count)
-    invalid: int = 0
-    faults: dict[str, int] = field(default_factory=dict)
-
-    def state(self) -> tuple[str, str]:
-        """(state, why) of the agent's slice as its spool tells it."""
-        f = self.finished
-        if f is None:
-            return "missing", "its spool ends without a finish (the agent was killed?)"
-        if not f.ok:
-            return "failed", clean_text(f.error) or "failed"
-        if f.final_status.message:
-            return "stopped", clean_text(f.final_status.message)
-        return "done", ""
 
 
 @dataclass
@@ -123,81 +107,6 @@ class CollectReport:
     discarded: list[str]
     #: the rebuilt summary (None when only recovered.parquet was written)
     summary: Summary | None = None
-
-
-class _SpoolParser:
-    """Turns one spool's events (replayed by an agent, or read from its files) into
-    AgentSpools, one per slot (a Started event opens each)."""
-
-    def __init__(self, run_id: str, address: str, slot: int | None, folder: Path | None) -> None:
-        self.run_id, self.address, self.slot, self.folder = run_id, address, slot, folder
-        self.out: list[AgentSpool] = []
-        self.cur: AgentSpool | None = None
-
-    def feed(self, ev: pb.RunEvent) -> None:
-        kind = ev.WhichOneof("event")
-        if kind == "started":
-            if ev.started.run_id and ev.started.run_id != self.run_id:
-                raise CollectError(f"agent {self.address}: spool of another run")
-            self.cur = AgentSpool(
-                index=int(ev.started.agent_index),
-                address=self.address,
-                agent_id=clean_text(ev.started.agent_id, MAX_ID_TEXT),
-                folder=self.folder,
-                started=ev.started,
-            )
-            self.out.append(self.cur)
-            return
-        cur = self.cur
-        if cur is None:  # events before any Started: a damaged spool
-            if self.slot is None:
-                return
-            cur = self.cur = AgentSpool(index=self.slot, address=self.address, folder=self.folder)
-            cur.notes.append("the spool lacks its start event")
-            self.out.append(cur)
-        if kind == "timings":
-            try:
-                block = RecordBlock.from_proto(ev.timings)
-            except ValueError as exc:
-                cur.notes.append(f"skipped a malformed batch ({exc})")
-                cur.malformed += 1
-                return
-            cur.blocks.append(block)
-            cur.records += len(block)
-        elif kind == "status":
-            if ev.status.state == "spool-full":
-                cur.notes.append(ev.status.message)
-            else:
-                cur.last_status = ev.status
-        elif kind == "finished":
-            cur.finished = ev.finished
-
-
-async def fetch_spools(client: AgentClient, run_id: str, slot: int | None) -> list[AgentSpool]:
-    """Replay one agent's spool of the run (one slot, or all it holds); raises
-    grpc.aio.AioRpcError from the agent, CollectError for another run's spool."""
-    parser = _SpoolParser(run_id, client.address, slot, None)
-    async for ev in client.collect(run_id, slot):
-        parser.feed(ev)
-    return parser.out
-
-
-def read_spool_folder(folder: Path, run_id: str, address: str) -> list[AgentSpool]:
-    """Read a local agent's spool files of the run (the agent need not be alive);
-    CollectError when there are none or they cannot be read."""
-    found = spoolfile.slots(folder, run_id)
-    if not found:
-        raise CollectError(f"agent {address}: no spool of run {run_id} in {folder}")
-    out: list[AgentSpool] = []
-    for k in found:
-        parser = _SpoolParser(run_id, address, k, folder)
-        try:
-            for ev in spoolfile.read_events(folder, run_id, k):
-                parser.feed(ev)
-        except OSError as exc:
-            raise CollectError(f"{spoolfile.slot_path(folder, run_id, k)}: {exc}") from None
-        out += parser.out
-    return out
 
 
 def _read_existing(path: Path) -> tuple[pa.Table | None, str]:
@@ -232,19 +141,6 @@ def _block_of(table: pa.Table, agent: int) -> RecordBlock | None:
         idx = enc.indices.to_numpy(zero_copy_only=False)
     cols["shape_id"] = np.asarray(idx, dtype=np.uint16)
     return RecordBlock(cols, shapes)
-
-
-def _dedupe(block: RecordBlock) -> RecordBlock:
-    """One record per (schedule index, worker, sent, intended): the same record from the
-    run directory and from a spool counts once."""
-    n = len(block)
-    if n == 0:
-        return block
-    _, first = np.unique(record_keys(block), return_index=True)
-    if len(first) == n:
-        return block
-    first.sort()
-    return block.select(first)
 
 
 def _old_summary(run_dir: Path) -> Summary | None:
@@ -446,75 +342,6 @@ def _latest(
     return last_index, last_done_ns
 
 
-def _checks(
-    plan: Plan, infos: list[AgentInfo], spools: list[AgentSpool], old_rows: list[AgentRow]
-) -> dict[int, AgentCheck]:
-    """One AgentCheck per collected slot, as a live run builds them (its faults go to the
-    agent's AgentInfo, so summary.json reports them the same way); the spool's undecodable
-    batches and a Started that disagrees with the run counted already. An agent not
-    collected keeps the invalid records and faults the run's summary had for it."""
-    shape = RunShape.of(plan)
-    spooled = {sp.index: sp for sp in spools}
-    out: dict[int, AgentCheck] = {}
-    for info in infos:
-        sp = spooled.get(info.index)
-        row = old_rows[info.index] if info.index < len(old_rows) else None
-        if sp is None:
-            if row:
-                info.invalid_records = int(row.get("invalid_records") or 0)
-                info.faults.update({str(k): int(v) for k, v in (row.get("faults") or {}).items()})
-            continue
-        check = AgentCheck(shape, info.index, info.workers, info.cores, info.faults)
-        if sp.malformed:
-            check.fault(Fault.MALFORMED_BATCH, sp.malformed)
-        if sp.started is not None:
-            check.started(sp.started)
-        out[info.index] = check
-    return out
-
-
-def _note_faults(spools: list[AgentSpool], checks: dict[int, AgentCheck]) -> None:
-    for sp in spools:
-        c = checks[sp.index]
-        sp.invalid, sp.faults = c.invalid, dict(sorted(c.faults.items()))
-
-
-def _apply_states(
-    infos: list[AgentInfo],
-    spools: list[AgentSpool],
-    old_rows: list[AgentRow],
-    checks: dict[int, AgentCheck],
-) -> str:
-    """Fill the agents' states (from their spools, else the old summary); returns why the
-    run stopped early, if it did. A spooled status with bad numbers is not read (counted
-    as a live run counts it)."""
-    stopped = ""
-    spooled = {sp.index: sp for sp in spools}
-    for info in infos:
-        sp = spooled.get(info.index)
-        row = old_rows[info.index] if info.index < len(old_rows) else None
-        peak = float(row.get("cpu_percent_peak") or 0.0) if row else 0.0
-        if sp is not None:
-            info.state, info.error = sp.state()
-            info.id = info.id or sp.agent_id
-            st = sp.finished.final_status if sp.finished is not None else sp.last_status
-            if st is not None and checks[info.index].status(st):
-                info.cpu_seconds = st.cpu_seconds
-                info.retried, info.reconnects = st.retried, st.reconnects
-                info.connect_errors = st.connect_errors
-            info.cpu_percent_peak = peak
-            if info.state == "stopped" and not stopped:
-                stopped = f"agent {info.id or info.address}: {info.error}"
-        elif row:
-            info.state = str(row.get("state", "missing"))
-            info.error = str(row.get("error", ""))
-            info.cpu_seconds = float(row.get("cpu_seconds") or 0.0)
-            info.cpu_percent_peak = peak
-        else:
-            info.state, info.error = "missing", "not collected, and the coordinator kept nothing"
-    return stopped
-
-
 def _write_recovered_only(
     run_dir: Path,
     run_id: str,
@@ -546,26 +373,3 @@ def _write_recovered_only(
     }
     write_json(run_dir / "summary.json", old)
     return CollectReport(run_dir, run_id, spools, failures, 0, n, n, False, [])
-
-
-async def _discard(
-    run_id: str, spools: list[AgentSpool], security: ClientSecurity | None
-) -> list[str]:
-    done: list[str] = []
-    for sp in spools:
-        if sp.folder is not None:  # a local agent's files: dropped here
-            if spoolfile.discard(sp.folder, run_id, sp.index):
-                done.append(f"{sp.folder} (slot {sp.index})")
-            with contextlib.suppress(OSError):
-                sp.folder.rmdir()  # the agent's folder, when nothing else is left
-                if sp.folder.parent.name == SPOOL_FOLDER:
-                    sp.folder.parent.rmdir()
-            continue
-        client = AgentClient(sp.address, 5.0, security)
-        try:
-            if await client.discard(run_id, sp.index):
-                done.append(f"{sp.address} (slot {sp.index})")
-        finally:
-            with contextlib.suppress(Exception):
-                await client.close()
-    return done
