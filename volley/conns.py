@@ -9,8 +9,9 @@ Each transport tallies what happened to its connections in a `ConnFigures`: want
 opened (attempts that succeeded, first ones and replacements), held (open at the end),
 the connect time distribution (a mergeable `LogHistogram`), connection errors by kind
 (`ConnErrorKind`: refused, reset, TLS, timeout, other), counted apart from request
-errors, the resets and GOAWAYs received on open connections, and the requests that
-waited because every connection of a capped pool was busy. Figures merge exactly
+errors, the resets and GOAWAYs received on open connections, the idle connections a
+server closed at its keep-alive timeout (`idle_closed`: a figure, not an error), and the
+requests that waited because every connection of a capped pool was busy. Figures merge exactly
 (workers -> agent -> run).
 """
 
@@ -20,7 +21,7 @@ import enum
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TypedDict, cast
+from typing import NotRequired, TypedDict, cast
 
 from volley.histogram import LogHistogram
 from volley.schedule import split_count
@@ -119,6 +120,8 @@ class ConnBlock(TypedDict):
     resets_received: int
     goaways_received: int
     waited: int
+    #: idle connections the server closed at its keep-alive timeout (absent before s5)
+    idle_closed: NotRequired[int]
 
 
 class RunConnBlock(ConnBlock, total=False):
@@ -138,6 +141,8 @@ class ConnFigures:
     errors: dict[ConnErrorKind, int] = field(default_factory=dict)
     resets_received: int = 0
     goaways_received: int = 0
+    #: idle connections the server closed at its keep-alive timeout: reopened on demand
+    idle_closed: int = 0
     #: requests that found every connection of a capped pool busy and waited for one
     waited: int = 0
     connect_ns: LogHistogram = field(default_factory=LogHistogram)
@@ -167,6 +172,7 @@ class ConnFigures:
             self.errors[k] = self.errors.get(k, 0) + v
         self.resets_received += other.resets_received
         self.goaways_received += other.goaways_received
+        self.idle_closed += other.idle_closed
         self.waited += other.waited
         self.connect_ns.merge(other.connect_ns)
 
@@ -200,6 +206,7 @@ class ConnFigures:
             "resets_received": self.resets_received,
             "goaways_received": self.goaways_received,
             "waited": self.waited,
+            "idle_closed": self.idle_closed,
         }
 
 
@@ -234,6 +241,7 @@ def to_proto(fig: ConnFigures) -> pb.ConnectionFigures:
         resets_received=fig.resets_received,
         goaways_received=fig.goaways_received,
         waited=fig.waited,
+        idle_closed=fig.idle_closed,
         connect_offset=int(cast(int, h["offset"])),
         connect_counts=cast(list[int], h["counts"]),
         connect_total_ns=int(cast(int, h["total_ns"])),
@@ -248,7 +256,8 @@ def from_proto(m: pb.ConnectionFigures) -> ConnFigures:
     if len(counts) > 100_000:
         raise ValueError("connect-time histogram too large")
     values = (m.wanted, m.opened, m.held, m.refused, m.reset, m.tls, m.timeout, m.other)
-    if min(values, default=0) < 0 or min(m.resets_received, m.goaways_received, m.waited) < 0:
+    received = (m.resets_received, m.goaways_received, m.waited, m.idle_closed)
+    if min(values, default=0) < 0 or min(received) < 0:
         raise ValueError("negative connection figures")
     hist = LogHistogram.from_dict(
         {
@@ -270,6 +279,7 @@ def from_proto(m: pb.ConnectionFigures) -> ConnFigures:
         resets_received=m.resets_received,
         goaways_received=m.goaways_received,
         waited=m.waited,
+        idle_closed=m.idle_closed,
         connect_ns=hist,
     )
 
@@ -292,6 +302,8 @@ def describe(fig: ConnBlock) -> str:
         parts.append(f"{fig['resets_received']} resets, {fig['goaways_received']} GOAWAYs received")
     if fig["waited"]:
         parts.append(f"{fig['waited']} requests waited for a connection")
+    if fig.get("idle_closed"):
+        parts.append(f"{fig.get('idle_closed')} idle closed by the server (reopened)")
     return "; ".join(parts)
 
 

@@ -14,6 +14,13 @@ Connection recycling: a response with `Connection: close` (nginx after
 closes before any byte of an answer was never processed (the server closed the idle
 connection as we wrote): it is sent again with its original intended time, at most
 `MAX_TRIES` sends, and counted in `retried`. A close after part of an answer is an error.
+
+Idle closes: a server closing a connection that sat idle `IDLE_CLOSE_S` or more (its
+keep-alive timeout: uvicorn 5 s, gunicorn 2 s, nginx 75 s) is not an error: the
+connection is reopened on demand (held ones at once) and counted in `idle_closed`, not
+in `resets_received`; so is the retried request written as that close came. A close
+sooner after the connection's last answer stays a reset (nginx out of
+`worker_connections` reclaims idle connections at once: what a connections sweep finds).
 """
 
 from __future__ import annotations
@@ -44,6 +51,9 @@ MAX_TRIES = 4
 #: `--connections`: a held connection closed sooner than this after it opened is
 #: replaced after a back-off, not at once.
 CHURN_S = 1.0
+#: A server closing a connection idle at least this long closed it at its keep-alive
+#: timeout (`idle_closed`); sooner, it is a reset.
+IDLE_CLOSE_S = 1.0
 
 
 class H1Call(Call):
@@ -75,6 +85,8 @@ class H1Conn(asyncio.Protocol):
         self.served = 0
         #: when it opened (loop time): a held one closed soon after is churn
         self.opened_at = asyncio.get_running_loop().time()
+        #: since when it has had no request on it (the transport's clock, run time, ns)
+        self.idle_since = owner.clock() - owner.start
         #: bytes of the answer to the request in flight received so far (any)
         self.answered = False
         #: we closed it (timeout, bad answer, Connection: close), not the server
@@ -383,6 +395,7 @@ class Http(Transport):
     def finish(self, conn: H1Conn, st: Call, status: int, resp_bytes: int) -> None:
         self.busy.pop(conn, None)
         self._finish(st, status, resp_bytes)
+        conn.idle_since = self.clock() - self.start
         if conn.closed or not conn.keep:
             if not conn.closed:
                 if not conn.keep:
@@ -398,11 +411,17 @@ class Http(Transport):
             self.idle.remove(conn)
         if not conn.retired and conn.served:
             self._owed += 1  # a kept-alive connection the server closed
-        if not conn.retired and not self.closing:
-            self.figures.resets_received += 1  # the server reset or closed it
         st, conn.st = conn.st, None
+        unanswered = st is not None and conn.served and not conn.answered
+        if not conn.retired and not self.closing:
+            # idle until now (or until the request written as the close came)
+            until = (self.clock() - self.start) if st is None else st.sent
+            if (st is None or unanswered) and until - conn.idle_since >= IDLE_CLOSE_S * 1e9:
+                self.figures.idle_closed += 1  # its keep-alive timeout: not an error
+            else:
+                self.figures.resets_received += 1  # the server reset or closed it
         if st is not None:
-            if conn.served and not conn.answered and st.tries < MAX_TRIES and not self.closing:
+            if unanswered and st.tries < MAX_TRIES and not self.closing:
                 # written as the server closed its idle connection: never processed
                 self.busy.pop(conn, None)
                 self._resend(st)  # (opens a connection for it if one is needed)

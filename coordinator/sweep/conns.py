@@ -16,7 +16,9 @@ a PING unanswered), other, goaway, not-held, connect-slow (a connect-time SLO su
 `connect_p99<50ms` failed), slowed (another SLO, or throughput), errors (request
 errors), or "" (passed or not the server's). A held connection recycled by
 `keepalive_requests` also counts: at a low rate per connection (1 req/s: 1,000 s for
-nginx's default 1,000 requests) a step never reaches it.
+nginx's default 1,000 requests) a step never reaches it. An idle HTTP/1.1 connection the
+server closed at its keep-alive timeout (`idle_closed`: uvicorn after 5 s, at a low rate
+per connection) is reopened and is not a failure.
 """
 
 from __future__ import annotations

@@ -784,6 +784,7 @@ class ConnectionFigures(_message.Message):
     CONNECT_TOTAL_NS_FIELD_NUMBER: _builtins.int
     CONNECT_MIN_NS_FIELD_NUMBER: _builtins.int
     CONNECT_MAX_NS_FIELD_NUMBER: _builtins.int
+    IDLE_CLOSED_FIELD_NUMBER: _builtins.int
     wanted: _builtins.int
     """the agent's share of the plan's connections"""
     opened: _builtins.int
@@ -807,6 +808,10 @@ class ConnectionFigures(_message.Message):
     connect_total_ns: _builtins.int
     connect_min_ns: _builtins.int
     connect_max_ns: _builtins.int
+    idle_closed: _builtins.int
+    """HTTP/1.1: idle connections the server closed after IDLE_CLOSE_S or more of idleness
+    (its keep-alive timeout; agent/transports/http.py): reopened on demand, not an error
+    """
     @_builtins.property
     def connect_counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
@@ -828,10 +833,11 @@ class ConnectionFigures(_message.Message):
         connect_total_ns: _builtins.int = ...,
         connect_min_ns: _builtins.int = ...,
         connect_max_ns: _builtins.int = ...,
+        idle_closed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connect_counts", b"connect_counts", "connect_max_ns", b"connect_max_ns", "connect_min_ns", b"connect_min_ns", "connect_offset", b"connect_offset", "connect_total_ns", b"connect_total_ns", "goaways_received", b"goaways_received", "held", b"held", "opened", b"opened", "other", b"other", "refused", b"refused", "reset", b"reset", "resets_received", b"resets_received", "timeout", b"timeout", "tls", b"tls", "waited", b"waited", "wanted", b"wanted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connect_counts", b"connect_counts", "connect_max_ns", b"connect_max_ns", "connect_min_ns", b"connect_min_ns", "connect_offset", b"connect_offset", "connect_total_ns", b"connect_total_ns", "goaways_received", b"goaways_received", "held", b"held", "idle_closed", b"idle_closed", "opened", b"opened", "other", b"other", "refused", b"refused", "reset", b"reset", "resets_received", b"resets_received", "timeout", b"timeout", "tls", b"tls", "waited", b"waited", "wanted", b"wanted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
