@@ -80,6 +80,22 @@ def agent_connections(total: int, agent_weights: Sequence[int], agent: int) -> i
     return split_count(total, list(agent_weights))[agent]
 
 
+def fit_workers(total: int, workers: Sequence[int], by_workers: bool = True) -> list[int]:
+    """Each agent's workers capped at its share of `total` connections (every worker
+    holds at least one, so an agent with 2 connections runs 2 workers), the shares
+    recomputed with the capped weights (`by_workers`: slices weighed by worker counts)
+    until none needs capping. At least 1 each: an agent left without a connection is
+    refused by the agent itself."""
+    w = [max(1, int(x)) for x in workers]
+    for _ in range(sum(w)):  # every pass that changes lowers the sum: bounded
+        shares = split_count(total, w if by_workers else [1] * len(w))
+        capped = [max(1, min(x, s)) for x, s in zip(w, shares, strict=True)]
+        if capped == w:
+            break
+        w = capped
+    return w
+
+
 def fd_refusal(share: int, workers: int, soft: int, hard: int) -> str | None:
     """One line when a worker's share of connections needs more descriptors than the
     process may have (its hard limit: workers raise the soft one to it)."""

@@ -9,7 +9,9 @@ shutdown (`results.finish`: summary and files).
 
 from __future__ import annotations
 
+import logging
 import uuid
+from collections import Counter
 
 from coordinator.agents import AgentError
 from coordinator.preflight import preflight_check
@@ -32,6 +34,8 @@ from coordinator.run.start import (
 from coordinator.run.stream import REFUSALS, AgentStream, handshake
 from coordinator.rundir import RequestWriter, new_run_dir, write_plan
 from coordinator.stats.monitor import ServerMonitor
+from coordinator.summary import AgentInfo
+from volley.conns import fit_workers
 from volley.plan import AgentSpec, Plan
 from volley.sequence import resolve_ranges
 from volley.target import read_access
@@ -48,8 +52,42 @@ __all__ = [
     "StopReason",
     "add_input_pool",
     "execute",
+    "fit_to_connections",
     "scheduled_total",
 ]
+
+log = logging.getLogger("volley.run")
+
+
+def fit_to_connections(plan: Plan, infos: list[AgentInfo], opts: RunOptions) -> str:
+    """`--connections N` below an agent's worker count (every worker holds at least one
+    connection): without `--workers`, the agents' workers are capped at their shares
+    (`volley.conns.fit_workers`) and a one-line note says so ("" when nothing changed);
+    with `--workers`, AgentError (one line)."""
+    total = plan.connections_total
+    if total <= 0:
+        return ""
+    before = [i.workers for i in infos]
+    after = fit_workers(total, before, opts.weight_by_workers)
+    if after == before:
+        return ""
+    if opts.workers:
+        k = next(k for k, (b, a) in enumerate(zip(before, after, strict=True)) if a < b)
+        raise AgentError(
+            f"--connections {total} gives agent {infos[k].id or infos[k].address} {after[k]}, "
+            f"fewer than its {before[k]} workers (--workers {opts.workers}): every worker "
+            f"needs one (more --connections, or fewer --workers)"
+        )
+    for info, n in zip(infos, after, strict=True):
+        info.workers = n
+    moved = Counter((b, a) for b, a in zip(before, after, strict=True) if a < b)
+    what = ", ".join(
+        f"{c} agent{'s' if c > 1 else ''} {b} -> {a}" for (b, a), c in sorted(moved.items())
+    )
+    return (
+        f"--connections {total}: workers capped to one per connection ({what} workers); "
+        "--workers sets them"
+    )
 
 
 async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResult:
@@ -62,6 +100,16 @@ async def execute(plan: Plan, addresses: list[str], opts: RunOptions) -> RunResu
     streams = await handshake(addresses, opts)
     for s in streams:
         s.access = access
+    try:
+        note = fit_to_connections(plan, [s.info for s in streams], opts)
+    except AgentError:
+        for s in streams:
+            await s.client.close()
+        raise
+    if note and opts.note is not None:
+        opts.note(note)
+    elif note:
+        log.info("%s", note)
     weights = [s.info.workers if opts.weight_by_workers else 1 for s in streams]
     plan = plan.with_agents(
         [AgentSpec(s.info.address, w) for s, w in zip(streams, weights, strict=True)]

@@ -66,6 +66,8 @@ class RunOptions:
     #: Local agents: which cores the workers and the rest were pinned to (summary.json's
     #: `affinity`; coordinator/affinity.py); None: not local agents.
     affinity: AffinityDoc | None = None
+    #: Where a one-line note for the user goes (the CLI prints it; None: logged).
+    note: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
         """What the CLI passes through unchecked (--start-lead, --workers): a NaN lead

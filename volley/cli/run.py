@@ -267,6 +267,7 @@ def run(
             security=local or security,
             auto=auto_settings,
             affinity=pinning,
+            note=None if quiet else lambda text: typer.echo(f"note: {text}", err=True),
         )
         if local_run_dir is not None:  # local agents spool inside it (for volley collect)
             opts.at_start = protect_workers  # the coordinator below their workers

@@ -71,7 +71,8 @@ Connections = Annotated[
         PANEL_TARGET,
         "Connections to the target in all, split over the agents and workers like the "
         "schedule, opened before the start and held for the run; requests spread over "
-        "them (an HTTP/1.1 pool is capped at its share).",
+        "them (an HTTP/1.1 pool is capped at its share). An agent with fewer connections "
+        "than workers runs one worker per connection (an explicit --workers must fit).",
     ),
 ]
 ConnectionsPerWorker = Annotated[
