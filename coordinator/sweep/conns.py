@@ -23,19 +23,38 @@ per connection) is reopened and is not a failure.
 
 from __future__ import annotations
 
+import enum
 import math
+from collections.abc import Collection
 
 from coordinator.documents import Summary
 from volley.conns import KINDS, ConnBlock
 
+
+class FailureKind(enum.StrEnum):
+    """What failed first at a connections step (sweep.json `failed_first`: its value)."""
+
+    NONE = ""  #: passed, or not the server's failure
+    REFUSED = "refused"  #: connection errors by kind (volley.conns.ConnErrorKind)
+    RESET = "reset"
+    TLS = "tls"
+    TIMEOUT = "timeout"
+    OTHER = "other"
+    GOAWAY = "goaway"
+    NOT_HELD = "not-held"
+    CONNECT_SLOW = "connect-slow"
+    SLOWED = "slowed"
+    ERRORS = "errors"
+
+
 #: Failure kinds of a connections step, in the order they are blamed.
 FAILURE_KINDS = (
-    *(k.value for k in KINDS),
-    "goaway",
-    "not-held",
-    "connect-slow",
-    "slowed",
-    "errors",
+    *(FailureKind(k.value) for k in KINDS),
+    FailureKind.GOAWAY,
+    FailureKind.NOT_HELD,
+    FailureKind.CONNECT_SLOW,
+    FailureKind.SLOWED,
+    FailureKind.ERRORS,
 )
 
 
@@ -66,35 +85,33 @@ def connection_reasons(block: ConnBlock | None, wanted: int) -> list[str]:
     return out
 
 
-def failure_kind(summary: Summary, passed: bool, server_reasons: list[str]) -> str:
-    """What failed first at a step (see the module docstring)."""
+def failure_kind(
+    summary: Summary, passed: bool, server_failures: Collection[FailureKind]
+) -> FailureKind:
+    """What failed first at a step (see the module docstring); `server_failures`: what
+    the step's judging found of the server's (search.py `judge_step`)."""
     if passed:
-        return ""
+        return FailureKind.NONE
     block = summary.get("connections")
     if block is not None:
         errors = sorted(
             ((v, k) for k, v in block["errors"].items() if v), key=lambda vk: (-vk[0], vk[1])
         )
         if errors:
-            return errors[0][1]
+            try:
+                return FailureKind(errors[0][1])
+            except ValueError:
+                return FailureKind.OTHER  # (a kind this volley does not know)
         if block["resets_received"]:
-            return "reset"
+            return FailureKind.RESET
         if block["goaways_received"]:
-            return "goaway"
+            return FailureKind.GOAWAY
         if block["held"] < block["wanted"]:
-            return "not-held"
-    failed = [
-        r
-        for r in summary["verdict"].get("slo") or []
-        if not r.get("passed") and r.get("outcome") != "inconclusive"
-    ]
-    if any(r.get("metric", "").startswith("connections.") for r in failed):
-        return "connect-slow"
-    if any(r.startswith(("SLO ", "throughput ")) for r in server_reasons):
-        return "slowed"
-    if any(r.startswith("error rate") for r in server_reasons):
-        return "errors"
-    return ""
+            return FailureKind.NOT_HELD
+    for kind in (FailureKind.CONNECT_SLOW, FailureKind.SLOWED, FailureKind.ERRORS):
+        if kind in server_failures:
+            return kind
+    return FailureKind.NONE
 
 
 def connect_p99_ms(summary: Summary) -> float | None:

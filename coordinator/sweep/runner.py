@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.documents import Summary
-from coordinator.sweep.conns import failure_kind
+from coordinator.sweep.conns import FailureKind, failure_kind
 from coordinator.sweep.document import (
     SWEEP_FILE,
     TargetResult,
@@ -44,7 +44,7 @@ from coordinator.sweep.search import (
     StepResult,
     SweepSettings,
     completion_rate,
-    judge,
+    judge_step,
     load_label,
     search,
     step_plan,
@@ -129,7 +129,7 @@ def step_from_summary(
     tp = completion_rate(rows, plan.load.warmup_s, span)
     if tp is None or plan.load.mode == "closed":
         tp = float(summary.get("throughput_rps") or 0.0)
-    passed, kind, reasons = judge(
+    passed, kind, reasons, server_failures = judge_step(
         settings.mode, summary, tp, settings.min_throughput_ratio, plan.validity.max_error_rate
     )
     verdict = summary.get("verdict") or {}
@@ -154,9 +154,9 @@ def step_from_summary(
         tokens_per_s=round(float(tokens_s), 3) if tokens_s is not None else None,
         tokens_per_request=round(float(per_req), 4) if per_req is not None else None,
         connections=summary.get("connections"),
-        failed_first=failure_kind(summary, passed, reasons)
+        failed_first=failure_kind(summary, passed, server_failures)
         if settings.mode == "connections"
-        else "",
+        else FailureKind.NONE,
     )
 
 

@@ -27,10 +27,10 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Literal, NamedTuple, Protocol, cast
 
 from coordinator.documents import SloResult, Summary
-from coordinator.sweep.conns import connection_reasons, step_rate
+from coordinator.sweep.conns import FailureKind, connection_reasons, step_rate
 from volley.conns import ConnBlock
 from volley.plan import (
     MAX_CONCURRENCY,
@@ -177,9 +177,9 @@ class StepResult:
     #: ... and its mean output tokens per successful request.
     tokens_per_request: float | None = None
     #: Mode connections: what the step's connections did (summary.json's `connections`)
-    #: and what failed first (coordinator/sweep/conns.py `failure_kind`; "" passed).
+    #: and what failed first (coordinator/sweep/conns.py `failure_kind`; NONE: passed).
     connections: ConnBlock | None = None
-    failed_first: str = ""
+    failed_first: FailureKind = FailureKind.NONE
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -190,6 +190,12 @@ class StepResult:
         step = cls(**known)
         if step.kind not in ("pass", "server", "generator", "invalid", "inconclusive"):
             raise PlanError(f"sweep step {step.index}: unknown kind {step.kind!r}")
+        try:  # sweep.json holds its value (the same strings as before the enum)
+            step.failed_first = FailureKind(step.failed_first or "")
+        except ValueError:
+            raise PlanError(
+                f"sweep step {step.index}: unknown failed_first {step.failed_first!r}"
+            ) from None
         return step
 
 
@@ -219,6 +225,17 @@ def completion_rate(rows: Sequence[dict[str, Any]], warmup_s: float, span_s: flo
     return total / (last - first)
 
 
+class Judgement(NamedTuple):
+    """One step judged: pass or fail, its kind, why (text), and which of the server's
+    failures it showed (slowed: throughput or an SLO; connect-slow: a connect-time SLO;
+    errors: the error rate), for the connections sweep's `failure_kind`."""
+
+    passed: bool
+    kind: StepKind
+    reasons: list[str]
+    server_failures: frozenset[FailureKind]
+
+
 def judge(
     mode: SweepMode,
     summary: Summary,
@@ -226,22 +243,37 @@ def judge(
     min_throughput_ratio: float,
     max_error_rate: float,
 ) -> tuple[bool, StepKind, list[str]]:
-    """Pass or fail one step from its summary.json; returns (passed, kind, reasons).
+    """Pass or fail one step from its summary.json; returns (passed, kind, reasons)."""
+    j = judge_step(mode, summary, throughput_rps, min_throughput_ratio, max_error_rate)
+    return j.passed, j.kind, j.reasons
+
+
+def judge_step(
+    mode: SweepMode,
+    summary: Summary,
+    throughput_rps: float,
+    min_throughput_ratio: float,
+    max_error_rate: float,
+) -> Judgement:
+    """Pass or fail one step from its summary.json.
 
     Precedence of the failure kinds: generator (volley could not keep up) over invalid
     (the measurement does not count) over server."""
     verdict = summary.get("verdict") or {}
     offered = float(summary.get("offered_rps") or 0.0)
     server: list[str] = []
+    failures: set[FailureKind] = set()
     behind = False
     if mode != "concurrency" and offered > 0 and throughput_rps < min_throughput_ratio * offered:
         behind = True
+        failures.add(FailureKind.SLOWED)
         server.append(
             f"throughput {throughput_rps:.1f}/s below {min_throughput_ratio:.0%} of the "
             f"offered {offered:.1f}/s (the server fell behind)"
         )
     error_rate = float(summary.get("error_rate") or 0.0)
     if error_rate > max_error_rate:
+        failures.add(FailureKind.ERRORS)
         server.append(f"error rate {error_rate:.2%} above {max_error_rate:.2%}")
     held: list[str] = []
     if mode == "connections":  # any connection error, reset, drain or one not held fails
@@ -255,6 +287,8 @@ def judge(
             why = f": {r['reason']}" if r.get("reason") else ""
             undecided.append(f"SLO {r.get('slo')} inconclusive{span}{why}")
         elif not r.get("passed"):
+            connect = str(r.get("metric", "")).startswith("connections.")
+            failures.add(FailureKind.CONNECT_SLOW if connect else FailureKind.SLOWED)
             actual = r.get("actual")
             shown = "none" if actual is None else f"{float(actual):g}"
             server.append(f"SLO {r.get('slo')} failed (actual {shown})")
@@ -289,19 +323,20 @@ def judge(
             if text not in invalid:
                 invalid.append(text)
 
+    seen = frozenset(failures)
     if held:  # the server did not hold the connections: what followed is its consequence
-        return False, "server", held + server + generator + invalid
+        return Judgement(False, "server", held + server + generator + invalid, seen)
     if generator:
-        return False, "generator", generator + server + invalid
+        return Judgement(False, "generator", generator + server + invalid, seen)
     if summary.get("partial"):
-        return False, "invalid", invalid + server
+        return Judgement(False, "invalid", invalid + server, seen)
     if server:
-        return False, "server", server + queued + invalid
+        return Judgement(False, "server", server + queued + invalid, seen)
     if invalid:
-        return False, "invalid", invalid
+        return Judgement(False, "invalid", invalid, seen)
     if undecided:
-        return False, "inconclusive", undecided
-    return True, "pass", []
+        return Judgement(False, "inconclusive", undecided, seen)
+    return Judgement(True, "pass", [], seen)
 
 
 # ---------------------------------------------------------------- the search
@@ -449,8 +484,9 @@ class SweepOutcome:
     knee: Knee | None
     steps: int
     #: Mode connections: what failed first at the lowest failing step (refused, reset,
-    #: tls, timeout, other, not-held, slowed, errors; coordinator/sweep/conns.py)
-    failed_first: str = ""
+    #: tls, timeout, other, goaway, not-held, connect-slow, slowed, errors;
+    #: coordinator/sweep/conns.py)
+    failed_first: FailureKind = FailureKind.NONE
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -519,7 +555,7 @@ def conclude(settings: SweepSettings, steps: Sequence[StepResult], stop: str) ->
         stop=stop,
         knee=k,
         steps=len(steps),
-        failed_first=hi.failed_first if hi else "",
+        failed_first=hi.failed_first if hi else FailureKind.NONE,
     )
 
 

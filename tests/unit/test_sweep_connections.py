@@ -6,6 +6,7 @@ holds `limit` connections and then fails one way or another."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, cast
 
@@ -13,11 +14,11 @@ import pytest
 from typer.testing import CliRunner
 
 from coordinator.documents import Summary
-from coordinator.sweep.conns import failure_kind, step_rate
+from coordinator.sweep.conns import FAILURE_KINDS, FailureKind, failure_kind, step_rate
 from coordinator.sweep.search import (
     StepResult,
     SweepSettings,
-    judge,
+    judge_step,
     load_label,
     search,
     step_plan,
@@ -68,7 +69,7 @@ def _summary(n: int, limit: int, fail: str, rate: float) -> Summary:
 
 def judged_step(index: int, load: float, s: Summary, offered: float) -> StepResult:
     """A connections step's result from its summary, judged as the sweep judges it."""
-    passed, kind, reasons = judge("connections", s, offered, 0.95, 0.01)
+    passed, kind, reasons, failures = judge_step("connections", s, offered, 0.95, 0.01)
     return StepResult(
         index,
         load,
@@ -76,7 +77,7 @@ def judged_step(index: int, load: float, s: Summary, offered: float) -> StepResu
         kind,
         reasons,
         connections=s.get("connections"),
-        failed_first=failure_kind(s, passed, reasons),
+        failed_first=failure_kind(s, passed, failures),
     )
 
 
@@ -155,3 +156,30 @@ def test_bad_connections_sweep_options_are_one_line(
     assert res.exit_code == 2, res.output
     lines = [x for x in res.output.splitlines() if x.strip()]
     assert len(lines) == 1 and named in lines[0], res.output
+
+
+def test_failure_kinds_are_an_enum_with_the_old_json_values() -> None:
+    assert [k.value for k in FAILURE_KINDS] == [
+        *(k.value for k in KINDS),
+        *("goaway", "not-held", "connect-slow", "slowed", "errors"),
+    ]
+    old = {"index": 3, "load": 64.0, "passed": False, "kind": "server", "reasons": ["x"]}
+    step = StepResult.from_dict({**old, "failed_first": "goaway"})  # an old sweep.json
+    assert step.failed_first is FailureKind.GOAWAY
+    assert json.loads(json.dumps(step.to_dict()))["failed_first"] == "goaway"
+    assert StepResult.from_dict(old).failed_first is FailureKind.NONE
+    with pytest.raises(PlanError, match="unknown failed_first 'sideways'"):
+        StepResult.from_dict({**old, "failed_first": "sideways"})
+
+
+def test_what_failed_first_comes_from_the_judging_not_from_reason_texts() -> None:
+    clean = _summary(8, 61, "slowed", 1.0)  # under the limit: held, no errors
+    j = judge_step("connections", clean, 4.0, 0.95, 0.01)  # delivered half the offered
+    assert not j.passed and j.server_failures == {FailureKind.SLOWED}
+    assert failure_kind(clean, j.passed, j.server_failures) is FailureKind.SLOWED
+    erring = cast(Summary, {**clean, "error_rate": 0.2})
+    j = judge_step("connections", erring, 8.0, 0.95, 0.01)
+    assert j.server_failures == {FailureKind.ERRORS}
+    assert failure_kind(erring, j.passed, j.server_failures) is FailureKind.ERRORS
+    assert failure_kind(erring, False, ()) is FailureKind.NONE  # text alone names nothing
+    assert failure_kind(erring, True, {FailureKind.ERRORS}) is FailureKind.NONE
