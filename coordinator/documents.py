@@ -365,6 +365,9 @@ class RecoveredFile(TypedDict):
     at_unix: float
     file: str
     records: int
+    #: records of the spools dropped as invalid (per agent: agents[].invalid_records,
+    #: faults); absent before s5
+    invalid_records: NotRequired[int]
     note: str
 
 

@@ -364,12 +364,21 @@ def _write_recovered_only(
     finally:
         writer.close()
     _note_faults(spools, checks)
+    # what the checks dropped, where a rebuilt summary keeps it: the agents' rows (as
+    # there, the collected agents' counts are those of everything they spooled)
+    rows = old.get("agents") or []
+    for sp in spools:
+        if sp.index < len(rows):
+            rows[sp.index]["invalid_records"] = sp.invalid
+            rows[sp.index]["faults"] = sp.faults
     old["recovered"] = {
         "at_unix": round(time.time(), 3),
         "file": path.name,
         "records": n,
+        "invalid_records": sum(sp.invalid for sp in spools),
         "note": "the run had no raw records (raw_records: false), so the summary was not "
-        "rebuilt; the agents' spooled records are in recovered.parquet",
+        "rebuilt; the agents' spooled records are in recovered.parquet (those dropped as "
+        "invalid are counted in agents[].invalid_records and faults)",
     }
     write_json(run_dir / "summary.json", old)
     return CollectReport(run_dir, run_id, spools, failures, 0, n, n, False, [])

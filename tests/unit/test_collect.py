@@ -313,3 +313,30 @@ def test_collect_vets_spooled_records_as_a_live_run(tmp_path: Path) -> None:
     idx = np.asarray(t.column("index"))[np.asarray(t.column("agent")) == 0]
     assert len(set(idx.tolist())) == idx.size == 150 and (idx % 2 == 0).all()
     assert "dropped 8 invalid records" in res.output and "duplicate index: 2" in res.output
+
+
+def test_collect_without_raw_records_stores_what_it_dropped(tmp_path: Path) -> None:
+    """A run without raw records (a summary, no requests.parquet): collect writes the
+    spools to recovered.parquet and keeps the dropped counts in summary.json, in the
+    agents' rows (as a rebuilt summary does) and in the recovered block."""
+    from coordinator.rundir import write_json
+
+    rogue, want = _rogue_batch()
+    run_dir = _spool_run(tmp_path, cut=[300, 300], extra={0: [rogue]})
+    (run_dir / "requests.parquet").unlink()
+    plan = plan_from_dict(_plan_doc())
+    infos = [
+        AgentInfo(index=k, address=a.address, id=f"local-{k}", workers=1, state="missing")
+        for k, a in enumerate(plan.agents)
+    ]
+    old = build_summary(plan, "r1", Aggregator(2, int(WARMUP_S * 1e9)), infos, 3.0, 400)
+    write_json(run_dir / "summary.json", old)
+    res = CliRunner().invoke(app, ["collect", str(run_dir)], env={"VOLLEY_TOKEN": ""})
+    assert res.exit_code == 0, res.output
+    assert "dropped 8 invalid records" in res.output
+    s = json.loads((run_dir / "summary.json").read_text())
+    a0, a1 = s["agents"]
+    assert a0["invalid_records"] == 8 and a0["faults"] == want
+    assert a1["invalid_records"] == 0 and a1["faults"] == {}
+    assert s["recovered"]["invalid_records"] == 8 and s["recovered"]["records"] == 300
+    assert pq.read_table(run_dir / "recovered.parquet").num_rows == 300
