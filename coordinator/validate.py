@@ -17,6 +17,10 @@ What a record must be (`AgentCheck.records`):
   then done is -1 and the status one of `records.NEVER_SENT`, and only then) or
   intended - 1 ms <= sent <= done <= the horizon (span + timeout + `HORIZON_SLACK_S`);
   closed loop: intended == sent (the worker sets it so);
+- counts (`_implausible_counts`): tokens only with responses; a successful record's
+  responses and tokens at most its `resp_bytes` (each came in at least one byte of the
+  answer), and those bytes at most `MAX_BYTES_PER_NS` over the request's time plus
+  `BURST_BYTES` (a rogue agent's counts would inflate the run's token rate);
 - sequences: a step's index is its sequence start's, and only the starts (`seq_flags`
   FIRST) are seen once; later steps and ENDs may come `drain_s` + the timeout after the
   load's span;
@@ -62,6 +66,10 @@ MAX_SHAPES = 1 << 16
 MAX_SHAPE_TEXT = 256
 #: An agent's error text is cut to this many characters.
 MAX_ERROR_TEXT = 500
+#: A successful record's answer arrives at most this fast (bytes per ns of its service
+#: time: 800 Gbit/s, beyond any one connection) plus this much at once.
+MAX_BYTES_PER_NS = 100
+BURST_BYTES = 1 << 16
 #: The verdict calls an agent's records garbage above this share of invalid ones.
 GARBAGE_SHARE = 0.5
 
@@ -82,6 +90,7 @@ class Fault(enum.StrEnum):
     BAD_SEQ_ID = "correlation id outside its range"
     UNKNOWN_STATUS = "unknown status code"
     BAD_TIMES = "bad clock"
+    BAD_COUNTS = "implausible responses, tokens or bytes"
     OUTSIDE_SLICE = "index outside its slice"
     DUPLICATE = "duplicate index"
 
@@ -91,6 +100,7 @@ RECORD_FAULTS = (
     Fault.BAD_SEQ_ID,
     Fault.UNKNOWN_STATUS,
     Fault.BAD_TIMES,
+    Fault.BAD_COUNTS,
     Fault.OUTSIDE_SLICE,
     Fault.DUPLICATE,
 )
@@ -155,6 +165,19 @@ def _stream_times_ok(block: RecordBlock, sent: I64, done: I64) -> Mask:
     some = block.col("responses") > 0
     ok: Mask = ~some | ((first >= sent) & (first <= last) & (last <= done) & (sent >= 0))
     return ok
+
+
+def _implausible_counts(block: RecordBlock, ok: Mask, sent: I64, done: I64) -> Mask:
+    """Records whose counts cannot be: tokens without a response; a successful one with
+    more responses or tokens than bytes of answer, or more bytes than could arrive in
+    its time (MAX_BYTES_PER_NS, BURST_BYTES)."""
+    resp = block.col("responses")
+    tokens = block.col("tokens")
+    nbytes = block.col("resp_bytes")
+    most = np.maximum(done - sent, 0) * MAX_BYTES_PER_NS + BURST_BYTES
+    bad: Mask = (tokens > 0) & (resp == 0)
+    bad |= ok & ((resp > nbytes) | (tokens > nbytes) | (nbytes > most))
+    return bad
 
 
 def _finite_in(x: float, lo: float, hi: float) -> bool:
@@ -296,6 +319,7 @@ class AgentCheck:
             times_ok &= never | (intended == sent)
         times_ok &= _stream_times_ok(block, sent, done)
         bad_times = ~times_ok
+        bad_counts = _implausible_counts(block, status == rc.OK, sent, done)
         # index: inside this agent's slice
         if shape.open_loop:
             slot = self.rank[idx % self.period]
@@ -303,7 +327,7 @@ class AgentCheck:
         else:
             slot = None
             outside = idx != -1
-        bad = bad_field | unknown | bad_times | outside
+        bad = bad_field | unknown | bad_times | bad_counts | outside
         if bad_seq is not None:
             bad |= bad_seq
         any_bad = bool(bad.any())
@@ -325,7 +349,7 @@ class AgentCheck:
         if not any_bad:
             self.valid += n
             return block
-        self._count(bad, (bad_field, bad_seq, unknown, bad_times, outside, dup))
+        self._count(bad, (bad_field, bad_seq, unknown, bad_times, bad_counts, outside, dup))
         keep = ~bad
         self.valid += int(keep.sum())
         return block.select(keep)

@@ -19,7 +19,7 @@ from coordinator.documents import load_summary
 from coordinator.rundir import write_json
 from coordinator.sequences import SequenceStats
 from coordinator.summary import AgentInfo, build_summary
-from coordinator.validate import AgentCheck, RunShape
+from coordinator.validate import BURST_BYTES, MAX_BYTES_PER_NS, AgentCheck, RunShape
 from volley import records as rc
 from volley.arrivals import global_schedule
 from volley.plan import Plan, plan_from_dict
@@ -59,6 +59,7 @@ def _honest(plan: Plan, agent: int) -> RecordBlock:
     cols["done_ns"][:] = t + 3_000_000
     cols["first_ns"][:], cols["last_ns"][:] = t + 1_000_000, t + 3_000_000
     cols["responses"][:], cols["tokens"][:] = 3, 3
+    cols["resp_bytes"][:] = 300  # three answers of 100 bytes
     cols["seq_flags"][:] = rc.SEQ_FIRST | rc.SEQ_LAST
     if plan.sequence is not None:  # its own correlation IDs
         cols["seq_id"][:] = agent_range(plan, agent)[0] + np.arange(n)
@@ -138,3 +139,37 @@ def test_a_correlation_id_outside_the_agents_range_is_dropped() -> None:
     kept = check.records(block)
     assert check.invalid == 3 and dict(check.faults) == {"correlation id outside its range": 3}
     assert len(kept) == len(block) - 3 and int(kept.columns["seq_id"].min()) >= lo
+
+
+def test_rogue_token_and_response_counts_are_dropped_not_summed() -> None:
+    """A rogue agent claiming 4e9 tokens (or responses) per request: such records are
+    dropped as invalid and counted; the run's token figures are the honest agent's."""
+    plan = PLANS["stream"]
+    shape = RunShape.of(plan)
+    rogue = _honest(plan, 0)
+    cols = rogue.columns
+    cols["tokens"][0] = 2**32 - 1  # more tokens than bytes of answer
+    cols["responses"][1] = 301  # more responses than its 300 bytes
+    cols["tokens"][2], cols["resp_bytes"][2] = 2**32 - 1, 2**32 - 1  # bytes faster than light
+    cols["tokens"][3], cols["responses"][3] = 5, 0  # tokens without a response
+    cols["status"][4], cols["tokens"][4] = rc.DEADLINE_EXCEEDED, 7  # not OK: not bounded
+    gaps = np.full(int(rc.gap_counts(cols["responses"]).sum()), 1_000, GAP_DTYPE)
+    rogue = RecordBlock(cols, [], gaps)
+    honest = _honest(plan, 1)
+    agg = Aggregator(2, 0)
+    checks = [AgentCheck(shape, i, 1, 1) for i in range(2)]
+    for i, block in ((0, rogue), (1, honest)):
+        agg.ingest(i, checks[i].records(block))
+    assert checks[0].invalid == 4
+    assert dict(checks[0].faults) == {"implausible responses, tokens or bytes": 4}
+    assert checks[1].invalid == 0
+    honest_tokens = 3 * (len(rogue) - 5) + 3 * len(honest)  # record 4 failed: not counted
+    assert agg.total().tokens == honest_tokens
+    # the plausible bound itself: 100 bytes per ns of service time, plus 64 KiB
+    fast = _honest(plan, 0)
+    service = int(fast.columns["done_ns"][0] - fast.columns["sent_ns"][0])
+    fast.columns["resp_bytes"][0] = service * MAX_BYTES_PER_NS + BURST_BYTES
+    fast.columns["resp_bytes"][1] = service * MAX_BYTES_PER_NS + BURST_BYTES + 1
+    check = AgentCheck(shape, 0, 1, 1)
+    check.records(fast)
+    assert check.invalid == 1
