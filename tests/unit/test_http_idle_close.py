@@ -10,9 +10,9 @@ import json
 
 from agent.transports.http import Http
 from coordinator.sweep.conns import connection_reasons
+from tests.unit.test_http_recycle import _read_request, one_user_plan
 from volley import records as rc
 from volley.conns import ConnFigures, describe, from_proto, run_connections, to_proto
-from volley.plan import plan_from_dict
 from volley.target import TargetAccess
 from volley.wire.payloads import build_payloads
 
@@ -26,23 +26,6 @@ class FakeClock:
 
     def __call__(self) -> int:
         return self.ns
-
-
-async def _read_request(r: asyncio.StreamReader) -> bool:
-    try:
-        head = await r.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError:
-        return False
-    n = next(
-        (
-            int(x.split(b":")[1])
-            for x in head.split(b"\r\n")
-            if x.lower().startswith(b"content-length:")
-        ),
-        0,
-    )
-    await r.readexactly(n)
-    return True
 
 
 async def _until(cond: object, what: str) -> None:
@@ -81,17 +64,7 @@ async def _idle_then_closed(
 
     served = [0]
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    plan = plan_from_dict(
-        {
-            "target": f"127.0.0.1:{port}",
-            "model": "add",
-            "protocol": "http",
-            "load": {"mode": "closed", "concurrency": 1, "duration": "1s"},
-            "inputs": [{"name": "A", "datatype": "FP32", "shape": [4]}],
-            "outputs": ["Y"],
-        }
-    )
+    plan = one_user_plan(server.sockets[0].getsockname()[1])
     clock = FakeClock()
     done: list[tuple[int, ...]] = []
     tp = Http(plan, build_payloads(plan), lambda *a: done.append(a), clock, 0, TargetAccess())

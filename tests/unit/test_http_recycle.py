@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from agent.transports.http import Http
 from volley import records as rc
-from volley.plan import plan_from_dict
+from volley.plan import Plan, plan_from_dict
 from volley.target import TargetAccess
 from volley.wire.payloads import build_payloads
 
@@ -46,6 +46,20 @@ async def _read_request(r: asyncio.StreamReader) -> bool:
 Script = Callable[[int, int], bytes | None]
 
 
+def one_user_plan(port: int) -> Plan:
+    """HTTP/1.1 to 127.0.0.1:`port`, one closed-loop user."""
+    return plan_from_dict(
+        {
+            "target": f"127.0.0.1:{port}",
+            "model": "add",
+            "protocol": "http",
+            "load": {"mode": "closed", "concurrency": 1, "duration": "1s"},
+            "inputs": [{"name": "A", "datatype": "FP32", "shape": [4]}],
+            "outputs": ["Y"],
+        }
+    )
+
+
 async def _run(script: Script, n_requests: int) -> tuple[Http, list[tuple[int, ...]], int]:
     """Send `n_requests` one after another; `script(conn_no, req_no)` says what the server
     does with request req_no on connection conn_no: answer bytes, or None (close)."""
@@ -68,17 +82,7 @@ async def _run(script: Script, n_requests: int) -> tuple[Http, list[tuple[int, .
         w.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    plan = plan_from_dict(
-        {
-            "target": f"127.0.0.1:{port}",
-            "model": "add",
-            "protocol": "http",
-            "load": {"mode": "closed", "concurrency": 1, "duration": "1s"},
-            "inputs": [{"name": "A", "datatype": "FP32", "shape": [4]}],
-            "outputs": ["Y"],
-        }
-    )
+    plan = one_user_plan(server.sockets[0].getsockname()[1])
     done: list[tuple[int, ...]] = []
     tp = Http(
         plan, build_payloads(plan), lambda *a: done.append(a), time.monotonic_ns, 0, TargetAccess()
