@@ -260,7 +260,8 @@ def _behind(
     name = info.id or info.address
     p99 = lateness_ms(st)["p99"] if st.lateness.count else 0.0
     host_mean, _ = host_cpu(info.host_cpu_samples)
-    if host_mean is not None and host_is_busy(host_mean):
+    # drops at the in-flight cap are the cap's (and the server's pace), not the host's
+    if host_mean is not None and host_is_busy(host_mean) and not st.dropped:
         line = host_phrase(
             info.host,
             info.cores,

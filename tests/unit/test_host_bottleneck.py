@@ -8,7 +8,7 @@ from coordinator.aggregate import Aggregator
 from coordinator.bottleneck import MAX_LISTED
 from coordinator.summary import AgentInfo, build_summary
 from volley import records as rc
-from volley.plan import plan_from_dict
+from volley.plan import Plan, plan_from_dict
 from volley.records import RecordBuffer
 
 MS = 1_000_000
@@ -16,7 +16,7 @@ RATE = 100  # per agent, constant
 SPAN_S = 2
 
 
-def _plan(agents: int, target: str = "grpc://127.0.0.1:8001") -> object:
+def _plan(agents: int, target: str = "grpc://127.0.0.1:8001") -> Plan:
     return plan_from_dict(
         {
             "target": target,
@@ -57,7 +57,7 @@ def _summary(
         )
         info.host_cpu_samples = list(host_busy)
         infos.append(info)
-    s = build_summary(plan, "r", agg, infos, float(SPAN_S), None)  # type: ignore[arg-type]
+    s = build_summary(plan, "r", agg, infos, float(SPAN_S), None)
     return dict(s)
 
 
@@ -135,3 +135,17 @@ def test_which_targets_name_the_agents_own_host() -> None:
         assert target_is_loopback(t), t
     for t in ("10.0.0.2:8001", "https://triton.example:443/v2", "[2001:db8::1]:8001"):
         assert not target_is_loopback(t), t
+
+
+def test_drops_at_the_in_flight_cap_stay_the_agents_even_on_a_busy_host() -> None:
+    from coordinator.aggregate import Stats
+    from coordinator.summary import _behind
+
+    plan = _plan(1)
+    st = Stats()
+    st.records = st.dropped = 50
+    info = AgentInfo(index=0, address="a", id="t0", host="gen1", workers=1, cores=2)
+    info.host_cpu_samples = [99.0]
+    b = _behind(plan, st, info, span_s=2.0)
+    assert b is not None and b.shortfall.value == "workers"
+    assert "50 arrivals dropped at the in-flight cap" in b.reason
