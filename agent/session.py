@@ -29,6 +29,7 @@ from typing import Any
 
 from agent.config import AgentLimits
 from agent.conns import merged_figures
+from agent.hostcpu import HostCpu
 from agent.lifeline import worker_entry
 from agent.spool import SpoolWriter
 from agent.worker import (
@@ -166,6 +167,7 @@ class RunSession:
         self._procs: list[Any] = []
         self.state: SessionState = SessionState.READY
         self.counters: dict[int, WorkerCounters] = {}
+        self.host_cpu = HostCpu()
         self.stop_reason = ""
         self.spool = spool
         #: Last sign of life of the coordinator (a keepalive ping), monotonic seconds.
@@ -332,6 +334,7 @@ class RunSession:
             reconnects=sum(c.reconnects for c in cs),
             connect_errors=sum(c.connect_errors for c in cs),
             connections=merged_figures(c.conns for c in cs),
+            host_cpu_percent=self.host_cpu.sample(),
         )
 
     def _start_workers(self) -> None:

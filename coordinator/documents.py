@@ -130,6 +130,14 @@ class AgentRow(TypedDict):
     cpu_us_per_request: float | None
     saturated: bool
     saturation: str
+    #: What a saturated agent was short of (coordinator.bottleneck.Shortfall): "workers"
+    #: or "host" (every core of its host busy); "" when it kept up. Absent from
+    #: summaries written before it was told apart.
+    bottleneck: NotRequired[str]
+    #: Its host's CPU busy while the run ran (% of all its cores, every process on the
+    #: host counted): mean and peak of its statuses; None where the host does not say.
+    host_cpu_percent_avg: NotRequired[float | None]
+    host_cpu_percent_peak: NotRequired[float | None]
     #: Records of its batches dropped as invalid (never ingested; coordinator/validate.py).
     invalid_records: int
     #: What it got wrong: fault kind (coordinator.validate.Fault) -> records (for record

@@ -77,6 +77,11 @@ def local_spool_dir(run_dir: Path, i: int) -> Path:
     return run_dir / SPOOL_FOLDER / f"agent-{i}"
 
 
+#: How long local agents get to start: this, plus STARTUP_PER_AGENT_S per agent.
+STARTUP_TIMEOUT_S = 30.0
+STARTUP_PER_AGENT_S = 5.0
+
+
 class LocalAgents:
     """Context manager: starts N `volley agent` processes on loopback, yields their addresses."""
 
@@ -84,7 +89,7 @@ class LocalAgents:
         self,
         count: int,
         workers: int = 0,
-        startup_timeout_s: float = 30.0,
+        startup_timeout_s: float | None = None,
         token: str = "",
         run_dir: Path | None = None,
         pin: bool = True,
@@ -94,7 +99,13 @@ class LocalAgents:
         self.token = token or fresh_token()
         cores = os.cpu_count() or 1
         self.workers = workers or max(1, cores // max(count, 1))
-        self.startup_timeout_s = startup_timeout_s
+        #: They all start at once: on a busy host N imports share its cores, so the
+        #: wait grows with N (12 agents under a load of 12 on 2 cores took over 30 s).
+        self.startup_timeout_s = (
+            startup_timeout_s
+            if startup_timeout_s is not None
+            else STARTUP_TIMEOUT_S + STARTUP_PER_AGENT_S * count
+        )
         self.procs: list[subprocess.Popen[bytes]] = []
         self._tmp = tempfile.TemporaryDirectory(prefix="volley-agents-")
         self.addresses: list[str] = []

@@ -7,6 +7,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from coordinator.aggregate import AgentTally, Aggregator, GoodLimits, Stats
+from coordinator.bottleneck import (
+    Behind,
+    Shortfall,
+    grouped_lines,
+    grouped_reasons,
+    host_cpu,
+    host_is_busy,
+    host_phrase,
+    host_reason,
+    target_is_loopback,
+)
 from coordinator.clock import ClockEstimate
 from coordinator.documents import (
     AgentRow,
@@ -51,6 +62,8 @@ class AgentInfo:
     cpu_percent: float = 0.0  #: the last one reported
     cpu_percent_peak: float = 0.0
     cpu_samples: list[float] = field(default_factory=list)
+    #: its host's CPU busy (% of all its cores, every process) per status while running
+    host_cpu_samples: list[float] = field(default_factory=list)
     last_seen_ns: int = 0
     #: records of its batches dropped as invalid (coordinator/validate.py)
     invalid_records: int = 0
@@ -215,8 +228,22 @@ def _saturation(
     startup: Stats | None = None,
     skew_ns: int = 0,
 ) -> tuple[bool, str]:
-    """(saturated, why): whether the agent lacked capacity. An agent whose lateness was
-    only its start-up's (it started `skew_ns` late) is not saturated: `startup_note`."""
+    """(saturated, why): whether the agent lacked capacity (`_behind`)."""
+    b = _behind(plan, st, info, span_s, startup, skew_ns)
+    return (True, b.reason) if b is not None else (False, "")
+
+
+def _behind(
+    plan: Plan,
+    st: Stats,
+    info: AgentInfo,
+    span_s: float,
+    startup: Stats | None = None,
+    skew_ns: int = 0,
+) -> Behind | None:
+    """Whether the agent lacked capacity, and where: its workers, or its host (every
+    core busy: `coordinator.bottleneck`). An agent whose lateness was only its
+    start-up's (it started `skew_ns` late) did not: `startup_note`."""
     cpu_avg = (info.cpu_seconds / span_s * 100.0) if span_s > 0 else 0.0
     util = cpu_avg / (100.0 * max(info.workers, 1))
     why: list[str] = []
@@ -229,12 +256,35 @@ def _saturation(
     if util > 0.95:
         why.append(f"CPU {util:.0%} of {info.workers} workers")
     if not why:
-        return False, ""
+        return None
+    name = info.id or info.address
+    p99 = lateness_ms(st)["p99"] if st.lateness.count else 0.0
+    host_mean, _ = host_cpu(info.host_cpu_samples)
+    # drops at the in-flight cap are the cap's (and the server's pace), not the host's
+    if host_mean is not None and host_is_busy(host_mean) and not st.dropped:
+        line = host_phrase(
+            info.host,
+            info.cores,
+            host_mean,
+            target_is_loopback(plan.target),
+        )
+        return Behind(
+            name,
+            Shortfall.HOST,
+            host_reason(name, ", ".join(why), line),
+            p99,
+            info.host,
+            line,
+        )
     workers = max(info.workers, 1)
     need = max(workers + 1, math.ceil(workers * max(util, 0.9) / 0.7))
-    return True, (
-        f"agent {info.id or info.address} was the bottleneck ({', '.join(why)}): "
-        f"give it ~{need - workers} more worker(s) (or add an agent) to keep up"
+    return Behind(
+        name,
+        Shortfall.WORKERS,
+        f"agent {name} was the bottleneck ({', '.join(why)}): "
+        f"give it ~{need - workers} more worker(s) (or add an agent) to keep up",
+        p99,
+        info.host,
     )
 
 
@@ -335,10 +385,12 @@ def model_rows(
 
 def _agent_row(
     plan: Plan, info: AgentInfo, tally: AgentTally, measured_s: float, span_s: float
-) -> AgentRow:
-    """One agent's figures over the measured period (span_s: measured + warm-up)."""
+) -> tuple[AgentRow, Behind | None]:
+    """One agent's figures over the measured period (span_s: measured + warm-up), and
+    whether (and where) it lacked capacity."""
     st = tally.measured
-    saturated, why = _saturation(plan, st, info, span_s, tally.startup, tally.first_skew_ns)
+    behind = _behind(plan, st, info, span_s, tally.startup, tally.first_skew_ns)
+    host_mean, host_peak = host_cpu(info.host_cpu_samples)
     startup = startup_note(plan, st, info, tally.startup, tally.first_skew_ns)
     row: AgentRow = {
         "id": info.id or info.address,
@@ -369,8 +421,11 @@ def _agent_row(
             if st.sent + tally.warmup.sent
             else None
         ),
-        "saturated": saturated,
-        "saturation": why,
+        "saturated": behind is not None,
+        "saturation": behind.reason if behind is not None else "",
+        "bottleneck": behind.shortfall.value if behind is not None else "",
+        "host_cpu_percent_avg": host_mean,
+        "host_cpu_percent_peak": host_peak,
         "invalid_records": info.invalid_records,
         "faults": dict(sorted(info.faults.items())),
         "retried": info.retried,
@@ -384,7 +439,7 @@ def _agent_row(
         row["start_margin_ms"] = info.start_margin_ms
     if startup:
         row["startup"] = startup
-    return row
+    return row, behind
 
 
 def _fault_lines(agents: list[AgentInfo], tallies: list[AgentTally]) -> tuple[list[str], list[str]]:
@@ -425,12 +480,17 @@ def build_summary(
     measured_s = max(span_s, 1e-9)
     error_rate = round(total.errors / total.sent, 6) if total.sent else 0.0
     requests = requests_block(total)
-    rows = [
+    judged = [
         _agent_row(plan, info, tally, measured_s, span_s + plan.load.warmup_s)
         for info, tally in zip(agents, agg.agents, strict=True)
     ]
-    reasons = [r["saturation"] for r in rows if r["saturated"]]
-    reasons += [r["startup"] for r in rows if r.get("startup")]
+    rows = [row for row, _ in judged]
+    reasons = grouped_reasons([b for _, b in judged if b is not None])
+    reasons += grouped_lines(
+        [(r["start_skew_ms"] or 0.0, r["startup"]) for r in rows if r.get("startup")],
+        "started late by",
+        "{:.0f} ms",
+    )
     # ---- verdict ---------------------------------------------------------
     v = plan.validity
     partial = [a for a in agents if a.state in ("failed", "missing")]
@@ -462,12 +522,19 @@ def build_summary(
     )
     if seq_block is not None:
         reasons += failed_reasons(seq_block)
-    warnings = [
-        f"agent {r['id']}: {r['send_lateness_ms']['late_fraction']:.1%} of sends were >1 ms "
-        "late (timer wake-up); latency from intended time includes it"
-        for r in rows
-        if r["send_lateness_ms"]["late_fraction"] > v.warn_late_fraction and not r["saturated"]
-    ]
+    warnings = grouped_lines(
+        [
+            (
+                r["send_lateness_ms"]["late_fraction"],
+                f"agent {r['id']}: {r['send_lateness_ms']['late_fraction']:.1%} of sends were "
+                ">1 ms late (timer wake-up); latency from intended time includes it",
+            )
+            for r in rows
+            if r["send_lateness_ms"]["late_fraction"] > v.warn_late_fraction and not r["saturated"]
+        ],
+        "sends >1 ms late",
+        "{:.1%}",
+    )
     warnings += fault_warnings
     summary: Summary = {
         "run_id": run_id,

@@ -270,6 +270,7 @@ class AgentCheck:
             and _finite_in(st.cpu_seconds, 0.0, self.max_cpu_seconds)
             and min(st.sent, st.completed, st.errors, st.dropped, st.in_flight) >= 0
             and min(st.retried, st.reconnects, st.connect_errors) >= 0
+            and (not st.HasField("host_cpu_percent") or _finite_in(st.host_cpu_percent, 0.0, 100.0))
         )
         if not ok:
             self.fault(Fault.BAD_STATUS)

@@ -75,6 +75,9 @@ def _apply_states(
         sp = spooled.get(info.index)
         row = old_rows[info.index] if info.index < len(old_rows) else None
         peak = float(row.get("cpu_percent_peak") or 0.0) if row else 0.0
+        host_avg = row.get("host_cpu_percent_avg") if row else None
+        if host_avg is not None:  # what the run saw of the host (the spool keeps no series)
+            info.host_cpu_samples = [float(host_avg)]
         if sp is not None:
             info.state, info.error = sp.state()
             info.id = info.id or sp.agent_id

@@ -48,7 +48,9 @@ def agents_html(run: RunData) -> str:
                 num(a.get("start_skew_ms"), 3),
                 num(a.get("cpu_percent_avg"), 3, "%"),
                 num(a.get("cpu_us_per_request"), 4),
-                '<span class="fail">yes</span>' if a.get("saturated") else "no",
+                f'<span class="fail">{escape(str(a.get("bottleneck") or "yes"))}</span>'
+                if a.get("saturated")
+                else "no",
             ]
         )
     head = [

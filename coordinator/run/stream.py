@@ -270,6 +270,8 @@ class AgentStream:
             w = check.cpu_window(st.agent_ns, self.start_at_agent_ns)
             if w is not None:
                 sink.agent_cpu(w, self.index, st.cpu_percent)
+                if st.HasField("host_cpu_percent"):  # the host, while the run ran
+                    info.host_cpu_samples.append(st.host_cpu_percent)
         elif kind == "finished":
             f = ev.finished
             if f.HasField("final_status") and check.status(f.final_status):

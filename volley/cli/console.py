@@ -335,7 +335,7 @@ def _print_agents(con: Console, agents: list[AgentRow]) -> None:
             str(a["errors"]),
             f"{a['throughput_rps']:.1f}",
             _ms(a["latency_ms"]["p99"]),
-            "yes" if a["saturated"] else "no",
+            (a.get("bottleneck") or "yes") if a["saturated"] else "no",
         )
         timing.add_row(
             agent_id,

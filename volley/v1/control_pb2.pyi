@@ -710,6 +710,7 @@ class AgentStatus(_message.Message):
     RECONNECTS_FIELD_NUMBER: _builtins.int
     CONNECT_ERRORS_FIELD_NUMBER: _builtins.int
     CONNECTIONS_FIELD_NUMBER: _builtins.int
+    HOST_CPU_PERCENT_FIELD_NUMBER: _builtins.int
     state: _builtins.str
     """ready | waiting | running | draining | done | failed"""
     sent: _builtins.int
@@ -732,6 +733,10 @@ class AgentStatus(_message.Message):
     """Connections opened to replace one the server closed or drained; cumulative."""
     connect_errors: _builtins.int
     """Connection attempts that failed (refused, reset, TLS, timed out); cumulative."""
+    host_cpu_percent: _builtins.float
+    """The agent host's CPU busy since its previous status, every process on it counted,
+    as % of all its cores (100: every core busy); absent where the host does not say.
+    """
     @_builtins.property
     def connections(self) -> Global___ConnectionFigures:
         """What happened to the agent's connections to the target, its workers together."""
@@ -753,12 +758,15 @@ class AgentStatus(_message.Message):
         reconnects: _builtins.int = ...,
         connect_errors: _builtins.int = ...,
         connections: Global___ConnectionFigures | None = ...,
+        host_cpu_percent: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["connections", b"connections"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_host_cpu_percent", b"_host_cpu_percent", "connections", b"connections", "host_cpu_percent", b"host_cpu_percent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_ns", b"agent_ns", "completed", b"completed", "connect_errors", b"connect_errors", "connections", b"connections", "cpu_percent", b"cpu_percent", "cpu_seconds", b"cpu_seconds", "dropped", b"dropped", "errors", b"errors", "in_flight", b"in_flight", "message", b"message", "reconnects", b"reconnects", "retried", b"retried", "sent", b"sent", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_host_cpu_percent", b"_host_cpu_percent", "agent_ns", b"agent_ns", "completed", b"completed", "connect_errors", b"connect_errors", "connections", b"connections", "cpu_percent", b"cpu_percent", "cpu_seconds", b"cpu_seconds", "dropped", b"dropped", "errors", b"errors", "host_cpu_percent", b"host_cpu_percent", "in_flight", b"in_flight", "message", b"message", "reconnects", b"reconnects", "retried", b"retried", "sent", b"sent", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__host_cpu_percent: _TypeAlias = _typing.Literal["host_cpu_percent"]  # noqa: Y015
+    _WhichOneofArgType__host_cpu_percent: _TypeAlias = _typing.Literal["_host_cpu_percent", b"_host_cpu_percent"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__host_cpu_percent) -> _WhichOneofReturnType__host_cpu_percent | None: ...
 
 Global___AgentStatus: _TypeAlias = AgentStatus  # noqa: Y015
 
