@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from typing import Any
 
 from coordinator.report.data import ReportError, RunData
@@ -46,7 +47,12 @@ COLUMNS_AFTER_LOAD = (
 
 
 def _us(ms: Any) -> str:
-    return "" if ms is None else str(int(float(ms) * 1000))
+    """Milliseconds as whole microseconds; "" for none, or one too large to be a time
+    (a hand-edited summary's 1e305 ms)."""
+    if ms is None:
+        return ""
+    us = float(ms) * 1000
+    return str(int(us)) if math.isfinite(us) else ""
 
 
 def _batch(plan: dict[str, Any]) -> int:
