@@ -272,6 +272,10 @@ class Aggregator:
         window_ns: int = WINDOW_NS,
         good: GoodLimits | None = None,
     ) -> None:
+        # numpy imports numpy.ma at the first np.unique without counts (30-100 ms of CPU):
+        # here, as the run is set up, not in the middle of its load
+        import numpy.ma  # noqa: F401
+
         #: goodput limits per request (None: goodput not measured)
         self.good = good if good is not None and good.any else None
         self.n_agents = n_agents

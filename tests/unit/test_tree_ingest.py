@@ -1,0 +1,140 @@
+"""The coordinator's per-record path after s5-tree's cuts gives the same figures and the
+same requests.parquet: histogram buckets by a search over the exact edges, a batch's own
+histogram merged without a trim scan, Stats.add without masked copies when every record
+succeeded, Arrow columns over the numpy memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from coordinator.aggregate import Stats, _keys
+from coordinator.rundir import RequestWriter
+from volley import histogram as hist
+from volley import records as rc
+from volley.histogram import LogHistogram
+from volley.records import COLUMNS, RecordBlock
+
+
+def test_bucket_index_agrees_with_the_scalar_one_at_every_exact_edge() -> None:
+    edges = hist._EDGES[:-1].astype(np.int64)
+    vals = np.concatenate(
+        [edges - 1, edges, edges + 1, np.arange(0, 1002), [2**63 - 1, 2**63 - 2]]
+    ).astype(np.int64)
+    vals = vals[vals >= 0]
+    got = hist._bucket_index(vals).tolist()
+    want = [hist._bucket_index_scalar(int(v)) for v in vals.tolist()]
+    assert got == want
+    # each value lies in its bucket: E[k] <= v < E[k+1]
+    k = np.array(got) - hist.LINEAR_LIMIT_NS
+    log = vals >= hist.LINEAR_LIMIT_NS
+    lo = hist._EDGES[k[log]]
+    hi = hist._EDGES[k[log] + 1]
+    assert bool((lo <= vals[log].astype(np.uint64)).all())
+    assert bool((vals[log].astype(np.uint64) < hi).all())
+
+
+def test_a_batch_histogram_merged_equals_one_histogram_of_every_value() -> None:
+    rng = np.random.default_rng(7)
+    parts = [rng.lognormal(np.log(2e6), 1.0, n).astype(np.int64) for n in (40, 700, 3)]
+    parts.append(np.array([-5, 0, 999, 1000], np.int64))
+    whole = LogHistogram()
+    whole.record_many(np.concatenate(parts))
+    merged = LogHistogram()
+    for p in parts:
+        one = LogHistogram()
+        one.record_many(p)
+        merged.merge(one)
+        merged.merge(LogHistogram())  # an empty one changes nothing
+    assert merged == whole
+    assert merged.to_dict() == whole.to_dict()
+
+
+def _block(n: int, rng: np.random.Generator) -> RecordBlock:
+    cols = {k: np.zeros(n, dt) for k, dt in COLUMNS.items()}
+    intended = np.cumsum(rng.integers(1, 10**6, n)).astype(np.int64)
+    cols["index"][:] = np.arange(n)
+    cols["intended_ns"][:] = intended
+    cols["sent_ns"][:] = intended + rng.integers(0, 10**6, n)
+    cols["done_ns"][:] = cols["sent_ns"] + rng.integers(10**5, 10**8, n)
+    cols["req_bytes"][:] = rng.integers(1, 10**6, n)
+    cols["resp_bytes"][:] = rng.integers(1, 10**6, n)
+    for k, v in rc.STREAM_DEFAULTS.items():
+        cols[k][:] = v
+    return RecordBlock(cols, ["4"])
+
+
+def _figures(st: Stats) -> tuple[object, ...]:
+    return (
+        st.records,
+        st.sent,
+        st.ok,
+        st.errors,
+        st.dropped,
+        st.not_sent,
+        st.late,
+        st.req_bytes,
+        st.resp_bytes,
+        dict(st.error_codes),
+        st.latency.to_dict(),
+        st.service.to_dict(),
+        st.lateness.to_dict(),
+    )
+
+
+def test_stats_of_an_all_ok_block_equal_those_of_its_parts() -> None:
+    """The unmasked path (every record sent and OK) against the masked one, per part."""
+    rng = np.random.default_rng(11)
+    block = _block(300, rng)
+    whole = Stats()
+    whole.add(block.columns)
+    parts = Stats()
+    first = np.arange(300) < 120
+    parts.add(block.columns, first)
+    parts.add(block.columns, ~first)
+    assert _figures(whole) == _figures(parts)
+    # with errors, drops and never-sent records: the masked path, the same sums
+    status = block.columns["status"]
+    status[::7] = rc.UNAVAILABLE
+    status[3::11] = rc.DROPPED
+    block.columns["sent_ns"][3::11] = -1
+    block.columns["done_ns"][3::11] = -1
+    mixed = Stats()
+    mixed.add(block.columns)
+    split = Stats()
+    split.add(block.columns, first)
+    split.add(block.columns, ~first)
+    assert _figures(mixed) == _figures(split)
+    assert mixed.errors == int((status == rc.UNAVAILABLE).sum()) and mixed.dropped > 0
+    assert mixed.sent == 300 - mixed.dropped
+
+
+def test_window_keys_are_the_distinct_values() -> None:
+    w = np.array([5, 5, 7, 7, 5], np.int64)
+    assert _keys(w, 5, 7) == [5, 7]
+    far = np.array([1, 40, 1, 9], np.int64)
+    assert _keys(far, 1, 40) == [1, 9, 40]
+
+
+def test_requests_parquet_holds_every_column_bit_for_bit(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    blocks = [_block(n, rng) for n in (5, 1, 9)]
+    # the dtypes' extremes: sign and top bits survive the zero-copy columns
+    b = blocks[0].columns
+    b["seq_id"][:] = [0, 1, 2**63, 2**64 - 1, 12345]
+    b["first_ns"][:] = [-1, 0, 2**62, -(2**63), 2**63 - 1]
+    b["status"][:] = [0, 65535, rc.HTTP_ERROR_BASE + 503, 14, 1]
+    path = tmp_path / "requests.parquet"
+    w = RequestWriter(path)
+    for i, blk in enumerate(blocks):
+        w.write(i, blk)
+    w.close()
+    t = pq.read_table(path)
+    for name, dt in COLUMNS.items():
+        got = t.column(name).to_numpy()
+        want = np.concatenate([blk.columns[name] for blk in blocks])
+        assert got.dtype == dt.newbyteorder("=") and np.array_equal(got, want), name
+    assert t.column("agent").to_pylist() == [0] * 5 + [1] + [2] * 9
+    assert t.column("input_shape").to_pylist() == ["4"] * 15
