@@ -202,27 +202,27 @@ class Stats:
             self.ttst.record_many(ttst + gaps[starts[two]])
 
     def merge(self, other: Stats) -> None:
-        for name in (
-            "records",
-            "sent",
-            "ok",
-            "errors",
-            "dropped",
-            "not_sent",
-            "late",
-            "req_bytes",
-            "resp_bytes",
-            "streamed",
-            "responses",
-            "tokens",
-            "good",
-            "good_tokens",
-        ):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        # attribute by attribute (a getattr/setattr loop over the names cost ~2x as much;
+        # a batch's figures are merged 5 times: agent, window, size, shape, model)
+        self.records += other.records
+        self.sent += other.sent
+        self.ok += other.ok
+        self.errors += other.errors
+        self.dropped += other.dropped
+        self.not_sent += other.not_sent
+        self.late += other.late
+        self.req_bytes += other.req_bytes
+        self.resp_bytes += other.resp_bytes
+        self.streamed += other.streamed
+        self.responses += other.responses
+        self.tokens += other.tokens
+        self.good += other.good
+        self.good_tokens += other.good_tokens
         self.latency.merge(other.latency)
         self.service.merge(other.service)
         self.lateness.merge(other.lateness)
-        self.error_codes.update(other.error_codes)
+        if other.error_codes:
+            self.error_codes.update(other.error_codes)
         if other.streamed:
             if self.responses_min < 0 or 0 <= other.responses_min < self.responses_min:
                 self.responses_min = other.responses_min

@@ -5,6 +5,7 @@ succeeded, Arrow columns over the numpy memory."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +139,22 @@ def test_requests_parquet_holds_every_column_bit_for_bit(tmp_path: Path) -> None
         assert got.dtype == dt.newbyteorder("=") and np.array_equal(got, want), name
     assert t.column("agent").to_pylist() == [0] * 5 + [1] + [2] * 9
     assert t.column("input_shape").to_pylist() == ["4"] * 15
+
+
+def test_stats_merge_adds_every_count() -> None:
+    """Stats.merge names its counts one by one: a count it forgot would stay 0 here."""
+    other = Stats()
+    counts = [
+        f.name
+        for f in dataclasses.fields(Stats)
+        if f.type in ("int", int) and not f.name.startswith("responses_")
+    ]
+    assert len(counts) >= 14
+    for i, name in enumerate(counts):
+        setattr(other, name, i + 1)
+    other.error_codes[14] = 2
+    st = Stats()
+    st.merge(other)
+    st.merge(other)
+    assert [getattr(st, n) for n in counts] == [2 * (i + 1) for i in range(len(counts))]
+    assert st.error_codes == {14: 4}
