@@ -69,6 +69,8 @@ _EDGES: Final = _exact_edges()
 _NLOG: Final = len(_EDGES) - 1
 #: The edges as int64 (all but the last, which exceeds int64 max): searched as they are
 _EDGES_I64: Final = _EDGES[:-1].astype(np.int64)
+#: The edges as Python ints, for one value at a time (no numpy scalar a comparison)
+_EDGES_LIST: Final[list[int]] = _EDGES.tolist()
 #: Total number of global bucket indices (linear + log).
 _NBUCKETS: Final = LINEAR_LIMIT_NS + _NLOG
 
@@ -97,9 +99,9 @@ def _bucket_index_scalar(v: int) -> int:
         return v
     k = int((math.log(v) - _LOG_LIMIT) * _INV_LOG_GROWTH)
     k = min(max(k, 0), _NLOG - 1)
-    if v < int(_EDGES[k]):
+    if v < _EDGES_LIST[k]:
         k -= 1
-    elif v >= int(_EDGES[k + 1]):
+    elif v >= _EDGES_LIST[k + 1]:
         k += 1
     return LINEAR_LIMIT_NS + k
 

@@ -158,3 +158,9 @@ def test_stats_merge_adds_every_count() -> None:
     st.merge(other)
     assert [getattr(st, n) for n in counts] == [2 * (i + 1) for i in range(len(counts))]
     assert st.error_codes == {14: 4}
+
+
+def test_never_sent_is_isin_never_sent_for_every_code() -> None:
+    codes = np.arange(1 << 16, dtype=np.uint16)
+    assert np.array_equal(rc.never_sent(codes), np.isin(codes, rc.NEVER_SENT))
+    assert int(rc.never_sent(codes).sum()) == len(rc.NEVER_SENT)
