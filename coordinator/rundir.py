@@ -61,7 +61,9 @@ class RequestWriter:
             str(path),
             REQUEST_SCHEMA,
             compression="zstd",
-            compression_level=3,
+            # level 1: ~25% less CPU than 3 for the same size on timing columns (0.55 against
+            # 0.7-0.8 µs a record, 10.4 against 10.5 bytes, s5 bench); the same rows either way
+            compression_level=1,
             use_dictionary=[
                 "input_shape",
                 "agent",
