@@ -6,12 +6,13 @@ succeeded, Arrow columns over the numpy memory."""
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
-from coordinator.aggregate import Stats, _keys
+from coordinator.aggregate import Aggregator, Stats, _keys
 from coordinator.rundir import RequestWriter
 from volley import histogram as hist
 from volley import records as rc
@@ -164,3 +165,81 @@ def test_never_sent_is_isin_never_sent_for_every_code() -> None:
     codes = np.arange(1 << 16, dtype=np.uint16)
     assert np.array_equal(rc.never_sent(codes), np.isin(codes, rc.NEVER_SENT))
     assert int(rc.never_sent(codes).sum()) == len(rc.NEVER_SENT)
+
+
+def _random_block(rng: np.random.Generator, n: int, start_ns: int) -> RecordBlock:
+    blk = _block(n, rng)
+    c = blk.columns
+    c["intended_ns"][:] = start_ns + np.sort(rng.integers(0, 3 * 10**9, n))
+    c["sent_ns"][:] = c["intended_ns"] + rng.integers(0, 10**7, n)
+    c["done_ns"][:] = c["sent_ns"] + rng.integers(10**5, 2 * 10**9, n)
+    if rng.random() < 0.5:  # a few payload sizes, shapes, models, errors, never-sent
+        c["req_bytes"][:] = rng.choice([100, 3000, 70000], n)
+        c["shape_id"][:] = rng.integers(0, 2, n)
+        c["model_id"][:] = rng.integers(0, 2, n)
+        c["status"][rng.random(n) < 0.2] = rc.UNAVAILABLE
+        never = rng.random(n) < 0.1
+        c["status"][never] = rc.DROPPED
+        c["sent_ns"][never] = -1
+        c["done_ns"][never] = -1
+    return RecordBlock(c, ["1x4", "2x4"])
+
+
+def test_ingest_equals_the_masked_adds_of_every_key() -> None:
+    """Aggregator.ingest's shortcuts (one window, size, shape, model; all past the warm-up)
+    against a reference that adds each key's records by a mask, block by block."""
+    rng = np.random.default_rng(23)
+    warmup = 2 * 10**9
+    agg = Aggregator(2, warmup)
+    ref_measured = [Stats(), Stats()]
+    ref_warmup = [Stats(), Stats()]
+    ref_windows: dict[tuple[int, int], Stats] = {}
+    ref_sizes: dict[int, Stats] = {}
+    ref_shapes: dict[str, Stats] = {}
+    ref_models: dict[int, Stats] = {}
+    ref_done: Counter[tuple[int, int]] = Counter()
+    for i in range(40):
+        agent = i % 2
+        n = int(rng.choice([1, 5, 300]))
+        blk = _random_block(rng, n, int(rng.integers(0, 6)) * 10**9)
+        if i % 3 == 0:  # all within one window: the merge shortcuts
+            c = blk.columns
+            base = (i + 3) * 10**9
+            c["intended_ns"][:] = base + np.sort(rng.integers(0, 10**8, n))
+            sent = c["sent_ns"] >= 0
+            c["sent_ns"][sent] = c["intended_ns"][sent] + 1000
+            c["done_ns"][sent] = c["sent_ns"][sent] + 10**6
+        agg.ingest(agent, blk)
+        c = blk.columns
+        cols = c
+        measured = c["intended_ns"] >= warmup
+        ref_measured[agent].add(cols, measured)
+        ref_warmup[agent].add(cols, ~measured)
+        win = c["intended_ns"] // agg.window_ns
+        for w in np.unique(win).tolist():
+            ref_windows.setdefault((w, agent), Stats()).add(cols, win == w)
+        ok = c["status"] == rc.OK
+        for w in (c["done_ns"][ok] // agg.window_ns).tolist():
+            ref_done[(w, agent)] += 1
+        was_sent = measured & (c["sent_ns"] >= 0)
+        sizes = np.floor(np.log2(np.maximum(c["req_bytes"], 1))).astype(np.int64)
+        for b in np.unique(sizes[was_sent]).tolist():
+            ref_sizes.setdefault(b, Stats()).add(cols, was_sent & (sizes == b))
+        for k in np.unique(c["shape_id"][was_sent]).tolist():
+            sh = blk.input_shapes[k]
+            ref_shapes.setdefault(sh, Stats()).add(cols, was_sent & (c["shape_id"] == k))
+        for m in np.unique(c["model_id"][measured]).tolist():
+            ref_models.setdefault(m, Stats()).add(cols, measured & (c["model_id"] == m))
+    for a in (0, 1):
+        assert _figures(agg.agents[a].measured) == _figures(ref_measured[a])
+        assert _figures(agg.agents[a].warmup) == _figures(ref_warmup[a])
+    for got, want in (
+        (agg.windows, ref_windows),
+        (agg.by_size, ref_sizes),
+        (agg.by_shape, ref_shapes),
+        (agg.by_model, ref_models),
+    ):
+        assert sorted(got) == sorted(want)  # type: ignore[type-var]
+        for k in want:
+            assert _figures(got[k]) == _figures(want[k]), k  # type: ignore[index]
+    assert {k: v for k, v in agg.completions.items() if v} == dict(ref_done)
