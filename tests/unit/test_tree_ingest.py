@@ -8,8 +8,10 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from pathlib import Path
+from typing import cast
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow.parquet as pq
 
 from coordinator.aggregate import Aggregator, Stats, _keys
@@ -167,9 +169,14 @@ def test_never_sent_is_isin_never_sent_for_every_code() -> None:
     assert int(rc.never_sent(codes).sum()) == len(rc.NEVER_SENT)
 
 
+def _int_cols(blk: RecordBlock) -> dict[str, npt.NDArray[np.int64]]:
+    """The block's columns, typed for arithmetic (they are integer arrays)."""
+    return cast(dict[str, npt.NDArray[np.int64]], blk.columns)
+
+
 def _random_block(rng: np.random.Generator, n: int, start_ns: int) -> RecordBlock:
     blk = _block(n, rng)
-    c = blk.columns
+    c = _int_cols(blk)
     c["intended_ns"][:] = start_ns + np.sort(rng.integers(0, 3 * 10**9, n))
     c["sent_ns"][:] = c["intended_ns"] + rng.integers(0, 10**7, n)
     c["done_ns"][:] = c["sent_ns"] + rng.integers(10**5, 2 * 10**9, n)
@@ -182,7 +189,7 @@ def _random_block(rng: np.random.Generator, n: int, start_ns: int) -> RecordBloc
         c["status"][never] = rc.DROPPED
         c["sent_ns"][never] = -1
         c["done_ns"][never] = -1
-    return RecordBlock(c, ["1x4", "2x4"])
+    return RecordBlock(blk.columns, ["1x4", "2x4"])
 
 
 def test_ingest_equals_the_masked_adds_of_every_key() -> None:
@@ -203,15 +210,15 @@ def test_ingest_equals_the_masked_adds_of_every_key() -> None:
         n = int(rng.choice([1, 5, 300]))
         blk = _random_block(rng, n, int(rng.integers(0, 6)) * 10**9)
         if i % 3 == 0:  # all within one window: the merge shortcuts
-            c = blk.columns
+            c = _int_cols(blk)
             base = (i + 3) * 10**9
             c["intended_ns"][:] = base + np.sort(rng.integers(0, 10**8, n))
             sent = c["sent_ns"] >= 0
             c["sent_ns"][sent] = c["intended_ns"][sent] + 1000
             c["done_ns"][sent] = c["sent_ns"][sent] + 10**6
         agg.ingest(agent, blk)
-        c = blk.columns
-        cols = c
+        c = _int_cols(blk)
+        cols = blk.columns
         measured = c["intended_ns"] >= warmup
         ref_measured[agent].add(cols, measured)
         ref_warmup[agent].add(cols, ~measured)
@@ -239,7 +246,7 @@ def test_ingest_equals_the_masked_adds_of_every_key() -> None:
         (agg.by_shape, ref_shapes),
         (agg.by_model, ref_models),
     ):
-        assert sorted(got) == sorted(want)  # type: ignore[type-var]
+        assert sorted(got) == sorted(want)
         for k in want:
             assert _figures(got[k]) == _figures(want[k]), k  # type: ignore[index]
     assert {k: v for k, v in agg.completions.items() if v} == dict(ref_done)
