@@ -309,7 +309,7 @@ class AgentCheck:
             bad_seq = ~(((ids >= self.seq_lo) & (ids < self.seq_hi)) | ((ids == 0) & never))
         unknown = ~rc.known_status(status)  # type: ignore[arg-type]
         # times (and the status they imply)
-        unsent_code = np.isin(status, rc.NEVER_SENT)
+        unsent_code = rc.never_sent(status)  # type: ignore[arg-type]
         times_ok = (intended >= 0) & (intended <= self.max_intended_ns) & (never == unsent_code)
         times_ok &= np.where(
             never,

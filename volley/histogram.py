@@ -67,6 +67,10 @@ def _exact_edges() -> npt.NDArray[np.uint64]:
 #: every int64 value v >= 1000 has a bucket k in [0, _NLOG) with E[k] <= v < E[k+1].
 _EDGES: Final = _exact_edges()
 _NLOG: Final = len(_EDGES) - 1
+#: The edges as int64 (all but the last, which exceeds int64 max): searched as they are
+_EDGES_I64: Final = _EDGES[:-1].astype(np.int64)
+#: The edges as Python ints, for one value at a time (no numpy scalar a comparison)
+_EDGES_LIST: Final[list[int]] = _EDGES.tolist()
 #: Total number of global bucket indices (linear + log).
 _NBUCKETS: Final = LINEAR_LIMIT_NS + _NLOG
 
@@ -77,18 +81,16 @@ _FEW: Final = 16
 
 
 def _bucket_index(values: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """Global bucket index of each (already non-negative) value; vectorised, exact."""
+    """Global bucket index of each (already non-negative) value; vectorised, exact.
+
+    A binary search over the exact integer edges: the number of edges at or below v is
+    k + 1 for the bucket k with E[k] <= v < E[k+1] (3 array passes, where a float log
+    guess and its correction took 14: about 2x cheaper on a batch's 200-2,000 values).
+    """
     big = np.maximum(values, LINEAR_LIMIT_NS)
-    guess = np.log(big.astype(np.float64))
-    guess -= _LOG_LIMIT
-    guess *= _INV_LOG_GROWTH
-    k = guess.astype(np.int64)  # guess >= 0, so truncation == floor
-    np.clip(k, 0, _NLOG - 1, out=k)
-    # Correct the float guess (it can be off by one right next to an edge).
-    ub = big.astype(np.uint64)
-    k -= ub < _EDGES[k]
-    k += ub >= _EDGES[k + 1]
-    k += LINEAR_LIMIT_NS
+    # every int64 value is below the last edge: its bucket is the last for v >= E[_NLOG - 1]
+    k: npt.NDArray[np.int64] = np.searchsorted(_EDGES_I64, big, side="right")
+    k += LINEAR_LIMIT_NS - 1
     return np.where(values < LINEAR_LIMIT_NS, values, k)
 
 
@@ -97,9 +99,9 @@ def _bucket_index_scalar(v: int) -> int:
         return v
     k = int((math.log(v) - _LOG_LIMIT) * _INV_LOG_GROWTH)
     k = min(max(k, 0), _NLOG - 1)
-    if v < int(_EDGES[k]):
+    if v < _EDGES_LIST[k]:
         k -= 1
-    elif v >= int(_EDGES[k + 1]):
+    elif v >= _EDGES_LIST[k + 1]:
         k += 1
     return LINEAR_LIMIT_NS + k
 
@@ -127,11 +129,13 @@ def _bucket_centre(g: int) -> float:
     return LINEAR_LIMIT_NS * math.exp((g - LINEAR_LIMIT_NS + 0.5) * _LOG_GROWTH)
 
 
-def _exact_sum(values: npt.NDArray[np.int64]) -> int:
-    """Exact sum of non-negative int64 values (no int64 overflow for < 2**31 values)."""
+def _exact_sum(values: npt.NDArray[np.int64], vmax: int | None = None) -> int:
+    """Exact sum of non-negative int64 values (no int64 overflow for < 2**31 values);
+    `vmax`: their maximum, where the caller knows it."""
     if values.size == 0:
         return 0
-    vmax = int(values.max())
+    if vmax is None:
+        vmax = int(values.max())
     if vmax == 0 or vmax <= _INT64_MAX // values.size:
         return int(values.sum(dtype=np.int64))
     hi = int((values >> 32).sum(dtype=np.int64))
@@ -235,11 +239,17 @@ class LogHistogram:
         g = _bucket_index(v)
         glo = _bucket_index_scalar(vmin)
         ghi = _bucket_index_scalar(vmax)
-        self._ensure_range(glo, ghi)
-        binned = np.bincount(g - glo, minlength=ghi - glo + 1)
-        start = glo - self._offset
-        self._counts[start : start + len(binned)] += binned
-        self._update_stats(int(v.size), _exact_sum(v), vmin, vmax)
+        g -= glo
+        binned = np.bincount(g, minlength=ghi - glo + 1)
+        if self._count == 0 and len(self._counts) == 0:
+            # an empty histogram (a batch's own): the counts are the binned values, whose
+            # first and last buckets are not empty (those of vmin and vmax)
+            self._counts, self._offset = binned, glo
+        else:
+            self._ensure_range(glo, ghi)
+            start = glo - self._offset
+            self._counts[start : start + len(binned)] += binned
+        self._update_stats(int(v.size), _exact_sum(v, vmax), vmin, vmax)
 
     def merge(self, other: LogHistogram) -> None:
         """Add ``other`` into this histogram (in place, exact)."""
@@ -248,8 +258,11 @@ class LogHistogram:
         if other._count == 0:
             self._negatives += other._negatives
             return
-        if len(other._counts) <= 4 * _FEW:  # a small one: cheaper without numpy calls
-            counts = other._counts.tolist()
+        counts_o = other._counts
+        if counts_o[0] and counts_o[-1]:  # no empty ends (a batch's own): nothing to trim
+            first, last = 0, len(counts_o) - 1
+        elif len(counts_o) <= 4 * _FEW:  # a small one: cheaper without numpy calls
+            counts = counts_o.tolist()
             first = next(i for i, c in enumerate(counts) if c)
             last = len(counts) - 1 - next(i for i, c in enumerate(reversed(counts)) if c)
         else:

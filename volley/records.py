@@ -106,6 +106,24 @@ def known_status(status: npt.NDArray[np.uint16]) -> npt.NDArray[np.bool_]:
     return known
 
 
+def _never_sent_codes() -> npt.NDArray[np.bool_]:
+    table = np.zeros(1 << 16, np.bool_)
+    table[list(NEVER_SENT)] = True
+    table.flags.writeable = False
+    return table
+
+
+#: uint16 code -> whether it is one of NEVER_SENT.
+_NEVER_SENT_CODES = _never_sent_codes()
+
+
+def never_sent(status: npt.NDArray[np.uint16]) -> npt.NDArray[np.bool_]:
+    """Which of these codes (a `status` column, uint16) are NEVER_SENT's: one table look-up
+    a record, where np.isin sorts (~3x the cost on a batch)."""
+    out: npt.NDArray[np.bool_] = _NEVER_SENT_CODES[status]
+    return out
+
+
 def status_name(code: int) -> str:
     if code >= HTTP_ERROR_BASE:
         return f"HTTP_{code - HTTP_ERROR_BASE}"
