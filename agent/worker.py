@@ -10,12 +10,10 @@ A worker started with a `StartGate` (the two-phase start) prepares first (payloa
 pool, connections), reports Ready with how long that took, and waits for the agent to
 open the gate with the agreed start instant.
 
-Messages put on the queue (small frozen dataclasses, picklable; `WorkerMessage`):
-  Ready(worker, prepare_ns)            pool built, connections open
-  Records(worker, columns, shapes, gaps)  a RecordBlock's columns (and stream gaps)
-  Status(worker, WorkerCounters)       counters and CPU
-  Done(worker, error)                  the slice is finished ("" when it went well)
-The agent's pump adds `Exited()` when every worker process is gone.
+Split along its seams: this module is the hot loop (`Worker`: open loop, closed loop,
+completions) and the process entry (`worker_main`); the task and the messages it puts
+on the queue are in agent/worker_messages.py, the ticker, the timeout sweeper and
+pinning in agent/worker_upkeep.py. Every name is still importable from here.
 """
 
 from __future__ import annotations
@@ -24,143 +22,71 @@ import asyncio
 import collections
 import contextlib
 import gc
-import os
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 from typing import Any
 
 import numpy as np
 
-from agent.config import AgentLimits
 from agent.conns import fit_pool, raise_nofile, worker_plan
 from agent.limits import Pacer, worker_quotas
 from agent.sequences import SequenceDriver
 from agent.timer import LoopTimer, make_timer
 from agent.transports import Transport, make_transport
+from agent.worker_messages import (
+    Done,
+    Exited,
+    Ready,
+    Records,
+    StartGate,
+    Status,
+    WorkerCounters,
+    WorkerMessage,
+    WorkerTask,
+)
+from agent.worker_upkeep import (
+    HELD_UPKEEP_S,
+    IDLE_STATUS_S,
+    WorkerUpkeep,
+    pin_from_env,
+    sweep_delay,
+)
 from volley import records as rc
 from volley.arrivals import concurrency_profile, global_schedule
-from volley.conns import ConnFigures
 from volley.plan import Plan
 from volley.records import RecordBuffer
 from volley.schedule import split_count, worker_slice
-from volley.security import WORKER_CPUS_ENV
-from volley.target import TargetAccess
 from volley.wire.payloads import Payloads, Wire, build_payloads
+
+__all__ = [
+    "HELD_UPKEEP_S",
+    "IDLE_STATUS_S",
+    "MAX_USER_BACKOFF_S",
+    "Done",
+    "Exited",
+    "Ready",
+    "Records",
+    "StartGate",
+    "Status",
+    "Worker",
+    "WorkerCounters",
+    "WorkerMessage",
+    "WorkerTask",
+    "pin_from_env",
+    "sweep_delay",
+    "worker_main",
+]
 
 #: Closed loop: a user whose request failed UNAVAILABLE waits (doubling up to this)
 #: before its next one, instead of spinning on a dead server.
 MAX_USER_BACKOFF_S = 1.0
 #: Open loop: the in-flight cap of a plan without one.
 _NO_CAP = 1 << 62
-#: A worker whose counters did not move sends its status this often (else every flush),
-#: and its ticker, finding nothing to send, sleeps this long.
-IDLE_STATUS_S = 1.0
 
 
-#: Held connections (`--connections`) are looked after by the sweep (PINGs, their
-#: deadlines, reopening empty slots): it runs at least this often while they are held.
-HELD_UPKEEP_S = 1.0
-
-
-def sweep_delay(period_s: float, timeout_s: float, idle: bool, held: bool = False) -> float:
-    """The timeout sweeper's next sleep. With nothing in flight (`idle`) no request can
-    time out before a whole timeout from now (one sent right away is due then at the
-    earliest), so it sleeps that long; the next sweep after it is again `period_s` on.
-    While connections are `held`, their upkeep rides on the sweep: at most HELD_UPKEEP_S."""
-    delay = max(timeout_s, period_s) if idle else period_s
-    return min(delay, HELD_UPKEEP_S) if held else delay
-
-
-@dataclass(frozen=True)
-class WorkerTask:
-    plan_json: str
-    run_id: str
-    agent_index: int
-    worker_index: int
-    workers: int
-    start_at_ns: int
-    flush_s: float = 0.1
-    expected_outputs: int = 0
-    #: The agent's own limits: this worker holds its share of them at send time.
-    limits: AgentLimits = field(default_factory=AgentLimits)
-    #: Header values and target TLS material, in memory (pickled to the worker process
-    #: with the task: never in its environment or argv).
-    access: TargetAccess = field(default_factory=TargetAccess)
-
-
-@dataclass
-class WorkerCounters:
-    sent: int = 0
-    completed: int = 0
-    errors: int = 0
-    dropped: int = 0
-    in_flight: int = 0
-    cpu_s: float = 0.0
-    #: the transport's transparent retries and replacement connections (cumulative)
-    retried: int = 0
-    reconnects: int = 0
-    connect_errors: int = 0
-    first_send_lateness_ns: int | None = None
-    #: what happened to the connections (volley/conns.py)
-    conns: ConnFigures | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Ready:
-    worker: int
-    #: from the worker's entry to pool built and connections open, ns
-    prepare_ns: int = 0
-
-
-@dataclass(frozen=True)
-class StartGate:
-    """The start instant of a two-phase start, shared by the agent with its workers:
-    `at` (a shared int64, monotonic ns) is valid once `go` is set."""
-
-    go: Event
-    at: Any  #: multiprocessing RawValue("q")
-
-    def wait(self, stop: Event, poll_s: float = 0.05) -> int:
-        """Block until the gate opens (its instant) or `stop` is set (0)."""
-        while not self.go.wait(poll_s):
-            if stop.is_set():
-                return 0
-        return int(self.at.value)
-
-
-@dataclass(frozen=True, slots=True)
-class Records:
-    worker: int
-    columns: dict[str, np.ndarray[Any, Any]]
-    shapes: list[str]
-    #: the ragged gaps column of streaming records (volley/records.py)
-    gaps: np.ndarray[Any, Any] = field(default_factory=lambda: np.empty(0, np.int64))
-
-
-@dataclass(frozen=True, slots=True)
-class Status:
-    worker: int
-    counters: WorkerCounters
-
-
-@dataclass(frozen=True, slots=True)
-class Done:
-    worker: int
-    error: str
-
-
-@dataclass(frozen=True, slots=True)
-class Exited:
-    """Every worker process is gone (put by the agent's pump, not by a worker)."""
-
-
-WorkerMessage = Ready | Records | Status | Done | Exited
-
-
-class Worker:
+class Worker(WorkerUpkeep):
     """The hot loop. All state is local to one process and one event loop.
 
     Requests go out through a transport (agent/transport.py) built from the plan; its
@@ -212,6 +138,9 @@ class Worker:
         #: open loop: wake with a timerfd (ns-precise) where the clock is the system's
         self._use_timerfd = clock is time.monotonic_ns
         self._timer: LoopTimer | None = None
+        #: open loop on the timerfd: an arrival due within the horizon when a completion
+        #: wakes the worker goes in that wake-up (`_ride_along`)
+        self._ride = False
         #: CPU spent before the load (imports, pool build) is not the load's cost.
         self.cpu_base = time.process_time()
         # The agent's limits, this worker's share (agent/limits.py): a pacer of sends per
@@ -231,23 +160,6 @@ class Worker:
         self._wake_armed = False
 
     # ---- plumbing ------------------------------------------------------
-    def _flush(self) -> None:
-        assert self.payloads is not None
-        block = self.buf.take(self.payloads.shapes)
-        if block is not None:
-            self.out.put(
-                Records(self.task.worker_index, block.columns, block.input_shapes, block.gaps)
-            )
-
-    def _send_status(self) -> None:
-        self.counters.cpu_s = time.process_time() - self.cpu_base
-        if self.tp is not None:
-            self.counters.in_flight = self.tp.in_flight + len(self.backlog)
-            self.counters.retried = self.tp.retried
-            self.counters.reconnects = self.tp.reconnects
-            self.counters.connect_errors = self.tp.connect_errors
-            self.counters.conns = self.tp.conn_figures()
-        self.out.put(Status(self.task.worker_index, self.counters))
 
     def _record(
         self,
@@ -274,59 +186,6 @@ class Worker:
             or self.quiet
         ):
             self._wake_flush()
-
-    def _wake_flush(self) -> None:
-        """The buffer is full, or this is the first record after a quiet spell: the
-        records go at once. After a quiet spell the status goes with them (one wake-up
-        for both here and in the agent; the ticker then has nothing new to tell)."""
-        self._flush()
-        if self.quiet:
-            self._tell()
-            self._woken.set()
-        self.quiet = False
-
-    def _tell(self) -> None:
-        self._send_status()
-        self._told, self._told_at = self._counts(), time.monotonic()
-
-    def _counts(self) -> tuple[int, ...]:
-        """What a status tells the agent, less the CPU (unchanged: nothing to tell)."""
-        c, tp = self.counters, self.tp
-        moving = (tp.in_flight, tp.retried, tp.reconnects, tp.connect_errors) if tp else ()
-        return (c.sent, c.completed, c.errors, c.dropped, len(self.backlog), *moving)
-
-    async def _ticker(self) -> None:
-        """Every flush interval: records to the agent; a status when the counters moved,
-        else one every IDLE_STATUS_S (a message costs a pickle, a feeder-thread wake-up
-        and the agent's reading it: idle, the worker stays quiet)."""
-        while True:
-            if self.quiet:  # until IDLE_STATUS_S, or a flush interval after a record comes
-                self._woken.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._woken.wait(), IDLE_STATUS_S)
-                    await asyncio.sleep(self.task.flush_s)
-            else:
-                await asyncio.sleep(self.task.flush_s)
-            if self.stop_event.is_set():
-                self.stopping = True
-            had_records = self.buf.n > 0
-            self._flush()
-            moved = self._counts() != self._told
-            if moved or time.monotonic() - self._told_at >= IDLE_STATUS_S:
-                self._tell()
-            # nothing moved: wake once a second (a completion meanwhile is sent at once)
-            self.quiet = not (moved or had_records)
-
-    async def _sweeper(self) -> None:
-        """Finds requests past their timeout (precision: a fiftieth of the timeout);
-        with nothing in flight it sleeps a whole timeout (`sweep_delay`)."""
-        period = min(max(self.plan.timeout_s / 50, 0.002), 0.1)
-        while True:
-            idle = self.tp is None or (self.tp.in_flight == 0 and not self.backlog)
-            held = self.tp is not None and self.tp.fixed
-            await asyncio.sleep(sweep_delay(period, self.plan.timeout_s, idle, held))
-            if self.tp is not None:
-                self.tp.sweep()
 
     # ---- completions ---------------------------------------------------
     def _complete(
@@ -374,6 +233,24 @@ class Worker:
             # A slot freed: the oldest waiting arrival goes out now (late, and counted so).
             i, t, p = self.backlog.popleft()
             self._issue(i, t, p)
+        elif self._ride:
+            self._ride_along()
+
+    def _ride_along(self) -> None:
+        """Open loop, on the timerfd: a completion woke the worker, and the next arrival is
+        due within the send horizon: it goes now (`_tick`, which re-arms the timer for the
+        one after), not at a wake-up of its own. The same bound as `_tick`'s horizon: no
+        send earlier than `send_horizon_us` before its intended time, each stamped with
+        its true send time. Only while the timer waits (never from inside `_tick`)."""
+        timer = self._timer
+        pos = self._pos
+        if (
+            timer is not None
+            and timer.armed
+            and pos < len(self._ts)
+            and self._ts[pos] <= self.clock() - self.start + self._horizon_ns
+        ):
+            self._tick()
 
     def _send(self, key: int, intended: int, pidx: int) -> None:
         assert self.tp is not None
@@ -426,10 +303,14 @@ class Worker:
         self._finished: asyncio.Future[None] = self._loop.create_future()
         precise = self._use_timerfd and plan.load.timer == "precise"
         self._timer = make_timer(self._loop, self._tick) if precise else None
+        # without spin_us every `_tick` ends re-arming the one timer (or finished), so a
+        # tick run by a completion replaces the timer's deadline: no second chain of ticks
+        self._ride = self._timer is not None and self._horizon_ns > 0 and self._spin_us_ns == 0
         try:
             self._tick()
             await self._finished
         finally:
+            self._ride = False
             if self._timer is not None:
                 self._timer.close()
 
@@ -612,6 +493,11 @@ class Worker:
         if now < 0:
             await asyncio.sleep(-now / 1e9)
         while not self.stopping:
+            # an early stop is seen here, within this loop's 50 ms, not at the ticker's
+            # next look (up to IDLE_STATUS_S later when the worker is quiet)
+            if self.stop_event.is_set():
+                self.stopping = True
+                break
             now = self.clock() - self.start
             if now >= self.end_ns:
                 break
@@ -704,20 +590,6 @@ class Worker:
             i, t, p = self.backlog.popleft()
             w = self.wires[p]
             self._record(i, t, -1, -1, rc.NOT_SENT, 0, 0, 0, w.shape_id, w.model_id)
-
-
-def pin_from_env(worker_index: int, env: Mapping[str, str] = os.environ) -> int:
-    """A local agent's worker pins itself to its own core (`WORKER_CPUS_ENV`, set by the
-    coordinator's --local-agents); the core, or -1 when none is given or it cannot."""
-    cores = [int(c) for c in env.get(WORKER_CPUS_ENV, "").split(",") if c.strip().isdigit()]
-    if not cores or not hasattr(os, "sched_setaffinity"):
-        return -1
-    core = cores[worker_index % len(cores)]
-    try:
-        os.sched_setaffinity(0, {core})
-    except OSError:
-        return -1
-    return core
 
 
 def worker_main(

@@ -35,6 +35,7 @@ __all__ = [
     "grpc_body",
     "make_tensor",
     "pick_index",
+    "response_outputs",
     "shape_text",
     "tensor_bytes",
 ]
@@ -374,11 +375,17 @@ def build_pool(
 
 def check_response(body: bytes, expected_outputs: int) -> bool:
     """A response is good when it parses and carries the outputs the model declares."""
+    return response_outputs(body) >= expected_outputs
+
+
+def response_outputs(body: bytes) -> int:
+    """How many outputs a serialized ModelInferResponse carries; -1 when it does not parse
+    (`check_response`'s verdict is `response_outputs(body) >= expected`)."""
     try:
         resp = service_pb2.ModelInferResponse.FromString(body)
     except Exception:
-        return False
-    return len(resp.outputs) >= expected_outputs
+        return -1
+    return len(resp.outputs)
 
 
 def http_infer_body(grpc_body: bytes) -> tuple[bytes, int]:

@@ -16,7 +16,7 @@ from agent.conns import lost_silent, ping_idle
 from agent.transports.base import Call, Transport
 from volley import records as rc
 from volley.plan import Plan
-from volley.request import check_response
+from volley.request import response_outputs
 from volley.target import SENSITIVE, TargetAccess
 from volley.wire import h2
 from volley.wire.grpc import (
@@ -32,6 +32,35 @@ MAX_TRIES = 4
 #: `--connections`: a held connection drained sooner than this after it opened is
 #: replaced after a back-off, not at once.
 CHURN_S = 1.0
+#: Response bodies whose output count is remembered (`OutputCounts`): at most this many,
+#: each at most `SEEN_MAX_BYTES` long.
+SEEN_MAX = 256
+SEEN_MAX_BYTES = 4096
+
+
+class OutputCounts:
+    """Every response is checked (`response_outputs`), but a body byte-identical to one
+    seen before has the same verdict, so its count is looked up instead of parsed again:
+    a server answering the pool's few payloads sends the same few bodies over and over.
+    Bounded: at most SEEN_MAX bodies of at most SEEN_MAX_BYTES (cleared when full)."""
+
+    __slots__ = ("parsed", "seen")
+
+    def __init__(self) -> None:
+        self.seen: dict[bytes, int] = {}
+        #: bodies parsed (not found in `seen`)
+        self.parsed = 0
+
+    def outputs(self, msg: bytes) -> int:
+        n = self.seen.get(msg)
+        if n is None:
+            n = response_outputs(msg)
+            self.parsed += 1
+            if len(msg) <= SEEN_MAX_BYTES:
+                if len(self.seen) >= SEEN_MAX:
+                    self.seen.clear()
+                self.seen[msg] = n
+        return n
 
 
 class UnaryCall(Call):
@@ -94,6 +123,7 @@ class GrpcUnary(Transport):
         #: connection being opened: (key, intended, pidx, sends so far)
         self.waiting: collections.deque[tuple[int, int, int, int]] = collections.deque()
         self.hblock = grpc_header_block(plan, self.path, access)
+        self.counts = OutputCounts()
         #: when each slot's idle connection was last pinged (held connections only)
         self._pinged = [0.0] * self.n_conns
         #: when each slot's connection opened (loop time)
@@ -253,7 +283,7 @@ class GrpcUnary(Transport):
             return
         msg = grpc_unframe(st.body, head.encoding)
         w = self.wires[st.pidx]
-        if msg is None or not check_response(msg, w.expected_outputs):
+        if msg is None or self.counts.outputs(msg) < w.expected_outputs:
             self._finish(st, rc.BAD_RESPONSE, len(st.body))
         else:
             self._finish(st, rc.OK, len(msg))
