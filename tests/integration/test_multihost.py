@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -56,8 +57,19 @@ class Hosts:
     def target(self) -> str:
         return f"{self.triton.ip}:8001"
 
-    def agent_args(self) -> list[str]:
-        return [a for h in self.agents for a in ("--agent", f"{h.ip}:7070")]
+    def volley_run(self, out: Path, *args: str) -> tuple[Path, dict[str, Any]]:
+        """`volley run` on the coordinator's host with both agents: (run dir, summary)."""
+        agents = [a for h in self.agents for a in ("--agent", f"{h.ip}:7070")]
+        argv = [sys.executable, "-m", "volley", "run", "--target", self.target, *args]
+        res = self.lab.run(
+            self.coord,
+            [*argv, *agents, "--out", str(out), "--quiet"],
+            timeout=120,
+            env=self.env,
+        )
+        assert res.returncode in (0, 1), res.stdout + res.stderr
+        run_dir = Path(res.stdout.strip().splitlines()[-1])
+        return run_dir, json.loads((run_dir / "summary.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -106,20 +118,11 @@ def hosts(lab: NetnsLab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[H
 
 def test_run_across_namespaced_hosts(hosts: Hosts, tmp_path: Path) -> None:
     a1, a2 = hosts.agents
-    out = tmp_path / "runs"
-    res = hosts.lab.run(
-        hosts.coord,
-        [
-            sys.executable, "-m", "volley", "run", "--target", hosts.target, "--model", "add",
-            "--rate", "100", "--arrival", "poisson", "--duration", "4s", *hosts.agent_args(),
-            "--out", str(out), "--quiet", "--seed", "5",
-        ],
-        timeout=120,
-        env=hosts.env,
-    )  # fmt: skip
-    assert res.returncode in (0, 1), res.stdout + res.stderr
-    run_dir = Path(res.stdout.strip().splitlines()[-1])
-    summary = json.loads((run_dir / "summary.json").read_text())
+    run_dir, summary = hosts.volley_run(
+        tmp_path / "runs",
+        *("--model", "add", "--rate", "100", "--arrival", "poisson", "--duration", "4s"),
+        *("--seed", "5"),
+    )
     req = summary["requests"]
     assert req["errors"] == 0 and req["dropped"] == 0
     assert req["ok"] == req["scheduled"] == req["schedule_total"] > 300
@@ -148,21 +151,11 @@ def test_run_across_namespaced_hosts(hosts: Hosts, tmp_path: Path) -> None:
 
 def test_sequences_across_namespaced_hosts(hosts: Hosts, tmp_path: Path) -> None:
     a1, a2 = hosts.agents
-    out = tmp_path / "runs"
-    res = hosts.lab.run(
-        hosts.coord,
-        [
-            sys.executable, "-m", "volley", "run", "--target", hosts.target,
-            "--model", "accumulator", "--concurrency", "200", "--duration", "3s",
-            "--sequence-length", "5..20", "--sequence-check", "INPUT:OUTPUT",
-            *hosts.agent_args(), "--out", str(out), "--quiet", "--seed", "16",
-        ],
-        timeout=120,
-        env=hosts.env,
-    )  # fmt: skip
-    assert res.returncode in (0, 1), res.stdout + res.stderr
-    run_dir = Path(res.stdout.strip().splitlines()[-1])
-    summary = json.loads((run_dir / "summary.json").read_text())
+    run_dir, summary = hosts.volley_run(
+        tmp_path / "runs",
+        *("--model", "accumulator", "--concurrency", "200", "--duration", "3s"),
+        *("--sequence-length", "5..20", "--sequence-check", "INPUT:OUTPUT", "--seed", "16"),
+    )
     q = check_sequence_run(run_dir, summary, agents=2)
     assert summary["requests"]["errors"] == 0 and q["failed"] == 0, summary["requests"]
     assert {a["id"] for a in summary["agents"]} == {a1.name, a2.name}
