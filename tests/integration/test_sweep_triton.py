@@ -103,8 +103,18 @@ async def test_sweep_finds_the_sleep_knee_and_plans_capacity(
             "validity": {"min_requests": 50},
         }
     )
+    # the search starts just under the capacity the reference measured in the same
+    # minutes (constant arrivals at 85% of it do not queue), and steps up 20% at a time:
+    # 2 steps bracket the limit and 3-4 halvings narrow it to 5%, 5-6 steps in all where
+    # a start at 25/s with 1.5x growth took 7 (a step here is ~6 s: worker spawn, lead,
+    # 1 s warm-up, 3 s); a wrong limit fails the 10% check below as it did before
     settings = SweepSettings(
-        start=25, growth=1.5, tolerance=0.05, max_steps=9, step_duration_s=3, warmup_s=1
+        start=round(0.85 * expected, 1),
+        growth=1.2,
+        tolerance=0.05,
+        max_steps=9,
+        step_duration_s=3,
+        warmup_s=1,
     )
     spec = SweepSpec(
         name="sleep",
