@@ -1,0 +1,45 @@
+"""How often an agent's run session speaks: timing batches and heartbeats. Pure rules,
+so that their cadences are tested without clocks."""
+
+from __future__ import annotations
+
+#: While the workers' figures do not move, the heartbeat (a status to the coordinator,
+#: the watchdog's look) comes this often, else every `heartbeat_s`: the coordinator's
+#: liveness limit (2.5 s) is longer, and each wake-up is idle cost.
+IDLE_HEARTBEAT_S = 1.0
+
+#: A timing batch leaves the agent once its oldest record has waited `flush_s` and it
+#: holds BATCH_RECORDS records, or once that record has waited BATCH_HOLD_S, whichever is
+#: first (or at once past MAX_BATCH_RECORDS): the coordinator pays ~1-2 ms per batch
+#: whatever its size, so a fast run sends fewer, bigger batches. The hold bounds what a
+#: killed agent loses (records not yet sent) and how late the live view is: 0.25 s. A
+#: record arriving a hold or more after the last batch left goes at once (`batch_due`).
+BATCH_RECORDS = 256
+BATCH_HOLD_S = 0.25
+MAX_BATCH_RECORDS = 65536
+
+
+def batch_due(age_s: float, records: int, flush_s: float, since_last_s: float = 0.0) -> bool:
+    """The pending records (the oldest `age_s` old) go to the coordinator now. The last
+    batch left `since_last_s` ago: past BATCH_HOLD_S, holding these gathers nothing (a
+    slow run), so they go at once, in the wake-up that brought them."""
+    if records > MAX_BATCH_RECORDS:
+        return True
+    if records == 0:
+        return False
+    if since_last_s >= BATCH_HOLD_S:
+        return True
+    return age_s >= max(BATCH_HOLD_S, flush_s) or (age_s >= flush_s and records >= BATCH_RECORDS)
+
+
+def brisk(sent: int, elapsed_s: float, heartbeat_s: float) -> bool:
+    """`sent` requests went out over the last `elapsed_s`: at least one per heartbeat, so
+    that a status every heartbeat carries news. Slower (1 req/s), a status a second
+    says as much for a quarter of the wake-ups."""
+    return sent > 0 and sent * heartbeat_s >= elapsed_s
+
+
+def beat_period(moved: bool, heartbeat_s: float) -> float:
+    """The time to the next heartbeat (a status event, the watchdog's look): a heartbeat
+    while the figures move, IDLE_HEARTBEAT_S (at least a heartbeat) while they do not."""
+    return heartbeat_s if moved else max(IDLE_HEARTBEAT_S, heartbeat_s)
