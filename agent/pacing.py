@@ -3,10 +3,28 @@ so that their cadences are tested without clocks."""
 
 from __future__ import annotations
 
+from volley.liveness import MISSED_BEATS
+
+__all__ = [
+    "BATCH_HOLD_S",
+    "BATCH_RECORDS",
+    "IDLE_HEARTBEAT_S",
+    "MAX_BATCH_RECORDS",
+    "MISSED_BEATS",
+    "batch_due",
+    "beat_due",
+    "beat_period",
+    "brisk",
+]
+
 #: While the workers' figures do not move, the heartbeat (a status to the coordinator,
-#: the watchdog's look) comes this often, else every `heartbeat_s`: the coordinator's
-#: liveness limit (2.5 s) is longer, and each wake-up is idle cost.
-IDLE_HEARTBEAT_S = 1.0
+#: the watchdog's look) comes this often, else every `heartbeat_s`. The coordinator calls
+#: an agent missing after MISSED_BEATS idle beats of silence at least (`volley.liveness`;
+#: its limit, 2.5 s, is at least that): an idle agent must miss two whole beats and most
+#: of a third, a 1.7 s stall, before it is called missing. Each beat is idle cost, so one
+#: rides on a timing batch when it can (`beat_due`), and its timer counts from the last.
+IDLE_HEARTBEAT_S = 0.8
+
 
 #: A timing batch leaves the agent once its oldest record has waited `flush_s` and it
 #: holds BATCH_RECORDS records, or once that record has waited BATCH_HOLD_S, whichever is
@@ -37,6 +55,14 @@ def brisk(sent: int, elapsed_s: float, heartbeat_s: float) -> bool:
     that a status every heartbeat carries news. Slower (1 req/s), a status a second
     says as much for a quarter of the wake-ups."""
     return sent > 0 and sent * heartbeat_s >= elapsed_s
+
+
+def beat_due(since_beat_s: float, beat_s: float, heartbeat_s: float, batch: bool) -> bool:
+    """The heartbeat goes now, `since_beat_s` after the last one: its period `beat_s` is
+    up, or a timing batch leaves now (`batch`) and at least a (fast) heartbeat has passed,
+    so that the status rides on the batch, one message instead of two, and the next beat
+    is due a period after it (at 1 req/s, one message a second)."""
+    return since_beat_s >= beat_s or (batch and since_beat_s >= heartbeat_s)
 
 
 def beat_period(moved: bool, heartbeat_s: float) -> float:

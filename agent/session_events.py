@@ -15,7 +15,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from agent.pacing import BATCH_HOLD_S, BATCH_RECORDS, batch_due, beat_period, brisk
+from agent.pacing import (
+    BATCH_HOLD_S,
+    BATCH_RECORDS,
+    batch_due,
+    beat_due,
+    beat_period,
+    brisk,
+)
 from agent.session_types import SessionState
 from agent.worker import Done, Exited, Ready, Records, Status, WorkerMessage
 from volley.records import RecordBlock, concat
@@ -81,6 +88,7 @@ async def session_events(session: RunSession) -> AsyncIterator[pb.RunEvent]:
             workers=s.workers,
             agent_index=s.agent_index,
             agent_id=s.agent_id,
+            idle_heartbeat_s=beat_period(False, s.heartbeat_s),
         )
     )
     pending: list[RecordBlock] = []
@@ -136,10 +144,11 @@ async def session_events(session: RunSession) -> AsyncIterator[pb.RunEvent]:
                 elif session.state is SessionState.PREPARED:
                     session.state = SessionState.WAITING
             now = time.monotonic()
+            batch: pb.TimingBatch | None = None
             if batch_due(now - pending_since, pending_n, s.flush_s, now - last_batch):
-                yield pb.RunEvent(timings=concat(pending).to_proto())
+                batch = concat(pending).to_proto()
                 pending, pending_n, last_batch = [], 0, now
-            if now - last_beat >= beat_s:
+            if beat_due(now - last_beat, beat_s, s.heartbeat_s, batch is not None):
                 session._watchdog(now)
                 cpu = sum(c.cpu_s for c in session.counters.values())
                 dt = now - cpu_mark[0]
@@ -148,13 +157,18 @@ async def session_events(session: RunSession) -> AsyncIterator[pb.RunEvent]:
                 cpu_mark = (now, cpu)
                 last_beat = now
                 # fast heartbeats while the state changes or requests go out at
-                # least one a heartbeat; else once a second (still with the figures)
+                # least one a heartbeat; else every IDLE_HEARTBEAT_S (still with the figures)
                 figures = (session.state, session.stop_reason)
                 sent = sum(c.sent for c in session.counters.values())
                 busy = brisk(sent - told_sent, dt, s.heartbeat_s)
                 beat_s = beat_period(figures != told or busy, s.heartbeat_s)
                 told, told_sent = figures, sent
-                yield pb.RunEvent(status=session.status(cpu_percent))
+                if batch is None:
+                    yield pb.RunEvent(status=session.status(cpu_percent))
+                else:  # the status rides on the batch
+                    batch.agent_status.CopyFrom(session.status(cpu_percent))
+            if batch is not None:
+                yield pb.RunEvent(timings=batch)
         if pending:
             yield pb.RunEvent(timings=concat(pending).to_proto())
         errors = "; ".join(f"worker {w}: {e}" for w, e in sorted(done.items()) if e)

@@ -26,7 +26,7 @@ from coordinator.rundir import RequestWriter, timeseries_rows
 from coordinator.sequences import SequenceStats
 from coordinator.slo import goodput_limits
 from volley.arrivals import schedule_span_s
-from volley.liveness import SilenceClock
+from volley.liveness import SilenceClock, silence_limit_s
 from volley.plan import Plan
 from volley.records import RecordBlock
 
@@ -275,7 +275,7 @@ class RunLoop:
         the heartbeat timeout: declared missing, its stream kept open (events resuming take
         it back: `AgentStream.heard`). Missing and silent MISSING_WAIT_S longer, or the run
         is over without it: its stream is cut and it is told to stop (best effort)."""
-        limit_s = self.opts.heartbeat_timeout_s
+        timeout_s = self.opts.heartbeat_timeout_s
         # a longer wait chosen on purpose (IDLE_TICK_S) is running time too
         max_gap = MAX_TICK_GAP_NS + int(max(self._period_s - TICK_S, 0.0) * 1e9)
         due_s = IDLE_TICK_S
@@ -285,6 +285,8 @@ class RunLoop:
             watch = self._silence.setdefault(s.index, SilenceClock(MAX_TICK_GAP_NS))
             watch.max_gap = max_gap
             silent = watch.check(now, s.info.last_seen_ns) / 1e9
+            # never under MISSED_BEATS of the agent's announced idle beats
+            limit_s = silence_limit_s(timeout_s, s.idle_beat_s)
             if s.state is AgentState.MISSING:
                 if silent > limit_s + MISSING_WAIT_S or self.over_without(s, now):
                     self.cut(s)

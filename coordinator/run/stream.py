@@ -23,6 +23,7 @@ from coordinator.run.options import RunOptions
 from coordinator.summary import AgentInfo
 from coordinator.validate import AgentCheck, Fault, clean_text
 from volley.conns import status_figures
+from volley.liveness import announced_beat_s
 from volley.records import RecordBlock
 from volley.target import CoordinatorAccess
 from volley.v1 import control_pb2 as pb
@@ -118,6 +119,8 @@ class AgentStream:
         self.started = False
         #: Why the agent refused the run (before starting it), if it did.
         self.refused = ""
+        #: Its idle heartbeat, as announced in Started (0: not announced).
+        self.idle_beat_s = 0.0
         #: When (coordinator monotonic ns) it was found missing or its stream broke.
         self.lost_ns = 0
         #: Times it was declared missing and came back (its stream stayed open).
@@ -222,6 +225,24 @@ class AgentStream:
                 self.mark_lost("cancelled", self.clock())
             raise
 
+    def _status(self, st: pb.AgentStatus, sink: RecordSink) -> None:
+        """Apply one status (a status event's, or one that rode on a timing batch)."""
+        check = self.check
+        assert check is not None
+        if not check.status(st):
+            return
+        info = self.info
+        info.cpu_seconds = st.cpu_seconds
+        info.retried = max(info.retried, st.retried)
+        info.reconnects = max(info.reconnects, st.reconnects)
+        info.connect_errors = max(info.connect_errors, st.connect_errors)
+        info.conns = status_figures(st, info.conns)
+        info.cpu_percent = st.cpu_percent
+        info.cpu_percent_peak = max(info.cpu_percent_peak, st.cpu_percent)
+        w = check.cpu_window(st.agent_ns, self.start_at_agent_ns)
+        if w is not None:
+            sink.agent_cpu(w, self.index, st.cpu_percent)
+
     async def _event(self, ev: pb.RunEvent, run_id: str, sink: RecordSink) -> bool:
         """Apply one event (vetted first); True when it ends the stream."""
         info = self.info
@@ -243,9 +264,12 @@ class AgentStream:
             info.invalid_records = check.invalid
             if len(block):
                 sink.ingest(self.index, block)
+            if ev.timings.HasField("agent_status"):  # a heartbeat that rode on the batch
+                self._status(ev.timings.agent_status, sink)
         elif kind == "started":
             check.started(ev.started)
             self.started = True
+            self.idle_beat_s = announced_beat_s(ev.started.idle_heartbeat_s)
         elif kind == "prepared":
             p = ev.prepared
             if 0 <= p.prepare_ns < MAX_PREPARE_NS:
@@ -257,19 +281,7 @@ class AgentStream:
             ]
             self.prepared = True
         elif kind == "status":
-            st = ev.status
-            if not check.status(st):
-                return False
-            info.cpu_seconds = st.cpu_seconds
-            info.retried = max(info.retried, st.retried)
-            info.reconnects = max(info.reconnects, st.reconnects)
-            info.connect_errors = max(info.connect_errors, st.connect_errors)
-            info.conns = status_figures(st, info.conns)
-            info.cpu_percent = st.cpu_percent
-            info.cpu_percent_peak = max(info.cpu_percent_peak, st.cpu_percent)
-            w = check.cpu_window(st.agent_ns, self.start_at_agent_ns)
-            if w is not None:
-                sink.agent_cpu(w, self.index, st.cpu_percent)
+            self._status(ev.status, sink)
         elif kind == "finished":
             f = ev.finished
             if f.HasField("final_status") and check.status(f.final_status):

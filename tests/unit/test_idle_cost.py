@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from agent.pacing import beat_due
 from agent.session import (
     BATCH_HOLD_S,
     BATCH_RECORDS,
@@ -18,6 +19,8 @@ from agent.session import (
 )
 from agent.worker import pin_from_env, sweep_delay
 from coordinator.affinity import plan_affinity
+from coordinator.run.options import RunOptions
+from volley.liveness import MAX_ANNOUNCED_BEAT_S, MISSED_BEATS, silence_limit_s
 from volley.security import WORKER_CPUS_ENV
 
 
@@ -37,6 +40,35 @@ def test_the_heartbeat_slows_while_nothing_moves() -> None:
     assert beat_period(False, 0.25) == IDLE_HEARTBEAT_S
     # a heartbeat configured longer than the idle one is kept
     assert beat_period(False, 2.0) == 2.0
+
+
+def test_an_idle_agent_misses_two_whole_beats_and_more_before_it_is_called_missing() -> None:
+    """The margin is stated, not luck: the coordinator's default limit holds MISSED_BEATS
+    (3) idle beats, so a busy-but-alive idle agent may stall over 1.5 s (two beats and
+    most of a third) and one lost status is never enough to call it missing."""
+    limit = RunOptions().heartbeat_timeout_s
+    assert MISSED_BEATS >= 3
+    assert limit >= MISSED_BEATS * IDLE_HEARTBEAT_S  # the default limit is unchanged
+    assert silence_limit_s(limit, IDLE_HEARTBEAT_S) == limit
+    assert limit - IDLE_HEARTBEAT_S >= 2 * IDLE_HEARTBEAT_S  # stall margin: two beats
+    # an agent announcing a slower beat gets MISSED_BEATS of it; none announced: the limit
+    assert silence_limit_s(limit, 1.5) == pytest.approx(4.5)
+    assert silence_limit_s(limit, 0.0) == limit
+    # an announced beat is bounded (and nonsense ignored): no agent buys minutes of silence
+    assert silence_limit_s(limit, 1e9) == MISSED_BEATS * MAX_ANNOUNCED_BEAT_S
+    assert silence_limit_s(limit, float("nan")) == limit
+    assert silence_limit_s(limit, -1.0) == limit
+
+
+def test_a_heartbeat_rides_on_a_timing_batch_and_restarts_its_period() -> None:
+    idle = IDLE_HEARTBEAT_S
+    # no batch: the beat waits for its period
+    assert not beat_due(idle - 0.01, idle, 0.25, batch=False)
+    assert beat_due(idle, idle, 0.25, batch=False)
+    # a batch leaving now takes the status along once a fast heartbeat has passed...
+    assert beat_due(0.3, idle, 0.25, batch=True)
+    # ...but not right after the last one (a busy run's batches do not add beats)
+    assert not beat_due(0.1, idle, 0.25, batch=True)
 
 
 def test_heartbeats_are_fast_only_at_a_request_a_heartbeat_or_more() -> None:
