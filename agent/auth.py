@@ -154,4 +154,22 @@ class MalformedRequestGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 request_deserializer=safe_decode,
                 response_serializer=handler.response_serializer,
             )
+        if handler.stream_stream is not None:
+            inner_both = handler.stream_stream
+
+            async def both(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                async def checked() -> AsyncIterator[Any]:
+                    async for request in requests:
+                        if request is MALFORMED:
+                            await refuse(context)
+                        yield request
+
+                async for item in inner_both(checked(), context):
+                    yield item
+
+            return grpc.stream_stream_rpc_method_handler(
+                both,
+                request_deserializer=safe_decode,
+                response_serializer=handler.response_serializer,
+            )
         return handler
