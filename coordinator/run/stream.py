@@ -119,6 +119,8 @@ class AgentStream:
         self.started = False
         #: Why the agent refused the run (before starting it), if it did.
         self.refused = ""
+        #: Its reply's round trip in the ready round (`start.ready_round`; 0: none).
+        self.round_rtt_ns = 0
         #: Its idle heartbeat, as announced in Started (0: not announced).
         self.idle_beat_s = 0.0
         #: When (coordinator monotonic ns) it was found missing or its stream broke.
@@ -182,6 +184,15 @@ class AgentStream:
         """The larger of its best handshake round trip and its recent keepalives'."""
         best = self.info.clock.rtt_ns if self.info.clock else 0
         return max([best, *self.rtts])
+
+    def lead_rtt_ns(self, after_round: bool) -> int:
+        """The round trip a start lead allows for: after a ready round, the larger of its
+        best handshake round trip and its reply in the round (when it answered), else
+        `worst_rtt_ns`."""
+        if after_round and self.round_rtt_ns > 0:
+            best = self.info.clock.rtt_ns if self.info.clock else 0
+            return max(best, self.round_rtt_ns)
+        return self.worst_rtt_ns()
 
     def request(
         self, run_id: str, plan_json: str, keepalive_s: float, prepare_first: bool = False
