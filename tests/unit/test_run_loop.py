@@ -23,7 +23,7 @@ from coordinator.run import (
     RunOptions,
     StopReason,
 )
-from coordinator.run.loop import IDLE_TICK_S, TICK_S, tick_period
+from coordinator.run.loop import IDLE_TICK_S, TICK_S, records_flow, tick_period
 from coordinator.run.results import annotate
 from coordinator.run.stream import MAX_PINGS_IN_FLIGHT, Silence
 from coordinator.rundir import timeseries_rows
@@ -751,3 +751,15 @@ async def test_a_status_riding_on_a_timing_batch_counts_as_a_heartbeat() -> None
     assert s.info.cpu_percent == 42.0 and s.info.cpu_seconds == 0.3
     assert loop._blocks == 1  # and its records were taken
     await loop.shutdown()
+
+
+def test_records_flow_only_at_two_batches_a_second_or_more() -> None:
+    """1 req/s sends a batch a second: slow ticks (4 a second for it was most of the
+    coordinator's idle cost); a fast run's batches every 0.25 s keep the ticks fast, even
+    across one tick that saw none."""
+    assert not records_flow([])
+    assert not records_flow([(IDLE_TICK_S, 1)])  # 1 req/s
+    assert records_flow([(IDLE_TICK_S, 2)])  # 2 req/s and up
+    fast = [(TICK_S, 1), (TICK_S, 1), (TICK_S, 0), (TICK_S, 1), (TICK_S, 1)]
+    assert records_flow(fast)
+    assert not records_flow([(TICK_S, 1), (TICK_S, 0), (TICK_S, 0), (TICK_S, 0)])
