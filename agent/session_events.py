@@ -22,6 +22,7 @@ from agent.pacing import (
     beat_due,
     beat_period,
     brisk,
+    goes_with_beat,
 )
 from agent.session_types import SessionState
 from agent.worker import Done, Exited, Ready, Records, Status, WorkerMessage
@@ -145,10 +146,13 @@ async def session_events(session: RunSession) -> AsyncIterator[pb.RunEvent]:
                     session.state = SessionState.WAITING
             now = time.monotonic()
             batch: pb.TimingBatch | None = None
-            if batch_due(now - pending_since, pending_n, s.flush_s, now - last_batch):
+            since_beat = now - last_beat
+            if batch_due(now - pending_since, pending_n, s.flush_s, now - last_batch) or (
+                goes_with_beat(pending_n, since_beat, beat_s)
+            ):
                 batch = concat(pending).to_proto()
                 pending, pending_n, last_batch = [], 0, now
-            if beat_due(now - last_beat, beat_s, s.heartbeat_s, batch is not None):
+            if beat_due(since_beat, beat_s, s.heartbeat_s, batch is not None):
                 session._watchdog(now)
                 cpu = sum(c.cpu_s for c in session.counters.values())
                 dt = now - cpu_mark[0]

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from agent.pacing import beat_due
+from agent.pacing import beat_due, goes_with_beat
 from agent.session import (
     BATCH_HOLD_S,
     BATCH_RECORDS,
@@ -69,6 +69,14 @@ def test_a_heartbeat_rides_on_a_timing_batch_and_restarts_its_period() -> None:
     assert beat_due(0.3, idle, 0.25, batch=True)
     # ...but not right after the last one (a busy run's batches do not add beats)
     assert not beat_due(0.1, idle, 0.25, batch=True)
+
+
+def test_pending_records_leave_with_a_due_heartbeat() -> None:
+    """A fast run: a beat due with records pending takes them along (the batch and the
+    beat stay in step, one message); nothing pending or no beat due: no batch for it."""
+    assert goes_with_beat(40, 0.25, 0.25)
+    assert not goes_with_beat(0, 0.25, 0.25)
+    assert not goes_with_beat(40, 0.2, 0.25)
 
 
 def test_heartbeats_are_fast_only_at_a_request_a_heartbeat_or_more() -> None:
