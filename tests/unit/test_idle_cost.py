@@ -202,3 +202,60 @@ async def test_after_a_quiet_spell_the_next_records_wait_a_flush_interval_not_a_
     ticker.cancel()
     assert w.buf.n == 0 and sum(isinstance(m, Records) for m in out.items) == 2
     assert waited < 0.5 * IDLE_STATUS_S, waited
+
+
+class _FedProcess:
+    """Stands for a worker process that a test thread feeds through the session's queue."""
+
+    def is_alive(self) -> bool:
+        return True
+
+    def join(self, timeout: float | None = None) -> None:
+        return None
+
+    def kill(self) -> None:
+        return None
+
+
+async def test_a_fast_runs_statuses_ride_on_its_timing_batches() -> None:
+    """A real session's event loop, fed as a busy worker would (a block of 20 records and
+    a status every 10 ms, for 1 s): the heartbeats go inside the timing batches, not as
+    messages of their own (before: about one status per batch besides)."""
+    import asyncio
+    import threading
+    import time
+
+    from agent.session import RunSession, SessionSpec
+    from agent.worker import Done, Records, Status, WorkerCounters
+    from volley.plan import plan_from_dict
+    from volley.records import RecordBuffer
+
+    plan = plan_from_dict(
+        {"target": "127.0.0.1:8001", "model": "add", "load": {"rate": 2000, "duration": "60s"}}
+    )
+    session = RunSession(SessionSpec("r1", plan, plan.to_json(), 0, time.monotonic_ns(), 1, 0))
+    session._start_workers = lambda: None  # type: ignore[method-assign]
+    session._procs = [_FedProcess()]
+
+    def feed() -> None:
+        t0, k = time.monotonic(), 0
+        while time.monotonic() - t0 < 1.0:
+            buf = RecordBuffer(32)
+            for _ in range(20):
+                buf.append(k, k, k + 1000, k + 2_000_000, 0, 10, 10, 1, 0)
+                k += 1
+            block = buf.take(["4"])
+            assert block is not None
+            session._queue.put(Records(0, block.columns, block.input_shapes))
+            session._queue.put(Status(0, WorkerCounters(sent=k, completed=k)))
+            time.sleep(0.01)
+        session._queue.put(Done(0, ""))
+
+    threading.Thread(target=feed, daemon=True).start()
+    alone = riding = 0
+    async for ev in session.events():
+        kind = ev.WhichOneof("event")
+        alone += kind == "status"
+        riding += kind == "timings" and ev.timings.HasField("agent_status")
+    await asyncio.sleep(0)
+    assert riding >= 2 and riding > alone, (riding, alone)
