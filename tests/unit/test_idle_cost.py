@@ -257,5 +257,8 @@ async def test_a_fast_runs_statuses_ride_on_its_timing_batches() -> None:
         kind = ev.WhichOneof("event")
         alone += kind == "status"
         riding += kind == "timings" and ev.timings.HasField("agent_status")
-    await asyncio.sleep(0)
+    session._queue.put(Done(0, ""))  # wakes the pump thread, which then sees the end
+    for t in threading.enumerate():
+        if "_pump" in t.name:
+            await asyncio.to_thread(t.join, 3.0)
     assert riding >= 2 and riding > alone, (riding, alone)
