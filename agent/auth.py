@@ -108,6 +108,15 @@ class MalformedRequestGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             log.warning("malformed %s request from %s", method, context.peer())
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {method} request")
 
+        async def checked(
+            requests: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            """A request stream, refused at its first malformed message."""
+            async for request in requests:
+                if request is MALFORMED:
+                    await refuse(context)
+                yield request
+
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
@@ -141,16 +150,22 @@ class MalformedRequestGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             inner_upload = handler.stream_unary
 
             async def upload(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                async def checked() -> AsyncIterator[Any]:
-                    async for request in requests:
-                        if request is MALFORMED:
-                            await refuse(context)
-                        yield request
-
-                return await inner_upload(checked(), context)
+                return await inner_upload(checked(requests, context), context)
 
             return grpc.stream_unary_rpc_method_handler(
                 upload,
+                request_deserializer=safe_decode,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            inner_both = handler.stream_stream
+
+            async def both(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                async for item in inner_both(checked(requests, context), context):
+                    yield item
+
+            return grpc.stream_stream_rpc_method_handler(
+                both,
                 request_deserializer=safe_decode,
                 response_serializer=handler.response_serializer,
             )

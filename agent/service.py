@@ -104,12 +104,25 @@ class AgentService(pb_grpc.AgentControlServicer):
         request: pb.PingRequest,
         context: grpc.aio.ServicerContext[pb.PingRequest, pb.PingReply],
     ) -> pb.PingReply:
+        return self._pong(request)
+
+    def _pong(self, request: pb.PingRequest) -> pb.PingReply:
+        """A ping's answer; one for a run is also the coordinator's keepalive for it."""
         session = self.session
         if request.run_id and session is not None and session.spec.run_id == request.run_id:
             session.touch()
         return pb.PingReply(
             coordinator_send_ns=request.coordinator_send_ns, agent_ns=time.monotonic_ns()
         )
+
+    async def Keepalives(
+        self,
+        request_iterator: AsyncIterator[pb.PingRequest],
+        context: grpc.aio.ServicerContext[pb.PingRequest, pb.PingReply],
+    ) -> AsyncIterator[pb.PingReply]:
+        """A run's keepalives on one call: each ping answered as by Ping."""
+        async for request in request_iterator:
+            yield self._pong(request)
 
     async def Run(
         self, request: pb.RunRequest, context: grpc.aio.ServicerContext[pb.RunRequest, pb.RunEvent]

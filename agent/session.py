@@ -1,8 +1,9 @@
 """One run on one agent: spawn worker processes, merge their records, stream events.
 
-The session is transport-free: `events()` produces protobuf RunEvents. Records
-from the workers are merged into one columnar batch per flush interval before
-they leave the agent.
+The session is transport-free: `events()` produces protobuf RunEvents
+(`agent.session_events`: the event loop; `agent.pacing`: its batch and heartbeat
+cadences; `agent.session_types`: the spec and states). Records from the workers are
+merged into one columnar batch per flush interval before they leave the agent.
 
 The session runs on its own task (`start()`), not on the Run stream's: every
 event goes to the local spool first, then to a bounded outbox the servicer
@@ -15,78 +16,46 @@ unbounded backlog in memory.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import enum
 import logging
 import multiprocessing as mp
 import os
-import queue
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from agent.config import AgentLimits
 from agent.conns import merged_figures
 from agent.hostcpu import HostCpu
 from agent.lifeline import worker_entry
-from agent.spool import SpoolWriter
-from agent.worker import (
-    Done,
-    Exited,
-    Ready,
-    Records,
-    StartGate,
-    Status,
-    WorkerCounters,
-    WorkerMessage,
-    WorkerTask,
+from agent.pacing import (
+    BATCH_HOLD_S,
+    BATCH_RECORDS,
+    IDLE_HEARTBEAT_S,
+    MAX_BATCH_RECORDS,
+    batch_due,
+    beat_period,
+    brisk,
 )
+from agent.session_events import PUMP_POLL_S, session_events
+from agent.session_types import SessionSpec, SessionState
+from agent.spool import SpoolWriter
+from agent.worker import StartGate, WorkerCounters, WorkerTask
 from volley.liveness import SilenceClock
-from volley.plan import Plan
-from volley.records import RecordBlock, concat
-from volley.target import TargetAccess
 from volley.v1 import control_pb2 as pb
 
-
-class SessionState(enum.StrEnum):
-    """A session's state (the value goes to AgentStatus.state)."""
-
-    READY = "ready"  #: created, no worker yet
-    WAITING = "waiting"  #: workers started, before the start instant
-    #: two-phase start: workers spawning, building pools, opening connections
-    PREPARING = "preparing"
-    #: two-phase start: every worker ready, waiting for the start instant (Start)
-    PREPARED = "prepared"
-    RUNNING = "running"  #: past the start instant
-    DONE = "done"  #: every worker finished without error
-    FAILED = "failed"  #: a worker reported an error or exited unexpectedly
-
-
-@dataclass(frozen=True)
-class SessionSpec:
-    run_id: str
-    plan: Plan
-    plan_json: str
-    agent_index: int
-    #: the start instant (agent clock); 0: prepare first, the instant comes by `set_start`
-    start_at_ns: int
-    workers: int
-    expected_outputs: int
-    flush_s: float = 0.1
-    heartbeat_s: float = 0.25
-    agent_id: str = ""
-    #: The coordinator pings this often (0: it does not; only the stream tells).
-    keepalive_s: float = 0.0
-    #: Stop the workers once the coordinator has been silent (or the stream gone) this long.
-    grace_s: float = 5.0
-    #: The agent's own duration limit (0 = none): a hard stop past it, whatever happens.
-    max_duration_s: float = 0.0
-    #: The agent's own limits, which its workers hold at send time.
-    limits: AgentLimits = field(default_factory=AgentLimits)
-    #: Header values and target TLS material for the workers (in memory only).
-    access: TargetAccess = field(default_factory=TargetAccess)
+#: Names that moved out of this module, still importable from it.
+__all__ = [
+    "BATCH_HOLD_S",
+    "BATCH_RECORDS",
+    "IDLE_HEARTBEAT_S",
+    "MAX_BATCH_RECORDS",
+    "PUMP_POLL_S",
+    "RunSession",
+    "SessionSpec",
+    "SessionState",
+    "batch_due",
+    "beat_period",
+    "brisk",
+]
 
 
 #: The outbox (events waiting for the Run stream) holds at most this many events /
@@ -102,52 +71,7 @@ START_WAIT_S = 120.0
 #: busy spawning many agents' workers can starve its keepalives, and nothing is sent yet.
 PREPARE_GRACE_S = 30.0
 
-#: The pump thread looks this often whether every worker process is gone (one that died
-#: without its Done); messages wake it at once.
-PUMP_POLL_S = 1.0
-#: While the workers' figures do not move, the heartbeat (a status to the coordinator,
-#: the watchdog's look) comes this often, else every `heartbeat_s`: the coordinator's
-#: liveness limit (2.5 s) is longer, and each wake-up is idle cost.
-IDLE_HEARTBEAT_S = 1.0
-
 log = logging.getLogger("volley.agent")
-
-
-#: A timing batch leaves the agent once its oldest record has waited `flush_s` and it
-#: holds BATCH_RECORDS records, or once that record has waited BATCH_HOLD_S, whichever is
-#: first (or at once past MAX_BATCH_RECORDS): the coordinator pays ~1-2 ms per batch
-#: whatever its size, so a fast run sends fewer, bigger batches. The hold bounds what a
-#: killed agent loses (records not yet sent) and how late the live view is: 0.25 s. A
-#: record arriving a hold or more after the last batch left goes at once (`batch_due`).
-BATCH_RECORDS = 256
-BATCH_HOLD_S = 0.25
-MAX_BATCH_RECORDS = 65536
-
-
-def batch_due(age_s: float, records: int, flush_s: float, since_last_s: float = 0.0) -> bool:
-    """The pending records (the oldest `age_s` old) go to the coordinator now. The last
-    batch left `since_last_s` ago: past BATCH_HOLD_S, holding these gathers nothing (a
-    slow run), so they go at once, in the wake-up that brought them."""
-    if records > MAX_BATCH_RECORDS:
-        return True
-    if records == 0:
-        return False
-    if since_last_s >= BATCH_HOLD_S:
-        return True
-    return age_s >= max(BATCH_HOLD_S, flush_s) or (age_s >= flush_s and records >= BATCH_RECORDS)
-
-
-def brisk(sent: int, elapsed_s: float, heartbeat_s: float) -> bool:
-    """`sent` requests went out over the last `elapsed_s`: at least one per heartbeat, so
-    that a status every heartbeat carries news. Slower (1 req/s), a status a second
-    says as much for a quarter of the wake-ups."""
-    return sent > 0 and sent * heartbeat_s >= elapsed_s
-
-
-def beat_period(moved: bool, heartbeat_s: float) -> float:
-    """The time to the next heartbeat (a status event, the watchdog's look): a heartbeat
-    while the figures move, IDLE_HEARTBEAT_S (at least a heartbeat) while they do not."""
-    return heartbeat_s if moved else max(IDLE_HEARTBEAT_S, heartbeat_s)
 
 
 class RunSession:
@@ -361,144 +285,9 @@ class RunSession:
             p.start()
             self._procs.append(p)
 
-    def _pump(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        aq: asyncio.Queue[WorkerMessage],
-        finished: threading.Event,
-    ) -> None:
-        """Thread: move messages from the multiprocessing queue into asyncio."""
-        # RuntimeError: the event loop closed under us, so the session is over.
-        with contextlib.suppress(RuntimeError):
-            self._pump_loop(loop, aq, finished)
-
-    def _pump_loop(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        aq: asyncio.Queue[WorkerMessage],
-        finished: threading.Event,
-    ) -> None:
-        while not finished.is_set():
-            try:
-                msg = self._queue.get(timeout=PUMP_POLL_S)
-            except queue.Empty:
-                if all(not p.is_alive() for p in self._procs):
-                    # drain what is left, then report dead workers
-                    with contextlib.suppress(queue.Empty):
-                        while True:
-                            loop.call_soon_threadsafe(aq.put_nowait, self._queue.get_nowait())
-                    loop.call_soon_threadsafe(aq.put_nowait, Exited())
-                    return
-                continue
-            loop.call_soon_threadsafe(aq.put_nowait, msg)
-
-    async def events(self) -> AsyncIterator[pb.RunEvent]:
-        s = self.spec
-        loop = asyncio.get_running_loop()
-        aq: asyncio.Queue[WorkerMessage] = asyncio.Queue()
-        finished = threading.Event()
-        self._start_workers()
-        pump = threading.Thread(target=self._pump, args=(loop, aq, finished), daemon=True)
-        pump.start()
-        two_phase = not self.start_at_ns
-        self.state = SessionState.PREPARING if two_phase else SessionState.WAITING
-        ready: dict[int, int] = {}
-        yield pb.RunEvent(
-            started=pb.Started(
-                run_id=s.run_id,
-                workers=s.workers,
-                agent_index=s.agent_index,
-                agent_id=s.agent_id,
-            )
-        )
-        pending: list[RecordBlock] = []
-        done: dict[int, str] = {}
-        last_beat = pending_since = time.monotonic()
-        last_batch = last_beat - BATCH_HOLD_S  # when the last timing batch left
-        pending_n = 0
-        cpu_mark = (time.monotonic(), 0.0)
-        cpu_percent = 0.0
-        told: tuple[Any, ...] = ()
-        told_sent = 0
-        beat_s = s.heartbeat_s
-        try:
-            while len(done) < s.workers:
-                # nothing pending: no flush to wake for, only the heartbeat
-                wake = last_beat + beat_s
-                if pending:  # the earliest the batch can be due
-                    first = s.flush_s if pending_n >= BATCH_RECORDS else BATCH_HOLD_S
-                    wake = min(wake, pending_since + first, last_batch + BATCH_HOLD_S)
-                timeout = max(0.0, wake - time.monotonic())
-                try:
-                    msg = await asyncio.wait_for(aq.get(), timeout=timeout)
-                except TimeoutError:
-                    msg = None
-                match msg:
-                    case Records():
-                        block = RecordBlock(msg.columns, msg.shapes, msg.gaps)
-                        if not pending:
-                            pending_since = time.monotonic()
-                        pending.append(block)
-                        pending_n += len(block)
-                    case Status():
-                        self.counters[msg.worker] = msg.counters
-                    case Ready():
-                        ready[msg.worker] = msg.prepare_ns
-                        if two_phase and len(ready) == s.workers and not self.prepared_ns:
-                            self.prepared_ns = time.monotonic_ns()
-                            if not self.start_at_ns:
-                                self.state = SessionState.PREPARED
-                            yield pb.RunEvent(prepared=self._prepared(ready))
-                    case Done():
-                        done[msg.worker] = msg.error
-                    case Exited():
-                        for w in range(s.workers):
-                            done.setdefault(w, "worker process exited unexpectedly")
-                if self.start_at_ns and self.state in (
-                    SessionState.WAITING,
-                    SessionState.PREPARED,
-                    SessionState.PREPARING,
-                ):
-                    if time.monotonic_ns() >= self.start_at_ns:
-                        self.state = SessionState.RUNNING
-                    elif self.state is SessionState.PREPARED:
-                        self.state = SessionState.WAITING
-                now = time.monotonic()
-                if batch_due(now - pending_since, pending_n, s.flush_s, now - last_batch):
-                    yield pb.RunEvent(timings=concat(pending).to_proto())
-                    pending, pending_n, last_batch = [], 0, now
-                if now - last_beat >= beat_s:
-                    self._watchdog(now)
-                    cpu = sum(c.cpu_s for c in self.counters.values())
-                    dt = now - cpu_mark[0]
-                    if dt > 0:
-                        cpu_percent = max(0.0, (cpu - cpu_mark[1]) / dt * 100.0)
-                    cpu_mark = (now, cpu)
-                    last_beat = now
-                    # fast heartbeats while the state changes or requests go out at
-                    # least one a heartbeat; else once a second (still with the figures)
-                    figures = (self.state, self.stop_reason)
-                    sent = sum(c.sent for c in self.counters.values())
-                    busy = brisk(sent - told_sent, dt, s.heartbeat_s)
-                    beat_s = beat_period(figures != told or busy, s.heartbeat_s)
-                    told, told_sent = figures, sent
-                    yield pb.RunEvent(status=self.status(cpu_percent))
-            if pending:
-                yield pb.RunEvent(timings=concat(pending).to_proto())
-            errors = "; ".join(f"worker {w}: {e}" for w, e in sorted(done.items()) if e)
-            self.state = SessionState.FAILED if errors else SessionState.DONE
-            yield pb.RunEvent(
-                finished=pb.Finished(
-                    run_id=s.run_id,
-                    ok=not errors,
-                    error=errors,
-                    final_status=self.status(cpu_percent),
-                )
-            )
-        finally:
-            self._stop.set()
-            finished.set()
-            await loop.run_in_executor(None, self._join)
+    def events(self) -> AsyncIterator[pb.RunEvent]:
+        """The session's events (`agent.session_events`)."""
+        return session_events(self)
 
     def _prepared(self, ready: dict[int, int]) -> pb.Prepared:
         s = self.spec

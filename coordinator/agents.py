@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 import grpc
 
 from coordinator.clock import ClockEstimate, estimate_offset
+from coordinator.keepalive import KeepaliveLine, PingCall
 from volley.plan import PlanError, parse_address
 from volley.security import ClientSecurity
 from volley.v1 import control_pb2 as pb
@@ -111,8 +112,12 @@ class AgentClient:
         self.md = self.security.metadata
         self.channel = self.security.channel(address, CHANNEL_OPTIONS)
         self.stub = pb_grpc.AgentControlStub(self.channel)
+        #: the current run's keepalive call (opened by its first keepalive)
+        self._line: KeepaliveLine | None = None
 
     async def close(self) -> None:
+        if self._line is not None:
+            await self._line.close()
         await self.channel.close()
 
     async def hello(self) -> pb.HelloReply:
@@ -186,8 +191,22 @@ class AgentClient:
         reply: pb.UploadReply = await call
         return int(reply.size)
 
+    def _keepalive_call(self, pings: AsyncIterator[pb.PingRequest]) -> PingCall:
+        call: PingCall = self.stub.Keepalives(pings, metadata=self.md)
+        return call
+
     async def keepalive(self, run_id: str, timeout_s: float = 1.0) -> bool:
-        """One keepalive ping for a run; False when it got no answer."""
+        """One keepalive ping for a run; False when it got no answer. On the run's
+        keepalive call (`KeepaliveLine`) while it works, else by a unary Ping."""
+        line = self._line
+        if line is None or line.run_id != run_id:
+            old, line = line, KeepaliveLine(run_id, self._keepalive_call)
+            self._line = line
+            if old is not None:
+                await old.close()
+        answered = await line.ping(timeout_s)
+        if answered is not None:
+            return answered
         try:
             await self.stub.Ping(
                 pb.PingRequest(coordinator_send_ns=time.monotonic_ns(), run_id=run_id),

@@ -12,6 +12,8 @@ import contextlib
 import enum
 import math
 import time
+from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -26,7 +28,7 @@ from coordinator.rundir import RequestWriter, timeseries_rows
 from coordinator.sequences import SequenceStats
 from coordinator.slo import goodput_limits
 from volley.arrivals import schedule_span_s
-from volley.liveness import SilenceClock
+from volley.liveness import SilenceClock, silence_limit_s
 from volley.plan import Plan
 from volley.records import RecordBlock
 
@@ -37,6 +39,10 @@ TICK_S = 0.25
 #: With no records arriving (an idle or very slow run) the loop ticks this often instead,
 #: or sooner when an agent's silence would pass the heartbeat timeout (`tick_period`).
 IDLE_TICK_S = 1.0
+#: Records "arrive" (fast ticks) while timing batches come at this rate or more over the
+#: last IDLE_TICK_S of ticks (`records_flow`): a run at 1-2 req/s sends a batch per
+#: record, and ticking 4 times a second for each would be most of its idle cost.
+FLOW_BLOCKS_PER_S = 2.0
 #: How often finished windows are sealed (rows computed, histograms freed).
 SEAL_EVERY_NS = 5_000_000_000
 #: A window this many seconds past the request timeout gets no more records.
@@ -64,6 +70,14 @@ def tick_period(records_arrived: bool, due_s: float) -> float:
     if records_arrived:
         return TICK_S
     return max(TICK_S, min(IDLE_TICK_S, due_s))
+
+
+def records_flow(ticks: Sequence[tuple[float, int]]) -> bool:
+    """`ticks`: (wait s, batches ingested during it) of the recent ticks, about the last
+    IDLE_TICK_S of them: batches came at FLOW_BLOCKS_PER_S or more (one empty tick in a
+    fast run does not make the loop slow)."""
+    span = sum(wait for wait, _ in ticks)
+    return span > 0 and sum(n for _, n in ticks) >= FLOW_BLOCKS_PER_S * span
 
 
 class StopReason(enum.StrEnum):
@@ -124,6 +138,8 @@ class RunLoop:
         #: the first open stream's silence passes its limit, s (`check_liveness`)
         self._blocks = 0
         self._blocks_seen = 0
+        #: (wait s, blocks ingested) of the recent ticks (`records_flow`)
+        self._flow: deque[tuple[float, int]] = deque()
         self._due_s = IDLE_TICK_S
         #: the wait the main loop chose last: the silence clocks credit that much + slack
         self._period_s = TICK_S
@@ -213,7 +229,10 @@ class RunLoop:
                 wake: list[asyncio.Future[Any]] = [] if stopper.done() else [stopper]
                 if len(last) == 1:  # the last stream: its end wakes the loop too
                     wake.append(last[0])
-                self._period_s = tick_period(self._blocks != self._blocks_seen, self._due_s)
+                self._flow.append((self._period_s, self._blocks - self._blocks_seen))
+                while sum(w for w, _ in self._flow) - self._flow[0][0] >= IDLE_TICK_S:
+                    self._flow.popleft()  # keep about the last IDLE_TICK_S of ticks
+                self._period_s = tick_period(records_flow(self._flow), self._due_s)
                 self._blocks_seen = self._blocks
                 if wake:
                     await asyncio.wait(
@@ -275,7 +294,7 @@ class RunLoop:
         the heartbeat timeout: declared missing, its stream kept open (events resuming take
         it back: `AgentStream.heard`). Missing and silent MISSING_WAIT_S longer, or the run
         is over without it: its stream is cut and it is told to stop (best effort)."""
-        limit_s = self.opts.heartbeat_timeout_s
+        timeout_s = self.opts.heartbeat_timeout_s
         # a longer wait chosen on purpose (IDLE_TICK_S) is running time too
         max_gap = MAX_TICK_GAP_NS + int(max(self._period_s - TICK_S, 0.0) * 1e9)
         due_s = IDLE_TICK_S
@@ -285,6 +304,8 @@ class RunLoop:
             watch = self._silence.setdefault(s.index, SilenceClock(MAX_TICK_GAP_NS))
             watch.max_gap = max_gap
             silent = watch.check(now, s.info.last_seen_ns) / 1e9
+            # never under MISSED_BEATS of the agent's announced idle beats
+            limit_s = silence_limit_s(timeout_s, s.idle_beat_s)
             if s.state is AgentState.MISSING:
                 if silent > limit_s + MISSING_WAIT_S or self.over_without(s, now):
                     self.cut(s)

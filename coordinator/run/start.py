@@ -59,8 +59,11 @@ class StartProblem(AgentError):
 
 def start_lead_ns(streams: list[AgentStream], round_ns: int = 0) -> int:
     """The lead from now to the start instant, from measured round trips and clocks, and
-    the ready round (`ready_round`: 0 when there was none)."""
-    rtt = max((s.worst_rtt_ns() for s in streams), default=0)
+    the ready round (`ready_round`: 0 when there was none). After a ready round, an agent's
+    round trip is the round's (measured once every agent is prepared), not the worst of
+    its recent ones, which were measured while the agents were still spawning on a busy
+    host (64 local agents: seconds, so the lead sat at MAX_LEAD_NS)."""
+    rtt = max((s.lead_rtt_ns(round_ns > 0) for s in streams), default=0)
     unc = max(((s.info.clock.uncertainty_ns if s.info.clock else 0) for s in streams), default=0)
     lead = min(max(MIN_LEAD_NS, LEAD_RTTS * rtt + 2 * unc + FANOUT_NS * len(streams)), MAX_LEAD_NS)
     by_round = min(ROUND_FACTOR * round_ns + 2 * unc, MAX_ROUND_LEAD_NS) if round_ns > 0 else 0
@@ -75,7 +78,8 @@ async def ready_round(run: RunLoop, timeout_s: float = ROUND_TIMEOUT_S) -> int:
 
     async def one(s: AgentStream) -> None:
         if await s.client.keepalive(run.run_id, timeout_s=timeout_s):
-            s.rtts = [*s.rtts[1 - RECENT_RTTS :], run.clock() - t0]
+            s.round_rtt_ns = run.clock() - t0
+            s.rtts = [*s.rtts[1 - RECENT_RTTS :], s.round_rtt_ns]
 
     await asyncio.gather(*(one(s) for s in run.streams), return_exceptions=True)
     run.round_ns = run.clock() - t0

@@ -23,6 +23,7 @@ from coordinator.run.options import RunOptions
 from coordinator.summary import AgentInfo
 from coordinator.validate import AgentCheck, Fault, clean_text
 from volley.conns import status_figures
+from volley.liveness import announced_beat_s
 from volley.records import RecordBlock
 from volley.target import CoordinatorAccess
 from volley.v1 import control_pb2 as pb
@@ -118,6 +119,10 @@ class AgentStream:
         self.started = False
         #: Why the agent refused the run (before starting it), if it did.
         self.refused = ""
+        #: Its reply's round trip in the ready round (`start.ready_round`; 0: none).
+        self.round_rtt_ns = 0
+        #: Its idle heartbeat, as announced in Started (0: not announced).
+        self.idle_beat_s = 0.0
         #: When (coordinator monotonic ns) it was found missing or its stream broke.
         self.lost_ns = 0
         #: Times it was declared missing and came back (its stream stayed open).
@@ -180,6 +185,15 @@ class AgentStream:
         best = self.info.clock.rtt_ns if self.info.clock else 0
         return max([best, *self.rtts])
 
+    def lead_rtt_ns(self, after_round: bool) -> int:
+        """The round trip a start lead allows for: after a ready round, the larger of its
+        best handshake round trip and its reply in the round (when it answered), else
+        `worst_rtt_ns`."""
+        if after_round and self.round_rtt_ns > 0:
+            best = self.info.clock.rtt_ns if self.info.clock else 0
+            return max(best, self.round_rtt_ns)
+        return self.worst_rtt_ns()
+
     def request(
         self, run_id: str, plan_json: str, keepalive_s: float, prepare_first: bool = False
     ) -> pb.RunRequest:
@@ -222,6 +236,26 @@ class AgentStream:
                 self.mark_lost("cancelled", self.clock())
             raise
 
+    def _status(self, st: pb.AgentStatus, sink: RecordSink) -> None:
+        """Apply one status (a status event's, or one that rode on a timing batch)."""
+        check = self.check
+        assert check is not None
+        if not check.status(st):
+            return
+        info = self.info
+        info.cpu_seconds = st.cpu_seconds
+        info.retried = max(info.retried, st.retried)
+        info.reconnects = max(info.reconnects, st.reconnects)
+        info.connect_errors = max(info.connect_errors, st.connect_errors)
+        info.conns = status_figures(st, info.conns)
+        info.cpu_percent = st.cpu_percent
+        info.cpu_percent_peak = max(info.cpu_percent_peak, st.cpu_percent)
+        w = check.cpu_window(st.agent_ns, self.start_at_agent_ns)
+        if w is not None:
+            sink.agent_cpu(w, self.index, st.cpu_percent)
+            if st.HasField("host_cpu_percent"):  # the host, while the run ran
+                info.host_cpu_samples.append(st.host_cpu_percent)
+
     async def _event(self, ev: pb.RunEvent, run_id: str, sink: RecordSink) -> bool:
         """Apply one event (vetted first); True when it ends the stream."""
         info = self.info
@@ -243,9 +277,12 @@ class AgentStream:
             info.invalid_records = check.invalid
             if len(block):
                 sink.ingest(self.index, block)
+            if ev.timings.HasField("agent_status"):  # a heartbeat that rode on the batch
+                self._status(ev.timings.agent_status, sink)
         elif kind == "started":
             check.started(ev.started)
             self.started = True
+            self.idle_beat_s = announced_beat_s(ev.started.idle_heartbeat_s)
         elif kind == "prepared":
             p = ev.prepared
             if 0 <= p.prepare_ns < MAX_PREPARE_NS:
@@ -257,21 +294,7 @@ class AgentStream:
             ]
             self.prepared = True
         elif kind == "status":
-            st = ev.status
-            if not check.status(st):
-                return False
-            info.cpu_seconds = st.cpu_seconds
-            info.retried = max(info.retried, st.retried)
-            info.reconnects = max(info.reconnects, st.reconnects)
-            info.connect_errors = max(info.connect_errors, st.connect_errors)
-            info.conns = status_figures(st, info.conns)
-            info.cpu_percent = st.cpu_percent
-            info.cpu_percent_peak = max(info.cpu_percent_peak, st.cpu_percent)
-            w = check.cpu_window(st.agent_ns, self.start_at_agent_ns)
-            if w is not None:
-                sink.agent_cpu(w, self.index, st.cpu_percent)
-                if st.HasField("host_cpu_percent"):  # the host, while the run ran
-                    info.host_cpu_samples.append(st.host_cpu_percent)
+            self._status(ev.status, sink)
         elif kind == "finished":
             f = ev.finished
             if f.HasField("final_status") and check.status(f.final_status):

@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from agent.pacing import beat_due, goes_with_beat
 from agent.session import (
     BATCH_HOLD_S,
     BATCH_RECORDS,
@@ -18,6 +19,8 @@ from agent.session import (
 )
 from agent.worker import pin_from_env, sweep_delay
 from coordinator.affinity import plan_affinity
+from coordinator.run.options import RunOptions
+from volley.liveness import MAX_ANNOUNCED_BEAT_S, MISSED_BEATS, silence_limit_s
 from volley.security import WORKER_CPUS_ENV
 
 
@@ -37,6 +40,43 @@ def test_the_heartbeat_slows_while_nothing_moves() -> None:
     assert beat_period(False, 0.25) == IDLE_HEARTBEAT_S
     # a heartbeat configured longer than the idle one is kept
     assert beat_period(False, 2.0) == 2.0
+
+
+def test_an_idle_agent_misses_two_whole_beats_and_more_before_it_is_called_missing() -> None:
+    """The margin is stated, not luck: the coordinator's default limit holds MISSED_BEATS
+    (3) idle beats, so a busy-but-alive idle agent may stall over 1.5 s (two beats and
+    most of a third) and one lost status is never enough to call it missing."""
+    limit = RunOptions().heartbeat_timeout_s
+    assert MISSED_BEATS >= 3
+    assert limit >= MISSED_BEATS * IDLE_HEARTBEAT_S  # the default limit is unchanged
+    assert silence_limit_s(limit, IDLE_HEARTBEAT_S) == limit
+    assert limit - IDLE_HEARTBEAT_S >= 2 * IDLE_HEARTBEAT_S  # stall margin: two beats
+    # an agent announcing a slower beat gets MISSED_BEATS of it; none announced: the limit
+    assert silence_limit_s(limit, 1.5) == pytest.approx(4.5)
+    assert silence_limit_s(limit, 0.0) == limit
+    # an announced beat is bounded (and nonsense ignored): no agent buys minutes of silence
+    assert silence_limit_s(limit, 1e9) == MISSED_BEATS * MAX_ANNOUNCED_BEAT_S
+    assert silence_limit_s(limit, float("nan")) == limit
+    assert silence_limit_s(limit, -1.0) == limit
+
+
+def test_a_heartbeat_rides_on_a_timing_batch_and_restarts_its_period() -> None:
+    idle = IDLE_HEARTBEAT_S
+    # no batch: the beat waits for its period
+    assert not beat_due(idle - 0.01, idle, 0.25, batch=False)
+    assert beat_due(idle, idle, 0.25, batch=False)
+    # a batch leaving now takes the status along once a fast heartbeat has passed...
+    assert beat_due(0.3, idle, 0.25, batch=True)
+    # ...but not right after the last one (a busy run's batches do not add beats)
+    assert not beat_due(0.1, idle, 0.25, batch=True)
+
+
+def test_pending_records_leave_with_a_due_heartbeat() -> None:
+    """A fast run: a beat due with records pending takes them along (the batch and the
+    beat stay in step, one message); nothing pending or no beat due: no batch for it."""
+    assert goes_with_beat(40, 0.25, 0.25)
+    assert not goes_with_beat(0, 0.25, 0.25)
+    assert not goes_with_beat(40, 0.2, 0.25)
 
 
 def test_heartbeats_are_fast_only_at_a_request_a_heartbeat_or_more() -> None:
@@ -162,3 +202,63 @@ async def test_after_a_quiet_spell_the_next_records_wait_a_flush_interval_not_a_
     ticker.cancel()
     assert w.buf.n == 0 and sum(isinstance(m, Records) for m in out.items) == 2
     assert waited < 0.5 * IDLE_STATUS_S, waited
+
+
+class _FedProcess:
+    """Stands for a worker process that a test thread feeds through the session's queue."""
+
+    def is_alive(self) -> bool:
+        return True
+
+    def join(self, timeout: float | None = None) -> None:
+        return None
+
+    def kill(self) -> None:
+        return None
+
+
+async def test_a_fast_runs_statuses_ride_on_its_timing_batches() -> None:
+    """A real session's event loop, fed as a busy worker would (a block of 20 records and
+    a status every 10 ms, for 1 s): the heartbeats go inside the timing batches, not as
+    messages of their own (before: about one status per batch besides)."""
+    import asyncio
+    import threading
+    import time
+
+    from agent.session import RunSession, SessionSpec
+    from agent.worker import Done, Records, Status, WorkerCounters
+    from volley.plan import plan_from_dict
+    from volley.records import RecordBuffer
+
+    plan = plan_from_dict(
+        {"target": "127.0.0.1:8001", "model": "add", "load": {"rate": 2000, "duration": "60s"}}
+    )
+    session = RunSession(SessionSpec("r1", plan, plan.to_json(), 0, time.monotonic_ns(), 1, 0))
+    session._start_workers = lambda: None  # type: ignore[method-assign]
+    session._procs = [_FedProcess()]
+
+    def feed() -> None:
+        t0, k = time.monotonic(), 0
+        while time.monotonic() - t0 < 1.0:
+            buf = RecordBuffer(32)
+            for _ in range(20):
+                buf.append(k, k, k + 1000, k + 2_000_000, 0, 10, 10, 1, 0)
+                k += 1
+            block = buf.take(["4"])
+            assert block is not None
+            session._queue.put(Records(0, block.columns, block.input_shapes))
+            session._queue.put(Status(0, WorkerCounters(sent=k, completed=k)))
+            time.sleep(0.01)
+        session._queue.put(Done(0, ""))
+
+    threading.Thread(target=feed, daemon=True).start()
+    alone = riding = 0
+    async for ev in session.events():
+        kind = ev.WhichOneof("event")
+        alone += kind == "status"
+        riding += kind == "timings" and ev.timings.HasField("agent_status")
+    session._queue.put(Done(0, ""))  # wakes the pump thread, which then sees the end
+    for t in threading.enumerate():
+        if "_pump" in t.name:
+            await asyncio.to_thread(t.join, 3.0)
+    assert riding >= 2 and riding > alone, (riding, alone)

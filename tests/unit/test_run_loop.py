@@ -23,12 +23,12 @@ from coordinator.run import (
     RunOptions,
     StopReason,
 )
-from coordinator.run.loop import IDLE_TICK_S, TICK_S, tick_period
+from coordinator.run.loop import IDLE_TICK_S, TICK_S, records_flow, tick_period
 from coordinator.run.results import annotate
 from coordinator.run.stream import MAX_PINGS_IN_FLIGHT, Silence
 from coordinator.rundir import timeseries_rows
 from coordinator.summary import AgentInfo
-from volley.liveness import SilenceClock
+from volley.liveness import MISSED_BEATS, SilenceClock
 from volley.plan import Plan, plan_from_dict
 from volley.records import RecordBuffer
 from volley.v1 import control_pb2 as pb
@@ -709,3 +709,57 @@ async def test_idle_ticks_count_their_whole_gap_and_shorten_before_the_limit() -
     assert waits[2] == pytest.approx(0.5)  # 2.0 s silent: the limit is 0.5 s away
     assert s.state is AgentState.MISSING and t <= 2.5 + TICK_S + 1e-9
     await loop.shutdown()
+
+
+async def test_an_agent_announcing_a_slower_idle_beat_gets_missed_beats_of_silence() -> None:
+    """The silence limit is never under MISSED_BEATS of the agent's announced idle beats:
+    one that beats every 1.5 s is missing only past 4.5 s, not at 2.5 s."""
+    loop, clients, clock = _loop(n=1, heartbeat_timeout_s=2.5)
+    start = loop.agree_start()
+    clock.at(start, 0.0)
+    loop.startup()
+    clients[0].events.put_nowait(
+        pb.RunEvent(started=pb.Started(run_id="r1", agent_index=0, idle_heartbeat_s=1.5))
+    )
+    await _settle()
+    s = loop.streams[0]
+    assert s.idle_beat_s == 1.5
+    t = 0.0
+    while s.state is not AgentState.MISSING and t < 10:
+        t += TICK_S
+        assert await loop.on_tick(clock.at(start, t))
+    assert MISSED_BEATS * 1.5 < t <= MISSED_BEATS * 1.5 + TICK_S + 1e-9
+    await loop.shutdown()
+
+
+async def test_a_status_riding_on_a_timing_batch_counts_as_a_heartbeat() -> None:
+    loop, clients, clock = _loop(n=1)
+    start = loop.agree_start()
+    clock.at(start, 0.5)
+    loop.startup()
+    buf = RecordBuffer(4)
+    buf.append(0, 0, 1000, 2_000_000, 0, 10, 10, 1, 0)
+    block = buf.take(["4"])
+    assert block is not None
+    batch = block.to_proto()
+    batch.agent_status.CopyFrom(
+        pb.AgentStatus(state="running", agent_ns=clock.now, cpu_percent=42.0, cpu_seconds=0.3)
+    )
+    clients[0].events.put_nowait(pb.RunEvent(timings=batch))
+    await _settle()
+    s = loop.streams[0]
+    assert s.info.cpu_percent == 42.0 and s.info.cpu_seconds == 0.3
+    assert loop._blocks == 1  # and its records were taken
+    await loop.shutdown()
+
+
+def test_records_flow_only_at_two_batches_a_second_or_more() -> None:
+    """1 req/s sends a batch a second: slow ticks (4 a second for it was most of the
+    coordinator's idle cost); a fast run's batches every 0.25 s keep the ticks fast, even
+    across one tick that saw none."""
+    assert not records_flow([])
+    assert not records_flow([(IDLE_TICK_S, 1)])  # 1 req/s
+    assert records_flow([(IDLE_TICK_S, 2)])  # 2 req/s and up
+    fast = [(TICK_S, 1), (TICK_S, 1), (TICK_S, 0), (TICK_S, 1), (TICK_S, 1)]
+    assert records_flow(fast)
+    assert not records_flow([(TICK_S, 1), (TICK_S, 0), (TICK_S, 0), (TICK_S, 0)])

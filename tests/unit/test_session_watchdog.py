@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.session import RunSession, SessionSpec
+from agent.session import IDLE_HEARTBEAT_S, RunSession, SessionSpec
 from volley.liveness import SilenceClock
 from volley.plan import plan_from_dict
 
@@ -81,10 +81,12 @@ def test_own_pause_is_not_the_coordinators_silence() -> None:
 def test_own_pause_then_real_silence_stops_after_the_grace_of_running_time() -> None:
     s = _session()
     assert _beats(s, T0, T0 + 10) is None  # last ping at T0 + 9.99
-    # paused 10 s; after it, no ping ever comes: 0.01 s + 1.25 s of the gap (an idle
-    # agent's heartbeat is 1 s apart: a gap up to 1.25 s is its running time) + 0.75 s after
+    # paused 10 s; after it, no ping ever comes: 0.01 s + 1.0 s of the gap (an idle
+    # agent's heartbeat is IDLE_HEARTBEAT_S (0.8 s) apart: a gap up to a quarter more is
+    # its running time) + 1.0 s after
+    assert s.silence.max_gap == pytest.approx(1.25 * IDLE_HEARTBEAT_S) == pytest.approx(1.0)
     stopped = _beats(s, T0 + 20.0, T0 + 30, touch_every=None)
-    assert stopped == T0 + 20.75
+    assert stopped == T0 + 21.0
     assert "coordinator gone" in s.stop_reason
 
 
@@ -95,7 +97,7 @@ def test_a_coordinator_that_does_not_ping_is_judged_by_the_stream() -> None:
     s.detached_at = T0 + 10.0
     s._watchdog(T0 + 15.0)  # paused right after: not counted
     assert not s.stop_reason
-    assert _beats(s, T0 + 15.25, T0 + 20, touch_every=None) == T0 + 16.0  # 1.25 s of the gap
+    assert _beats(s, T0 + 15.25, T0 + 20, touch_every=None) == T0 + 16.25  # 1.0 s of the gap
     assert s.stop_reason.startswith("coordinator gone (the Run stream closed 2.")
 
 

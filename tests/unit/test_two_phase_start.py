@@ -13,6 +13,7 @@ from coordinator.run import AgentStream, RunLoop, RunOptions
 from coordinator.run.start import (
     FANOUT_NS,
     LEAD_RTTS,
+    MAX_LEAD_NS,
     MAX_ROUND_LEAD_NS,
     MIN_LEAD_NS,
     ROUND_FACTOR,
@@ -141,6 +142,27 @@ async def test_the_ready_round_makes_the_lead_on_a_busy_host() -> None:
     assert start_lead_ns(run.streams, 0) == rtt_lead
     assert start_lead_ns(run.streams, 500 * MS) == max(rtt_lead, ROUND_FACTOR * 500 * MS + unc)
     assert start_lead_ns(run.streams, 3600 * S) == MAX_ROUND_LEAD_NS  # bounded
+
+
+async def test_after_the_ready_round_spawning_time_round_trips_do_not_set_the_lead() -> None:
+    """64 agents spawning on a busy host: keepalives took seconds while they prepared;
+    the lead after the ready round follows the round's replies (measured prepared), not
+    those, so it does not sit at MAX_LEAD_NS."""
+    clock = FakeClock()
+    run = _run(3, clock=clock)
+    for i, s in enumerate(run.streams):
+        s.rtts = [2 * S, 3 * S]  # while spawning
+        s.client = SlowPingClient(f"agent{i}:7070", clock=clock, delay_ns=10 * MS)
+    assert start_lead_ns(run.streams, 0) == MAX_LEAD_NS  # the worst ever: capped
+    round_ns = await ready_round(run)
+    assert [s.round_rtt_ns for s in run.streams] == [10 * MS, 20 * MS, 30 * MS]
+    unc = 2 * 1
+    lead = start_lead_ns(run.streams, round_ns)
+    assert lead == max(LEAD_RTTS * 30 * MS + unc + 3 * FANOUT_NS, ROUND_FACTOR * round_ns + unc)
+    assert lead < MAX_LEAD_NS // 10
+    # an agent that did not answer the round keeps its worst round trip
+    run.streams[0].round_rtt_ns = 0
+    assert start_lead_ns(run.streams, round_ns) == MAX_LEAD_NS
 
 
 async def test_start_lead_option_is_a_floor_from_opening_the_streams() -> None:

@@ -554,6 +554,7 @@ class Started(_message.Message):
     SCHEDULED_FIELD_NUMBER: _builtins.int
     AGENT_INDEX_FIELD_NUMBER: _builtins.int
     AGENT_ID_FIELD_NUMBER: _builtins.int
+    IDLE_HEARTBEAT_S_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     workers: _builtins.int
     scheduled: _builtins.int
@@ -561,6 +562,10 @@ class Started(_message.Message):
     agent_index: _builtins.int
     """The agent's slot in the split (RunRequest.agent_index), and its id."""
     agent_id: _builtins.str
+    idle_heartbeat_s: _builtins.float
+    """How often the agent beats (a status event) while nothing moves, seconds: the
+    coordinator's silence limit for it is at least MISSED_BEATS of them (0: unknown).
+    """
     def __init__(
         self,
         *,
@@ -569,10 +574,11 @@ class Started(_message.Message):
         scheduled: _builtins.int = ...,
         agent_index: _builtins.int = ...,
         agent_id: _builtins.str = ...,
+        idle_heartbeat_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "agent_index", b"agent_index", "run_id", b"run_id", "scheduled", b"scheduled", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "agent_index", b"agent_index", "idle_heartbeat_s", b"idle_heartbeat_s", "run_id", b"run_id", "scheduled", b"scheduled", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -608,6 +614,7 @@ class TimingBatch(_message.Message):
     RESPONSES_FIELD_NUMBER: _builtins.int
     TOKENS_FIELD_NUMBER: _builtins.int
     GAPS_NS_FIELD_NUMBER: _builtins.int
+    AGENT_STATUS_FIELD_NUMBER: _builtins.int
     count: _builtins.int
     index: _builtins.bytes
     """int64: position in the global schedule (-1 closed loop)"""
@@ -659,6 +666,12 @@ class TimingBatch(_message.Message):
     def input_shapes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Input shapes referenced by shape_id, as text like "1x224x224x3"."""
 
+    @_builtins.property
+    def agent_status(self) -> Global___AgentStatus:
+        """The agent's status, when its heartbeat falls due with this batch: one message
+        instead of two (a separate status event says the same).
+        """
+
     def __init__(
         self,
         *,
@@ -683,10 +696,11 @@ class TimingBatch(_message.Message):
         responses: _builtins.bytes = ...,
         tokens: _builtins.bytes = ...,
         gaps_ns: _builtins.bytes = ...,
+        agent_status: Global___AgentStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_status", b"agent_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "count", b"count", "done_ns", b"done_ns", "first_ns", b"first_ns", "gaps_ns", b"gaps_ns", "index", b"index", "input_shapes", b"input_shapes", "intended_ns", b"intended_ns", "last_ns", b"last_ns", "model_id", b"model_id", "req_bytes", b"req_bytes", "resp_bytes", b"resp_bytes", "responses", b"responses", "sent_ns", b"sent_ns", "seq_flags", b"seq_flags", "seq_id", b"seq_id", "seq_step", b"seq_step", "shape_id", b"shape_id", "status", b"status", "tokens", b"tokens", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_status", b"agent_status", "batch_size", b"batch_size", "count", b"count", "done_ns", b"done_ns", "first_ns", b"first_ns", "gaps_ns", b"gaps_ns", "index", b"index", "input_shapes", b"input_shapes", "intended_ns", b"intended_ns", "last_ns", b"last_ns", "model_id", b"model_id", "req_bytes", b"req_bytes", "resp_bytes", b"resp_bytes", "responses", b"responses", "sent_ns", b"sent_ns", "seq_flags", b"seq_flags", "seq_id", b"seq_id", "seq_step", b"seq_step", "shape_id", b"shape_id", "status", b"status", "tokens", b"tokens", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

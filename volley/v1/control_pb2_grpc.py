@@ -44,6 +44,11 @@ class AgentControlStub:
                 request_serializer=volley_dot_v1_dot_control__pb2.PingRequest.SerializeToString,
                 response_deserializer=volley_dot_v1_dot_control__pb2.PingReply.FromString,
                 _registered_method=True)
+        self.Keepalives = channel.stream_stream(
+                '/volley.v1.AgentControl/Keepalives',
+                request_serializer=volley_dot_v1_dot_control__pb2.PingRequest.SerializeToString,
+                response_deserializer=volley_dot_v1_dot_control__pb2.PingReply.FromString,
+                _registered_method=True)
         self.Run = channel.unary_stream(
                 '/volley.v1.AgentControl/Run',
                 request_serializer=volley_dot_v1_dot_control__pb2.RunRequest.SerializeToString,
@@ -85,6 +90,15 @@ class AgentControlServicer:
     def Ping(self, request, context):
         """One clock probe; the coordinator calls it repeatedly and keeps the
         lowest-RTT samples to estimate the agent's clock offset.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Keepalives(self, request_iterator, context):
+        """A run's keepalives on one call: each PingRequest (with its run_id) is answered
+        with a PingReply, as by Ping, without a new call per keepalive. A coordinator
+        whose agent does not have it (UNIMPLEMENTED) pings by Ping.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -143,6 +157,11 @@ def add_AgentControlServicer_to_server(servicer, server):
             ),
             'Ping': grpc.unary_unary_rpc_method_handler(
                     servicer.Ping,
+                    request_deserializer=volley_dot_v1_dot_control__pb2.PingRequest.FromString,
+                    response_serializer=volley_dot_v1_dot_control__pb2.PingReply.SerializeToString,
+            ),
+            'Keepalives': grpc.stream_stream_rpc_method_handler(
+                    servicer.Keepalives,
                     request_deserializer=volley_dot_v1_dot_control__pb2.PingRequest.FromString,
                     response_serializer=volley_dot_v1_dot_control__pb2.PingReply.SerializeToString,
             ),
@@ -224,6 +243,33 @@ class AgentControl:
             request,
             target,
             '/volley.v1.AgentControl/Ping',
+            volley_dot_v1_dot_control__pb2.PingRequest.SerializeToString,
+            volley_dot_v1_dot_control__pb2.PingReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Keepalives(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/volley.v1.AgentControl/Keepalives',
             volley_dot_v1_dot_control__pb2.PingRequest.SerializeToString,
             volley_dot_v1_dot_control__pb2.PingReply.FromString,
             options,

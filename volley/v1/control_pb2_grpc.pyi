@@ -41,6 +41,11 @@ class AgentControlStub:
     """One clock probe; the coordinator calls it repeatedly and keeps the
     lowest-RTT samples to estimate the agent's clock offset.
     """
+    Keepalives: _grpc.StreamStreamMultiCallable[_control_pb2.PingRequest, _control_pb2.PingReply]
+    """A run's keepalives on one call: each PingRequest (with its run_id) is answered
+    with a PingReply, as by Ping, without a new call per keepalive. A coordinator
+    whose agent does not have it (UNIMPLEMENTED) pings by Ping.
+    """
     Run: _grpc.UnaryStreamMultiCallable[_control_pb2.RunRequest, _control_pb2.RunEvent]
     """Start a run from a plan slice; the agent streams status and timing batches
     until the slice is done, the run is stopped, or the coordinator goes away.
@@ -74,6 +79,11 @@ class AgentControlAsyncStub(AgentControlStub):
     Ping: _aio.UnaryUnaryMultiCallable[_control_pb2.PingRequest, _control_pb2.PingReply]  # type: ignore[assignment]
     """One clock probe; the coordinator calls it repeatedly and keeps the
     lowest-RTT samples to estimate the agent's clock offset.
+    """
+    Keepalives: _aio.StreamStreamMultiCallable[_control_pb2.PingRequest, _control_pb2.PingReply]  # type: ignore[assignment]
+    """A run's keepalives on one call: each PingRequest (with its run_id) is answered
+    with a PingReply, as by Ping, without a new call per keepalive. A coordinator
+    whose agent does not have it (UNIMPLEMENTED) pings by Ping.
     """
     Run: _aio.UnaryStreamMultiCallable[_control_pb2.RunRequest, _control_pb2.RunEvent]  # type: ignore[assignment]
     """Start a run from a plan slice; the agent streams status and timing batches
@@ -117,6 +127,17 @@ class AgentControlServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_control_pb2.PingReply, _abc.Awaitable[_control_pb2.PingReply]]:
         """One clock probe; the coordinator calls it repeatedly and keeps the
         lowest-RTT samples to estimate the agent's clock offset.
+        """
+
+    @_abc_1.abstractmethod
+    def Keepalives(
+        self,
+        request_iterator: _MaybeAsyncIterator[_control_pb2.PingRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_control_pb2.PingReply], _abc.AsyncIterator[_control_pb2.PingReply]]:
+        """A run's keepalives on one call: each PingRequest (with its run_id) is answered
+        with a PingReply, as by Ping, without a new call per keepalive. A coordinator
+        whose agent does not have it (UNIMPLEMENTED) pings by Ping.
         """
 
     @_abc_1.abstractmethod
