@@ -67,6 +67,14 @@ def is_loopback_literal(host: str) -> bool:
         return False
 
 
+def host_key(host: str, address: str) -> str:
+    """Which machine an agent ran on: its host name and the address it was reached at
+    (two machines from one image may both call themselves "ubuntu")."""
+    at = address.strip()
+    at = at[1:].partition("]")[0] if at.startswith("[") else (at.rpartition(":")[0] or at)
+    return f"{host}@{at}"
+
+
 def host_phrase(host: str, cores: int, mean_percent: float, server_here: bool) -> str:
     """ "host h's 2 cores were 97% busy (every process on it, the server's too)"."""
     name = f"host {host}" if host else "its host"
@@ -93,7 +101,7 @@ class Behind:
     shortfall: Shortfall
     reason: str  #: its own reason (one agent's line)
     lateness_p99_ms: float
-    host: str = ""
+    host: str = ""  #: `host_key`: which machine it ran on
     host_line: str = ""  #: `host_phrase` (host shortfall only)
 
 

@@ -14,6 +14,7 @@ from coordinator.bottleneck import (
     grouped_reasons,
     host_cpu,
     host_is_busy,
+    host_key,
     host_phrase,
     host_reason,
     target_is_loopback,
@@ -273,7 +274,7 @@ def _behind(
             Shortfall.HOST,
             host_reason(name, ", ".join(why), line),
             p99,
-            info.host,
+            host_key(info.host, info.address),
             line,
         )
     workers = max(info.workers, 1)
@@ -284,7 +285,7 @@ def _behind(
         f"agent {name} was the bottleneck ({', '.join(why)}): "
         f"give it ~{need - workers} more worker(s) (or add an agent) to keep up",
         p99,
-        info.host,
+        host_key(info.host, info.address),
     )
 
 

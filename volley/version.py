@@ -5,4 +5,4 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 #: Control-plane protocol version (proto/volley/v1). Bump on incompatible change.
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4

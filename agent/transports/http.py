@@ -115,7 +115,9 @@ class H1Conn(asyncio.Protocol):
         if not self.ready.done():
             self.ready.set_exception(ConnectionError(str(exc) if exc else "closed"))
             self.ready.exception()
-        self.owner.conn_lost(self, f"connection lost: {exc}" if exc else "closed by the server")
+        self.owner.conn_lost(
+            self, f"connection lost: {exc}" if exc else "closed by the server", clean=exc is None
+        )
 
     def send(self, st: H1Call, head: bytes, body: bytes) -> None:
         assert self.transport is not None
@@ -394,7 +396,6 @@ class Http(Transport):
 
     def finish(self, conn: H1Conn, st: Call, status: int, resp_bytes: int) -> None:
         self.busy.pop(conn, None)
-        self._finish(st, status, resp_bytes)
         conn.idle_since = self.clock() - self.start
         if conn.closed or not conn.keep:
             if not conn.closed:
@@ -402,10 +403,14 @@ class Http(Transport):
                     self._owed += 1  # the server asked: a fresh connection replaces it
                     self.figures.goaways_received += 1
                 conn.abort()
-            return
-        self._idle(conn)
+        else:
+            # back in the pool before the completion is told, so that a send made from
+            # the completion (the worker's ride-along) finds it, not a full pool
+            self._idle(conn)
+        self._finish(st, status, resp_bytes)
 
-    def conn_lost(self, conn: H1Conn, message: str) -> None:
+    def conn_lost(self, conn: H1Conn, message: str, clean: bool = True) -> None:
+        """The connection is gone: `clean` when the server closed it (FIN), not reset."""
         self.total = max(0, self.total - 1)
         with contextlib.suppress(ValueError):
             self.idle.remove(conn)
@@ -414,9 +419,12 @@ class Http(Transport):
         st, conn.st = conn.st, None
         unanswered = st is not None and conn.served and not conn.answered
         if not conn.retired and not self.closing:
-            # idle until now (or until the request written as the close came)
+            # idle until now (or until the request written as the close came: that write
+            # may meet the closed socket and read as a reset); a reset of a connection
+            # with nothing on it is a reset however long it sat idle
             until = (self.clock() - self.start) if st is None else st.sent
-            if (st is None or unanswered) and until - conn.idle_since >= IDLE_CLOSE_S * 1e9:
+            closed_idle = (st is None and clean) or unanswered
+            if closed_idle and until - conn.idle_since >= IDLE_CLOSE_S * 1e9:
                 self.figures.idle_closed += 1  # its keep-alive timeout: not an error
             else:
                 self.figures.resets_received += 1  # the server reset or closed it

@@ -96,6 +96,8 @@ class _SpoolParser:
                 return
             cur.blocks.append(block)
             cur.records += len(block)
+            if ev.timings.HasField("agent_status"):  # a status that rode on the batch
+                cur.last_status = ev.timings.agent_status
         elif kind == "status":
             if ev.status.state == "spool-full":
                 cur.notes.append(ev.status.message)

@@ -149,3 +149,18 @@ def test_drops_at_the_in_flight_cap_stay_the_agents_even_on_a_busy_host() -> Non
     b = _behind(plan, st, info, span_s=2.0)
     assert b is not None and b.shortfall.value == "workers"
     assert "50 arrivals dropped at the in-flight cap" in b.reason
+
+
+def test_two_machines_with_one_host_name_are_two_hosts() -> None:
+    from coordinator.bottleneck import Behind, Shortfall, grouped_reasons, host_key
+
+    assert host_key("ubuntu", "10.0.0.1:7070") != host_key("ubuntu", "10.0.0.2:7070")
+    assert host_key("vm", "127.0.0.1:1") == host_key("vm", "127.0.0.1:2")
+    assert host_key("vm", "[::1]:1") == "vm@::1"
+    line = "host ubuntu's 2 cores were 99% busy (every process on it)"
+    behind = [
+        Behind(f"a{i}", Shortfall.HOST, f"agent a{i} ...", 20.0 + i, host_key("ubuntu", ip), line)
+        for i, ip in enumerate(["10.0.0.1:1", "10.0.0.1:2", "10.0.0.2:1", "10.0.0.2:2"])
+    ]
+    reasons = grouped_reasons(behind)
+    assert len(reasons) == 2 and all(r.startswith("2 agents fell behind") for r in reasons)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
 
 from agent.transports.http import Http
 from coordinator.sweep.conns import connection_reasons
@@ -37,11 +39,12 @@ async def _until(cond: object, what: str) -> None:
 
 
 async def _idle_then_closed(
-    idle_s: float, close_on_second: bool
+    idle_s: float, close_on_second: bool, reset: bool = False
 ) -> tuple[Http, list[tuple[int, ...]], int]:
     """Request 0 is answered on connection 0; the connection then sits idle `idle_s`
     (fake clock) and the server closes it: at once (`close_on_second` False), or as
-    request 1 arrives on it (the close racing the write). Request 1 then goes out."""
+    request 1 arrives on it (the close racing the write); with `reset`, by a TCP reset
+    (SO_LINGER 0) instead of a close. Request 1 then goes out."""
     conns = 0
     close_now = asyncio.Event()
 
@@ -60,6 +63,9 @@ async def _idle_then_closed(
                     await close_now.wait()
                     break
         finally:
+            if reset:
+                sock = w.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             w.close()
 
     served = [0]
@@ -97,6 +103,14 @@ async def test_an_idle_connection_closed_at_the_keep_alive_timeout_is_not_a_rese
     assert "1 idle closed by the server" in describe(f.block())
 
 
+async def test_an_idle_connection_the_server_resets_stays_a_reset() -> None:
+    """However long it sat idle, a reset with nothing on the connection is not its
+    keep-alive timeout (a proxy dropping held connections under pressure)."""
+    tp, done, _ = await _idle_then_closed(5.0, close_on_second=False, reset=True)
+    assert [(d[0], d[4]) for d in done] == [(0, rc.OK), (1, rc.OK)]
+    assert (tp.figures.idle_closed, tp.figures.resets_received) == (0, 1)
+
+
 async def test_a_close_soon_after_the_last_answer_stays_a_reset() -> None:
     tp, done, _ = await _idle_then_closed(0.2, close_on_second=False)
     assert [(d[0], d[4]) for d in done] == [(0, rc.OK), (1, rc.OK)]
@@ -123,3 +137,41 @@ def test_idle_closed_merges_and_crosses_the_control_plane() -> None:
     a, b = ConnFigures(wanted=1, idle_closed=2), ConnFigures(wanted=1, idle_closed=3)
     block = run_connections([from_proto(to_proto(f)) for f in (a, b)])
     assert block is not None and block["idle_closed"] == 5 and block["resets_received"] == 0
+
+
+async def test_a_send_from_inside_a_completion_finds_the_connection_that_just_freed() -> None:
+    """The worker's ride-along sends the next arrival from inside a completion: the
+    connection that answered is back in the pool by then, so one connection carries
+    them all and nothing is counted as waiting for a connection."""
+    conns = 0
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        nonlocal conns
+        conns += 1
+        try:
+            while await _read_request(r):
+                w.write(ANSWER)
+                await w.drain()
+        finally:
+            w.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    plan = one_user_plan(server.sockets[0].getsockname()[1])
+    done: list[tuple[int, ...]] = []
+
+    def on_done(*a: int) -> None:
+        done.append(a)
+        if len(done) < 5:
+            tp.send(len(done), len(done), 0)  # the next one, from inside the completion
+
+    tp = Http(plan, build_payloads(plan), on_done, FakeClock(), 0, TargetAccess())
+    try:
+        await tp.open()
+        tp.send(0, 0, 0)
+        await _until(lambda: len(done) == 5, "five answers")
+    finally:
+        await tp.close()
+        server.close()
+        await server.wait_closed()
+    assert [d[4] for d in done] == [rc.OK] * 5
+    assert conns == 1 and tp.figures.waited == 0
