@@ -34,11 +34,22 @@ class Shortfall(StrEnum):
     HOST = "host"  #: its host's cores: spread the agents over more hosts
 
 
-def host_cpu(samples: Sequence[float]) -> tuple[float | None, float | None]:
-    """(mean, peak) of the host's busy % over the run; (None, None) when it never said."""
+def host_cpu(
+    samples: Sequence[float], spans: Sequence[float] = ()
+) -> tuple[float | None, float | None]:
+    """(mean, peak) of the host's busy % over the run; (None, None) when it never said.
+
+    Each sample covers the time since the agent's previous status (0.25 s while the run
+    moves, 0.8 s idle): `spans` (seconds, one per sample) weigh them, so that a few fast
+    beats do not outweigh long idle ones; without spans (or with none positive) every
+    sample counts the same."""
     if not samples:
         return None, None
-    return round(statistics.fmean(samples), 1), round(max(samples), 1)
+    peak = round(max(samples), 1)
+    if len(spans) == len(samples) and sum(spans) > 0:
+        mean = sum(x * w for x, w in zip(samples, spans, strict=True)) / sum(spans)
+        return round(mean, 1), peak
+    return round(statistics.fmean(samples), 1), peak
 
 
 def host_is_busy(mean_percent: float | None) -> bool:

@@ -65,6 +65,10 @@ class AgentInfo:
     cpu_samples: list[float] = field(default_factory=list)
     #: its host's CPU busy (% of all its cores, every process) per status while running
     host_cpu_samples: list[float] = field(default_factory=list)
+    #: the seconds each one covers (its agent-clock gap to the status before it)
+    host_cpu_spans: list[float] = field(default_factory=list)
+    #: agent clock of its last status (what the next host sample's span is counted from)
+    last_status_agent_ns: int = 0
     last_seen_ns: int = 0
     #: records of its batches dropped as invalid (coordinator/validate.py)
     invalid_records: int = 0
@@ -260,7 +264,7 @@ def _behind(
         return None
     name = info.id or info.address
     p99 = lateness_ms(st)["p99"] if st.lateness.count else 0.0
-    host_mean, _ = host_cpu(info.host_cpu_samples)
+    host_mean, _ = host_cpu(info.host_cpu_samples, info.host_cpu_spans)
     # drops at the in-flight cap are the cap's (and the server's pace), not the host's
     if host_mean is not None and host_is_busy(host_mean) and not st.dropped:
         line = host_phrase(
@@ -391,7 +395,7 @@ def _agent_row(
     whether (and where) it lacked capacity."""
     st = tally.measured
     behind = _behind(plan, st, info, span_s, tally.startup, tally.first_skew_ns)
-    host_mean, host_peak = host_cpu(info.host_cpu_samples)
+    host_mean, host_peak = host_cpu(info.host_cpu_samples, info.host_cpu_spans)
     startup = startup_note(plan, st, info, tally.startup, tally.first_skew_ns)
     row: AgentRow = {
         "id": info.id or info.address,

@@ -52,6 +52,9 @@ RECENT_RTTS = 6
 MAX_NAME_TEXT = 200
 #: A preparation longer than this (an hour) is taken for garbage, not a figure.
 MAX_PREPARE_NS = 3600 * 1_000_000_000
+#: A host CPU sample covering more than this (a status gap, or a clock gone wrong) is
+#: not weighed by its span.
+MAX_HOST_SPAN_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -255,6 +258,10 @@ class AgentStream:
             sink.agent_cpu(w, self.index, st.cpu_percent)
             if st.HasField("host_cpu_percent"):  # the host, while the run ran
                 info.host_cpu_samples.append(st.host_cpu_percent)
+                last = info.last_status_agent_ns
+                gap = (st.agent_ns - last) / 1e9 if last else 0.0
+                info.host_cpu_spans.append(gap if 0 < gap <= MAX_HOST_SPAN_S else 0.0)
+        info.last_status_agent_ns = st.agent_ns
 
     async def _event(self, ev: pb.RunEvent, run_id: str, sink: RecordSink) -> bool:
         """Apply one event (vetted first); True when it ends the stream."""

@@ -164,3 +164,14 @@ def test_two_machines_with_one_host_name_are_two_hosts() -> None:
     ]
     reasons = grouped_reasons(behind)
     assert len(reasons) == 2 and all(r.startswith("2 agents fell behind") for r in reasons)
+
+
+def test_the_host_mean_weighs_each_sample_by_the_time_it_covers() -> None:
+    from coordinator.bottleneck import host_cpu
+
+    # 0.8 s idle at 50 %, then four fast 0.25 s beats at 100 %: 1 s busy, 0.8 s half
+    samples, spans = [50.0, 100.0, 100.0, 100.0, 100.0], [0.8, 0.25, 0.25, 0.25, 0.25]
+    assert host_cpu(samples, spans) == (round((0.4 + 1.0) / 1.8 * 100, 1), 100.0)
+    assert host_cpu(samples) == (90.0, 100.0)  # unweighted: the fast beats outvote
+    assert host_cpu(samples, [0.0] * 5) == (90.0, 100.0)  # no span known: unweighted
+    assert host_cpu([], []) == (None, None)
