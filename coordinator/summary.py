@@ -225,19 +225,6 @@ def _late_reasons(plan: Plan, st: Stats, startup: Stats | None) -> tuple[list[st
     return why, not capacity
 
 
-def _saturation(
-    plan: Plan,
-    st: Stats,
-    info: AgentInfo,
-    span_s: float,
-    startup: Stats | None = None,
-    skew_ns: int = 0,
-) -> tuple[bool, str]:
-    """(saturated, why): whether the agent lacked capacity (`_behind`)."""
-    b = _behind(plan, st, info, span_s, startup, skew_ns)
-    return (True, b.reason) if b is not None else (False, "")
-
-
 def _behind(
     plan: Plan,
     st: Stats,

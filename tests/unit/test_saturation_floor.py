@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from coordinator.aggregate import Stats
-from coordinator.summary import MIN_LATE_SENDS, AgentInfo, _saturation, sends_later_than
+from coordinator.summary import MIN_LATE_SENDS, AgentInfo, _behind, sends_later_than
 from volley.histogram import LogHistogram
 from volley.plan import plan_from_dict
 
@@ -36,12 +36,12 @@ def test_two_stalls_in_a_short_step_do_not_blame_the_generator() -> None:
     info = AgentInfo(index=0, address="a", id="t0", workers=1, cpu_seconds=0.3)
     st = stats_with([21.0, 20.5], on_time=124)  # p99 of 126 sends is the 2nd latest
     assert st.lateness.percentile(99) > 10e6
-    saturated, why = _saturation(PLAN, st, info, span_s=3.0)
-    assert not saturated, why
+    behind = _behind(PLAN, st, info, span_s=3.0)
+    assert behind is None, behind
 
 
 def test_a_run_of_late_sends_does() -> None:
     info = AgentInfo(index=0, address="a", id="t0", workers=1, cpu_seconds=0.3)
     st = stats_with([20.0] * MIN_LATE_SENDS, on_time=116)
-    saturated, why = _saturation(PLAN, st, info, span_s=3.0)
-    assert saturated and "send lateness p99 20.0 ms" in why, why
+    behind = _behind(PLAN, st, info, span_s=3.0)
+    assert behind is not None and "send lateness p99 20.0 ms" in behind.reason, behind
