@@ -207,6 +207,11 @@ class AgentClient:
         answered = await line.ping(timeout_s)
         if answered is not None:
             return answered
+        return await self.ping(run_id, timeout_s)
+
+    async def ping(self, run_id: str, timeout_s: float = 1.0) -> bool:
+        """One unary Ping for a run (a call of its own, as costly as a Start: what the
+        ready round times); False when it got no answer."""
         try:
             await self.stub.Ping(
                 pb.PingRequest(coordinator_send_ns=time.monotonic_ns(), run_id=run_id),

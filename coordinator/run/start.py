@@ -71,13 +71,15 @@ def start_lead_ns(streams: list[AgentStream], round_ns: int = 0) -> int:
 
 
 async def ready_round(run: RunLoop, timeout_s: float = ROUND_TIMEOUT_S) -> int:
-    """One keepalive to every agent at once (the agents are prepared): ns until the last
-    reply came (or the timeout), i.e. what a round of Start messages takes now. Each
-    reply's round trip joins that agent's recent ones (`AgentStream.rtts`)."""
+    """One unary Ping to every agent at once (the agents are prepared): ns until the last
+    reply came (or the timeout), i.e. what a round of Start calls takes now. A unary call,
+    not the run's keepalive call: a message on that open call is cheaper than a call of
+    its own, and 64 local agents' Starts came up to 132 ms after an instant fixed from
+    it. Each reply's round trip joins that agent's recent ones (`AgentStream.rtts`)."""
     t0 = run.clock()
 
     async def one(s: AgentStream) -> None:
-        if await s.client.keepalive(run.run_id, timeout_s=timeout_s):
+        if await s.client.ping(run.run_id, timeout_s=timeout_s):
             s.round_rtt_ns = run.clock() - t0
             s.rtts = [*s.rtts[1 - RECENT_RTTS :], s.round_rtt_ns]
 

@@ -254,6 +254,9 @@ class FakeClient:
     async def keepalive(self, run_id: str, timeout_s: float = 1.0) -> bool:
         return True
 
+    async def ping(self, run_id: str, timeout_s: float = 1.0) -> bool:
+        return await self.keepalive(run_id, timeout_s)
+
     async def stop(self, run_id: str, reason: str, timeout_s: float = 2.0) -> bool:
         self.stops.append(reason)
         return True
