@@ -408,9 +408,14 @@ def next_step(settings: SweepSettings, steps: Sequence[StepResult]) -> Decision:
         if longer <= settings.longer_retries:
             return Decision(last.load, "longer", "inconclusive step measured longer", longer)
     if last.kind in ("generator", "invalid"):
-        attempts = sum(1 for s in steps if s.load == last.load)
+        # only the attempts volley could not judge count against the retries: an
+        # inconclusive attempt before, measured longer, used none of them
+        here = [s for s in steps if s.load == last.load]
+        attempts = sum(1 for s in here if s.kind in ("generator", "invalid"))
         if attempts <= settings.retries:
-            return Decision(last.load, "retry", f"{last.kind} step measured again")
+            # as long as the attempt it repeats
+            longer = sum(1 for s in here if s.kind == "inconclusive")
+            return Decision(last.load, "retry", f"{last.kind} step measured again", longer)
     measured = {s.load for s in steps}
     lo, hi = bracket(steps)
     if hi is None:  # everything passed so far: step up

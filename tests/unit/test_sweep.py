@@ -145,6 +145,25 @@ async def test_a_transient_generator_limit_is_retried_and_superseded() -> None:
     assert out.limited_by == "server" and out.max_load is not None and out.max_load > 40
 
 
+def test_a_generator_step_after_an_inconclusive_one_is_still_retried() -> None:
+    # CI, a loaded 2-core host: 43.67/s was inconclusive, measured longer it was volley's
+    # (a 25 ms stall), and the search bisected down without measuring it again, then
+    # called volley the limit. The longer attempt used no retry, so it gets one, as long.
+    s = SweepSettings(start=39.7, growth=1.2, tolerance=0.05)
+    steps = [
+        StepResult(0, 39.7, True, "pass", []),
+        StepResult(1, 47.64, False, "server", ["SLO p50<100ms failed"]),
+        StepResult(2, 43.67, False, "inconclusive", ["SLO p50<100ms inconclusive"]),
+        StepResult(3, 43.67, False, "generator", ["agent t0 was the bottleneck"]),
+    ]
+    d = next_step(s, steps)
+    assert (d.load, d.phase, d.longer) == (43.67, "retry", 1)
+    # that retry volley's again: its one retry is spent, and the search goes on below
+    steps.append(StepResult(4, 43.67, False, "generator", ["agent t0 was the bottleneck"]))
+    d = next_step(s, steps)
+    assert d.phase == "bisect" and d.load is not None and d.load < 43.67
+
+
 async def test_concurrency_mode_uses_whole_numbers() -> None:
     s = SweepSettings(mode="concurrency", start=1, growth=2, max_steps=30)
     steps, out = await search(s, server(7.0))
