@@ -12,6 +12,7 @@ import grpc
 from agent.auth import MalformedRequestGuard, TokenAuthInterceptor
 from agent.config import AgentConfig
 from agent.lifeline import exit_with_parent_from_env
+from agent.procs import warm
 from agent.service import AgentService
 from volley.plan import parse_address
 from volley.security import check_listen
@@ -64,6 +65,7 @@ class AgentServer:
             self.port = self.server.add_insecure_port(self.cfg.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.cfg.listen}")
+        warm()  # the workers' fork server imports while the agent serves (agent.procs)
         await self.server.start()
         if self.cfg.port_file:
             tmp = Path(self.cfg.port_file + ".tmp")

@@ -1,4 +1,4 @@
-"""One run on one agent: spawn worker processes, merge their records, stream events.
+"""One run on one agent: start worker processes (`agent.procs`), merge their records, stream events.
 
 The session is transport-free: `events()` produces protobuf RunEvents
 (`agent.session_events`: the event loop; `agent.pacing`: its batch and heartbeat
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing as mp
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -35,6 +34,7 @@ from agent.pacing import (
     beat_period,
     brisk,
 )
+from agent.procs import worker_context
 from agent.session_events import PUMP_POLL_S, session_events
 from agent.session_types import SessionSpec, SessionState
 from agent.spool import SpoolWriter
@@ -77,7 +77,7 @@ log = logging.getLogger("volley.agent")
 class RunSession:
     def __init__(self, spec: SessionSpec, spool: SpoolWriter | None = None) -> None:
         self.spec = spec
-        self._ctx = mp.get_context("spawn")
+        self._ctx = worker_context()
         self._queue: Any = self._ctx.Queue()
         self._stop = self._ctx.Event()
         #: the start instant, shared with the workers (two-phase start: opened by Start)

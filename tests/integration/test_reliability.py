@@ -86,6 +86,16 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _descendants(pid: int) -> list[int]:
+    """Children, theirs, and so on: an agent's workers are its fork server's children."""
+    out, todo = [], [pid]
+    while todo:
+        kids = _children(todo.pop())
+        out += kids
+        todo += kids
+    return out
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -158,7 +168,7 @@ def test_agent_sigkill_mid_run(
     run_dir, manifest = _wait_manifest(out)
     start_ns = manifest["start_monotonic_ns"]
     _sleep_until(start_ns + int(kill_at_s * 1e9))
-    workers = _children(victim.pid)
+    workers = _descendants(victim.pid)
     kill_ns = time.monotonic_ns()
     victim.send_signal(signal.SIGKILL)
     _stdout, stderr = coord.communicate(timeout=60)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from tests.agent_thread import REPO, spawn_agent, stop_process
-from tests.integration.test_reliability import _children, _wait_manifest
+from tests.integration.test_reliability import _descendants, _wait_manifest
 from tests.triton_fixture import TritonEndpoint
 
 pytestmark = [pytest.mark.triton, pytest.mark.soak]
@@ -78,7 +78,7 @@ def test_soak_memory_is_flat(triton_server: TritonEndpoint, tmp_path: Path) -> N
         samples: list[tuple[float, float, float, float]] = []
         while coord.poll() is None:
             t = (time.monotonic_ns() - start_ns) / 1e9
-            workers = _children(agent.pid)
+            workers = _descendants(agent.pid)  # its fork server's children too
             if 0 <= t <= SOAK_S:
                 samples.append(
                     (t, _rss_mb(coord.pid), _rss_mb(agent.pid), sum(map(_rss_mb, workers)))
