@@ -115,6 +115,9 @@ async def test_sweep_finds_the_sleep_knee_and_plans_capacity(
         max_steps=9,
         step_duration_s=3,
         warmup_s=1,
+        # a shared 2-core CI host can stall the worker for 25 ms at a time (CI, session
+        # 5): a step that says "volley's" is measured again, twice here, before it counts
+        retries=2,
     )
     spec = SweepSpec(
         name="sleep",
