@@ -56,7 +56,7 @@ def watch_agent(pid: int) -> None:
         except ProcessLookupError:
             os._exit(1)
         except OSError:  # an old kernel: look every POLL_S instead
-            fd = -1
+            pass
     elif not _alive(pid):
         os._exit(1)
     threading.Thread(target=_exit_after, args=(pid, fd), daemon=True, name="lifeline").start()

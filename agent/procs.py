@@ -9,9 +9,11 @@ of it, ready in milliseconds.
 
 The server is a fresh interpreter started by the agent (`warm()`, at its start-up), not
 a fork of the agent: a fork would copy the agent's gRPC threads and their locks. It has
-no channels and no threads of its own, so forking it is safe. It exits when the agent
-does (it reads the end of a pipe the agent holds), and its workers die with it
-(PR_SET_PDEATHSIG, `agent.lifeline`). Where forkserver is missing, workers are spawned.
+no channels and no threads of its own, so forking it is safe. It exits once the agent and
+every worker it forked are gone (it reads the end of a pipe they all hold). A worker is
+the server's child, not the agent's, so it watches the agent itself and exits the moment
+the agent dies (`agent.lifeline.watch_agent`). Where forkserver is missing, workers are
+spawned.
 
 What a fork inherits that a spawn would not, and why it does not matter here: module
 state set at import (no module draws unseeded random numbers; `random` reseeds itself in
