@@ -344,7 +344,7 @@ NEW_BASES: list[dict[str, Any]] = [
             "decoupled": True,
             "token_output": "Y",
             "parameters": [["max_tokens", 16], ["temperature", 0.5], ["stop", "x"]],
-            "drawn": [["max_tokens", "4..32"]],
+            "drawn": [["top_k", "4..32"]],
         },
     },
     {

@@ -81,3 +81,16 @@ def test_invalid_plans_name_the_field(doc: object, needle: str) -> None:
     with pytest.raises(PlanError, match=None) as err:
         plan_from_dict(doc)
     assert needle in str(err.value)
+
+
+def test_a_stream_parameter_given_twice_is_refused() -> None:
+    # found by the plan fuzzer: a drawn pair and a plain parameter of one name kept both,
+    # and the plan did not survive its round trip to the agents (one value each)
+    doc = {
+        "target": "127.0.0.1:8001",
+        "model": "m",
+        "load": {"rate": 1, "duration": "1s"},
+        "stream": {"drawn": [["max_tokens", -1]], "parameters": {"max_tokens": 16}},
+    }
+    with pytest.raises(PlanError, match="'max_tokens' is given twice"):
+        plan_from_dict(doc)

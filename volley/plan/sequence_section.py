@@ -122,9 +122,13 @@ def stream_section(raw: Any) -> StreamSpec:
     ):
         raise PlanError("plan.stream.drawn: expected [name, distribution] pairs")
     drawn: list[tuple[str, str]] = []
+    seen: set[str] = set()
     for k, v in [*raw_drawn, *raw_params.items()]:
         if not isinstance(k, str) or not k or len(k) > 128 or k.startswith("triton_"):
             raise PlanError(f"plan.stream.parameters: bad name {shown(k)}")
+        if k in seen:  # a request carries one value per parameter
+            raise PlanError(f"plan.stream.parameters: {shown(k)} is given twice")
+        seen.add(k)
         dist = _drawn_dist(k, v)
         if dist:
             drawn.append((k, dist))
