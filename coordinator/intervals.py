@@ -69,18 +69,19 @@ def design_effects(batches: Sequence[LogHistogram]) -> dict[str, float]:
 
 
 def percentile_intervals(
-    h: LogHistogram, level: float, deffs: dict[str, float] | None = None
+    h: LogHistogram, level: float, deffs: dict[str, float] | None = None, pending: int = 0
 ) -> PercentileIntervals:
-    """Intervals (ms) of hist_ms's figures (`deffs`: per percentile, `design_effect`)."""
+    """Intervals (ms) of hist_ms's figures (`deffs`: per percentile, `design_effect`;
+    `pending`: values still to come, volley/confidence.py `percentile_interval`)."""
     ms = 1e-6
     de = deffs or {}
     iv = {
-        k: interval_doc(percentile_interval(h, q, level, de.get(k, 1.0)), ms)
+        k: interval_doc(percentile_interval(h, q, level, de.get(k, 1.0), pending), ms)
         for k, q in PCTS.items()
     }
     exact = float(h.max_ns)
     top: IntervalDoc = (
-        {"low": round(exact * ms, 4), "high": round(exact * ms, 4)}
+        {"low": round(exact * ms, 4), "high": None if pending else round(exact * ms, 4)}
         if h.count
         else {"low": 0.0, "high": None}
     )
@@ -116,24 +117,33 @@ def confidence_block(
     level: float,
     latency_batches: Sequence[LogHistogram] = (),
     service_batches: Sequence[LogHistogram] = (),
+    pending: int = 0,
 ) -> ConfidenceBlock:
     """The intervals of a run's figures; the batches (its measured windows) let the
-    percentile intervals account for time correlation (`design_effect`)."""
+    percentile intervals account for time correlation (`design_effect`). `pending`:
+    requests whose records are still to come (in flight): every interval but the
+    throughput's and the mean's then holds whatever they turn out to be."""
     lat_de = design_effects(latency_batches)
     svc_de = design_effects(service_batches)
+    m = max(pending, 0)
+    errors = proportion_interval(total.errors, total.sent + m, level)
+    if m:  # the pending ones all errors (upper end) or none (lower end)
+        errors = Interval(
+            errors.low, proportion_interval(total.errors + m, total.sent + m, level).high, level
+        )
     return {
         "level": level,
-        "latency_ms": percentile_intervals(total.latency, level, lat_de),
-        "service_time_ms": percentile_intervals(total.service, level, svc_de),
+        "latency_ms": percentile_intervals(total.latency, level, lat_de, m),
+        "service_time_ms": percentile_intervals(total.service, level, svc_de, m),
         "throughput_rps": interval_doc(rate_interval(total.ok, measured_s, level), digits=3),
-        "error_rate": interval_doc(proportion_interval(total.errors, total.sent, level), digits=6),
+        "error_rate": interval_doc(errors, digits=6),
         "requests_needed": requests_needed(total.latency.count, level, lat_de),
         "method": METHOD,
     }
 
 
 def run_confidence(
-    agg: Aggregator, total: Stats, measured_s: float, level: float
+    agg: Aggregator, total: Stats, measured_s: float, level: float, pending: int = 0
 ) -> ConfidenceBlock:
     return confidence_block(
         total,
@@ -141,6 +151,7 @@ def run_confidence(
         level,
         window_histograms(agg, "latency"),
         window_histograms(agg, "service"),
+        pending,
     )
 
 

@@ -62,6 +62,8 @@ class AgentInfo:
     cpu_seconds: float = 0.0
     cpu_percent: float = 0.0  #: the last one reported
     cpu_percent_peak: float = 0.0
+    #: requests in flight at its last status (`--duration auto` counts them as unknown)
+    in_flight: int = 0
     cpu_samples: list[float] = field(default_factory=list)
     #: its host's CPU busy (% of all its cores, every process) per status while running
     host_cpu_samples: list[float] = field(default_factory=list)

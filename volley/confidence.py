@@ -194,24 +194,34 @@ def design_effect(batches: Sequence[LogHistogram], q_pct: float, min_batches: in
 
 
 def percentile_interval(
-    h: LogHistogram, q_pct: float, level: float = DEFAULT_LEVEL, deff: float = 1.0
+    h: LogHistogram,
+    q_pct: float,
+    level: float = DEFAULT_LEVEL,
+    deff: float = 1.0,
+    pending: int = 0,
 ) -> Interval:
     """The `level` interval of the q-th percentile (0 < q < 100) from a histogram, in ns,
     bucket error included (see the module docstring). `deff` (`design_effect`): the ranks
-    are those of n / deff independent values, scaled back to n. An empty histogram:
-    [0, None]."""
+    are those of n / deff independent values, scaled back to n. `pending`: values not
+    known yet (requests still in flight), each of which may be anything: the ranks are
+    those of n + pending values, the pending ones counted below every known value for the
+    lower bound and above every one for the upper bound, so the interval holds the one
+    the complete values will give. An empty histogram: [0, None]."""
     n = h.count
     if n == 0:
         return Interval(0.0, None, level)
     if q_pct >= 100.0:
-        return Interval(float(h.max_ns), float(h.max_ns), level)
+        return Interval(float(h.max_ns), None if pending else float(h.max_ns), level)
+    m = max(pending, 0)
+    total = n + m
     if deff > 1.0:
-        n_eff = max(1, math.floor(n / deff))
+        n_eff = max(1, math.floor(total / deff))
         lo_eff, hi_eff = order_ranks(n_eff, q_pct / 100.0, level)
-        lo_rank = math.floor(lo_eff * n / n_eff)
-        hi_rank = n + 1 if hi_eff > n_eff else min(math.ceil(hi_eff * n / n_eff), n)
+        lo_rank = math.floor(lo_eff * total / n_eff)
+        hi_rank = total + 1 if hi_eff > n_eff else min(math.ceil(hi_eff * total / n_eff), total)
     else:
-        lo_rank, hi_rank = order_ranks(n, q_pct / 100.0, level)
+        lo_rank, hi_rank = order_ranks(total, q_pct / 100.0, level)
+    lo_rank -= m  # the pending values below every known one
     lower, upper, counts = h.buckets()
     cum = np.cumsum(counts)
     low = 0.0

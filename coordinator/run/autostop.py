@@ -1,6 +1,10 @@
 """`--duration auto`: the coordinator's rule for when a run has measured enough (pure).
 
-Once a second (`RunLoop.check_auto`) the merged figures so far are judged:
+Once a second (`RunLoop.check_auto`) the merged figures of the whole windows so far are
+judged: the run loop holds records back until HOLD_S (1 s) after their window ended, so
+the figures have every record of the windows they cover but the requests still in flight,
+and those are counted as unknown values (`pending`: below every known one for a lower
+bound, above for an upper one, volley/confidence.py `percentile_interval`):
 
 * every SLO is decided (its interval is wholly on one side of the threshold) or its
   interval is narrower than the target (relative width `target_width`); without SLOs,
@@ -12,9 +16,11 @@ Once a second (`RunLoop.check_auto`) the merged figures so far are judged:
 Looking again every second and stopping at the first good look would make a wrong early
 decision likelier than the level says, so these looks use a stricter level (a quarter of
 the error allowed: 98.75 % for 95 %) and the rule must hold on two looks in a row. The
-summary is then judged once more, at the plan's level, on what was measured up to the
-stop instant: a whole second of the run's timebase, the same for every agent (records
-intended later are left out of the figures), so the measured period is whole 1 s windows.
+stop instant is the end of the windows the deciding look judged (records intended later,
+held or still to come, are left out), so the summary, judged once more at the plan's
+level, is on the figures that look had plus the stragglers it counted as unknown: what
+was decided at the stricter level stays decided (an earlier version stopped at the next
+whole second, and a slow spell in that last second turned a decided p99 unbounded).
 """
 
 from __future__ import annotations
@@ -91,16 +97,20 @@ def _narrow(
     return False, f"{name}: not bounded yet"
 
 
-def look(plan: Plan, agg: Aggregator, elapsed_s: float, settings: AutoDuration) -> Look:
-    """Judge the figures `elapsed_s` after the start (see the module docstring)."""
+def look(
+    plan: Plan, agg: Aggregator, judged_s: int, settings: AutoDuration, pending: int = 0
+) -> Look:
+    """Judge the figures of the windows before `judged_s` (whole seconds from the start;
+    `agg` holds only their records) with `pending` requests still to come (see the module
+    docstring)."""
     warm = plan.load.warmup_s
-    measured_s = math.floor(elapsed_s) - warm
+    measured_s = judged_s - warm
     need_s = max(plan.validity.min_duration_s, 2.0 * settings.stable_windows + 2.0)
     if measured_s < need_s:
         return Look(False, [f"measured {max(measured_s, 0):g}s of at least {need_s:g}s"])
     total = agg.total()
     level = 1.0 - (1.0 - plan.validity.confidence) / LOOK_STRICTNESS
-    block = run_confidence(agg, total, measured_s, level)
+    block = run_confidence(agg, total, measured_s, level, pending)
     figures = _figures(total, measured_s, block)
     samples = {"latency_ms": total.latency.count, "service_time_ms": total.service.count}
     done = True
@@ -113,14 +123,18 @@ def look(plan: Plan, agg: Aggregator, elapsed_s: float, settings: AutoDuration) 
             continue
         ok, line = _narrow(slo.text, metric_interval(block, slo.metric), r["actual"], settings)
         done = done and ok
-        checks.append(line if r["reason"] == "" else f"{slo.text}: {r['reason']}")
+        if r["reason"] and pending:
+            line = f"{slo.text}: {r['reason']} ({pending} in flight, counted as unknown)"
+        elif r["reason"]:
+            line = f"{slo.text}: {r['reason']}"
+        checks.append(line)
     if not plan.slos:
         p99 = metric_interval(block, "latency_ms.p99")
         ok, line = _narrow("p99", p99, figures_p99(total), settings)
         done = done and ok
         checks.append(line)
     first = math.ceil(warm)
-    last = math.floor(elapsed_s) - 2  # later windows may still get completions
+    last = judged_s - 1  # completions by done time: a request done by then was intended so
     series = completions_per_window(agg, first, last)
     if stable(series, settings.stable_windows, settings.stable_tolerance):
         checks.append(f"throughput stable over the last {2 * settings.stable_windows} windows")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import math
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -49,6 +48,11 @@ SEAL_EVERY_NS = 5_000_000_000
 SEAL_AFTER_TIMEOUT_S = 10
 #: Slack past the load's span and the request timeout before the run is overdue.
 DEADLINE_SLACK_S = 15.0
+#: `--duration auto`: records are held back this long past the end of the window they
+#: were intended in before the figures get them, so a look judges whole windows whose
+#: records have arrived (they are flushed every 0.1-0.25 s), and its stop instant is the
+#: end of what it judged (`RunLoop.release`).
+HOLD_S = 1
 #: Once overdue and told to stop, the agents have this long before their streams are cut.
 DEADLINE_GRACE_NS = 5_000_000_000
 #: What a stream cut after it went missing is told (best effort).
@@ -89,7 +93,8 @@ class StopReason(enum.StrEnum):
     #: An agent refused the run: the others are stopped, and execute() raises.
     REFUSED = "another agent refused the run"
     #: `--duration auto` decided the run had measured enough (not an early stop: the
-    #: measured period ends at the stop instant, `RunLoop.cut_ns`).
+    #: measured period ends at the stop instant, `RunLoop.cut_ns`, the end of what the
+    #: deciding look judged).
     AUTO = "measured enough (--duration auto)"
 
 
@@ -144,10 +149,16 @@ class RunLoop:
         #: the wait the main loop chose last: the silence clocks credit that much + slack
         self._period_s = TICK_S
         self._background: set[asyncio.Task[Any]] = set()
-        #: `--duration auto`: the stop instant (ns from the start, a whole second, in the
-        #: future when fixed) once decided; records intended from then on are left out.
+        #: `--duration auto`: the stop instant (ns from the start, a whole second: the end
+        #: of the windows the deciding look judged) once decided; records intended from
+        #: then on are left out.
         self.cut_ns: int | None = None
         self.after_cut = 0
+        #: `--duration auto`: blocks (agent index, block) whose records the figures do not
+        #: have yet; records intended before `released_ns` (from the start) are in them.
+        self.hold = opts.auto is not None
+        self.held: list[tuple[int, RecordBlock]] = []
+        self.released_ns = 0
         self.auto_doc: AutoStopDoc | None = None
         self._good_looks = 0
         self._next_look_ns = 0
@@ -162,17 +173,51 @@ class RunLoop:
 
     # ---- records from the streams (RecordSink) ------------------------------
     def ingest(self, index: int, block: RecordBlock) -> None:
-        if self.cut_ns is not None:
-            keep = block.col("intended_ns") < self.cut_ns
-            if not keep.all():
-                self.after_cut += int(np.count_nonzero(~keep))
-                block = RecordBlock(
-                    {k: v[keep] for k, v in block.columns.items()}, block.input_shapes
-                )
         self._blocks += 1
+        if not self.hold:
+            self._take(index, block)
+            return
+        # records of windows already released (stragglers) go in now, the rest waits
+        early = block.col("intended_ns") < self.released_ns
+        if early.any():
+            self._take(index, self._keep(block, early))
+        if not early.all():
+            self.held.append((index, self._keep(block, ~early)))
+
+    def _take(self, index: int, block: RecordBlock) -> None:
+        """Into the figures and the records file (records from the stop instant on: out)."""
+        if self.cut_ns is not None:
+            block = self._keep(block, block.col("intended_ns") < self.cut_ns, count=True)
+        if len(block) == 0:
+            return
         self.agg.ingest(index, block)
         if self.writer is not None:
             self.writer.write(index, block)
+
+    def _keep(self, block: RecordBlock, keep: np.ndarray, count: bool = False) -> RecordBlock:
+        if keep.all():
+            return block
+        if count:
+            self.after_cut += int(np.count_nonzero(~keep))
+        return block.select(keep)
+
+    def release(self, until_ns: int | None = None) -> None:
+        """`--duration auto`: the held records intended before `until_ns` (None: every
+        one) go into the figures."""
+        self.released_ns = max(self.released_ns, until_ns or 0)
+        rest: list[tuple[int, RecordBlock]] = []
+        for index, block in self.held:
+            if until_ns is None:
+                self._take(index, block)
+                continue
+            early = block.col("intended_ns") < until_ns
+            if early.any():
+                self._take(index, self._keep(block, early))
+            if not early.all():
+                rest.append((index, self._keep(block, ~early)))
+        self.held = rest
+        if until_ns is None:
+            self.hold = False
 
     def agent_cpu(self, window: int, index: int, percent: float) -> None:
         self.cpu[(window, index)] = percent
@@ -247,6 +292,8 @@ class RunLoop:
 
     async def on_tick(self, now: int) -> bool:
         """One tick; False when the run must end now (an agent refused it)."""
+        if self.hold and now > self.start_ns:
+            self.release(self.judged_s(now) * 1_000_000_000)
         self.seal_windows(now)
         if await self.check_refusal():
             return False
@@ -341,30 +388,39 @@ class RunLoop:
             self.stopped = StopReason.INTERRUPTED
             await self.stop_all(StopReason.INTERRUPTED)
 
+    def judged_s(self, now: int) -> int:
+        """`--duration auto`: the windows before this second (of the run) are whole: their
+        records have had HOLD_S to arrive (`release`)."""
+        return max(int((now - self.start_ns) // 1_000_000_000) - HOLD_S, 0)
+
+    def pending(self) -> int:
+        """Requests the agents' last statuses had in flight (an upper bound on those of
+        the judged windows whose records are still to come)."""
+        return sum(max(s.info.in_flight, 0) for s in self.streams)
+
     async def check_auto(self, now: int) -> None:
-        """`--duration auto`: once a second, look at the figures so far; when they have
-        been enough LOOKS_IN_A_ROW times, fix the stop instant at the next whole second
-        of the run (no record intended from then on has reached us yet, so none is in the
-        figures) and, once it has come, tell every agent to stop."""
+        """`--duration auto`: once a second, look at the whole windows so far (their
+        records released, the requests still in flight counted as unknown); when they
+        have been enough LOOKS_IN_A_ROW times, the stop instant is the end of the windows
+        this look judged: records intended from then on are left out (the held ones
+        dropped, later ones too), so the figures are the ones judged plus the judged
+        windows' stragglers, and every agent is told to stop now."""
         auto = self.opts.auto
         if auto is None or self.stopped is not None:
-            return
-        if self.cut_ns is not None:
-            if now >= self.start_ns + self.cut_ns:
-                self.stopped = StopReason.AUTO
-                await self.stop_all(StopReason.AUTO)
             return
         if now < self._next_look_ns:
             return
         self._next_look_ns = now + 1_000_000_000
-        elapsed_s = (now - self.start_ns) / 1e9
-        seen = look(self.plan, self.agg, elapsed_s, auto)
+        judged = self.judged_s(now)
+        self.release(judged * 1_000_000_000)
+        seen = look(self.plan, self.agg, judged, auto, self.pending())
         self.last_look = seen.checks
         self._good_looks = self._good_looks + 1 if seen.done else 0
-        cut_s = math.ceil(elapsed_s)
-        if self._good_looks < LOOKS_IN_A_ROW or cut_s >= self.span_s:
+        if self._good_looks < LOOKS_IN_A_ROW or judged >= self.span_s:
             return
+        cut_s = judged
         self.cut_ns = cut_s * 1_000_000_000
+        self.release(None)  # the held records are all from the stop instant on: dropped
         self.auto_doc = {
             "reason": "decided",
             "stopped_at_s": round(cut_s - self.plan.load.warmup_s, 3),
@@ -372,6 +428,8 @@ class RunLoop:
             "target_width": auto.target_width,
             "checks": seen.checks,
         }
+        self.stopped = StopReason.AUTO
+        await self.stop_all(StopReason.AUTO)
 
     async def check_deadline(self, now: int) -> None:
         """Overdue: tell every agent to stop; still going DEADLINE_GRACE_NS later (or
@@ -421,6 +479,7 @@ class RunLoop:
             *self._background,
             return_exceptions=True,
         )
+        self.release(None)  # --duration auto: what is still held (nothing recorded is lost)
         if self.writer is not None:
             self.writer.close()
         if failed or self.refusal() is not None:

@@ -254,6 +254,7 @@ class AgentStream:
         info.connect_errors = max(info.connect_errors, st.connect_errors)
         info.conns = status_figures(st, info.conns)
         info.cpu_percent = st.cpu_percent
+        info.in_flight = st.in_flight  # at least 0 (check.status)
         info.cpu_percent_peak = max(info.cpu_percent_peak, st.cpu_percent)
         w = check.cpu_window(st.agent_ns, self.start_at_agent_ns)
         if w is not None:

@@ -272,7 +272,9 @@ async def test_compare_one_vs_two_instances(
         )
         runs.append(await execute(plan, agent_pair[:1], opts))
     stop = runs[1].summary["auto_stop"]
-    print(f"two-instance run stopped at {stop['stopped_at_s']} s ({stop['reason']})")
+    print(
+        f"two-instance run stopped at {stop['stopped_at_s']} s ({stop['reason']}) {stop['checks']}"
+    )
     one, two_, _again = (r.summary["server"] for r in runs)
     assert (one["instances"], two_["instances"]) == (1, 2)
     assert two_["queue_ms"] < one["queue_ms"]

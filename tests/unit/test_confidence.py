@@ -82,6 +82,29 @@ def test_percentile_interval_is_narrow_and_holds_the_point() -> None:
     assert iv.high - iv.low >= 0.005 * point
 
 
+@pytest.mark.parametrize(("q_pct", "deff"), [(99.0, 1.0), (50.0, 1.0), (99.0, 1.8), (90.0, 2.5)])
+def test_pending_values_widen_the_interval_to_hold_every_outcome(q_pct: float, deff: float) -> None:
+    """With m values still to come, the interval holds the interval of the complete values
+    whatever they are: all faster than every known value, all slower, or a mix."""
+    rng = np.random.default_rng(int(q_pct * deff))
+    known = rng.lognormal(math.log(5e6), 0.4, size=3000)
+    h = LogHistogram()
+    h.record_many(known)
+    m = 8  # p99's upper rank of ~3,000 values is ~10 below the top
+    wide = percentile_interval(h, q_pct, 0.95, deff, pending=m)
+    assert percentile_interval(h, q_pct, 0.95, deff, pending=0) == percentile_interval(
+        h, q_pct, 0.95, deff
+    )
+    for rest in (np.full(m, 1e3), np.full(m, 5e9), rng.lognormal(math.log(5e6), 2.0, size=m)):
+        full = LogHistogram()
+        full.record_many(np.concatenate([known, rest]))
+        iv = percentile_interval(full, q_pct, 0.95, deff)
+        assert wide.high is not None and iv.high is not None
+        assert wide.low <= iv.low and iv.high <= wide.high, (wide, iv)
+    # enough pending to reach past the known values' top: no upper bound yet
+    assert percentile_interval(h, 99.0, 0.95, deff, pending=100).high is None
+
+
 def test_min_samples_is_where_the_upper_bound_appears() -> None:
     assert min_samples(99, 0.95) == 368
     assert min_samples(99.9, 0.95) == 3688
