@@ -44,11 +44,13 @@ async def test_a_connections_sweep_finds_nginx_worker_connections(
         start=32,
         growth=2,
         tolerance=0.15,
-        max_steps=6,
+        max_steps=7,
         step_duration_s=2,
         warmup_s=0,
         rate_per_connection=2.0,
-        retries=0,
+        # a step a stall of the shared 2-core host makes volley-limited is measured once
+        # more (the generator's own checks are not under test here)
+        retries=1,
     )
     spec = SweepSpec(
         name="conns",

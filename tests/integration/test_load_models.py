@@ -64,8 +64,13 @@ async def test_stages_follow_the_ramp(
     for w, exp in expected.items():
         got = by_w[w]["offered"]
         assert abs(got - exp) <= 2, (w, got, exp)  # the schedule itself: exact up to rounding
-        achieved = by_w[w]["achieved_rps"]
-        assert abs(achieved - exp) <= 0.25 * exp + 5, (w, achieved, exp)
+        # served: the window's arrivals (by intended time) that succeeded
+        assert abs(by_w[w]["ok"] - exp) <= 0.25 * exp + 5, (w, by_w[w]["ok"], exp)
+    # achieved counts completions by done time: a host stall across a window's edge moves
+    # some into the next window, so it follows the ramp over the windows together
+    achieved = sum(by_w[w]["achieved_rps"] for w in expected)
+    assert abs(achieved - sum(expected.values())) <= 0.1 * sum(expected.values()), achieved
+    assert by_w[5]["achieved_rps"] > 2 * by_w[1]["achieved_rps"]  # it ramped
 
 
 def test_trace_replay_from_cli(triton_server: TritonEndpoint, tmp_path: Path) -> None:

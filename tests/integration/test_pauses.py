@@ -129,11 +129,15 @@ def test_agent_paused_mid_run(
     # the truth: declared missing while silent, then taken back, nothing lost
     (row,) = s["agents"]
     (gap,) = row["silences"]
-    assert stopped - 0.5 < gap["heard_s"] <= stopped + 0.05
+    # heard_s is when the coordinator read the agent's last event: one written just
+    # before the SIGSTOP may be read a little later by a coordinator the host has
+    # descheduled (hearing it during the pause would read at least stopped + 4)
+    assert stopped - 0.5 < gap["heard_s"] <= stopped + 0.3
     missing_after = gap["missing_s"] - gap["heard_s"]
     # 2.5 s limit, checked every 0.1 s; heard_s and missing_s are each rounded to 1 ms
-    # in the summary, so a gap just past 2.5 s can read 2.499 (2.4999999999999996 seen)
-    assert 2.5 - 0.002 < missing_after < 3.0
+    # in the summary, so a gap just past 2.5 s can read 2.499 (2.4999999999999996 seen);
+    # a loaded host's coordinator ticks late by up to a few hundred ms
+    assert 2.5 - 0.002 < missing_after < 3.5
     assert resumed - 0.05 <= gap["back_s"] < resumed + 1.5
     assert row["lost_detected_s"] is None and row["error"] == ""
     (warning,) = [w for w in s["verdict"]["warnings"] if "silent" in w]

@@ -201,7 +201,9 @@ def test_agent_sigkill_mid_run(
         f"{lost} records lost ({lost / share_rate * 1000:.0f} ms of its {share_rate:g}/s); "
         f"last record intended at {intended1[-1] / 1e9:.3f}s, kill at {kill_at_s}s"
     )
-    assert 0 <= lost <= 0.5 * share_rate  # flushed every 100 ms: well under 0.5 s worth
+    # a worker flushes every 0.1-0.25 s and the agent forwards at once: a few tenths of a
+    # second worth are in flight when it dies (flushing only at the end would lose all)
+    assert 0 <= lost <= 1.0 * share_rate
 
 
 def _assert_slices_are_prefixes(run_dir: Path, raw: Any) -> None:
@@ -430,7 +432,9 @@ async def test_triton_killed_and_restarted_mid_run(
         "seed": 4,
         "name": "outage",
         "timeout_s": "2s",
-        "load": {"mode": "open", "arrival": "constant", "rate": 100, "duration": "9s"},
+        # Triton takes 2-3 s to start here, 5+ s on CI's busy host: after a kill at 2 s,
+        # a second and the restart it is back by ~8.5 s, and the run must go on past it
+        "load": {"mode": "open", "arrival": "constant", "rate": 100, "duration": "14s"},
         "validity": {"min_duration_s": 1, "min_requests": 10},
     }
     opts = RunOptions(out_dir=tmp_path, start_lead_s=1.0)
@@ -456,7 +460,8 @@ async def test_triton_killed_and_restarted_mid_run(
     s = result.summary
     req = s["requests"]
     # every arrival has a record: the outage is counted, never skipped
-    assert req["scheduled"] == req["schedule_total"] == 900
+    assert req["scheduled"] == req["schedule_total"] == 1400
+    assert restarted["ready_s"] < 14 - 3.0, restarted  # room left to see it recover
     assert req["errors"] > 0 and "UNAVAILABLE" in req["error_codes"]
     assert s["agents"][0]["state"] == "done"
     assert s["outages"], "the report shows no outage"

@@ -122,7 +122,10 @@ async def test_sleep_model_latency_matches_delay(
         f"{server_ms:.3f} ms; reference client p50 {ref:.3f} ms"
     )
     assert p50 >= service["p50"] >= delay_ms
-    assert server_ms <= service["mean"] <= server_ms + 2.0
+    # one request the client's host stalled (50 ms on CI's) moves a mean of 40 by over a
+    # ms: the bound allows the slowest one its excess over the median, no more
+    one_stall = (service["max"] - service["p50"]) / 40
+    assert server_ms <= service["mean"] <= server_ms + 2.0 + one_stall
     assert service["p50"] <= ref + 1.0
     assert p50 - service["p50"] <= 1.0
 

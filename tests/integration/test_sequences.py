@@ -206,11 +206,22 @@ async def test_stopped_run_ends_its_live_sequences(
         think_ms="2",
     )
     stop = asyncio.Event()
-    asyncio.get_running_loop().call_later(2.5, stop.set)
+    loop = asyncio.get_running_loop()
+
+    def at_start() -> None:
+        # Ctrl-C 1-2 s into the load (the start is told up to the 1 s lead before the
+        # instant), however long the agents took to prepare
+        loop.call_later(2.0, stop.set)
+
     result = await execute(
         plan_from_dict(doc),
         agent_pair,
-        RunOptions(out_dir=tmp_path, start_lead_s=1.0, stop_event=stop),
+        RunOptions(
+            out_dir=tmp_path,
+            start_lead_s=1.0,
+            stop_event=stop,
+            at_start=at_start,
+        ),
     )
     s = result.summary
     q = check_sequence_run(result.run_dir, dict(s), agents=2)

@@ -199,7 +199,7 @@ async def test_scaling_check_against_two_instances(
         plan=plan,
         # coarse on purpose: this checks the scaling, the other test the precision
         settings=SweepSettings(
-            start=40, growth=1.3, tolerance=0.15, max_steps=5, step_duration_s=2, warmup_s=1
+            start=40, growth=1.3, tolerance=0.15, max_steps=7, step_duration_s=2, warmup_s=1
         ),
         targets=[
             SweepTarget("one", triton_server.grpc_url),
