@@ -176,3 +176,33 @@ def test_the_stopped_plan_is_the_schedule_prefix() -> None:
     again = next(iter(global_schedule(long).chunks()))[1]
     k = min(len(first), len(again), 100)
     assert np.array_equal(first[:k], again[:k])
+
+
+def _streamed(t0_s: float, t1_s: float, rate: float = 200) -> RecordBlock:
+    """Streaming records of [t0, t1): 3 responses each, gaps 2 ms and 3 ms."""
+    times = np.arange(int(t0_s * rate), int(t1_s * rate)) * int(S / rate)
+    buf = RecordBuffer(max(len(times), 1))
+    for i, t in enumerate(times.tolist()):
+        buf.note_stream(t + 1_000_000, t + 6_000_000, 3, 3, [2_000_000, 3_000_000])
+        buf.append(i, t, t + 10_000, t + 6_000_000, rc.OK, 64, 32, 1, 0, 0)
+    block = buf.take([])
+    assert block is not None and block.gaps.size == 2 * len(times)
+    return block
+
+
+async def test_held_and_cut_blocks_keep_their_streaming_gaps() -> None:
+    """A block split at the release boundary and at the stop instant keeps each record's
+    inter-token gaps with it (the ragged column follows the records)."""
+    plan = _plan([])
+    clock = FakeClock()
+    loop, _clients = _loop(plan, clock)
+    start = loop.agree_start()
+    loop.ingest(0, _streamed(0, 4))  # one block across 4 windows
+    clock.at(start, 3.2)  # windows 0-1 whole (HOLD_S past their end)
+    await loop.on_tick(clock.now)
+    total = loop.agg.total()
+    assert total.records == 400 and total.itl.count == 800
+    loop.cut_ns = 3 * S  # as a deciding look would: records of window 3 are out
+    loop.release(None)
+    total = loop.agg.total()
+    assert total.records == 600 and total.itl.count == 1200 and loop.after_cut == 200
