@@ -134,7 +134,9 @@ def look(
         done = done and ok
         checks.append(line)
     first = math.ceil(warm)
-    last = judged_s - 1  # completions by done time: a request done by then was intended so
+    # completions by done time: a request done before judged_s was intended before it,
+    # so its record is in (released), and the windows up to judged_s - 1 are whole
+    last = judged_s - 1
     series = completions_per_window(agg, first, last)
     if stable(series, settings.stable_windows, settings.stable_tolerance):
         checks.append(f"throughput stable over the last {2 * settings.stable_windows} windows")
