@@ -178,11 +178,9 @@ class RunLoop:
             self._take(index, block)
             return
         # records of windows already released (stragglers) go in now, the rest waits
-        early = block.col("intended_ns") < self.released_ns
-        if early.any():
-            self._take(index, self._keep(block, early))
-        if not early.all():
-            self.held.append((index, self._keep(block, ~early)))
+        rest = self._take_before(index, block, self.released_ns)
+        if rest is not None:
+            self.held.append((index, rest))
 
     def _take(self, index: int, block: RecordBlock) -> None:
         """Into the figures and the records file (records from the stop instant on: out)."""
@@ -201,6 +199,13 @@ class RunLoop:
             self.after_cut += int(np.count_nonzero(~keep))
         return block.select(keep)
 
+    def _take_before(self, index: int, block: RecordBlock, until_ns: int) -> RecordBlock | None:
+        """Take the block's records intended before `until_ns`; the rest (None: none)."""
+        early = block.col("intended_ns") < until_ns
+        if early.any():
+            self._take(index, self._keep(block, early))
+        return None if early.all() else self._keep(block, ~early)
+
     def release(self, until_ns: int | None = None) -> None:
         """`--duration auto`: the held records intended before `until_ns` (None: every
         one) go into the figures."""
@@ -210,11 +215,9 @@ class RunLoop:
             if until_ns is None:
                 self._take(index, block)
                 continue
-            early = block.col("intended_ns") < until_ns
-            if early.any():
-                self._take(index, self._keep(block, early))
-            if not early.all():
-                rest.append((index, self._keep(block, ~early)))
+            left = self._take_before(index, block, until_ns)
+            if left is not None:
+                rest.append((index, left))
         self.held = rest
         if until_ns is None:
             self.hold = False
